@@ -1,0 +1,644 @@
+//! The agent's protocol engine: handshake, session table, flow control, keepalive.
+//!
+//! [`Agent`] is what both agents (Linux and embedded) drive. It holds up to `N`
+//! sessions (a const generic: 20 on Linux, 4 on a microcontroller) and refuses the
+//! next `Open` itself, with a `Reject` naming the limit, so the driver never spawns
+//! anything for it.
+//!
+//! Driver loop, as in quinn-proto: feed every received message to
+//! [`Agent::handle_frame`] and act on the returned [`Event`]; call
+//! [`Agent::handle_timeout`] when the instant from [`Agent::poll_timeout`] passes;
+//! after any input drain [`Agent::poll_transmit`], re-arm the timer from
+//! [`Agent::poll_timeout`] and drain [`Agent::poll_event`]. Output data goes out
+//! through [`Agent::send_data`], which spends credit and writes a `Data` frame.
+
+mod slot;
+
+use core::fmt::Write as _;
+
+use heapless::{Deque, String};
+
+use crate::error::ProtocolError;
+use crate::time::{Duration, Instant};
+use crate::wire::{
+    self, Auth, Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream, AUTH_CONTEXT,
+};
+use slot::{Slot, SlotState};
+
+/// Longest reason string the engine stores for a `Reject` or `Close`.
+pub const REASON_MAX: usize = 120;
+/// Longest activation code the engine carries.
+pub const ACTIVATION_MAX: usize = 64;
+/// Length of the authentication challenge nonce.
+pub const NONCE_LEN: usize = 32;
+
+/// Tunables of an [`Agent`].
+#[derive(Debug, Clone, Copy)]
+pub struct AgentConfig {
+    /// Largest frame this side accepts (announced in `Hello`).
+    pub max_frame: u32,
+    /// Receive window per channel, in bytes.
+    pub window: u32,
+    /// Send a `Ping` after this long without sending anything.
+    pub keepalive: Duration,
+    /// Declare the connection dead after this long without receiving anything.
+    pub dead_after: Duration,
+    /// Give up on a handshake that has not finished after this long.
+    pub handshake_timeout: Duration,
+    /// Feature bits announced in `Hello`.
+    pub features: u32,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            max_frame: wire::DEFAULT_MAX_FRAME,
+            window: 64 * 1024,
+            keepalive: Duration::from_secs(15),
+            dead_after: Duration::from_secs(45),
+            handshake_timeout: Duration::from_secs(20),
+            features: wire::features::SHELL | wire::features::EXEC,
+        }
+    }
+}
+
+/// What happened, as a result of a received frame or a timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// The relay sent its challenge: sign [`auth_message`] and call [`Agent::authenticate`].
+    Challenge {
+        /// The nonce to sign.
+        nonce: &'a [u8],
+    },
+    /// The relay accepted the agent.
+    Authenticated {
+        /// The agent's id.
+        agent_id: &'a str,
+    },
+    /// A session was requested: start it, then [`Agent::accept`] or [`Agent::reject`].
+    Open {
+        /// Session id.
+        sid: u32,
+        /// What to run.
+        kind: Kind<'a>,
+    },
+    /// Input for the session; call [`Agent::consumed`] once written out.
+    Data {
+        /// Session id.
+        sid: u32,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// The peer will send no more input.
+    Eof {
+        /// Session id.
+        sid: u32,
+    },
+    /// The terminal was resized.
+    Resize {
+        /// Session id.
+        sid: u32,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// Deliver a signal to the session's process group.
+    Signal {
+        /// Session id.
+        sid: u32,
+        /// Signal number.
+        signal: u8,
+    },
+    /// The peer asked to end the session: stop its processes, then [`Agent::close`].
+    Terminate {
+        /// Session id.
+        sid: u32,
+    },
+    /// The peer broke the protocol within one session: stop it, then [`Agent::close`]
+    /// with `Exit::Aborted`. Other sessions are unaffected.
+    Abort {
+        /// Session id.
+        sid: u32,
+        /// What the peer did.
+        error: ProtocolError,
+    },
+    /// The relay reported a connection-level error and will close the connection.
+    PeerError {
+        /// Code.
+        code: ErrorCode,
+        /// Message for a person.
+        message: &'a str,
+    },
+    /// Nothing was received for too long, or the handshake timed out: reconnect.
+    ConnectionLost,
+}
+
+/// Why [`Agent::send_data`] could not send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SendError {
+    /// No such session (it was closed or never opened).
+    UnknownSession,
+    /// The session is not accepted yet, or its `Accept` is still to be transmitted.
+    NotOpen,
+    /// `eof` was already called on this session.
+    AfterEof,
+    /// The output buffer cannot hold even a one-byte `Data` frame.
+    BufferTooSmall,
+}
+
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SendError::UnknownSession => "unknown session",
+            SendError::NotOpen => "session not open",
+            SendError::AfterEof => "data after end-of-file",
+            SendError::BufferTooSmall => "output buffer too small",
+        })
+    }
+}
+
+/// The message an agent signs to answer a challenge: [`AUTH_CONTEXT`] then the nonce.
+/// Returns `None` when the nonce does not have [`NONCE_LEN`] bytes.
+pub fn auth_message<'b>(nonce: &[u8], buf: &'b mut [u8; 64]) -> Option<&'b [u8]> {
+    if nonce.len() != NONCE_LEN {
+        return None;
+    }
+    let n = AUTH_CONTEXT.len();
+    buf[..n].copy_from_slice(AUTH_CONTEXT);
+    buf[n..n + NONCE_LEN].copy_from_slice(nonce);
+    Some(&buf[..n + NONCE_LEN])
+}
+
+/// Connection states, one struct each (rustls style); transitions consume the state.
+#[derive(Debug)]
+enum Conn {
+    /// Waiting for the relay's `Hello`.
+    AwaitHello,
+    /// Hello exchanged; waiting for `Challenge`.
+    AwaitChallenge { peer: Hello },
+    /// Challenge handed to the driver; waiting for [`Agent::authenticate`].
+    Signing { peer: Hello },
+    /// `Auth` to transmit, then wait for `AuthOk`.
+    AwaitAuthOk { peer: Hello, auth: Option<PendingAuth> },
+    /// Sessions may be opened.
+    Ready { peer: Hello },
+    /// The connection is over; the driver should drop it and reconnect.
+    Closed,
+}
+
+#[derive(Debug)]
+struct PendingAuth {
+    key: [u8; 32],
+    sig: [u8; 64],
+    activation: String<ACTIVATION_MAX>,
+}
+
+#[derive(Debug)]
+enum Ctrl {
+    Hello,
+    Ping(u64),
+    Pong(u64),
+    Reject(u32, ErrorCode, String<REASON_MAX>),
+    Error(ErrorCode, &'static str),
+}
+
+/// The agent side of one relay connection, with up to `N` sessions.
+#[derive(Debug)]
+pub struct Agent<const N: usize> {
+    config: AgentConfig,
+    conn: Conn,
+    slots: [Option<Slot>; N],
+    ctrl: Deque<Ctrl, 8>,
+    events: Deque<Event<'static>, 2>,
+    started: Instant,
+    last_rx: Instant,
+    last_tx: Instant,
+    ping_seq: u64,
+    /// Round-robin start for fairness among sessions in `poll_transmit`.
+    cursor: usize,
+}
+
+impl<const N: usize> Agent<N> {
+    /// A new connection; its `Hello` is queued for `poll_transmit`.
+    pub fn new(config: AgentConfig, now: Instant) -> Self {
+        let mut ctrl = Deque::new();
+        let _ = ctrl.push_back(Ctrl::Hello);
+        Agent {
+            config,
+            conn: Conn::AwaitHello,
+            slots: [const { None }; N],
+            ctrl,
+            events: Deque::new(),
+            started: now,
+            last_rx: now,
+            last_tx: now,
+            ping_seq: 0,
+            cursor: 0,
+        }
+    }
+
+    /// Sessions currently in the table.
+    pub fn session_count(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Whether authentication finished and sessions may be opened.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.conn, Conn::Ready { .. })
+    }
+
+    /// Whether the connection is over (error or timeout): drop it and reconnect.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.conn, Conn::Closed)
+    }
+
+    fn peer_max_frame(&self) -> u32 {
+        match &self.conn {
+            Conn::AwaitChallenge { peer }
+            | Conn::Signing { peer }
+            | Conn::AwaitAuthOk { peer, .. }
+            | Conn::Ready { peer } => peer.max_frame,
+            _ => wire::MIN_MAX_FRAME,
+        }
+    }
+
+    /// Feed one received message. Connection-scoped violations return `Err`, after
+    /// which the engine is closed and queues an `Error` frame for the peer.
+    pub fn handle_frame<'a>(
+        &mut self,
+        now: Instant,
+        msg: &'a [u8],
+    ) -> Result<Option<Event<'a>>, ProtocolError> {
+        self.last_rx = now;
+        let frame = match Frame::decode_bounded(msg, self.config.max_frame as usize) {
+            Ok(f) => f,
+            // A newer peer may send frame types we do not know: skip them.
+            Err(crate::DecodeError::UnknownFrame { .. }) => return Ok(None),
+            Err(e) => return Err(self.fail(e.into())),
+        };
+        match frame {
+            Frame::Ping { nonce } => {
+                self.push_ctrl(Ctrl::Pong(nonce))?;
+                return Ok(None);
+            }
+            Frame::Pong { .. } => return Ok(None),
+            Frame::Error { sid: 0, code, message } => {
+                self.conn = Conn::Closed;
+                return Ok(Some(Event::PeerError { code, message }));
+            }
+            _ => {}
+        }
+        let conn = core::mem::replace(&mut self.conn, Conn::Closed);
+        let (next, result) = match (conn, frame) {
+            (Conn::AwaitHello, Frame::Hello(peer)) => {
+                if peer.version != crate::PROTOCOL_VERSION {
+                    return Err(self.fail(ProtocolError::Version { peer: peer.version }));
+                }
+                let mut peer = peer;
+                peer.max_frame = peer.max_frame.max(wire::MIN_MAX_FRAME);
+                (Conn::AwaitChallenge { peer }, Ok(None))
+            }
+            (Conn::AwaitChallenge { peer }, Frame::Challenge { nonce }) => {
+                if nonce.0.len() != NONCE_LEN {
+                    return Err(self.fail(ProtocolError::Decode(crate::DecodeError::Malformed)));
+                }
+                (Conn::Signing { peer }, Ok(Some(Event::Challenge { nonce: nonce.0 })))
+            }
+            (Conn::AwaitAuthOk { peer, auth: None }, Frame::AuthOk { agent_id }) => {
+                (Conn::Ready { peer }, Ok(Some(Event::Authenticated { agent_id })))
+            }
+            (Conn::Ready { peer }, f) => (Conn::Ready { peer }, self.session_frame(f)),
+            (_, f) => {
+                return Err(self.fail(ProtocolError::UnexpectedFrame {
+                    frame_type: f.frame_type(),
+                }))
+            }
+        };
+        self.conn = next;
+        match result {
+            Err(e) => Err(self.fail(e)),
+            ok => ok,
+        }
+    }
+
+    fn fail(&mut self, e: ProtocolError) -> ProtocolError {
+        self.conn = Conn::Closed;
+        self.ctrl.clear();
+        let _ = self.ctrl.push_back(Ctrl::Error(ErrorCode::PROTOCOL, "protocol violation"));
+        e
+    }
+
+    fn push_ctrl(&mut self, c: Ctrl) -> Result<(), ProtocolError> {
+        self.ctrl.push_back(c).map_err(|_| ProtocolError::TooManyPending)
+    }
+
+    fn slot_mut(&mut self, sid: u32) -> Option<&mut Slot> {
+        self.slots.iter_mut().flatten().find(|s| s.sid == sid)
+    }
+
+    fn session_frame<'a>(&mut self, f: Frame<'a>) -> Result<Option<Event<'a>>, ProtocolError> {
+        match f {
+            Frame::Open { sid, window, kind } => {
+                if self.slot_mut(sid).is_some() {
+                    return Err(ProtocolError::DuplicateSession { sid });
+                }
+                let Some(free) = self.slots.iter_mut().find(|s| s.is_none()) else {
+                    let mut reason = String::new();
+                    let _ = write!(
+                        reason,
+                        "agent session limit reached ({N} of {N} sessions in use)"
+                    );
+                    self.push_ctrl(Ctrl::Reject(sid, ErrorCode::SESSION_LIMIT, reason))?;
+                    return Ok(None);
+                };
+                *free = Some(Slot::new(sid, window, self.config.window));
+                Ok(Some(Event::Open { sid, kind }))
+            }
+            Frame::Data { sid, ch, data, .. } => {
+                let Some(slot) = self.slot_mut(sid) else {
+                    return Ok(None); // late data for a session that already ended
+                };
+                if !slot.accepts_input() {
+                    return Ok(None);
+                }
+                if ch != 0 {
+                    return Ok(slot.abort(ProtocolError::UnknownChannel { sid, ch }));
+                }
+                if slot.peer_eof {
+                    return Ok(slot.abort(ProtocolError::DataAfterEof { sid }));
+                }
+                if slot.recv.on_data(data.0.len()).is_err() {
+                    return Ok(slot.abort(ProtocolError::FlowControl { sid }));
+                }
+                Ok(Some(Event::Data { sid, data: data.0 }))
+            }
+            Frame::Credit { sid, ch, bytes } => {
+                let Some(slot) = self.slot_mut(sid) else {
+                    return Ok(None);
+                };
+                if ch != 0 {
+                    return Ok(slot.abort(ProtocolError::UnknownChannel { sid, ch }));
+                }
+                if slot.send.grant(bytes).is_err() {
+                    return Ok(slot.abort(ProtocolError::CreditOverflow { sid }));
+                }
+                Ok(None)
+            }
+            Frame::Eof { sid, .. } => match self.slot_mut(sid) {
+                Some(slot) if slot.accepts_input() && !slot.peer_eof => {
+                    slot.peer_eof = true;
+                    Ok(Some(Event::Eof { sid }))
+                }
+                _ => Ok(None),
+            },
+            Frame::Resize { sid, cols, rows } => match self.slot_mut(sid) {
+                Some(slot) if slot.accepts_input() => Ok(Some(Event::Resize { sid, cols, rows })),
+                _ => Ok(None),
+            },
+            Frame::Signal { sid, signal } => match self.slot_mut(sid) {
+                Some(slot) if slot.accepts_input() => Ok(Some(Event::Signal { sid, signal })),
+                _ => Ok(None),
+            },
+            Frame::Close { sid, .. } | Frame::Error { sid, .. } => match self.slot_mut(sid) {
+                Some(slot) if slot.accepts_input() => {
+                    slot.state = SlotState::Terminating;
+                    Ok(Some(Event::Terminate { sid }))
+                }
+                _ => Ok(None),
+            },
+            other => Err(ProtocolError::UnexpectedFrame {
+                frame_type: other.frame_type(),
+            }),
+        }
+    }
+
+    /// Answer the challenge: the agent's public key, its signature of
+    /// [`auth_message`], and the activation code on first contact (else `""`).
+    pub fn authenticate(&mut self, public_key: [u8; 32], signature: [u8; 64], activation: &str) {
+        if let Conn::Signing { peer } = core::mem::replace(&mut self.conn, Conn::Closed) {
+            let mut code = String::new();
+            let _ = code.push_str(&activation[..activation.len().min(ACTIVATION_MAX)]);
+            self.conn = Conn::AwaitAuthOk {
+                peer,
+                auth: Some(PendingAuth {
+                    key: public_key,
+                    sig: signature,
+                    activation: code,
+                }),
+            };
+        }
+    }
+
+    /// The session started: tell the peer, announcing our receive window.
+    pub fn accept(&mut self, sid: u32) {
+        if let Some(slot) = self.slot_mut(sid) {
+            if slot.state == SlotState::Requested {
+                slot.state = SlotState::Open;
+                slot.accepted = true;
+            }
+        }
+    }
+
+    /// The session could not start: tell the peer why and free the slot.
+    pub fn reject(&mut self, sid: u32, code: ErrorCode, reason: &str) {
+        if let Some(slot) = self.slot_mut(sid) {
+            slot.state = SlotState::Rejecting(code, truncate(reason));
+        }
+    }
+
+    /// The driver wrote `n` bytes of the session's input out; credit flows back.
+    pub fn consumed(&mut self, sid: u32, n: usize) {
+        if let Some(slot) = self.slot_mut(sid) {
+            slot.recv.consume(n);
+        }
+    }
+
+    /// The session's output ended (half-close towards the peer).
+    pub fn eof(&mut self, sid: u32) {
+        if let Some(slot) = self.slot_mut(sid) {
+            if !slot.eof_sent {
+                slot.eof_sent = true;
+                slot.eof_pending = true;
+            }
+        }
+    }
+
+    /// The session ended; a `Close` with `exit` is queued (after any pending
+    /// `Accept`, credit and `Eof`) and the slot freed once sent. Closing a session
+    /// that was never accepted rejects it instead.
+    pub fn close(&mut self, sid: u32, exit: Exit, reason: &str) {
+        if let Some(slot) = self.slot_mut(sid) {
+            slot.state = if slot.accepted {
+                SlotState::Closing(exit, truncate(reason))
+            } else {
+                SlotState::Rejecting(ErrorCode::SPAWN, truncate(reason))
+            };
+        }
+    }
+
+    /// Credit available for output on a session (0 if none, or unknown session).
+    pub fn send_credit(&self, sid: u32) -> u32 {
+        self.slots
+            .iter()
+            .flatten()
+            .find(|s| s.sid == sid)
+            .map_or(0, |s| s.send.credit())
+    }
+
+    /// Write a `Data` frame with as much of `data` as credit and `out` allow.
+    /// Returns `(payload bytes taken, frame length)`; `(0, 0)` when out of credit.
+    pub fn send_data(
+        &mut self,
+        sid: u32,
+        stream: Stream,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> Result<(usize, usize), SendError> {
+        let limit = (self.peer_max_frame() as usize).min(out.len());
+        let max_payload = wire::max_data_len(limit as u32);
+        if max_payload == 0 {
+            return Err(SendError::BufferTooSmall);
+        }
+        let slot = self.slot_mut(sid).ok_or(SendError::UnknownSession)?;
+        let running = matches!(slot.state, SlotState::Open | SlotState::Terminating);
+        if !running || !slot.accept_sent {
+            return Err(SendError::NotOpen);
+        }
+        if slot.eof_sent {
+            return Err(SendError::AfterEof);
+        }
+        let n = slot.send.take(data.len().min(max_payload));
+        if n == 0 {
+            return Ok((0, 0));
+        }
+        let frame = Frame::Data {
+            sid,
+            ch: 0,
+            stream,
+            data: Bytes(&data[..n]),
+        };
+        match frame.encode(out) {
+            Ok(len) => Ok((n, len)),
+            Err(_) => {
+                slot.send.give_back(n);
+                Err(SendError::BufferTooSmall)
+            }
+        }
+    }
+
+    /// The next frame to send, written into `out` (which must hold `max_frame` bytes).
+    #[must_use]
+    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
+        let len = self.next_frame(out)?;
+        self.last_tx = now;
+        Some(len)
+    }
+
+    fn next_frame(&mut self, out: &mut [u8]) -> Option<usize> {
+        if let Some(c) = self.ctrl.pop_front() {
+            let frame = match &c {
+                Ctrl::Hello => Frame::Hello(Hello {
+                    version: crate::PROTOCOL_VERSION,
+                    max_frame: self.config.max_frame,
+                    max_sessions: N.min(u16::MAX as usize) as u16,
+                    features: self.config.features,
+                }),
+                Ctrl::Ping(n) => Frame::Ping { nonce: *n },
+                Ctrl::Pong(n) => Frame::Pong { nonce: *n },
+                Ctrl::Reject(sid, code, reason) => Frame::Reject {
+                    sid: *sid,
+                    code: *code,
+                    reason: reason.as_str(),
+                },
+                Ctrl::Error(code, message) => Frame::Error {
+                    sid: 0,
+                    code: *code,
+                    message,
+                },
+            };
+            return frame.encode(out).ok();
+        }
+        if let Conn::AwaitAuthOk { auth, .. } = &mut self.conn {
+            if let Some(a) = auth.take() {
+                let frame = Frame::Auth(Auth {
+                    public_key: Bytes(&a.key),
+                    signature: Bytes(&a.sig),
+                    activation: a.activation.as_str(),
+                });
+                return frame.encode(out).ok();
+            }
+        }
+        for i in 0..N {
+            let idx = (self.cursor + i) % N;
+            let Some(slot) = self.slots[idx].as_mut() else {
+                continue;
+            };
+            if let Some((len, free)) = slot.next_frame(out) {
+                if free {
+                    self.slots[idx] = None;
+                }
+                self.cursor = (idx + 1) % N;
+                return Some(len);
+            }
+        }
+        None
+    }
+
+    /// When [`Agent::handle_timeout`] should be called next.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.conn {
+            Conn::Closed => None,
+            Conn::Ready { .. } => Some(
+                (self.last_tx + self.config.keepalive).min(self.last_rx + self.config.dead_after),
+            ),
+            _ => Some(self.started + self.config.handshake_timeout),
+        }
+    }
+
+    /// Time passed: send keepalives, detect a dead connection.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.conn {
+            Conn::Closed => {}
+            Conn::Ready { .. } => {
+                if now - self.last_rx >= self.config.dead_after {
+                    self.lose();
+                } else if now - self.last_tx >= self.config.keepalive {
+                    self.ping_seq += 1;
+                    let _ = self.ctrl.push_back(Ctrl::Ping(self.ping_seq));
+                }
+            }
+            _ => {
+                if now - self.started >= self.config.handshake_timeout {
+                    self.lose();
+                }
+            }
+        }
+    }
+
+    fn lose(&mut self) {
+        self.conn = Conn::Closed;
+        let _ = self.events.push_back(Event::ConnectionLost);
+    }
+
+    /// The next event not caused by a received frame (timeouts).
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event<'static>> {
+        self.events.pop_front()
+    }
+}
+
+fn truncate(s: &str) -> String<REASON_MAX> {
+    let mut end = s.len().min(REASON_MAX);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::new();
+    let _ = out.push_str(&s[..end]);
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,288 @@
+//! The engine against a scripted relay on a virtual clock.
+
+use super::*;
+use crate::wire::{Bytes, Frame, Hello, Kind, Stream};
+
+extern crate std;
+use std::vec::Vec;
+
+struct Sim {
+    agent: Agent<2>,
+    now: Instant,
+}
+
+fn enc(f: Frame) -> Vec<u8> {
+    let mut b = std::vec![0u8; f.buffer_len()];
+    f.encode(&mut b).unwrap();
+    b
+}
+
+impl Sim {
+    fn new() -> Self {
+        let now = Instant(1_000);
+        Sim {
+            agent: Agent::new(AgentConfig::default(), now),
+            now,
+        }
+    }
+    /// Everything the agent wants to send now, decoded to owned debug strings and raw.
+    fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Some(n) = self.agent.poll_transmit(self.now, &mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+    fn feed(&mut self, f: Frame) -> Result<Option<std::string::String>, ProtocolError> {
+        let msg = enc(f);
+        self.agent.handle_frame(self.now, &msg).map(|e| {
+            e.map(|e| match e {
+                // Keep payloads out of assertion messages.
+                Event::Data { sid, data } => std::format!("Data {{ sid: {sid}, len: {} }}", data.len()),
+                e => std::format!("{e:?}"),
+            })
+        })
+    }
+    fn ready() -> Self {
+        let mut s = Sim::new();
+        let out = s.drain();
+        assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Hello(h) if h.max_sessions == 2));
+        s.feed(Frame::Hello(Hello {
+            version: 1,
+            max_frame: 4096,
+            max_sessions: 0,
+            features: 0,
+        }))
+        .unwrap();
+        let nonce = [7u8; 32];
+        let ev = s.feed(Frame::Challenge { nonce: Bytes(&nonce) }).unwrap().unwrap();
+        assert!(ev.starts_with("Challenge"));
+        s.agent.authenticate([1; 32], [2; 64], "CODE");
+        let out = s.drain();
+        match Frame::decode(&out[0]).unwrap() {
+            Frame::Auth(a) => {
+                assert_eq!(a.public_key.0, &[1; 32]);
+                assert_eq!(a.signature.0, &[2; 64]);
+                assert_eq!(a.activation, "CODE");
+            }
+            f => panic!("expected Auth, got {f:?}"),
+        }
+        let ev = s.feed(Frame::AuthOk { agent_id: "a1" }).unwrap().unwrap();
+        assert!(ev.contains("a1"));
+        assert!(s.agent.is_ready());
+        s
+    }
+    fn open(&mut self, sid: u32, window: u32) -> Option<std::string::String> {
+        self.feed(Frame::Open {
+            sid,
+            window,
+            kind: Kind::Exec {
+                argv: Bytes(b"true\0"),
+            },
+        })
+        .unwrap()
+    }
+}
+
+#[test]
+fn open_before_auth_is_a_protocol_error() {
+    let mut s = Sim::new();
+    let _ = s.drain();
+    let msg = enc(Frame::Open { sid: 1, window: 1, kind: Kind::Exec { argv: Bytes(b"x\0") } });
+    assert_eq!(
+        s.agent.handle_frame(s.now, &msg),
+        Err(ProtocolError::UnexpectedFrame { frame_type: 4 })
+    );
+    assert!(s.agent.is_closed());
+}
+
+#[test]
+fn session_limit_rejects_with_reason_and_spawns_nothing() {
+    let mut s = Sim::ready();
+    assert!(s.open(1, 100).unwrap().starts_with("Open"));
+    assert!(s.open(2, 100).unwrap().starts_with("Open"));
+    assert_eq!(s.open(3, 100), None, "no event: the driver spawns nothing");
+    let out = s.drain();
+    match Frame::decode(&out[0]).unwrap() {
+        Frame::Reject { sid, code, reason } => {
+            assert_eq!(sid, 3);
+            assert_eq!(code, ErrorCode::SESSION_LIMIT);
+            assert_eq!(reason, "agent session limit reached (2 of 2 sessions in use)");
+        }
+        f => panic!("expected Reject, got {f:?}"),
+    }
+    // Closing one frees its slot for the next open.
+    s.agent.accept(1);
+    s.agent.close(1, Exit::Code(0), "");
+    let out = s.drain();
+    assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Accept { sid: 1, .. }));
+    assert!(matches!(Frame::decode(&out[1]).unwrap(), Frame::Close { sid: 1, exit: Exit::Code(0), .. }));
+    assert_eq!(s.agent.session_count(), 1);
+    assert!(s.open(4, 100).unwrap().starts_with("Open"));
+}
+
+#[test]
+fn duplicate_open_is_connection_error() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    let msg = enc(Frame::Open {
+        sid: 1,
+        window: 1,
+        kind: Kind::Exec { argv: Bytes(b"x\0") },
+    });
+    assert_eq!(
+        s.agent.handle_frame(s.now, &msg),
+        Err(ProtocolError::DuplicateSession { sid: 1 })
+    );
+    assert!(s.agent.is_closed());
+    let out = s.drain();
+    assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Error { sid: 0, .. }));
+}
+
+#[test]
+fn sender_respects_peer_credit() {
+    let mut s = Sim::ready();
+    s.open(1, 10);
+    let mut out = [0u8; 256];
+    assert_eq!(
+        s.agent.send_data(1, Stream::OUT, b"x", &mut out),
+        Err(SendError::NotOpen),
+        "no data before Accept is transmitted"
+    );
+    s.agent.accept(1);
+    let _ = s.drain();
+    let (n, len) = s.agent.send_data(1, Stream::OUT, &[b'a'; 25], &mut out).unwrap();
+    assert_eq!(n, 10, "only the granted window");
+    assert!(matches!(Frame::decode(&out[..len]).unwrap(), Frame::Data { data, .. } if data.0.len() == 10));
+    assert_eq!(s.agent.send_data(1, Stream::OUT, b"a", &mut out).unwrap(), (0, 0));
+    s.feed(Frame::Credit { sid: 1, ch: 0, bytes: 4 }).unwrap();
+    assert_eq!(s.agent.send_data(1, Stream::OUT, &[b'a'; 25], &mut out).unwrap().0, 4);
+}
+
+#[test]
+fn flow_violation_aborts_only_that_session() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    s.open(2, 100);
+    s.agent.accept(1);
+    s.agent.accept(2);
+    let _ = s.drain();
+    let big = std::vec![0u8; 30_000];
+    let data = Frame::Data { sid: 1, ch: 0, stream: Stream::OUT, data: Bytes(&big) };
+    // The window is 64 KiB: two frames of 30 000 fit, the third exceeds the credit.
+    for _ in 0..2 {
+        assert!(s.feed(data).unwrap().unwrap().starts_with("Data"));
+    }
+    let ev = s.feed(data).unwrap().unwrap();
+    assert!(ev.contains("Abort") && ev.contains("FlowControl"), "{ev}");
+    // Session 2 still works.
+    let ev = s
+        .feed(Frame::Data { sid: 2, ch: 0, stream: Stream::OUT, data: Bytes(b"hi") })
+        .unwrap()
+        .unwrap();
+    assert!(ev.starts_with("Data"));
+    // Session 1 ignores further input until the driver closes it.
+    assert_eq!(
+        s.feed(Frame::Data { sid: 1, ch: 0, stream: Stream::OUT, data: Bytes(b"x") }).unwrap(),
+        None
+    );
+    assert!(!s.agent.is_closed());
+}
+
+#[test]
+fn consumed_input_returns_credit() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    s.agent.accept(1);
+    let _ = s.drain();
+    let chunk = std::vec![1u8; 20_000];
+    s.feed(Frame::Data { sid: 1, ch: 0, stream: Stream::OUT, data: Bytes(&chunk) }).unwrap();
+    s.agent.consumed(1, 20_000);
+    let out = s.drain();
+    assert_eq!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Credit { sid: 1, ch: 0, bytes: 20_000 }
+    );
+}
+
+#[test]
+fn eof_is_sent_before_close_and_data_after_eof_refused() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    s.agent.accept(1);
+    let _ = s.drain();
+    s.agent.eof(1);
+    s.agent.close(1, Exit::Signal(9), "killed");
+    let out = s.drain();
+    assert_eq!(Frame::decode(&out[0]).unwrap(), Frame::Eof { sid: 1, ch: 0 });
+    assert_eq!(
+        Frame::decode(&out[1]).unwrap(),
+        Frame::Close { sid: 1, exit: Exit::Signal(9), reason: "killed" }
+    );
+    assert_eq!(s.agent.session_count(), 0);
+}
+
+#[test]
+fn peer_close_asks_driver_to_terminate() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    s.agent.accept(1);
+    let ev = s
+        .feed(Frame::Close { sid: 1, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "" })
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev, "Terminate { sid: 1 }");
+}
+
+#[test]
+fn keepalive_and_dead_peer_on_virtual_clock() {
+    let mut s = Sim::ready();
+    let _ = s.drain();
+    let t = s.agent.poll_timeout().unwrap();
+    assert_eq!(t, s.now + Duration::from_secs(15));
+    s.now = t;
+    s.agent.handle_timeout(s.now);
+    let out = s.drain();
+    assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Ping { .. }));
+    // The relay stays silent: after 45 s without input the connection is lost.
+    loop {
+        let t = s.agent.poll_timeout().unwrap();
+        s.now = t;
+        s.agent.handle_timeout(s.now);
+        let _ = s.drain();
+        if let Some(ev) = s.agent.poll_event() {
+            assert_eq!(ev, Event::ConnectionLost);
+            break;
+        }
+    }
+    assert_eq!(s.now, Instant(1_000) + Duration::from_secs(45));
+}
+
+#[test]
+fn handshake_times_out() {
+    let mut s = Sim::new();
+    let _ = s.drain();
+    s.now = s.agent.poll_timeout().unwrap();
+    s.agent.handle_timeout(s.now);
+    assert_eq!(s.agent.poll_event(), Some(Event::ConnectionLost));
+    assert!(s.agent.is_closed());
+}
+
+#[test]
+fn ping_answered_with_pong_and_unknown_frames_skipped() {
+    let mut s = Sim::ready();
+    s.feed(Frame::Ping { nonce: 42 }).unwrap();
+    let out = s.drain();
+    assert_eq!(Frame::decode(&out[0]).unwrap(), Frame::Pong { nonce: 42 });
+    assert_eq!(s.agent.handle_frame(s.now, &[0x30, 0x01]), Ok(None));
+    assert!(s.agent.is_ready());
+}
+
+#[test]
+fn garbage_closes_connection_with_error() {
+    let mut s = Sim::ready();
+    let r = s.agent.handle_frame(s.now, &[0x07, 0x01]);
+    assert!(matches!(r, Err(ProtocolError::Decode(_))));
+    assert!(s.agent.is_closed());
+}

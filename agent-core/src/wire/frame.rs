@@ -1,0 +1,230 @@
+//! The frames and their field types.
+
+use super::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// One protocol message. The variant order is the wire frame type (0..=15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Frame<'a> {
+    /// 0: first frame in each direction: version and capabilities.
+    Hello(Hello),
+    /// 1: relay -> agent: a random nonce the agent must sign.
+    Challenge {
+        /// 32 random bytes.
+        #[serde(borrow)]
+        nonce: Bytes<'a>,
+    },
+    /// 2: agent -> relay: the agent's key and its signature of the challenge.
+    #[serde(borrow)]
+    Auth(Auth<'a>),
+    /// 3: relay -> agent: authentication succeeded.
+    AuthOk {
+        /// The agent's id in the relay's store.
+        agent_id: &'a str,
+    },
+    /// 4: open a session (relay -> agent; client -> relay on a stream).
+    Open {
+        /// Session id, chosen by the opener; unique on the connection while open.
+        sid: u32,
+        /// Bytes the opener can receive on channel 0 before it returns credit.
+        window: u32,
+        /// What to run.
+        #[serde(borrow)]
+        kind: Kind<'a>,
+    },
+    /// 5: the session is running.
+    Accept {
+        /// Session id.
+        sid: u32,
+        /// Bytes the accepter can receive on channel 0 before it returns credit.
+        window: u32,
+    },
+    /// 6: the session could not be opened.
+    Reject {
+        /// Session id.
+        sid: u32,
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for a person.
+        reason: &'a str,
+    },
+    /// 7: bytes of a channel's stream.
+    Data {
+        /// Session id.
+        sid: u32,
+        /// Channel within the session (0 for shell and exec).
+        ch: u16,
+        /// Which stream of the channel (stdout or stderr from the agent).
+        stream: Stream,
+        /// The bytes.
+        #[serde(borrow)]
+        data: Bytes<'a>,
+    },
+    /// 8: the receiver consumed bytes; the sender may send that many more.
+    Credit {
+        /// Session id.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+        /// Bytes granted.
+        bytes: u32,
+    },
+    /// 9: the terminal changed size (shell sessions).
+    Resize {
+        /// Session id.
+        sid: u32,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// 10: the sender will send no more data on the channel (half-close).
+    Eof {
+        /// Session id.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+    },
+    /// 11: the session ended (agent -> peer, with the exit status), or the peer asks
+    /// the agent to end it (peer -> agent; the agent answers with its own `Close`).
+    Close {
+        /// Session id.
+        sid: u32,
+        /// How it ended.
+        exit: Exit,
+        /// Why, for a person (may be empty).
+        reason: &'a str,
+    },
+    /// 12: deliver a signal to the session's process group.
+    Signal {
+        /// Session id.
+        sid: u32,
+        /// POSIX signal number.
+        signal: u8,
+    },
+    /// 13: keepalive request.
+    Ping {
+        /// Echoed in the `Pong`.
+        nonce: u64,
+    },
+    /// 14: keepalive answer.
+    Pong {
+        /// The `Ping`'s nonce.
+        nonce: u64,
+    },
+    /// 15: an error; `sid` 0 means the whole connection (which then closes).
+    Error {
+        /// Session id, or 0.
+        sid: u32,
+        /// What went wrong, as a code.
+        code: ErrorCode,
+        /// What went wrong, for a person.
+        message: &'a str,
+    },
+}
+
+/// Version and capabilities, sent first by each side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol version ([`crate::PROTOCOL_VERSION`]).
+    pub version: u16,
+    /// Largest frame this side accepts, in bytes.
+    pub max_frame: u32,
+    /// Most sessions this side runs at once.
+    pub max_sessions: u16,
+    /// Feature bits ([`features`]).
+    pub features: u32,
+}
+
+/// Feature bits carried in [`Hello::features`].
+pub mod features {
+    /// Shell sessions with a PTY.
+    pub const SHELL: u32 = 1 << 0;
+    /// Exec sessions.
+    pub const EXEC: u32 = 1 << 1;
+}
+
+/// Agent authentication: Ed25519 over `AUTH_CONTEXT || nonce`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth<'a> {
+    /// The agent's Ed25519 public key (32 bytes).
+    #[serde(borrow)]
+    pub public_key: Bytes<'a>,
+    /// Signature (64 bytes) of [`AUTH_CONTEXT`] followed by the challenge nonce.
+    #[serde(borrow)]
+    pub signature: Bytes<'a>,
+    /// One-time activation code on first contact, else empty.
+    pub activation: &'a str,
+}
+
+/// Domain separation prefix of the signed authentication message.
+pub const AUTH_CONTEXT: &[u8] = b"sesame-agent-auth-v1:";
+
+/// What a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind<'a> {
+    /// 0: an interactive login shell on a PTY.
+    Shell {
+        /// `TERM` value.
+        term: &'a str,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// 1: a command run directly (no shell), stdout and stderr apart.
+    Exec {
+        /// Arguments, each followed by a NUL byte ([`super::argv_iter`]).
+        #[serde(borrow)]
+        argv: Bytes<'a>,
+    },
+}
+
+/// A stream within a channel. Unknown values survive a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stream(pub u8);
+
+impl Stream {
+    /// Standard output from the agent; standard input towards it.
+    pub const OUT: Stream = Stream(0);
+    /// Standard error from the agent.
+    pub const ERR: Stream = Stream(1);
+}
+
+/// How a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Exit {
+    /// 0: the process exited with this code.
+    Code(i32),
+    /// 1: the process was killed by this signal.
+    Signal(u8),
+    /// 2: the session ended without a process status (error, terminate request).
+    Aborted(ErrorCode),
+}
+
+/// An error code. Unknown values survive a round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorCode(pub u16);
+
+impl ErrorCode {
+    /// Malformed or unexpected frame.
+    pub const PROTOCOL: ErrorCode = ErrorCode(1);
+    /// Authentication failed.
+    pub const AUTH: ErrorCode = ErrorCode(2);
+    /// Too many sessions (agent or relay limit).
+    pub const SESSION_LIMIT: ErrorCode = ErrorCode(3);
+    /// The session kind is not supported here.
+    pub const UNSUPPORTED: ErrorCode = ErrorCode(4);
+    /// The process could not be started.
+    pub const SPAWN: ErrorCode = ErrorCode(5);
+    /// The peer asked for the session to end.
+    pub const TERMINATED: ErrorCode = ErrorCode(6);
+    /// Flow control was violated.
+    pub const FLOW_CONTROL: ErrorCode = ErrorCode(7);
+    /// The agent went away.
+    pub const AGENT_GONE: ErrorCode = ErrorCode(8);
+    /// Internal error on the sender.
+    pub const INTERNAL: ErrorCode = ErrorCode(9);
+    /// Not allowed by policy.
+    pub const DENIED: ErrorCode = ErrorCode(10);
+}

@@ -1,0 +1,158 @@
+//! The golden vectors of `tests/vectors/frames.txt`, checked against frames built here.
+
+use agent_core::wire::{Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream};
+use agent_core::DecodeError;
+
+fn vectors() -> Vec<(String, Vec<u8>, Option<String>)> {
+    let text = include_str!("../../tests/vectors/frames.txt");
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (name, rest) = l.split_once(':').expect("name: hex");
+            let (hex, expect) = match rest.split_once("=>") {
+                Some((h, e)) => (h, Some(e.trim().to_string())),
+                None => (rest, None),
+            };
+            let bytes = hex
+                .split_whitespace()
+                .map(|b| u8::from_str_radix(b, 16).expect("hex byte"))
+                .collect();
+            (name.trim().to_string(), bytes, expect)
+        })
+        .collect()
+}
+
+static NONCE: [u8; 32] = {
+    let mut n = [0u8; 32];
+    let mut i = 0;
+    while i < 32 {
+        n[i] = i as u8;
+        i += 1;
+    }
+    n
+};
+
+fn expected(name: &str) -> Frame<'static> {
+    let close = |exit, reason| Frame::Close {
+        sid: 1,
+        exit,
+        reason,
+    };
+    match name {
+        "hello" => Frame::Hello(Hello {
+            version: 1,
+            max_frame: 32768,
+            max_sessions: 20,
+            features: 3,
+        }),
+        "challenge" => Frame::Challenge {
+            nonce: Bytes(&NONCE),
+        },
+        "auth_ok" => Frame::AuthOk { agent_id: "gw-01" },
+        "open_shell" => Frame::Open {
+            sid: 1,
+            window: 65536,
+            kind: Kind::Shell {
+                term: "xterm",
+                cols: 80,
+                rows: 24,
+            },
+        },
+        "open_exec" => Frame::Open {
+            sid: 7,
+            window: 65536,
+            kind: Kind::Exec {
+                argv: Bytes(b"echo\0hi\0"),
+            },
+        },
+        "accept" => Frame::Accept {
+            sid: 1,
+            window: 65536,
+        },
+        "reject_limit" => Frame::Reject {
+            sid: 2,
+            code: ErrorCode::SESSION_LIMIT,
+            reason: "limit reached",
+        },
+        "data_stdout" => Frame::Data {
+            sid: 1,
+            ch: 0,
+            stream: Stream::OUT,
+            data: Bytes(b"hi"),
+        },
+        "data_stderr" => Frame::Data {
+            sid: 1,
+            ch: 0,
+            stream: Stream::ERR,
+            data: Bytes(b"!"),
+        },
+        "credit" => Frame::Credit {
+            sid: 1,
+            ch: 0,
+            bytes: 65536,
+        },
+        "resize" => Frame::Resize {
+            sid: 1,
+            cols: 132,
+            rows: 50,
+        },
+        "eof" => Frame::Eof { sid: 1, ch: 0 },
+        "close_exit_0" => close(Exit::Code(0), ""),
+        "close_exit_3" => close(Exit::Code(3), ""),
+        "close_signal_9" => close(Exit::Signal(9), ""),
+        "close_aborted" => close(Exit::Aborted(ErrorCode::TERMINATED), "terminated"),
+        "signal_int" => Frame::Signal { sid: 1, signal: 2 },
+        "ping" => Frame::Ping { nonce: 1 },
+        "pong" => Frame::Pong { nonce: 1 },
+        "error_conn" => Frame::Error {
+            sid: 0,
+            code: ErrorCode::AUTH,
+            message: "unknown key",
+        },
+        "unknown_error_code" => Frame::Error {
+            sid: 5,
+            code: ErrorCode(999),
+            message: "",
+        },
+        other => panic!("vector {other} has no expected frame in this test"),
+    }
+}
+
+fn error_name(e: DecodeError) -> &'static str {
+    match e {
+        DecodeError::Empty => "Empty",
+        DecodeError::Oversized { .. } => "Oversized",
+        DecodeError::UnknownFrame { .. } => "UnknownFrame",
+        DecodeError::Truncated => "Truncated",
+        DecodeError::Malformed => "Malformed",
+        DecodeError::TrailingBytes => "TrailingBytes",
+        _ => "other",
+    }
+}
+
+#[test]
+fn golden_vectors_decode_and_encode_exactly() {
+    let vs = vectors();
+    let mut good = 0;
+    let mut bad = 0;
+    for (name, bytes, expect) in vs {
+        match expect {
+            Some(err) => {
+                let got = Frame::decode(&bytes).expect_err(&name);
+                assert_eq!(error_name(got), err, "vector {name}");
+                bad += 1;
+            }
+            None => {
+                let want = expected(&name);
+                let got = Frame::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+                assert_eq!(got, want, "vector {name} decodes");
+                let mut buf = [0u8; 128];
+                let n = want.encode(&mut buf).unwrap();
+                assert_eq!(&buf[..n], &bytes[..], "vector {name} encodes");
+                assert_eq!(want.buffer_len(), n, "vector {name} buffer_len");
+                good += 1;
+            }
+        }
+    }
+    assert_eq!((good, bad), (21, 7), "vector file lost or gained lines");
+}

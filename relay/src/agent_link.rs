@@ -1,0 +1,266 @@
+//! The relay's side of an agent connection: challenge-response authentication,
+//! then routing of session frames between the agent and client streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use agent_core::session::{auth_message, NONCE_LEN};
+use agent_core::wire::{self, Bytes, ErrorCode, Exit, Frame, Hello};
+use axum::extract::ws::{Message, WebSocket};
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::api::AppState;
+use crate::hub::{AgentHandle, AGENT_QUEUE};
+use crate::secret::{random_bytes, Secret};
+use crate::store::AgentRow;
+
+/// Handshake must finish within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// An agent silent for this long is dead (it pings every 15 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Encode a frame into a fresh buffer.
+pub fn encode(f: &Frame) -> Vec<u8> {
+    let mut buf = vec![0u8; f.buffer_len()];
+    let n = f.encode(&mut buf).unwrap_or(0);
+    buf.truncate(n);
+    buf
+}
+
+/// The relay's `Hello`.
+pub fn relay_hello() -> Frame<'static> {
+    Frame::Hello(Hello {
+        version: agent_core::PROTOCOL_VERSION,
+        max_frame: wire::DEFAULT_MAX_FRAME,
+        max_sessions: 0,
+        features: wire::features::SHELL | wire::features::EXEC,
+    })
+}
+
+async fn recv_binary(ws: &mut futures_util::stream::SplitStream<WebSocket>) -> Option<Vec<u8>> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Binary(b)) => return Some(b.to_vec()),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Serve one agent connection until it ends.
+pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
+    let (mut sink, mut stream) = socket.split();
+    let nonce: [u8; NONCE_LEN] = random_bytes();
+    let hello = encode(&relay_hello());
+    let challenge = encode(&Frame::Challenge {
+        nonce: Bytes(&nonce),
+    });
+    if sink.send(Message::Binary(hello.into())).await.is_err()
+        || sink.send(Message::Binary(challenge.into())).await.is_err()
+    {
+        return;
+    }
+    let authed = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &state, &nonce))
+        .await
+        .unwrap_or(Err("authentication timed out".to_string()));
+    let (agent, max_sessions) = match authed {
+        Ok(a) => a,
+        Err(msg) => {
+            warn!(%peer, "agent refused: {msg}");
+            let f = encode(&Frame::Error {
+                sid: 0,
+                code: ErrorCode::AUTH,
+                message: &msg,
+            });
+            let _ = sink.send(Message::Binary(f.into())).await;
+            let _ = sink.close().await;
+            return;
+        }
+    };
+    let ok = encode(&Frame::AuthOk {
+        agent_id: &agent.id,
+    });
+    if sink.send(Message::Binary(ok.into())).await.is_err() {
+        return;
+    }
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(AGENT_QUEUE);
+    let (handle, mut kicked) = state.hub.register(&agent.id, &agent.name, max_sessions, tx);
+    let _ = state.store.touch_agent(&agent.id).await;
+    info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, "agent online");
+
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = rx.recv().await {
+            if sink.send(Message::Binary(frame.into())).await.is_err() {
+                break;
+            }
+        }
+        let _ = sink.close().await;
+    });
+
+    let reason = loop {
+        let msg = tokio::select! {
+            m = tokio::time::timeout(IDLE_TIMEOUT, recv_binary(&mut stream)) => m,
+            _ = kicked.changed() => break "replaced by a newer connection".to_string(),
+        };
+        let msg = match msg {
+            Err(_) => break "no traffic for 60 s".to_string(),
+            Ok(None) => break "connection closed".to_string(),
+            Ok(Some(m)) => m,
+        };
+        if let Err(e) = route_from_agent(&state, &handle, &msg).await {
+            let f = encode(&Frame::Error {
+                sid: 0,
+                code: ErrorCode::PROTOCOL,
+                message: &e,
+            });
+            let _ = handle.tx.try_send(f);
+            break e;
+        }
+    };
+    info!(agent = %agent.name, "agent offline: {reason}");
+    state.hub.unregister(&handle);
+    for route in handle.take_routes() {
+        let f = encode(&Frame::Close {
+            sid: route.client_sid,
+            exit: Exit::Aborted(ErrorCode::AGENT_GONE),
+            reason: "the agent disconnected",
+        });
+        let _ = route.tx.try_send(f);
+        let _ = state
+            .store
+            .end_session(&route.session_id, "agent disconnected")
+            .await;
+    }
+    let _ = state.store.touch_agent(&agent.id).await;
+    drop(handle);
+    writer.abort();
+}
+
+async fn handshake(
+    stream: &mut futures_util::stream::SplitStream<WebSocket>,
+    state: &AppState,
+    nonce: &[u8; NONCE_LEN],
+) -> Result<(AgentRow, u16), String> {
+    let msg = recv_binary(stream).await.ok_or("closed during handshake")?;
+    let hello = match Frame::decode_bounded(&msg, wire::DEFAULT_MAX_FRAME as usize) {
+        Ok(Frame::Hello(h)) => h,
+        Ok(_) => return Err("expected Hello".into()),
+        Err(e) => return Err(format!("bad Hello: {e}")),
+    };
+    if hello.version != agent_core::PROTOCOL_VERSION {
+        return Err(format!(
+            "agent speaks protocol version {}, relay speaks {}",
+            hello.version,
+            agent_core::PROTOCOL_VERSION
+        ));
+    }
+    let msg = recv_binary(stream).await.ok_or("closed during handshake")?;
+    let auth = match Frame::decode_bounded(&msg, wire::DEFAULT_MAX_FRAME as usize) {
+        Ok(Frame::Auth(a)) => a,
+        Ok(_) => return Err("expected Auth".into()),
+        Err(e) => return Err(format!("bad Auth: {e}")),
+    };
+    let mut buf = [0u8; 64];
+    let signed = auth_message(nonce, &mut buf).ok_or("bad nonce")?;
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, auth.public_key.0);
+    if auth.public_key.0.len() != 32 || key.verify(signed, auth.signature.0).is_err() {
+        return Err("agent key signature does not verify".into());
+    }
+    let agent = if auth.activation.is_empty() {
+        state
+            .store
+            .agent_by_key(auth.public_key.0)
+            .await
+            .map_err(|e| format!("store error: {e}"))?
+            .ok_or("unknown agent key: register this agent with --activate CODE")?
+    } else {
+        let code = Secret::from_string(auth.activation.to_string());
+        state
+            .store
+            .activate(&code, auth.public_key.0)
+            .await
+            .map_err(|e| format!("store error: {e}"))?
+            .map_err(|e| e.to_string())?
+    };
+    let max = hello.max_sessions.min(state.config.max_sessions_per_agent);
+    Ok((agent, max))
+}
+
+/// Route one frame from the agent. `Err` is a connection-level protocol violation.
+async fn route_from_agent(
+    state: &AppState,
+    handle: &Arc<AgentHandle>,
+    msg: &[u8],
+) -> Result<(), String> {
+    let frame = match Frame::decode_bounded(msg, wire::DEFAULT_MAX_FRAME as usize) {
+        Ok(f) => f,
+        Err(agent_core::DecodeError::UnknownFrame { frame_type }) => {
+            debug!("skipping unknown frame type {frame_type}");
+            return Ok(());
+        }
+        Err(e) => return Err(format!("malformed frame from agent: {e}")),
+    };
+    match frame {
+        Frame::Ping { nonce } => {
+            let _ = handle.tx.try_send(encode(&Frame::Pong { nonce }));
+            Ok(())
+        }
+        Frame::Pong { .. } => Ok(()),
+        Frame::Error { sid: 0, message, .. } => {
+            warn!(agent = %handle.name, "agent reported: {message}");
+            Ok(())
+        }
+        Frame::Accept { sid, .. }
+        | Frame::Data { sid, .. }
+        | Frame::Credit { sid, .. }
+        | Frame::Eof { sid, .. }
+        | Frame::Error { sid, .. } => {
+            let Some(route) = handle.route(sid) else {
+                return Ok(()); // the client is gone; the agent learns from our Close
+            };
+            let out = encode(&frame.with_sid(route.client_sid));
+            if route.tx.try_send(out).is_err() {
+                // The client cannot keep up (or left): end only this session.
+                handle.remove_route(sid);
+                let _ = handle.tx.try_send(encode(&Frame::Close {
+                    sid,
+                    exit: Exit::Aborted(ErrorCode::TERMINATED),
+                    reason: "client stream closed or too slow",
+                }));
+            }
+            Ok(())
+        }
+        Frame::Close { sid, exit, reason } => {
+            if let Some(route) = handle.remove_route(sid) {
+                let _ = route
+                    .tx
+                    .try_send(encode(&frame.with_sid(route.client_sid)));
+                let outcome = match exit {
+                    Exit::Code(c) => format!("exit {c}"),
+                    Exit::Signal(s) => format!("signal {s}"),
+                    Exit::Aborted(code) => format!("aborted ({}): {reason}", code.0),
+                };
+                let _ = state.store.end_session(&route.session_id, &outcome).await;
+            }
+            Ok(())
+        }
+        Frame::Reject { sid, reason, .. } => {
+            if let Some(route) = handle.remove_route(sid) {
+                let _ = route
+                    .tx
+                    .try_send(encode(&frame.with_sid(route.client_sid)));
+                let _ = state
+                    .store
+                    .end_session(&route.session_id, &format!("rejected: {reason}"))
+                    .await;
+            }
+            Ok(())
+        }
+        other => Err(format!(
+            "agent sent frame type {} after authentication",
+            other.frame_type()
+        )),
+    }
+}

@@ -1,0 +1,146 @@
+//! Online agents and the session routes through each agent's connection.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, watch};
+
+/// Frames queued towards one agent connection, at most (shared by its sessions).
+pub const AGENT_QUEUE: usize = 1024;
+/// Frames queued towards one client stream, at most. The agent honours the client's
+/// credit, so an honest agent stays far below this; overflowing ends only that session.
+pub const CLIENT_QUEUE: usize = 1024;
+
+/// Where an agent's frames for one session go.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// The session id the client used on its stream.
+    pub client_sid: u32,
+    /// The relay's session id (store key).
+    pub session_id: String,
+    /// Encoded frames for the client stream.
+    pub tx: mpsc::Sender<Vec<u8>>,
+}
+
+/// One connected, authenticated agent.
+#[derive(Debug)]
+pub struct AgentHandle {
+    /// Agent id.
+    pub id: String,
+    /// Agent name.
+    pub name: String,
+    /// Distinguishes successive connections of the same agent.
+    pub conn_id: u64,
+    /// The agent's advertised session capacity.
+    pub max_sessions: u16,
+    /// Encoded frames for the agent.
+    pub tx: mpsc::Sender<Vec<u8>>,
+    /// Set to true to make the connection task hang up (replaced by a newer one).
+    pub kick: watch::Sender<bool>,
+    routes: Mutex<HashMap<u32, Route>>,
+    next_sid: AtomicU32,
+}
+
+/// Why a route could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitReached {
+    /// Sessions in use.
+    pub in_use: usize,
+    /// The limit.
+    pub max: usize,
+}
+
+impl AgentHandle {
+    /// Sessions currently routed through this agent.
+    pub fn session_count(&self) -> usize {
+        self.routes.lock().unwrap().len()
+    }
+
+    /// Reserve a session id on this agent for a client stream, within capacity.
+    pub fn open_route(&self, route: Route) -> Result<u32, LimitReached> {
+        let mut routes = self.routes.lock().unwrap();
+        let max = self.max_sessions as usize;
+        if routes.len() >= max {
+            return Err(LimitReached {
+                in_use: routes.len(),
+                max,
+            });
+        }
+        loop {
+            let sid = self.next_sid.fetch_add(1, Ordering::Relaxed).max(1);
+            if let std::collections::hash_map::Entry::Vacant(e) = routes.entry(sid) {
+                e.insert(route);
+                return Ok(sid);
+            }
+        }
+    }
+
+    /// The route of a session.
+    pub fn route(&self, sid: u32) -> Option<Route> {
+        self.routes.lock().unwrap().get(&sid).cloned()
+    }
+
+    /// Forget a session's route (its `Close` or `Reject` went through).
+    pub fn remove_route(&self, sid: u32) -> Option<Route> {
+        self.routes.lock().unwrap().remove(&sid)
+    }
+
+    /// Forget every route (the connection ended).
+    pub fn take_routes(&self) -> Vec<Route> {
+        self.routes.lock().unwrap().drain().map(|(_, r)| r).collect()
+    }
+}
+
+/// The registry of online agents.
+#[derive(Debug, Default)]
+pub struct Hub {
+    agents: Mutex<HashMap<String, Arc<AgentHandle>>>,
+    conn_seq: AtomicU64,
+}
+
+impl Hub {
+    /// Register a freshly authenticated connection; a previous connection of the
+    /// same agent is told to hang up.
+    pub fn register(
+        &self,
+        id: &str,
+        name: &str,
+        max_sessions: u16,
+        tx: mpsc::Sender<Vec<u8>>,
+    ) -> (Arc<AgentHandle>, watch::Receiver<bool>) {
+        let (kick, kicked) = watch::channel(false);
+        let handle = Arc::new(AgentHandle {
+            id: id.to_string(),
+            name: name.to_string(),
+            conn_id: self.conn_seq.fetch_add(1, Ordering::Relaxed),
+            max_sessions,
+            tx,
+            kick,
+            routes: Mutex::new(HashMap::new()),
+            next_sid: AtomicU32::new(1),
+        });
+        if let Some(old) = self
+            .agents
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), handle.clone())
+        {
+            let _ = old.kick.send(true);
+        }
+        (handle, kicked)
+    }
+
+    /// Remove a connection, unless a newer one of the same agent replaced it.
+    pub fn unregister(&self, handle: &AgentHandle) {
+        let mut agents = self.agents.lock().unwrap();
+        if agents.get(&handle.id).map(|h| h.conn_id) == Some(handle.conn_id) {
+            agents.remove(&handle.id);
+        }
+    }
+
+    /// The connection of an online agent.
+    pub fn get(&self, id: &str) -> Option<Arc<AgentHandle>> {
+        self.agents.lock().unwrap().get(id).cloned()
+    }
+}

@@ -1,0 +1,31 @@
+//! # relay: the Sesame relay (`sesame-relay`)
+//!
+//! Agents dial in and hold one TLS WebSocket each (`/v1/agent`), authenticated by an
+//! Ed25519 key bound once with a one-time activation code. Users call the HTTP JSON
+//! API with a bearer API key (`/v1/agents`, `/v1/sessions`) and then open a session
+//! stream (`/v1/stream/{id}?token=...`) with a one-use, short-lived token; the relay
+//! routes that stream's frames to the agent's connection, rewriting session ids.
+//!
+//! ## Contract
+//! - Every secret (API keys, activation codes, session tokens) is stored as a SHA-256
+//!   hash and never logged.
+//! - Bad input from one peer (malformed frame, bad token, unknown key) gets one clear
+//!   error and closes only what it belongs to: a client stream, or that agent's link.
+//! - Every queue is bounded; a client that cannot keep up loses its own session, not
+//!   the agent's other sessions.
+//!
+//! ## Non-goals (for now)
+//! Policies beyond admin users, rate limits, recordings and audit (later issues).
+
+pub mod agent_link;
+pub mod api;
+pub mod error;
+pub mod hub;
+pub mod secret;
+pub mod server;
+pub mod store;
+pub mod stream;
+pub mod tls;
+
+pub use error::Error;
+pub use server::{Server, ServerConfig};

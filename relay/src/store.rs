@@ -1,0 +1,413 @@
+//! The relay's store: agents, users and sessions in SQLite (sqlx, so that a
+//! PostgreSQL backend can share the same queries later).
+//!
+//! The database runs in WAL mode with a busy timeout, so the admin commands
+//! (`sesame-relay agent add`, `user add`) work while `serve` is running.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+
+use crate::secret::{random_base32, Secret};
+use crate::Error;
+
+/// Activation codes expire after this long.
+pub const ACTIVATION_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// An agent as stored.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    /// Stable id (`ag-...`).
+    pub id: String,
+    /// Unique name chosen by the operator.
+    pub name: String,
+    /// Free-form tags.
+    pub tags: BTreeMap<String, String>,
+    /// Last time the agent connected or disconnected (unix seconds), if ever.
+    pub last_seen: Option<i64>,
+}
+
+/// A user as stored.
+#[derive(Debug, Clone)]
+pub struct UserRow {
+    /// Stable id (`us-...`).
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Administrators may open any session.
+    pub admin: bool,
+}
+
+/// A session whose token was just redeemed.
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    /// Session id.
+    pub id: String,
+    /// Target agent.
+    pub agent_id: String,
+    /// `shell` or `exec`.
+    pub kind: String,
+    /// Who asked for it.
+    pub user_id: String,
+}
+
+/// Why an activation code was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ActivationError {
+    /// No agent has this code.
+    #[error("unknown activation code")]
+    Unknown,
+    /// The code was already used to register a key.
+    #[error("activation code was already used; ask for a new one with `sesame-relay agent add`")]
+    Used,
+    /// The code is too old.
+    #[error("activation code expired; ask for a new one with `sesame-relay agent add`")]
+    Expired,
+    /// The key is already registered to another agent.
+    #[error("this agent key is already registered to another agent")]
+    KeyInUse,
+}
+
+/// Why a session token was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// No such session or wrong token.
+    #[error("invalid session token")]
+    Invalid,
+    /// The token was already used.
+    #[error("session token was already used (tokens are single-use)")]
+    Used,
+    /// The token is too old.
+    #[error("session token expired; create a new session")]
+    Expired,
+}
+
+/// The SQLite-backed store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS agents (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        tags TEXT NOT NULL DEFAULT '{}',
+        public_key BLOB UNIQUE,
+        activation_hash TEXT UNIQUE,
+        activation_expires INTEGER,
+        activated_at INTEGER,
+        created_at INTEGER NOT NULL,
+        last_seen INTEGER
+    )",
+    "CREATE TABLE IF NOT EXISTS users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        admin INTEGER NOT NULL,
+        api_key_hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS sessions (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL REFERENCES agents(id),
+        user_id TEXT NOT NULL REFERENCES users(id),
+        kind TEXT NOT NULL,
+        token_hash TEXT NOT NULL,
+        token_expires INTEGER NOT NULL,
+        token_used_at INTEGER,
+        created_at INTEGER NOT NULL,
+        ended_at INTEGER,
+        exit TEXT
+    )",
+];
+
+impl Store {
+    /// Open (creating if needed) the store in `dir/sesame.db`.
+    pub async fn open(dir: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let opts = SqliteConnectOptions::new()
+            .filename(dir.join("sesame.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        for stmt in SCHEMA {
+            sqlx::query(stmt).execute(&pool).await?;
+        }
+        Ok(Store { pool })
+    }
+
+    /// Register an agent; returns its id and a one-time activation code.
+    pub async fn add_agent(
+        &self,
+        name: &str,
+        tags: &BTreeMap<String, String>,
+    ) -> Result<(String, Secret), Error> {
+        validate_name(name)?;
+        let id = format!("ag-{}", random_base32(10));
+        let code = Secret::generate("act_");
+        let now = unix_now();
+        let res = sqlx::query(
+            "INSERT INTO agents (id, name, tags, activation_hash, activation_expires, created_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(serde_json::to_string(tags).unwrap_or_else(|_| "{}".into()))
+        .bind(code.hash())
+        .bind(now + ACTIVATION_TTL.as_secs() as i64)
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok((id, code)),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(Error::Invalid(format!("an agent named '{name}' already exists")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Register a user; returns the API key, shown once.
+    pub async fn add_user(&self, name: &str, admin: bool) -> Result<Secret, Error> {
+        validate_name(name)?;
+        let id = format!("us-{}", random_base32(10));
+        let key = Secret::generate("sk_");
+        let res = sqlx::query(
+            "INSERT INTO users (id, name, admin, api_key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(admin)
+        .bind(key.hash())
+        .bind(unix_now())
+        .execute(&self.pool)
+        .await;
+        match res {
+            Ok(_) => Ok(key),
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                Err(Error::Invalid(format!("a user named '{name}' already exists")))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The user owning an API key.
+    pub async fn user_by_key(&self, key: &Secret) -> Result<Option<UserRow>, Error> {
+        let row = sqlx::query("SELECT id, name, admin FROM users WHERE api_key_hash = ?")
+            .bind(key.hash())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| UserRow {
+            id: r.get("id"),
+            name: r.get("name"),
+            admin: r.get("admin"),
+        }))
+    }
+
+    fn agent_row(r: &sqlx::sqlite::SqliteRow) -> AgentRow {
+        let tags: String = r.get("tags");
+        AgentRow {
+            id: r.get("id"),
+            name: r.get("name"),
+            tags: serde_json::from_str(&tags).unwrap_or_default(),
+            last_seen: r.get("last_seen"),
+        }
+    }
+
+    /// All agents, by name.
+    pub async fn agents(&self) -> Result<Vec<AgentRow>, Error> {
+        let rows = sqlx::query("SELECT id, name, tags, last_seen FROM agents ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(Self::agent_row).collect())
+    }
+
+    /// An agent by name or id.
+    pub async fn agent(&self, target: &str) -> Result<Option<AgentRow>, Error> {
+        let row = sqlx::query(
+            "SELECT id, name, tags, last_seen FROM agents WHERE name = ? OR id = ? LIMIT 1",
+        )
+        .bind(target)
+        .bind(target)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(Self::agent_row))
+    }
+
+    /// The agent registered with this Ed25519 public key.
+    pub async fn agent_by_key(&self, key: &[u8]) -> Result<Option<AgentRow>, Error> {
+        let row = sqlx::query("SELECT id, name, tags, last_seen FROM agents WHERE public_key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(Self::agent_row))
+    }
+
+    /// Bind `key` to the agent that `code` names, using the code up.
+    pub async fn activate(
+        &self,
+        code: &Secret,
+        key: &[u8],
+    ) -> Result<Result<AgentRow, ActivationError>, Error> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT id, name, tags, last_seen, public_key, activation_expires, activated_at
+             FROM agents WHERE activation_hash = ?",
+        )
+        .bind(code.hash())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(Err(ActivationError::Unknown));
+        };
+        let agent = Self::agent_row(&row);
+        let bound: Option<Vec<u8>> = row.get("public_key");
+        if let Some(bound) = bound {
+            // Re-running the first start with the same key is harmless.
+            return Ok(if bound == key {
+                Ok(agent)
+            } else {
+                Err(ActivationError::Used)
+            });
+        }
+        let expires: i64 = row.get("activation_expires");
+        if unix_now() > expires {
+            return Ok(Err(ActivationError::Expired));
+        }
+        let res = sqlx::query("UPDATE agents SET public_key = ?, activated_at = ? WHERE id = ?")
+            .bind(key)
+            .bind(unix_now())
+            .bind(&agent.id)
+            .execute(&mut *tx)
+            .await;
+        match res {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                return Ok(Err(ActivationError::KeyInUse))
+            }
+            Err(e) => return Err(e.into()),
+        }
+        tx.commit().await?;
+        Ok(Ok(agent))
+    }
+
+    /// Record that the agent was seen now.
+    pub async fn touch_agent(&self, id: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE agents SET last_seen = ? WHERE id = ?")
+            .bind(unix_now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Create a session and its one-use token valid for `ttl`.
+    pub async fn create_session(
+        &self,
+        agent_id: &str,
+        user_id: &str,
+        kind: &str,
+        ttl: Duration,
+    ) -> Result<(String, Secret, i64), Error> {
+        let id = format!("s-{}", random_base32(16));
+        let token = Secret::generate("tok_");
+        let now = unix_now();
+        let expires = now + ttl.as_secs() as i64;
+        sqlx::query(
+            "INSERT INTO sessions (id, agent_id, user_id, kind, token_hash, token_expires, created_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(agent_id)
+        .bind(user_id)
+        .bind(kind)
+        .bind(token.hash())
+        .bind(expires)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok((id, token, expires))
+    }
+
+    /// Use a session's token up. Atomic: of two concurrent redeemers one wins.
+    pub async fn redeem_token(
+        &self,
+        session_id: &str,
+        token: &Secret,
+    ) -> Result<Result<SessionRow, TokenError>, Error> {
+        let now = unix_now();
+        let row = sqlx::query(
+            "UPDATE sessions SET token_used_at = ?
+             WHERE id = ? AND token_hash = ? AND token_used_at IS NULL AND token_expires >= ?
+             RETURNING id, agent_id, kind, user_id",
+        )
+        .bind(now)
+        .bind(session_id)
+        .bind(token.hash())
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(r) = row {
+            return Ok(Ok(SessionRow {
+                id: r.get("id"),
+                agent_id: r.get("agent_id"),
+                kind: r.get("kind"),
+                user_id: r.get("user_id"),
+            }));
+        }
+        let why = sqlx::query(
+            "SELECT token_used_at, token_expires FROM sessions WHERE id = ? AND token_hash = ?",
+        )
+        .bind(session_id)
+        .bind(token.hash())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(Err(match why {
+            None => TokenError::Invalid,
+            Some(r) if r.get::<Option<i64>, _>("token_used_at").is_some() => TokenError::Used,
+            Some(_) => TokenError::Expired,
+        }))
+    }
+
+    /// Record how a session ended.
+    pub async fn end_session(&self, id: &str, exit: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE sessions SET ended_at = ?, exit = ? WHERE id = ?")
+            .bind(unix_now())
+            .bind(exit)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "invalid name '{name}': use 1-64 letters, digits, '-', '_' or '.'"
+        )))
+    }
+}
