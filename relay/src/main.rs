@@ -1,1 +1,182 @@
-fn main(){}
+//! `sesame-relay`: serve, and the admin commands that work while it serves.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use relay::store::Store;
+use relay::{Server, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "sesame-relay", version, about = "The Sesame relay: agents dial in, users reach them through it")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the relay.
+    Serve {
+        /// Data directory: SQLite store and generated certificates.
+        #[arg(long, env = "SESAME_RELAY_DATA", default_value = "/var/lib/sesame-relay")]
+        data_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:8443")]
+        listen: SocketAddr,
+        /// PEM certificate chain (instead of the generated self-signed one).
+        #[arg(long, requires = "key")]
+        cert: Option<PathBuf>,
+        /// PEM private key for --cert.
+        #[arg(long, requires = "cert")]
+        key: Option<PathBuf>,
+        /// Extra DNS name or IP for the generated certificate (repeatable).
+        #[arg(long = "name")]
+        names: Vec<String>,
+        /// Session token lifetime in seconds.
+        #[arg(long, default_value_t = 600)]
+        token_ttl: u64,
+        /// Sessions per agent at most (an agent's smaller capacity wins).
+        #[arg(long, default_value_t = 20)]
+        max_sessions_per_agent: u16,
+    },
+    /// Manage agents.
+    Agent {
+        #[command(subcommand)]
+        cmd: AgentCmd,
+    },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        cmd: UserCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AgentCmd {
+    /// Register an agent; prints its one-time activation code.
+    Add {
+        /// Unique name.
+        name: String,
+        /// Data directory of the relay.
+        #[arg(long, env = "SESAME_RELAY_DATA", default_value = "/var/lib/sesame-relay")]
+        data_dir: PathBuf,
+        /// Tag as key=value (repeatable).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCmd {
+    /// Register a user; prints the API key (shown once).
+    Add {
+        /// Unique name.
+        name: String,
+        /// Data directory of the relay.
+        #[arg(long, env = "SESAME_RELAY_DATA", default_value = "/var/lib/sesame-relay")]
+        data_dir: PathBuf,
+        /// Administrator: may open any session.
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.cmd {
+        Cmd::Serve {
+            data_dir,
+            listen,
+            cert,
+            key,
+            names,
+            token_ttl,
+            max_sessions_per_agent,
+        } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let server = Server::bind(ServerConfig {
+                listen,
+                data_dir: data_dir.clone(),
+                cert: cert.zip(key),
+                names,
+                token_ttl: Duration::from_secs(token_ttl),
+                max_sessions_per_agent,
+            })
+            .await?;
+            let addr = server.local_addr()?;
+            match &server.ca_path {
+                Some(ca) => println!("sesame-relay listening on https://{addr} (CA: {})", ca.display()),
+                None => println!("sesame-relay listening on https://{addr}"),
+            }
+            tokio::select! {
+                r = server.run() => r?,
+                _ = shutdown_signal() => {},
+            }
+            Ok(())
+        }
+        Cmd::Agent {
+            cmd: AgentCmd::Add { name, data_dir, tags },
+        } => {
+            let mut map = BTreeMap::new();
+            for t in tags {
+                let Some((k, v)) = t.split_once('=') else {
+                    bail!("invalid tag '{t}': use key=value");
+                };
+                map.insert(k.to_string(), v.to_string());
+            }
+            let store = Store::open(&data_dir)
+                .await
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+            let (_id, code) = store.add_agent(&name, &map).await?;
+            println!("{}", code.expose());
+            Ok(())
+        }
+        Cmd::User {
+            cmd: UserCmd::Add { name, data_dir, admin },
+        } => {
+            let store = Store::open(&data_dir)
+                .await
+                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+            let key = store.add_user(&name, admin).await?;
+            println!("{}", key.expose());
+            Ok(())
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
