@@ -1,1 +1,29 @@
+//! # agent-linux: `sesame-agent`, the tokio driver of `agent-core` on Linux
+//!
+//! Holds one TLS WebSocket to the relay, authenticated with an Ed25519 key kept in
+//! the state directory, and runs the sessions the relay opens: login shells on a real
+//! PTY and commands run directly with stdout and stderr apart. All protocol decisions
+//! (handshake, session limit, flow control, keepalive) are made by
+//! [`agent_core::session::Agent`]; this crate only moves bytes and processes.
+//!
+//! ## Contract
+//! - Never exits because the relay is away: reconnects with jittered exponential
+//!   backoff (0.5 s doubling to 30 s).
+//! - Output of a session waits for the client's credit; a slow client slows only its
+//!   own session (its process blocks on a full pipe).
+//! - Ending a session (client request, protocol violation, lost connection) kills the
+//!   session's whole process group.
+//!
+//! ## Non-goals (for now)
+//! Resuming sessions across reconnects; port forwarding.
 
+pub mod connect;
+pub mod driver;
+pub mod identity;
+pub mod process;
+pub mod pty;
+
+pub use driver::{run, AgentOptions};
+
+/// Sessions this agent runs at once (advertised to the relay in `Hello`).
+pub const MAX_SESSIONS: usize = 20;

@@ -1,0 +1,307 @@
+//! Session processes: a login shell on a PTY, or a command with pipes.
+//!
+//! Each session has tasks that read its output into the driver's queue (bounded by a
+//! semaphore of queue space, so a stalled client stalls the process, not the agent),
+//! a task that writes input, and a supervisor that reports the exit status once all
+//! output has been read.
+
+use std::ffi::OsString;
+use std::io;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+
+use agent_core::wire::{Exit, Stream};
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::pty::{self, Master};
+
+/// Bytes of output a session may have queued in the agent, waiting for credit.
+pub const QUEUE_SPACE: usize = 64 * 1024;
+/// Largest single read of output.
+pub const CHUNK: usize = 16 * 1024;
+
+/// What session tasks tell the driver.
+#[derive(Debug)]
+pub enum Msg {
+    /// Output read from the process (queue space already reserved).
+    Output {
+        /// Session.
+        sid: u32,
+        /// stdout or stderr.
+        stream: Stream,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Input bytes were written to the process (credit may flow back).
+    Consumed {
+        /// Session.
+        sid: u32,
+        /// How many.
+        n: usize,
+    },
+    /// The process ended and all its output was read.
+    Exited {
+        /// Session.
+        sid: u32,
+        /// How it ended.
+        exit: Exit,
+    },
+}
+
+/// What the driver tells a session's input task.
+#[derive(Debug)]
+pub enum Input {
+    /// Bytes for stdin (or the terminal).
+    Data(Vec<u8>),
+    /// No more input.
+    Eof,
+    /// New terminal size.
+    Resize(u16, u16),
+}
+
+/// A running session's process, as seen by the driver.
+#[derive(Debug)]
+pub struct Process {
+    /// The process group to signal.
+    pub pgid: i32,
+    /// Input for the process.
+    pub input: mpsc::UnboundedSender<Input>,
+    /// Queue space; the driver gives it back as output leaves the queue.
+    pub space: Arc<Semaphore>,
+}
+
+impl Process {
+    /// Send `signal` to the session's process group.
+    pub fn signal(&self, signal: i32) {
+        if let (Some(pid), Some(sig)) = (Pid::from_raw(self.pgid), Signal::from_named_raw(signal)) {
+            let _ = rustix::process::kill_process_group(pid, sig);
+        }
+    }
+
+    /// End the session: SIGHUP to the group, SIGKILL two seconds later.
+    pub fn terminate(&self) {
+        self.signal(Signal::HUP.as_raw());
+        self.signal(Signal::CONT.as_raw());
+        let pgid = self.pgid;
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+            if let Some(pid) = Pid::from_raw(pgid) {
+                let _ = rustix::process::kill_process_group(pid, Signal::KILL);
+            }
+        });
+    }
+}
+
+fn exit_of(status: io::Result<ExitStatus>) -> Exit {
+    match status {
+        Ok(s) => match (s.code(), s.signal()) {
+            (Some(c), _) => Exit::Code(c),
+            (None, Some(sig)) => Exit::Signal(sig as u8),
+            _ => Exit::Code(-1),
+        },
+        Err(_) => Exit::Code(-1),
+    }
+}
+
+/// Reserve up to [`CHUNK`] bytes of queue space; returns the amount reserved.
+async fn reserve(space: &Arc<Semaphore>) -> Option<usize> {
+    space.acquire_many(CHUNK as u32).await.ok()?.forget();
+    Some(CHUNK)
+}
+
+/// Start `argv` directly (no shell) in its own process group, with pipes.
+pub fn spawn_exec(sid: u32, argv: Vec<OsString>, tx: mpsc::UnboundedSender<Msg>) -> io::Result<Process> {
+    let mut cmd = tokio::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let mut child = cmd.spawn()?;
+    let pgid = child.id().unwrap_or(0) as i32;
+    let space = Arc::new(Semaphore::new(QUEUE_SPACE));
+    let (input, mut input_rx) = mpsc::unbounded_channel();
+
+    let mut stdin = child.stdin.take();
+    let txi = tx.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = input_rx.recv().await {
+            match msg {
+                Input::Data(d) => {
+                    if let Some(w) = stdin.as_mut() {
+                        // A process that closed its stdin discards input; credit still flows.
+                        if w.write_all(&d).await.is_err() {
+                            stdin = None;
+                        }
+                    }
+                    let _ = txi.send(Msg::Consumed { sid, n: d.len() });
+                }
+                Input::Eof => stdin = None,
+                Input::Resize(..) => {}
+            }
+        }
+    });
+
+    let readers: Vec<_> = [
+        (child.stdout.take().map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), Stream::OUT),
+        (child.stderr.take().map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), Stream::ERR),
+    ]
+    .into_iter()
+    .filter_map(|(r, stream)| r.map(|r| (r, stream)))
+    .map(|(mut r, stream)| {
+        let space = space.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; CHUNK];
+            loop {
+                let Some(reserved) = reserve(&space).await else { break };
+                let n = r.read(&mut buf[..reserved]).await.unwrap_or(0);
+                space.add_permits(reserved - n);
+                if n == 0 {
+                    break;
+                }
+                let _ = tx.send(Msg::Output { sid, stream, data: buf[..n].to_vec() });
+            }
+        })
+    })
+    .collect();
+
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        // Like ssh, wait for end-of-file on both pipes: all output reaches the user.
+        for r in readers {
+            let _ = r.await;
+        }
+        let _ = tx.send(Msg::Exited { sid, exit: exit_of(status) });
+    });
+    Ok(Process { pgid, input, space })
+}
+
+/// The login shell of the user the agent runs as: (shell, home, user name).
+fn login_shell() -> (String, String, String) {
+    let uid = rustix::process::getuid().as_raw();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) {
+            let shell = if f[6].is_empty() || !std::path::Path::new(f[6]).exists() {
+                "/bin/sh".to_string()
+            } else {
+                f[6].to_string()
+            };
+            return (shell, f[5].to_string(), f[0].to_string());
+        }
+    }
+    ("/bin/sh".into(), "/".into(), format!("{uid}"))
+}
+
+/// Start the login shell on a new PTY of `cols` x `rows`.
+pub fn spawn_shell(
+    sid: u32,
+    term: &str,
+    cols: u16,
+    rows: u16,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> io::Result<Process> {
+    let (master, slave) = pty::open(cols, rows)?;
+    let (shell, home, user) = login_shell();
+    let name = std::path::Path::new(&shell)
+        .file_name()
+        .map(|n| n.to_os_string().into_vec())
+        .unwrap_or_else(|| b"sh".to_vec());
+    let mut arg0 = b"-".to_vec();
+    arg0.extend(name);
+    let mut std_cmd = std::process::Command::new(&shell);
+    std_cmd
+        .arg0(OsString::from_vec(arg0))
+        .env_clear()
+        .env("TERM", if term.is_empty() { "xterm-256color" } else { term })
+        .env("HOME", &home)
+        .env("USER", &user)
+        .env("LOGNAME", &user)
+        .env("SHELL", &shell)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .current_dir(if std::path::Path::new(&home).is_dir() { &home } else { "/" })
+        .stdin(Stdio::from(slave.try_clone()?))
+        .stdout(Stdio::from(slave.try_clone()?))
+        .stderr(Stdio::from(slave));
+    if let Ok(lang) = std::env::var("LANG") {
+        std_cmd.env("LANG", lang);
+    }
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        std_cmd.pre_exec(|| {
+            rustix::process::setsid()?;
+            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+            Ok(())
+        });
+    }
+    let mut cmd = tokio::process::Command::from(std_cmd);
+    let mut child = cmd.spawn()?;
+    drop(cmd); // closes our copies of the slave, so EOF comes when the shell exits
+    let pgid = child.id().unwrap_or(0) as i32;
+    let master = Arc::new(Master::new(master)?);
+    let space = Arc::new(Semaphore::new(QUEUE_SPACE));
+    let (input, mut input_rx) = mpsc::unbounded_channel();
+
+    let m = master.clone();
+    let txi = tx.clone();
+    tokio::spawn(async move {
+        while let Some(msg) = input_rx.recv().await {
+            match msg {
+                Input::Data(d) => {
+                    let _ = m.write_all(&d).await;
+                    let _ = txi.send(Msg::Consumed { sid, n: d.len() });
+                }
+                // A terminal has no half-close: send the EOF character (^D).
+                Input::Eof => {
+                    let _ = m.write_all(&[4]).await;
+                }
+                Input::Resize(c, r) => {
+                    let _ = m.resize(c, r);
+                }
+            }
+        }
+    });
+
+    let (exited_tx, mut exited_rx) = tokio::sync::watch::channel(false);
+    let m = master.clone();
+    let sp = space.clone();
+    let txr = tx.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let Some(reserved) = reserve(&sp).await else { break };
+            let n = if *exited_rx.borrow() {
+                // The shell is gone: drain what is buffered, then stop even if a
+                // background job still holds the terminal open.
+                m.try_read(&mut buf[..reserved]).ok().flatten().unwrap_or(0)
+            } else {
+                tokio::select! {
+                    r = m.read(&mut buf[..reserved]) => r.unwrap_or(0),
+                    _ = exited_rx.changed() => {
+                        sp.add_permits(reserved);
+                        continue;
+                    }
+                }
+            };
+            sp.add_permits(reserved - n);
+            if n == 0 {
+                break;
+            }
+            let _ = txr.send(Msg::Output { sid, stream: Stream::OUT, data: buf[..n].to_vec() });
+        }
+    });
+
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let _ = exited_tx.send(true);
+        let _ = reader.await;
+        let _ = tx.send(Msg::Exited { sid, exit: exit_of(status) });
+    });
+    Ok(Process { pgid, input, space })
+}

@@ -1,0 +1,61 @@
+//! `sesame ls`: targets and their online state.
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::Relay;
+
+/// One target as the relay lists it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Target {
+    /// Agent id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Tags.
+    #[serde(default)]
+    pub tags: std::collections::BTreeMap<String, String>,
+    /// Connected now.
+    pub online: bool,
+    /// Unix seconds of the last connect or disconnect.
+    pub last_seen: Option<i64>,
+    /// Sessions running.
+    #[serde(default)]
+    pub sessions: usize,
+}
+
+fn ago(t: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let s = (now - t).max(0);
+    match s {
+        0..=59 => format!("{s}s ago"),
+        60..=3599 => format!("{}m ago", s / 60),
+        3600..=86399 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
+}
+
+/// Print the targets as a table or as JSON.
+pub async fn run(relay: &Relay, json: bool) -> anyhow::Result<()> {
+    let targets: Vec<Target> = relay.call("GET", "/v1/agents", None).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&targets)?);
+        return Ok(());
+    }
+    println!("{:<20} {:<16} {:<8} {:<9} {:<12} TAGS", "NAME", "ID", "STATE", "SESSIONS", "LAST SEEN");
+    for t in targets {
+        let tags: Vec<String> = t.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        println!(
+            "{:<20} {:<16} {:<8} {:<9} {:<12} {}",
+            t.name,
+            t.id,
+            if t.online { "online" } else { "offline" },
+            t.sessions,
+            t.last_seen.map_or("never".to_string(), ago),
+            tags.join(",")
+        );
+    }
+    Ok(())
+}

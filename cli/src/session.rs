@@ -1,0 +1,235 @@
+//! One interactive or exec session: create it through the API, open its stream,
+//! and pump stdin/stdout/stderr with credit-based flow control until it closes.
+
+use std::io::{IsTerminal, Read};
+
+use agent_core::flow::{RecvWindow, SendWindow};
+use agent_core::wire::{self, Bytes, ErrorCode, Exit, Frame, Kind, Stream};
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::Relay;
+use crate::terminal;
+
+/// Bytes the CLI can take from the agent before returning credit.
+pub const WINDOW: u32 = 256 * 1024;
+/// Session id the CLI uses on its stream (the relay maps it).
+const SID: u32 = 1;
+
+/// What to run.
+pub enum Request {
+    /// An interactive login shell.
+    Shell,
+    /// A command.
+    Exec(Vec<String>),
+}
+
+#[derive(Deserialize)]
+struct Created {
+    stream_url: String,
+    token: String,
+}
+
+fn encode(f: &Frame) -> Message {
+    let mut buf = vec![0u8; f.buffer_len()];
+    let n = f.encode(&mut buf).unwrap_or(0);
+    buf.truncate(n);
+    Message::Binary(buf.into())
+}
+
+/// Exit code for the local process from the remote outcome.
+pub fn exit_code(exit: Exit) -> i32 {
+    match exit {
+        Exit::Code(c) => c & 0xff,
+        Exit::Signal(s) => 128 + s as i32,
+        Exit::Aborted(_) => 255,
+    }
+}
+
+fn stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+    // A plain thread: blocking stdin reads never hold up the runtime, and the
+    // channel bound is the only buffering.
+    let (tx, rx) = mpsc::channel(4);
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.blocking_send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Run the session; returns the exit code for this process.
+pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i32> {
+    let kind_name = match req {
+        Request::Shell => "shell",
+        Request::Exec(_) => "exec",
+    };
+    let created: Created = relay
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(serde_json::json!({ "target": target, "kind": kind_name })),
+        )
+        .await?;
+    let mut ws = relay.open_stream(&created.stream_url, &created.token).await?;
+
+    let interactive = matches!(req, Request::Shell) && std::io::stdin().is_terminal();
+    let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
+    let (cols, rows) = terminal::size().unwrap_or((80, 24));
+    let argv: Vec<u8> = match &req {
+        Request::Exec(args) => args.iter().flat_map(|a| a.bytes().chain([0])).collect(),
+        Request::Shell => Vec::new(),
+    };
+    let kind = match req {
+        Request::Shell => Kind::Shell { term: &term, cols, rows },
+        Request::Exec(_) => Kind::Exec { argv: Bytes(&argv) },
+    };
+    ws.send(encode(&Frame::Open { sid: SID, window: WINDOW, kind }))
+        .await
+        .context("cannot send the session request")?;
+
+    // Wait for Accept or Reject.
+    let mut send = loop {
+        let msg = ws.next().await;
+        let bytes = match msg {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session stream"),
+            Some(Err(e)) => bail!("session stream failed: {e}"),
+            Some(Ok(_)) => continue,
+        };
+        match Frame::decode(&bytes) {
+            Ok(Frame::Accept { window, .. }) => break SendWindow::new(window),
+            Ok(Frame::Reject { reason, .. }) => bail!("{target}: {reason}"),
+            Ok(Frame::Close { reason, .. }) => bail!("{target}: {reason}"),
+            Ok(_) => continue,
+            Err(e) => bail!("malformed frame from the relay: {e}"),
+        }
+    };
+
+    let _raw = if interactive {
+        Some(terminal::RawMode::enable().context("cannot put the terminal in raw mode")?)
+    } else {
+        None
+    };
+    let mut recv = RecvWindow::new(WINDOW);
+    let mut stdin = stdin_reader();
+    let mut stdin_open = true;
+    let mut pending: Option<(Vec<u8>, usize)> = None;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut winch = signal(SignalKind::window_change())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let max_chunk = wire::max_data_len(wire::DEFAULT_MAX_FRAME);
+
+    loop {
+        // Send what stdin gave us, as far as credit allows.
+        if let Some((data, off)) = pending.as_mut() {
+            while *off < data.len() {
+                let n = send.take((data.len() - *off).min(max_chunk));
+                if n == 0 {
+                    break;
+                }
+                let f = Frame::Data { sid: SID, ch: 0, stream: Stream::OUT, data: Bytes(&data[*off..*off + n]) };
+                ws.feed(encode(&f)).await?;
+                *off += n;
+            }
+            if *off == data.len() {
+                pending = None;
+            }
+            ws.flush().await?;
+        }
+        let want_stdin = stdin_open && pending.is_none();
+        tokio::select! {
+            msg = ws.next() => {
+                let bytes = match msg {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session stream unexpectedly"),
+                    Some(Err(e)) => bail!("session stream failed: {e}"),
+                    Some(Ok(_)) => continue,
+                };
+                match Frame::decode(&bytes) {
+                    Ok(Frame::Data { stream, data, .. }) => {
+                        if recv.on_data(data.0.len()).is_err() {
+                            bail!("the agent sent more than its credit");
+                        }
+                        if stream == Stream::ERR {
+                            stderr.write_all(data.0).await?;
+                            stderr.flush().await?;
+                        } else {
+                            stdout.write_all(data.0).await?;
+                            stdout.flush().await?;
+                        }
+                        recv.consume(data.0.len());
+                        if let Some(bytes) = recv.credit_due() {
+                            ws.send(encode(&Frame::Credit { sid: SID, ch: 0, bytes })).await?;
+                        }
+                    }
+                    Ok(Frame::Credit { bytes, .. }) => {
+                        let _ = send.grant(bytes);
+                    }
+                    Ok(Frame::Close { exit, reason, .. }) => {
+                        stdout.flush().await?;
+                        drop(_raw);
+                        if let Exit::Aborted(code) = exit {
+                            let why = if reason.is_empty() { describe(code) } else { reason.to_string() };
+                            bail!("session ended: {why}");
+                        }
+                        return Ok(exit_code(exit));
+                    }
+                    Ok(Frame::Error { message, .. }) => bail!("{message}"),
+                    Ok(_) => {}
+                    Err(e) => bail!("malformed frame from the relay: {e}"),
+                }
+            }
+            chunk = stdin.recv(), if want_stdin => {
+                match chunk {
+                    Some(data) => pending = Some((data, 0)),
+                    None => {
+                        stdin_open = false;
+                        ws.send(encode(&Frame::Eof { sid: SID, ch: 0 })).await?;
+                    }
+                }
+            }
+            _ = winch.recv() => {
+                if let Some((cols, rows)) = terminal::size() {
+                    ws.send(encode(&Frame::Resize { sid: SID, cols, rows })).await?;
+                }
+            }
+            _ = sigint.recv() => {
+                // Only reaches us when the terminal is not raw (exec, or piped input).
+                ws.send(encode(&Frame::Signal { sid: SID, signal: 2 })).await?;
+            }
+            _ = sigterm.recv() => {
+                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client terminated" })).await?;
+            }
+            _ = sighup.recv() => {
+                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client hung up" })).await?;
+            }
+        }
+    }
+}
+
+fn describe(code: ErrorCode) -> String {
+    match code {
+        ErrorCode::AGENT_GONE => "the agent disconnected".into(),
+        ErrorCode::TERMINATED => "terminated".into(),
+        ErrorCode::FLOW_CONTROL => "flow control violated".into(),
+        c => format!("error code {}", c.0),
+    }
+}
