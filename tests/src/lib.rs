@@ -1,1 +1,291 @@
+//! # tests: end-to-end harness for Sesame
+//!
+//! Starts the real `sesame-relay`, `sesame-agent` and `sesame` binaries on loopback
+//! (port 0, temporary directories) and tears everything down on drop. Used by the
+//! scenarios under `tests/tests/` and by the `bench` binary.
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, same profile):
+//! they are looked up next to the test executable.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Directory of the workspace's built binaries (same profile as this executable).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir
+}
+
+/// Path of a workspace binary; panics with the command to run if it is missing.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (same profile)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Make one named after `tag`.
+    pub fn new(tag: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("sesame-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc {
+    /// The child.
+    pub child: Child,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    /// Contents of its stderr log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Kill it now.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A running relay.
+pub struct Relay {
+    /// The process.
+    pub proc: Proc,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// Start `sesame-relay serve` on `127.0.0.1:port` (0 picks one) with extra flags.
+pub fn start_relay(data: &Path, port: u16, extra: &[&str]) -> Relay {
+    std::fs::create_dir_all(data).unwrap();
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let log = data.join(format!("relay-{n}.log"));
+    let mut child = Command::new(bin("sesame-relay"))
+        .args(["serve", "--data-dir"])
+        .arg(data)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("spawn sesame-relay");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("relay did not report its address: {line:?} {}", std::fs::read_to_string(&log).unwrap_or_default()));
+    Relay {
+        proc: Proc { child, log },
+        port,
+    }
+}
+
+/// A relay, one agent and one admin user, ready for sessions.
+pub struct Env {
+    /// Temporary files.
+    pub dir: TempDir,
+    /// The relay.
+    pub relay: Relay,
+    /// The agent.
+    pub agent: Proc,
+    /// The admin's API key.
+    pub api_key: String,
+    /// Agent name.
+    pub target: String,
+}
+
+/// Run a relay admin command and return its one line of output.
+pub fn admin(data: &Path, args: &[&str]) -> String {
+    let out = Command::new(bin("sesame-relay"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "sesame-relay {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// Start `sesame-agent` against the relay.
+pub fn start_agent(dir: &Path, state: &str, port: u16, code: Option<&str>) -> Proc {
+    let log = dir.join(format!("{state}.log"));
+    let mut cmd = Command::new(bin("sesame-agent"));
+    cmd.arg("--relay")
+        .arg(format!("wss://127.0.0.1:{port}"))
+        .arg("--ca")
+        .arg(dir.join("relay/tls/ca.pem"))
+        .arg("--state-dir")
+        .arg(dir.join(state))
+        .env("RUST_LOG", "info,agent_linux=debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if let Some(code) = code {
+        cmd.arg("--activate").arg(code);
+    }
+    Proc {
+        child: cmd.spawn().expect("spawn sesame-agent"),
+        log,
+    }
+}
+
+impl Env {
+    /// Start everything with extra relay flags and wait until the agent is online.
+    pub fn start_with(relay_flags: &[&str]) -> Env {
+        let dir = TempDir::new("e2e");
+        let data = dir.0.join("relay");
+        let relay = start_relay(&data, 0, relay_flags);
+        let code = admin(&data, &["agent", "add", "gw-01", "--tag", "site=lab"]);
+        let api_key = admin(&data, &["user", "add", "alice", "--admin"]);
+        let agent = start_agent(&dir.0, "agent", relay.port, Some(&code));
+        let env = Env {
+            dir,
+            relay,
+            agent,
+            api_key,
+            target: "gw-01".into(),
+        };
+        env.wait_online("gw-01", true);
+        env
+    }
+
+    /// Start everything with default relay flags.
+    pub fn start() -> Env {
+        Env::start_with(&[])
+    }
+
+    /// The relay's data directory.
+    pub fn data(&self) -> PathBuf {
+        self.dir.0.join("relay")
+    }
+
+    /// A `sesame` command configured for this relay (through the environment).
+    pub fn sesame(&self) -> Command {
+        let mut c = Command::new(bin("sesame"));
+        c.env("SESAME_RELAY", format!("https://127.0.0.1:{}", self.relay.port))
+            .env("SESAME_API_KEY", &self.api_key)
+            .env("SESAME_CA", self.data().join("tls/ca.pem"))
+            .env("HOME", &self.dir.0)
+            .env_remove("XDG_CONFIG_HOME");
+        c
+    }
+
+    /// Run `sesame args...` with `stdin` and collect its output.
+    pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .sesame()
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut si = child.stdin.take().unwrap();
+        let data = stdin.to_vec();
+        let writer = std::thread::spawn(move || {
+            let _ = si.write_all(&data);
+        });
+        let out = child.wait_with_output().unwrap();
+        let _ = writer.join();
+        out
+    }
+
+    /// The relay's view of the agents.
+    pub fn targets(&self) -> Vec<serde_json::Value> {
+        let out = self.run(&["ls", "--json"], b"");
+        if !out.status.success() {
+            return Vec::new();
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Wait (up to 20 s) until `name` is online (or offline).
+    pub fn wait_online(&self, name: &str, online: bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = self
+                .targets()
+                .iter()
+                .any(|t| t["name"] == name && t["online"] == online);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} never became {}; agent log:\n{}\nrelay log:\n{}",
+                if online { "online" } else { "offline" },
+                self.agent.log(),
+                self.relay.proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sessions the relay counts on the agent now.
+    pub fn sessions(&self) -> u64 {
+        self.targets()
+            .iter()
+            .find(|t| t["name"] == self.target.as_str())
+            .and_then(|t| t["sessions"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// A client library handle on this relay (for raw API and stream tests).
+    pub fn client(&self) -> cli::client::Relay {
+        let config = cli::config::Config::load(
+            Some(format!("https://127.0.0.1:{}", self.relay.port)),
+            Some(self.api_key.clone()),
+            Some(self.data().join("tls/ca.pem")),
+        )
+        .unwrap();
+        cli::client::Relay::new(&config).unwrap()
+    }
+}
+
+/// Text of a process's stdout and stderr.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -1,0 +1,104 @@
+//! `sesame exec` end to end: output streams, exit codes, signals, stdin, errors.
+
+use tests::{admin, text, Env};
+
+#[test]
+fn exec_keeps_stdout_and_stderr_apart_and_returns_exit_code() {
+    let env = Env::start();
+    let out = env.run(
+        &["exec", "gw-01", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 7"],
+        b"",
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "to-out\n");
+    assert_eq!(stderr, "to-err\n");
+    assert_eq!(out.status.code(), Some(7));
+
+    let out = env.run(&["exec", "gw-01", "--", "true"], b"");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn exec_reports_death_by_signal_as_128_plus_n() {
+    let env = Env::start();
+    let out = env.run(&["exec", "gw-01", "--", "sh", "-c", "kill -TERM $$"], b"");
+    assert_eq!(out.status.code(), Some(128 + 15), "{:?}", text(&out));
+}
+
+#[test]
+fn exec_forwards_stdin_and_large_output_intact() {
+    let env = Env::start();
+    // 3 MB through stdin and back: far more than any window, so credit must flow.
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let out = env.run(&["exec", "gw-01", "--", "cat"], &input);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "bytes differ after the round trip");
+}
+
+#[test]
+fn exec_arguments_reach_the_command_unchanged() {
+    let env = Env::start();
+    let out = env.run(
+        &["exec", "gw-01", "--", "printf", "[%s]", "a b", "", "ünï", "$HOME"],
+        b"",
+    );
+    assert_eq!(text(&out).0, "[a b][][ünï][$HOME]");
+}
+
+#[test]
+fn missing_command_is_one_clear_error() {
+    let env = Env::start();
+    let out = env.run(&["exec", "gw-01", "--", "/no/such/program"], b"");
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("error: gw-01: cannot run '/no/such/program'"), "{stderr}");
+}
+
+#[test]
+fn unknown_and_offline_targets_are_refused_clearly() {
+    let env = Env::start();
+    let out = env.run(&["exec", "nope", "--", "true"], b"");
+    assert_eq!(text(&out).1, "error: unknown target 'nope'\n");
+    assert_eq!(out.status.code(), Some(255));
+
+    admin(&env.data(), &["agent", "add", "cold-01"]);
+    let out = env.run(&["exec", "cold-01", "--", "true"], b"");
+    assert_eq!(
+        text(&out).1,
+        "error: target 'cold-01' is offline (never connected)\n"
+    );
+}
+
+#[test]
+fn wrong_api_key_is_rejected() {
+    let env = Env::start();
+    let out = env
+        .sesame()
+        .env("SESAME_API_KEY", "sk_wrong")
+        .args(["exec", "gw-01", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    let (_, stderr) = text(&out);
+    assert!(stderr.starts_with("error: invalid API key"), "{stderr}");
+    // Listing is refused as well.
+    let out = env.sesame().env("SESAME_API_KEY", "").args(["ls"]).output().unwrap();
+    assert!(text(&out).1.contains("no API key configured"), "{}", text(&out).1);
+}
+
+#[test]
+fn ls_shows_targets_with_online_state_and_tags() {
+    let env = Env::start();
+    admin(&env.data(), &["agent", "add", "cold-01"]);
+    let targets = env.targets();
+    let gw = targets.iter().find(|t| t["name"] == "gw-01").unwrap();
+    assert_eq!(gw["online"], true);
+    assert_eq!(gw["tags"]["site"], "lab");
+    let cold = targets.iter().find(|t| t["name"] == "cold-01").unwrap();
+    assert_eq!(cold["online"], false);
+    let out = env.run(&["ls"], b"");
+    let table = text(&out).0;
+    assert!(table.lines().any(|l| l.starts_with("gw-01") && l.contains("online")), "{table}");
+}

@@ -1,0 +1,191 @@
+//! The relay's guarantees: single-use expiring tokens, session limits, isolation of
+//! bad input, agent authentication, and agents that survive a relay restart.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use agent_core::wire::{Bytes, Frame, Kind};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tests::{admin, start_agent, start_relay, text, Env};
+use tokio_tungstenite::tungstenite::Message;
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn enc(f: Frame) -> Message {
+    let mut b = vec![0u8; f.buffer_len()];
+    f.encode(&mut b).unwrap();
+    Message::Binary(b.into())
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn session_tokens_are_single_use_and_expire() {
+    let env = Env::start_with(&["--token-ttl", "1"]);
+    let client = env.client();
+    let body = json!({"target": "gw-01", "kind": "exec"});
+    let s: Value = client.call("POST", "/v1/sessions", Some(body.clone())).await.unwrap();
+    let (url, token) = (s["stream_url"].as_str().unwrap(), s["token"].as_str().unwrap());
+    let ws = client.open_stream(url, token).await.expect("first use works");
+    drop(ws);
+    let again = client.open_stream(url, token).await.err().expect("reuse refused");
+    assert_eq!(again.to_string(), "session token was already used (tokens are single-use)");
+    let wrong = client.open_stream(url, "tok_wrong").await.err().unwrap();
+    assert_eq!(wrong.to_string(), "invalid session token");
+
+    let s: Value = client.call("POST", "/v1/sessions", Some(body)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let late = client
+        .open_stream(s["stream_url"].as_str().unwrap(), s["token"].as_str().unwrap())
+        .await
+        .err()
+        .expect("expired token refused");
+    assert_eq!(late.to_string(), "session token expired; create a new session");
+}
+
+fn sleepers_alive(tag: &str) -> usize {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|c| c == format!("sleep\0{tag}\0").as_bytes())
+        .count()
+}
+
+#[test]
+fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
+    let env = Env::start();
+    let tag = format!("{}.{}", 3000 + std::process::id() % 1000, 17);
+    let mut clients: Vec<_> = (0..20)
+        .map(|_| {
+            env.sesame()
+                .args(["exec", "gw-01", "--", "sh", "-c", &format!("sleep {tag} & wait")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    wait_for("20 sessions", Duration::from_secs(60), || env.sessions() == 20);
+    wait_for("20 sleepers", Duration::from_secs(20), || sleepers_alive(&tag) == 20);
+
+    let out = env.run(&["exec", "gw-01", "--", "true"], b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out).1,
+        "error: agent 'gw-01' session limit reached (20 of 20 sessions in use)\n"
+    );
+
+    // Killing the clients ends their sessions; the agent kills each process group,
+    // including the background `sleep` that the shell started.
+    for c in clients.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    wait_for("sessions to end", Duration::from_secs(30), || env.sessions() == 0);
+    wait_for("sleepers to die", Duration::from_secs(10), || sleepers_alive(&tag) == 0);
+    let out = env.run(&["exec", "gw-01", "--", "echo", "free"], b"");
+    assert_eq!(text(&out).0, "free\n");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn malformed_frame_closes_only_its_own_stream() {
+    let env = Env::start();
+    let survivor = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", "sleep 2; echo survived"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let client = env.client();
+    for garbage in [vec![0x07, 0xff, 0xff], vec![0x02, 0x00], vec![]] {
+        let s: Value = client
+            .call("POST", "/v1/sessions", Some(json!({"target": "gw-01", "kind": "exec"})))
+            .await
+            .unwrap();
+        let mut ws = client
+            .open_stream(s["stream_url"].as_str().unwrap(), s["token"].as_str().unwrap())
+            .await
+            .unwrap();
+        let argv = b"sleep\x0030\x00";
+        ws.send(enc(Frame::Open { sid: 9, window: 65536, kind: Kind::Exec { argv: Bytes(argv) } }))
+            .await
+            .unwrap();
+        let accept = ws.next().await.unwrap().unwrap().into_data();
+        assert!(matches!(Frame::decode(&accept), Ok(Frame::Accept { sid: 9, .. })));
+        ws.send(Message::Binary(garbage.clone().into())).await.unwrap();
+        let reply = ws.next().await.unwrap().unwrap().into_data();
+        match Frame::decode(&reply).unwrap() {
+            Frame::Close { reason, .. } => assert!(
+                reason.starts_with("malformed frame") || reason.contains("not allowed"),
+                "{reason}"
+            ),
+            f => panic!("expected Close, got {f:?}"),
+        }
+    }
+    let out = survivor.wait_with_output().unwrap();
+    assert_eq!(text(&out).0, "survived\n");
+    assert_eq!(out.status.code(), Some(0));
+    // The aborted sessions' processes are gone.
+    wait_for("aborted sessions to end", Duration::from_secs(20), || env.sessions() == 0);
+}
+
+#[test]
+fn agent_reconnects_after_the_relay_restarts() {
+    let mut env = Env::start();
+    let port = env.relay.port;
+    env.relay.proc.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(env.agent.child.try_wait().unwrap().is_none(), "agent must not exit");
+    env.relay = start_relay(&env.data(), port, &[]);
+    env.wait_online("gw-01", true);
+    let out = env.run(&["exec", "gw-01", "--", "echo", "back"], b"");
+    assert_eq!(text(&out).0, "back\n");
+    assert!(env.agent.log().contains("reconnecting in"), "{}", env.agent.log());
+}
+
+#[test]
+fn used_and_unknown_activation_codes_and_unknown_keys_are_refused() {
+    let env = Env::start();
+    let dir = &env.dir.0;
+    // The code gw-01 used, presented with a different key.
+    let code = admin(&env.data(), &["agent", "add", "gw-02"]);
+    let first = start_agent(dir, "gw-02", env.relay.port, Some(&code));
+    env.wait_online("gw-02", true);
+    drop(first);
+    let mut thief = start_agent(dir, "thief", env.relay.port, Some(&code));
+    let mut bogus = start_agent(dir, "bogus", env.relay.port, Some("act_bogus"));
+    wait_for("refusals", Duration::from_secs(20), || {
+        thief.log().contains("activation code was already used")
+            && bogus.log().contains("unknown activation code")
+    });
+    assert!(thief.child.try_wait().unwrap().is_none(), "refused agents keep retrying");
+    bogus.kill();
+    // The bogus agent's key is not registered: without a code it is an unknown key.
+    let unknown = start_agent(dir, "bogus", env.relay.port, None);
+    wait_for("unknown key refusal", Duration::from_secs(20), || {
+        unknown.log().contains("unknown agent key")
+    });
+    // A fresh agent without a code cannot start at all, and says why.
+    let out = std::process::Command::new(tests::bin("sesame-agent"))
+        .args(["--relay", &format!("wss://127.0.0.1:{}", env.relay.port)])
+        .arg("--ca")
+        .arg(env.data().join("tls/ca.pem"))
+        .arg("--state-dir")
+        .arg(dir.join("fresh"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).1.contains("run once with --activate CODE"), "{}", text(&out).1);
+    // gw-01 was never disturbed.
+    let out = env.run(&["exec", "gw-01", "--", "echo", "ok"], b"");
+    assert_eq!(text(&out).0, "ok\n");
+}

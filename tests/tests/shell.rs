@@ -1,0 +1,105 @@
+//! `sesame shell` driven through a real PTY on the test side.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+use tests::{text, Env};
+
+fn pty_pair() -> (OwnedFd, OwnedFd) {
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY, Mode::empty()).unwrap();
+    rustix::termios::tcsetwinsize(
+        &slave,
+        rustix::termios::Winsize { ws_col: 100, ws_row: 30, ws_xpixel: 0, ws_ypixel: 0 },
+    )
+    .unwrap();
+    (master, slave)
+}
+
+/// Read from the master until `needle` appears (or panic after 20 s).
+fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(Instant::now() < deadline, "never saw {needle:?} in {:?}", String::from_utf8_lossy(seen));
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) if e.raw_os_error() == Some(5) => break, // EIO: the client side closed
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+#[test]
+fn interactive_shell_on_a_pty_with_size_control_keys_and_exit_code() {
+    let env = Env::start();
+    let (master, slave) = pty_pair();
+    let before = rustix::termios::tcgetattr(&slave).unwrap();
+    let mut child = env
+        .sesame()
+        .args(["shell", "gw-01"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave.try_clone().unwrap()))
+        .spawn()
+        .unwrap();
+    let flags = rustix::fs::fcntl_getfl(&master).unwrap();
+    rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK).unwrap();
+    let mut m = std::fs::File::from(master);
+    let mut seen = Vec::new();
+
+    // The remote shell sees our terminal size and a real TTY.
+    m.write_all(b"stty size; tty; echo $((6*7))-done\r").unwrap();
+    read_until(&mut m, &mut seen, "42-done");
+    let out = String::from_utf8_lossy(&seen).into_owned();
+    assert!(out.contains("30 100"), "remote size: {out}");
+    assert!(out.contains("/dev/pts/"), "remote tty: {out}");
+
+    // Ctrl-C reaches the remote foreground job and does not end the session.
+    seen.clear();
+    m.write_all(b"sleep 30\r").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    m.write_all(&[3]).unwrap();
+    m.write_all(b"echo after-$((1+1))\r").unwrap();
+    read_until(&mut m, &mut seen, "after-2");
+
+    m.write_all(b"exit 5\r").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "sesame shell did not exit");
+        let _ = read_until_quiet(&mut m);
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(5));
+    // The local terminal is back in its original mode.
+    let after = rustix::termios::tcgetattr(slave.as_fd()).unwrap();
+    assert_eq!(before.local_modes, after.local_modes);
+    assert_eq!(before.input_modes, after.input_modes);
+}
+
+fn read_until_quiet(m: &mut std::fs::File) -> usize {
+    let mut buf = [0u8; 4096];
+    m.read(&mut buf).unwrap_or(0)
+}
+
+#[test]
+fn shell_works_when_stdin_is_not_a_tty() {
+    let env = Env::start();
+    let out = env.run(&["shell", "gw-01"], b"echo piped-$((2*21))\nexit 4\n");
+    let (stdout, stderr) = text(&out);
+    assert!(stdout.contains("piped-42"), "{stdout} {stderr}");
+    assert_eq!(out.status.code(), Some(4));
+}
