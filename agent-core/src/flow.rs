@@ -5,6 +5,16 @@
 //! frame adds to it. A sender never has more unacknowledged bytes in flight than the
 //! receiver granted; a receiver that sees more treats it as a protocol violation.
 
+/// A peer sent more than it was granted, or granted more than a window can count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowViolation;
+
+impl core::fmt::Display for FlowViolation {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("flow control violated")
+    }
+}
+
 /// The sending half: how many bytes may still be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SendWindow {
@@ -31,8 +41,8 @@ impl SendWindow {
         self.credit = self.credit.saturating_add(n as u32);
     }
     /// The peer granted `bytes` more. Errors if the sum no longer fits in 32 bits.
-    pub fn grant(&mut self, bytes: u32) -> Result<(), ()> {
-        self.credit = self.credit.checked_add(bytes).ok_or(())?;
+    pub fn grant(&mut self, bytes: u32) -> Result<(), FlowViolation> {
+        self.credit = self.credit.checked_add(bytes).ok_or(FlowViolation)?;
         Ok(())
     }
 }
@@ -62,9 +72,9 @@ impl RecvWindow {
         self.window
     }
     /// Account for `n` received bytes. Errors if the peer exceeded its credit.
-    pub fn on_data(&mut self, n: usize) -> Result<(), ()> {
-        let n = u32::try_from(n).map_err(|_| ())?;
-        self.remaining = self.remaining.checked_sub(n).ok_or(())?;
+    pub fn on_data(&mut self, n: usize) -> Result<(), FlowViolation> {
+        let n = u32::try_from(n).map_err(|_| FlowViolation)?;
+        self.remaining = self.remaining.checked_sub(n).ok_or(FlowViolation)?;
         Ok(())
     }
     /// The application consumed `n` bytes (wrote them out). Never credits more than
@@ -115,7 +125,10 @@ mod tests {
         r.consume(20);
         assert_eq!(r.credit_due(), Some(30));
         r.on_data(70).unwrap();
-        assert!(r.on_data(1).is_err(), "100 bytes in flight is the whole window");
+        assert!(
+            r.on_data(1).is_err(),
+            "100 bytes in flight is the whole window"
+        );
         r.consume(1000); // consuming more than received credits only what was received
         assert_eq!(r.credit_due(), Some(100));
         assert!(r.on_data(101).is_err());

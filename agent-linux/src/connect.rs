@@ -127,9 +127,8 @@ impl RelayTarget {
                 source,
             })?;
         tcp.set_nodelay(true).ok();
-        let name = ServerName::try_from(self.host.clone()).map_err(|_| {
-            ConnectError::Url(format!("wss://{addr}"))
-        })?;
+        let name = ServerName::try_from(self.host.clone())
+            .map_err(|_| ConnectError::Url(format!("wss://{addr}")))?;
         let tls = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await

@@ -52,7 +52,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
     let target = RelayTarget::new(&opts.relay, &opts.ca)?;
     let identity_exists = opts.state_dir.join("identity.pk8").exists();
     if !identity_exists && opts.activate.is_none() {
-        return Err(StartError::NotActivated(opts.state_dir.display().to_string()));
+        return Err(StartError::NotActivated(
+            opts.state_dir.display().to_string(),
+        ));
     }
     let identity = Identity::load_or_create(&opts.state_dir)?;
     let activation = opts.activate.clone().unwrap_or_default();
@@ -151,7 +153,10 @@ impl Conn<'_> {
             let mut finished = Vec::new();
             for (&sid, s) in self.sessions.iter_mut() {
                 while let Some((stream, data, off)) = s.queue.front_mut() {
-                    match self.engine.send_data(sid, *stream, &data[*off..], &mut self.out) {
+                    match self
+                        .engine
+                        .send_data(sid, *stream, &data[*off..], &mut self.out)
+                    {
                         Ok((0, _)) => break,
                         Ok((n, len)) => {
                             feed(sink, &self.out[..len]).await?;
@@ -177,7 +182,11 @@ impl Conn<'_> {
             }
             for (sid, exit) in finished {
                 let s = self.sessions.remove(&sid);
-                let reason = if s.is_some_and(|s| s.terminating) { "terminated" } else { "" };
+                let reason = if s.is_some_and(|s| s.terminating) {
+                    "terminated"
+                } else {
+                    ""
+                };
                 self.engine.eof(sid);
                 self.engine.close(sid, exit, reason);
                 progressed = true;

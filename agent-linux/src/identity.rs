@@ -106,7 +106,10 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let a = Identity::load_or_create(&dir).unwrap();
         assert!(a.created);
-        let mode = std::fs::metadata(dir.join("identity.pk8")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(dir.join("identity.pk8"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         let b = Identity::load_or_create(&dir).unwrap();
         assert!(!b.created);
@@ -115,7 +118,10 @@ mod tests {
         let pk = ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, a.public_key());
         assert!(pk.verify(b"msg", &sig).is_ok());
         std::fs::write(dir.join("identity.pk8"), b"garbage").unwrap();
-        assert!(matches!(Identity::load_or_create(&dir), Err(IdentityError::Corrupt(_))));
+        assert!(matches!(
+            Identity::load_or_create(&dir),
+            Err(IdentityError::Corrupt(_))
+        ));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

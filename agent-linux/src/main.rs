@@ -6,7 +6,11 @@ use std::process::ExitCode;
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "sesame-agent", version, about = "Sesame agent: dials out to a relay and serves shells and commands")]
+#[command(
+    name = "sesame-agent",
+    version,
+    about = "Sesame agent: dials out to a relay and serves shells and commands"
+)]
 struct Cli {
     /// Relay URL, wss://HOST:PORT.
     #[arg(long, env = "SESAME_RELAY")]
@@ -30,7 +34,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -114,7 +114,11 @@ async fn reserve(space: &Arc<Semaphore>) -> Option<usize> {
 }
 
 /// Start `argv` directly (no shell) in its own process group, with pipes.
-pub fn spawn_exec(sid: u32, argv: Vec<OsString>, tx: mpsc::UnboundedSender<Msg>) -> io::Result<Process> {
+pub fn spawn_exec(
+    sid: u32,
+    argv: Vec<OsString>,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> io::Result<Process> {
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..])
         .stdin(Stdio::piped())
@@ -147,8 +151,20 @@ pub fn spawn_exec(sid: u32, argv: Vec<OsString>, tx: mpsc::UnboundedSender<Msg>)
     });
 
     let readers: Vec<_> = [
-        (child.stdout.take().map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), Stream::OUT),
-        (child.stderr.take().map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>), Stream::ERR),
+        (
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            Stream::OUT,
+        ),
+        (
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+            Stream::ERR,
+        ),
     ]
     .into_iter()
     .filter_map(|(r, stream)| r.map(|r| (r, stream)))
@@ -158,13 +174,19 @@ pub fn spawn_exec(sid: u32, argv: Vec<OsString>, tx: mpsc::UnboundedSender<Msg>)
         tokio::spawn(async move {
             let mut buf = vec![0u8; CHUNK];
             loop {
-                let Some(reserved) = reserve(&space).await else { break };
+                let Some(reserved) = reserve(&space).await else {
+                    break;
+                };
                 let n = r.read(&mut buf[..reserved]).await.unwrap_or(0);
                 space.add_permits(reserved - n);
                 if n == 0 {
                     break;
                 }
-                let _ = tx.send(Msg::Output { sid, stream, data: buf[..n].to_vec() });
+                let _ = tx.send(Msg::Output {
+                    sid,
+                    stream,
+                    data: buf[..n].to_vec(),
+                });
             }
         })
     })
@@ -176,7 +198,10 @@ pub fn spawn_exec(sid: u32, argv: Vec<OsString>, tx: mpsc::UnboundedSender<Msg>)
         for r in readers {
             let _ = r.await;
         }
-        let _ = tx.send(Msg::Exited { sid, exit: exit_of(status) });
+        let _ = tx.send(Msg::Exited {
+            sid,
+            exit: exit_of(status),
+        });
     });
     Ok(Process { pgid, input, space })
 }
@@ -219,13 +244,27 @@ pub fn spawn_shell(
     std_cmd
         .arg0(OsString::from_vec(arg0))
         .env_clear()
-        .env("TERM", if term.is_empty() { "xterm-256color" } else { term })
+        .env(
+            "TERM",
+            if term.is_empty() {
+                "xterm-256color"
+            } else {
+                term
+            },
+        )
         .env("HOME", &home)
         .env("USER", &user)
         .env("LOGNAME", &user)
         .env("SHELL", &shell)
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .current_dir(if std::path::Path::new(&home).is_dir() { &home } else { "/" })
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .current_dir(if std::path::Path::new(&home).is_dir() {
+            &home
+        } else {
+            "/"
+        })
         .stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave));
@@ -275,7 +314,9 @@ pub fn spawn_shell(
     let reader = tokio::spawn(async move {
         let mut buf = vec![0u8; CHUNK];
         loop {
-            let Some(reserved) = reserve(&sp).await else { break };
+            let Some(reserved) = reserve(&sp).await else {
+                break;
+            };
             let n = if *exited_rx.borrow() {
                 // The shell is gone: drain what is buffered, then stop even if a
                 // background job still holds the terminal open.
@@ -293,7 +334,11 @@ pub fn spawn_shell(
             if n == 0 {
                 break;
             }
-            let _ = txr.send(Msg::Output { sid, stream: Stream::OUT, data: buf[..n].to_vec() });
+            let _ = txr.send(Msg::Output {
+                sid,
+                stream: Stream::OUT,
+                data: buf[..n].to_vec(),
+            });
         }
     });
 
@@ -301,7 +346,10 @@ pub fn spawn_shell(
         let status = child.wait().await;
         let _ = exited_tx.send(true);
         let _ = reader.await;
-        let _ = tx.send(Msg::Exited { sid, exit: exit_of(status) });
+        let _ = tx.send(Msg::Exited {
+            sid,
+            exit: exit_of(status),
+        });
     });
     Ok(Process { pgid, input, space })
 }

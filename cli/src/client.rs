@@ -47,7 +47,10 @@ impl Relay {
             .parse()
             .with_context(|| format!("invalid relay URL '{}'", config.relay))?;
         if uri.scheme_str() != Some("https") {
-            bail!("invalid relay URL '{}': expected https://HOST[:PORT]", config.relay);
+            bail!(
+                "invalid relay URL '{}': expected https://HOST[:PORT]",
+                config.relay
+            );
         }
         let (host, port) = host_port(&uri, 443)?;
         let mut roots = rustls::RootCertStore::empty();
@@ -92,7 +95,9 @@ impl Relay {
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| anyhow!("invalid relay host name '{host}'"))?;
         self.tls.connect(name, tcp).await.map_err(|e| {
-            anyhow!("TLS with the relay at {addr} failed: {e} (is SESAME_CA set to the relay's CA?)")
+            anyhow!(
+                "TLS with the relay at {addr} failed: {e} (is SESAME_CA set to the relay's CA?)"
+            )
         })
     }
 
@@ -122,7 +127,10 @@ impl Relay {
             .body(Full::new(Bytes::from(
                 body.map(|b| b.to_string()).unwrap_or_default(),
             )))?;
-        let resp = send.send_request(req).await.context("request to the relay failed")?;
+        let resp = send
+            .send_request(req)
+            .await
+            .context("request to the relay failed")?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         if !status.is_success() {
@@ -137,7 +145,9 @@ impl Relay {
 
     /// Open a session stream at `url` (`wss://...`) with its one-use token.
     pub async fn open_stream(&self, url: &str, token: &str) -> anyhow::Result<Stream> {
-        let uri: Uri = url.parse().with_context(|| format!("bad stream URL '{url}'"))?;
+        let uri: Uri = url
+            .parse()
+            .with_context(|| format!("bad stream URL '{url}'"))?;
         let (host, port) = host_port(&uri, 443)?;
         let tls = self.dial(&host, port).await?;
         let mut ws_config = WebSocketConfig::default();

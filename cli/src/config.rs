@@ -68,7 +68,9 @@ impl Config {
         let Some(api_key) = api_key.or_else(|| env("SESAME_API_KEY")).or(file.api_key) else {
             bail!("no API key configured: set SESAME_API_KEY or api_key in ~/.config/sesame/config.toml");
         };
-        let ca = ca.or_else(|| env("SESAME_CA").map(PathBuf::from)).or(file.ca);
+        let ca = ca
+            .or_else(|| env("SESAME_CA").map(PathBuf::from))
+            .or(file.ca);
         Ok(Config {
             relay: relay.trim_end_matches('/').to_string(),
             api_key,

@@ -44,7 +44,10 @@ pub async fn run(relay: &Relay, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&targets)?);
         return Ok(());
     }
-    println!("{:<20} {:<16} {:<8} {:<9} {:<12} TAGS", "NAME", "ID", "STATE", "SESSIONS", "LAST SEEN");
+    println!(
+        "{:<20} {:<16} {:<8} {:<9} {:<12} TAGS",
+        "NAME", "ID", "STATE", "SESSIONS", "LAST SEEN"
+    );
     for t in targets {
         let tags: Vec<String> = t.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
         println!(

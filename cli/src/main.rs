@@ -8,7 +8,11 @@ use cli::config::Config;
 use cli::session::{self, Request};
 
 #[derive(Parser)]
-#[command(name = "sesame", version, about = "Reach machines through a Sesame relay")]
+#[command(
+    name = "sesame",
+    version,
+    about = "Reach machines through a Sesame relay"
+)]
 struct Cli {
     /// Relay URL, https://HOST:PORT (default: $SESAME_RELAY, then the config file).
     #[arg(long, global = true)]
@@ -79,7 +83,9 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cli::ls::run(&relay, json).await?;
             Ok(0)
         }
-        Cmd::Exec { target, command } => session::run(&relay, &target, Request::Exec(command)).await,
+        Cmd::Exec { target, command } => {
+            session::run(&relay, &target, Request::Exec(command)).await
+        }
         Cmd::Shell { target } => session::run(&relay, &target, Request::Shell).await,
     }
 }

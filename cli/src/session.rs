@@ -84,7 +84,9 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
             Some(serde_json::json!({ "target": target, "kind": kind_name })),
         )
         .await?;
-    let mut ws = relay.open_stream(&created.stream_url, &created.token).await?;
+    let mut ws = relay
+        .open_stream(&created.stream_url, &created.token)
+        .await?;
 
     let interactive = matches!(req, Request::Shell) && std::io::stdin().is_terminal();
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
@@ -94,12 +96,20 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
         Request::Shell => Vec::new(),
     };
     let kind = match req {
-        Request::Shell => Kind::Shell { term: &term, cols, rows },
+        Request::Shell => Kind::Shell {
+            term: &term,
+            cols,
+            rows,
+        },
         Request::Exec(_) => Kind::Exec { argv: Bytes(&argv) },
     };
-    ws.send(encode(&Frame::Open { sid: SID, window: WINDOW, kind }))
-        .await
-        .context("cannot send the session request")?;
+    ws.send(encode(&Frame::Open {
+        sid: SID,
+        window: WINDOW,
+        kind,
+    }))
+    .await
+    .context("cannot send the session request")?;
 
     // Wait for Accept or Reject.
     let mut send = loop {
@@ -145,7 +155,12 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
                 if n == 0 {
                     break;
                 }
-                let f = Frame::Data { sid: SID, ch: 0, stream: Stream::OUT, data: Bytes(&data[*off..*off + n]) };
+                let f = Frame::Data {
+                    sid: SID,
+                    ch: 0,
+                    stream: Stream::OUT,
+                    data: Bytes(&data[*off..*off + n]),
+                };
                 ws.feed(encode(&f)).await?;
                 *off += n;
             }

@@ -208,7 +208,9 @@ async fn route_from_agent(
             Ok(())
         }
         Frame::Pong { .. } => Ok(()),
-        Frame::Error { sid: 0, message, .. } => {
+        Frame::Error {
+            sid: 0, message, ..
+        } => {
             warn!(agent = %handle.name, "agent reported: {message}");
             Ok(())
         }
@@ -234,9 +236,7 @@ async fn route_from_agent(
         }
         Frame::Close { sid, exit, reason } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route
-                    .tx
-                    .try_send(encode(&frame.with_sid(route.client_sid)));
+                let _ = route.tx.try_send(encode(&frame.with_sid(route.client_sid)));
                 let outcome = match exit {
                     Exit::Code(c) => format!("exit {c}"),
                     Exit::Signal(s) => format!("signal {s}"),
@@ -248,9 +248,7 @@ async fn route_from_agent(
         }
         Frame::Reject { sid, reason, .. } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route
-                    .tx
-                    .try_send(encode(&frame.with_sid(route.client_sid)));
+                let _ = route.tx.try_send(encode(&frame.with_sid(route.client_sid)));
                 let _ = state
                     .store
                     .end_session(&route.session_id, &format!("rejected: {reason}"))

@@ -66,7 +66,10 @@ impl IntoResponse for ApiError {
 impl From<crate::Error> for ApiError {
     fn from(e: crate::Error) -> Self {
         warn!("internal error: {e}");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error; see the relay's log")
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the relay's log",
+        )
     }
 }
 
@@ -95,7 +98,11 @@ async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<UserRow, 
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(unauthorized)?;
     let key = Secret::from_string(value.trim().to_string());
-    state.store.user_by_key(&key).await?.ok_or_else(unauthorized)
+    state
+        .store
+        .user_by_key(&key)
+        .await?
+        .ok_or_else(unauthorized)
 }
 
 /// One target, as listed.
@@ -186,7 +193,10 @@ async fn create_session(
         ));
     }
     let agent = state.store.agent(&req.target).await?.ok_or_else(|| {
-        ApiError::new(StatusCode::NOT_FOUND, format!("unknown target '{}'", req.target))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown target '{}'", req.target),
+        )
     })?;
     if !user.admin {
         return Err(ApiError::new(
@@ -198,9 +208,9 @@ async fn create_session(
         ));
     }
     let Some(live) = state.hub.get(&agent.id) else {
-        let when = agent
-            .last_seen
-            .map_or("never connected".to_string(), |t| format!("last seen {}", ago(t)));
+        let when = agent.last_seen.map_or("never connected".to_string(), |t| {
+            format!("last seen {}", ago(t))
+        });
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!("target '{}' is offline ({when})", agent.name),

@@ -88,7 +88,12 @@ impl AgentHandle {
 
     /// Forget every route (the connection ended).
     pub fn take_routes(&self) -> Vec<Route> {
-        self.routes.lock().unwrap().drain().map(|(_, r)| r).collect()
+        self.routes
+            .lock()
+            .unwrap()
+            .drain()
+            .map(|(_, r)| r)
+            .collect()
     }
 }
 

@@ -12,7 +12,11 @@ use relay::store::Store;
 use relay::{Server, ServerConfig};
 
 #[derive(Parser)]
-#[command(name = "sesame-relay", version, about = "The Sesame relay: agents dial in, users reach them through it")]
+#[command(
+    name = "sesame-relay",
+    version,
+    about = "The Sesame relay: agents dial in, users reach them through it"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -23,7 +27,11 @@ enum Cmd {
     /// Run the relay.
     Serve {
         /// Data directory: SQLite store and generated certificates.
-        #[arg(long, env = "SESAME_RELAY_DATA", default_value = "/var/lib/sesame-relay")]
+        #[arg(
+            long,
+            env = "SESAME_RELAY_DATA",
+            default_value = "/var/lib/sesame-relay"
+        )]
         data_dir: PathBuf,
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:8443")]
@@ -63,7 +71,11 @@ enum AgentCmd {
         /// Unique name.
         name: String,
         /// Data directory of the relay.
-        #[arg(long, env = "SESAME_RELAY_DATA", default_value = "/var/lib/sesame-relay")]
+        #[arg(
+            long,
+            env = "SESAME_RELAY_DATA",
+            default_value = "/var/lib/sesame-relay"
+        )]
         data_dir: PathBuf,
         /// Tag as key=value (repeatable).
         #[arg(long = "tag")]
@@ -78,7 +90,11 @@ enum UserCmd {
         /// Unique name.
         name: String,
         /// Data directory of the relay.
-        #[arg(long, env = "SESAME_RELAY_DATA", default_value = "/var/lib/sesame-relay")]
+        #[arg(
+            long,
+            env = "SESAME_RELAY_DATA",
+            default_value = "/var/lib/sesame-relay"
+        )]
         data_dir: PathBuf,
         /// Administrator: may open any session.
         #[arg(long)]
@@ -88,7 +104,10 @@ enum UserCmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -133,7 +152,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .await?;
             let addr = server.local_addr()?;
             match &server.ca_path {
-                Some(ca) => println!("sesame-relay listening on https://{addr} (CA: {})", ca.display()),
+                Some(ca) => println!(
+                    "sesame-relay listening on https://{addr} (CA: {})",
+                    ca.display()
+                ),
                 None => println!("sesame-relay listening on https://{addr}"),
             }
             tokio::select! {
@@ -143,7 +165,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Agent {
-            cmd: AgentCmd::Add { name, data_dir, tags },
+            cmd:
+                AgentCmd::Add {
+                    name,
+                    data_dir,
+                    tags,
+                },
         } => {
             let mut map = BTreeMap::new();
             for t in tags {
@@ -160,7 +187,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::User {
-            cmd: UserCmd::Add { name, data_dir, admin },
+            cmd:
+                UserCmd::Add {
+                    name,
+                    data_dir,
+                    admin,
+                },
         } => {
             let store = Store::open(&data_dir)
                 .await

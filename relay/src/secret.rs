@@ -58,7 +58,9 @@ pub fn random_base32(n: usize) -> String {
     SystemRandom::new()
         .fill(&mut raw)
         .expect("the system random generator failed");
-    raw.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect()
+    raw.iter()
+        .map(|b| ALPHABET[(b & 31) as usize] as char)
+        .collect()
 }
 
 #[cfg(test)]

@@ -105,11 +105,14 @@ impl Server {
                     }
                     Err(_) => return,
                 };
-                let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
-                    let mut app = app.clone();
-                    async move { app.call(req).await }
-                });
+                let svc = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut()
+                            .insert(axum::extract::ConnectInfo(peer));
+                        let mut app = app.clone();
+                        async move { app.call(req).await }
+                    },
+                );
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(tls), svc)
                     .with_upgrades();

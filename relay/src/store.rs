@@ -176,9 +176,9 @@ impl Store {
         .await;
         match res {
             Ok(_) => Ok((id, code)),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(Error::Invalid(format!("an agent named '{name}' already exists")))
-            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Invalid(
+                format!("an agent named '{name}' already exists"),
+            )),
             Err(e) => Err(e.into()),
         }
     }
@@ -200,9 +200,9 @@ impl Store {
         .await;
         match res {
             Ok(_) => Ok(key),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                Err(Error::Invalid(format!("a user named '{name}' already exists")))
-            }
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Invalid(
+                format!("a user named '{name}' already exists"),
+            )),
             Err(e) => Err(e.into()),
         }
     }

@@ -47,16 +47,18 @@ pub async fn serve(
     agent: Arc<AgentHandle>,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let reject = |sid: u32, code: ErrorCode, reason: &str| {
-        encode(&Frame::Reject { sid, code, reason })
-    };
+    let reject =
+        |sid: u32, code: ErrorCode, reason: &str| encode(&Frame::Reject { sid, code, reason });
 
     // 1. The Open frame.
     let first = tokio::time::timeout(OPEN_TIMEOUT, stream.next()).await;
     let msg = match first {
         Ok(Some(Ok(Message::Binary(b)))) => b,
         _ => {
-            let _ = state.store.end_session(&session.id, "client sent no Open").await;
+            let _ = state
+                .store
+                .end_session(&session.id, "client sent no Open")
+                .await;
             return;
         }
     };
@@ -84,7 +86,9 @@ pub async fn serve(
     };
     if let Some(reason) = refusal {
         let _ = sink
-            .send(Message::Binary(reject(client_sid, ErrorCode::PROTOCOL, &reason).into()))
+            .send(Message::Binary(
+                reject(client_sid, ErrorCode::PROTOCOL, &reason).into(),
+            ))
             .await;
         let _ = state.store.end_session(&session.id, &reason).await;
         return;
@@ -105,14 +109,21 @@ pub async fn serve(
                 agent.name, limit.in_use, limit.max
             );
             let _ = sink
-                .send(Message::Binary(reject(client_sid, ErrorCode::SESSION_LIMIT, &reason).into()))
+                .send(Message::Binary(
+                    reject(client_sid, ErrorCode::SESSION_LIMIT, &reason).into(),
+                ))
                 .await;
             let _ = state.store.end_session(&session.id, &reason).await;
             return;
         }
     };
     let forward = |f: Frame| encode(&f.with_sid(agent_sid));
-    if agent.tx.send(forward(Frame::decode(&msg).expect("decoded above"))).await.is_err() {
+    if agent
+        .tx
+        .send(forward(Frame::decode(&msg).expect("decoded above")))
+        .await
+        .is_err()
+    {
         agent.remove_route(agent_sid);
         let _ = sink
             .send(Message::Binary(

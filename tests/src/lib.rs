@@ -113,7 +113,12 @@ pub fn start_relay(data: &Path, port: u16, extra: &[&str]) -> Relay {
         .nth(1)
         .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("relay did not report its address: {line:?} {}", std::fs::read_to_string(&log).unwrap_or_default()));
+        .unwrap_or_else(|| {
+            panic!(
+                "relay did not report its address: {line:?} {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     Relay {
         proc: Proc { child, log },
         port,
@@ -142,7 +147,11 @@ pub fn admin(data: &Path, args: &[&str]) -> String {
         .arg(data)
         .output()
         .unwrap();
-    assert!(out.status.success(), "sesame-relay {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "sesame-relay {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
@@ -201,11 +210,14 @@ impl Env {
     /// A `sesame` command configured for this relay (through the environment).
     pub fn sesame(&self) -> Command {
         let mut c = Command::new(bin("sesame"));
-        c.env("SESAME_RELAY", format!("https://127.0.0.1:{}", self.relay.port))
-            .env("SESAME_API_KEY", &self.api_key)
-            .env("SESAME_CA", self.data().join("tls/ca.pem"))
-            .env("HOME", &self.dir.0)
-            .env_remove("XDG_CONFIG_HOME");
+        c.env(
+            "SESAME_RELAY",
+            format!("https://127.0.0.1:{}", self.relay.port),
+        )
+        .env("SESAME_API_KEY", &self.api_key)
+        .env("SESAME_CA", self.data().join("tls/ca.pem"))
+        .env("HOME", &self.dir.0)
+        .env_remove("XDG_CONFIG_HOME");
         c
     }
 

@@ -6,7 +6,14 @@ use tests::{admin, text, Env};
 fn exec_keeps_stdout_and_stderr_apart_and_returns_exit_code() {
     let env = Env::start();
     let out = env.run(
-        &["exec", "gw-01", "--", "sh", "-c", "echo to-out; echo to-err >&2; exit 7"],
+        &[
+            "exec",
+            "gw-01",
+            "--",
+            "sh",
+            "-c",
+            "echo to-out; echo to-err >&2; exit 7",
+        ],
         b"",
     );
     let (stdout, stderr) = text(&out);
@@ -40,7 +47,9 @@ fn exec_forwards_stdin_and_large_output_intact() {
 fn exec_arguments_reach_the_command_unchanged() {
     let env = Env::start();
     let out = env.run(
-        &["exec", "gw-01", "--", "printf", "[%s]", "a b", "", "ünï", "$HOME"],
+        &[
+            "exec", "gw-01", "--", "printf", "[%s]", "a b", "", "ünï", "$HOME",
+        ],
         b"",
     );
     assert_eq!(text(&out).0, "[a b][][ünï][$HOME]");
@@ -53,7 +62,10 @@ fn missing_command_is_one_clear_error() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(stderr.starts_with("error: gw-01: cannot run '/no/such/program'"), "{stderr}");
+    assert!(
+        stderr.starts_with("error: gw-01: cannot run '/no/such/program'"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -84,8 +96,17 @@ fn wrong_api_key_is_rejected() {
     let (_, stderr) = text(&out);
     assert!(stderr.starts_with("error: invalid API key"), "{stderr}");
     // Listing is refused as well.
-    let out = env.sesame().env("SESAME_API_KEY", "").args(["ls"]).output().unwrap();
-    assert!(text(&out).1.contains("no API key configured"), "{}", text(&out).1);
+    let out = env
+        .sesame()
+        .env("SESAME_API_KEY", "")
+        .args(["ls"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out).1.contains("no API key configured"),
+        "{}",
+        text(&out).1
+    );
 }
 
 #[test]
@@ -100,5 +121,10 @@ fn ls_shows_targets_with_online_state_and_tags() {
     assert_eq!(cold["online"], false);
     let out = env.run(&["ls"], b"");
     let table = text(&out).0;
-    assert!(table.lines().any(|l| l.starts_with("gw-01") && l.contains("online")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("gw-01") && l.contains("online")),
+        "{table}"
+    );
 }

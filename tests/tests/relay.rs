@@ -18,6 +18,14 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// The error of an operation that must fail.
+fn refused<T, E: std::fmt::Display>(r: Result<T, E>, what: &str) -> String {
+    match r {
+        Ok(_) => panic!("{what} should have been refused"),
+        Err(e) => e.to_string(),
+    }
+}
+
 fn enc(f: Frame) -> Message {
     let mut b = vec![0u8; f.buffer_len()];
     f.encode(&mut b).unwrap();
@@ -29,23 +37,42 @@ async fn session_tokens_are_single_use_and_expire() {
     let env = Env::start_with(&["--token-ttl", "1"]);
     let client = env.client();
     let body = json!({"target": "gw-01", "kind": "exec"});
-    let s: Value = client.call("POST", "/v1/sessions", Some(body.clone())).await.unwrap();
-    let (url, token) = (s["stream_url"].as_str().unwrap(), s["token"].as_str().unwrap());
-    let ws = client.open_stream(url, token).await.expect("first use works");
+    let s: Value = client
+        .call("POST", "/v1/sessions", Some(body.clone()))
+        .await
+        .unwrap();
+    let (url, token) = (
+        s["stream_url"].as_str().unwrap(),
+        s["token"].as_str().unwrap(),
+    );
+    let ws = client
+        .open_stream(url, token)
+        .await
+        .expect("first use works");
     drop(ws);
-    let again = client.open_stream(url, token).await.err().expect("reuse refused");
-    assert_eq!(again.to_string(), "session token was already used (tokens are single-use)");
-    let wrong = client.open_stream(url, "tok_wrong").await.err().unwrap();
-    assert_eq!(wrong.to_string(), "invalid session token");
+    let again = refused(client.open_stream(url, token).await, "reuse");
+    assert_eq!(
+        again,
+        "session token was already used (tokens are single-use)"
+    );
+    let wrong = refused(client.open_stream(url, "tok_wrong").await, "a wrong token");
+    assert_eq!(wrong, "invalid session token");
 
-    let s: Value = client.call("POST", "/v1/sessions", Some(body)).await.unwrap();
+    let s: Value = client
+        .call("POST", "/v1/sessions", Some(body))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2200)).await;
     let late = client
-        .open_stream(s["stream_url"].as_str().unwrap(), s["token"].as_str().unwrap())
-        .await
-        .err()
-        .expect("expired token refused");
-    assert_eq!(late.to_string(), "session token expired; create a new session");
+        .open_stream(
+            s["stream_url"].as_str().unwrap(),
+            s["token"].as_str().unwrap(),
+        )
+        .await;
+    assert_eq!(
+        refused(late, "an expired token"),
+        "session token expired; create a new session"
+    );
 }
 
 fn sleepers_alive(tag: &str) -> usize {
@@ -63,7 +90,14 @@ fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
     let mut clients: Vec<_> = (0..20)
         .map(|_| {
             env.sesame()
-                .args(["exec", "gw-01", "--", "sh", "-c", &format!("sleep {tag} & wait")])
+                .args([
+                    "exec",
+                    "gw-01",
+                    "--",
+                    "sh",
+                    "-c",
+                    &format!("sleep {tag} & wait"),
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -71,8 +105,12 @@ fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
                 .unwrap()
         })
         .collect();
-    wait_for("20 sessions", Duration::from_secs(60), || env.sessions() == 20);
-    wait_for("20 sleepers", Duration::from_secs(20), || sleepers_alive(&tag) == 20);
+    wait_for("20 sessions", Duration::from_secs(60), || {
+        env.sessions() == 20
+    });
+    wait_for("20 sleepers", Duration::from_secs(20), || {
+        sleepers_alive(&tag) == 20
+    });
 
     let out = env.run(&["exec", "gw-01", "--", "true"], b"");
     assert_eq!(out.status.code(), Some(255));
@@ -87,8 +125,12 @@ fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    wait_for("sessions to end", Duration::from_secs(30), || env.sessions() == 0);
-    wait_for("sleepers to die", Duration::from_secs(10), || sleepers_alive(&tag) == 0);
+    wait_for("sessions to end", Duration::from_secs(30), || {
+        env.sessions() == 0
+    });
+    wait_for("sleepers to die", Duration::from_secs(10), || {
+        sleepers_alive(&tag) == 0
+    });
     let out = env.run(&["exec", "gw-01", "--", "echo", "free"], b"");
     assert_eq!(text(&out).0, "free\n");
 }
@@ -108,20 +150,36 @@ async fn malformed_frame_closes_only_its_own_stream() {
     let client = env.client();
     for garbage in [vec![0x07, 0xff, 0xff], vec![0x02, 0x00], vec![]] {
         let s: Value = client
-            .call("POST", "/v1/sessions", Some(json!({"target": "gw-01", "kind": "exec"})))
+            .call(
+                "POST",
+                "/v1/sessions",
+                Some(json!({"target": "gw-01", "kind": "exec"})),
+            )
             .await
             .unwrap();
         let mut ws = client
-            .open_stream(s["stream_url"].as_str().unwrap(), s["token"].as_str().unwrap())
+            .open_stream(
+                s["stream_url"].as_str().unwrap(),
+                s["token"].as_str().unwrap(),
+            )
             .await
             .unwrap();
         let argv = b"sleep\x0030\x00";
-        ws.send(enc(Frame::Open { sid: 9, window: 65536, kind: Kind::Exec { argv: Bytes(argv) } }))
+        ws.send(enc(Frame::Open {
+            sid: 9,
+            window: 65536,
+            kind: Kind::Exec { argv: Bytes(argv) },
+        }))
+        .await
+        .unwrap();
+        let accept = ws.next().await.unwrap().unwrap().into_data();
+        assert!(matches!(
+            Frame::decode(&accept),
+            Ok(Frame::Accept { sid: 9, .. })
+        ));
+        ws.send(Message::Binary(garbage.clone().into()))
             .await
             .unwrap();
-        let accept = ws.next().await.unwrap().unwrap().into_data();
-        assert!(matches!(Frame::decode(&accept), Ok(Frame::Accept { sid: 9, .. })));
-        ws.send(Message::Binary(garbage.clone().into())).await.unwrap();
         let reply = ws.next().await.unwrap().unwrap().into_data();
         match Frame::decode(&reply).unwrap() {
             Frame::Close { reason, .. } => assert!(
@@ -135,7 +193,9 @@ async fn malformed_frame_closes_only_its_own_stream() {
     assert_eq!(text(&out).0, "survived\n");
     assert_eq!(out.status.code(), Some(0));
     // The aborted sessions' processes are gone.
-    wait_for("aborted sessions to end", Duration::from_secs(20), || env.sessions() == 0);
+    wait_for("aborted sessions to end", Duration::from_secs(20), || {
+        env.sessions() == 0
+    });
 }
 
 #[test]
@@ -144,12 +204,19 @@ fn agent_reconnects_after_the_relay_restarts() {
     let port = env.relay.port;
     env.relay.proc.kill();
     std::thread::sleep(Duration::from_millis(500));
-    assert!(env.agent.child.try_wait().unwrap().is_none(), "agent must not exit");
+    assert!(
+        env.agent.child.try_wait().unwrap().is_none(),
+        "agent must not exit"
+    );
     env.relay = start_relay(&env.data(), port, &[]);
     env.wait_online("gw-01", true);
     let out = env.run(&["exec", "gw-01", "--", "echo", "back"], b"");
     assert_eq!(text(&out).0, "back\n");
-    assert!(env.agent.log().contains("reconnecting in"), "{}", env.agent.log());
+    assert!(
+        env.agent.log().contains("reconnecting in"),
+        "{}",
+        env.agent.log()
+    );
 }
 
 #[test]
@@ -167,7 +234,10 @@ fn used_and_unknown_activation_codes_and_unknown_keys_are_refused() {
         thief.log().contains("activation code was already used")
             && bogus.log().contains("unknown activation code")
     });
-    assert!(thief.child.try_wait().unwrap().is_none(), "refused agents keep retrying");
+    assert!(
+        thief.child.try_wait().unwrap().is_none(),
+        "refused agents keep retrying"
+    );
     bogus.kill();
     // The bogus agent's key is not registered: without a code it is an unknown key.
     let unknown = start_agent(dir, "bogus", env.relay.port, None);
@@ -184,7 +254,11 @@ fn used_and_unknown_activation_codes_and_unknown_keys_are_refused() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(text(&out).1.contains("run once with --activate CODE"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("run once with --activate CODE"),
+        "{}",
+        text(&out).1
+    );
     // gw-01 was never disturbed.
     let out = env.run(&["exec", "gw-01", "--", "echo", "ok"], b"");
     assert_eq!(text(&out).0, "ok\n");

@@ -14,10 +14,20 @@ fn pty_pair() -> (OwnedFd, OwnedFd) {
     rustix::pty::grantpt(&master).unwrap();
     rustix::pty::unlockpt(&master).unwrap();
     let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
-    let slave = rustix::fs::open(name.as_c_str(), OFlags::RDWR | OFlags::NOCTTY, Mode::empty()).unwrap();
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .unwrap();
     rustix::termios::tcsetwinsize(
         &slave,
-        rustix::termios::Winsize { ws_col: 100, ws_row: 30, ws_xpixel: 0, ws_ypixel: 0 },
+        rustix::termios::Winsize {
+            ws_col: 100,
+            ws_row: 30,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        },
     )
     .unwrap();
     (master, slave)
@@ -28,11 +38,17 @@ fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(seen).contains(needle) {
-        assert!(Instant::now() < deadline, "never saw {needle:?} in {:?}", String::from_utf8_lossy(seen));
+        assert!(
+            Instant::now() < deadline,
+            "never saw {needle:?} in {:?}",
+            String::from_utf8_lossy(seen)
+        );
         match master.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
             Err(e) if e.raw_os_error() == Some(5) => break, // EIO: the client side closed
             Err(e) => panic!("read: {e}"),
         }
@@ -59,7 +75,8 @@ fn interactive_shell_on_a_pty_with_size_control_keys_and_exit_code() {
     let mut seen = Vec::new();
 
     // The remote shell sees our terminal size and a real TTY.
-    m.write_all(b"stty size; tty; echo $((6*7))-done\r").unwrap();
+    m.write_all(b"stty size; tty; echo $((6*7))-done\r")
+        .unwrap();
     read_until(&mut m, &mut seen, "42-done");
     let out = String::from_utf8_lossy(&seen).into_owned();
     assert!(out.contains("30 100"), "remote size: {out}");

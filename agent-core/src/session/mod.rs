@@ -20,9 +20,7 @@ use heapless::{Deque, String};
 
 use crate::error::ProtocolError;
 use crate::time::{Duration, Instant};
-use crate::wire::{
-    self, Auth, Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream, AUTH_CONTEXT,
-};
+use crate::wire::{self, Auth, Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream, AUTH_CONTEXT};
 use slot::{Slot, SlotState};
 
 /// Longest reason string the engine stores for a `Reject` or `Close`.
@@ -181,7 +179,10 @@ enum Conn {
     /// Challenge handed to the driver; waiting for [`Agent::authenticate`].
     Signing { peer: Hello },
     /// `Auth` to transmit, then wait for `AuthOk`.
-    AwaitAuthOk { peer: Hello, auth: Option<PendingAuth> },
+    AwaitAuthOk {
+        peer: Hello,
+        auth: Option<PendingAuth>,
+    },
     /// Sessions may be opened.
     Ready { peer: Hello },
     /// The connection is over; the driver should drop it and reconnect.
@@ -284,7 +285,11 @@ impl<const N: usize> Agent<N> {
                 return Ok(None);
             }
             Frame::Pong { .. } => return Ok(None),
-            Frame::Error { sid: 0, code, message } => {
+            Frame::Error {
+                sid: 0,
+                code,
+                message,
+            } => {
                 self.conn = Conn::Closed;
                 return Ok(Some(Event::PeerError { code, message }));
             }
@@ -304,11 +309,15 @@ impl<const N: usize> Agent<N> {
                 if nonce.0.len() != NONCE_LEN {
                     return Err(self.fail(ProtocolError::Decode(crate::DecodeError::Malformed)));
                 }
-                (Conn::Signing { peer }, Ok(Some(Event::Challenge { nonce: nonce.0 })))
+                (
+                    Conn::Signing { peer },
+                    Ok(Some(Event::Challenge { nonce: nonce.0 })),
+                )
             }
-            (Conn::AwaitAuthOk { peer, auth: None }, Frame::AuthOk { agent_id }) => {
-                (Conn::Ready { peer }, Ok(Some(Event::Authenticated { agent_id })))
-            }
+            (Conn::AwaitAuthOk { peer, auth: None }, Frame::AuthOk { agent_id }) => (
+                Conn::Ready { peer },
+                Ok(Some(Event::Authenticated { agent_id })),
+            ),
             (Conn::Ready { peer }, f) => (Conn::Ready { peer }, self.session_frame(f)),
             (_, f) => {
                 return Err(self.fail(ProtocolError::UnexpectedFrame {
@@ -326,12 +335,16 @@ impl<const N: usize> Agent<N> {
     fn fail(&mut self, e: ProtocolError) -> ProtocolError {
         self.conn = Conn::Closed;
         self.ctrl.clear();
-        let _ = self.ctrl.push_back(Ctrl::Error(ErrorCode::PROTOCOL, "protocol violation"));
+        let _ = self
+            .ctrl
+            .push_back(Ctrl::Error(ErrorCode::PROTOCOL, "protocol violation"));
         e
     }
 
     fn push_ctrl(&mut self, c: Ctrl) -> Result<(), ProtocolError> {
-        self.ctrl.push_back(c).map_err(|_| ProtocolError::TooManyPending)
+        self.ctrl
+            .push_back(c)
+            .map_err(|_| ProtocolError::TooManyPending)
     }
 
     fn slot_mut(&mut self, sid: u32) -> Option<&mut Slot> {

@@ -39,7 +39,9 @@ impl Sim {
         self.agent.handle_frame(self.now, &msg).map(|e| {
             e.map(|e| match e {
                 // Keep payloads out of assertion messages.
-                Event::Data { sid, data } => std::format!("Data {{ sid: {sid}, len: {} }}", data.len()),
+                Event::Data { sid, data } => {
+                    std::format!("Data {{ sid: {sid}, len: {} }}", data.len())
+                }
                 e => std::format!("{e:?}"),
             })
         })
@@ -56,7 +58,12 @@ impl Sim {
         }))
         .unwrap();
         let nonce = [7u8; 32];
-        let ev = s.feed(Frame::Challenge { nonce: Bytes(&nonce) }).unwrap().unwrap();
+        let ev = s
+            .feed(Frame::Challenge {
+                nonce: Bytes(&nonce),
+            })
+            .unwrap()
+            .unwrap();
         assert!(ev.starts_with("Challenge"));
         s.agent.authenticate([1; 32], [2; 64], "CODE");
         let out = s.drain();
@@ -89,7 +96,13 @@ impl Sim {
 fn open_before_auth_is_a_protocol_error() {
     let mut s = Sim::new();
     let _ = s.drain();
-    let msg = enc(Frame::Open { sid: 1, window: 1, kind: Kind::Exec { argv: Bytes(b"x\0") } });
+    let msg = enc(Frame::Open {
+        sid: 1,
+        window: 1,
+        kind: Kind::Exec {
+            argv: Bytes(b"x\0"),
+        },
+    });
     assert_eq!(
         s.agent.handle_frame(s.now, &msg),
         Err(ProtocolError::UnexpectedFrame { frame_type: 4 })
@@ -108,7 +121,10 @@ fn session_limit_rejects_with_reason_and_spawns_nothing() {
         Frame::Reject { sid, code, reason } => {
             assert_eq!(sid, 3);
             assert_eq!(code, ErrorCode::SESSION_LIMIT);
-            assert_eq!(reason, "agent session limit reached (2 of 2 sessions in use)");
+            assert_eq!(
+                reason,
+                "agent session limit reached (2 of 2 sessions in use)"
+            );
         }
         f => panic!("expected Reject, got {f:?}"),
     }
@@ -116,8 +132,18 @@ fn session_limit_rejects_with_reason_and_spawns_nothing() {
     s.agent.accept(1);
     s.agent.close(1, Exit::Code(0), "");
     let out = s.drain();
-    assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Accept { sid: 1, .. }));
-    assert!(matches!(Frame::decode(&out[1]).unwrap(), Frame::Close { sid: 1, exit: Exit::Code(0), .. }));
+    assert!(matches!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Accept { sid: 1, .. }
+    ));
+    assert!(matches!(
+        Frame::decode(&out[1]).unwrap(),
+        Frame::Close {
+            sid: 1,
+            exit: Exit::Code(0),
+            ..
+        }
+    ));
     assert_eq!(s.agent.session_count(), 1);
     assert!(s.open(4, 100).unwrap().starts_with("Open"));
 }
@@ -129,7 +155,9 @@ fn duplicate_open_is_connection_error() {
     let msg = enc(Frame::Open {
         sid: 1,
         window: 1,
-        kind: Kind::Exec { argv: Bytes(b"x\0") },
+        kind: Kind::Exec {
+            argv: Bytes(b"x\0"),
+        },
     });
     assert_eq!(
         s.agent.handle_frame(s.now, &msg),
@@ -137,7 +165,10 @@ fn duplicate_open_is_connection_error() {
     );
     assert!(s.agent.is_closed());
     let out = s.drain();
-    assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Error { sid: 0, .. }));
+    assert!(matches!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Error { sid: 0, .. }
+    ));
 }
 
 #[test]
@@ -152,12 +183,31 @@ fn sender_respects_peer_credit() {
     );
     s.agent.accept(1);
     let _ = s.drain();
-    let (n, len) = s.agent.send_data(1, Stream::OUT, &[b'a'; 25], &mut out).unwrap();
+    let (n, len) = s
+        .agent
+        .send_data(1, Stream::OUT, &[b'a'; 25], &mut out)
+        .unwrap();
     assert_eq!(n, 10, "only the granted window");
-    assert!(matches!(Frame::decode(&out[..len]).unwrap(), Frame::Data { data, .. } if data.0.len() == 10));
-    assert_eq!(s.agent.send_data(1, Stream::OUT, b"a", &mut out).unwrap(), (0, 0));
-    s.feed(Frame::Credit { sid: 1, ch: 0, bytes: 4 }).unwrap();
-    assert_eq!(s.agent.send_data(1, Stream::OUT, &[b'a'; 25], &mut out).unwrap().0, 4);
+    assert!(
+        matches!(Frame::decode(&out[..len]).unwrap(), Frame::Data { data, .. } if data.0.len() == 10)
+    );
+    assert_eq!(
+        s.agent.send_data(1, Stream::OUT, b"a", &mut out).unwrap(),
+        (0, 0)
+    );
+    s.feed(Frame::Credit {
+        sid: 1,
+        ch: 0,
+        bytes: 4,
+    })
+    .unwrap();
+    assert_eq!(
+        s.agent
+            .send_data(1, Stream::OUT, &[b'a'; 25], &mut out)
+            .unwrap()
+            .0,
+        4
+    );
 }
 
 #[test]
@@ -169,7 +219,12 @@ fn flow_violation_aborts_only_that_session() {
     s.agent.accept(2);
     let _ = s.drain();
     let big = std::vec![0u8; 30_000];
-    let data = Frame::Data { sid: 1, ch: 0, stream: Stream::OUT, data: Bytes(&big) };
+    let data = Frame::Data {
+        sid: 1,
+        ch: 0,
+        stream: Stream::OUT,
+        data: Bytes(&big),
+    };
     // The window is 64 KiB: two frames of 30 000 fit, the third exceeds the credit.
     for _ in 0..2 {
         assert!(s.feed(data).unwrap().unwrap().starts_with("Data"));
@@ -178,13 +233,24 @@ fn flow_violation_aborts_only_that_session() {
     assert!(ev.contains("Abort") && ev.contains("FlowControl"), "{ev}");
     // Session 2 still works.
     let ev = s
-        .feed(Frame::Data { sid: 2, ch: 0, stream: Stream::OUT, data: Bytes(b"hi") })
+        .feed(Frame::Data {
+            sid: 2,
+            ch: 0,
+            stream: Stream::OUT,
+            data: Bytes(b"hi"),
+        })
         .unwrap()
         .unwrap();
     assert!(ev.starts_with("Data"));
     // Session 1 ignores further input until the driver closes it.
     assert_eq!(
-        s.feed(Frame::Data { sid: 1, ch: 0, stream: Stream::OUT, data: Bytes(b"x") }).unwrap(),
+        s.feed(Frame::Data {
+            sid: 1,
+            ch: 0,
+            stream: Stream::OUT,
+            data: Bytes(b"x")
+        })
+        .unwrap(),
         None
     );
     assert!(!s.agent.is_closed());
@@ -197,12 +263,22 @@ fn consumed_input_returns_credit() {
     s.agent.accept(1);
     let _ = s.drain();
     let chunk = std::vec![1u8; 20_000];
-    s.feed(Frame::Data { sid: 1, ch: 0, stream: Stream::OUT, data: Bytes(&chunk) }).unwrap();
+    s.feed(Frame::Data {
+        sid: 1,
+        ch: 0,
+        stream: Stream::OUT,
+        data: Bytes(&chunk),
+    })
+    .unwrap();
     s.agent.consumed(1, 20_000);
     let out = s.drain();
     assert_eq!(
         Frame::decode(&out[0]).unwrap(),
-        Frame::Credit { sid: 1, ch: 0, bytes: 20_000 }
+        Frame::Credit {
+            sid: 1,
+            ch: 0,
+            bytes: 20_000
+        }
     );
 }
 
@@ -215,10 +291,17 @@ fn eof_is_sent_before_close_and_data_after_eof_refused() {
     s.agent.eof(1);
     s.agent.close(1, Exit::Signal(9), "killed");
     let out = s.drain();
-    assert_eq!(Frame::decode(&out[0]).unwrap(), Frame::Eof { sid: 1, ch: 0 });
+    assert_eq!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Eof { sid: 1, ch: 0 }
+    );
     assert_eq!(
         Frame::decode(&out[1]).unwrap(),
-        Frame::Close { sid: 1, exit: Exit::Signal(9), reason: "killed" }
+        Frame::Close {
+            sid: 1,
+            exit: Exit::Signal(9),
+            reason: "killed"
+        }
     );
     assert_eq!(s.agent.session_count(), 0);
 }
@@ -229,7 +312,11 @@ fn peer_close_asks_driver_to_terminate() {
     s.open(1, 100);
     s.agent.accept(1);
     let ev = s
-        .feed(Frame::Close { sid: 1, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "" })
+        .feed(Frame::Close {
+            sid: 1,
+            exit: Exit::Aborted(ErrorCode::TERMINATED),
+            reason: "",
+        })
         .unwrap()
         .unwrap();
     assert_eq!(ev, "Terminate { sid: 1 }");
@@ -244,7 +331,10 @@ fn keepalive_and_dead_peer_on_virtual_clock() {
     s.now = t;
     s.agent.handle_timeout(s.now);
     let out = s.drain();
-    assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Ping { .. }));
+    assert!(matches!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Ping { .. }
+    ));
     // The relay stays silent: after 45 s without input the connection is lost.
     loop {
         let t = s.agent.poll_timeout().unwrap();

@@ -43,7 +43,7 @@ impl<'a> Frame<'a> {
             return Err(DecodeError::UnknownFrame { frame_type: ty });
         }
         match postcard::take_from_bytes::<Frame<'a>>(buf) {
-            Ok((frame, rest)) if rest.is_empty() => Ok(frame),
+            Ok((frame, [])) => Ok(frame),
             Ok(_) => Err(DecodeError::TrailingBytes),
             Err(postcard::Error::DeserializeUnexpectedEnd) => Err(DecodeError::Truncated),
             Err(_) => Err(DecodeError::Malformed),

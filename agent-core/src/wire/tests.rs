@@ -88,7 +88,9 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
             max_sessions: b,
             features: a,
         }),
-        1 => Frame::Challenge { nonce: Bytes(bytes) },
+        1 => Frame::Challenge {
+            nonce: Bytes(bytes),
+        },
         2 => Frame::Auth(Auth {
             public_key: Bytes(bytes),
             signature: Bytes(bytes),
@@ -98,7 +100,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
         4 => Frame::Open {
             sid: a,
             window: a,
-            kind: if c % 2 == 0 {
+            kind: if c.is_multiple_of(2) {
                 Kind::Shell {
                     term: text,
                     cols: b,
