@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Sets up what the tests need (when missing) and runs every test of the project:
+# formatting and lints, the no_std build of agent-core for a Cortex-M4F, unit and
+# property tests, golden vectors, and the end-to-end scenarios over the real relay,
+# agent and CLI on loopback. Exits non-zero on the first failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "error: cargo not found; install Rust with rustup (https://rustup.rs) and run this again" >&2
+    exit 1
+fi
+
+need_apt=()
+command -v cc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_apt[*]}"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf; then
+    log "adding the thumbv7em-none-eabihf target"
+    rustup target add thumbv7em-none-eabihf
+fi
+for c in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
+        rustup component add "$c"
+    fi
+done
+
+log "cargo fmt --check"
+cargo fmt --all -- --check
+
+log "cargo clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "agent-core for thumbv7em-none-eabihf (no_std, no alloc)"
+cargo build -p agent-core --target thumbv7em-none-eabihf --locked
+
+log "building the binaries the end-to-end tests run"
+cargo build --workspace --bins --locked
+
+log "cargo test"
+cargo test --workspace --locked
