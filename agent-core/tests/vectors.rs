@@ -65,6 +65,13 @@ fn expected(name: &str) -> Frame<'static> {
                 argv: Bytes(b"echo\0hi\0"),
             },
         },
+        "open_true" => Frame::Open {
+            sid: 1,
+            window: 262144,
+            kind: Kind::Exec {
+                argv: Bytes(b"true\0"),
+            },
+        },
         "accept" => Frame::Accept {
             sid: 1,
             window: 65536,
@@ -154,5 +161,5 @@ fn golden_vectors_decode_and_encode_exactly() {
             }
         }
     }
-    assert_eq!((good, bad), (21, 7), "vector file lost or gained lines");
+    assert_eq!((good, bad), (22, 7), "vector file lost or gained lines");
 }
