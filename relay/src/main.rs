@@ -26,13 +26,8 @@ struct Cli {
 enum Cmd {
     /// Run the relay.
     Serve {
-        /// Data directory: SQLite store and generated certificates.
-        #[arg(
-            long,
-            env = "SESAME_RELAY_DATA",
-            default_value = "/var/lib/sesame-relay"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:8443")]
         listen: SocketAddr,
@@ -64,19 +59,26 @@ enum Cmd {
     },
 }
 
+/// The relay's data directory: SQLite store and generated certificates.
+#[derive(clap::Args)]
+struct DataDir {
+    /// Data directory of the relay (store and certificates).
+    #[arg(
+        long,
+        env = "SESAME_RELAY_DATA",
+        default_value = "/var/lib/sesame-relay"
+    )]
+    data_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum AgentCmd {
     /// Register an agent; prints its one-time activation code.
     Add {
         /// Unique name.
         name: String,
-        /// Data directory of the relay.
-        #[arg(
-            long,
-            env = "SESAME_RELAY_DATA",
-            default_value = "/var/lib/sesame-relay"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
         /// Tag as key=value (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
@@ -89,13 +91,8 @@ enum UserCmd {
     Add {
         /// Unique name.
         name: String,
-        /// Data directory of the relay.
-        #[arg(
-            long,
-            env = "SESAME_RELAY_DATA",
-            default_value = "/var/lib/sesame-relay"
-        )]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        data: DataDir,
         /// Administrator: may open any session.
         #[arg(long)]
         admin: bool,
@@ -126,7 +123,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Serve {
-            data_dir,
+            data: DataDir { data_dir },
             listen,
             cert,
             key,
@@ -168,7 +165,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd:
                 AgentCmd::Add {
                     name,
-                    data_dir,
+                    data: DataDir { data_dir },
                     tags,
                 },
         } => {
@@ -179,9 +176,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 };
                 map.insert(k.to_string(), v.to_string());
             }
-            let store = Store::open(&data_dir)
-                .await
-                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+            let store = open_store(&data_dir).await?;
             let (_id, code) = store.add_agent(&name, &map).await?;
             println!("{}", code.expose());
             Ok(())
@@ -190,18 +185,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             cmd:
                 UserCmd::Add {
                     name,
-                    data_dir,
+                    data: DataDir { data_dir },
                     admin,
                 },
         } => {
-            let store = Store::open(&data_dir)
-                .await
-                .with_context(|| format!("cannot open the store in {}", data_dir.display()))?;
+            let store = open_store(&data_dir).await?;
             let key = store.add_user(&name, admin).await?;
             println!("{}", key.expose());
             Ok(())
         }
     }
+}
+
+async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {
+    Store::open(data_dir)
+        .await
+        .with_context(|| format!("cannot open the store in {}", data_dir.display()))
 }
 
 async fn shutdown_signal() {
