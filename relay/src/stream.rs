@@ -153,7 +153,15 @@ pub async fn serve(
             msg = stream.next() => {
                 let bytes = match msg {
                     Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break "client went away",
+                    Some(Ok(Message::Close(_))) | None => break "client went away",
+                    Some(Err(e)) => {
+                        // Oversized messages land here: say so before hanging up.
+                        let e = format!("bad message on the session stream: {e}");
+                        let _ = sink.send(Message::Binary(encode(&Frame::Close {
+                            sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
+                        }).into())).await;
+                        break "client protocol error";
+                    }
                     Some(Ok(_)) => continue,
                 };
                 let frame = match Frame::decode_bounded(&bytes, wire::DEFAULT_MAX_FRAME as usize) {
