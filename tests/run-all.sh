@@ -32,6 +32,13 @@ for c in rustfmt clippy; do
     fi
 done
 
+if ! command -v qemu-aarch64-static >/dev/null 2>&1; then
+    log "installing qemu-user-static (the aarch64 agent runs under it)"
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-user-static
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -44,5 +51,8 @@ cargo build -p agent-core --target thumbv7em-none-eabihf --locked
 log "building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
-log "cargo test"
-cargo test --workspace --locked
+log "static musl agents for x86_64 and aarch64"
+tests/build-static.sh
+
+log "cargo test (including the static-agent tests)"
+cargo test --workspace --locked -- --include-ignored

@@ -50,21 +50,30 @@ pub enum StartError {
 /// Run forever: connect, serve, and reconnect with jittered exponential backoff.
 pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
     let target = RelayTarget::new(&opts.relay, &opts.ca)?;
+    // A code given at install time waits in the state directory until it is used.
+    let code_file = opts.state_dir.join(crate::install::ACTIVATION_FILE);
+    let mut activation = match &opts.activate {
+        Some(code) => code.trim().to_string(),
+        None => std::fs::read_to_string(&code_file)
+            .map(|c| c.trim().to_string())
+            .unwrap_or_default(),
+    };
     let identity_exists = opts.state_dir.join("identity.pk8").exists();
-    if !identity_exists && opts.activate.is_none() {
+    if activation.is_empty() && !identity_exists {
         return Err(StartError::NotActivated(
             opts.state_dir.display().to_string(),
         ));
     }
     let identity = Identity::load_or_create(&opts.state_dir)?;
-    let activation = opts.activate.clone().unwrap_or_default();
     let mut backoff = Backoff::new();
     loop {
         match target.connect().await {
             Ok(ws) => {
-                let outcome = serve(ws, &identity, &activation).await;
+                let outcome = serve(ws, &identity, &activation, &code_file).await;
                 if outcome.authenticated {
                     backoff.reset();
+                    // The key is registered now; the code is spent.
+                    activation.clear();
                 }
                 warn!("disconnected from {}: {}", target.addr(), outcome.reason);
             }
@@ -128,6 +137,8 @@ struct Conn<'a> {
     tx: mpsc::UnboundedSender<Msg>,
     identity: &'a Identity,
     activation: &'a str,
+    /// Where a pending activation code is kept; removed once the relay accepts us.
+    code_file: &'a std::path::Path,
     origin: std::time::Instant,
     out: Vec<u8>,
     authenticated: bool,
@@ -214,6 +225,9 @@ impl Conn<'_> {
             }
             Event::Authenticated { agent_id } => {
                 self.authenticated = true;
+                if !self.activation.is_empty() {
+                    let _ = std::fs::remove_file(self.code_file);
+                }
                 info!("connected to the relay as agent {agent_id}");
             }
             Event::Open { sid, kind } => self.open(sid, kind),
@@ -327,7 +341,12 @@ async fn feed(sink: &mut Sink, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn serve(ws: RelaySocket, identity: &Identity, activation: &str) -> Outcome {
+async fn serve(
+    ws: RelaySocket,
+    identity: &Identity,
+    activation: &str,
+    code_file: &std::path::Path,
+) -> Outcome {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let origin = std::time::Instant::now();
@@ -337,6 +356,7 @@ async fn serve(ws: RelaySocket, identity: &Identity, activation: &str) -> Outcom
         tx,
         identity,
         activation,
+        code_file,
         origin,
         out: vec![0u8; wire::DEFAULT_MAX_FRAME as usize],
         authenticated: false,

@@ -20,6 +20,7 @@
 pub mod connect;
 pub mod driver;
 pub mod identity;
+pub mod install;
 pub mod process;
 pub mod pty;
 
@@ -27,3 +28,13 @@ pub use driver::{run, AgentOptions};
 
 /// Sessions this agent runs at once (advertised to the relay in `Hello`).
 pub const MAX_SESSIONS: usize = 20;
+
+/// `sesame-agent 0.1.0 (x86_64-unknown-linux-musl, protocol 1)`.
+pub fn version() -> String {
+    format!(
+        "sesame-agent {} ({}, protocol {})",
+        env!("CARGO_PKG_VERSION"),
+        env!("SESAME_TARGET"),
+        agent_core::PROTOCOL_VERSION
+    )
+}

@@ -1,38 +1,155 @@
 //! `sesame-agent`: connect this machine to a Sesame relay.
+//!
+//! Arguments are parsed with `lexopt` rather than clap: the static agent carries
+//! every byte it links, and a full parser is a tenth of its code.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use agent_linux::install::{self, InstallOptions};
 
-#[derive(Parser)]
-#[command(
-    name = "sesame-agent",
-    version,
-    about = "Sesame agent: dials out to a relay and serves shells and commands"
-)]
-struct Cli {
-    /// Relay URL, wss://HOST:PORT.
-    #[arg(long, env = "SESAME_RELAY")]
-    relay: String,
-    /// PEM file of the CA that signs the relay's certificate.
-    #[arg(long, env = "SESAME_CA")]
-    ca: PathBuf,
-    /// Directory for the agent's identity key.
-    #[arg(long, default_value = "/var/lib/sesame-agent")]
-    state_dir: PathBuf,
-    /// One-time activation code from `sesame-relay agent add` (first run only).
-    #[arg(long)]
+const USAGE: &str = "\
+Sesame agent: dials out to a relay and serves shells and commands.
+
+Usage:
+  sesame-agent --relay wss://HOST:PORT --ca FILE [--state-dir DIR] [--activate CODE]
+  sesame-agent install --relay wss://HOST:PORT --ca FILE [--activate CODE]
+  sesame-agent uninstall [--purge]
+  sesame-agent --version
+
+Options:
+  --relay URL       relay to dial (or $SESAME_RELAY)
+  --ca FILE         PEM CA certificate that signs the relay's certificate (or $SESAME_CA)
+  --state-dir DIR   where the identity key lives [default: /var/lib/sesame-agent]
+  --activate CODE   one-time code from `sesame-relay agent add` (first run only)
+  --purge           uninstall: also remove the state directory (the identity)
+  -V, --version     print version, target and protocol version
+  -h, --help        print this help
+
+Logging: RUST_LOG=info (default), or e.g. RUST_LOG=info,agent_linux=debug";
+
+#[derive(Default)]
+struct Args {
+    cmd: Option<String>,
+    relay: Option<String>,
+    ca: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
     activate: Option<String>,
+    root: Option<PathBuf>,
+    purge: bool,
+}
+
+enum Parsed {
+    Run(Args),
+    Print(String),
+}
+
+fn string(v: OsString) -> Result<String, String> {
+    v.into_string()
+        .map_err(|v| format!("argument is not UTF-8: {v:?}"))
+}
+
+fn parse() -> Result<Parsed, String> {
+    use lexopt::prelude::*;
+    let mut a = Args::default();
+    let mut p = lexopt::Parser::from_env();
+    let err = |e: lexopt::Error| e.to_string();
+    while let Some(arg) = p.next().map_err(err)? {
+        match arg {
+            Short('h') | Long("help") => return Ok(Parsed::Print(USAGE.into())),
+            Short('V') | Long("version") => return Ok(Parsed::Print(agent_linux::version())),
+            Long("relay") => a.relay = Some(string(p.value().map_err(err)?)?),
+            Long("ca") => a.ca = Some(p.value().map_err(err)?.into()),
+            Long("state-dir") => a.state_dir = Some(p.value().map_err(err)?.into()),
+            Long("activate") => a.activate = Some(string(p.value().map_err(err)?)?),
+            Long("root") => a.root = Some(p.value().map_err(err)?.into()),
+            Long("purge") => a.purge = true,
+            Value(v) if a.cmd.is_none() => {
+                let v = string(v)?;
+                if v != "install" && v != "uninstall" {
+                    return Err(format!("unknown command '{v}' (see --help)"));
+                }
+                a.cmd = Some(v);
+            }
+            _ => return Err(arg.unexpected().to_string()),
+        }
+    }
+    Ok(Parsed::Run(a))
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
+    let args = match parse() {
+        Ok(Parsed::Run(a)) => a,
+        Ok(Parsed::Print(text)) => {
+            println!("{text}");
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("error: {e}\n(see sesame-agent --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let relay = args
+        .relay
+        .clone()
+        .or_else(|| std::env::var("SESAME_RELAY").ok());
+    let ca = args
+        .ca
+        .clone()
+        .or_else(|| std::env::var_os("SESAME_CA").map(PathBuf::from));
+    let root = args.root.clone().unwrap_or_else(|| PathBuf::from("/"));
+    let said = match args.cmd.as_deref() {
+        Some("uninstall") => install::uninstall(&root, args.purge),
+        cmd => {
+            let (Some(relay), Some(ca)) = (relay, ca) else {
+                eprintln!("error: --relay and --ca are required (see sesame-agent --help)");
+                return ExitCode::from(2);
+            };
+            if cmd == Some("install") {
+                install::install(&InstallOptions {
+                    relay,
+                    ca,
+                    activate: args.activate,
+                    root,
+                })
+            } else {
+                return run(agent_linux::AgentOptions {
+                    relay,
+                    ca,
+                    state_dir: args
+                        .state_dir
+                        .unwrap_or_else(|| PathBuf::from("/var/lib/sesame-agent")),
+                    activate: args.activate,
+                });
+            }
+        }
+    };
+    match said {
+        Ok(lines) => {
+            for l in lines {
+                println!("{l}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(opts: agent_linux::AgentOptions) -> ExitCode {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+    // `Targets` understands `info,agent_linux=debug` without pulling in regex.
+    let filter: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    tracing_subscriber::registry()
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+        .with(filter)
         .init();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -43,12 +160,6 @@ fn main() -> ExitCode {
             eprintln!("error: cannot start the runtime: {e}");
             return ExitCode::FAILURE;
         }
-    };
-    let opts = agent_linux::AgentOptions {
-        relay: cli.relay,
-        ca: cli.ca,
-        state_dir: cli.state_dir,
-        activate: cli.activate,
     };
     match rt.block_on(agent_linux::run(opts)) {
         Ok(()) => ExitCode::SUCCESS,

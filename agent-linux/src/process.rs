@@ -107,6 +107,17 @@ fn exit_of(status: io::Result<ExitStatus>) -> Exit {
     }
 }
 
+/// In the child, before exec: drop the OOM protection the agent's service gives
+/// itself (`OOMScoreAdjust`), so a runaway session is killed before the agent is.
+/// Only raw system calls: this runs between fork and exec.
+fn reset_oom_score() -> io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
+    if let Ok(fd) = rustix::fs::open(c"/proc/self/oom_score_adj", OFlags::WRONLY, Mode::empty()) {
+        let _ = rustix::io::write(&fd, b"0");
+    }
+    Ok(())
+}
+
 /// Reserve up to [`CHUNK`] bytes of queue space; returns the amount reserved.
 async fn reserve(space: &Arc<Semaphore>) -> Option<usize> {
     space.acquire_many(CHUNK as u32).await.ok()?.forget();
@@ -125,6 +136,10 @@ pub fn spawn_exec(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
+    // SAFETY: only async-signal-safe system calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(reset_oom_score);
+    }
     let mut child = cmd.spawn()?;
     let pgid = child.id().unwrap_or(0) as i32;
     let space = Arc::new(Semaphore::new(QUEUE_SPACE));
@@ -276,7 +291,7 @@ pub fn spawn_shell(
         std_cmd.pre_exec(|| {
             rustix::process::setsid()?;
             rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
-            Ok(())
+            reset_oom_score()
         });
     }
     let mut cmd = tokio::process::Command::from(std_cmd);

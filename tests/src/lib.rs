@@ -157,8 +157,21 @@ pub fn admin(data: &Path, args: &[&str]) -> String {
 
 /// Start `sesame-agent` against the relay.
 pub fn start_agent(dir: &Path, state: &str, port: u16, code: Option<&str>) -> Proc {
+    start_agent_with(&[bin("sesame-agent")], dir, state, port, code)
+}
+
+/// Start an agent given as a program and its leading arguments (a static build, or
+/// an emulator followed by the binary) against the relay.
+pub fn start_agent_with(
+    program: &[PathBuf],
+    dir: &Path,
+    state: &str,
+    port: u16,
+    code: Option<&str>,
+) -> Proc {
     let log = dir.join(format!("{state}.log"));
-    let mut cmd = Command::new(bin("sesame-agent"));
+    let mut cmd = Command::new(&program[0]);
+    cmd.args(&program[1..]);
     cmd.arg("--relay")
         .arg(format!("wss://127.0.0.1:{port}"))
         .arg("--ca")
@@ -180,12 +193,17 @@ pub fn start_agent(dir: &Path, state: &str, port: u16, code: Option<&str>) -> Pr
 impl Env {
     /// Start everything with extra relay flags and wait until the agent is online.
     pub fn start_with(relay_flags: &[&str]) -> Env {
+        Env::start_custom(relay_flags, &[bin("sesame-agent")])
+    }
+
+    /// Start everything with the agent run as `agent` (program and leading arguments).
+    pub fn start_custom(relay_flags: &[&str], agent: &[PathBuf]) -> Env {
         let dir = TempDir::new("e2e");
         let data = dir.0.join("relay");
         let relay = start_relay(&data, 0, relay_flags);
         let code = admin(&data, &["agent", "add", "gw-01", "--tag", "site=lab"]);
         let api_key = admin(&data, &["user", "add", "alice", "--admin"]);
-        let agent = start_agent(&dir.0, "agent", relay.port, Some(&code));
+        let agent = start_agent_with(agent, &dir.0, "agent", relay.port, Some(&code));
         let env = Env {
             dir,
             relay,
@@ -292,6 +310,18 @@ impl Env {
         .unwrap();
         cli::client::Relay::new(&config).unwrap()
     }
+}
+
+/// The static agent built by `tests/build-static.sh` for `triple`.
+pub fn static_agent(triple: &str) -> PathBuf {
+    let target_dir = bin_dir().parent().expect("target dir").to_path_buf();
+    let p = target_dir.join(triple).join("agent/sesame-agent");
+    assert!(
+        p.exists(),
+        "{} is missing: run tests/build-static.sh first",
+        p.display()
+    );
+    p
 }
 
 /// Text of a process's stdout and stderr.

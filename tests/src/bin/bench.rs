@@ -3,7 +3,9 @@
 //! Starts the real release binaries on loopback and measures:
 //! - `setup`: wall time of `sesame exec TARGET -- true`, median and p90 of 20 runs;
 //! - `idle`: resident memory of the relay and the agent, idle with one agent online;
-//! - `sizes`: sizes of the release binaries.
+//! - `sizes`: sizes of the release binaries and of the static agents;
+//! - `agent20`: RSS of the static x86_64 agent (`tests/build-static.sh`) idle and
+//!   with 20 sessions open.
 //!
 //! With no scenario, runs all of them. Prints a markdown table (or JSON).
 
@@ -67,13 +69,64 @@ fn idle(env: &Env) -> Vec<(String, Value)> {
 }
 
 fn sizes() -> Vec<(String, Value)> {
-    ["sesame-relay", "sesame-agent", "sesame"]
+    let mut rows: Vec<(String, Value)> = ["sesame-relay", "sesame-agent", "sesame"]
         .iter()
         .map(|b| {
             let len = std::fs::metadata(bin(b)).map(|m| m.len()).unwrap_or(0);
             (format!("binary size: {b} (KiB)"), json!(len / 1024))
         })
-        .collect()
+        .collect();
+    for triple in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
+        let p = tests::bin_dir()
+            .parent()
+            .unwrap()
+            .join(triple)
+            .join("agent/sesame-agent");
+        if let Ok(m) = std::fs::metadata(&p) {
+            rows.push((
+                format!("static sesame-agent {triple} (bytes)"),
+                json!(m.len()),
+            ));
+        }
+    }
+    rows
+}
+
+fn agent20() -> Vec<(String, Value)> {
+    let env = Env::start_custom(&[], &[tests::static_agent("x86_64-unknown-linux-musl")]);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = env.agent.child.id();
+    let (idle, _) = rss_kib(pid);
+    let mut clients: Vec<_> = (0..20)
+        .map(|_| {
+            env.sesame()
+                .args(["exec", "gw-01", "--", "sleep", "30"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.sessions() < 20 {
+        assert!(Instant::now() < deadline, "20 sessions never opened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (busy, peak) = rss_kib(pid);
+    for c in clients.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    vec![
+        ("static x86_64 agent: idle RSS (KiB)".into(), json!(idle)),
+        (
+            "static x86_64 agent: RSS with 20 sessions (KiB)".into(),
+            json!(busy),
+        ),
+        ("static x86_64 agent: peak RSS (KiB)".into(), json!(peak)),
+    ]
 }
 
 fn main() {
@@ -85,7 +138,7 @@ fn main() {
         .map(String::as_str)
         .collect();
     if wanted.is_empty() {
-        wanted = vec!["setup", "idle", "sizes"];
+        wanted = vec!["setup", "idle", "sizes", "agent20"];
     }
     if cfg!(debug_assertions) {
         eprintln!("warning: bench built without --release; numbers are not representative");
@@ -98,8 +151,9 @@ fn main() {
             "setup" => rows.extend(setup(env.as_ref().unwrap())),
             "idle" => rows.extend(idle(env.as_ref().unwrap())),
             "sizes" => rows.extend(sizes()),
+            "agent20" => rows.extend(agent20()),
             other => {
-                eprintln!("error: unknown scenario '{other}' (use setup, idle, sizes)");
+                eprintln!("error: unknown scenario '{other}' (use setup, idle, sizes, agent20)");
                 std::process::exit(2);
             }
         }
