@@ -99,6 +99,13 @@ pub enum ProtocolError {
         /// The channel.
         ch: u16,
     },
+    /// The peer opened a channel id that is already in use in the session.
+    DuplicateChannel {
+        /// The session.
+        sid: u32,
+        /// The channel.
+        ch: u16,
+    },
     /// The peer opened a session id that is already in use.
     DuplicateSession {
         /// The session.
@@ -120,6 +127,7 @@ impl ProtocolError {
             ProtocolError::FlowControl { sid }
             | ProtocolError::CreditOverflow { sid }
             | ProtocolError::UnknownChannel { sid, .. }
+            | ProtocolError::DuplicateChannel { sid, .. }
             | ProtocolError::DataAfterEof { sid } => Some(sid),
             _ => None,
         }
@@ -152,6 +160,9 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::UnknownChannel { sid, ch } => {
                 write!(f, "session {sid}: unknown channel {ch}")
+            }
+            ProtocolError::DuplicateChannel { sid, ch } => {
+                write!(f, "session {sid}: channel {ch} is already open")
             }
             ProtocolError::DuplicateSession { sid } => {
                 write!(f, "session {sid} is already open")

@@ -21,7 +21,7 @@ use heapless::{Deque, String};
 use crate::error::ProtocolError;
 use crate::time::{Duration, Instant};
 use crate::wire::{self, Auth, Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream, AUTH_CONTEXT};
-use slot::{Slot, SlotState};
+use slot::{ChanState, Channel, Slot, SlotState};
 
 /// Longest reason string the engine stores for a `Reject` or `Close`.
 pub const REASON_MAX: usize = 120;
@@ -80,17 +80,40 @@ pub enum Event<'a> {
         /// What to run.
         kind: Kind<'a>,
     },
-    /// Input for the session; call [`Agent::consumed`] once written out.
+    /// Input for a channel; call [`Agent::consumed`] once written out.
     Data {
         /// Session id.
         sid: u32,
+        /// Channel (0 for shell and exec).
+        ch: u16,
         /// The bytes.
         data: &'a [u8],
     },
-    /// The peer will send no more input.
+    /// The peer will send no more input on the channel.
     Eof {
         /// Session id.
         sid: u32,
+        /// Channel.
+        ch: u16,
+    },
+    /// A forward session wants a connection to `host:port`: connect, then
+    /// [`Agent::accept_channel`] or [`Agent::reject_channel`].
+    ChannelOpen {
+        /// Session id.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+        /// Destination host.
+        host: &'a str,
+        /// Destination port.
+        port: u16,
+    },
+    /// The peer aborted a channel: drop its connection, then [`Agent::close_channel`].
+    ChannelClose {
+        /// Session id.
+        sid: u32,
+        /// Channel.
+        ch: u16,
     },
     /// The terminal was resized.
     Resize {
@@ -202,15 +225,17 @@ enum Ctrl {
     Ping(u64),
     Pong(u64),
     Reject(u32, ErrorCode, String<REASON_MAX>),
+    ChannelReject(u32, u16, ErrorCode, String<REASON_MAX>),
     Error(ErrorCode, &'static str),
 }
 
-/// The agent side of one relay connection, with up to `N` sessions.
+/// The agent side of one relay connection, with up to `N` sessions of up to `C`
+/// channels each.
 #[derive(Debug)]
-pub struct Agent<const N: usize> {
+pub struct Agent<const N: usize, const C: usize = 1> {
     config: AgentConfig,
     conn: Conn,
-    slots: [Option<Slot>; N],
+    slots: [Option<Slot<C>>; N],
     ctrl: Deque<Ctrl, 8>,
     events: Deque<Event<'static>, 2>,
     started: Instant,
@@ -221,7 +246,7 @@ pub struct Agent<const N: usize> {
     cursor: usize,
 }
 
-impl<const N: usize> Agent<N> {
+impl<const N: usize, const C: usize> Agent<N, C> {
     /// A new connection; its `Hello` is queued for `poll_transmit`.
     pub fn new(config: AgentConfig, now: Instant) -> Self {
         let mut ctrl = Deque::new();
@@ -347,28 +372,94 @@ impl<const N: usize> Agent<N> {
             .map_err(|_| ProtocolError::TooManyPending)
     }
 
-    fn slot_mut(&mut self, sid: u32) -> Option<&mut Slot> {
+    fn slot_mut(&mut self, sid: u32) -> Option<&mut Slot<C>> {
         self.slots.iter_mut().flatten().find(|s| s.sid == sid)
+    }
+
+    fn chan_mut(&mut self, sid: u32, ch: u16) -> Option<&mut Channel> {
+        self.slot_mut(sid)?.chan(ch)
+    }
+
+    fn open_session<'a>(
+        &mut self,
+        sid: u32,
+        window: u32,
+        kind: Kind<'a>,
+    ) -> Result<Option<Event<'a>>, ProtocolError> {
+        if self.slot_mut(sid).is_some() {
+            return Err(ProtocolError::DuplicateSession { sid });
+        }
+        let needed = match kind {
+            Kind::Shell { .. } => wire::features::SHELL,
+            Kind::Exec { .. } => wire::features::EXEC,
+            Kind::Forward => wire::features::FORWARD,
+            Kind::SshKey { .. } => wire::features::SSH_KEY,
+        };
+        let forward = matches!(kind, Kind::Forward);
+        let mut reason = String::new();
+        let code = if self.config.features & needed == 0 || (forward && C < 2) {
+            let _ = reason.push_str("this agent does not support this kind of session");
+            ErrorCode::UNSUPPORTED
+        } else if let Some(free) = self.slots.iter_mut().find(|s| s.is_none()) {
+            *free = Some(Slot::new(sid, forward, window, self.config.window));
+            return Ok(Some(Event::Open { sid, kind }));
+        } else {
+            let _ = write!(
+                reason,
+                "agent session limit reached ({N} of {N} sessions in use)"
+            );
+            ErrorCode::SESSION_LIMIT
+        };
+        self.push_ctrl(Ctrl::Reject(sid, code, reason))?;
+        Ok(None)
+    }
+
+    fn open_channel<'a>(
+        &mut self,
+        sid: u32,
+        ch: u16,
+        window: u32,
+        host: &'a str,
+        port: u16,
+    ) -> Result<Option<Event<'a>>, ProtocolError> {
+        let our_window = self.config.window;
+        let Some(slot) = self.slot_mut(sid) else {
+            return Ok(None);
+        };
+        if !slot.accepts_input() {
+            return Ok(None);
+        }
+        if !slot.forward || ch == 0 {
+            return Ok(slot.abort(ProtocolError::UnknownChannel { sid, ch }));
+        }
+        if slot.chan(ch).is_some() {
+            return Ok(slot.abort(ProtocolError::DuplicateChannel { sid, ch }));
+        }
+        if let Some(free) = slot.channels.iter_mut().find(|c| c.is_none()) {
+            *free = Some(Channel::new(ch, ChanState::Requested, window, our_window));
+            return Ok(Some(Event::ChannelOpen {
+                sid,
+                ch,
+                host,
+                port,
+            }));
+        }
+        let mut reason = String::new();
+        let _ = write!(reason, "channel limit reached ({C} connections in this session)");
+        self.push_ctrl(Ctrl::ChannelReject(sid, ch, ErrorCode::CHANNEL_LIMIT, reason))?;
+        Ok(None)
     }
 
     fn session_frame<'a>(&mut self, f: Frame<'a>) -> Result<Option<Event<'a>>, ProtocolError> {
         match f {
-            Frame::Open { sid, window, kind } => {
-                if self.slot_mut(sid).is_some() {
-                    return Err(ProtocolError::DuplicateSession { sid });
-                }
-                let Some(free) = self.slots.iter_mut().find(|s| s.is_none()) else {
-                    let mut reason = String::new();
-                    let _ = write!(
-                        reason,
-                        "agent session limit reached ({N} of {N} sessions in use)"
-                    );
-                    self.push_ctrl(Ctrl::Reject(sid, ErrorCode::SESSION_LIMIT, reason))?;
-                    return Ok(None);
-                };
-                *free = Some(Slot::new(sid, window, self.config.window));
-                Ok(Some(Event::Open { sid, kind }))
-            }
+            Frame::Open { sid, window, kind } => self.open_session(sid, window, kind),
+            Frame::ChannelOpen {
+                sid,
+                ch,
+                window,
+                host,
+                port,
+            } => self.open_channel(sid, ch, window, host, port),
             Frame::Data { sid, ch, data, .. } => {
                 let Some(slot) = self.slot_mut(sid) else {
                     return Ok(None); // late data for a session that already ended
@@ -376,34 +467,67 @@ impl<const N: usize> Agent<N> {
                 if !slot.accepts_input() {
                     return Ok(None);
                 }
-                if ch != 0 {
-                    return Ok(slot.abort(ProtocolError::UnknownChannel { sid, ch }));
+                let forward = slot.forward;
+                let Some(chan) = slot.chan(ch) else {
+                    // A forward channel that just closed may still receive data.
+                    return Ok(if forward {
+                        None
+                    } else {
+                        slot.abort(ProtocolError::UnknownChannel { sid, ch })
+                    });
+                };
+                if !chan.accepts_input() {
+                    return Ok(None);
                 }
-                if slot.peer_eof {
+                if chan.peer_eof {
                     return Ok(slot.abort(ProtocolError::DataAfterEof { sid }));
                 }
-                if slot.recv.on_data(data.0.len()).is_err() {
+                if chan.recv.on_data(data.0.len()).is_err() {
                     return Ok(slot.abort(ProtocolError::FlowControl { sid }));
                 }
-                Ok(Some(Event::Data { sid, data: data.0 }))
+                Ok(Some(Event::Data {
+                    sid,
+                    ch,
+                    data: data.0,
+                }))
             }
             Frame::Credit { sid, ch, bytes } => {
                 let Some(slot) = self.slot_mut(sid) else {
                     return Ok(None);
                 };
-                if ch != 0 {
-                    return Ok(slot.abort(ProtocolError::UnknownChannel { sid, ch }));
-                }
-                if slot.send.grant(bytes).is_err() {
+                let forward = slot.forward;
+                let Some(chan) = slot.chan(ch) else {
+                    return Ok(if forward {
+                        None
+                    } else {
+                        slot.abort(ProtocolError::UnknownChannel { sid, ch })
+                    });
+                };
+                if chan.send.grant(bytes).is_err() {
                     return Ok(slot.abort(ProtocolError::CreditOverflow { sid }));
                 }
                 Ok(None)
             }
-            Frame::Eof { sid, .. } => match self.slot_mut(sid) {
-                Some(slot) if slot.accepts_input() && !slot.peer_eof => {
-                    slot.peer_eof = true;
-                    Ok(Some(Event::Eof { sid }))
-                }
+            Frame::Eof { sid, ch } => match self.slot_mut(sid) {
+                Some(slot) if slot.accepts_input() => match slot.chan(ch) {
+                    Some(chan) if chan.accepts_input() && !chan.peer_eof => {
+                        chan.peer_eof = true;
+                        Ok(Some(Event::Eof { sid, ch }))
+                    }
+                    _ => Ok(None),
+                },
+                _ => Ok(None),
+            },
+            Frame::ChannelClose { sid, ch, .. } => match self.slot_mut(sid) {
+                Some(slot) if slot.accepts_input() => match slot.chan(ch) {
+                    Some(chan)
+                        if matches!(chan.state, ChanState::Open | ChanState::Requested) =>
+                    {
+                        chan.state = ChanState::Terminating;
+                        Ok(Some(Event::ChannelClose { sid, ch }))
+                    }
+                    _ => Ok(None),
+                },
                 _ => Ok(None),
             },
             Frame::Resize { sid, cols, rows } => match self.slot_mut(sid) {
@@ -461,19 +585,49 @@ impl<const N: usize> Agent<N> {
         }
     }
 
-    /// The driver wrote `n` bytes of the session's input out; credit flows back.
-    pub fn consumed(&mut self, sid: u32, n: usize) {
-        if let Some(slot) = self.slot_mut(sid) {
-            slot.recv.consume(n);
+    /// The channel's connection is up: tell the peer, announcing our receive window.
+    pub fn accept_channel(&mut self, sid: u32, ch: u16) {
+        if let Some(chan) = self.chan_mut(sid, ch) {
+            if chan.state == ChanState::Requested {
+                chan.state = ChanState::Open;
+                chan.accept_pending = true;
+            }
         }
     }
 
-    /// The session's output ended (half-close towards the peer).
-    pub fn eof(&mut self, sid: u32) {
-        if let Some(slot) = self.slot_mut(sid) {
-            if !slot.eof_sent {
-                slot.eof_sent = true;
-                slot.eof_pending = true;
+    /// The channel's connection failed: tell the peer why and free the channel.
+    pub fn reject_channel(&mut self, sid: u32, ch: u16, code: ErrorCode, reason: &str) {
+        if let Some(chan) = self.chan_mut(sid, ch) {
+            chan.state = ChanState::Rejecting(code, truncate(reason));
+        }
+    }
+
+    /// The channel is over (both directions done, or its connection failed): a
+    /// `ChannelClose` is queued after any pending credit and `Eof`. Closing a channel
+    /// that was never accepted rejects it instead.
+    pub fn close_channel(&mut self, sid: u32, ch: u16, reason: &str) {
+        if let Some(chan) = self.chan_mut(sid, ch) {
+            chan.state = if chan.state == ChanState::Requested {
+                ChanState::Rejecting(ErrorCode::UNREACHABLE, truncate(reason))
+            } else {
+                ChanState::Closing(truncate(reason))
+            };
+        }
+    }
+
+    /// The driver wrote `n` bytes of a channel's input out; credit flows back.
+    pub fn consumed(&mut self, sid: u32, ch: u16, n: usize) {
+        if let Some(chan) = self.chan_mut(sid, ch) {
+            chan.recv.consume(n);
+        }
+    }
+
+    /// A channel's output ended (half-close towards the peer).
+    pub fn eof(&mut self, sid: u32, ch: u16) {
+        if let Some(chan) = self.chan_mut(sid, ch) {
+            if !chan.eof_sent {
+                chan.eof_sent = true;
+                chan.eof_pending = true;
             }
         }
     }
@@ -491,13 +645,14 @@ impl<const N: usize> Agent<N> {
         }
     }
 
-    /// Credit available for output on a session (0 if none, or unknown session).
-    pub fn send_credit(&self, sid: u32) -> u32 {
+    /// Credit available for output on a channel (0 if none, or unknown).
+    pub fn send_credit(&self, sid: u32, ch: u16) -> u32 {
         self.slots
             .iter()
             .flatten()
             .find(|s| s.sid == sid)
-            .map_or(0, |s| s.send.credit())
+            .and_then(|s| s.chan_ref(ch))
+            .map_or(0, |c| c.send.credit())
     }
 
     /// Write a `Data` frame with as much of `data` as credit and `out` allow.
@@ -505,6 +660,7 @@ impl<const N: usize> Agent<N> {
     pub fn send_data(
         &mut self,
         sid: u32,
+        ch: u16,
         stream: Stream,
         data: &[u8],
         out: &mut [u8],
@@ -519,23 +675,27 @@ impl<const N: usize> Agent<N> {
         if !running || !slot.accept_sent {
             return Err(SendError::NotOpen);
         }
-        if slot.eof_sent {
+        let chan = slot.chan(ch).ok_or(SendError::UnknownSession)?;
+        if !chan.may_send() {
+            return Err(SendError::NotOpen);
+        }
+        if chan.eof_sent {
             return Err(SendError::AfterEof);
         }
-        let n = slot.send.take(data.len().min(max_payload));
+        let n = chan.send.take(data.len().min(max_payload));
         if n == 0 {
             return Ok((0, 0));
         }
         let frame = Frame::Data {
             sid,
-            ch: 0,
+            ch,
             stream,
             data: Bytes(&data[..n]),
         };
         match frame.encode(out) {
             Ok(len) => Ok((n, len)),
             Err(_) => {
-                slot.send.give_back(n);
+                chan.send.give_back(n);
                 Err(SendError::BufferTooSmall)
             }
         }
@@ -562,6 +722,12 @@ impl<const N: usize> Agent<N> {
                 Ctrl::Pong(n) => Frame::Pong { nonce: *n },
                 Ctrl::Reject(sid, code, reason) => Frame::Reject {
                     sid: *sid,
+                    code: *code,
+                    reason: reason.as_str(),
+                },
+                Ctrl::ChannelReject(sid, ch, code, reason) => Frame::ChannelReject {
+                    sid: *sid,
+                    ch: *ch,
                     code: *code,
                     reason: reason.as_str(),
                 },

@@ -39,8 +39,8 @@ impl Sim {
         self.agent.handle_frame(self.now, &msg).map(|e| {
             e.map(|e| match e {
                 // Keep payloads out of assertion messages.
-                Event::Data { sid, data } => {
-                    std::format!("Data {{ sid: {sid}, len: {} }}", data.len())
+                Event::Data { sid, ch, data } => {
+                    std::format!("Data {{ sid: {sid}, ch: {ch}, len: {} }}", data.len())
                 }
                 e => std::format!("{e:?}"),
             })
@@ -177,7 +177,7 @@ fn sender_respects_peer_credit() {
     s.open(1, 10);
     let mut out = [0u8; 256];
     assert_eq!(
-        s.agent.send_data(1, Stream::OUT, b"x", &mut out),
+        s.agent.send_data(1, 0, Stream::OUT, b"x", &mut out),
         Err(SendError::NotOpen),
         "no data before Accept is transmitted"
     );
@@ -185,14 +185,14 @@ fn sender_respects_peer_credit() {
     let _ = s.drain();
     let (n, len) = s
         .agent
-        .send_data(1, Stream::OUT, &[b'a'; 25], &mut out)
+        .send_data(1, 0, Stream::OUT, &[b'a'; 25], &mut out)
         .unwrap();
     assert_eq!(n, 10, "only the granted window");
     assert!(
         matches!(Frame::decode(&out[..len]).unwrap(), Frame::Data { data, .. } if data.0.len() == 10)
     );
     assert_eq!(
-        s.agent.send_data(1, Stream::OUT, b"a", &mut out).unwrap(),
+        s.agent.send_data(1, 0, Stream::OUT, b"a", &mut out).unwrap(),
         (0, 0)
     );
     s.feed(Frame::Credit {
@@ -203,7 +203,7 @@ fn sender_respects_peer_credit() {
     .unwrap();
     assert_eq!(
         s.agent
-            .send_data(1, Stream::OUT, &[b'a'; 25], &mut out)
+            .send_data(1, 0, Stream::OUT, &[b'a'; 25], &mut out)
             .unwrap()
             .0,
         4
@@ -270,7 +270,7 @@ fn consumed_input_returns_credit() {
         data: Bytes(&chunk),
     })
     .unwrap();
-    s.agent.consumed(1, 20_000);
+    s.agent.consumed(1, 0, 20_000);
     let out = s.drain();
     assert_eq!(
         Frame::decode(&out[0]).unwrap(),
@@ -288,7 +288,7 @@ fn eof_is_sent_before_close_and_data_after_eof_refused() {
     s.open(1, 100);
     s.agent.accept(1);
     let _ = s.drain();
-    s.agent.eof(1);
+    s.agent.eof(1, 0);
     s.agent.close(1, Exit::Signal(9), "killed");
     let out = s.drain();
     assert_eq!(
@@ -375,4 +375,151 @@ fn garbage_closes_connection_with_error() {
     let r = s.agent.handle_frame(s.now, &[0x07, 0x01]);
     assert!(matches!(r, Err(ProtocolError::Decode(_))));
     assert!(s.agent.is_closed());
+}
+
+/// A forward-capable engine: 2 sessions of 3 channels.
+struct Fwd {
+    agent: Agent<2, 3>,
+    now: Instant,
+}
+
+impl Fwd {
+    fn ready() -> Fwd {
+        let now = Instant(0);
+        let config = AgentConfig {
+            features: wire::features::FORWARD | wire::features::EXEC,
+            ..AgentConfig::default()
+        };
+        let mut agent = Agent::new(config, now);
+        let mut buf = [0u8; 256];
+        while agent.poll_transmit(now, &mut buf).is_some() {}
+        let hello = enc(Frame::Hello(Hello { version: 1, max_frame: 4096, max_sessions: 0, features: 0 }));
+        agent.handle_frame(now, &hello).unwrap();
+        let nonce = [7u8; 32];
+        agent.handle_frame(now, &enc(Frame::Challenge { nonce: Bytes(&nonce) })).unwrap();
+        agent.authenticate([1; 32], [2; 64], "");
+        while agent.poll_transmit(now, &mut buf).is_some() {}
+        agent.handle_frame(now, &enc(Frame::AuthOk { agent_id: "a" })).unwrap();
+        let mut f = Fwd { agent, now };
+        let _ = f.drain();
+        let msg = enc(Frame::Open { sid: 1, window: 1000, kind: Kind::Forward });
+        assert!(matches!(f.agent.handle_frame(now, &msg), Ok(Some(Event::Open { sid: 1, kind: Kind::Forward }))));
+        f.agent.accept(1);
+        let out = f.drain();
+        assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Accept { sid: 1, .. }));
+        f
+    }
+    fn drain(&mut self) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        while let Some(n) = self.agent.poll_transmit(self.now, &mut buf) {
+            out.push(buf[..n].to_vec());
+        }
+        out
+    }
+    fn open_ch(&mut self, ch: u16, window: u32) -> bool {
+        let msg = enc(Frame::ChannelOpen { sid: 1, ch, window, host: "127.0.0.1", port: 80 });
+        match self.agent.handle_frame(self.now, &msg).unwrap() {
+            Some(Event::ChannelOpen { sid: 1, ch: c, host: "127.0.0.1", port: 80 }) => c == ch,
+            _ => false,
+        }
+    }
+}
+
+#[test]
+fn forward_channels_have_independent_credit() {
+    let mut f = Fwd::ready();
+    assert!(f.open_ch(1, 10));
+    assert!(f.open_ch(2, 10));
+    f.agent.accept_channel(1, 1);
+    f.agent.accept_channel(1, 2);
+    let out = f.drain();
+    assert_eq!(Frame::decode(&out[0]).unwrap(), Frame::ChannelAccept { sid: 1, ch: 1, window: 64 * 1024 });
+    assert_eq!(Frame::decode(&out[1]).unwrap(), Frame::ChannelAccept { sid: 1, ch: 2, window: 64 * 1024 });
+    let mut buf = [0u8; 256];
+    // Channel 1 spends all its credit and stalls; channel 2 is unaffected.
+    assert_eq!(f.agent.send_data(1, 1, Stream::OUT, &[1; 50], &mut buf).unwrap().0, 10);
+    assert_eq!(f.agent.send_data(1, 1, Stream::OUT, &[1; 50], &mut buf).unwrap(), (0, 0));
+    assert_eq!(f.agent.send_data(1, 2, Stream::OUT, &[1; 50], &mut buf).unwrap().0, 10);
+    f.agent.handle_frame(f.now, &enc(Frame::Credit { sid: 1, ch: 1, bytes: 5 })).unwrap();
+    assert_eq!(f.agent.send_credit(1, 1), 5);
+    assert_eq!(f.agent.send_credit(1, 2), 0);
+    // Input is delivered per channel.
+    let msg = enc(Frame::Data { sid: 1, ch: 2, stream: Stream::OUT, data: Bytes(b"hi") });
+    let ev = f.agent.handle_frame(f.now, &msg).unwrap();
+    assert_eq!(ev, Some(Event::Data { sid: 1, ch: 2, data: b"hi" }));
+}
+
+#[test]
+fn channel_beyond_capacity_is_rejected_and_the_session_goes_on() {
+    let mut f = Fwd::ready();
+    for ch in 1..=3 {
+        assert!(f.open_ch(ch, 10));
+        f.agent.accept_channel(1, ch);
+    }
+    assert!(!f.open_ch(4, 10), "no event for the refused channel");
+    let out = f.drain();
+    let reject = out.iter().map(|m| Frame::decode(m).unwrap()).find(|f| matches!(f, Frame::ChannelReject { .. }));
+    assert_eq!(
+        reject,
+        Some(Frame::ChannelReject { sid: 1, ch: 4, code: ErrorCode::CHANNEL_LIMIT, reason: "channel limit reached (3 connections in this session)" })
+    );
+    // A failed connection frees its channel; the id can be used again.
+    f.agent.reject_channel(1, 3, ErrorCode::REFUSED, "connection refused");
+    let out = f.drain();
+    assert_eq!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::ChannelReject { sid: 1, ch: 3, code: ErrorCode::REFUSED, reason: "connection refused" }
+    );
+    assert!(f.open_ch(4, 10));
+    assert!(f.agent.is_ready());
+}
+
+#[test]
+fn channel_half_close_then_close_and_peer_abort() {
+    let mut f = Fwd::ready();
+    assert!(f.open_ch(1, 100));
+    f.agent.accept_channel(1, 1);
+    let _ = f.drain();
+    let msg = enc(Frame::Eof { sid: 1, ch: 1 });
+    let ev = f.agent.handle_frame(f.now, &msg).unwrap();
+    assert_eq!(ev, Some(Event::Eof { sid: 1, ch: 1 }));
+    f.agent.eof(1, 1);
+    f.agent.close_channel(1, 1, "");
+    let out = f.drain();
+    assert_eq!(Frame::decode(&out[0]).unwrap(), Frame::Eof { sid: 1, ch: 1 });
+    assert_eq!(Frame::decode(&out[1]).unwrap(), Frame::ChannelClose { sid: 1, ch: 1, reason: "" });
+    // Late data for the closed channel is ignored, not an error.
+    let late = enc(Frame::Data { sid: 1, ch: 1, stream: Stream::OUT, data: Bytes(b"x") });
+    assert_eq!(f.agent.handle_frame(f.now, &late), Ok(None));
+    // The peer aborts another channel.
+    assert!(f.open_ch(2, 100));
+    f.agent.accept_channel(1, 2);
+    let msg = enc(Frame::ChannelClose { sid: 1, ch: 2, reason: "" });
+    let ev = f.agent.handle_frame(f.now, &msg).unwrap();
+    assert_eq!(ev, Some(Event::ChannelClose { sid: 1, ch: 2 }));
+}
+
+#[test]
+fn channel_open_on_an_exec_session_aborts_that_session() {
+    let mut f = Fwd::ready();
+    let msg = enc(Frame::Open { sid: 2, window: 100, kind: Kind::Exec { argv: Bytes(b"x\0") } });
+    f.agent.handle_frame(f.now, &msg).unwrap();
+    f.agent.accept(2);
+    let msg = enc(Frame::ChannelOpen { sid: 2, ch: 1, window: 1, host: "h", port: 1 });
+    let ev = f.agent.handle_frame(f.now, &msg).unwrap();
+    assert!(matches!(ev, Some(Event::Abort { sid: 2, .. })));
+    assert!(f.open_ch(1, 10), "the forward session is untouched");
+}
+
+#[test]
+fn unsupported_kinds_are_rejected_by_the_engine() {
+    let mut s = Sim::ready(); // shell and exec only
+    let msg = enc(Frame::Open { sid: 5, window: 1, kind: Kind::Forward });
+    assert_eq!(s.agent.handle_frame(s.now, &msg), Ok(None));
+    let out = s.drain();
+    assert!(matches!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Reject { sid: 5, code: ErrorCode::UNSUPPORTED, .. }
+    ));
 }

@@ -121,6 +121,51 @@ pub enum Frame<'a> {
         /// What went wrong, for a person.
         message: &'a str,
     },
+    /// 16: open a channel in a `forward` session: a TCP connection to `host:port` as
+    /// seen from the agent (client -> relay -> agent).
+    ChannelOpen {
+        /// Session id.
+        sid: u32,
+        /// Channel id, chosen by the opener (not 0), unique in the session while open.
+        ch: u16,
+        /// Bytes the opener can receive on this channel before it returns credit.
+        window: u32,
+        /// Destination host name or address.
+        host: &'a str,
+        /// Destination port.
+        port: u16,
+    },
+    /// 17: the channel is connected.
+    ChannelAccept {
+        /// Session id.
+        sid: u32,
+        /// Channel id.
+        ch: u16,
+        /// Bytes the agent can receive on this channel before it returns credit.
+        window: u32,
+    },
+    /// 18: the channel could not be opened (refused, unreachable, denied); the session
+    /// goes on.
+    ChannelReject {
+        /// Session id.
+        sid: u32,
+        /// Channel id.
+        ch: u16,
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for a person.
+        reason: &'a str,
+    },
+    /// 19: the channel is over (agent -> peer), or the peer aborts it (peer -> agent;
+    /// the agent answers with its own `ChannelClose`).
+    ChannelClose {
+        /// Session id.
+        sid: u32,
+        /// Channel id.
+        ch: u16,
+        /// Why, if it did not end cleanly (empty otherwise).
+        reason: &'a str,
+    },
 }
 
 /// Version and capabilities, sent first by each side.
@@ -142,6 +187,10 @@ pub mod features {
     pub const SHELL: u32 = 1 << 0;
     /// Exec sessions.
     pub const EXEC: u32 = 1 << 1;
+    /// Forward sessions and channel frames (types 16-19).
+    pub const FORWARD: u32 = 1 << 2;
+    /// SSH key sessions.
+    pub const SSH_KEY: u32 = 1 << 3;
 }
 
 /// Agent authentication: Ed25519 over `AUTH_CONTEXT || nonce`.
@@ -177,6 +226,17 @@ pub enum Kind<'a> {
         /// Arguments, each followed by a NUL byte ([`super::argv_iter`]).
         #[serde(borrow)]
         argv: Bytes<'a>,
+    },
+    /// 2: TCP forwarding: one channel per connection, opened with `ChannelOpen`.
+    Forward,
+    /// 3: make an SSH public key valid for a user for `ttl` seconds.
+    SshKey {
+        /// The account on the target.
+        user: &'a str,
+        /// One `authorized_keys` line: `type base64 [comment]`.
+        key: &'a str,
+        /// Seconds the key stays valid.
+        ttl: u32,
     },
 }
 
@@ -227,4 +287,12 @@ impl ErrorCode {
     pub const INTERNAL: ErrorCode = ErrorCode(9);
     /// Not allowed by policy.
     pub const DENIED: ErrorCode = ErrorCode(10);
+    /// The destination refused the connection.
+    pub const REFUSED: ErrorCode = ErrorCode(11);
+    /// The destination could not be reached (no route, no such host, timeout).
+    pub const UNREACHABLE: ErrorCode = ErrorCode(12);
+    /// Too many channels in the session.
+    pub const CHANNEL_LIMIT: ErrorCode = ErrorCode(13);
+    /// The user does not exist on the target.
+    pub const NO_SUCH_USER: ErrorCode = ErrorCode(14);
 }

@@ -30,7 +30,7 @@ pub const MIN_MAX_FRAME: u32 = 512;
 /// Bytes of a `Data` frame that are not payload, at most (type, sid, ch, stream, len).
 pub const DATA_OVERHEAD: usize = 1 + 5 + 3 + 1 + 5;
 /// Number of frame types this version knows.
-pub const FRAME_TYPES: u32 = 16;
+pub const FRAME_TYPES: u32 = 20;
 
 impl<'a> Frame<'a> {
     /// Decode one frame occupying all of `buf`.
@@ -97,6 +97,10 @@ impl<'a> Frame<'a> {
             Frame::Ping { .. } => 13,
             Frame::Pong { .. } => 14,
             Frame::Error { .. } => 15,
+            Frame::ChannelOpen { .. } => 16,
+            Frame::ChannelAccept { .. } => 17,
+            Frame::ChannelReject { .. } => 18,
+            Frame::ChannelClose { .. } => 19,
         }
     }
 
@@ -111,7 +115,11 @@ impl<'a> Frame<'a> {
             | Frame::Resize { sid, .. }
             | Frame::Eof { sid, .. }
             | Frame::Close { sid, .. }
-            | Frame::Signal { sid, .. } => Some(sid),
+            | Frame::Signal { sid, .. }
+            | Frame::ChannelOpen { sid, .. }
+            | Frame::ChannelAccept { sid, .. }
+            | Frame::ChannelReject { sid, .. }
+            | Frame::ChannelClose { sid, .. } => Some(sid),
             Frame::Error { sid, .. } if sid != 0 => Some(sid),
             _ => None,
         }
@@ -131,7 +139,11 @@ impl<'a> Frame<'a> {
             | Frame::Eof { sid, .. }
             | Frame::Close { sid, .. }
             | Frame::Signal { sid, .. }
-            | Frame::Error { sid, .. } => *sid = new,
+            | Frame::Error { sid, .. }
+            | Frame::ChannelOpen { sid, .. }
+            | Frame::ChannelAccept { sid, .. }
+            | Frame::ChannelReject { sid, .. }
+            | Frame::ChannelClose { sid, .. } => *sid = new,
             _ => {}
         }
         f

@@ -81,7 +81,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
     // Leak to get 'static borrows: test-only, small.
     let bytes: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
     let text: &'static str = Box::leak(text.to_string().into_boxed_str());
-    match sel % 16 {
+    match sel % 20 {
         0 => Frame::Hello(Hello {
             version: b,
             max_frame: a,
@@ -100,14 +100,19 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
         4 => Frame::Open {
             sid: a,
             window: a,
-            kind: if c.is_multiple_of(2) {
-                Kind::Shell {
+            kind: match c % 4 {
+                0 => Kind::Shell {
                     term: text,
                     cols: b,
                     rows: b,
-                }
-            } else {
-                Kind::Exec { argv: Bytes(bytes) }
+                },
+                1 => Kind::Exec { argv: Bytes(bytes) },
+                2 => Kind::Forward,
+                _ => Kind::SshKey {
+                    user: text,
+                    key: text,
+                    ttl: a,
+                },
             },
         },
         5 => Frame::Accept { sid: a, window: a },
@@ -148,10 +153,33 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
         },
         13 => Frame::Ping { nonce: c },
         14 => Frame::Pong { nonce: c },
-        _ => Frame::Error {
+        15 => Frame::Error {
             sid: a,
             code: ErrorCode(b),
             message: text,
+        },
+        16 => Frame::ChannelOpen {
+            sid: a,
+            ch: b,
+            window: a,
+            host: text,
+            port: b,
+        },
+        17 => Frame::ChannelAccept {
+            sid: a,
+            ch: b,
+            window: a,
+        },
+        18 => Frame::ChannelReject {
+            sid: a,
+            ch: b,
+            code: ErrorCode(b),
+            reason: text,
+        },
+        _ => Frame::ChannelClose {
+            sid: a,
+            ch: b,
+            reason: text,
         },
     }
 }
