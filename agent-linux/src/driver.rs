@@ -15,10 +15,24 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tracing::{debug, error, info, warn};
 
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio::task::AbortHandle;
+
 use crate::connect::{RelaySocket, RelayTarget};
+use crate::forward::{self, TcpChannel};
 use crate::identity::Identity;
+use crate::policy::DestPolicy;
 use crate::process::{self, Input, Msg, Process};
-use crate::MAX_SESSIONS;
+use crate::sshkey::{self, KeyConfig};
+use crate::{MAX_CHANNELS, MAX_SESSIONS};
+
+/// What sessions need from the agent's configuration.
+struct Context {
+    policy: Arc<DestPolicy>,
+    keys: KeyConfig,
+}
 
 /// How the agent was started.
 #[derive(Debug, Clone)]
@@ -31,6 +45,10 @@ pub struct AgentOptions {
     pub state_dir: PathBuf,
     /// One-time activation code (first run).
     pub activate: Option<String>,
+    /// Destinations forward sessions may reach.
+    pub policy: crate::policy::DestPolicy,
+    /// Where pushed SSH keys go (`%h/.ssh/authorized_keys` by default).
+    pub authorized_keys: String,
 }
 
 /// Why the agent cannot start at all (a reconnect would not help).
@@ -65,11 +83,19 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
         ));
     }
     let identity = Identity::load_or_create(&opts.state_dir)?;
+    let ctx = Context {
+        policy: Arc::new(opts.policy.clone()),
+        keys: KeyConfig {
+            pattern: opts.authorized_keys.clone(),
+            state_dir: opts.state_dir.clone(),
+        },
+    };
+    sshkey::sweep_registered(&ctx.keys);
     let mut backoff = Backoff::new();
     loop {
         match target.connect().await {
             Ok(ws) => {
-                let outcome = serve(ws, &identity, &activation, &code_file).await;
+                let outcome = serve(ws, &identity, &activation, &code_file, &ctx).await;
                 if outcome.authenticated {
                     backoff.reset();
                     // The key is registered now; the code is spent.
@@ -114,31 +140,108 @@ struct Outcome {
     reason: String,
 }
 
-/// A running session: its process and its queued output awaiting credit.
-struct Session {
-    process: Process,
+/// Output of one channel waiting for credit.
+struct Out {
     queue: VecDeque<(Stream, Vec<u8>, usize)>,
+    /// Queue space shared with the task that reads the output.
+    space: Arc<Semaphore>,
+    /// The source ended (connection FIN); `Eof` follows the queued output.
+    ended: bool,
+    eof_sent: bool,
+    /// The peer half-closed its direction.
+    peer_eof: bool,
+}
+
+impl Out {
+    fn new(space: Arc<Semaphore>) -> Self {
+        Out {
+            queue: VecDeque::new(),
+            space,
+            ended: false,
+            eof_sent: false,
+            peer_eof: false,
+        }
+    }
+    fn drop_queue(&mut self) {
+        let queued: usize = self.queue.drain(..).map(|(_, d, off)| d.len() - off).sum();
+        self.space.add_permits(queued);
+    }
+}
+
+/// A forward channel: connecting, or connected.
+enum Chan {
+    Dialing(AbortHandle),
+    Connected(TcpChannel),
+}
+
+impl Chan {
+    fn abort(&self) {
+        match self {
+            Chan::Dialing(h) => h.abort(),
+            Chan::Connected(c) => c.abort(),
+        }
+    }
+}
+
+/// What a session runs.
+enum Work {
+    Process(Process),
+    Forward(HashMap<u16, Chan>),
+}
+
+/// A running session and its queued output per channel.
+struct Session {
+    work: Work,
+    outs: HashMap<u16, Out>,
     exit: Option<Exit>,
     terminating: bool,
 }
 
 impl Session {
-    fn drop_queue(&mut self) {
-        let queued: usize = self.queue.drain(..).map(|(_, d, off)| d.len() - off).sum();
-        self.process.space.add_permits(queued);
+    fn input(&self, ch: u16, input: Input) {
+        match &self.work {
+            Work::Process(p) if ch == 0 => {
+                let _ = p.input.send(input);
+            }
+            Work::Forward(chans) => {
+                if let Some(Chan::Connected(c)) = chans.get(&ch) {
+                    let _ = c.input.send(input);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn stop(&mut self) {
+        self.terminating = true;
+        for out in self.outs.values_mut() {
+            out.drop_queue();
+        }
+        match &mut self.work {
+            Work::Process(p) => p.terminate(),
+            Work::Forward(chans) => {
+                for (_, c) in chans.drain() {
+                    c.abort();
+                }
+                self.outs.clear();
+                // A forward session has no process to wait for.
+                self.exit = Some(Exit::Code(0));
+            }
+        }
     }
 }
 
 type Sink = futures_util::stream::SplitSink<RelaySocket, Message>;
 
 struct Conn<'a> {
-    engine: Agent<MAX_SESSIONS>,
+    engine: Agent<MAX_SESSIONS, MAX_CHANNELS>,
     sessions: HashMap<u32, Session>,
     tx: mpsc::UnboundedSender<Msg>,
     identity: &'a Identity,
     activation: &'a str,
     /// Where a pending activation code is kept; removed once the relay accepts us.
     code_file: &'a std::path::Path,
+    ctx: &'a Context,
     origin: std::time::Instant,
     out: Vec<u8>,
     authenticated: bool,
@@ -149,7 +252,7 @@ impl Conn<'_> {
         Instant(self.origin.elapsed().as_millis() as u64)
     }
 
-    /// Send everything the engine and the session queues have to send.
+    /// Send everything the engine and the output queues have to send.
     async fn flush(&mut self, sink: &mut Sink) -> Result<(), String> {
         let mut sent = false;
         loop {
@@ -158,37 +261,55 @@ impl Conn<'_> {
                 feed(sink, &self.out[..n]).await?;
                 sent = true;
             }
-            // Output waiting for credit, then sessions whose process ended and whose
-            // output is all out.
             let mut progressed = false;
             let mut finished = Vec::new();
             for (&sid, s) in self.sessions.iter_mut() {
-                while let Some((stream, data, off)) = s.queue.front_mut() {
-                    match self
-                        .engine
-                        .send_data(sid, *stream, &data[*off..], &mut self.out)
-                    {
-                        Ok((0, _)) => break,
-                        Ok((n, len)) => {
-                            feed(sink, &self.out[..len]).await?;
-                            sent = true;
-                            progressed = true;
-                            *off += n;
-                            s.process.space.add_permits(n);
-                            if *off == data.len() {
-                                s.queue.pop_front();
+                let mut closed = Vec::new();
+                for (&ch, out) in s.outs.iter_mut() {
+                    while let Some((stream, data, off)) = out.queue.front_mut() {
+                        match self
+                            .engine
+                            .send_data(sid, ch, *stream, &data[*off..], &mut self.out)
+                        {
+                            Ok((0, _)) => break,
+                            Ok((n, len)) => {
+                                feed(sink, &self.out[..len]).await?;
+                                sent = true;
+                                progressed = true;
+                                *off += n;
+                                out.space.add_permits(n);
+                                if *off == data.len() {
+                                    out.queue.pop_front();
+                                }
+                            }
+                            Err(e) => {
+                                debug!(sid, ch, "cannot send yet: {e}");
+                                break;
                             }
                         }
-                        Err(e) => {
-                            debug!(sid, "cannot send yet: {e}");
-                            break;
-                        }
+                    }
+                    if out.queue.is_empty() && out.ended && !out.eof_sent {
+                        self.engine.eof(sid, ch);
+                        out.eof_sent = true;
+                        progressed = true;
+                    }
+                    if out.eof_sent && out.peer_eof {
+                        closed.push(ch);
                     }
                 }
-                if s.queue.is_empty() {
-                    if let Some(exit) = s.exit {
-                        finished.push((sid, exit));
+                // Both directions of a connection are done: close the channel. The
+                // writer task finishes delivering what it holds, then closes the socket.
+                for ch in closed {
+                    s.outs.remove(&ch);
+                    if let Work::Forward(chans) = &mut s.work {
+                        chans.remove(&ch);
                     }
+                    self.engine.close_channel(sid, ch, "");
+                    progressed = true;
+                }
+                let drained = s.outs.get(&0).is_none_or(|o| o.queue.is_empty());
+                if let (Some(exit), true) = (s.exit, drained) {
+                    finished.push((sid, exit));
                 }
             }
             for (sid, exit) in finished {
@@ -198,7 +319,7 @@ impl Conn<'_> {
                 } else {
                     ""
                 };
-                self.engine.eof(sid);
+                self.engine.eof(sid, 0);
                 self.engine.close(sid, exit, reason);
                 progressed = true;
                 debug!(sid, ?exit, "session ended");
@@ -231,24 +352,67 @@ impl Conn<'_> {
                 info!("connected to the relay as agent {agent_id}");
             }
             Event::Open { sid, kind } => self.open(sid, kind),
-            Event::Data { sid, data } => {
+            Event::Data { sid, ch, data } => {
                 if let Some(s) = self.sessions.get(&sid) {
-                    let _ = s.process.input.send(Input::Data(data.to_vec()));
+                    s.input(ch, Input::Data(data.to_vec()));
                 }
             }
-            Event::Eof { sid } => {
-                if let Some(s) = self.sessions.get(&sid) {
-                    let _ = s.process.input.send(Input::Eof);
+            Event::Eof { sid, ch } => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.input(ch, Input::Eof);
+                    if let Some(out) = s.outs.get_mut(&ch) {
+                        out.peer_eof = true;
+                    }
                 }
+            }
+            Event::ChannelOpen {
+                sid,
+                ch,
+                host,
+                port,
+            } => {
+                if let Some(Session {
+                    work: Work::Forward(chans),
+                    ..
+                }) = self.sessions.get_mut(&sid)
+                {
+                    debug!(sid, ch, "connecting to {host}:{port}");
+                    let h = forward::dial(
+                        sid,
+                        ch,
+                        host.to_string(),
+                        port,
+                        self.ctx.policy.clone(),
+                        self.tx.clone(),
+                    );
+                    chans.insert(ch, Chan::Dialing(h));
+                }
+            }
+            Event::ChannelClose { sid, ch } => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if let Work::Forward(chans) = &mut s.work {
+                        if let Some(c) = chans.remove(&ch) {
+                            c.abort();
+                        }
+                    }
+                    if let Some(mut out) = s.outs.remove(&ch) {
+                        out.drop_queue();
+                    }
+                }
+                self.engine.close_channel(sid, ch, "closed by the client");
             }
             Event::Resize { sid, cols, rows } => {
                 if let Some(s) = self.sessions.get(&sid) {
-                    let _ = s.process.input.send(Input::Resize(cols, rows));
+                    s.input(0, Input::Resize(cols, rows));
                 }
             }
             Event::Signal { sid, signal } => {
-                if let Some(s) = self.sessions.get(&sid) {
-                    s.process.signal(signal as i32);
+                if let Some(Session {
+                    work: Work::Process(p),
+                    ..
+                }) = self.sessions.get(&sid)
+                {
+                    p.signal(signal as i32);
                 }
             }
             Event::Terminate { sid } => self.terminate(sid, "peer asked to end the session"),
@@ -268,9 +432,7 @@ impl Conn<'_> {
     fn terminate(&mut self, sid: u32, why: &str) {
         if let Some(s) = self.sessions.get_mut(&sid) {
             debug!(sid, "terminating: {why}");
-            s.terminating = true;
-            s.drop_queue();
-            s.process.terminate();
+            s.stop();
         }
     }
 
@@ -278,57 +440,146 @@ impl Conn<'_> {
         let spawned = match kind {
             Kind::Shell { term, cols, rows } => {
                 process::spawn_shell(sid, term, cols, rows, self.tx.clone())
-                    .map_err(|e| format!("cannot start a shell: {e}"))
+                    .map(Work::Process)
+                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot start a shell: {e}")))
             }
             Kind::Exec { argv } => {
                 let args: Vec<OsString> = wire::argv_iter(argv.0)
                     .map(|a| OsString::from_vec(a.to_vec()))
                     .collect();
                 if !wire::argv_valid(argv.0) || args.is_empty() || args[0].is_empty() {
-                    Err("exec needs a command".to_string())
+                    Err((ErrorCode::SPAWN, "exec needs a command".to_string()))
                 } else {
                     let name = args[0].to_string_lossy().into_owned();
                     process::spawn_exec(sid, args, self.tx.clone())
-                        .map_err(|e| format!("cannot run '{name}': {e}"))
+                        .map(Work::Process)
+                        .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
                 }
+            }
+            Kind::Forward => Ok(Work::Forward(HashMap::new())),
+            Kind::SshKey { user, key, ttl } => {
+                match sshkey::push(&self.ctx.keys, user, key, ttl) {
+                    Ok((msg, path, after)) => {
+                        info!(sid, user, "pushed an SSH key for {ttl} s");
+                        // The key also carries expiry-time=; this removes the line.
+                        tokio::spawn(async move {
+                            tokio::time::sleep(after + Duration::from_secs(1)).await;
+                            sshkey::sweep(&path);
+                        });
+                        self.engine.accept(sid);
+                        self.engine.close(sid, Exit::Code(0), &msg);
+                    }
+                    Err((code, msg)) => {
+                        warn!(sid, "ssh key refused: {msg}");
+                        self.engine.reject(sid, code, &msg);
+                    }
+                }
+                return;
             }
         };
         match spawned {
-            Ok(process) => {
-                info!(sid, pgid = process.pgid, "session started");
+            Ok(work) => {
+                let mut outs = HashMap::new();
+                if let Work::Process(p) = &work {
+                    info!(sid, pgid = p.pgid, "session started");
+                    outs.insert(0, Out::new(p.space.clone()));
+                } else {
+                    info!(sid, "forward session started");
+                }
                 self.sessions.insert(
                     sid,
                     Session {
-                        process,
-                        queue: VecDeque::new(),
+                        work,
+                        outs,
                         exit: None,
                         terminating: false,
                     },
                 );
                 self.engine.accept(sid);
             }
-            Err(reason) => {
+            Err((code, reason)) => {
                 warn!(sid, "{reason}");
-                self.engine.reject(sid, ErrorCode::SPAWN, &reason);
+                self.engine.reject(sid, code, &reason);
             }
         }
     }
 
     fn on_msg(&mut self, msg: Msg) {
         match msg {
-            Msg::Output { sid, stream, data } => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
+            Msg::Output {
+                sid,
+                ch,
+                stream,
+                data,
+            } => {
+                let out = self.sessions.get_mut(&sid).and_then(|s| {
                     if s.terminating {
-                        s.process.space.add_permits(data.len());
+                        None
                     } else {
-                        s.queue.push_back((stream, data, 0));
+                        s.outs.get_mut(&ch)
                     }
+                });
+                match out {
+                    Some(out) => out.queue.push_back((stream, data, 0)),
+                    None => {} // session or channel gone: its semaphore went with it
                 }
             }
-            Msg::Consumed { sid, n } => self.engine.consumed(sid, n),
+            Msg::OutputEnd { sid, ch } => {
+                if let Some(out) = self
+                    .sessions
+                    .get_mut(&sid)
+                    .and_then(|s| s.outs.get_mut(&ch))
+                {
+                    out.ended = true;
+                }
+            }
+            Msg::Consumed { sid, ch, n } => self.engine.consumed(sid, ch, n),
             Msg::Exited { sid, exit } => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.exit = Some(exit);
+                }
+            }
+            Msg::Dialed { sid, ch, result } => {
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    if let Ok(c) = result {
+                        c.abort();
+                    }
+                    return;
+                };
+                let Work::Forward(chans) = &mut s.work else {
+                    return;
+                };
+                if !matches!(chans.get(&ch), Some(Chan::Dialing(_))) {
+                    if let Ok(c) = result {
+                        c.abort(); // the client gave up on this channel meanwhile
+                    }
+                    return;
+                }
+                match result {
+                    Ok(c) => {
+                        s.outs.insert(ch, Out::new(c.space.clone()));
+                        chans.insert(ch, Chan::Connected(c));
+                        self.engine.accept_channel(sid, ch);
+                    }
+                    Err((code, reason)) => {
+                        debug!(sid, ch, "{reason}");
+                        chans.remove(&ch);
+                        self.engine.reject_channel(sid, ch, code, &reason);
+                    }
+                }
+            }
+            Msg::ChannelFailed { sid, ch, error } => {
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    if let Work::Forward(chans) = &mut s.work {
+                        match chans.remove(&ch) {
+                            Some(c) => c.abort(),
+                            None => return, // already closed
+                        }
+                    }
+                    if let Some(mut out) = s.outs.remove(&ch) {
+                        out.drop_queue();
+                    }
+                    self.engine.close_channel(sid, ch, &error);
                 }
             }
         }
@@ -346,17 +597,28 @@ async fn serve(
     identity: &Identity,
     activation: &str,
     code_file: &std::path::Path,
+    ctx: &Context,
 ) -> Outcome {
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let origin = std::time::Instant::now();
     let mut conn = Conn {
-        engine: Agent::new(AgentConfig::default(), Instant(0)),
+        engine: Agent::new(
+            AgentConfig {
+                features: wire::features::SHELL
+                    | wire::features::EXEC
+                    | wire::features::FORWARD
+                    | wire::features::SSH_KEY,
+                ..AgentConfig::default()
+            },
+            Instant(0),
+        ),
         sessions: HashMap::new(),
         tx,
         identity,
         activation,
         code_file,
+        ctx,
         origin,
         out: vec![0u8; wire::DEFAULT_MAX_FRAME as usize],
         authenticated: false,
@@ -420,8 +682,7 @@ async fn serve(
     };
     // Sessions do not outlive the connection (resume is future work).
     for (_, mut s) in conn.sessions.drain() {
-        s.drop_queue();
-        s.process.terminate();
+        s.stop();
     }
     let _ = sink.close().await;
     Outcome {

@@ -66,10 +66,13 @@ pub struct InstallOptions {
     pub activate: Option<String>,
     /// Install under this root (`/` for real).
     pub root: PathBuf,
+    /// More agent options for the service's command line (forwarding policy...).
+    pub extra_args: Vec<String>,
 }
 
-/// The systemd unit for an agent of `relay`.
-pub fn unit_file(relay: &str) -> String {
+/// The systemd unit for an agent of `relay`, with more agent options `extra`.
+pub fn unit_file(relay: &str, extra: &[String]) -> String {
+    let extra: String = extra.iter().map(|a| format!(" {}", quote(a))).collect();
     format!(
         "# Installed by `sesame-agent install`; removed by `sesame-agent uninstall`.
 [Unit]
@@ -79,7 +82,7 @@ After=network-online.target
 
 [Service]
 Type=simple
-ExecStart=/{BIN} --relay {relay} --ca /{STATE}/ca.pem --state-dir /{STATE}
+ExecStart=/{BIN} --relay {relay} --ca /{STATE}/ca.pem --state-dir /{STATE}{extra}
 # The agent aborts on a bug (panic = \"abort\"): come back, always, without giving up.
 Restart=always
 RestartSec=2s
@@ -99,6 +102,23 @@ Environment=RUST_LOG=info
 WantedBy=multi-user.target
 "
     )
+}
+
+/// Quote an argument for a systemd command line when it needs it.
+fn quote(a: &str) -> String {
+    if a.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_./:,=[]@".contains(c))
+    {
+        a.to_string()
+    } else {
+        // systemd unquotes "..." with C-style escapes; `%` is a specifier and doubles.
+        format!(
+            "\"{}\"",
+            a.replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('%', "%%")
+        )
+    }
 }
 
 fn write_file(path: &Path, data: &[u8], mode: u32) -> Result<(), InstallError> {
@@ -177,7 +197,11 @@ pub fn install(opts: &InstallOptions) -> Result<Vec<String>, InstallError> {
     ));
 
     mkdir(unit.parent().unwrap_or(root), 0o755)?;
-    write_file(&unit, unit_file(&opts.relay).as_bytes(), 0o644)?;
+    write_file(
+        &unit,
+        unit_file(&opts.relay, &opts.extra_args).as_bytes(),
+        0o644,
+    )?;
     said.push(format!("installed {}", unit.display()));
 
     if systemd_running(root) {

@@ -14,20 +14,30 @@
 //! - Ending a session (client request, protocol violation, lost connection) kills the
 //!   session's whole process group.
 //!
+//! - Forward sessions reach only destinations the [`policy::DestPolicy`] allows; each
+//!   connection is a channel with its own credit.
+//! - SSH keys pushed through `ssh-key` sessions carry OpenSSH's `expiry-time=` and are
+//!   also removed by the agent when they expire.
+//!
 //! ## Non-goals (for now)
-//! Resuming sessions across reconnects; port forwarding.
+//! Resuming sessions across reconnects.
 
 pub mod connect;
 pub mod driver;
+pub mod forward;
 pub mod identity;
 pub mod install;
+pub mod policy;
 pub mod process;
 pub mod pty;
+pub mod sshkey;
 
 pub use driver::{run, AgentOptions};
 
 /// Sessions this agent runs at once (advertised to the relay in `Hello`).
 pub const MAX_SESSIONS: usize = 20;
+/// Connections one forward session may hold at once.
+pub const MAX_CHANNELS: usize = 64;
 
 /// `sesame-agent 0.1.0 (x86_64-unknown-linux-musl, protocol 1)`.
 pub fn version() -> String {

@@ -23,6 +23,14 @@ Options:
   --ca FILE         PEM CA certificate that signs the relay's certificate (or $SESAME_CA)
   --state-dir DIR   where the identity key lives [default: /var/lib/sesame-agent]
   --activate CODE   one-time code from `sesame-relay agent add` (first run only)
+  --allow-dest RULE forward sessions may reach only these destinations (repeatable);
+                    RULE is NET[/PREFIX][:PORTS], e.g. 10.0.0.0/8, 127.0.0.1:22,8000-8999,
+                    [fd00::/8]:443 [default: anywhere]
+  --deny-dest RULE  never these destinations (repeatable; deny wins over allow)
+  --allow-metadata  allow the cloud metadata address 169.254.169.254 (denied by default)
+  --authorized-keys PATTERN
+                    where pushed SSH keys go, as sshd's AuthorizedKeysFile
+                    (%h home, %u user) [default: %h/.ssh/authorized_keys]
   --purge           uninstall: also remove the state directory (the identity)
   -V, --version     print version, target and protocol version
   -h, --help        print this help
@@ -38,6 +46,12 @@ struct Args {
     activate: Option<String>,
     root: Option<PathBuf>,
     purge: bool,
+    allow: Vec<agent_linux::policy::Rule>,
+    deny: Vec<agent_linux::policy::Rule>,
+    allow_metadata: bool,
+    authorized_keys: Option<String>,
+    /// The options above as given, for the service's command line.
+    passthrough: Vec<String>,
 }
 
 enum Parsed {
@@ -65,6 +79,28 @@ fn parse() -> Result<Parsed, String> {
             Long("activate") => a.activate = Some(string(p.value().map_err(err)?)?),
             Long("root") => a.root = Some(p.value().map_err(err)?.into()),
             Long("purge") => a.purge = true,
+            Long("allow-dest") | Long("deny-dest") => {
+                let deny = arg == Long("deny-dest");
+                let flag = if deny { "--deny-dest" } else { "--allow-dest" };
+                let v = string(p.value().map_err(err)?)?;
+                let rule = v.parse()?;
+                if deny {
+                    a.deny.push(rule)
+                } else {
+                    a.allow.push(rule)
+                }
+                a.passthrough.extend([flag.to_string(), v]);
+            }
+            Long("allow-metadata") => {
+                a.allow_metadata = true;
+                a.passthrough.push("--allow-metadata".into());
+            }
+            Long("authorized-keys") => {
+                let v = string(p.value().map_err(err)?)?;
+                a.passthrough
+                    .extend(["--authorized-keys".to_string(), v.clone()]);
+                a.authorized_keys = Some(v);
+            }
             Value(v) if a.cmd.is_none() => {
                 let v = string(v)?;
                 if v != "install" && v != "uninstall" {
@@ -112,6 +148,7 @@ fn main() -> ExitCode {
                     ca,
                     activate: args.activate,
                     root,
+                    extra_args: args.passthrough,
                 })
             } else {
                 return run(agent_linux::AgentOptions {
@@ -121,6 +158,14 @@ fn main() -> ExitCode {
                         .state_dir
                         .unwrap_or_else(|| PathBuf::from("/var/lib/sesame-agent")),
                     activate: args.activate,
+                    policy: agent_linux::policy::DestPolicy::new(
+                        args.allow,
+                        args.deny,
+                        args.allow_metadata,
+                    ),
+                    authorized_keys: args
+                        .authorized_keys
+                        .unwrap_or_else(|| "%h/.ssh/authorized_keys".into()),
                 });
             }
         }

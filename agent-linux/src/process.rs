@@ -27,21 +27,50 @@ pub const CHUNK: usize = 16 * 1024;
 /// What session tasks tell the driver.
 #[derive(Debug)]
 pub enum Msg {
-    /// Output read from the process (queue space already reserved).
+    /// Output read from a process or connection (queue space already reserved).
     Output {
         /// Session.
         sid: u32,
+        /// Channel (0 for a process).
+        ch: u16,
         /// stdout or stderr.
         stream: Stream,
         /// The bytes.
         data: Vec<u8>,
     },
-    /// Input bytes were written to the process (credit may flow back).
+    /// A connection's output ended (it sent FIN); all its output was sent before.
+    OutputEnd {
+        /// Session.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+    },
+    /// Input bytes were written out (credit may flow back).
     Consumed {
         /// Session.
         sid: u32,
+        /// Channel (0 for a process).
+        ch: u16,
         /// How many.
         n: usize,
+    },
+    /// A forward channel's connection attempt finished.
+    Dialed {
+        /// Session.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+        /// The connection, or why there is none.
+        result: Result<crate::forward::TcpChannel, (agent_core::wire::ErrorCode, String)>,
+    },
+    /// A forward channel's connection failed after it was established.
+    ChannelFailed {
+        /// Session.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+        /// What happened.
+        error: String,
     },
     /// The process ended and all its output was read.
     Exited {
@@ -119,7 +148,7 @@ fn reset_oom_score() -> io::Result<()> {
 }
 
 /// Reserve up to [`CHUNK`] bytes of queue space; returns the amount reserved.
-async fn reserve(space: &Arc<Semaphore>) -> Option<usize> {
+pub(crate) async fn reserve(space: &Arc<Semaphore>) -> Option<usize> {
     space.acquire_many(CHUNK as u32).await.ok()?.forget();
     Some(CHUNK)
 }
@@ -157,7 +186,11 @@ pub fn spawn_exec(
                             stdin = None;
                         }
                     }
-                    let _ = txi.send(Msg::Consumed { sid, n: d.len() });
+                    let _ = txi.send(Msg::Consumed {
+                        sid,
+                        ch: 0,
+                        n: d.len(),
+                    });
                 }
                 Input::Eof => stdin = None,
                 Input::Resize(..) => {}
@@ -199,6 +232,7 @@ pub fn spawn_exec(
                 }
                 let _ = tx.send(Msg::Output {
                     sid,
+                    ch: 0,
                     stream,
                     data: buf[..n].to_vec(),
                 });
@@ -309,7 +343,11 @@ pub fn spawn_shell(
             match msg {
                 Input::Data(d) => {
                     let _ = m.write_all(&d).await;
-                    let _ = txi.send(Msg::Consumed { sid, n: d.len() });
+                    let _ = txi.send(Msg::Consumed {
+                        sid,
+                        ch: 0,
+                        n: d.len(),
+                    });
                 }
                 // A terminal has no half-close: send the EOF character (^D).
                 Input::Eof => {
@@ -351,6 +389,7 @@ pub fn spawn_shell(
             }
             let _ = txr.send(Msg::Output {
                 sid,
+                ch: 0,
                 stream: Stream::OUT,
                 data: buf[..n].to_vec(),
             });

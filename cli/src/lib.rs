@@ -1,7 +1,7 @@
 //! # cli: `sesame`, the user's tool
 //!
-//! Lists targets, runs commands and opens interactive shells on them through a
-//! Sesame relay. Settings come from flags, then `SESAME_RELAY` / `SESAME_API_KEY` /
+//! Lists targets, runs commands, opens interactive shells, forwards TCP ports and
+//! pushes short-lived SSH keys through a Sesame relay. Settings come from flags, then `SESAME_RELAY` / `SESAME_API_KEY` /
 //! `SESAME_CA`, then `~/.config/sesame/config.toml`.
 //!
 //! ## Contract
@@ -13,6 +13,8 @@
 
 pub mod client;
 pub mod config;
+pub mod forward;
 pub mod ls;
 pub mod session;
+pub mod ssh;
 pub mod terminal;

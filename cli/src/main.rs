@@ -49,6 +49,60 @@ enum Cmd {
         /// Target name or id.
         target: String,
     },
+    /// Forward local TCP ports to HOST:PORT as seen from the target, until Ctrl-C.
+    Forward {
+        /// Target name or id.
+        target: String,
+        /// [BIND:]LPORT:HOST:PORT (LPORT 0 picks a free port); several in one session.
+        #[arg(required = true)]
+        specs: Vec<cli::forward::Spec>,
+    },
+    /// Bridge stdin/stdout to HOST:PORT on the target (for ssh's ProxyCommand).
+    Proxy {
+        /// Target name or id.
+        target: String,
+        /// Port on the target.
+        port: u16,
+        /// Host as seen from the target.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
+    /// Temporary SSH keys.
+    SshKey {
+        #[command(subcommand)]
+        cmd: SshKeyCmd,
+    },
+    /// Log in with ssh through Sesame using a throwaway key valid for 60 s.
+    Ssh {
+        /// Target name or id.
+        target: String,
+        /// Account on the target [default: your local user name].
+        #[arg(long, short = 'l')]
+        user: Option<String>,
+        /// sshd's port on the target.
+        #[arg(long, short = 'p', default_value_t = 22)]
+        port: u16,
+        /// Extra arguments for ssh (after --), e.g. a command.
+        #[arg(last = true)]
+        ssh_args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SshKeyCmd {
+    /// Make a public key valid for USER on TARGET for a short time.
+    Push {
+        /// Target name or id.
+        target: String,
+        /// Account on the target.
+        #[arg(long)]
+        user: String,
+        /// Public key file (e.g. ~/.ssh/id_ed25519.pub).
+        key: PathBuf,
+        /// Seconds the key stays valid.
+        #[arg(long, default_value_t = 60)]
+        ttl: u32,
+    },
 }
 
 fn main() {
@@ -76,6 +130,16 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
+    // Flags given on the command line, for the `sesame proxy` that `sesame ssh` runs.
+    let mut global = Vec::new();
+    for (flag, v) in [("--relay", &cli.relay), ("--api-key", &cli.api_key)] {
+        if let Some(v) = v {
+            global.extend([flag.to_string(), v.clone()]);
+        }
+    }
+    if let Some(ca) = &cli.ca {
+        global.extend(["--ca".to_string(), ca.display().to_string()]);
+    }
     let config = Config::load(cli.relay, cli.api_key, cli.ca)?;
     let relay = Relay::new(&config)?;
     match cli.cmd {
@@ -87,5 +151,38 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             session::run(&relay, &target, Request::Exec(command)).await
         }
         Cmd::Shell { target } => session::run(&relay, &target, Request::Shell).await,
+        Cmd::Forward { target, specs } => {
+            cli::forward::run(&relay, &target, cli::forward::Mode::Listen(specs)).await
+        }
+        Cmd::Proxy { target, port, host } => {
+            cli::forward::run(&relay, &target, cli::forward::Mode::Stdio { host, port }).await
+        }
+        Cmd::SshKey {
+            cmd:
+                SshKeyCmd::Push {
+                    target,
+                    user,
+                    key,
+                    ttl,
+                },
+        } => {
+            let key = cli::ssh::read_key(&key)?;
+            println!(
+                "{}",
+                session::push_key(&relay, &target, &user, &key, ttl).await?
+            );
+            Ok(0)
+        }
+        Cmd::Ssh {
+            target,
+            user,
+            port,
+            ssh_args,
+        } => {
+            let user = user
+                .or_else(|| std::env::var("USER").ok())
+                .unwrap_or_else(|| "root".into());
+            cli::ssh::run(&relay, &target, &user, port, &global, &ssh_args).await
+        }
     }
 }

@@ -18,7 +18,7 @@ use crate::terminal;
 /// Bytes the CLI can take from the agent before returning credit.
 pub const WINDOW: u32 = 256 * 1024;
 /// Session id the CLI uses on its stream (the relay maps it).
-const SID: u32 = 1;
+pub const SID: u32 = 1;
 
 /// What to run.
 pub enum Request {
@@ -28,13 +28,15 @@ pub enum Request {
     Exec(Vec<String>),
 }
 
+/// Answer of `POST /v1/sessions`.
 #[derive(Deserialize)]
 struct Created {
     stream_url: String,
     token: String,
 }
 
-fn encode(f: &Frame) -> Message {
+/// A frame as a WebSocket message.
+pub fn encode(f: &Frame) -> Message {
     let mut buf = vec![0u8; f.buffer_len()];
     let n = f.encode(&mut buf).unwrap_or(0);
     buf.truncate(n);
@@ -71,12 +73,14 @@ fn stdin_reader() -> mpsc::Receiver<Vec<u8>> {
     rx
 }
 
-/// Run the session; returns the exit code for this process.
-pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i32> {
-    let kind_name = match req {
-        Request::Shell => "shell",
-        Request::Exec(_) => "exec",
-    };
+/// Create a session of `kind_name` on `target`, open its stream and send `Open`;
+/// returns the stream and the agent's window once it accepted.
+pub async fn open(
+    relay: &Relay,
+    target: &str,
+    kind_name: &str,
+    kind: Kind<'_>,
+) -> anyhow::Result<(crate::client::Stream, SendWindow)> {
     let created: Created = relay
         .call(
             "POST",
@@ -87,7 +91,37 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
     let mut ws = relay
         .open_stream(&created.stream_url, &created.token)
         .await?;
+    ws.send(encode(&Frame::Open {
+        sid: SID,
+        window: WINDOW,
+        kind,
+    }))
+    .await
+    .context("cannot send the session request")?;
+    loop {
+        let msg = ws.next().await;
+        let bytes = match msg {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session stream"),
+            Some(Err(e)) => bail!("session stream failed: {e}"),
+            Some(Ok(_)) => continue,
+        };
+        match Frame::decode(&bytes) {
+            Ok(Frame::Accept { window, .. }) => return Ok((ws, SendWindow::new(window))),
+            Ok(Frame::Reject { reason, .. }) => bail!("{target}: {reason}"),
+            Ok(Frame::Close { reason, .. }) => bail!("{target}: {reason}"),
+            Ok(_) => continue,
+            Err(e) => bail!("malformed frame from the relay: {e}"),
+        }
+    }
+}
 
+/// Run a shell or exec session; returns the exit code for this process.
+pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i32> {
+    let kind_name = match req {
+        Request::Shell => "shell",
+        Request::Exec(_) => "exec",
+    };
     let interactive = matches!(req, Request::Shell) && std::io::stdin().is_terminal();
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
     let (cols, rows) = terminal::size().unwrap_or((80, 24));
@@ -103,31 +137,7 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
         },
         Request::Exec(_) => Kind::Exec { argv: Bytes(&argv) },
     };
-    ws.send(encode(&Frame::Open {
-        sid: SID,
-        window: WINDOW,
-        kind,
-    }))
-    .await
-    .context("cannot send the session request")?;
-
-    // Wait for Accept or Reject.
-    let mut send = loop {
-        let msg = ws.next().await;
-        let bytes = match msg {
-            Some(Ok(Message::Binary(b))) => b,
-            Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session stream"),
-            Some(Err(e)) => bail!("session stream failed: {e}"),
-            Some(Ok(_)) => continue,
-        };
-        match Frame::decode(&bytes) {
-            Ok(Frame::Accept { window, .. }) => break SendWindow::new(window),
-            Ok(Frame::Reject { reason, .. }) => bail!("{target}: {reason}"),
-            Ok(Frame::Close { reason, .. }) => bail!("{target}: {reason}"),
-            Ok(_) => continue,
-            Err(e) => bail!("malformed frame from the relay: {e}"),
-        }
-    };
+    let (mut ws, mut send) = open(relay, target, kind_name, kind).await?;
 
     let _raw = if interactive {
         Some(terminal::RawMode::enable().context("cannot put the terminal in raw mode")?)
@@ -240,11 +250,48 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
     }
 }
 
-fn describe(code: ErrorCode) -> String {
+/// Words for an error code.
+pub fn describe(code: ErrorCode) -> String {
     match code {
         ErrorCode::AGENT_GONE => "the agent disconnected".into(),
         ErrorCode::TERMINATED => "terminated".into(),
         ErrorCode::FLOW_CONTROL => "flow control violated".into(),
+        ErrorCode::REFUSED => "connection refused".into(),
+        ErrorCode::UNREACHABLE => "destination unreachable".into(),
+        ErrorCode::DENIED => "denied".into(),
         c => format!("error code {}", c.0),
+    }
+}
+
+/// `sesame ssh-key push`: make `key` valid for `user` on `target` for `ttl` seconds;
+/// returns the agent's confirmation.
+pub async fn push_key(
+    relay: &Relay,
+    target: &str,
+    user: &str,
+    key: &str,
+    ttl: u32,
+) -> anyhow::Result<String> {
+    let key = key.trim();
+    if key.lines().count() != 1 {
+        bail!("the key file must hold exactly one public key line");
+    }
+    let (mut ws, _) = open(relay, target, "ssh-key", Kind::SshKey { user, key, ttl }).await?;
+    loop {
+        let bytes = match ws.next().await {
+            Some(Ok(Message::Binary(b))) => b,
+            Some(Ok(_)) => continue,
+            _ => bail!("the relay closed the session stream before the agent answered"),
+        };
+        match Frame::decode(&bytes) {
+            Ok(Frame::Close {
+                exit: Exit::Code(0),
+                reason,
+                ..
+            }) => return Ok(reason.to_string()),
+            Ok(Frame::Close { reason, .. }) => bail!("{target}: {reason}"),
+            Ok(_) => continue,
+            Err(e) => bail!("malformed frame from the relay: {e}"),
+        }
     }
 }

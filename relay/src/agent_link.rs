@@ -35,7 +35,10 @@ pub fn relay_hello() -> Frame<'static> {
         version: agent_core::PROTOCOL_VERSION,
         max_frame: wire::DEFAULT_MAX_FRAME,
         max_sessions: 0,
-        features: wire::features::SHELL | wire::features::EXEC,
+        features: wire::features::SHELL
+            | wire::features::EXEC
+            | wire::features::FORWARD
+            | wire::features::SSH_KEY,
     })
 }
 
@@ -218,6 +221,9 @@ async fn route_from_agent(
         | Frame::Data { sid, .. }
         | Frame::Credit { sid, .. }
         | Frame::Eof { sid, .. }
+        | Frame::ChannelAccept { sid, .. }
+        | Frame::ChannelReject { sid, .. }
+        | Frame::ChannelClose { sid, .. }
         | Frame::Error { sid, .. } => {
             let Some(route) = handle.route(sid) else {
                 return Ok(()); // the client is gone; the agent learns from our Close

@@ -151,7 +151,7 @@ async fn list_agents(
 pub struct CreateSession {
     /// Agent name or id.
     pub target: String,
-    /// `shell` or `exec`.
+    /// `shell`, `exec`, `forward` or `ssh-key`.
     pub kind: String,
 }
 
@@ -186,12 +186,18 @@ async fn create_session(
 ) -> Result<Json<SessionCreated>, ApiError> {
     let user = authenticate(&state, &headers).await?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    if req.kind != "shell" && req.kind != "exec" {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("unknown session kind '{}' (use shell or exec)", req.kind),
-        ));
-    }
+    let action = match req.kind.as_str() {
+        "shell" => "session:shell",
+        "exec" => "session:exec",
+        "forward" => "session:forward",
+        "ssh-key" => "ssh:push-key",
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown session kind '{other}' (use shell, exec, forward or ssh-key)"),
+            ))
+        }
+    };
     let agent = state.store.agent(&req.target).await?.ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
@@ -202,8 +208,8 @@ async fn create_session(
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!(
-                "no policy allows user '{}' session:{} on '{}'",
-                user.name, req.kind, agent.name
+                "no policy allows user '{}' {action} on '{}'",
+                user.name, agent.name
             ),
         ));
     }

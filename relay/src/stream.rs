@@ -29,13 +29,18 @@ fn client_may_send(f: &Frame) -> bool {
             | Frame::Eof { .. }
             | Frame::Close { .. }
             | Frame::Signal { .. }
+            | Frame::ChannelOpen { .. }
+            | Frame::ChannelClose { .. }
     )
 }
 
-fn kind_name(k: &Kind) -> &'static str {
+/// The API's name of a session kind.
+pub fn kind_name(k: &Kind) -> &'static str {
     match k {
         Kind::Shell { .. } => "shell",
         Kind::Exec { .. } => "exec",
+        Kind::Forward => "forward",
+        Kind::SshKey { .. } => "ssh-key",
     }
 }
 

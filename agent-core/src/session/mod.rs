@@ -445,8 +445,16 @@ impl<const N: usize, const C: usize> Agent<N, C> {
             }));
         }
         let mut reason = String::new();
-        let _ = write!(reason, "channel limit reached ({C} connections in this session)");
-        self.push_ctrl(Ctrl::ChannelReject(sid, ch, ErrorCode::CHANNEL_LIMIT, reason))?;
+        let _ = write!(
+            reason,
+            "channel limit reached ({C} connections in this session)"
+        );
+        self.push_ctrl(Ctrl::ChannelReject(
+            sid,
+            ch,
+            ErrorCode::CHANNEL_LIMIT,
+            reason,
+        ))?;
         Ok(None)
     }
 
@@ -520,9 +528,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
             },
             Frame::ChannelClose { sid, ch, .. } => match self.slot_mut(sid) {
                 Some(slot) if slot.accepts_input() => match slot.chan(ch) {
-                    Some(chan)
-                        if matches!(chan.state, ChanState::Open | ChanState::Requested) =>
-                    {
+                    Some(chan) if matches!(chan.state, ChanState::Open | ChanState::Requested) => {
                         chan.state = ChanState::Terminating;
                         Ok(Some(Event::ChannelClose { sid, ch }))
                     }

@@ -192,7 +192,9 @@ fn sender_respects_peer_credit() {
         matches!(Frame::decode(&out[..len]).unwrap(), Frame::Data { data, .. } if data.0.len() == 10)
     );
     assert_eq!(
-        s.agent.send_data(1, 0, Stream::OUT, b"a", &mut out).unwrap(),
+        s.agent
+            .send_data(1, 0, Stream::OUT, b"a", &mut out)
+            .unwrap(),
         (0, 0)
     );
     s.feed(Frame::Credit {
@@ -393,20 +395,47 @@ impl Fwd {
         let mut agent = Agent::new(config, now);
         let mut buf = [0u8; 256];
         while agent.poll_transmit(now, &mut buf).is_some() {}
-        let hello = enc(Frame::Hello(Hello { version: 1, max_frame: 4096, max_sessions: 0, features: 0 }));
+        let hello = enc(Frame::Hello(Hello {
+            version: 1,
+            max_frame: 4096,
+            max_sessions: 0,
+            features: 0,
+        }));
         agent.handle_frame(now, &hello).unwrap();
         let nonce = [7u8; 32];
-        agent.handle_frame(now, &enc(Frame::Challenge { nonce: Bytes(&nonce) })).unwrap();
+        agent
+            .handle_frame(
+                now,
+                &enc(Frame::Challenge {
+                    nonce: Bytes(&nonce),
+                }),
+            )
+            .unwrap();
         agent.authenticate([1; 32], [2; 64], "");
         while agent.poll_transmit(now, &mut buf).is_some() {}
-        agent.handle_frame(now, &enc(Frame::AuthOk { agent_id: "a" })).unwrap();
+        agent
+            .handle_frame(now, &enc(Frame::AuthOk { agent_id: "a" }))
+            .unwrap();
         let mut f = Fwd { agent, now };
         let _ = f.drain();
-        let msg = enc(Frame::Open { sid: 1, window: 1000, kind: Kind::Forward });
-        assert!(matches!(f.agent.handle_frame(now, &msg), Ok(Some(Event::Open { sid: 1, kind: Kind::Forward }))));
+        let msg = enc(Frame::Open {
+            sid: 1,
+            window: 1000,
+            kind: Kind::Forward,
+        });
+        assert!(matches!(
+            f.agent.handle_frame(now, &msg),
+            Ok(Some(Event::Open {
+                sid: 1,
+                kind: Kind::Forward
+            }))
+        ));
         f.agent.accept(1);
         let out = f.drain();
-        assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Accept { sid: 1, .. }));
+        assert!(matches!(
+            Frame::decode(&out[0]).unwrap(),
+            Frame::Accept { sid: 1, .. }
+        ));
         f
     }
     fn drain(&mut self) -> Vec<Vec<u8>> {
@@ -418,9 +447,20 @@ impl Fwd {
         out
     }
     fn open_ch(&mut self, ch: u16, window: u32) -> bool {
-        let msg = enc(Frame::ChannelOpen { sid: 1, ch, window, host: "127.0.0.1", port: 80 });
+        let msg = enc(Frame::ChannelOpen {
+            sid: 1,
+            ch,
+            window,
+            host: "127.0.0.1",
+            port: 80,
+        });
         match self.agent.handle_frame(self.now, &msg).unwrap() {
-            Some(Event::ChannelOpen { sid: 1, ch: c, host: "127.0.0.1", port: 80 }) => c == ch,
+            Some(Event::ChannelOpen {
+                sid: 1,
+                ch: c,
+                host: "127.0.0.1",
+                port: 80,
+            }) => c == ch,
             _ => false,
         }
     }
@@ -434,20 +474,72 @@ fn forward_channels_have_independent_credit() {
     f.agent.accept_channel(1, 1);
     f.agent.accept_channel(1, 2);
     let out = f.drain();
-    assert_eq!(Frame::decode(&out[0]).unwrap(), Frame::ChannelAccept { sid: 1, ch: 1, window: 64 * 1024 });
-    assert_eq!(Frame::decode(&out[1]).unwrap(), Frame::ChannelAccept { sid: 1, ch: 2, window: 64 * 1024 });
+    assert_eq!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::ChannelAccept {
+            sid: 1,
+            ch: 1,
+            window: 64 * 1024
+        }
+    );
+    assert_eq!(
+        Frame::decode(&out[1]).unwrap(),
+        Frame::ChannelAccept {
+            sid: 1,
+            ch: 2,
+            window: 64 * 1024
+        }
+    );
     let mut buf = [0u8; 256];
     // Channel 1 spends all its credit and stalls; channel 2 is unaffected.
-    assert_eq!(f.agent.send_data(1, 1, Stream::OUT, &[1; 50], &mut buf).unwrap().0, 10);
-    assert_eq!(f.agent.send_data(1, 1, Stream::OUT, &[1; 50], &mut buf).unwrap(), (0, 0));
-    assert_eq!(f.agent.send_data(1, 2, Stream::OUT, &[1; 50], &mut buf).unwrap().0, 10);
-    f.agent.handle_frame(f.now, &enc(Frame::Credit { sid: 1, ch: 1, bytes: 5 })).unwrap();
+    assert_eq!(
+        f.agent
+            .send_data(1, 1, Stream::OUT, &[1; 50], &mut buf)
+            .unwrap()
+            .0,
+        10
+    );
+    assert_eq!(
+        f.agent
+            .send_data(1, 1, Stream::OUT, &[1; 50], &mut buf)
+            .unwrap(),
+        (0, 0)
+    );
+    assert_eq!(
+        f.agent
+            .send_data(1, 2, Stream::OUT, &[1; 50], &mut buf)
+            .unwrap()
+            .0,
+        10
+    );
+    f.agent
+        .handle_frame(
+            f.now,
+            &enc(Frame::Credit {
+                sid: 1,
+                ch: 1,
+                bytes: 5,
+            }),
+        )
+        .unwrap();
     assert_eq!(f.agent.send_credit(1, 1), 5);
     assert_eq!(f.agent.send_credit(1, 2), 0);
     // Input is delivered per channel.
-    let msg = enc(Frame::Data { sid: 1, ch: 2, stream: Stream::OUT, data: Bytes(b"hi") });
+    let msg = enc(Frame::Data {
+        sid: 1,
+        ch: 2,
+        stream: Stream::OUT,
+        data: Bytes(b"hi"),
+    });
     let ev = f.agent.handle_frame(f.now, &msg).unwrap();
-    assert_eq!(ev, Some(Event::Data { sid: 1, ch: 2, data: b"hi" }));
+    assert_eq!(
+        ev,
+        Some(Event::Data {
+            sid: 1,
+            ch: 2,
+            data: b"hi"
+        })
+    );
 }
 
 #[test]
@@ -459,17 +551,31 @@ fn channel_beyond_capacity_is_rejected_and_the_session_goes_on() {
     }
     assert!(!f.open_ch(4, 10), "no event for the refused channel");
     let out = f.drain();
-    let reject = out.iter().map(|m| Frame::decode(m).unwrap()).find(|f| matches!(f, Frame::ChannelReject { .. }));
+    let reject = out
+        .iter()
+        .map(|m| Frame::decode(m).unwrap())
+        .find(|f| matches!(f, Frame::ChannelReject { .. }));
     assert_eq!(
         reject,
-        Some(Frame::ChannelReject { sid: 1, ch: 4, code: ErrorCode::CHANNEL_LIMIT, reason: "channel limit reached (3 connections in this session)" })
+        Some(Frame::ChannelReject {
+            sid: 1,
+            ch: 4,
+            code: ErrorCode::CHANNEL_LIMIT,
+            reason: "channel limit reached (3 connections in this session)"
+        })
     );
     // A failed connection frees its channel; the id can be used again.
-    f.agent.reject_channel(1, 3, ErrorCode::REFUSED, "connection refused");
+    f.agent
+        .reject_channel(1, 3, ErrorCode::REFUSED, "connection refused");
     let out = f.drain();
     assert_eq!(
         Frame::decode(&out[0]).unwrap(),
-        Frame::ChannelReject { sid: 1, ch: 3, code: ErrorCode::REFUSED, reason: "connection refused" }
+        Frame::ChannelReject {
+            sid: 1,
+            ch: 3,
+            code: ErrorCode::REFUSED,
+            reason: "connection refused"
+        }
     );
     assert!(f.open_ch(4, 10));
     assert!(f.agent.is_ready());
@@ -487,15 +593,34 @@ fn channel_half_close_then_close_and_peer_abort() {
     f.agent.eof(1, 1);
     f.agent.close_channel(1, 1, "");
     let out = f.drain();
-    assert_eq!(Frame::decode(&out[0]).unwrap(), Frame::Eof { sid: 1, ch: 1 });
-    assert_eq!(Frame::decode(&out[1]).unwrap(), Frame::ChannelClose { sid: 1, ch: 1, reason: "" });
+    assert_eq!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Eof { sid: 1, ch: 1 }
+    );
+    assert_eq!(
+        Frame::decode(&out[1]).unwrap(),
+        Frame::ChannelClose {
+            sid: 1,
+            ch: 1,
+            reason: ""
+        }
+    );
     // Late data for the closed channel is ignored, not an error.
-    let late = enc(Frame::Data { sid: 1, ch: 1, stream: Stream::OUT, data: Bytes(b"x") });
+    let late = enc(Frame::Data {
+        sid: 1,
+        ch: 1,
+        stream: Stream::OUT,
+        data: Bytes(b"x"),
+    });
     assert_eq!(f.agent.handle_frame(f.now, &late), Ok(None));
     // The peer aborts another channel.
     assert!(f.open_ch(2, 100));
     f.agent.accept_channel(1, 2);
-    let msg = enc(Frame::ChannelClose { sid: 1, ch: 2, reason: "" });
+    let msg = enc(Frame::ChannelClose {
+        sid: 1,
+        ch: 2,
+        reason: "",
+    });
     let ev = f.agent.handle_frame(f.now, &msg).unwrap();
     assert_eq!(ev, Some(Event::ChannelClose { sid: 1, ch: 2 }));
 }
@@ -503,10 +628,22 @@ fn channel_half_close_then_close_and_peer_abort() {
 #[test]
 fn channel_open_on_an_exec_session_aborts_that_session() {
     let mut f = Fwd::ready();
-    let msg = enc(Frame::Open { sid: 2, window: 100, kind: Kind::Exec { argv: Bytes(b"x\0") } });
+    let msg = enc(Frame::Open {
+        sid: 2,
+        window: 100,
+        kind: Kind::Exec {
+            argv: Bytes(b"x\0"),
+        },
+    });
     f.agent.handle_frame(f.now, &msg).unwrap();
     f.agent.accept(2);
-    let msg = enc(Frame::ChannelOpen { sid: 2, ch: 1, window: 1, host: "h", port: 1 });
+    let msg = enc(Frame::ChannelOpen {
+        sid: 2,
+        ch: 1,
+        window: 1,
+        host: "h",
+        port: 1,
+    });
     let ev = f.agent.handle_frame(f.now, &msg).unwrap();
     assert!(matches!(ev, Some(Event::Abort { sid: 2, .. })));
     assert!(f.open_ch(1, 10), "the forward session is untouched");
@@ -515,11 +652,19 @@ fn channel_open_on_an_exec_session_aborts_that_session() {
 #[test]
 fn unsupported_kinds_are_rejected_by_the_engine() {
     let mut s = Sim::ready(); // shell and exec only
-    let msg = enc(Frame::Open { sid: 5, window: 1, kind: Kind::Forward });
+    let msg = enc(Frame::Open {
+        sid: 5,
+        window: 1,
+        kind: Kind::Forward,
+    });
     assert_eq!(s.agent.handle_frame(s.now, &msg), Ok(None));
     let out = s.drain();
     assert!(matches!(
         Frame::decode(&out[0]).unwrap(),
-        Frame::Reject { sid: 5, code: ErrorCode::UNSUPPORTED, .. }
+        Frame::Reject {
+            sid: 5,
+            code: ErrorCode::UNSUPPORTED,
+            ..
+        }
     ));
 }

@@ -1,0 +1,251 @@
+//! Temporary SSH public keys: `ssh-key` sessions append a key to a user's
+//! `authorized_keys` with OpenSSH's `expiry-time=` option (honoured by OpenSSH >= 8.2,
+//! so the key stops working on time even if the agent is killed), and the agent also
+//! removes the line when it expires. Lines the agent wrote end with a `sesame:EXPIRY`
+//! comment; every file it touched is listed in the state directory and swept of
+//! expired Sesame lines at start-up.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use agent_core::wire::ErrorCode;
+
+/// Longest TTL accepted (one day): these keys are meant to be short-lived.
+pub const MAX_TTL: u32 = 24 * 3600;
+const MARKER: &str = "sesame:";
+const REGISTRY: &str = "ssh-key-files";
+
+/// Where `authorized_keys` lives; `%h` is the home directory, `%u` the user name
+/// (as in sshd's `AuthorizedKeysFile`).
+#[derive(Debug, Clone)]
+pub struct KeyConfig {
+    /// The path pattern.
+    pub pattern: String,
+    /// The agent's state directory (registry of touched files).
+    pub state_dir: PathBuf,
+}
+
+impl Default for KeyConfig {
+    fn default() -> Self {
+        KeyConfig {
+            pattern: "%h/.ssh/authorized_keys".into(),
+            state_dir: PathBuf::from("/var/lib/sesame-agent"),
+        }
+    }
+}
+
+struct User {
+    uid: u32,
+    gid: u32,
+    home: String,
+}
+
+fn lookup(name: &str) -> Option<User> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        (f.len() >= 7 && f[0] == name).then(|| User {
+            uid: f[2].parse().unwrap_or(u32::MAX),
+            gid: f[3].parse().unwrap_or(u32::MAX),
+            home: f[5].to_string(),
+        })
+    })
+}
+
+const KEY_TYPES: &[&str] = &[
+    "ssh-ed25519",
+    "ssh-rsa",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "sk-ssh-ed25519@openssh.com",
+    "sk-ecdsa-sha2-nistp256@openssh.com",
+];
+
+/// `type base64`, validated so that no option or second line can be smuggled in.
+fn parse_key(key: &str) -> Result<(&str, &str), String> {
+    let mut parts = key.split_whitespace();
+    let (Some(ty), Some(blob)) = (parts.next(), parts.next()) else {
+        return Err("not a public key line (expected 'TYPE BASE64 [COMMENT]')".into());
+    };
+    if !KEY_TYPES.contains(&ty) {
+        return Err(format!("unsupported key type '{ty}'"));
+    }
+    let b64 = blob.len() >= 16
+        && blob
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+    if !b64 || key.contains(['\n', '\r']) {
+        return Err("malformed public key".into());
+    }
+    Ok((ty, blob))
+}
+
+/// `YYYYMMDDHHMMSSZ` for a Unix time (UTC), as `expiry-time=` wants it.
+pub fn utc_stamp(unix: u64) -> String {
+    let days = (unix / 86400) as i64;
+    let secs = unix % 86400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}{m:02}{d:02}{:02}{:02}{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Keep every line except Sesame lines whose expiry has passed.
+fn sweep_text(text: &str, now: u64) -> String {
+    text.lines()
+        .filter(|l| {
+            l.rsplit_once(MARKER)
+                .and_then(|(_, t)| t.trim().parse::<u64>().ok())
+                .is_none_or(|exp| exp > now)
+        })
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn write_keys(path: &Path, text: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+    let tmp = path.with_extension("sesame-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    let _ = std::os::unix::fs::chown(&tmp, Some(uid), Some(gid));
+    std::fs::rename(&tmp, path)
+}
+
+/// Remove expired Sesame lines from `path` (keeps its owner).
+pub fn sweep(path: &Path) {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return;
+    };
+    let kept = sweep_text(&text, now());
+    if kept != text {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let _ = write_keys(path, &kept, meta.uid(), meta.gid());
+        }
+    }
+}
+
+/// Sweep every file the agent ever wrote a key to (at start-up).
+pub fn sweep_registered(config: &KeyConfig) {
+    let reg = std::fs::read_to_string(config.state_dir.join(REGISTRY)).unwrap_or_default();
+    for p in reg.lines().filter(|l| !l.is_empty()) {
+        sweep(Path::new(p));
+    }
+}
+
+/// Make `key` valid for `user` for `ttl` seconds. Returns the message for the user,
+/// and the file and expiry to sweep later.
+pub fn push(
+    config: &KeyConfig,
+    user: &str,
+    key: &str,
+    ttl: u32,
+) -> Result<(String, PathBuf, Duration), (ErrorCode, String)> {
+    if ttl == 0 || ttl > MAX_TTL {
+        return Err((
+            ErrorCode::DENIED,
+            format!("ttl must be 1..={MAX_TTL} seconds"),
+        ));
+    }
+    let (ty, blob) = parse_key(key).map_err(|e| (ErrorCode::DENIED, e))?;
+    let u = lookup(user).ok_or_else(|| {
+        (
+            ErrorCode::NO_SUCH_USER,
+            format!("no such user '{user}' on this target"),
+        )
+    })?;
+    let path = PathBuf::from(config.pattern.replace("%h", &u.home).replace("%u", user));
+    let fail = |e: std::io::Error| (ErrorCode::INTERNAL, format!("{}: {e}", path.display()));
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(fail)?;
+            let _ = std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid));
+        }
+    }
+    let expiry = now() + u64::from(ttl);
+    let existing = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut text = sweep_text(&existing, now());
+    text.push_str(&format!(
+        "expiry-time=\"{}\" {ty} {blob} {MARKER}{expiry}\n",
+        utc_stamp(expiry)
+    ));
+    write_keys(&path, &text, u.uid, u.gid).map_err(fail)?;
+    register(config, &path);
+    let msg = format!(
+        "key valid for '{user}' for {ttl} s (until {} UTC)",
+        utc_stamp(expiry).trim_end_matches('Z')
+    );
+    Ok((msg, path, Duration::from_secs(u64::from(ttl))))
+}
+
+fn register(config: &KeyConfig, path: &Path) {
+    let reg = config.state_dir.join(REGISTRY);
+    let existing = std::fs::read_to_string(&reg).unwrap_or_default();
+    let line = path.display().to_string();
+    if !existing.lines().any(|l| l == line) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&reg)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps_match_known_dates() {
+        assert_eq!(utc_stamp(0), "19700101000000Z");
+        assert_eq!(utc_stamp(951_782_400), "20000229000000Z");
+        assert_eq!(utc_stamp(1_700_000_000), "20231114221320Z");
+        assert_eq!(utc_stamp(4_102_444_799), "20991231235959Z");
+    }
+
+    #[test]
+    fn keys_are_validated_and_expired_lines_swept() {
+        assert!(parse_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA me@host").is_ok());
+        assert!(parse_key("command=\"sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA").is_err());
+        assert!(parse_key("ssh-ed25519 AAAA\nssh-rsa BBBB").is_err());
+        let text = "ssh-rsa AAAAB3 keep-me\nexpiry-time=\"x\" ssh-ed25519 AAAA sesame:100\nexpiry-time=\"y\" ssh-ed25519 BBBB sesame:300\n";
+        assert_eq!(
+            sweep_text(text, 200),
+            "ssh-rsa AAAAB3 keep-me\nexpiry-time=\"y\" ssh-ed25519 BBBB sesame:300\n"
+        );
+    }
+}

@@ -1,0 +1,460 @@
+//! `sesame forward` and `sesame proxy`: one `forward` session, one channel per local
+//! connection (or one channel on stdin/stdout), each with its own credit in both
+//! directions, so a stalled connection never holds up the others.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use agent_core::flow::{RecvWindow, SendWindow};
+use agent_core::wire::{self, Bytes, ErrorCode, Exit, Frame, Kind, Stream};
+use anyhow::{bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::Relay;
+use crate::session::{self, encode, SID};
+
+/// Bytes a channel can take from the agent before returning credit.
+const CH_WINDOW: u32 = 256 * 1024;
+/// Bytes of a local connection's input held here waiting for credit.
+const SPACE: usize = 256 * 1024;
+const CHUNK: usize = 16 * 1024;
+
+/// `[BIND:]LPORT:HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Spec {
+    /// Local address to listen on.
+    pub bind: SocketAddr,
+    /// Destination host as seen from the agent.
+    pub host: String,
+    /// Destination port.
+    pub port: u16,
+}
+
+/// Split on ':' outside of brackets.
+fn fields(s: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in s.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ':' if depth == 0 => {
+                out.push(&s[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&s[start..]);
+    out
+}
+
+impl std::str::FromStr for Spec {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Spec, String> {
+        let bad = |why: &str| format!("invalid forward '{s}': {why} (use [BIND:]LPORT:HOST:PORT)");
+        let f = fields(s);
+        let (bind, lport, host, port) = match f.as_slice() {
+            [lport, host, port] => ("127.0.0.1", *lport, *host, *port),
+            [bind, lport, host, port] => (*bind, *lport, *host, *port),
+            _ => return Err(bad("wrong number of fields")),
+        };
+        let lport: u16 = lport.parse().map_err(|_| bad("bad local port"))?;
+        let port: u16 = port
+            .parse()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| bad("bad port"))?;
+        let bind = bind.trim_start_matches('[').trim_end_matches(']');
+        let bind = if bind == "localhost" {
+            "127.0.0.1"
+        } else {
+            bind
+        };
+        let ip: std::net::IpAddr = bind.parse().map_err(|_| bad("bad bind address"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("empty host"));
+        }
+        Ok(Spec {
+            bind: SocketAddr::new(ip, lport),
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+enum WriteCmd {
+    Data(Vec<u8>),
+    Eof,
+}
+
+enum Ev {
+    Accepted(usize, tokio::net::TcpStream, SocketAddr),
+    Read(u16, Vec<u8>),
+    ReadEnd(u16),
+    Written(u16, usize),
+    Failed(u16, String),
+}
+
+struct Chan {
+    label: String,
+    accepted: bool,
+    /// We asked the agent to drop it; waiting for its `ChannelClose`.
+    closing: bool,
+    send: SendWindow,
+    recv: RecvWindow,
+    pending: VecDeque<(Vec<u8>, usize)>,
+    space: Arc<Semaphore>,
+    writer: Option<mpsc::UnboundedSender<WriteCmd>>,
+    writer_task: JoinHandle<()>,
+    reader_task: AbortHandle,
+    local_eof: bool,
+    eof_sent: bool,
+}
+
+impl Chan {
+    fn abort(&self) {
+        self.reader_task.abort();
+        self.writer_task.abort();
+    }
+}
+
+fn start_chan(
+    ch: u16,
+    label: String,
+    mut rd: impl AsyncRead + Unpin + Send + 'static,
+    mut wr: impl AsyncWrite + Unpin + Send + 'static,
+    ev: &mpsc::UnboundedSender<Ev>,
+) -> Chan {
+    let space = Arc::new(Semaphore::new(SPACE));
+    let (wtx, mut wrx) = mpsc::unbounded_channel::<WriteCmd>();
+    let evw = ev.clone();
+    let writer_task = tokio::spawn(async move {
+        while let Some(cmd) = wrx.recv().await {
+            match cmd {
+                WriteCmd::Data(d) => {
+                    let r = async {
+                        wr.write_all(&d).await?;
+                        wr.flush().await
+                    };
+                    if let Err(e) = r.await {
+                        let _ = evw.send(Ev::Failed(ch, format!("local write failed: {e}")));
+                        return;
+                    }
+                    let _ = evw.send(Ev::Written(ch, d.len()));
+                }
+                WriteCmd::Eof => {
+                    let _ = wr.shutdown().await;
+                }
+            }
+        }
+    });
+    let sp = space.clone();
+    let evr = ev.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let Ok(permit) = sp.acquire_many(CHUNK as u32).await else {
+                return;
+            };
+            permit.forget();
+            match rd.read(&mut buf).await {
+                Ok(0) => {
+                    sp.add_permits(CHUNK);
+                    let _ = evr.send(Ev::ReadEnd(ch));
+                    return;
+                }
+                Ok(n) => {
+                    sp.add_permits(CHUNK - n);
+                    let _ = evr.send(Ev::Read(ch, buf[..n].to_vec()));
+                }
+                Err(e) => {
+                    let _ = evr.send(Ev::Failed(ch, format!("local read failed: {e}")));
+                    return;
+                }
+            }
+        }
+    });
+    Chan {
+        label,
+        accepted: false,
+        closing: false,
+        send: SendWindow::new(0),
+        recv: RecvWindow::new(CH_WINDOW),
+        pending: VecDeque::new(),
+        space,
+        writer: Some(wtx),
+        writer_task,
+        reader_task: reader.abort_handle(),
+        local_eof: false,
+        eof_sent: false,
+    }
+}
+
+/// What the session serves.
+pub enum Mode {
+    /// Listen on each spec's bind address.
+    Listen(Vec<Spec>),
+    /// One channel on stdin/stdout to host:port.
+    Stdio {
+        /// Destination host.
+        host: String,
+        /// Destination port.
+        port: u16,
+    },
+}
+
+/// Run a forward session until Ctrl-C (listen mode) or until the single channel ends
+/// (stdio mode). Returns the exit code.
+pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32> {
+    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Ev>();
+    let mut specs = Vec::new();
+    if let Mode::Listen(list) = &mode {
+        // Bind first: a busy port is an error before anything is asked of the relay.
+        for spec in list {
+            let l = TcpListener::bind(spec.bind)
+                .await
+                .with_context(|| format!("cannot listen on {}", spec.bind))?;
+            specs.push((spec.clone(), l));
+        }
+    }
+    let (mut ws, _) = session::open(relay, target, "forward", Kind::Forward).await?;
+    let mut chans: HashMap<u16, Chan> = HashMap::new();
+    let mut next_ch: u16 = 1;
+    let max_chunk = wire::max_data_len(wire::DEFAULT_MAX_FRAME);
+
+    let mut dests = Vec::new();
+    for (idx, (spec, listener)) in specs.into_iter().enumerate() {
+        let local = listener.local_addr()?;
+        println!(
+            "forwarding {local} -> {}:{} on {target}",
+            spec.host, spec.port
+        );
+        dests.push(spec);
+        let ev = ev_tx.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok((s, peer)) = listener.accept().await {
+                    let _ = s.set_nodelay(true);
+                    if ev.send(Ev::Accepted(idx, s, peer)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    let stdio = matches!(mode, Mode::Stdio { .. });
+    if let Mode::Stdio { host, port } = &mode {
+        let chan = start_chan(
+            1,
+            format!("{host}:{port}"),
+            tokio::io::stdin(),
+            tokio::io::stdout(),
+            &ev_tx,
+        );
+        chans.insert(1, chan);
+        next_ch = 2;
+        ws.send(encode(&Frame::ChannelOpen {
+            sid: SID,
+            ch: 1,
+            window: CH_WINDOW,
+            host,
+            port: *port,
+        }))
+        .await?;
+    }
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+
+    loop {
+        // Move queued local input out as far as each channel's credit allows.
+        let mut sent = false;
+        for (&ch, c) in chans.iter_mut().filter(|(_, c)| c.accepted && !c.closing) {
+            while let Some((data, off)) = c.pending.front_mut() {
+                let n = c.send.take((data.len() - *off).min(max_chunk));
+                if n == 0 {
+                    break;
+                }
+                let f = Frame::Data {
+                    sid: SID,
+                    ch,
+                    stream: Stream::OUT,
+                    data: Bytes(&data[*off..*off + n]),
+                };
+                ws.feed(encode(&f)).await?;
+                sent = true;
+                *off += n;
+                c.space.add_permits(n);
+                if *off == data.len() {
+                    c.pending.pop_front();
+                }
+            }
+            if c.pending.is_empty() && c.local_eof && !c.eof_sent {
+                ws.feed(encode(&Frame::Eof { sid: SID, ch })).await?;
+                c.eof_sent = true;
+                sent = true;
+            }
+        }
+        if sent {
+            ws.flush().await?;
+        }
+        tokio::select! {
+            msg = ws.next() => {
+                let bytes = match msg {
+                    Some(Ok(Message::Binary(b))) => b,
+                    Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session"),
+                    Some(Err(e)) => bail!("session stream failed: {e}"),
+                    Some(Ok(_)) => continue,
+                };
+                match Frame::decode(&bytes) {
+                    Ok(Frame::ChannelAccept { ch, window, .. }) => {
+                        if let Some(c) = chans.get_mut(&ch) {
+                            c.accepted = true;
+                            c.send = SendWindow::new(window);
+                        }
+                    }
+                    Ok(Frame::ChannelReject { ch, code, reason, .. }) => {
+                        if let Some(c) = chans.remove(&ch) {
+                            c.abort();
+                            let why = if reason.is_empty() { session::describe(code) } else { reason.to_string() };
+                            if stdio {
+                                bail!("{}: {why}", c.label);
+                            }
+                            eprintln!("error: {} via {target}: {why}", c.label);
+                        }
+                    }
+                    Ok(Frame::Data { ch, data, .. }) => {
+                        if let Some(c) = chans.get_mut(&ch) {
+                            if c.recv.on_data(data.0.len()).is_err() {
+                                bail!("the agent sent more than its credit on {}", c.label);
+                            }
+                            if let Some(w) = &c.writer {
+                                let _ = w.send(WriteCmd::Data(data.0.to_vec()));
+                            }
+                        }
+                    }
+                    Ok(Frame::Credit { ch, bytes, .. }) => {
+                        if let Some(c) = chans.get_mut(&ch) {
+                            let _ = c.send.grant(bytes);
+                        }
+                    }
+                    Ok(Frame::Eof { ch, .. }) => {
+                        if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
+                            let _ = w.send(WriteCmd::Eof);
+                        }
+                    }
+                    Ok(Frame::ChannelClose { ch, reason, .. }) => {
+                        if let Some(mut c) = chans.remove(&ch) {
+                            c.reader_task.abort();
+                            // Let the writer deliver what it holds, then close the socket.
+                            c.writer = None;
+                            if !reason.is_empty() && !c.closing {
+                                eprintln!("error: {} via {target}: {reason}", c.label);
+                            }
+                            if stdio {
+                                let _ = c.writer_task.await;
+                                return Ok(if reason.is_empty() { 0 } else { 255 });
+                            }
+                        }
+                    }
+                    Ok(Frame::Close { exit, reason, .. }) => {
+                        let why = match exit {
+                            Exit::Aborted(code) if reason.is_empty() => session::describe(code),
+                            _ => reason.to_string(),
+                        };
+                        bail!("session ended: {why}");
+                    }
+                    Ok(_) => {}
+                    Err(e) => bail!("malformed frame from the relay: {e}"),
+                }
+            }
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { continue };
+                match ev {
+                    Ev::Accepted(idx, stream, peer) => {
+                        let dest = &dests[idx];
+                        let mut tries = 0;
+                        while chans.contains_key(&next_ch) || next_ch == 0 {
+                            next_ch = next_ch.wrapping_add(1);
+                            tries += 1;
+                            if tries > u16::MAX as usize { break; }
+                        }
+                        let ch = next_ch;
+                        next_ch = next_ch.wrapping_add(1);
+                        let (rd, wr) = stream.into_split();
+                        let label = format!("{peer} -> {}:{}", dest.host, dest.port);
+                        chans.insert(ch, start_chan(ch, label, rd, wr, &ev_tx));
+                        ws.send(encode(&Frame::ChannelOpen { sid: SID, ch, window: CH_WINDOW, host: &dest.host, port: dest.port })).await?;
+                    }
+                    Ev::Read(ch, data) => {
+                        if let Some(c) = chans.get_mut(&ch) {
+                            c.pending.push_back((data, 0));
+                        }
+                    }
+                    Ev::ReadEnd(ch) => {
+                        if let Some(c) = chans.get_mut(&ch) {
+                            c.local_eof = true;
+                        }
+                    }
+                    Ev::Written(ch, n) => {
+                        if let Some(c) = chans.get_mut(&ch) {
+                            c.recv.consume(n);
+                            if let Some(bytes) = c.recv.credit_due() {
+                                ws.send(encode(&Frame::Credit { sid: SID, ch, bytes })).await?;
+                            }
+                        }
+                    }
+                    Ev::Failed(ch, error) => {
+                        if let Some(c) = chans.get_mut(&ch) {
+                            if !c.closing {
+                                c.closing = true;
+                                c.abort();
+                                ws.send(encode(&Frame::ChannelClose { sid: SID, ch, reason: &error })).await?;
+                            }
+                        }
+                    }
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    let _ = ws
+        .send(encode(&Frame::Close {
+            sid: SID,
+            exit: Exit::Aborted(ErrorCode::TERMINATED),
+            reason: "client stopped forwarding",
+        }))
+        .await;
+    let _ = ws.close(None).await;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn specs_parse() {
+        let s: Spec = "8080:127.0.0.1:80".parse().unwrap();
+        assert_eq!(s.bind, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!((s.host.as_str(), s.port), ("127.0.0.1", 80));
+        let s: Spec = "0.0.0.0:0:db.internal:5432".parse().unwrap();
+        assert_eq!(s.bind, "0.0.0.0:0".parse().unwrap());
+        assert_eq!(s.host, "db.internal");
+        let s: Spec = "[::1]:9000:[fd00::5]:22".parse().unwrap();
+        assert_eq!(s.bind, "[::1]:9000".parse().unwrap());
+        assert_eq!(s.host, "fd00::5");
+        assert!("8080:host".parse::<Spec>().is_err());
+        assert!("x:host:80".parse::<Spec>().is_err());
+        assert!("80:host:0".parse::<Spec>().is_err());
+    }
+}
