@@ -239,6 +239,18 @@ impl Env {
         c
     }
 
+    /// Any program with this relay's `SESAME_*` settings in its environment (ssh's
+    /// ProxyCommand inherits them).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("SESAME_RELAY", format!("https://127.0.0.1:{}", self.relay.port))
+            .env("SESAME_API_KEY", &self.api_key)
+            .env("SESAME_CA", self.data().join("tls/ca.pem"))
+            .env("HOME", &self.dir.0)
+            .env_remove("XDG_CONFIG_HOME");
+        c
+    }
+
     /// Run `sesame args...` with `stdin` and collect its output.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
         use std::io::Write;
@@ -322,6 +334,48 @@ pub fn static_agent(triple: &str) -> PathBuf {
         p.display()
     );
     p
+}
+
+/// `sesame forward` running in the background, with the local ports it bound.
+pub struct Forward {
+    /// The process.
+    pub proc: Proc,
+    /// Local port of each spec, in order.
+    pub ports: Vec<u16>,
+}
+
+impl Env {
+    /// Start `sesame forward gw-01 SPEC...` and wait for its bound addresses.
+    pub fn forward(&self, specs: &[&str]) -> Forward {
+        let log = self.dir.0.join(format!("forward-{}.log", specs.join("_").replace(['/', ':'], "-")));
+        let mut child = self
+            .sesame()
+            .arg("forward")
+            .arg(&self.target)
+            .args(specs)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut ports = Vec::new();
+        for _ in specs {
+            let mut line = String::new();
+            out.read_line(&mut line).unwrap();
+            // "forwarding 127.0.0.1:PORT -> HOST:PORT on gw-01"
+            let port = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected forward output {line:?}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+            ports.push(port);
+        }
+        Forward {
+            proc: Proc { child, log },
+            ports,
+        }
+    }
 }
 
 /// Text of a process's stdout and stderr.

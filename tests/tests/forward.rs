@@ -1,0 +1,151 @@
+//! `sesame forward` and `sesame proxy` against a local HTTP server: many concurrent
+//! connections in one session with every body verified, per-connection errors that
+//! leave the others alone, the destination policy, and a stalled connection that does
+//! not hold up the rest.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use tests::{bin, text, Env};
+
+/// Body served for `/n`: deterministic, different per path, 20-120 KB.
+fn body(n: u32) -> Vec<u8> {
+    let len = 20_000 + (n as usize * 7919) % 100_000;
+    let mut x = n.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// A small HTTP/1.0 server: `GET /n` answers `body(n)`, `GET /big` 16 MB.
+fn http_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
+}
+
+fn serve(mut c: TcpStream) {
+    let mut req = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => req.extend_from_slice(&buf[..n]),
+        }
+    }
+    let path = String::from_utf8_lossy(&req).split_whitespace().nth(1).unwrap_or("/").to_string();
+    let data = if path == "/big" {
+        vec![b'x'; 16 << 20]
+    } else {
+        body(path.trim_start_matches('/').parse().unwrap_or(0))
+    };
+    let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+    let _ = c.write_all(&data);
+}
+
+fn get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(c, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp)?;
+    let at = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(resp.len());
+    Ok(resp.split_off(at))
+}
+
+#[test]
+fn fifty_concurrent_requests_through_one_forward_session() {
+    let env = Env::start();
+    let http = http_server();
+    let fwd = env.forward(&[&format!("0:127.0.0.1:{http}")]);
+    let port = fwd.ports[0];
+    let handles: Vec<_> = (1..=50u32)
+        .map(|n| std::thread::spawn(move || (n, get(port, &format!("/{n}")))))
+        .collect();
+    for h in handles {
+        let (n, got) = h.join().unwrap();
+        let got = got.unwrap_or_else(|e| panic!("request {n}: {e}"));
+        assert!(got == body(n), "request {n}: body of {} bytes differs", got.len());
+    }
+    assert_eq!(env.sessions(), 1, "all connections share one session");
+}
+
+#[test]
+fn closed_port_fails_only_its_connection_and_denied_destinations_are_refused() {
+    let env = Env::start();
+    let http = http_server();
+    let fwd = env.forward(&[
+        &format!("0:127.0.0.1:{http}"),
+        "0:127.0.0.1:1",
+        "0:169.254.169.254:80",
+    ]);
+    // The closed port: the local connection is closed without data.
+    assert_eq!(get(fwd.ports[1], "/").unwrap_or_default(), b"");
+    // The metadata address is denied by default.
+    assert_eq!(get(fwd.ports[2], "/").unwrap_or_default(), b"");
+    // The good destination still works in the same session.
+    assert!(get(fwd.ports[0], "/7").unwrap() == body(7));
+    let log = fwd.proc.log();
+    assert!(log.contains("-> 127.0.0.1:1 via gw-01: cannot connect to 127.0.0.1:1: Connection refused"), "{log}");
+    assert!(
+        log.contains("-> 169.254.169.254:80 via gw-01: destination 169.254.169.254:80 is denied by the agent's forwarding policy"),
+        "{log}"
+    );
+}
+
+#[test]
+fn agent_deny_rules_apply_to_names_and_addresses() {
+    let http = http_server();
+    let agent = [
+        bin("sesame-agent"),
+        "--deny-dest".into(),
+        format!("127.0.0.1:{http}").into(),
+        "--deny-dest".into(),
+        format!("[::1]:{http}").into(),
+    ];
+    let env = Env::start_custom(&[], &agent);
+    let fwd = env.forward(&[&format!("0:localhost:{http}")]);
+    assert_eq!(get(fwd.ports[0], "/1").unwrap_or_default(), b"");
+    assert!(fwd.proc.log().contains("is denied by the agent's forwarding policy"), "{}", fwd.proc.log());
+}
+
+#[test]
+fn a_stalled_connection_does_not_hold_up_the_others() {
+    let env = Env::start();
+    let http = http_server();
+    let fwd = env.forward(&[&format!("0:127.0.0.1:{http}")]);
+    // Ask for 16 MB and never read it: its channel fills its window and stops.
+    let mut stalled = TcpStream::connect(("127.0.0.1", fwd.ports[0])).unwrap();
+    write!(stalled, "GET /big HTTP/1.0\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    for n in 1..=5 {
+        assert!(get(fwd.ports[0], &format!("/{n}")).unwrap() == body(n), "request {n}");
+    }
+    // The stalled one still completes once read.
+    let mut all = Vec::new();
+    stalled.read_to_end(&mut all).unwrap();
+    assert!(all.len() > 16 << 20, "stalled response was cut: {} bytes", all.len());
+}
+
+#[test]
+fn proxy_bridges_stdin_and_stdout() {
+    let env = Env::start();
+    let http = http_server();
+    let out = env.run(&["proxy", "gw-01", &http.to_string()], b"GET /3 HTTP/1.0\r\n\r\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(out.stdout.ends_with(&body(3)), "proxy response differs");
+    let out = env.run(&["proxy", "gw-01", "1"], b"");
+    assert_eq!(out.status.code(), Some(255));
+    assert!(text(&out).1.starts_with("error: 127.0.0.1:1: cannot connect"), "{}", text(&out).1);
+}
