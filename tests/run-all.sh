@@ -32,11 +32,18 @@ for c in rustfmt clippy; do
     fi
 done
 
-if ! command -v qemu-aarch64-static >/dev/null 2>&1; then
-    log "installing qemu-user-static (the aarch64 agent runs under it)"
+# qemu-user-static runs the aarch64 agent; OpenSSH is what the ssh tests log in to.
+pkgs=()
+command -v qemu-aarch64-static >/dev/null 2>&1 || pkgs+=(qemu-user-static)
+[ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || pkgs+=(openssh-client)
+if [ ${#pkgs[@]} -gt 0 ]; then
+    log "installing Debian packages: ${pkgs[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends qemu-user-static
+    for p in "${pkgs[@]}"; do
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p"
+    done
 fi
 
 log "cargo fmt --check"
@@ -54,5 +61,5 @@ cargo build --workspace --bins --locked
 log "static musl agents for x86_64 and aarch64"
 tests/build-static.sh
 
-log "cargo test (including the static-agent tests)"
+log "cargo test (including the static-agent and sshd tests)"
 cargo test --workspace --locked -- --include-ignored

@@ -519,9 +519,9 @@ impl Conn<'_> {
                         s.outs.get_mut(&ch)
                     }
                 });
-                match out {
-                    Some(out) => out.queue.push_back((stream, data, 0)),
-                    None => {} // session or channel gone: its semaphore went with it
+                // Session or channel gone: its semaphore went with it.
+                if let Some(out) = out {
+                    out.queue.push_back((stream, data, 0));
                 }
             }
             Msg::OutputEnd { sid, ch } => {

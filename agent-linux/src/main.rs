@@ -55,7 +55,7 @@ struct Args {
 }
 
 enum Parsed {
-    Run(Args),
+    Run(Box<Args>),
     Print(String),
 }
 
@@ -111,7 +111,7 @@ fn parse() -> Result<Parsed, String> {
             _ => return Err(arg.unexpected().to_string()),
         }
     }
-    Ok(Parsed::Run(a))
+    Ok(Parsed::Run(Box::new(a)))
 }
 
 fn main() -> ExitCode {

@@ -243,11 +243,14 @@ impl Env {
     /// ProxyCommand inherits them).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new(program);
-        c.env("SESAME_RELAY", format!("https://127.0.0.1:{}", self.relay.port))
-            .env("SESAME_API_KEY", &self.api_key)
-            .env("SESAME_CA", self.data().join("tls/ca.pem"))
-            .env("HOME", &self.dir.0)
-            .env_remove("XDG_CONFIG_HOME");
+        c.env(
+            "SESAME_RELAY",
+            format!("https://127.0.0.1:{}", self.relay.port),
+        )
+        .env("SESAME_API_KEY", &self.api_key)
+        .env("SESAME_CA", self.data().join("tls/ca.pem"))
+        .env("HOME", &self.dir.0)
+        .env_remove("XDG_CONFIG_HOME");
         c
     }
 
@@ -347,7 +350,10 @@ pub struct Forward {
 impl Env {
     /// Start `sesame forward gw-01 SPEC...` and wait for its bound addresses.
     pub fn forward(&self, specs: &[&str]) -> Forward {
-        let log = self.dir.0.join(format!("forward-{}.log", specs.join("_").replace(['/', ':'], "-")));
+        let log = self.dir.0.join(format!(
+            "forward-{}.log",
+            specs.join("_").replace(['/', ':'], "-")
+        ));
         let mut child = self
             .sesame()
             .arg("forward")
@@ -368,7 +374,12 @@ impl Env {
                 .nth(1)
                 .and_then(|a| a.rsplit(':').next())
                 .and_then(|p| p.parse().ok())
-                .unwrap_or_else(|| panic!("unexpected forward output {line:?}: {}", std::fs::read_to_string(&log).unwrap_or_default()));
+                .unwrap_or_else(|| {
+                    panic!(
+                        "unexpected forward output {line:?}: {}",
+                        std::fs::read_to_string(&log).unwrap_or_default()
+                    )
+                });
             ports.push(port);
         }
         Forward {

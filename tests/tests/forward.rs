@@ -44,13 +44,21 @@ fn serve(mut c: TcpStream) {
             Ok(n) => req.extend_from_slice(&buf[..n]),
         }
     }
-    let path = String::from_utf8_lossy(&req).split_whitespace().nth(1).unwrap_or("/").to_string();
+    let path = String::from_utf8_lossy(&req)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .to_string();
     let data = if path == "/big" {
         vec![b'x'; 16 << 20]
     } else {
         body(path.trim_start_matches('/').parse().unwrap_or(0))
     };
-    let _ = write!(c, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n", data.len());
+    let _ = write!(
+        c,
+        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+        data.len()
+    );
     let _ = c.write_all(&data);
 }
 
@@ -60,7 +68,11 @@ fn get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
     write!(c, "GET {path} HTTP/1.0\r\n\r\n")?;
     let mut resp = Vec::new();
     c.read_to_end(&mut resp)?;
-    let at = resp.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4).unwrap_or(resp.len());
+    let at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(resp.len());
     Ok(resp.split_off(at))
 }
 
@@ -76,7 +88,11 @@ fn fifty_concurrent_requests_through_one_forward_session() {
     for h in handles {
         let (n, got) = h.join().unwrap();
         let got = got.unwrap_or_else(|e| panic!("request {n}: {e}"));
-        assert!(got == body(n), "request {n}: body of {} bytes differs", got.len());
+        assert!(
+            got == body(n),
+            "request {n}: body of {} bytes differs",
+            got.len()
+        );
     }
     assert_eq!(env.sessions(), 1, "all connections share one session");
 }
@@ -97,7 +113,10 @@ fn closed_port_fails_only_its_connection_and_denied_destinations_are_refused() {
     // The good destination still works in the same session.
     assert!(get(fwd.ports[0], "/7").unwrap() == body(7));
     let log = fwd.proc.log();
-    assert!(log.contains("-> 127.0.0.1:1 via gw-01: cannot connect to 127.0.0.1:1: Connection refused"), "{log}");
+    assert!(
+        log.contains("-> 127.0.0.1:1 via gw-01: cannot connect to 127.0.0.1:1: Connection refused"),
+        "{log}"
+    );
     assert!(
         log.contains("-> 169.254.169.254:80 via gw-01: destination 169.254.169.254:80 is denied by the agent's forwarding policy"),
         "{log}"
@@ -117,7 +136,13 @@ fn agent_deny_rules_apply_to_names_and_addresses() {
     let env = Env::start_custom(&[], &agent);
     let fwd = env.forward(&[&format!("0:localhost:{http}")]);
     assert_eq!(get(fwd.ports[0], "/1").unwrap_or_default(), b"");
-    assert!(fwd.proc.log().contains("is denied by the agent's forwarding policy"), "{}", fwd.proc.log());
+    assert!(
+        fwd.proc
+            .log()
+            .contains("is denied by the agent's forwarding policy"),
+        "{}",
+        fwd.proc.log()
+    );
 }
 
 #[test]
@@ -130,22 +155,38 @@ fn a_stalled_connection_does_not_hold_up_the_others() {
     write!(stalled, "GET /big HTTP/1.0\r\n\r\n").unwrap();
     std::thread::sleep(Duration::from_millis(500));
     for n in 1..=5 {
-        assert!(get(fwd.ports[0], &format!("/{n}")).unwrap() == body(n), "request {n}");
+        assert!(
+            get(fwd.ports[0], &format!("/{n}")).unwrap() == body(n),
+            "request {n}"
+        );
     }
     // The stalled one still completes once read.
     let mut all = Vec::new();
     stalled.read_to_end(&mut all).unwrap();
-    assert!(all.len() > 16 << 20, "stalled response was cut: {} bytes", all.len());
+    assert!(
+        all.len() > 16 << 20,
+        "stalled response was cut: {} bytes",
+        all.len()
+    );
 }
 
 #[test]
 fn proxy_bridges_stdin_and_stdout() {
     let env = Env::start();
     let http = http_server();
-    let out = env.run(&["proxy", "gw-01", &http.to_string()], b"GET /3 HTTP/1.0\r\n\r\n");
+    let out = env.run(
+        &["proxy", "gw-01", &http.to_string()],
+        b"GET /3 HTTP/1.0\r\n\r\n",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
     assert!(out.stdout.ends_with(&body(3)), "proxy response differs");
     let out = env.run(&["proxy", "gw-01", "1"], b"");
     assert_eq!(out.status.code(), Some(255));
-    assert!(text(&out).1.starts_with("error: 127.0.0.1:1: cannot connect"), "{}", text(&out).1);
+    assert!(
+        text(&out)
+            .1
+            .starts_with("error: 127.0.0.1:1: cannot connect"),
+        "{}",
+        text(&out).1
+    );
 }

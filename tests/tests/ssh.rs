@@ -1,0 +1,332 @@
+//! OpenSSH through Sesame, against a real `sshd` started by the test on a random
+//! loopback port with its own host key and `AuthorizedKeysFile` (the agent writes
+//! pushed keys to the same place). Needs root (sshd switches to the user) and
+//! openssh-server: ignored by a plain `cargo test`, run by `tests/run-all.sh`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tests::{bin, text, Env, Proc};
+
+struct Sshd {
+    _proc: Proc,
+    port: u16,
+    keys: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen (openssh-client)");
+    assert!(st.success());
+}
+
+fn start_sshd(dir: &Path) -> Sshd {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "the ssh tests need root (sshd)"
+    );
+    let sshd = Path::new("/usr/sbin/sshd");
+    assert!(
+        sshd.exists(),
+        "install openssh-server (tests/run-all.sh does)"
+    );
+    std::fs::create_dir_all("/run/sshd").unwrap(); // privilege separation directory
+    let keys = dir.join("keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    keygen(&dir.join("host_key"));
+    let port = free_port();
+    let config = dir.join("sshd_config");
+    std::fs::write(
+        &config,
+        format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
+             AuthorizedKeysFile {}/%u\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             UsePAM no\nPermitRootLogin prohibit-password\nStrictModes no\nLogLevel VERBOSE\n\
+             Subsystem sftp internal-sftp\n",
+            dir.join("host_key").display(),
+            dir.join("sshd.pid").display(),
+            keys.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.join("sshd.log");
+    let child = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(&config)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let proc = Proc { child, log };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not start: {}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sshd {
+        _proc: proc,
+        port,
+        keys,
+    }
+}
+
+/// An environment whose agent writes keys where this sshd reads them.
+fn setup() -> (Env, Sshd, PathBuf) {
+    let dir = tests::TempDir::new("sshd");
+    let sshd = start_sshd(&dir.0);
+    let pattern = format!("{}/%u", sshd.keys.display());
+    let env = Env::start_custom(
+        &[],
+        &[
+            bin("sesame-agent"),
+            "--authorized-keys".into(),
+            pattern.into(),
+        ],
+    );
+    let user_key = env.dir.0.join("id_ed25519");
+    keygen(&user_key);
+    std::mem::forget(dir); // sshd's files live as long as the test process
+    (env, sshd, user_key)
+}
+
+fn ssh(env: &Env, sshd: &Sshd, key: &Path, args: &[&str]) -> Output {
+    let proxy = format!("{} proxy gw-01 %p", bin("sesame").display());
+    env.command("ssh")
+        .args(["-F", "/dev/null", "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "IdentityAgent=none",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg("-o")
+        .arg(format!("ProxyCommand={proxy}"))
+        .arg("-p")
+        .arg(sshd.port.to_string())
+        .arg("root@gw-01")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn push(env: &Env, key: &Path, ttl: u32) -> Output {
+    env.sesame()
+        .args([
+            "ssh-key",
+            "push",
+            "gw-01",
+            "--user",
+            "root",
+            "--ttl",
+            &ttl.to_string(),
+        ])
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs root and openssh-server; run by tests/run-all.sh"]
+fn pushed_key_logs_in_through_proxy_and_scp_round_trips_5_mb() {
+    let (env, sshd, key) = setup();
+    let out = push(&env, &key, 60);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert!(
+        text(&out)
+            .0
+            .starts_with("key valid for 'root' for 60 s (until "),
+        "{}",
+        text(&out).0
+    );
+    let keys = std::fs::read_to_string(sshd.keys.join("root")).unwrap();
+    assert!(keys.starts_with("expiry-time=\""), "{keys}");
+
+    let out = ssh(
+        &env,
+        &sshd,
+        &key,
+        &["echo", "hello-from-sshd", "&&", "id", "-u"],
+    );
+    assert_eq!(text(&out).0, "hello-from-sshd\n0\n", "{}", text(&out).1);
+
+    // 5 MB of random bytes up and back down with scp, through the same proxy.
+    let src = env.dir.0.join("blob");
+    let mut data = vec![0u8; 5 * 1024 * 1024];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for b in data.iter_mut() {
+        x ^= x << 7;
+        x ^= x >> 9;
+        *b = x as u8;
+    }
+    std::fs::write(&src, &data).unwrap();
+    let remote = env.dir.0.join("remote-copy");
+    let back = env.dir.0.join("back");
+    let proxy = format!("ProxyCommand={} proxy gw-01 %p", bin("sesame").display());
+    for (from, to) in [
+        (
+            src.display().to_string(),
+            format!("root@gw-01:{}", remote.display()),
+        ),
+        (
+            format!("root@gw-01:{}", remote.display()),
+            back.display().to_string(),
+        ),
+    ] {
+        let out = env
+            .command("scp")
+            .args(["-q", "-F", "/dev/null", "-i"])
+            .arg(&key)
+            .args([
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "-o",
+                &proxy,
+            ])
+            .arg("-P")
+            .arg(sshd.port.to_string())
+            .args([&from, &to])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "scp {from} {to}: {}", text(&out).1);
+    }
+    let digest = |p: &Path| {
+        let out = Command::new("sha256sum").arg(p).output().unwrap();
+        text(&out).0.split_whitespace().next().unwrap().to_string()
+    };
+    assert_eq!(digest(&back), digest(&src));
+}
+
+#[test]
+#[ignore = "needs root and openssh-server; run by tests/run-all.sh"]
+fn sesame_ssh_logs_in_with_no_key_set_up() {
+    let (env, sshd, _) = setup();
+    let out = env
+        .sesame()
+        .args([
+            "ssh",
+            "gw-01",
+            "--user",
+            "root",
+            "-p",
+            &sshd.port.to_string(),
+            "--",
+            "echo",
+            "via-sesame-ssh",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(text(&out).0, "via-sesame-ssh\n", "{}", text(&out).1);
+    assert_eq!(out.status.code(), Some(0));
+    let out = env
+        .sesame()
+        .args([
+            "ssh",
+            "gw-01",
+            "--user",
+            "root",
+            "-p",
+            &sshd.port.to_string(),
+            "--",
+            "exit",
+            "3",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "ssh's exit code comes back");
+}
+
+#[test]
+#[ignore = "needs root and openssh-server; run by tests/run-all.sh"]
+fn pushed_key_stops_working_after_its_ttl() {
+    let (env, sshd, key) = setup();
+    assert!(push(&env, &key, 2).status.success());
+    assert_eq!(
+        text(&ssh(&env, &sshd, &key, &["true", "&&", "echo", "in"])).0,
+        "in\n"
+    );
+    std::thread::sleep(Duration::from_millis(3500));
+    let out = ssh(&env, &sshd, &key, &["echo", "in"]);
+    assert_ne!(out.status.code(), Some(0), "the expired key still logs in");
+    assert!(
+        text(&out).1.contains("Permission denied"),
+        "{}",
+        text(&out).1
+    );
+    // The agent also removed the line.
+    let keys = std::fs::read_to_string(sshd.keys.join("root")).unwrap_or_default();
+    assert!(
+        !keys.contains("sesame:"),
+        "expired line left behind: {keys}"
+    );
+}
+
+#[test]
+#[ignore = "needs root and openssh-server; run by tests/run-all.sh"]
+fn pushing_for_a_missing_user_or_a_bad_key_is_refused() {
+    let (env, _sshd, key) = setup();
+    let out = env
+        .sesame()
+        .args(["ssh-key", "push", "gw-01", "--user", "no-such-user-here"])
+        .arg(key.with_extension("pub"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(255));
+    assert_eq!(
+        text(&out).1,
+        "error: gw-01: no such user 'no-such-user-here' on this target\n"
+    );
+    let bogus = env.dir.0.join("bogus.pub");
+    std::fs::write(
+        &bogus,
+        "command=\"sh\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI",
+    )
+    .unwrap();
+    let out = env
+        .sesame()
+        .args(["ssh-key", "push", "gw-01", "--user", "root"])
+        .arg(&bogus)
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out).1,
+        "error: gw-01: unsupported key type 'command=\"sh\"'\n"
+    );
+}
