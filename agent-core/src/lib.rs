@@ -26,6 +26,7 @@
 
 pub mod error;
 pub mod flow;
+pub mod limits;
 pub mod session;
 pub mod time;
 pub mod wire;

@@ -155,6 +155,10 @@ fn expected(name: &str) -> Frame<'static> {
             stream: Stream::OUT,
             data: Bytes(b"ok"),
         },
+        "limit_200kbit" => Frame::Limit {
+            sid: 3,
+            rate: 25_000,
+        },
         "open_ssh_key" => Frame::Open {
             sid: 4,
             window: 0,
@@ -204,5 +208,5 @@ fn golden_vectors_decode_and_encode_exactly() {
             }
         }
     }
-    assert_eq!((good, bad), (29, 7), "vector file lost or gained lines");
+    assert_eq!((good, bad), (30, 7), "vector file lost or gained lines");
 }

@@ -269,7 +269,7 @@ impl Conn<'_> {
                     while let Some((stream, data, off)) = out.queue.front_mut() {
                         match self
                             .engine
-                            .send_data(sid, ch, *stream, &data[*off..], &mut self.out)
+                            .send_data(now, sid, ch, *stream, &data[*off..], &mut self.out)
                         {
                             Ok((0, _)) => break,
                             Ok((n, len)) => {

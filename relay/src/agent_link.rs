@@ -187,7 +187,7 @@ async fn handshake(
             .map_err(|e| format!("store error: {e}"))?
             .map_err(|e| e.to_string())?
     };
-    let max = hello.max_sessions.min(state.config.max_sessions_per_agent);
+    let max = hello.max_sessions.min(state.config.limits.max_sessions_per_agent);
     Ok((agent, max))
 }
 

@@ -32,8 +32,8 @@ pub const MAX_MESSAGE: usize = agent_core::wire::DEFAULT_MAX_FRAME as usize + 10
 pub struct ApiConfig {
     /// How long a session token stays valid.
     pub token_ttl: Duration,
-    /// Sessions per agent at most (the agent's own, smaller capacity wins).
-    pub max_sessions_per_agent: u16,
+    /// Session limits (rates, counts, timeouts).
+    pub limits: crate::config::Limits,
 }
 
 /// Shared state of the handlers.
@@ -222,19 +222,14 @@ async fn create_session(
             format!("target '{}' is offline ({when})", agent.name),
         ));
     };
-    let in_use = live.session_count();
-    if in_use >= live.max_sessions as usize {
-        return Err(ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!(
-                "agent '{}' session limit reached ({in_use} of {} sessions in use)",
-                agent.name, live.max_sessions
-            ),
-        ));
+    // Refuse before anything is spawned (the stream checks again, atomically).
+    if let Err(limit) = live.check_capacity(state.config.limits.max_sessions) {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.to_string()));
     }
+    let rate = state.config.limits.rate_for(&agent.name, &user.name);
     let (session_id, token, expires_at) = state
         .store
-        .create_session(&agent.id, &user.id, &req.kind, state.config.token_ttl)
+        .create_session(&agent.id, &user.id, &req.kind, rate, state.config.token_ttl)
         .await?;
     let host = headers
         .get(axum::http::header::HOST)

@@ -1,7 +1,7 @@
 //! Online agents and the session routes through each agent's connection.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, watch};
@@ -40,15 +40,29 @@ pub struct AgentHandle {
     pub kick: watch::Sender<bool>,
     routes: Mutex<HashMap<u32, Route>>,
     next_sid: AtomicU32,
+    /// Sessions on the whole relay (shared by every agent's handle).
+    total: Arc<AtomicUsize>,
 }
 
 /// Why a route could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LimitReached {
+    /// What is full: `agent 'gw-01'` or `relay`.
+    pub scope: String,
     /// Sessions in use.
     pub in_use: usize,
     /// The limit.
     pub max: usize,
+}
+
+impl std::fmt::Display for LimitReached {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} session limit reached ({} of {} sessions in use)",
+            self.scope, self.in_use, self.max
+        )
+    }
 }
 
 impl AgentHandle {
@@ -57,14 +71,49 @@ impl AgentHandle {
         self.routes.lock().unwrap().len()
     }
 
-    /// Reserve a session id on this agent for a client stream, within capacity.
-    pub fn open_route(&self, route: Route) -> Result<u32, LimitReached> {
+    /// Whether another session fits on this agent and on the relay (`relay_max`).
+    pub fn check_capacity(&self, relay_max: usize) -> Result<(), LimitReached> {
+        let in_use = self.session_count();
+        let max = self.max_sessions as usize;
+        if in_use >= max {
+            return Err(LimitReached {
+                scope: format!("agent '{}'", self.name),
+                in_use,
+                max,
+            });
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        if total >= relay_max {
+            return Err(LimitReached {
+                scope: "relay".into(),
+                in_use: total,
+                max: relay_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Reserve a session id on this agent for a client stream, within the agent's
+    /// capacity and the relay's limit of `relay_max` sessions.
+    pub fn open_route(&self, route: Route, relay_max: usize) -> Result<u32, LimitReached> {
         let mut routes = self.routes.lock().unwrap();
         let max = self.max_sessions as usize;
         if routes.len() >= max {
             return Err(LimitReached {
+                scope: format!("agent '{}'", self.name),
                 in_use: routes.len(),
                 max,
+            });
+        }
+        // Reserve a place on the relay atomically, so concurrent opens cannot overshoot.
+        let reserved = self
+            .total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t < relay_max).then_some(t + 1));
+        if let Err(total) = reserved {
+            return Err(LimitReached {
+                scope: "relay".into(),
+                in_use: total,
+                max: relay_max,
             });
         }
         loop {
@@ -102,6 +151,7 @@ impl AgentHandle {
 pub struct Hub {
     agents: Mutex<HashMap<String, Arc<AgentHandle>>>,
     conn_seq: AtomicU64,
+    total: Arc<AtomicUsize>,
 }
 
 impl Hub {
@@ -124,6 +174,7 @@ impl Hub {
             kick,
             routes: Mutex::new(HashMap::new()),
             next_sid: AtomicU32::new(1),
+            total: self.total.clone(),
         });
         if let Some(old) = self
             .agents
@@ -142,6 +193,11 @@ impl Hub {
         if agents.get(&handle.id).map(|h| h.conn_id) == Some(handle.conn_id) {
             agents.remove(&handle.id);
         }
+    }
+
+    /// Sessions routed through the whole relay now.
+    pub fn total_sessions(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
     }
 
     /// The connection of an online agent.

@@ -14,11 +14,16 @@
 //! - Every queue is bounded; a client that cannot keep up loses its own session, not
 //!   the agent's other sessions.
 //!
+//! - Limits (`config`): a per-session rate in each direction (default 200 kbit/s; the
+//!   agent paces itself and the relay paces what it forwards, so neither side can
+//!   exceed it), sessions per agent and per relay, idle timeout and maximum duration.
+//!
 //! ## Non-goals (for now)
-//! Policies beyond admin users, rate limits, recordings and audit (later issues).
+//! Policies beyond admin users, recordings and audit (later issues).
 
 pub mod agent_link;
 pub mod api;
+pub mod config;
 pub mod error;
 pub mod hub;
 pub mod secret;

@@ -43,9 +43,13 @@ enum Cmd {
         /// Session token lifetime in seconds.
         #[arg(long, default_value_t = 600)]
         token_ttl: u64,
-        /// Sessions per agent at most (an agent's smaller capacity wins).
-        #[arg(long, default_value_t = 20)]
-        max_sessions_per_agent: u16,
+        /// Limits file (TOML): rates, session counts, idle timeout, max duration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Sessions per agent at most (overrides the config file; an agent's smaller
+        /// capacity wins) [default: 20].
+        #[arg(long)]
+        max_sessions_per_agent: Option<u16>,
     },
     /// Manage agents.
     Agent {
@@ -129,8 +133,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             key,
             names,
             token_ttl,
+            config,
             max_sessions_per_agent,
         } => {
+            let mut limits = match &config {
+                Some(path) => relay::config::Limits::load(path)?,
+                None => relay::config::Limits::default(),
+            };
+            if let Some(n) = max_sessions_per_agent {
+                limits.max_sessions_per_agent = n;
+            }
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_default_env()
@@ -144,7 +156,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cert: cert.zip(key),
                 names,
                 token_ttl: Duration::from_secs(token_ttl),
-                max_sessions_per_agent,
+                limits,
             })
             .await?;
             let addr = server.local_addr()?;

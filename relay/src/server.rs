@@ -30,8 +30,8 @@ pub struct ServerConfig {
     pub names: Vec<String>,
     /// How long a session token stays valid.
     pub token_ttl: Duration,
-    /// Sessions per agent at most.
-    pub max_sessions_per_agent: u16,
+    /// Session limits (from `--config`, then flags).
+    pub limits: crate::config::Limits,
 }
 
 /// A bound relay, ready to run.
@@ -66,7 +66,7 @@ impl Server {
                 hub: Arc::new(Hub::default()),
                 config: Arc::new(ApiConfig {
                     token_ttl: config.token_ttl,
-                    max_sessions_per_agent: config.max_sessions_per_agent,
+                    limits: config.limits.clone(),
                 }),
             },
             ca_path,

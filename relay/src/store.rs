@@ -60,6 +60,8 @@ pub struct SessionRow {
     pub kind: String,
     /// Who asked for it.
     pub user_id: String,
+    /// Bytes per second in each direction; `None` is unlimited.
+    pub rate: Option<u32>,
 }
 
 /// Why an activation code was refused.
@@ -128,7 +130,8 @@ const SCHEMA: &[&str] = &[
         token_used_at INTEGER,
         created_at INTEGER NOT NULL,
         ended_at INTEGER,
-        exit TEXT
+        exit TEXT,
+        rate INTEGER
     )",
 ];
 
@@ -148,6 +151,14 @@ impl Store {
             .await?;
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await?;
+        }
+        // Stores made before rate limits had no `rate` column.
+        let has_rate = sqlx::query("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'rate'")
+            .fetch_optional(&pool)
+            .await?
+            .is_some();
+        if !has_rate {
+            sqlx::query("ALTER TABLE sessions ADD COLUMN rate INTEGER").execute(&pool).await?;
         }
         Ok(Store { pool })
     }
@@ -317,12 +328,13 @@ impl Store {
         Ok(())
     }
 
-    /// Create a session and its one-use token valid for `ttl`.
+    /// Create a session with its rate and a one-use token valid for `ttl`.
     pub async fn create_session(
         &self,
         agent_id: &str,
         user_id: &str,
         kind: &str,
+        rate: Option<u32>,
         ttl: Duration,
     ) -> Result<(String, Secret, i64), Error> {
         let id = format!("s-{}", random_base32(16));
@@ -330,8 +342,8 @@ impl Store {
         let now = unix_now();
         let expires = now + ttl.as_secs() as i64;
         sqlx::query(
-            "INSERT INTO sessions (id, agent_id, user_id, kind, token_hash, token_expires, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, agent_id, user_id, kind, token_hash, token_expires, created_at, rate)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(agent_id)
@@ -340,6 +352,7 @@ impl Store {
         .bind(token.hash())
         .bind(expires)
         .bind(now)
+        .bind(rate.map(i64::from))
         .execute(&self.pool)
         .await?;
         Ok((id, token, expires))
@@ -355,7 +368,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE sessions SET token_used_at = ?
              WHERE id = ? AND token_hash = ? AND token_used_at IS NULL AND token_expires >= ?
-             RETURNING id, agent_id, kind, user_id",
+             RETURNING id, agent_id, kind, user_id, rate",
         )
         .bind(now)
         .bind(session_id)
@@ -369,6 +382,9 @@ impl Store {
                 agent_id: r.get("agent_id"),
                 kind: r.get("kind"),
                 user_id: r.get("user_id"),
+                rate: r
+                    .get::<Option<i64>, _>("rate")
+                    .and_then(|r| u32::try_from(r).ok()),
             }));
         }
         let why = sqlx::query(

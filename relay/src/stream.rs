@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::wire::{self, ErrorCode, Exit, Frame, Kind};
+use agent_core::limits::TokenBucket;
+use agent_core::wire::{self, ErrorCode, Exit, Frame, Kind, DEFAULT_MAX_FRAME};
+use tokio::time::Instant;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -99,114 +101,201 @@ pub async fn serve(
         return;
     }
 
-    // 2. Reserve a slot on the agent, within its advertised capacity.
+    // 2. Reserve a slot on the agent, within its capacity and the relay's limit.
+    let limits = &state.config.limits;
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
     let route = Route {
         client_sid,
         session_id: session.id.clone(),
         tx,
     };
-    let agent_sid = match agent.open_route(route) {
+    let agent_sid = match agent.open_route(route, limits.max_sessions) {
         Ok(sid) => sid,
         Err(limit) => {
-            let reason = format!(
-                "agent '{}' session limit reached ({} of {} sessions in use)",
-                agent.name, limit.in_use, limit.max
-            );
+            let reason = limit.to_string();
             let _ = sink
-                .send(Message::Binary(
-                    reject(client_sid, ErrorCode::SESSION_LIMIT, &reason).into(),
-                ))
+                .send(Message::Binary(reject(client_sid, ErrorCode::SESSION_LIMIT, &reason).into()))
                 .await;
             let _ = state.store.end_session(&session.id, &reason).await;
             return;
         }
     };
     let forward = |f: Frame| encode(&f.with_sid(agent_sid));
-    if agent
-        .tx
-        .send(forward(Frame::decode(&msg).expect("decoded above")))
-        .await
-        .is_err()
-    {
-        agent.remove_route(agent_sid);
-        let _ = sink
-            .send(Message::Binary(
-                reject(client_sid, ErrorCode::AGENT_GONE, "the agent disconnected").into(),
-            ))
-            .await;
-        return;
+    let mut opening = vec![forward(Frame::decode(&msg).expect("decoded above"))];
+    if let Some(rate) = session.rate {
+        // The agent paces its own output; the relay paces both directions below.
+        opening.push(encode(&Frame::Limit { sid: agent_sid, rate }));
     }
-    info!(session = %session.id, agent = %agent.name, kind = %session.kind, "session started");
+    for frame in opening {
+        if agent.tx.send(frame).await.is_err() {
+            agent.remove_route(agent_sid);
+            let _ = sink
+                .send(Message::Binary(
+                    reject(client_sid, ErrorCode::AGENT_GONE, "the agent disconnected").into(),
+                ))
+                .await;
+            return;
+        }
+    }
+    info!(session = %session.id, agent = %agent.name, kind = %session.kind, rate = ?session.rate, "session started");
 
-    // 3. Route until the session ends.
+    // 3. Route until the session ends, pacing data in each direction.
+    let origin = Instant::now();
+    let clock = || agent_core::Instant(origin.elapsed().as_millis() as u64);
+    let bucket = |rate: u32| {
+        TokenBucket::new(rate, TokenBucket::burst_for(rate, DEFAULT_MAX_FRAME), clock())
+    };
+    let mut pace_in = session.rate.map(bucket);
+    let mut pace_out = session.rate.map(bucket);
+    // A frame waiting for its direction's bucket; its source is not read meanwhile.
+    let mut hold_in: Option<Vec<u8>> = None;
+    let mut hold_out: Option<Vec<u8>> = None;
+    let mut last_activity = Instant::now();
+    let started = Instant::now();
+    let never = started + Duration::from_secs(100 * 365 * 86400);
+    let ready = |b: &Option<TokenBucket>| {
+        b.as_ref().map_or(started, |b| origin + Duration::from_millis(b.ready_at(1).0))
+    };
     let mut client_closed_session = false;
-    let outcome = loop {
+    let outcome: Result<(), String> = loop {
+        let idle_at = limits.idle_timeout.map_or(never, |d| last_activity + d);
+        let max_at = limits.max_duration.map_or(never, |d| started + d);
         tokio::select! {
-            out = rx.recv() => {
-                let Some(bytes) = out else {
-                    break "relay dropped the session (client too slow)";
-                };
-                let last = matches!(bytes.first(), Some(6 | 11)); // Reject, Close
-                if sink.send(Message::Binary(bytes.into())).await.is_err() {
-                    break "client went away";
+            _ = tokio::time::sleep_until(ready(&pace_in).into()), if hold_in.is_some() => {
+                let bytes = hold_in.take().expect("held");
+                if let Some(b) = pace_in.as_mut() {
+                    b.consume(data_len(&bytes), clock());
                 }
-                if last {
-                    break "ended";
+                if agent.tx.send(bytes).await.is_err() {
+                    break Err("agent went away".into());
                 }
             }
-            msg = stream.next() => {
+            _ = tokio::time::sleep_until(ready(&pace_out).into()), if hold_out.is_some() => {
+                let bytes = hold_out.take().expect("held");
+                if let Some(b) = pace_out.as_mut() {
+                    b.consume(data_len(&bytes), clock());
+                }
+                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                    break Err("client went away".into());
+                }
+            }
+            _ = tokio::time::sleep_until(idle_at.min(max_at).into()) => {
+                let why = if idle_at <= max_at {
+                    format!("idle timeout: no input or output for {}", human(limits.idle_timeout.unwrap_or_default()))
+                } else {
+                    format!("maximum session duration of {} reached", human(limits.max_duration.unwrap_or_default()))
+                };
+                let _ = sink.send(Message::Binary(encode(&Frame::Close {
+                    sid: client_sid, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: &why,
+                }).into())).await;
+                break Err(why);
+            }
+            out = rx.recv(), if hold_out.is_none() => {
+                let Some(bytes) = out else {
+                    break Err("relay dropped the session (client too slow)".into());
+                };
+                let last = matches!(bytes.first(), Some(6 | 11)); // Reject, Close
+                if data_len(&bytes) > 0 {
+                    last_activity = Instant::now();
+                    if pace_out.is_some() && ready(&pace_out) > Instant::now() {
+                        hold_out = Some(bytes);
+                        continue;
+                    }
+                    if let Some(b) = pace_out.as_mut() {
+                        b.consume(data_len(&bytes), clock());
+                    }
+                }
+                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                    break Err("client went away".into());
+                }
+                if last {
+                    break Ok(());
+                }
+            }
+            msg = stream.next(), if hold_in.is_none() => {
                 let bytes = match msg {
                     Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => break "client went away",
+                    Some(Ok(Message::Close(_))) | None => break Err("client went away".into()),
                     Some(Err(e)) => {
                         // Oversized messages land here: say so before hanging up.
                         let e = format!("bad message on the session stream: {e}");
                         let _ = sink.send(Message::Binary(encode(&Frame::Close {
                             sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
                         }).into())).await;
-                        break "client protocol error";
+                        break Err("client protocol error".into());
                     }
                     Some(Ok(_)) => continue,
                 };
-                let frame = match Frame::decode_bounded(&bytes, wire::DEFAULT_MAX_FRAME as usize) {
+                let frame = match Frame::decode_bounded(&bytes, DEFAULT_MAX_FRAME as usize) {
                     Ok(f) if client_may_send(&f) => f,
                     Ok(f) => {
                         let e = format!("frame type {} is not allowed on a session stream", f.frame_type());
                         let _ = sink.send(Message::Binary(encode(&Frame::Close {
                             sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
                         }).into())).await;
-                        break "client protocol error";
+                        break Err("client protocol error".into());
                     }
                     Err(e) => {
                         let e = format!("malformed frame: {e}");
                         let _ = sink.send(Message::Binary(encode(&Frame::Close {
                             sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
                         }).into())).await;
-                        break "client protocol error";
+                        break Err("client protocol error".into());
                     }
                 };
                 if matches!(frame, Frame::Close { .. }) {
                     client_closed_session = true;
                 }
-                if agent.tx.send(forward(frame)).await.is_err() {
-                    break "agent went away";
+                let out = forward(frame);
+                if data_len(&out) > 0 {
+                    last_activity = Instant::now();
+                    if pace_in.is_some() && ready(&pace_in) > Instant::now() {
+                        hold_in = Some(out);
+                        continue;
+                    }
+                    if let Some(b) = pace_in.as_mut() {
+                        b.consume(data_len(&out), clock());
+                    }
+                }
+                if agent.tx.send(out).await.is_err() {
+                    break Err("agent went away".into());
                 }
             }
         }
     };
-    if outcome != "ended" && !client_closed_session {
-        // Ask the agent to stop the session; its Close frees the route.
-        let _ = agent.tx.try_send(encode(&Frame::Close {
-            sid: agent_sid,
-            exit: Exit::Aborted(ErrorCode::TERMINATED),
-            reason: outcome,
-        }));
-    }
-    if outcome == "ended" {
-        info!(session = %session.id, "session ended");
-    } else {
-        warn!(session = %session.id, "session stream ended: {outcome}");
+    match &outcome {
+        Ok(()) => info!(session = %session.id, "session ended"),
+        Err(why) => {
+            warn!(session = %session.id, "session stream ended: {why}");
+            if !client_closed_session {
+                // Ask the agent to stop the session; its Close frees the route.
+                let _ = agent.tx.try_send(encode(&Frame::Close {
+                    sid: agent_sid,
+                    exit: Exit::Aborted(ErrorCode::TERMINATED),
+                    reason: why,
+                }));
+            }
+        }
     }
     let _ = sink.close().await;
+}
+
+/// Payload length of an encoded `Data` frame (0 for any other frame).
+fn data_len(bytes: &[u8]) -> usize {
+    match Frame::decode(bytes) {
+        Ok(Frame::Data { data, .. }) => data.0.len(),
+        _ => 0,
+    }
+}
+
+/// `20m`, `2s`, `1h30m`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
 }

@@ -125,6 +125,8 @@ pub fn start_relay(data: &Path, port: u16, extra: &[&str]) -> Relay {
     }
 }
 
+static LIMITS_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// A relay, one agent and one admin user, ready for sessions.
 pub struct Env {
     /// Temporary files.
@@ -191,16 +193,38 @@ pub fn start_agent_with(
 }
 
 impl Env {
+    /// Start everything with a relay limits file of `toml` text.
+    pub fn start_with_limits(toml: &str) -> Env {
+        let cfg = std::env::temp_dir().join(format!(
+            "sesame-limits-{}-{}.toml",
+            std::process::id(),
+            LIMITS_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        std::fs::write(&cfg, toml).unwrap();
+        let env = Env::start_with(&["--config", cfg.to_str().unwrap()]);
+        let _ = std::fs::remove_file(&cfg);
+        env
+    }
+
     /// Start everything with extra relay flags and wait until the agent is online.
     pub fn start_with(relay_flags: &[&str]) -> Env {
         Env::start_custom(relay_flags, &[bin("sesame-agent")])
     }
 
     /// Start everything with the agent run as `agent` (program and leading arguments).
+    /// Unless `relay_flags` has a `--config`, the relay runs without a rate limit so
+    /// that functional tests are not paced at 200 kbit/s (the limit tests set their own).
     pub fn start_custom(relay_flags: &[&str], agent: &[PathBuf]) -> Env {
         let dir = TempDir::new("e2e");
         let data = dir.0.join("relay");
-        let relay = start_relay(&data, 0, relay_flags);
+        let mut flags: Vec<String> = relay_flags.iter().map(|s| s.to_string()).collect();
+        if !relay_flags.contains(&"--config") {
+            let cfg = dir.0.join("unlimited.toml");
+            std::fs::write(&cfg, "[limits]\nrate = \"unlimited\"\n").unwrap();
+            flags.extend(["--config".to_string(), cfg.display().to_string()]);
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let relay = start_relay(&data, 0, &flags);
         let code = admin(&data, &["agent", "add", "gw-01", "--tag", "site=lab"]);
         let api_key = admin(&data, &["user", "add", "alice", "--admin"]);
         let agent = start_agent_with(agent, &dir.0, "agent", relay.port, Some(&code));

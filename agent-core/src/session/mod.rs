@@ -19,6 +19,7 @@ use core::fmt::Write as _;
 use heapless::{Deque, String};
 
 use crate::error::ProtocolError;
+use crate::limits::TokenBucket;
 use crate::time::{Duration, Instant};
 use crate::wire::{self, Auth, Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream, AUTH_CONTEXT};
 use slot::{ChanState, Channel, Slot, SlotState};
@@ -29,6 +30,9 @@ pub const REASON_MAX: usize = 120;
 pub const ACTIVATION_MAX: usize = 64;
 /// Length of the authentication challenge nonce.
 pub const NONCE_LEN: usize = 32;
+/// A rate-limited session is woken when this much output may go (or a whole bucket,
+/// if smaller): frames stay large and wake-ups few.
+const RATE_WAKE_BYTES: usize = 4096;
 
 /// Tunables of an [`Agent`].
 #[derive(Debug, Clone, Copy)]
@@ -343,7 +347,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 Conn::Ready { peer },
                 Ok(Some(Event::Authenticated { agent_id })),
             ),
-            (Conn::Ready { peer }, f) => (Conn::Ready { peer }, self.session_frame(f)),
+            (Conn::Ready { peer }, f) => (Conn::Ready { peer }, self.session_frame(now, f)),
             (_, f) => {
                 return Err(self.fail(ProtocolError::UnexpectedFrame {
                     frame_type: f.frame_type(),
@@ -458,8 +462,21 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         Ok(None)
     }
 
-    fn session_frame<'a>(&mut self, f: Frame<'a>) -> Result<Option<Event<'a>>, ProtocolError> {
+    fn session_frame<'a>(
+        &mut self,
+        now: Instant,
+        f: Frame<'a>,
+    ) -> Result<Option<Event<'a>>, ProtocolError> {
         match f {
+            Frame::Limit { sid, rate } => {
+                if let Some(slot) = self.slot_mut(sid) {
+                    let window = slot.chan_ref(0).map_or(u32::MAX, |c| c.send.credit());
+                    slot.bucket = (rate > 0)
+                        .then(|| TokenBucket::new(rate, TokenBucket::burst_for(rate, window), now));
+                    slot.rate_blocked = false;
+                }
+                Ok(None)
+            }
             Frame::Open { sid, window, kind } => self.open_session(sid, window, kind),
             Frame::ChannelOpen {
                 sid,
@@ -661,10 +678,12 @@ impl<const N: usize, const C: usize> Agent<N, C> {
             .map_or(0, |c| c.send.credit())
     }
 
-    /// Write a `Data` frame with as much of `data` as credit and `out` allow.
-    /// Returns `(payload bytes taken, frame length)`; `(0, 0)` when out of credit.
+    /// Write a `Data` frame with as much of `data` as credit, the session's rate limit
+    /// and `out` allow. Returns `(payload bytes taken, frame length)`; `(0, 0)` when out
+    /// of credit or of rate (then [`Agent::poll_timeout`] says when to try again).
     pub fn send_data(
         &mut self,
+        now: Instant,
         sid: u32,
         ch: u16,
         stream: Stream,
@@ -681,6 +700,14 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         if !running || !slot.accept_sent {
             return Err(SendError::NotOpen);
         }
+        let mut want = data.len().min(max_payload);
+        if let Some(bucket) = slot.bucket.as_mut() {
+            let avail = bucket.available(now);
+            if avail < want {
+                slot.rate_blocked = true;
+                want = avail;
+            }
+        }
         let chan = slot.chan(ch).ok_or(SendError::UnknownSession)?;
         if !chan.may_send() {
             return Err(SendError::NotOpen);
@@ -688,10 +715,14 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         if chan.eof_sent {
             return Err(SendError::AfterEof);
         }
-        let n = chan.send.take(data.len().min(max_payload));
+        let n = chan.send.take(want);
         if n == 0 {
             return Ok((0, 0));
         }
+        if let Some(bucket) = slot.bucket.as_mut() {
+            bucket.consume(n, now);
+        }
+        let chan = slot.chan(ch).ok_or(SendError::UnknownSession)?;
         let frame = Frame::Data {
             sid,
             ch,
@@ -771,20 +802,37 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         None
     }
 
-    /// When [`Agent::handle_timeout`] should be called next.
+    /// When [`Agent::handle_timeout`] should be called next (keepalive, dead peer,
+    /// handshake, or rate-limited output that may go again).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.conn {
             Conn::Closed => None,
-            Conn::Ready { .. } => Some(
-                (self.last_tx + self.config.keepalive).min(self.last_rx + self.config.dead_after),
-            ),
+            Conn::Ready { .. } => {
+                let keepalive =
+                    (self.last_tx + self.config.keepalive).min(self.last_rx + self.config.dead_after);
+                let rate = self
+                    .slots
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.rate_blocked)
+                    .filter_map(|s| s.bucket.as_ref())
+                    .map(|b| b.ready_at(RATE_WAKE_BYTES))
+                    .min();
+                Some(rate.map_or(keepalive, |r| r.min(keepalive)))
+            }
             _ => Some(self.started + self.config.handshake_timeout),
         }
     }
 
-    /// Time passed: send keepalives, detect a dead connection.
+    /// Time passed: send keepalives, detect a dead connection, let rate-limited output
+    /// go again (the driver retries [`Agent::send_data`] after this).
     pub fn handle_timeout(&mut self, now: Instant) {
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.rate_blocked && slot.bucket.is_some_and(|b| b.ready_at(RATE_WAKE_BYTES) <= now) {
+                slot.rate_blocked = false;
+            }
+        }
         match self.conn {
             Conn::Closed => {}
             Conn::Ready { .. } => {

@@ -10,6 +10,7 @@ use heapless::String;
 use super::{Event, REASON_MAX};
 use crate::error::ProtocolError;
 use crate::flow::{RecvWindow, SendWindow};
+use crate::limits::TokenBucket;
 use crate::wire::{ErrorCode, Exit, Frame};
 
 /// Life of a session.
@@ -139,6 +140,10 @@ pub(super) struct Slot<const C: usize> {
     /// The `Accept` frame went out; data may follow it.
     pub accept_sent: bool,
     pub channels: [Option<Channel>; C],
+    /// The session's output rate limit, if any (set by a `Limit` frame).
+    pub bucket: Option<TokenBucket>,
+    /// Output is waiting for the bucket to refill.
+    pub rate_blocked: bool,
     /// Round-robin start among channels.
     cursor: usize,
 }
@@ -158,6 +163,8 @@ impl<const C: usize> Slot<C> {
             accepted: false,
             accept_sent: false,
             channels,
+            bucket: None,
+            rate_blocked: false,
             cursor: 0,
         }
     }

@@ -177,7 +177,7 @@ fn sender_respects_peer_credit() {
     s.open(1, 10);
     let mut out = [0u8; 256];
     assert_eq!(
-        s.agent.send_data(1, 0, Stream::OUT, b"x", &mut out),
+        s.agent.send_data(s.now, 1, 0, Stream::OUT, b"x", &mut out),
         Err(SendError::NotOpen),
         "no data before Accept is transmitted"
     );
@@ -185,7 +185,7 @@ fn sender_respects_peer_credit() {
     let _ = s.drain();
     let (n, len) = s
         .agent
-        .send_data(1, 0, Stream::OUT, &[b'a'; 25], &mut out)
+        .send_data(s.now, 1, 0, Stream::OUT, &[b'a'; 25], &mut out)
         .unwrap();
     assert_eq!(n, 10, "only the granted window");
     assert!(
@@ -193,7 +193,7 @@ fn sender_respects_peer_credit() {
     );
     assert_eq!(
         s.agent
-            .send_data(1, 0, Stream::OUT, b"a", &mut out)
+            .send_data(s.now, 1, 0, Stream::OUT, b"a", &mut out)
             .unwrap(),
         (0, 0)
     );
@@ -205,7 +205,7 @@ fn sender_respects_peer_credit() {
     .unwrap();
     assert_eq!(
         s.agent
-            .send_data(1, 0, Stream::OUT, &[b'a'; 25], &mut out)
+            .send_data(s.now, 1, 0, Stream::OUT, &[b'a'; 25], &mut out)
             .unwrap()
             .0,
         4
@@ -494,20 +494,20 @@ fn forward_channels_have_independent_credit() {
     // Channel 1 spends all its credit and stalls; channel 2 is unaffected.
     assert_eq!(
         f.agent
-            .send_data(1, 1, Stream::OUT, &[1; 50], &mut buf)
+            .send_data(f.now, 1, 1, Stream::OUT, &[1; 50], &mut buf)
             .unwrap()
             .0,
         10
     );
     assert_eq!(
         f.agent
-            .send_data(1, 1, Stream::OUT, &[1; 50], &mut buf)
+            .send_data(f.now, 1, 1, Stream::OUT, &[1; 50], &mut buf)
             .unwrap(),
         (0, 0)
     );
     assert_eq!(
         f.agent
-            .send_data(1, 2, Stream::OUT, &[1; 50], &mut buf)
+            .send_data(f.now, 1, 2, Stream::OUT, &[1; 50], &mut buf)
             .unwrap()
             .0,
         10
@@ -667,4 +667,34 @@ fn unsupported_kinds_are_rejected_by_the_engine() {
             ..
         }
     ));
+}
+
+#[test]
+fn limit_frame_paces_output_at_the_configured_rate() {
+    let mut s = Sim::ready();
+    let msg = enc(Frame::Open { sid: 1, window: u32::MAX / 2, kind: Kind::Exec { argv: Bytes(b"x\0") } });
+    s.agent.handle_frame(s.now, &msg).unwrap();
+    s.agent.handle_frame(s.now, &enc(Frame::Limit { sid: 1, rate: 25_000 })).unwrap();
+    s.agent.accept(1);
+    let _ = s.drain();
+    let start = s.now;
+    let mut out = [0u8; 4096];
+    let mut sent = 0usize;
+    // A driver with endless output: send whenever allowed, sleep until poll_timeout.
+    while s.now < start + Duration::from_secs(10) {
+        let (n, _) = s.agent.send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out).unwrap();
+        sent += n;
+        if n == 0 {
+            let t = s.agent.poll_timeout().unwrap();
+            assert!(t > s.now, "timer must move forward");
+            s.now = t;
+            s.agent.handle_timeout(s.now);
+            let _ = s.drain();
+        }
+    }
+    // 10 s at 25 000 B/s, plus at most the initial bucket (5 000 B).
+    assert!((250_000..=255_000 + 4000).contains(&sent), "sent {sent}");
+    // Lifting the limit (rate 0) lets output go at credit speed again.
+    s.agent.handle_frame(s.now, &enc(Frame::Limit { sid: 1, rate: 0 })).unwrap();
+    assert_eq!(s.agent.send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out).unwrap().0, 4000);
 }

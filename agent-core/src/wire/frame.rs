@@ -166,6 +166,14 @@ pub enum Frame<'a> {
         /// Why, if it did not end cleanly (empty otherwise).
         reason: &'a str,
     },
+    /// 20: the rate limit of a session, in bytes per second in each direction
+    /// (0: unlimited); relay -> agent right after `Open`.
+    Limit {
+        /// Session id.
+        sid: u32,
+        /// Bytes per second.
+        rate: u32,
+    },
 }
 
 /// Version and capabilities, sent first by each side.

@@ -30,7 +30,7 @@ pub const MIN_MAX_FRAME: u32 = 512;
 /// Bytes of a `Data` frame that are not payload, at most (type, sid, ch, stream, len).
 pub const DATA_OVERHEAD: usize = 1 + 5 + 3 + 1 + 5;
 /// Number of frame types this version knows.
-pub const FRAME_TYPES: u32 = 20;
+pub const FRAME_TYPES: u32 = 21;
 
 impl<'a> Frame<'a> {
     /// Decode one frame occupying all of `buf`.
@@ -101,6 +101,7 @@ impl<'a> Frame<'a> {
             Frame::ChannelAccept { .. } => 17,
             Frame::ChannelReject { .. } => 18,
             Frame::ChannelClose { .. } => 19,
+            Frame::Limit { .. } => 20,
         }
     }
 
@@ -119,7 +120,8 @@ impl<'a> Frame<'a> {
             | Frame::ChannelOpen { sid, .. }
             | Frame::ChannelAccept { sid, .. }
             | Frame::ChannelReject { sid, .. }
-            | Frame::ChannelClose { sid, .. } => Some(sid),
+            | Frame::ChannelClose { sid, .. }
+            | Frame::Limit { sid, .. } => Some(sid),
             Frame::Error { sid, .. } if sid != 0 => Some(sid),
             _ => None,
         }
@@ -143,7 +145,8 @@ impl<'a> Frame<'a> {
             | Frame::ChannelOpen { sid, .. }
             | Frame::ChannelAccept { sid, .. }
             | Frame::ChannelReject { sid, .. }
-            | Frame::ChannelClose { sid, .. } => *sid = new,
+            | Frame::ChannelClose { sid, .. }
+            | Frame::Limit { sid, .. } => *sid = new,
             _ => {}
         }
         f

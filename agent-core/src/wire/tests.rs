@@ -81,7 +81,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
     // Leak to get 'static borrows: test-only, small.
     let bytes: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
     let text: &'static str = Box::leak(text.to_string().into_boxed_str());
-    match sel % 20 {
+    match sel % 21 {
         0 => Frame::Hello(Hello {
             version: b,
             max_frame: a,
@@ -176,11 +176,12 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
             code: ErrorCode(b),
             reason: text,
         },
-        _ => Frame::ChannelClose {
+        19 => Frame::ChannelClose {
             sid: a,
             ch: b,
             reason: text,
         },
+        _ => Frame::Limit { sid: a, rate: a },
     }
 }
 

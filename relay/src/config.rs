@@ -1,0 +1,217 @@
+//! The relay's configuration file (`sesame-relay serve --config FILE`, TOML).
+//!
+//! ```toml
+//! [limits]
+//! rate = "200kbit"              # per session, each direction; "unlimited" lifts it
+//! max_sessions_per_agent = 20   # an agent's smaller advertised capacity wins
+//! max_sessions = 1000           # the whole relay ("region")
+//! idle_timeout = "20m"          # no input or output for this long ends a session
+//! max_duration = "none"         # e.g. "8h"
+//!
+//! [agents.gw-01]                # per-agent override
+//! rate = "unlimited"
+//!
+//! [users.alice]                 # per-user override (wins over the agent's)
+//! rate = "1mbit"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// A session rate in bytes per second; `None` is unlimited.
+pub type Rate = Option<u32>;
+
+/// Parse `200kbit`, `1mbit`, `50kB`, `25000` (bytes per second) or `unlimited`.
+pub fn parse_rate(s: &str) -> Result<Rate, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().map_err(|_| format!("invalid rate '{s}'"))?;
+    let bytes_per_sec = match unit.trim() {
+        "" | "B" => n,
+        "kB" | "KB" => n * 1e3,
+        "MB" => n * 1e6,
+        "bit" => n / 8.0,
+        "kbit" => n * 1e3 / 8.0,
+        "mbit" | "Mbit" => n * 1e6 / 8.0,
+        "gbit" | "Gbit" => n * 1e9 / 8.0,
+        u => return Err(format!("invalid rate unit '{u}' in '{s}' (use bit, kbit, mbit, gbit, B, kB, MB or unlimited)")),
+    };
+    if !(1.0..=4e9).contains(&bytes_per_sec) {
+        return Err(format!("rate '{s}' is out of range"));
+    }
+    Ok(Some(bytes_per_sec.round() as u32))
+}
+
+/// Parse `90s`, `20m`, `3h`, `1d`, or `none`.
+pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(None);
+    }
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration '{s}'"))?;
+    let secs = match unit {
+        "s" | "" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86400,
+        u => return Err(format!("invalid duration unit '{u}' in '{s}' (use s, m, h, d or none)")),
+    };
+    if secs == 0 {
+        return Err(format!("duration '{s}' must be positive (or none)"));
+    }
+    Ok(Some(Duration::from_secs(secs)))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLimits {
+    rate: Option<String>,
+    max_sessions_per_agent: Option<u16>,
+    max_sessions: Option<usize>,
+    idle_timeout: Option<String>,
+    max_duration: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOverride {
+    rate: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    limits: FileLimits,
+    #[serde(default)]
+    agents: BTreeMap<String, FileOverride>,
+    #[serde(default)]
+    users: BTreeMap<String, FileOverride>,
+}
+
+/// Limits as the relay applies them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Default session rate.
+    pub rate: Rate,
+    /// Sessions per agent at most.
+    pub max_sessions_per_agent: u16,
+    /// Sessions on this relay at most.
+    pub max_sessions: usize,
+    /// A session with no input or output for this long ends.
+    pub idle_timeout: Option<Duration>,
+    /// A session ends after this long, whatever it does.
+    pub max_duration: Option<Duration>,
+    /// Per-agent rate overrides, by agent name.
+    pub agent_rates: BTreeMap<String, Rate>,
+    /// Per-user rate overrides, by user name (they win over the agent's).
+    pub user_rates: BTreeMap<String, Rate>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            rate: Some(agent_core::limits::DEFAULT_RATE),
+            max_sessions_per_agent: 20,
+            max_sessions: 1000,
+            idle_timeout: Some(Duration::from_secs(20 * 60)),
+            max_duration: None,
+            agent_rates: BTreeMap::new(),
+            user_rates: BTreeMap::new(),
+        }
+    }
+}
+
+impl Limits {
+    /// Read a configuration file; every error names the file and the setting.
+    pub fn load(path: &Path) -> Result<Limits, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Limits::parse(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// Parse the TOML text of a configuration file.
+    pub fn parse(text: &str) -> Result<Limits, String> {
+        let file: File = toml::from_str(text).map_err(|e| e.to_string().trim().to_string())?;
+        let mut l = Limits::default();
+        if let Some(r) = &file.limits.rate {
+            l.rate = parse_rate(r)?;
+        }
+        if let Some(n) = file.limits.max_sessions_per_agent {
+            l.max_sessions_per_agent = n;
+        }
+        if let Some(n) = file.limits.max_sessions {
+            l.max_sessions = n;
+        }
+        if let Some(d) = &file.limits.idle_timeout {
+            l.idle_timeout = parse_duration(d)?;
+        }
+        if let Some(d) = &file.limits.max_duration {
+            l.max_duration = parse_duration(d)?;
+        }
+        for (name, o) in &file.agents {
+            if let Some(r) = &o.rate {
+                l.agent_rates.insert(name.clone(), parse_rate(r)?);
+            }
+        }
+        for (name, o) in &file.users {
+            if let Some(r) = &o.rate {
+                l.user_rates.insert(name.clone(), parse_rate(r)?);
+            }
+        }
+        Ok(l)
+    }
+
+    /// The rate of a session of `user` on `agent`: the user's override, else the
+    /// agent's, else the default.
+    pub fn rate_for(&self, agent: &str, user: &str) -> Rate {
+        self.user_rates
+            .get(user)
+            .or_else(|| self.agent_rates.get(agent))
+            .copied()
+            .unwrap_or(self.rate)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_durations_parse() {
+        assert_eq!(parse_rate("200kbit"), Ok(Some(25_000)));
+        assert_eq!(parse_rate("1mbit"), Ok(Some(125_000)));
+        assert_eq!(parse_rate("64kB"), Ok(Some(64_000)));
+        assert_eq!(parse_rate("unlimited"), Ok(None));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("0kbit").is_err());
+        assert_eq!(parse_duration("20m"), Ok(Some(Duration::from_secs(1200))));
+        assert_eq!(parse_duration("none"), Ok(None));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn file_overrides_and_precedence() {
+        let l = Limits::parse(
+            "[limits]\nrate = \"100kbit\"\nmax_sessions = 3\nidle_timeout = \"2s\"\n\
+             [agents.gw-01]\nrate = \"unlimited\"\n[users.alice]\nrate = \"1mbit\"\n",
+        )
+        .unwrap();
+        assert_eq!(l.max_sessions, 3);
+        assert_eq!(l.idle_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(l.rate_for("gw-02", "bob"), Some(12_500));
+        assert_eq!(l.rate_for("gw-01", "bob"), None);
+        assert_eq!(l.rate_for("gw-01", "alice"), Some(125_000));
+        let e = Limits::parse("[limits]\nspeed = 1\n").unwrap_err();
+        assert!(e.contains("unknown field `speed`"), "{e}");
+    }
+}
