@@ -50,7 +50,10 @@ impl TokenBucket {
         if now > self.last {
             let ms = (now - self.last).as_millis();
             let add = i64::try_from(ms.saturating_mul(u64::from(self.rate))).unwrap_or(i64::MAX);
-            self.level = self.level.saturating_add(add).min(i64::from(self.burst) * 1000);
+            self.level = self
+                .level
+                .saturating_add(add)
+                .min(i64::from(self.burst) * 1000);
             self.last = now;
         }
     }

@@ -142,6 +142,8 @@ struct Outcome {
 
 /// Output of one channel waiting for credit.
 struct Out {
+    /// Incarnation of the channel id; messages of an older one are ignored.
+    token: u64,
     queue: VecDeque<(Stream, Vec<u8>, usize)>,
     /// Queue space shared with the task that reads the output.
     space: Arc<Semaphore>,
@@ -153,8 +155,9 @@ struct Out {
 }
 
 impl Out {
-    fn new(space: Arc<Semaphore>) -> Self {
+    fn new(token: u64, space: Arc<Semaphore>) -> Self {
         Out {
+            token,
             queue: VecDeque::new(),
             space,
             ended: false,
@@ -168,17 +171,22 @@ impl Out {
     }
 }
 
-/// A forward channel: connecting, or connected.
+/// A forward channel: connecting, or connected; with its incarnation token.
 enum Chan {
-    Dialing(AbortHandle),
-    Connected(TcpChannel),
+    Dialing(AbortHandle, u64),
+    Connected(TcpChannel, u64),
 }
 
 impl Chan {
     fn abort(&self) {
         match self {
-            Chan::Dialing(h) => h.abort(),
-            Chan::Connected(c) => c.abort(),
+            Chan::Dialing(h, _) => h.abort(),
+            Chan::Connected(c, _) => c.abort(),
+        }
+    }
+    fn token(&self) -> u64 {
+        match self {
+            Chan::Dialing(_, t) | Chan::Connected(_, t) => *t,
         }
     }
 }
@@ -195,6 +203,8 @@ struct Session {
     outs: HashMap<u16, Out>,
     exit: Option<Exit>,
     terminating: bool,
+    /// Set when the peer broke the protocol: the session closes as `Aborted(code)`.
+    aborted: Option<ErrorCode>,
 }
 
 impl Session {
@@ -204,7 +214,7 @@ impl Session {
                 let _ = p.input.send(input);
             }
             Work::Forward(chans) => {
-                if let Some(Chan::Connected(c)) = chans.get(&ch) {
+                if let Some(Chan::Connected(c, _)) = chans.get(&ch) {
                     let _ = c.input.send(input);
                 }
             }
@@ -225,7 +235,7 @@ impl Session {
                 }
                 self.outs.clear();
                 // A forward session has no process to wait for.
-                self.exit = Some(Exit::Code(0));
+                self.exit = Some(Exit::Aborted(ErrorCode::TERMINATED));
             }
         }
     }
@@ -242,6 +252,8 @@ struct Conn<'a> {
     /// Where a pending activation code is kept; removed once the relay accepts us.
     code_file: &'a std::path::Path,
     ctx: &'a Context,
+    /// Incarnation counter for forward channels.
+    next_token: u64,
     origin: std::time::Instant,
     out: Vec<u8>,
     authenticated: bool,
@@ -267,10 +279,14 @@ impl Conn<'_> {
                 let mut closed = Vec::new();
                 for (&ch, out) in s.outs.iter_mut() {
                     while let Some((stream, data, off)) = out.queue.front_mut() {
-                        match self
-                            .engine
-                            .send_data(now, sid, ch, *stream, &data[*off..], &mut self.out)
-                        {
+                        match self.engine.send_data(
+                            now,
+                            sid,
+                            ch,
+                            *stream,
+                            &data[*off..],
+                            &mut self.out,
+                        ) {
                             Ok((0, _)) => break,
                             Ok((n, len)) => {
                                 feed(sink, &self.out[..len]).await?;
@@ -377,15 +393,18 @@ impl Conn<'_> {
                 }) = self.sessions.get_mut(&sid)
                 {
                     debug!(sid, ch, "connecting to {host}:{port}");
+                    self.next_token += 1;
+                    let token = self.next_token;
                     let h = forward::dial(
                         sid,
                         ch,
+                        token,
                         host.to_string(),
                         port,
                         self.ctx.policy.clone(),
                         self.tx.clone(),
                     );
-                    chans.insert(ch, Chan::Dialing(h));
+                    chans.insert(ch, Chan::Dialing(h, token));
                 }
             }
             Event::ChannelClose { sid, ch } => {
@@ -418,6 +437,15 @@ impl Conn<'_> {
             Event::Terminate { sid } => self.terminate(sid, "peer asked to end the session"),
             Event::Abort { sid, error } => {
                 warn!(sid, "session aborted: {error}");
+                if let Some(s) = self.sessions.get_mut(&sid) {
+                    s.aborted = Some(match error {
+                        agent_core::ProtocolError::FlowControl { .. }
+                        | agent_core::ProtocolError::CreditOverflow { .. } => {
+                            ErrorCode::FLOW_CONTROL
+                        }
+                        _ => ErrorCode::PROTOCOL,
+                    });
+                }
                 self.terminate(sid, "protocol violation");
             }
             Event::PeerError { code, message } => {
@@ -482,7 +510,7 @@ impl Conn<'_> {
                 let mut outs = HashMap::new();
                 if let Work::Process(p) = &work {
                     info!(sid, pgid = p.pgid, "session started");
-                    outs.insert(0, Out::new(p.space.clone()));
+                    outs.insert(0, Out::new(0, p.space.clone()));
                 } else {
                     info!(sid, "forward session started");
                 }
@@ -493,6 +521,7 @@ impl Conn<'_> {
                         outs,
                         exit: None,
                         terminating: false,
+                        aborted: None,
                     },
                 );
                 self.engine.accept(sid);
@@ -509,38 +538,74 @@ impl Conn<'_> {
             Msg::Output {
                 sid,
                 ch,
+                token,
                 stream,
                 data,
             } => {
-                let out = self.sessions.get_mut(&sid).and_then(|s| {
-                    if s.terminating {
-                        None
-                    } else {
-                        s.outs.get_mut(&ch)
-                    }
-                });
-                // Session or channel gone: its semaphore went with it.
+                // Gone, terminating or a stale incarnation: the output is not wanted
+                // (its queue space was closed or went with the channel).
+                let out = self
+                    .sessions
+                    .get_mut(&sid)
+                    .filter(|s| !s.terminating)
+                    .and_then(|s| s.outs.get_mut(&ch))
+                    .filter(|o| o.token == token);
                 if let Some(out) = out {
-                    out.queue.push_back((stream, data, 0));
+                    // Merge small reads into the previous chunk of the same stream, so
+                    // trickling output does not turn into a flood of tiny frames.
+                    match out.queue.back_mut() {
+                        Some((st, d, off))
+                            if *st == stream
+                                && *off == 0
+                                && d.len() + data.len() <= process::CHUNK =>
+                        {
+                            d.extend_from_slice(&data)
+                        }
+                        _ => out.queue.push_back((stream, data, 0)),
+                    }
                 }
             }
-            Msg::OutputEnd { sid, ch } => {
+            Msg::OutputEnd { sid, ch, token } => {
                 if let Some(out) = self
                     .sessions
                     .get_mut(&sid)
                     .and_then(|s| s.outs.get_mut(&ch))
+                    .filter(|o| o.token == token)
                 {
                     out.ended = true;
                 }
             }
-            Msg::Consumed { sid, ch, n } => self.engine.consumed(sid, ch, n),
+            Msg::Consumed { sid, ch, token, n } => {
+                let current = self
+                    .sessions
+                    .get(&sid)
+                    .and_then(|s| s.outs.get(&ch))
+                    .is_some_and(|o| o.token == token);
+                if current {
+                    self.engine.consumed(sid, ch, n);
+                }
+            }
             Msg::Exited { sid, exit } => {
                 if let Some(s) = self.sessions.get_mut(&sid) {
                     s.exit = Some(exit);
                 }
             }
-            Msg::Dialed { sid, ch, result } => {
-                let Some(s) = self.sessions.get_mut(&sid) else {
+            Msg::Dialed {
+                sid,
+                ch,
+                token,
+                result,
+            } => {
+                let wanted = self.sessions.get_mut(&sid).and_then(|s| match &mut s.work {
+                    Work::Forward(chans)
+                        if matches!(chans.get(&ch), Some(Chan::Dialing(_, t)) if *t == token) =>
+                    {
+                        Some(s)
+                    }
+                    _ => None,
+                });
+                let Some(s) = wanted else {
+                    // The session or the channel went away meanwhile.
                     if let Ok(c) = result {
                         c.abort();
                     }
@@ -549,16 +614,10 @@ impl Conn<'_> {
                 let Work::Forward(chans) = &mut s.work else {
                     return;
                 };
-                if !matches!(chans.get(&ch), Some(Chan::Dialing(_))) {
-                    if let Ok(c) = result {
-                        c.abort(); // the client gave up on this channel meanwhile
-                    }
-                    return;
-                }
                 match result {
                     Ok(c) => {
-                        s.outs.insert(ch, Out::new(c.space.clone()));
-                        chans.insert(ch, Chan::Connected(c));
+                        s.outs.insert(ch, Out::new(token, c.space.clone()));
+                        chans.insert(ch, Chan::Connected(c, token));
                         self.engine.accept_channel(sid, ch);
                     }
                     Err((code, reason)) => {
@@ -568,19 +627,28 @@ impl Conn<'_> {
                     }
                 }
             }
-            Msg::ChannelFailed { sid, ch, error } => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    if let Work::Forward(chans) = &mut s.work {
-                        match chans.remove(&ch) {
-                            Some(c) => c.abort(),
-                            None => return, // already closed
-                        }
-                    }
-                    if let Some(mut out) = s.outs.remove(&ch) {
-                        out.drop_queue();
-                    }
-                    self.engine.close_channel(sid, ch, &error);
+            Msg::ChannelFailed {
+                sid,
+                ch,
+                token,
+                error,
+            } => {
+                let Some(s) = self.sessions.get_mut(&sid) else {
+                    return;
+                };
+                let Work::Forward(chans) = &mut s.work else {
+                    return;
+                };
+                if chans.get(&ch).map(Chan::token) != Some(token) {
+                    return; // an older incarnation, already closed
                 }
+                if let Some(c) = chans.remove(&ch) {
+                    c.abort();
+                }
+                if let Some(mut out) = s.outs.remove(&ch) {
+                    out.drop_queue();
+                }
+                self.engine.close_channel(sid, ch, &error);
             }
         }
     }
@@ -619,6 +687,7 @@ async fn serve(
         activation,
         code_file,
         ctx,
+        next_token: 0,
         origin,
         out: vec![0u8; wire::DEFAULT_MAX_FRAME as usize],
         authenticated: false,

@@ -41,6 +41,7 @@ impl TcpChannel {
 pub fn dial(
     sid: u32,
     ch: u16,
+    token: u64,
     host: String,
     port: u16,
     policy: Arc<DestPolicy>,
@@ -49,8 +50,13 @@ pub fn dial(
     let task = tokio::spawn(async move {
         let result = connect(&host, port, &policy)
             .await
-            .map(|stream| start(sid, ch, stream, tx.clone()));
-        let _ = tx.send(Msg::Dialed { sid, ch, result });
+            .map(|stream| start(sid, ch, token, stream, tx.clone()));
+        let _ = tx.send(Msg::Dialed {
+            sid,
+            ch,
+            token,
+            result,
+        });
     });
     task.abort_handle()
 }
@@ -114,7 +120,13 @@ async fn connect(
     Err((code, format!("cannot connect to {addr}: {e}")))
 }
 
-fn start(sid: u32, ch: u16, stream: TcpStream, tx: mpsc::UnboundedSender<Msg>) -> TcpChannel {
+fn start(
+    sid: u32,
+    ch: u16,
+    token: u64,
+    stream: TcpStream,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> TcpChannel {
     let (mut rd, mut wr) = stream.into_split();
     let space = Arc::new(Semaphore::new(QUEUE_SPACE));
     let (input, mut input_rx) = mpsc::unbounded_channel();
@@ -127,6 +139,7 @@ fn start(sid: u32, ch: u16, stream: TcpStream, tx: mpsc::UnboundedSender<Msg>) -
                         let _ = txw.send(Msg::ChannelFailed {
                             sid,
                             ch,
+                            token,
                             error: format!("write failed: {e}"),
                         });
                         return;
@@ -134,6 +147,7 @@ fn start(sid: u32, ch: u16, stream: TcpStream, tx: mpsc::UnboundedSender<Msg>) -
                     let _ = txw.send(Msg::Consumed {
                         sid,
                         ch,
+                        token,
                         n: d.len(),
                     });
                 }
@@ -154,7 +168,7 @@ fn start(sid: u32, ch: u16, stream: TcpStream, tx: mpsc::UnboundedSender<Msg>) -
             match rd.read(&mut buf[..reserved]).await {
                 Ok(0) => {
                     sp.add_permits(reserved);
-                    let _ = tx.send(Msg::OutputEnd { sid, ch });
+                    let _ = tx.send(Msg::OutputEnd { sid, ch, token });
                     return;
                 }
                 Ok(n) => {
@@ -162,6 +176,7 @@ fn start(sid: u32, ch: u16, stream: TcpStream, tx: mpsc::UnboundedSender<Msg>) -
                     let _ = tx.send(Msg::Output {
                         sid,
                         ch,
+                        token,
                         stream: Stream::OUT,
                         data: buf[..n].to_vec(),
                     });
@@ -171,6 +186,7 @@ fn start(sid: u32, ch: u16, stream: TcpStream, tx: mpsc::UnboundedSender<Msg>) -
                     let _ = tx.send(Msg::ChannelFailed {
                         sid,
                         ch,
+                        token,
                         error: format!("read failed: {e}"),
                     });
                     return;

@@ -33,6 +33,8 @@ pub enum Msg {
         sid: u32,
         /// Channel (0 for a process).
         ch: u16,
+        /// Which incarnation of the channel id (0 for a process).
+        token: u64,
         /// stdout or stderr.
         stream: Stream,
         /// The bytes.
@@ -44,6 +46,8 @@ pub enum Msg {
         sid: u32,
         /// Channel.
         ch: u16,
+        /// Which incarnation of the channel id.
+        token: u64,
     },
     /// Input bytes were written out (credit may flow back).
     Consumed {
@@ -51,6 +55,8 @@ pub enum Msg {
         sid: u32,
         /// Channel (0 for a process).
         ch: u16,
+        /// Which incarnation of the channel id (0 for a process).
+        token: u64,
         /// How many.
         n: usize,
     },
@@ -60,6 +66,8 @@ pub enum Msg {
         sid: u32,
         /// Channel.
         ch: u16,
+        /// Which incarnation of the channel id.
+        token: u64,
         /// The connection, or why there is none.
         result: Result<crate::forward::TcpChannel, (agent_core::wire::ErrorCode, String)>,
     },
@@ -69,6 +77,8 @@ pub enum Msg {
         sid: u32,
         /// Channel.
         ch: u16,
+        /// Which incarnation of the channel id.
+        token: u64,
         /// What happened.
         error: String,
     },
@@ -111,8 +121,11 @@ impl Process {
         }
     }
 
-    /// End the session: SIGHUP to the group, SIGKILL two seconds later.
+    /// End the session: SIGHUP to the group, SIGKILL two seconds later. Output is no
+    /// longer wanted: closing the queue space ends the readers, so the exit status
+    /// is reported even if the process had filled its pipes.
     pub fn terminate(&self) {
+        self.space.close();
         self.signal(Signal::HUP.as_raw());
         self.signal(Signal::CONT.as_raw());
         let pgid = self.pgid;
@@ -189,6 +202,7 @@ pub fn spawn_exec(
                     let _ = txi.send(Msg::Consumed {
                         sid,
                         ch: 0,
+                        token: 0,
                         n: d.len(),
                     });
                 }
@@ -233,6 +247,7 @@ pub fn spawn_exec(
                 let _ = tx.send(Msg::Output {
                     sid,
                     ch: 0,
+                    token: 0,
                     stream,
                     data: buf[..n].to_vec(),
                 });
@@ -346,6 +361,7 @@ pub fn spawn_shell(
                     let _ = txi.send(Msg::Consumed {
                         sid,
                         ch: 0,
+                        token: 0,
                         n: d.len(),
                     });
                 }
@@ -390,6 +406,7 @@ pub fn spawn_shell(
             let _ = txr.send(Msg::Output {
                 sid,
                 ch: 0,
+                token: 0,
                 stream: Stream::OUT,
                 data: buf[..n].to_vec(),
             });

@@ -5,9 +5,13 @@
 //! comment; every file it touched is listed in the state directory and swept of
 //! expired Sesame lines at start-up.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{Gid, Mode, OFlags, Uid};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use agent_core::wire::ErrorCode;
@@ -124,31 +128,129 @@ fn sweep_text(text: &str, now: u64) -> String {
         .collect()
 }
 
-fn write_keys(path: &Path, text: &str, uid: u32, gid: u32) -> std::io::Result<()> {
-    let tmp = path.with_extension("sesame-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    let _ = std::os::unix::fs::chown(&tmp, Some(uid), Some(gid));
-    std::fs::rename(&tmp, path)
+/// The directory holding an `authorized_keys` file, opened so that nothing in it can
+/// redirect the root agent's writes: the directory itself must not be a symlink, the
+/// file is read with `O_NOFOLLOW`, and the new content goes to a fresh `O_EXCL` file
+/// that is `fchown`ed and renamed over the old one (a rename replaces a symlink rather
+/// than following it). The user owns that directory and could otherwise point
+/// `authorized_keys` at `/etc/shadow` or at root's own keys.
+struct KeysDir {
+    fd: OwnedFd,
+}
+
+fn io_err(e: rustix::io::Errno) -> std::io::Error {
+    std::io::Error::from(e)
+}
+
+impl KeysDir {
+    /// Open `dir`; create it (0700, owned by `owner`) when missing and `owner` is given.
+    fn open(dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<KeysDir> {
+        let parent = dir
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("/"));
+        let name = dir
+            .file_name()
+            .ok_or_else(|| std::io::Error::other("the key directory has no name"))?;
+        let pfd = rustix::fs::open(
+            parent,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io_err)?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&pfd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) if owner.is_some() => {
+                rustix::fs::mkdirat(&pfd, name, Mode::from_raw_mode(0o700)).map_err(io_err)?;
+                let fd = rustix::fs::openat(&pfd, name, flags, Mode::empty()).map_err(io_err)?;
+                if let Some((uid, gid)) = owner {
+                    let _ =
+                        rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+                }
+                fd
+            }
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return Err(std::io::Error::other(
+                    "refusing: it is a symlink, not a directory",
+                ))
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        Ok(KeysDir { fd })
+    }
+
+    /// The file's text and owner, or `None` when it does not exist.
+    fn read(&self, name: &OsStr) -> std::io::Result<Option<(String, u32, u32)>> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT) => return Ok(None),
+            Err(rustix::io::Errno::LOOP) => {
+                return Err(std::io::Error::other(
+                    "refusing: authorized_keys is a symlink",
+                ))
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let st = rustix::fs::fstat(&fd).map_err(io_err)?;
+        if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
+            return Err(std::io::Error::other(
+                "refusing: authorized_keys is not a regular file",
+            ));
+        }
+        let mut text = String::new();
+        std::fs::File::from(fd).read_to_string(&mut text)?;
+        Ok(Some((text, st.st_uid, st.st_gid)))
+    }
+
+    /// Replace the file with `text`, owned by `uid:gid`, mode 0600.
+    fn write(&self, name: &OsStr, text: &str, uid: u32, gid: u32) -> std::io::Result<()> {
+        let tmp = format!(
+            ".{}.sesame-{}-{}",
+            name.to_string_lossy(),
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        );
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.fd, tmp.as_str(), flags, Mode::from_raw_mode(0o600))
+            .map_err(io_err)?;
+        let _ = rustix::fs::fchown(&fd, Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
+        let mut f = std::fs::File::from(fd);
+        let written = f.write_all(text.as_bytes()).and_then(|_| f.sync_all());
+        let renamed = written.and_then(|_| {
+            rustix::fs::renameat(&self.fd, tmp.as_str(), &self.fd, name).map_err(io_err)
+        });
+        if renamed.is_err() {
+            let _ = rustix::fs::unlinkat(&self.fd, tmp.as_str(), rustix::fs::AtFlags::empty());
+        }
+        renamed
+    }
+}
+
+fn split(path: &Path) -> std::io::Result<(&Path, &OsStr)> {
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => Ok((dir, name)),
+        _ => Err(std::io::Error::other("not a file path")),
+    }
 }
 
 /// Remove expired Sesame lines from `path` (keeps its owner).
 pub fn sweep(path: &Path) {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok((dir, name)) = split(path) else { return };
+    let Ok(keys) = KeysDir::open(dir, None) else {
+        return;
+    };
+    let Ok(Some((text, uid, gid))) = keys.read(name) else {
         return;
     };
     let kept = sweep_text(&text, now());
     if kept != text {
-        use std::os::unix::fs::MetadataExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            let _ = write_keys(path, &kept, meta.uid(), meta.gid());
-        }
+        let _ = keys.write(name, &kept, uid, gid);
     }
 }
 
@@ -183,24 +285,20 @@ pub fn push(
     })?;
     let path = PathBuf::from(config.pattern.replace("%h", &u.home).replace("%u", user));
     let fail = |e: std::io::Error| (ErrorCode::INTERNAL, format!("{}: {e}", path.display()));
-    if let Some(dir) = path.parent() {
-        if !dir.exists() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(fail)?;
-            let _ = std::os::unix::fs::chown(dir, Some(u.uid), Some(u.gid));
-        }
-    }
+    let (dir, name) = split(&path).map_err(fail)?;
+    let keys = KeysDir::open(dir, Some((u.uid, u.gid))).map_err(fail)?;
+    let existing = keys
+        .read(name)
+        .map_err(fail)?
+        .map(|(t, _, _)| t)
+        .unwrap_or_default();
     let expiry = now() + u64::from(ttl);
-    let existing = std::fs::read_to_string(&path).unwrap_or_default();
     let mut text = sweep_text(&existing, now());
     text.push_str(&format!(
         "expiry-time=\"{}\" {ty} {blob} {MARKER}{expiry}\n",
         utc_stamp(expiry)
     ));
-    write_keys(&path, &text, u.uid, u.gid).map_err(fail)?;
+    keys.write(name, &text, u.uid, u.gid).map_err(fail)?;
     register(config, &path);
     let msg = format!(
         "key valid for '{user}' for {ttl} s (until {} UTC)",
@@ -247,5 +345,66 @@ mod tests {
             sweep_text(text, 200),
             "ssh-rsa AAAAB3 keep-me\nexpiry-time=\"y\" ssh-ed25519 BBBB sesame:300\n"
         );
+    }
+
+    #[test]
+    fn symlinked_key_files_and_directories_are_refused() {
+        let tmp = std::env::temp_dir().join(format!("sesame-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("keys")).unwrap();
+        std::fs::write(tmp.join("secret"), "do not touch\n").unwrap();
+        let me = lookup_uid_name(rustix::process::geteuid().as_raw());
+        let config = KeyConfig {
+            pattern: format!("{}/keys/%u", tmp.display()),
+            state_dir: tmp.clone(),
+        };
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA";
+        // authorized_keys pointing at another file
+        std::os::unix::fs::symlink(tmp.join("secret"), tmp.join("keys").join(&me)).unwrap();
+        let err = push(&config, &me, key, 60).unwrap_err();
+        assert!(err.1.contains("symlink"), "{}", err.1);
+        assert_eq!(
+            std::fs::read_to_string(tmp.join("secret")).unwrap(),
+            "do not touch\n"
+        );
+        // the key directory itself pointing elsewhere
+        std::fs::create_dir_all(tmp.join("elsewhere")).unwrap();
+        let config = KeyConfig {
+            pattern: format!("{}/linked/%u", tmp.display()),
+            state_dir: tmp.clone(),
+        };
+        std::os::unix::fs::symlink(tmp.join("elsewhere"), tmp.join("linked")).unwrap();
+        let err = push(&config, &me, key, 60).unwrap_err();
+        assert!(err.1.contains("symlink"), "{}", err.1);
+        assert!(std::fs::read_dir(tmp.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none());
+        // and a plain file works, private and with the expiry option
+        let config = KeyConfig {
+            pattern: format!("{}/plain/%u", tmp.display()),
+            state_dir: tmp.clone(),
+        };
+        push(&config, &me, key, 60).unwrap();
+        let text = std::fs::read_to_string(tmp.join("plain").join(&me)).unwrap();
+        assert!(text.starts_with("expiry-time=\""), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(tmp.join("plain").join(&me))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    fn lookup_uid_name(uid: u32) -> String {
+        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+        passwd
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() >= 7 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+            .expect("the test user is in /etc/passwd")
     }
 }

@@ -19,8 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::Relay;
 use crate::session::{self, encode, SID};
 
-/// Bytes a channel can take from the agent before returning credit.
-const CH_WINDOW: u32 = 256 * 1024;
+/// Bytes a channel can take from the agent before returning credit. 64 KiB keeps a
+/// session's 64 connections within the relay's per-stream buffer bound.
+const CH_WINDOW: u32 = 64 * 1024;
 /// Bytes of a local connection's input held here waiting for credit.
 const SPACE: usize = 256 * 1024;
 const CHUNK: usize = 16 * 1024;
@@ -241,10 +242,17 @@ pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32>
         let ev = ev_tx.clone();
         tokio::spawn(async move {
             loop {
-                if let Ok((s, peer)) = listener.accept().await {
-                    let _ = s.set_nodelay(true);
-                    if ev.send(Ev::Accepted(idx, s, peer)).is_err() {
-                        return;
+                match listener.accept().await {
+                    Ok((s, peer)) => {
+                        let _ = s.set_nodelay(true);
+                        if ev.send(Ev::Accepted(idx, s, peer)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        // Out of descriptors and the like: say so, back off, go on.
+                        eprintln!("error: cannot accept on {local}: {e}");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                     }
                 }
             }

@@ -130,7 +130,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
             exit: Exit::Aborted(ErrorCode::AGENT_GONE),
             reason: "the agent disconnected",
         });
-        let _ = route.tx.try_send(f);
+        let _ = route.push(f);
         let _ = state
             .store
             .end_session(&route.session_id, "agent disconnected")
@@ -187,7 +187,9 @@ async fn handshake(
             .map_err(|e| format!("store error: {e}"))?
             .map_err(|e| e.to_string())?
     };
-    let max = hello.max_sessions.min(state.config.limits.max_sessions_per_agent);
+    let max = hello
+        .max_sessions
+        .min(state.config.limits.max_sessions_per_agent);
     Ok((agent, max))
 }
 
@@ -229,20 +231,25 @@ async fn route_from_agent(
                 return Ok(()); // the client is gone; the agent learns from our Close
             };
             let out = encode(&frame.with_sid(route.client_sid));
-            if route.tx.try_send(out).is_err() {
-                // The client cannot keep up (or left): end only this session.
+            if !route.push(out) {
+                // The client cannot keep up (or left): end only this session. Dropping
+                // the route tells its stream task, which tells the client why.
                 handle.remove_route(sid);
                 let _ = handle.tx.try_send(encode(&Frame::Close {
                     sid,
                     exit: Exit::Aborted(ErrorCode::TERMINATED),
                     reason: "client stream closed or too slow",
                 }));
+                let _ = state
+                    .store
+                    .end_session(&route.session_id, "client too slow: relay buffer full")
+                    .await;
             }
             Ok(())
         }
         Frame::Close { sid, exit, reason } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route.tx.try_send(encode(&frame.with_sid(route.client_sid)));
+                let _ = route.push(encode(&frame.with_sid(route.client_sid)));
                 let outcome = match exit {
                     Exit::Code(c) => format!("exit {c}"),
                     Exit::Signal(s) => format!("signal {s}"),
@@ -254,7 +261,7 @@ async fn route_from_agent(
         }
         Frame::Reject { sid, reason, .. } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route.tx.try_send(encode(&frame.with_sid(route.client_sid)));
+                let _ = route.push(encode(&frame.with_sid(route.client_sid)));
                 let _ = state
                     .store
                     .end_session(&route.session_id, &format!("rejected: {reason}"))

@@ -224,7 +224,10 @@ async fn create_session(
     };
     // Refuse before anything is spawned (the stream checks again, atomically).
     if let Err(limit) = live.check_capacity(state.config.limits.max_sessions) {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.to_string()));
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            limit.to_string(),
+        ));
     }
     let rate = state.config.limits.rate_for(&agent.name, &user.name);
     let (session_id, token, expires_at) = state
@@ -258,6 +261,8 @@ async fn open_stream(
     let token = q
         .token
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing session token"))?;
+    // Check the upgrade before spending the one-use token on a request that is not one.
+    let ws = ws.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let session = match state
         .store
         .redeem_token(&id, &Secret::from_string(token))
@@ -272,7 +277,6 @@ async fn open_stream(
             return Err(ApiError::new(status, e.to_string()));
         }
     };
-    let ws = ws.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let Some(agent) = state.hub.get(&session.agent_id) else {
         let _ = state.store.end_session(&session.id, "agent offline").await;
         return Err(ApiError::new(StatusCode::CONFLICT, "target went offline"));

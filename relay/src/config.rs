@@ -32,7 +32,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
     if s.eq_ignore_ascii_case("unlimited") {
         return Ok(None);
     }
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num.parse().map_err(|_| format!("invalid rate '{s}'"))?;
     let bytes_per_sec = match unit.trim() {
@@ -43,7 +45,11 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         "kbit" => n * 1e3 / 8.0,
         "mbit" | "Mbit" => n * 1e6 / 8.0,
         "gbit" | "Gbit" => n * 1e9 / 8.0,
-        u => return Err(format!("invalid rate unit '{u}' in '{s}' (use bit, kbit, mbit, gbit, B, kB, MB or unlimited)")),
+        u => {
+            return Err(format!(
+            "invalid rate unit '{u}' in '{s}' (use bit, kbit, mbit, gbit, B, kB, MB or unlimited)"
+        ))
+        }
     };
     if !(1.0..=4e9).contains(&bytes_per_sec) {
         return Err(format!("rate '{s}' is out of range"));
@@ -64,7 +70,11 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
         "m" => n * 60,
         "h" => n * 3600,
         "d" => n * 86400,
-        u => return Err(format!("invalid duration unit '{u}' in '{s}' (use s, m, h, d or none)")),
+        u => {
+            return Err(format!(
+                "invalid duration unit '{u}' in '{s}' (use s, m, h, d or none)"
+            ))
+        }
     };
     if secs == 0 {
         return Err(format!("duration '{s}' must be positive (or none)"));

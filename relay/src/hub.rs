@@ -8,9 +8,13 @@ use tokio::sync::{mpsc, watch};
 
 /// Frames queued towards one agent connection, at most (shared by its sessions).
 pub const AGENT_QUEUE: usize = 1024;
-/// Frames queued towards one client stream, at most. The agent honours the client's
-/// credit, so an honest agent stays far below this; overflowing ends only that session.
-pub const CLIENT_QUEUE: usize = 1024;
+/// Bytes queued towards one client stream, at most (payload plus [`FRAME_COST`] per
+/// frame). The agent honours the client's credit (256 KiB for a shell or exec, 64 KiB
+/// per forwarded connection, up to 64 of them), so an honest agent stays below this;
+/// overflowing ends only that session.
+pub const CLIENT_QUEUE_BYTES: usize = 8 << 20;
+/// What one queued frame costs beyond its bytes, for [`CLIENT_QUEUE_BYTES`].
+pub const FRAME_COST: usize = 64;
 
 /// Where an agent's frames for one session go.
 #[derive(Clone, Debug)]
@@ -20,7 +24,22 @@ pub struct Route {
     /// The relay's session id (store key).
     pub session_id: String,
     /// Encoded frames for the client stream.
-    pub tx: mpsc::Sender<Vec<u8>>,
+    pub tx: mpsc::UnboundedSender<Vec<u8>>,
+    /// Bytes (with [`FRAME_COST`] each) in `tx` not yet taken by the stream task.
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl Route {
+    /// Queue a frame for the client unless the queue is over its byte bound.
+    pub fn push(&self, frame: Vec<u8>) -> bool {
+        let cost = frame.len() + FRAME_COST;
+        let before = self.queued.fetch_add(cost, Ordering::AcqRel);
+        if before + cost > CLIENT_QUEUE_BYTES || self.tx.send(frame).is_err() {
+            self.queued.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
 }
 
 /// One connected, authenticated agent.
@@ -108,7 +127,9 @@ impl AgentHandle {
         // Reserve a place on the relay atomically, so concurrent opens cannot overshoot.
         let reserved = self
             .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| (t < relay_max).then_some(t + 1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t < relay_max).then_some(t + 1)
+            });
         if let Err(total) = reserved {
             return Err(LimitReached {
                 scope: "relay".into(),

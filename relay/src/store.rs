@@ -153,12 +153,15 @@ impl Store {
             sqlx::query(stmt).execute(&pool).await?;
         }
         // Stores made before rate limits had no `rate` column.
-        let has_rate = sqlx::query("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'rate'")
-            .fetch_optional(&pool)
-            .await?
-            .is_some();
+        let has_rate =
+            sqlx::query("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'rate'")
+                .fetch_optional(&pool)
+                .await?
+                .is_some();
         if !has_rate {
-            sqlx::query("ALTER TABLE sessions ADD COLUMN rate INTEGER").execute(&pool).await?;
+            sqlx::query("ALTER TABLE sessions ADD COLUMN rate INTEGER")
+                .execute(&pool)
+                .await?;
         }
         Ok(Store { pool })
     }

@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use agent_core::limits::TokenBucket;
 use agent_core::wire::{self, ErrorCode, Exit, Frame, Kind, DEFAULT_MAX_FRAME};
-use tokio::time::Instant;
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::agent_link::encode;
 use crate::api::AppState;
-use crate::hub::{AgentHandle, Route, CLIENT_QUEUE};
+use crate::hub::{AgentHandle, Route, FRAME_COST};
 use crate::store::SessionRow;
 
 /// The client must send `Open` within this.
@@ -103,18 +103,22 @@ pub async fn serve(
 
     // 2. Reserve a slot on the agent, within its capacity and the relay's limit.
     let limits = &state.config.limits;
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(CLIENT_QUEUE);
+    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let route = Route {
         client_sid,
         session_id: session.id.clone(),
         tx,
+        queued: queued.clone(),
     };
     let agent_sid = match agent.open_route(route, limits.max_sessions) {
         Ok(sid) => sid,
         Err(limit) => {
             let reason = limit.to_string();
             let _ = sink
-                .send(Message::Binary(reject(client_sid, ErrorCode::SESSION_LIMIT, &reason).into()))
+                .send(Message::Binary(
+                    reject(client_sid, ErrorCode::SESSION_LIMIT, &reason).into(),
+                ))
                 .await;
             let _ = state.store.end_session(&session.id, &reason).await;
             return;
@@ -124,7 +128,10 @@ pub async fn serve(
     let mut opening = vec![forward(Frame::decode(&msg).expect("decoded above"))];
     if let Some(rate) = session.rate {
         // The agent paces its own output; the relay paces both directions below.
-        opening.push(encode(&Frame::Limit { sid: agent_sid, rate }));
+        opening.push(encode(&Frame::Limit {
+            sid: agent_sid,
+            rate,
+        }));
     }
     for frame in opening {
         if agent.tx.send(frame).await.is_err() {
@@ -143,7 +150,11 @@ pub async fn serve(
     let origin = Instant::now();
     let clock = || agent_core::Instant(origin.elapsed().as_millis() as u64);
     let bucket = |rate: u32| {
-        TokenBucket::new(rate, TokenBucket::burst_for(rate, DEFAULT_MAX_FRAME), clock())
+        TokenBucket::new(
+            rate,
+            TokenBucket::burst_for(rate, DEFAULT_MAX_FRAME),
+            clock(),
+        )
     };
     let mut pace_in = session.rate.map(bucket);
     let mut pace_out = session.rate.map(bucket);
@@ -154,14 +165,15 @@ pub async fn serve(
     let started = Instant::now();
     let never = started + Duration::from_secs(100 * 365 * 86400);
     let ready = |b: &Option<TokenBucket>| {
-        b.as_ref().map_or(started, |b| origin + Duration::from_millis(b.ready_at(1).0))
+        b.as_ref()
+            .map_or(started, |b| origin + Duration::from_millis(b.ready_at(1).0))
     };
     let mut client_closed_session = false;
     let outcome: Result<(), String> = loop {
         let idle_at = limits.idle_timeout.map_or(never, |d| last_activity + d);
         let max_at = limits.max_duration.map_or(never, |d| started + d);
         tokio::select! {
-            _ = tokio::time::sleep_until(ready(&pace_in).into()), if hold_in.is_some() => {
+            _ = tokio::time::sleep_until(ready(&pace_in)), if hold_in.is_some() => {
                 let bytes = hold_in.take().expect("held");
                 if let Some(b) = pace_in.as_mut() {
                     b.consume(data_len(&bytes), clock());
@@ -170,7 +182,7 @@ pub async fn serve(
                     break Err("agent went away".into());
                 }
             }
-            _ = tokio::time::sleep_until(ready(&pace_out).into()), if hold_out.is_some() => {
+            _ = tokio::time::sleep_until(ready(&pace_out)), if hold_out.is_some() => {
                 let bytes = hold_out.take().expect("held");
                 if let Some(b) = pace_out.as_mut() {
                     b.consume(data_len(&bytes), clock());
@@ -179,7 +191,7 @@ pub async fn serve(
                     break Err("client went away".into());
                 }
             }
-            _ = tokio::time::sleep_until(idle_at.min(max_at).into()) => {
+            _ = tokio::time::sleep_until(idle_at.min(max_at)) => {
                 let why = if idle_at <= max_at {
                     format!("idle timeout: no input or output for {}", human(limits.idle_timeout.unwrap_or_default()))
                 } else {
@@ -192,8 +204,13 @@ pub async fn serve(
             }
             out = rx.recv(), if hold_out.is_none() => {
                 let Some(bytes) = out else {
-                    break Err("relay dropped the session (client too slow)".into());
+                    let why = "client too slow: relay buffer full";
+                    let _ = sink.send(Message::Binary(encode(&Frame::Close {
+                        sid: client_sid, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: why,
+                    }).into())).await;
+                    break Err(why.into());
                 };
+                queued.fetch_sub(bytes.len() + FRAME_COST, std::sync::atomic::Ordering::AcqRel);
                 let last = matches!(bytes.first(), Some(6 | 11)); // Reject, Close
                 if data_len(&bytes) > 0 {
                     last_activity = Instant::now();
@@ -228,6 +245,8 @@ pub async fn serve(
                 };
                 let frame = match Frame::decode_bounded(&bytes, DEFAULT_MAX_FRAME as usize) {
                     Ok(f) if client_may_send(&f) => f,
+                    // A newer client may send frame types we do not know: skip them.
+                    Err(agent_core::DecodeError::UnknownFrame { .. }) => continue,
                     Ok(f) => {
                         let e = format!("frame type {} is not allowed on a session stream", f.frame_type());
                         let _ = sink.send(Message::Binary(encode(&Frame::Close {
@@ -247,6 +266,15 @@ pub async fn serve(
                     client_closed_session = true;
                 }
                 let out = forward(frame);
+                if out.len() > DEFAULT_MAX_FRAME as usize {
+                    // A longer session id can push a full frame over the agent's limit,
+                    // which would cost every session on the link: end only this one.
+                    let e = format!("frame too large after routing ({} > {DEFAULT_MAX_FRAME} bytes)", out.len());
+                    let _ = sink.send(Message::Binary(encode(&Frame::Close {
+                        sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
+                    }).into())).await;
+                    break Err("client protocol error".into());
+                }
                 if data_len(&out) > 0 {
                     last_activity = Instant::now();
                     if pace_in.is_some() && ready(&pace_in) > Instant::now() {
@@ -268,12 +296,14 @@ pub async fn serve(
         Err(why) => {
             warn!(session = %session.id, "session stream ended: {why}");
             if !client_closed_session {
-                // Ask the agent to stop the session; its Close frees the route.
-                let _ = agent.tx.try_send(encode(&Frame::Close {
+                // Ask the agent to stop the session; its Close frees the route. Waited
+                // for (bounded) so that a busy link cannot drop it.
+                let close = encode(&Frame::Close {
                     sid: agent_sid,
                     exit: Exit::Aborted(ErrorCode::TERMINATED),
                     reason: why,
-                }));
+                });
+                let _ = tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close)).await;
             }
         }
     }

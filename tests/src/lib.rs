@@ -7,6 +7,8 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, same profile):
 //! they are looked up next to the test executable.
 
+pub mod sshd;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -128,3 +128,32 @@ fn ls_shows_targets_with_online_state_and_tags() {
         "{table}"
     );
 }
+
+#[test]
+fn a_reader_that_quits_early_frees_the_session() {
+    // `| head` closes the CLI's stdout while the remote output is backed up waiting
+    // for credit; the session must still end on the agent and free its slot.
+    let env = Env::start();
+    for _ in 0..3 {
+        let out = env
+            .command("sh")
+            .arg("-c")
+            .arg(format!(
+                "{} exec gw-01 -- head -c 50000000 /dev/zero | head -c 10 | wc -c",
+                tests::bin("sesame").display()
+            ))
+            .output()
+            .unwrap();
+        assert_eq!(text(&out).0.trim(), "10");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while env.sessions() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} sessions still held; agent log:\n{}",
+            env.sessions(),
+            env.agent.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

@@ -11,7 +11,9 @@ use tests::{text, Env};
 /// Least-squares slope of (seconds, bytes) points, in bytes per second.
 fn slope(points: &[(f64, f64)]) -> f64 {
     let n = points.len() as f64;
-    let (sx, sy) = points.iter().fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
     let (mx, my) = (sx / n, sy / n);
     let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
     let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
@@ -60,9 +62,18 @@ fn default_rate_of_200_kbit_holds_in_both_directions() {
     assert_eq!(text(&out).0.trim(), "200000");
     // At most one bucket (5 000 B) and one frame (32 kB) may pass before pacing starts.
     let up = (200_000.0 - 37_000.0) / secs;
-    eprintln!("measured: download {down:.0} B/s, upload {:.0} B/s over {secs:.2} s", 200_000.0 / secs);
-    assert!(up <= expected * 1.02, "upload at {up:.0} B/s exceeds the limit");
-    assert!(secs < 200_000.0 / expected * 1.1, "upload took {secs:.1} s, far slower than the limit");
+    eprintln!(
+        "measured: download {down:.0} B/s, upload {:.0} B/s over {secs:.2} s",
+        200_000.0 / secs
+    );
+    assert!(
+        up <= expected * 1.02,
+        "upload at {up:.0} B/s exceeds the limit"
+    );
+    assert!(
+        secs < 200_000.0 / expected * 1.1,
+        "upload took {secs:.1} s, far slower than the limit"
+    );
 }
 
 #[test]
@@ -84,7 +95,10 @@ fn relay_wide_session_limit_refuses_the_next_session() {
     }
     let out = env.run(&["exec", "gw-01", "--", "true"], b"");
     assert_eq!(out.status.code(), Some(255));
-    assert_eq!(text(&out).1, "error: relay session limit reached (2 of 2 sessions in use)\n");
+    assert_eq!(
+        text(&out).1,
+        "error: relay session limit reached (2 of 2 sessions in use)\n"
+    );
     for c in held.iter_mut() {
         let _ = c.kill();
         let _ = c.wait();
@@ -104,16 +118,39 @@ fn idle_timeout_ends_the_session_with_its_reason() {
     );
     assert!(took < Duration::from_secs(15), "took {took:?}");
     // Output resets the idle clock: 3 s of output every half second survives.
-    let out = env.run(&["exec", "gw-01", "--", "sh", "-c", "for i in 1 2 3 4 5 6; do echo $i; sleep 0.5; done"], b"");
+    let out = env.run(
+        &[
+            "exec",
+            "gw-01",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6; do echo $i; sleep 0.5; done",
+        ],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
 }
 
 #[test]
 fn maximum_duration_ends_even_a_busy_session() {
     let env = Env::start_with_limits("[limits]\nrate = \"unlimited\"\nmax_duration = \"2s\"\n");
-    let out = env.run(&["exec", "gw-01", "--", "sh", "-c", "while true; do echo tick; sleep 0.2; done"], b"");
+    let out = env.run(
+        &[
+            "exec",
+            "gw-01",
+            "--",
+            "sh",
+            "-c",
+            "while true; do echo tick; sleep 0.2; done",
+        ],
+        b"",
+    );
     assert_eq!(out.status.code(), Some(255));
-    assert_eq!(text(&out).1, "error: session ended: maximum session duration of 2s reached\n");
+    assert_eq!(
+        text(&out).1,
+        "error: session ended: maximum session duration of 2s reached\n"
+    );
     assert!(text(&out).0.starts_with("tick\n"));
 }
 
@@ -121,7 +158,8 @@ fn maximum_duration_ends_even_a_busy_session() {
 fn a_stalled_reader_does_not_slow_another_session_or_grow_the_relay() {
     let env = Env::start();
     let rss = || {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", env.relay.proc.child.id())).unwrap();
+        let s =
+            std::fs::read_to_string(format!("/proc/{}/status", env.relay.proc.child.id())).unwrap();
         s.lines()
             .find(|l| l.starts_with("VmRSS:"))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -139,11 +177,17 @@ fn a_stalled_reader_does_not_slow_another_session_or_grow_the_relay() {
     std::thread::sleep(Duration::from_secs(1));
     let before = rss();
     // Another session moves 50 MB meanwhile.
-    let out = env.run(&["exec", "gw-01", "--", "head", "-c", "50000000", "/dev/zero"], b"");
+    let out = env.run(
+        &["exec", "gw-01", "--", "head", "-c", "50000000", "/dev/zero"],
+        b"",
+    );
     assert_eq!(out.stdout.len(), 50_000_000);
     std::thread::sleep(Duration::from_millis(500));
     let after = rss();
-    assert!(after < before + 32 * 1024, "relay RSS grew from {before} to {after} KiB");
+    assert!(
+        after < before + 32 * 1024,
+        "relay RSS grew from {before} to {after} KiB"
+    );
     let _ = stalled.stdin.take().unwrap().write_all(b"");
     let _ = stalled.kill();
     let _ = stalled.wait();

@@ -3,87 +3,16 @@
 //! pushed keys to the same place). Needs root (sshd switches to the user) and
 //! openssh-server: ignored by a plain `cargo test`, run by `tests/run-all.sh`.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tests::{bin, text, Env, Proc};
+use tests::{bin, text, Env};
 
-struct Sshd {
-    _proc: Proc,
-    port: u16,
-    keys: PathBuf,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn keygen(path: &Path) {
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen (openssh-client)");
-    assert!(st.success());
-}
+use tests::sshd::{self, keygen, Sshd};
 
 fn start_sshd(dir: &Path) -> Sshd {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "the ssh tests need root (sshd)"
-    );
-    let sshd = Path::new("/usr/sbin/sshd");
-    assert!(
-        sshd.exists(),
-        "install openssh-server (tests/run-all.sh does)"
-    );
-    std::fs::create_dir_all("/run/sshd").unwrap(); // privilege separation directory
-    let keys = dir.join("keys");
-    std::fs::create_dir_all(&keys).unwrap();
-    keygen(&dir.join("host_key"));
-    let port = free_port();
-    let config = dir.join("sshd_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nPidFile {}\n\
-             AuthorizedKeysFile {}/%u\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             UsePAM no\nPermitRootLogin prohibit-password\nStrictModes no\nLogLevel VERBOSE\n\
-             Subsystem sftp internal-sftp\n",
-            dir.join("host_key").display(),
-            dir.join("sshd.pid").display(),
-            keys.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.join("sshd.log");
-    let child = Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(&config)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let proc = Proc { child, log };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "sshd did not start: {}",
-            proc.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Sshd {
-        _proc: proc,
-        port,
-        keys,
-    }
+    sshd::start(dir)
 }
 
 /// An environment whose agent writes keys where this sshd reads them.

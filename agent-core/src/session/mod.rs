@@ -809,8 +809,8 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         match self.conn {
             Conn::Closed => None,
             Conn::Ready { .. } => {
-                let keepalive =
-                    (self.last_tx + self.config.keepalive).min(self.last_rx + self.config.dead_after);
+                let keepalive = (self.last_tx + self.config.keepalive)
+                    .min(self.last_rx + self.config.dead_after);
                 let rate = self
                     .slots
                     .iter()
@@ -829,7 +829,11 @@ impl<const N: usize, const C: usize> Agent<N, C> {
     /// go again (the driver retries [`Agent::send_data`] after this).
     pub fn handle_timeout(&mut self, now: Instant) {
         for slot in self.slots.iter_mut().flatten() {
-            if slot.rate_blocked && slot.bucket.is_some_and(|b| b.ready_at(RATE_WAKE_BYTES) <= now) {
+            if slot.rate_blocked
+                && slot
+                    .bucket
+                    .is_some_and(|b| b.ready_at(RATE_WAKE_BYTES) <= now)
+            {
                 slot.rate_blocked = false;
             }
         }

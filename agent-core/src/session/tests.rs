@@ -672,9 +672,23 @@ fn unsupported_kinds_are_rejected_by_the_engine() {
 #[test]
 fn limit_frame_paces_output_at_the_configured_rate() {
     let mut s = Sim::ready();
-    let msg = enc(Frame::Open { sid: 1, window: u32::MAX / 2, kind: Kind::Exec { argv: Bytes(b"x\0") } });
+    let msg = enc(Frame::Open {
+        sid: 1,
+        window: u32::MAX / 2,
+        kind: Kind::Exec {
+            argv: Bytes(b"x\0"),
+        },
+    });
     s.agent.handle_frame(s.now, &msg).unwrap();
-    s.agent.handle_frame(s.now, &enc(Frame::Limit { sid: 1, rate: 25_000 })).unwrap();
+    s.agent
+        .handle_frame(
+            s.now,
+            &enc(Frame::Limit {
+                sid: 1,
+                rate: 25_000,
+            }),
+        )
+        .unwrap();
     s.agent.accept(1);
     let _ = s.drain();
     let start = s.now;
@@ -682,7 +696,10 @@ fn limit_frame_paces_output_at_the_configured_rate() {
     let mut sent = 0usize;
     // A driver with endless output: send whenever allowed, sleep until poll_timeout.
     while s.now < start + Duration::from_secs(10) {
-        let (n, _) = s.agent.send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out).unwrap();
+        let (n, _) = s
+            .agent
+            .send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out)
+            .unwrap();
         sent += n;
         if n == 0 {
             let t = s.agent.poll_timeout().unwrap();
@@ -695,6 +712,14 @@ fn limit_frame_paces_output_at_the_configured_rate() {
     // 10 s at 25 000 B/s, plus at most the initial bucket (5 000 B).
     assert!((250_000..=255_000 + 4000).contains(&sent), "sent {sent}");
     // Lifting the limit (rate 0) lets output go at credit speed again.
-    s.agent.handle_frame(s.now, &enc(Frame::Limit { sid: 1, rate: 0 })).unwrap();
-    assert_eq!(s.agent.send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out).unwrap().0, 4000);
+    s.agent
+        .handle_frame(s.now, &enc(Frame::Limit { sid: 1, rate: 0 }))
+        .unwrap();
+    assert_eq!(
+        s.agent
+            .send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out)
+            .unwrap()
+            .0,
+        4000
+    );
 }
