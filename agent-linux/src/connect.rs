@@ -139,6 +139,9 @@ impl RelayTarget {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(agent_core::wire::DEFAULT_MAX_FRAME as usize + 1024);
         ws_config.max_frame_size = ws_config.max_message_size;
+        // tungstenite's 128 KiB defaults are far more than one frame needs.
+        ws_config.read_buffer_size = 16 * 1024;
+        ws_config.write_buffer_size = 16 * 1024;
         let (ws, _resp) = tokio_tungstenite::client_async_with_config(
             format!("wss://{addr}/v1/agent"),
             tls,

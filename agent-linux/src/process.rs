@@ -20,9 +20,9 @@ use tokio::sync::{mpsc, Semaphore};
 use crate::pty::{self, Master};
 
 /// Bytes of output a session may have queued in the agent, waiting for credit.
-pub const QUEUE_SPACE: usize = 64 * 1024;
-/// Largest single read of output.
-pub const CHUNK: usize = 16 * 1024;
+pub const QUEUE_SPACE: usize = 128 * 1024;
+/// Largest single read of output: one full `Data` frame.
+pub const CHUNK: usize = 32 * 1024 - 64;
 
 /// What session tasks tell the driver.
 #[derive(Debug)]

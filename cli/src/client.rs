@@ -153,6 +153,9 @@ impl Relay {
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(agent_core::wire::DEFAULT_MAX_FRAME as usize + 1024);
         ws_config.max_frame_size = ws_config.max_message_size;
+        // tungstenite's 128 KiB defaults are far more than one frame needs.
+        ws_config.read_buffer_size = 16 * 1024;
+        ws_config.write_buffer_size = 16 * 1024;
         let full = format!("{url}?token={token}");
         match tokio_tungstenite::client_async_with_config(full, tls, Some(ws_config)).await {
             Ok((ws, _)) => Ok(ws),

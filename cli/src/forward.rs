@@ -19,9 +19,9 @@ use tokio_tungstenite::tungstenite::Message;
 use crate::client::Relay;
 use crate::session::{self, encode, SID};
 
-/// Bytes a channel can take from the agent before returning credit. 64 KiB keeps a
-/// session's 64 connections within the relay's per-stream buffer bound.
-const CH_WINDOW: u32 = 64 * 1024;
+/// Bytes a channel can take from the agent before returning credit (the relay's
+/// largest; throughput of one connection is about window / round trip).
+const CH_WINDOW: u32 = 256 * 1024;
 /// Bytes of a local connection's input held here waiting for credit.
 const SPACE: usize = 256 * 1024;
 const CHUNK: usize = 16 * 1024;

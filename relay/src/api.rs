@@ -26,6 +26,9 @@ use crate::store::{unix_now, Store, TokenError, UserRow};
 
 /// Largest WebSocket message accepted, a little above the largest frame.
 pub const MAX_MESSAGE: usize = agent_core::wire::DEFAULT_MAX_FRAME as usize + 1024;
+/// WebSocket read and write buffer sizes. tungstenite's defaults (128 KiB each) cost
+/// a quarter of a megabyte per connection; a relay holds thousands.
+pub const WS_BUFFER: usize = 16 * 1024;
 
 /// Settings the API needs.
 #[derive(Debug, Clone)]
@@ -284,6 +287,8 @@ async fn open_stream(
     Ok(ws
         .max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
         .on_upgrade(move |socket| crate::stream::serve(socket, state, session, agent)))
 }
 
@@ -294,5 +299,7 @@ async fn agent_socket(
 ) -> Response {
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
         .on_upgrade(move |socket| crate::agent_link::serve(socket, state, peer.to_string()))
 }

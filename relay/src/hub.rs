@@ -8,11 +8,16 @@ use tokio::sync::{mpsc, watch};
 
 /// Frames queued towards one agent connection, at most (shared by its sessions).
 pub const AGENT_QUEUE: usize = 1024;
+/// Largest receive window the relay lets a client announce for one channel; larger
+/// ones are clamped on the way to the agent, which then never has more than this in
+/// flight per channel.
+pub const MAX_WINDOW: u32 = 256 * 1024;
 /// Bytes queued towards one client stream, at most (payload plus [`FRAME_COST`] per
-/// frame). The agent honours the client's credit (256 KiB for a shell or exec, 64 KiB
-/// per forwarded connection, up to 64 of them), so an honest agent stays below this;
-/// overflowing ends only that session.
-pub const CLIENT_QUEUE_BYTES: usize = 8 << 20;
+/// frame): every channel's clamped window (64 channels on a Linux agent) with room for
+/// frame costs. An honest agent honours credit and stays below it even when the client
+/// stops reading (its session waits); only a misbehaving agent overflows it, which ends
+/// only that session.
+pub const CLIENT_QUEUE_BYTES: usize = 64 * (MAX_WINDOW as usize) * 5 / 4;
 /// What one queued frame costs beyond its bytes, for [`CLIENT_QUEUE_BYTES`].
 pub const FRAME_COST: usize = 64;
 

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::agent_link::encode;
 use crate::api::AppState;
-use crate::hub::{AgentHandle, Route, FRAME_COST};
+use crate::hub::{AgentHandle, Route, FRAME_COST, MAX_WINDOW};
 use crate::store::SessionRow;
 
 /// The client must send `Open` within this.
@@ -124,7 +124,32 @@ pub async fn serve(
             return;
         }
     };
-    let forward = |f: Frame| encode(&f.with_sid(agent_sid));
+    // Windows are clamped so that the agent's data in flight, and so this stream's
+    // queue, stay within the bound (see `hub::CLIENT_QUEUE_BYTES`).
+    let forward = |f: Frame| {
+        let f = match f {
+            Frame::Open { sid, window, kind } => Frame::Open {
+                sid,
+                window: window.min(MAX_WINDOW),
+                kind,
+            },
+            Frame::ChannelOpen {
+                sid,
+                ch,
+                window,
+                host,
+                port,
+            } => Frame::ChannelOpen {
+                sid,
+                ch,
+                window: window.min(MAX_WINDOW),
+                host,
+                port,
+            },
+            f => f,
+        };
+        encode(&f.with_sid(agent_sid))
+    };
     let mut opening = vec![forward(Frame::decode(&msg).expect("decoded above"))];
     if let Some(rate) = session.rate {
         // The agent paces its own output; the relay paces both directions below.

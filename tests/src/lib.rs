@@ -415,6 +415,56 @@ impl Env {
     }
 }
 
+/// Least-squares slope of (seconds, bytes) points, in bytes per second: a rate that
+/// per-point timing jitter does not disturb.
+pub fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    let (sx, sy) = points
+        .iter()
+        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
+    let (mx, my) = (sx / n, sy / n);
+    let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    num / den
+}
+
+/// Run `sesame exec gw-01 -- head -c BYTES /dev/zero` and fit its delivery rate past
+/// the first `skip` bytes (start-up and the initial bucket), in bytes per second.
+pub fn paced_download(env: &Env, bytes: usize, skip: usize) -> f64 {
+    use std::io::Read;
+    let mut child = env
+        .sesame()
+        .args([
+            "exec",
+            "gw-01",
+            "--",
+            "head",
+            "-c",
+            &bytes.to_string(),
+            "/dev/zero",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let t0 = Instant::now();
+    let (mut total, mut points, mut buf) = (0usize, Vec::new(), vec![0u8; 65536]);
+    loop {
+        let n = out.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+        if total >= skip {
+            points.push((t0.elapsed().as_secs_f64(), total as f64));
+        }
+    }
+    assert!(child.wait().unwrap().success(), "download failed");
+    assert_eq!(total, bytes, "download cut short");
+    slope(&points)
+}
+
 /// Text of a process's stdout and stderr.
 pub fn text(out: &Output) -> (String, String) {
     (

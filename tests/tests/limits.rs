@@ -2,54 +2,20 @@
 //! the relay-wide session count, idle timeout and maximum duration with the reason
 //! shown, and a stalled reader that does not slow another session.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tests::{text, Env};
-
-/// Least-squares slope of (seconds, bytes) points, in bytes per second.
-fn slope(points: &[(f64, f64)]) -> f64 {
-    let n = points.len() as f64;
-    let (sx, sy) = points
-        .iter()
-        .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
-    let (mx, my) = (sx / n, sy / n);
-    let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
-    let den: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
-    num / den
-}
 
 #[test]
 fn default_rate_of_200_kbit_holds_in_both_directions() {
     let env = Env::start_with_limits("[limits]\nrate = \"200kbit\"\n");
     let expected = 25_000.0;
 
-    // Agent -> client: time every chunk of a 300 kB download; fit the rate past the
-    // first 50 kB (start-up and the initial bucket).
-    let mut child = env
-        .sesame()
-        .args(["exec", "gw-01", "--", "head", "-c", "300000", "/dev/zero"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let t0 = Instant::now();
-    let (mut total, mut points, mut buf) = (0usize, Vec::new(), vec![0u8; 65536]);
-    loop {
-        let n = out.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n;
-        if total >= 50_000 {
-            points.push((t0.elapsed().as_secs_f64(), total as f64));
-        }
-    }
-    assert!(child.wait().unwrap().success());
-    assert_eq!(total, 300_000);
-    let down = slope(&points);
+    // Agent -> client: the rate fitted over a 300 kB download past its first 50 kB
+    // (start-up and the initial bucket).
+    let down = tests::paced_download(&env, 300_000, 50_000);
     assert!(
         (down - expected).abs() / expected <= 0.02,
         "download paced at {down:.0} B/s, expected {expected} ±2%"

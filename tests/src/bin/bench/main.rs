@@ -1,0 +1,214 @@
+//! `cargo run --release -p tests --bin bench -- [SCENARIO]... [--json]`
+//!
+//! Starts the real release binaries on loopback and measures (all when none is named):
+//! - `rate`: achieved rate of 1 and of 20 concurrent sessions at 200 kbit/s;
+//! - `throughput`: one forwarded TCP stream, limit off: Sesame vs direct loopback vs
+//!   OpenSSH `ssh -L` through an sshd the bench starts (needs root);
+//! - `latency`: 1-byte echo through a shell's PTY in raw mode, Sesame vs `ssh -tt`;
+//! - `setup`: `sesame exec TARGET -- true` vs `ssh host true`, median of 20;
+//! - `scale`: 1000 sessions over 50 agents at full rate for 30 s: relay CPU and peak RSS,
+//!   agent RSS at 20 sessions, sessions that kept their rate;
+//! - `idle`: relay and agent RSS, idle; `sizes`: binary sizes;
+//! - `agent20`: static x86_64 agent RSS idle and with 20 sessions.
+//!
+//! Prints a markdown table (or JSON with `--json`).
+
+mod compare;
+mod load;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tests::{bin, Env};
+
+/// One measurement.
+pub struct Row {
+    scenario: &'static str,
+    what: String,
+    value: f64,
+}
+
+impl Row {
+    fn new(scenario: &'static str, what: &str, value: f64) -> Row {
+        Row {
+            scenario,
+            what: what.to_string(),
+            value,
+        }
+    }
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn idle(env: &Env) -> Vec<Row> {
+    std::thread::sleep(Duration::from_secs(1));
+    let (relay, _) = rss_kib(env.relay.proc.child.id());
+    let (agent, _) = rss_kib(env.agent.child.id());
+    vec![
+        Row::new("idle", "relay RSS (MiB)", relay as f64 / 1024.0),
+        Row::new("idle", "agent RSS (MiB)", agent as f64 / 1024.0),
+    ]
+}
+
+fn sizes() -> Vec<Row> {
+    let mut rows: Vec<Row> = ["sesame-relay", "sesame-agent", "sesame"]
+        .iter()
+        .map(|b| {
+            let len = std::fs::metadata(bin(b)).map(|m| m.len()).unwrap_or(0);
+            Row::new(
+                "sizes",
+                &format!("{b} release (MiB)"),
+                len as f64 / 1048576.0,
+            )
+        })
+        .collect();
+    for triple in ["x86_64-unknown-linux-musl", "aarch64-unknown-linux-musl"] {
+        let p = tests::bin_dir()
+            .parent()
+            .unwrap()
+            .join(triple)
+            .join("agent/sesame-agent");
+        if let Ok(m) = std::fs::metadata(&p) {
+            rows.push(Row::new(
+                "sizes",
+                &format!("static sesame-agent {triple} (MiB)"),
+                m.len() as f64 / 1048576.0,
+            ));
+        }
+    }
+    rows
+}
+
+fn agent20() -> Vec<Row> {
+    let env = Env::start_custom(&[], &[tests::static_agent("x86_64-unknown-linux-musl")]);
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = env.agent.child.id();
+    let (idle, _) = rss_kib(pid);
+    let mut clients: Vec<_> = (0..20)
+        .map(|_| {
+            env.sesame()
+                .args(["exec", "gw-01", "--", "sleep", "30"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while env.sessions() < 20 {
+        assert!(Instant::now() < deadline, "20 sessions never opened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let (busy, _) = rss_kib(pid);
+    for c in clients.iter_mut() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    vec![
+        Row::new(
+            "agent20",
+            "static x86_64 agent RSS idle (MiB)",
+            idle as f64 / 1024.0,
+        ),
+        Row::new(
+            "agent20",
+            "static x86_64 agent RSS, 20 sessions (MiB)",
+            busy as f64 / 1024.0,
+        ),
+    ]
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let as_json = args.iter().any(|a| a == "--json");
+    let all = [
+        "rate",
+        "throughput",
+        "latency",
+        "setup",
+        "scale",
+        "idle",
+        "sizes",
+        "agent20",
+    ];
+    let mut wanted: Vec<&str> = args
+        .iter()
+        .filter(|a| !a.starts_with("--"))
+        .map(String::as_str)
+        .collect();
+    if wanted.is_empty() {
+        wanted = all.to_vec();
+    }
+    if let Some(bad) = wanted.iter().find(|w| !all.contains(w)) {
+        eprintln!("error: unknown scenario '{bad}' (use {})", all.join(", "));
+        std::process::exit(2);
+    }
+    if cfg!(debug_assertions) {
+        eprintln!("warning: bench built without --release; numbers are not representative");
+    }
+    let needs_ssh = wanted
+        .iter()
+        .any(|w| matches!(*w, "throughput" | "latency" | "setup"));
+    let ssh = (needs_ssh && compare::ssh_available()).then(compare::Ssh::start);
+    if needs_ssh && ssh.is_none() {
+        eprintln!("warning: OpenSSH comparisons need root and openssh-server; skipping them");
+    }
+    let needs_env = wanted
+        .iter()
+        .any(|w| matches!(*w, "throughput" | "latency" | "setup" | "idle"));
+    let env = needs_env.then(Env::start);
+    let mut rows = Vec::new();
+    for w in &wanted {
+        eprintln!("running {w}...");
+        match *w {
+            "rate" => rows.extend(load::rate()),
+            "throughput" => {
+                if let Some(ssh) = &ssh {
+                    rows.extend(compare::throughput(env.as_ref().unwrap(), ssh))
+                }
+            }
+            "latency" => {
+                if let Some(ssh) = &ssh {
+                    rows.extend(compare::latency(env.as_ref().unwrap(), ssh))
+                }
+            }
+            "setup" => rows.extend(compare::setup(env.as_ref().unwrap(), ssh.as_ref())),
+            "scale" => rows.extend(load::scale(50, 20, 30)),
+            "idle" => rows.extend(idle(env.as_ref().unwrap())),
+            "sizes" => rows.extend(sizes()),
+            "agent20" => rows.extend(agent20()),
+            _ => unreachable!("checked above"),
+        }
+    }
+    if as_json {
+        let v: Vec<Value> = rows
+            .iter()
+            .map(|r| json!({"scenario": r.scenario, "measurement": r.what, "value": r.value}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).unwrap());
+    } else {
+        println!("| scenario | measurement | value |\n|---|---|---:|");
+        for r in rows {
+            let v = if r.value.abs() >= 100.0 {
+                format!("{:.0}", r.value)
+            } else {
+                format!("{:.2}", r.value)
+            };
+            println!("| {} | {} | {v} |", r.scenario, r.what);
+        }
+    }
+}
