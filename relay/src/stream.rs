@@ -222,17 +222,13 @@ pub async fn serve(
                 } else {
                     format!("maximum session duration of {} reached", human(limits.max_duration.unwrap_or_default()))
                 };
-                let _ = sink.send(Message::Binary(encode(&Frame::Close {
-                    sid: client_sid, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: &why,
-                }).into())).await;
+                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                 break Err(why);
             }
             out = rx.recv(), if hold_out.is_none() => {
                 let Some(bytes) = out else {
                     let why = "client too slow: relay buffer full";
-                    let _ = sink.send(Message::Binary(encode(&Frame::Close {
-                        sid: client_sid, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: why,
-                    }).into())).await;
+                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, why).await;
                     break Err(why.into());
                 };
                 queued.fetch_sub(bytes.len() + FRAME_COST, std::sync::atomic::Ordering::AcqRel);
@@ -261,9 +257,7 @@ pub async fn serve(
                     Some(Err(e)) => {
                         // Oversized messages land here: say so before hanging up.
                         let e = format!("bad message on the session stream: {e}");
-                        let _ = sink.send(Message::Binary(encode(&Frame::Close {
-                            sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
-                        }).into())).await;
+                        close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
                         break Err("client protocol error".into());
                     }
                     Some(Ok(_)) => continue,
@@ -274,16 +268,12 @@ pub async fn serve(
                     Err(agent_core::DecodeError::UnknownFrame { .. }) => continue,
                     Ok(f) => {
                         let e = format!("frame type {} is not allowed on a session stream", f.frame_type());
-                        let _ = sink.send(Message::Binary(encode(&Frame::Close {
-                            sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
-                        }).into())).await;
+                        close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
                         break Err("client protocol error".into());
                     }
                     Err(e) => {
                         let e = format!("malformed frame: {e}");
-                        let _ = sink.send(Message::Binary(encode(&Frame::Close {
-                            sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
-                        }).into())).await;
+                        close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
                         break Err("client protocol error".into());
                     }
                 };
@@ -295,9 +285,7 @@ pub async fn serve(
                     // A longer session id can push a full frame over the agent's limit,
                     // which would cost every session on the link: end only this one.
                     let e = format!("frame too large after routing ({} > {DEFAULT_MAX_FRAME} bytes)", out.len());
-                    let _ = sink.send(Message::Binary(encode(&Frame::Close {
-                        sid: client_sid, exit: Exit::Aborted(ErrorCode::PROTOCOL), reason: &e,
-                    }).into())).await;
+                    close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
                     break Err("client protocol error".into());
                 }
                 if data_len(&out) > 0 {
@@ -333,6 +321,18 @@ pub async fn serve(
         }
     }
     let _ = sink.close().await;
+}
+
+type ClientSink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Tell the client why its session ends (best effort: it may be gone already).
+async fn close_client(sink: &mut ClientSink, sid: u32, code: ErrorCode, reason: &str) {
+    let close = encode(&Frame::Close {
+        sid,
+        exit: Exit::Aborted(code),
+        reason,
+    });
+    let _ = sink.send(Message::Binary(close.into())).await;
 }
 
 /// Payload length of an encoded `Data` frame (0 for any other frame).

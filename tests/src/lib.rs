@@ -341,6 +341,41 @@ impl Env {
             .unwrap_or(0)
     }
 
+    /// Wait (up to `secs` seconds) until the relay counts exactly `n` sessions on the
+    /// agent; panics with the agent's log otherwise.
+    pub fn wait_sessions(&self, n: u64, secs: u64) {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while self.sessions() != n {
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} sessions, the relay counts {}; agent log:\n{}",
+                self.sessions(),
+                self.agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Start `n` background `sesame exec gw-01 -- ARGS` clients and wait until the
+    /// relay counts them all; killing them ends their sessions.
+    pub fn hold_sessions(&self, n: usize, args: &[&str]) -> Vec<Child> {
+        let before = self.sessions();
+        let held = (0..n)
+            .map(|_| {
+                self.sesame()
+                    .args(["exec", "gw-01", "--"])
+                    .args(args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        self.wait_sessions(before + n as u64, 60);
+        held
+    }
+
     /// A client library handle on this relay (for raw API and stream tests).
     pub fn client(&self) -> cli::client::Relay {
         let config = cli::config::Config::load(

@@ -146,14 +146,5 @@ fn a_reader_that_quits_early_frees_the_session() {
             .unwrap();
         assert_eq!(text(&out).0.trim(), "10");
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while env.sessions() != 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} sessions still held; agent log:\n{}",
-            env.sessions(),
-            env.agent.log()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    env.wait_sessions(0, 20);
 }

@@ -45,20 +45,7 @@ fn default_rate_of_200_kbit_holds_in_both_directions() {
 #[test]
 fn relay_wide_session_limit_refuses_the_next_session() {
     let env = Env::start_with_limits("[limits]\nrate = \"unlimited\"\nmax_sessions = 2\n");
-    let mut held: Vec<_> = (0..2)
-        .map(|_| {
-            env.sesame()
-                .args(["exec", "gw-01", "--", "sleep", "30"])
-                .stdin(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while env.sessions() < 2 {
-        assert!(Instant::now() < deadline, "sessions never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut held = env.hold_sessions(2, &["sleep", "30"]);
     let out = env.run(&["exec", "gw-01", "--", "true"], b"");
     assert_eq!(out.status.code(), Some(255));
     assert_eq!(

@@ -87,27 +87,8 @@ fn sleepers_alive(tag: &str) -> usize {
 fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
     let env = Env::start();
     let tag = format!("{}.{}", 3000 + std::process::id() % 1000, 17);
-    let mut clients: Vec<_> = (0..20)
-        .map(|_| {
-            env.sesame()
-                .args([
-                    "exec",
-                    "gw-01",
-                    "--",
-                    "sh",
-                    "-c",
-                    &format!("sleep {tag} & wait"),
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    wait_for("20 sessions", Duration::from_secs(60), || {
-        env.sessions() == 20
-    });
+    let sleeper = format!("sleep {tag} & wait");
+    let mut clients = env.hold_sessions(20, &["sh", "-c", &sleeper]);
     wait_for("20 sleepers", Duration::from_secs(20), || {
         sleepers_alive(&tag) == 20
     });
@@ -125,9 +106,7 @@ fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
         let _ = c.kill();
         let _ = c.wait();
     }
-    wait_for("sessions to end", Duration::from_secs(30), || {
-        env.sessions() == 0
-    });
+    env.wait_sessions(0, 30);
     wait_for("sleepers to die", Duration::from_secs(10), || {
         sleepers_alive(&tag) == 0
     });
@@ -198,9 +177,7 @@ async fn malformed_frame_closes_only_its_own_stream() {
     assert_eq!(text(&out).0, "survived\n");
     assert_eq!(out.status.code(), Some(0));
     // The aborted sessions' processes are gone.
-    wait_for("aborted sessions to end", Duration::from_secs(20), || {
-        env.sessions() == 0
-    });
+    env.wait_sessions(0, 20);
 }
 
 #[test]

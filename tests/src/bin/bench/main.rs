@@ -16,8 +16,7 @@
 mod compare;
 mod load;
 
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tests::{bin, Env};
@@ -96,22 +95,7 @@ fn agent20() -> Vec<Row> {
     std::thread::sleep(Duration::from_secs(1));
     let pid = env.agent.child.id();
     let (idle, _) = rss_kib(pid);
-    let mut clients: Vec<_> = (0..20)
-        .map(|_| {
-            env.sesame()
-                .args(["exec", "gw-01", "--", "sleep", "30"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while env.sessions() < 20 {
-        assert!(Instant::now() < deadline, "20 sessions never opened");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut clients = env.hold_sessions(20, &["sleep", "30"]);
     std::thread::sleep(Duration::from_millis(500));
     let (busy, _) = rss_kib(pid);
     for c in clients.iter_mut() {
