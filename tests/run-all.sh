@@ -55,6 +55,15 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "agent-core for thumbv7em-none-eabihf (no_std, no alloc)"
 cargo build -p agent-core --target thumbv7em-none-eabihf --locked
 
+log "agent-embedded (its own workspace): lints, host tests, Cortex-M4F build"
+(
+    cd agent-embedded
+    cargo fmt -- --check
+    cargo clippy --all-targets --locked -- -D warnings
+    cargo test --locked
+    cargo build --target thumbv7em-none-eabihf --locked
+)
+
 log "building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 
