@@ -125,12 +125,11 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     info!(agent = %agent.name, "agent offline: {reason}");
     state.hub.unregister(&handle);
     for route in handle.take_routes() {
-        let f = encode(&Frame::Close {
+        let _ = route.push(&Frame::Close {
             sid: route.client_sid,
             exit: Exit::Aborted(ErrorCode::AGENT_GONE),
             reason: "the agent disconnected",
         });
-        let _ = route.push(f);
         let _ = state
             .store
             .end_session(&route.session_id, "agent disconnected")
@@ -230,8 +229,7 @@ async fn route_from_agent(
             let Some(route) = handle.route(sid) else {
                 return Ok(()); // the client is gone; the agent learns from our Close
             };
-            let out = encode(&frame.with_sid(route.client_sid));
-            if !route.push(out) {
+            if !route.push(&frame) {
                 // The client cannot keep up (or left): end only this session. Dropping
                 // the route tells its stream task, which tells the client why.
                 handle.remove_route(sid);
@@ -249,7 +247,7 @@ async fn route_from_agent(
         }
         Frame::Close { sid, exit, reason } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route.push(encode(&frame.with_sid(route.client_sid)));
+                let _ = route.push(&frame);
                 let outcome = match exit {
                     Exit::Code(c) => format!("exit {c}"),
                     Exit::Signal(s) => format!("signal {s}"),
@@ -261,7 +259,7 @@ async fn route_from_agent(
         }
         Frame::Reject { sid, reason, .. } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route.push(encode(&frame.with_sid(route.client_sid)));
+                let _ = route.push(&frame);
                 let _ = state
                     .store
                     .end_session(&route.session_id, &format!("rejected: {reason}"))

@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use agent_core::wire::Frame;
 use tokio::sync::{mpsc, watch};
+
+use crate::agent_link::encode;
 
 /// Frames queued towards one agent connection, at most (shared by its sessions).
 pub const AGENT_QUEUE: usize = 1024;
@@ -29,21 +32,56 @@ pub struct Route {
     /// The relay's session id (store key).
     pub session_id: String,
     /// Encoded frames for the client stream.
-    pub tx: mpsc::UnboundedSender<Vec<u8>>,
+    pub tx: mpsc::UnboundedSender<Routed>,
     /// Bytes (with [`FRAME_COST`] each) in `tx` not yet taken by the stream task.
     pub queued: Arc<AtomicUsize>,
 }
 
 impl Route {
-    /// Queue a frame for the client unless the queue is over its byte bound.
-    pub fn push(&self, frame: Vec<u8>) -> bool {
-        let cost = frame.len() + FRAME_COST;
+    /// Queue `frame`, addressed to the client's session id, unless the queue is over
+    /// its byte bound.
+    pub fn push(&self, frame: &Frame) -> bool {
+        let routed = Routed::new(*frame, self.client_sid);
+        let cost = routed.cost();
         let before = self.queued.fetch_add(cost, Ordering::AcqRel);
-        if before + cost > CLIENT_QUEUE_BYTES || self.tx.send(frame).is_err() {
+        if before + cost > CLIENT_QUEUE_BYTES || self.tx.send(routed).is_err() {
             self.queued.fetch_sub(cost, Ordering::AcqRel);
             return false;
         }
         true
+    }
+}
+
+/// A frame encoded for its next hop, with what the stream task needs to know of it,
+/// learnt once from the decoded frame rather than by decoding the bytes again.
+#[derive(Debug)]
+pub struct Routed {
+    /// The encoded frame.
+    pub bytes: Vec<u8>,
+    /// Payload bytes if it is `Data` (what pacing and the idle clock count), else 0.
+    pub payload: usize,
+    /// It ends the session (`Close` or `Reject`).
+    pub last: bool,
+}
+
+impl Routed {
+    /// `frame` addressed to session `sid`, encoded.
+    pub fn new(frame: Frame, sid: u32) -> Routed {
+        let payload = match frame {
+            Frame::Data { data, .. } => data.0.len(),
+            _ => 0,
+        };
+        let last = matches!(frame, Frame::Close { .. } | Frame::Reject { .. });
+        Routed {
+            bytes: encode(&frame.with_sid(sid)),
+            payload,
+            last,
+        }
+    }
+
+    /// What it counts for against [`CLIENT_QUEUE_BYTES`].
+    pub fn cost(&self) -> usize {
+        self.bytes.len() + FRAME_COST
     }
 }
 
@@ -95,16 +133,20 @@ impl AgentHandle {
         self.routes.lock().unwrap().len()
     }
 
+    /// The agent's limit, if `in_use` sessions already fill it.
+    fn agent_full(&self, in_use: usize) -> Option<LimitReached> {
+        let max = self.max_sessions as usize;
+        (in_use >= max).then(|| LimitReached {
+            scope: format!("agent '{}'", self.name),
+            in_use,
+            max,
+        })
+    }
+
     /// Whether another session fits on this agent and on the relay (`relay_max`).
     pub fn check_capacity(&self, relay_max: usize) -> Result<(), LimitReached> {
-        let in_use = self.session_count();
-        let max = self.max_sessions as usize;
-        if in_use >= max {
-            return Err(LimitReached {
-                scope: format!("agent '{}'", self.name),
-                in_use,
-                max,
-            });
+        if let Some(full) = self.agent_full(self.session_count()) {
+            return Err(full);
         }
         let total = self.total.load(Ordering::Relaxed);
         if total >= relay_max {
@@ -121,13 +163,8 @@ impl AgentHandle {
     /// capacity and the relay's limit of `relay_max` sessions.
     pub fn open_route(&self, route: Route, relay_max: usize) -> Result<u32, LimitReached> {
         let mut routes = self.routes.lock().unwrap();
-        let max = self.max_sessions as usize;
-        if routes.len() >= max {
-            return Err(LimitReached {
-                scope: format!("agent '{}'", self.name),
-                in_use: routes.len(),
-                max,
-            });
+        if let Some(full) = self.agent_full(routes.len()) {
+            return Err(full);
         }
         // Reserve a place on the relay atomically, so concurrent opens cannot overshoot.
         let reserved = self

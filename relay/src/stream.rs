@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::agent_link::encode;
 use crate::api::AppState;
-use crate::hub::{AgentHandle, Route, FRAME_COST, MAX_WINDOW};
+use crate::hub::{AgentHandle, Route, Routed, MAX_WINDOW};
 use crate::store::SessionRow;
 
 /// The client must send `Open` within this.
@@ -103,7 +103,7 @@ pub async fn serve(
 
     // 2. Reserve a slot on the agent, within its capacity and the relay's limit.
     let limits = &state.config.limits;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Routed>();
     let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let route = Route {
         client_sid,
@@ -148,9 +148,9 @@ pub async fn serve(
             },
             f => f,
         };
-        encode(&f.with_sid(agent_sid))
+        Routed::new(f, agent_sid)
     };
-    let mut opening = vec![forward(Frame::decode(&msg).expect("decoded above"))];
+    let mut opening = vec![forward(Frame::decode(&msg).expect("decoded above")).bytes];
     if let Some(rate) = session.rate {
         // The agent paces its own output; the relay paces both directions below.
         opening.push(encode(&Frame::Limit {
@@ -184,8 +184,8 @@ pub async fn serve(
     let mut pace_in = session.rate.map(bucket);
     let mut pace_out = session.rate.map(bucket);
     // A frame waiting for its direction's bucket; its source is not read meanwhile.
-    let mut hold_in: Option<Vec<u8>> = None;
-    let mut hold_out: Option<Vec<u8>> = None;
+    let mut hold_in: Option<Routed> = None;
+    let mut hold_out: Option<Routed> = None;
     let mut last_activity = Instant::now();
     let started = Instant::now();
     let never = started + Duration::from_secs(100 * 365 * 86400);
@@ -199,20 +199,20 @@ pub async fn serve(
         let max_at = limits.max_duration.map_or(never, |d| started + d);
         tokio::select! {
             _ = tokio::time::sleep_until(ready(&pace_in)), if hold_in.is_some() => {
-                let bytes = hold_in.take().expect("held");
+                let held = hold_in.take().expect("held");
                 if let Some(b) = pace_in.as_mut() {
-                    b.consume(data_len(&bytes), clock());
+                    b.consume(held.payload, clock());
                 }
-                if agent.tx.send(bytes).await.is_err() {
+                if agent.tx.send(held.bytes).await.is_err() {
                     break Err("agent went away".into());
                 }
             }
             _ = tokio::time::sleep_until(ready(&pace_out)), if hold_out.is_some() => {
-                let bytes = hold_out.take().expect("held");
+                let held = hold_out.take().expect("held");
                 if let Some(b) = pace_out.as_mut() {
-                    b.consume(data_len(&bytes), clock());
+                    b.consume(held.payload, clock());
                 }
-                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                if sink.send(Message::Binary(held.bytes.into())).await.is_err() {
                     break Err("client went away".into());
                 }
             }
@@ -226,24 +226,24 @@ pub async fn serve(
                 break Err(why);
             }
             out = rx.recv(), if hold_out.is_none() => {
-                let Some(bytes) = out else {
+                let Some(routed) = out else {
                     let why = "client too slow: relay buffer full";
                     close_client(&mut sink, client_sid, ErrorCode::TERMINATED, why).await;
                     break Err(why.into());
                 };
-                queued.fetch_sub(bytes.len() + FRAME_COST, std::sync::atomic::Ordering::AcqRel);
-                let last = matches!(bytes.first(), Some(6 | 11)); // Reject, Close
-                if data_len(&bytes) > 0 {
+                queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
+                let last = routed.last;
+                if routed.payload > 0 {
                     last_activity = Instant::now();
                     if pace_out.is_some() && ready(&pace_out) > Instant::now() {
-                        hold_out = Some(bytes);
+                        hold_out = Some(routed);
                         continue;
                     }
                     if let Some(b) = pace_out.as_mut() {
-                        b.consume(data_len(&bytes), clock());
+                        b.consume(routed.payload, clock());
                     }
                 }
-                if sink.send(Message::Binary(bytes.into())).await.is_err() {
+                if sink.send(Message::Binary(routed.bytes.into())).await.is_err() {
                     break Err("client went away".into());
                 }
                 if last {
@@ -281,24 +281,24 @@ pub async fn serve(
                     client_closed_session = true;
                 }
                 let out = forward(frame);
-                if out.len() > DEFAULT_MAX_FRAME as usize {
+                if out.bytes.len() > DEFAULT_MAX_FRAME as usize {
                     // A longer session id can push a full frame over the agent's limit,
                     // which would cost every session on the link: end only this one.
-                    let e = format!("frame too large after routing ({} > {DEFAULT_MAX_FRAME} bytes)", out.len());
+                    let e = format!("frame too large after routing ({} > {DEFAULT_MAX_FRAME} bytes)", out.bytes.len());
                     close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
                     break Err("client protocol error".into());
                 }
-                if data_len(&out) > 0 {
+                if out.payload > 0 {
                     last_activity = Instant::now();
                     if pace_in.is_some() && ready(&pace_in) > Instant::now() {
                         hold_in = Some(out);
                         continue;
                     }
                     if let Some(b) = pace_in.as_mut() {
-                        b.consume(data_len(&out), clock());
+                        b.consume(out.payload, clock());
                     }
                 }
-                if agent.tx.send(out).await.is_err() {
+                if agent.tx.send(out.bytes).await.is_err() {
                     break Err("agent went away".into());
                 }
             }
@@ -333,14 +333,6 @@ async fn close_client(sink: &mut ClientSink, sid: u32, code: ErrorCode, reason: 
         reason,
     });
     let _ = sink.send(Message::Binary(close.into())).await;
-}
-
-/// Payload length of an encoded `Data` frame (0 for any other frame).
-fn data_len(bytes: &[u8]) -> usize {
-    match Frame::decode(bytes) {
-        Ok(Frame::Data { data, .. }) => data.0.len(),
-        _ => 0,
-    }
 }
 
 /// `20m`, `2s`, `1h30m`.
