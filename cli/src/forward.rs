@@ -416,7 +416,8 @@ pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32>
                         if let Some(c) = chans.get_mut(&ch) {
                             c.recv.consume(n);
                             if let Some(bytes) = c.recv.credit_due() {
-                                ws.send(encode(&Frame::Credit { sid: SID, ch, bytes })).await?;
+                                // Best effort, as in a shell session.
+                                let _ = ws.send(encode(&Frame::Credit { sid: SID, ch, bytes })).await;
                             }
                         }
                     }

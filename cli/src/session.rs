@@ -202,7 +202,8 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
                         }
                         recv.consume(data.0.len());
                         if let Some(bytes) = recv.credit_due() {
-                            ws.send(encode(&Frame::Credit { sid: SID, ch: 0, bytes })).await?;
+                            // Best effort: the session may be ending; its last output is still read.
+                            let _ = ws.send(encode(&Frame::Credit { sid: SID, ch: 0, bytes })).await;
                         }
                     }
                     Ok(Frame::Credit { bytes, .. }) => {
@@ -210,6 +211,7 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
                     }
                     Ok(Frame::Close { exit, reason, .. }) => {
                         stdout.flush().await?;
+                        let _ = ws.close(None).await;
                         drop(_raw);
                         if let Exit::Aborted(code) = exit {
                             let why = if reason.is_empty() { describe(code) } else { reason.to_string() };

@@ -320,7 +320,18 @@ pub async fn serve(
             }
         }
     }
+    // Close the WebSocket properly and read until the client closes too (bounded):
+    // dropping the connection at once would reset it, and a client still reading the
+    // session's last output would lose what it had not read yet.
     let _ = sink.close().await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = stream.next().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 type ClientSink = futures_util::stream::SplitSink<WebSocket, Message>;
