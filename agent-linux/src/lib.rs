@@ -27,6 +27,7 @@ pub mod driver;
 pub mod forward;
 pub mod identity;
 pub mod install;
+pub mod passwd;
 pub mod policy;
 pub mod process;
 pub mod pty;

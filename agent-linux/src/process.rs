@@ -273,19 +273,14 @@ pub fn spawn_exec(
 /// The login shell of the user the agent runs as: (shell, home, user name).
 fn login_shell() -> (String, String, String) {
     let uid = rustix::process::getuid().as_raw();
-    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
-    for line in passwd.lines() {
-        let f: Vec<&str> = line.split(':').collect();
-        if f.len() >= 7 && f[2].parse::<u32>().ok() == Some(uid) {
-            let shell = if f[6].is_empty() || !std::path::Path::new(f[6]).exists() {
-                "/bin/sh".to_string()
-            } else {
-                f[6].to_string()
-            };
-            return (shell, f[5].to_string(), f[0].to_string());
+    match crate::passwd::by_uid(uid) {
+        Some(a) => {
+            let usable = !a.shell.is_empty() && std::path::Path::new(&a.shell).exists();
+            let shell = if usable { a.shell } else { "/bin/sh".into() };
+            (shell, a.home, a.name)
         }
+        None => ("/bin/sh".into(), "/".into(), format!("{uid}")),
     }
-    ("/bin/sh".into(), "/".into(), format!("{uid}"))
 }
 
 /// Start the login shell on a new PTY of `cols` x `rows`.

@@ -40,24 +40,6 @@ impl Default for KeyConfig {
     }
 }
 
-struct User {
-    uid: u32,
-    gid: u32,
-    home: String,
-}
-
-fn lookup(name: &str) -> Option<User> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    passwd.lines().find_map(|l| {
-        let f: Vec<&str> = l.split(':').collect();
-        (f.len() >= 7 && f[0] == name).then(|| User {
-            uid: f[2].parse().unwrap_or(u32::MAX),
-            gid: f[3].parse().unwrap_or(u32::MAX),
-            home: f[5].to_string(),
-        })
-    })
-}
-
 const KEY_TYPES: &[&str] = &[
     "ssh-ed25519",
     "ssh-rsa",
@@ -277,7 +259,7 @@ pub fn push(
         ));
     }
     let (ty, blob) = parse_key(key).map_err(|e| (ErrorCode::DENIED, e))?;
-    let u = lookup(user).ok_or_else(|| {
+    let u = crate::passwd::by_name(user).ok_or_else(|| {
         (
             ErrorCode::NO_SUCH_USER,
             format!("no such user '{user}' on this target"),
@@ -353,7 +335,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(tmp.join("keys")).unwrap();
         std::fs::write(tmp.join("secret"), "do not touch\n").unwrap();
-        let me = lookup_uid_name(rustix::process::geteuid().as_raw());
+        let me = crate::passwd::by_uid(rustix::process::geteuid().as_raw())
+            .expect("the test user is in /etc/passwd")
+            .name;
         let config = KeyConfig {
             pattern: format!("{}/keys/%u", tmp.display()),
             state_dir: tmp.clone(),
@@ -395,16 +379,5 @@ mod tests {
             .mode();
         assert_eq!(mode & 0o777, 0o600);
         let _ = std::fs::remove_dir_all(&tmp);
-    }
-
-    fn lookup_uid_name(uid: u32) -> String {
-        let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-        passwd
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() >= 7 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-            .expect("the test user is in /etc/passwd")
     }
 }

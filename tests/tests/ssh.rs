@@ -37,27 +37,30 @@ fn setup() -> (Env, Sshd, PathBuf) {
 fn ssh(env: &Env, sshd: &Sshd, key: &Path, args: &[&str]) -> Output {
     let proxy = format!("{} proxy gw-01 %p", bin("sesame").display());
     env.command("ssh")
-        .args(["-F", "/dev/null", "-i"])
-        .arg(key)
-        .args([
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "IdentityAgent=none",
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-            "-o",
-            "LogLevel=ERROR",
-        ])
+        .args(sshd::client_opts(key))
         .arg("-o")
         .arg(format!("ProxyCommand={proxy}"))
         .arg("-p")
         .arg(sshd.port.to_string())
         .arg("root@gw-01")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// `sesame ssh gw-01 --user root -p PORT -- ARGS`.
+fn sesame_ssh(env: &Env, sshd: &Sshd, args: &[&str]) -> Output {
+    env.sesame()
+        .args([
+            "ssh",
+            "gw-01",
+            "--user",
+            "root",
+            "-p",
+            &sshd.port.to_string(),
+            "--",
+        ])
         .args(args)
         .stdin(Stdio::null())
         .output()
@@ -129,24 +132,9 @@ fn pushed_key_logs_in_through_proxy_and_scp_round_trips_5_mb() {
     ] {
         let out = env
             .command("scp")
-            .args(["-q", "-F", "/dev/null", "-i"])
-            .arg(&key)
-            .args([
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "-o",
-                &proxy,
-            ])
+            .arg("-q")
+            .args(sshd::client_opts(&key))
+            .args(["-o", &proxy])
             .arg("-P")
             .arg(sshd.port.to_string())
             .args([&from, &to])
@@ -165,40 +153,10 @@ fn pushed_key_logs_in_through_proxy_and_scp_round_trips_5_mb() {
 #[ignore = "needs root and openssh-server; run by tests/run-all.sh"]
 fn sesame_ssh_logs_in_with_no_key_set_up() {
     let (env, sshd, _) = setup();
-    let out = env
-        .sesame()
-        .args([
-            "ssh",
-            "gw-01",
-            "--user",
-            "root",
-            "-p",
-            &sshd.port.to_string(),
-            "--",
-            "echo",
-            "via-sesame-ssh",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = sesame_ssh(&env, &sshd, &["echo", "via-sesame-ssh"]);
     assert_eq!(text(&out).0, "via-sesame-ssh\n", "{}", text(&out).1);
     assert_eq!(out.status.code(), Some(0));
-    let out = env
-        .sesame()
-        .args([
-            "ssh",
-            "gw-01",
-            "--user",
-            "root",
-            "-p",
-            &sshd.port.to_string(),
-            "--",
-            "exit",
-            "3",
-        ])
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let out = sesame_ssh(&env, &sshd, &["exit", "3"]);
     assert_eq!(out.status.code(), Some(3), "ssh's exit code comes back");
 }
 
