@@ -27,6 +27,7 @@
 pub mod error;
 pub mod flow;
 pub mod limits;
+pub mod provision;
 pub mod session;
 pub mod time;
 pub mod wire;

@@ -68,7 +68,7 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     let authed = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &state, &nonce))
         .await
         .unwrap_or(Err("authentication timed out".to_string()));
-    let (agent, max_sessions) = match authed {
+    let (agent, max_sessions, max_frame) = match authed {
         Ok(a) => a,
         Err(msg) => {
             warn!(%peer, "agent refused: {msg}");
@@ -89,9 +89,12 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
         return;
     }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(AGENT_QUEUE);
-    let (handle, mut kicked) = state.hub.register(&agent.id, &agent.name, max_sessions, tx);
+    let (handle, mut kicked) =
+        state
+            .hub
+            .register(&agent.id, &agent.name, max_sessions, max_frame, tx);
     let _ = state.store.touch_agent(&agent.id).await;
-    info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, "agent online");
+    info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, max_frame, "agent online");
 
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -144,7 +147,7 @@ async fn handshake(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     state: &AppState,
     nonce: &[u8; NONCE_LEN],
-) -> Result<(AgentRow, u16), String> {
+) -> Result<(AgentRow, u16, u32), String> {
     let msg = recv_binary(stream).await.ok_or("closed during handshake")?;
     let hello = match Frame::decode_bounded(&msg, wire::DEFAULT_MAX_FRAME as usize) {
         Ok(Frame::Hello(h)) => h,
@@ -189,7 +192,10 @@ async fn handshake(
     let max = hello
         .max_sessions
         .min(state.config.limits.max_sessions_per_agent);
-    Ok((agent, max))
+    let max_frame = hello
+        .max_frame
+        .clamp(wire::MIN_MAX_FRAME, wire::DEFAULT_MAX_FRAME);
+    Ok((agent, max, max_frame))
 }
 
 /// Route one frame from the agent. `Err` is a connection-level protocol violation.

@@ -96,6 +96,8 @@ pub struct AgentHandle {
     pub conn_id: u64,
     /// The agent's advertised session capacity.
     pub max_sessions: u16,
+    /// Largest frame the agent accepts (its `Hello`, within the protocol's bounds).
+    pub max_frame: u32,
     /// Encoded frames for the agent.
     pub tx: mpsc::Sender<Vec<u8>>,
     /// Set to true to make the connection task hang up (replaced by a newer one).
@@ -225,6 +227,7 @@ impl Hub {
         id: &str,
         name: &str,
         max_sessions: u16,
+        max_frame: u32,
         tx: mpsc::Sender<Vec<u8>>,
     ) -> (Arc<AgentHandle>, watch::Receiver<bool>) {
         let (kick, kicked) = watch::channel(false);
@@ -233,6 +236,7 @@ impl Hub {
             name: name.to_string(),
             conn_id: self.conn_seq.fetch_add(1, Ordering::Relaxed),
             max_sessions,
+            max_frame,
             tx,
             kick,
             routes: Mutex::new(HashMap::new()),

@@ -26,6 +26,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod provision;
 pub mod secret;
 pub mod server;
 pub mod store;

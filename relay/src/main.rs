@@ -56,6 +56,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: AgentCmd,
     },
+    /// Provision microcontroller agents.
+    Device {
+        #[command(subcommand)]
+        cmd: DeviceCmd,
+    },
     /// Manage users.
     User {
         #[command(subcommand)]
@@ -86,6 +91,31 @@ enum AgentCmd {
         /// Tag as key=value (repeatable).
         #[arg(long = "tag")]
         tags: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeviceCmd {
+    /// Make a device's key, bind it to the agent CODE names, and write the image to
+    /// flash with the firmware (see boards/*/README.md).
+    Provision {
+        #[command(flatten)]
+        data: DataDir,
+        /// Activation code from `sesame-relay agent add` (used up here).
+        #[arg(long = "activate", value_name = "CODE")]
+        code: String,
+        /// Where the device dials: HOST:PORT (IPv4 address or DNS name).
+        #[arg(long, value_name = "HOST:PORT")]
+        relay: String,
+        /// DNS name the device checks in the relay's certificate [default: the host].
+        #[arg(long, value_name = "NAME")]
+        tls_name: Option<String>,
+        /// CA certificate (PEM) the device pins.
+        #[arg(long, value_name = "CA.pem")]
+        ca: PathBuf,
+        /// Where to write the image (mode 0600: it holds the device's private key).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
     },
 }
 
@@ -193,6 +223,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", code.expose());
             Ok(())
         }
+        Cmd::Device {
+            cmd:
+                DeviceCmd::Provision {
+                    data: DataDir { data_dir },
+                    code,
+                    relay,
+                    tls_name,
+                    ca,
+                    out,
+                },
+        } => {
+            let store = open_store(&data_dir).await?;
+            let req = relay::provision::Request {
+                code: &code,
+                relay: &relay,
+                tls_name: tls_name.as_deref(),
+                ca_pem: &ca,
+            };
+            let (name, image) = relay::provision::provision(&store, &req).await?;
+            write_private(&out, &image)
+                .with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "provisioned agent '{name}': {} ({} bytes)",
+                out.display(),
+                image.len()
+            );
+            Ok(())
+        }
         Cmd::User {
             cmd:
                 UserCmd::Add {
@@ -207,6 +265,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Write a file only its owner can read.
+fn write_private(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(data)
 }
 
 async fn open_store(data_dir: &std::path::Path) -> anyhow::Result<Store> {

@@ -150,7 +150,23 @@ pub async fn serve(
         };
         Routed::new(f, agent_sid)
     };
-    let mut opening = vec![forward(Frame::decode(&msg).expect("decoded above")).bytes];
+    let first = forward(Frame::decode(&msg).expect("decoded above"));
+    if first.bytes.len() > agent.max_frame as usize {
+        agent.remove_route(agent_sid);
+        let reason = format!(
+            "Open frame of {} bytes is larger than the agent accepts ({} bytes)",
+            first.bytes.len(),
+            agent.max_frame
+        );
+        let _ = sink
+            .send(Message::Binary(
+                reject(client_sid, ErrorCode::PROTOCOL, &reason).into(),
+            ))
+            .await;
+        let _ = state.store.end_session(&session.id, &reason).await;
+        return;
+    }
+    let mut opening = vec![first.bytes];
     if let Some(rate) = session.rate {
         // The agent paces its own output; the relay paces both directions below.
         opening.push(encode(&Frame::Limit {
@@ -281,10 +297,11 @@ pub async fn serve(
                     client_closed_session = true;
                 }
                 let out = forward(frame);
-                if out.bytes.len() > DEFAULT_MAX_FRAME as usize {
-                    // A longer session id can push a full frame over the agent's limit,
-                    // which would cost every session on the link: end only this one.
-                    let e = format!("frame too large after routing ({} > {DEFAULT_MAX_FRAME} bytes)", out.bytes.len());
+                if out.bytes.len() > agent.max_frame as usize {
+                    // A frame over the agent's announced limit (a small device's, or a
+                    // full frame made longer by the session id) would cost every session
+                    // on the link: end only this one.
+                    let e = format!("frame too large for the agent ({} > {} bytes)", out.bytes.len(), agent.max_frame);
                     close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
                     break Err("client protocol error".into());
                 }

@@ -97,6 +97,9 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
     f.write_all(data).map_err(|e| Error::io(path, e))
 }
 
+/// Largest TLS record payload the relay sends (see `docs/protocol.md` §1).
+pub const MAX_RECORD: usize = 4096;
+
 /// A TLS 1.3-only rustls server configuration from PEM files.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error> {
     let certs = load_certs(cert)?;
@@ -112,6 +115,11 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, Error
         .with_single_cert(certs, key)
         .map_err(|e| Error::Tls(e.to_string()))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // Records of at most 4 KiB let a microcontroller agent decrypt with a ~4.3 KiB
+    // buffer instead of 16.6 KiB (embedded-tls has no max_fragment_length support
+    // in rustls to negotiate it); the cost for large transfers is one 22-byte record
+    // header per 4 KiB.
+    config.max_fragment_size = Some(MAX_RECORD);
     Ok(Arc::new(config))
 }
 
