@@ -17,8 +17,14 @@ pub trait Board {
     fn network(&self, out: &mut dyn Write) -> fmt::Result;
     /// Sessions open now and the capacity.
     fn sessions(&self) -> (usize, usize);
-    /// Ask for a reboot once the answer has been sent.
+    /// Restart the device. The network driver calls this once the `reboot` command's
+    /// answer has been sent.
     fn request_reboot(&mut self);
+    /// One line of status from the driver (connection state, errors), for the
+    /// board's log output.
+    fn log(&mut self, line: fmt::Arguments<'_>) {
+        let _ = line;
+    }
     /// Run a board command; `None` when `argv[0]` is not one of the board's.
     fn command(&mut self, argv: &[&str], out: &mut dyn Write) -> Option<i32> {
         let _ = (argv, out);

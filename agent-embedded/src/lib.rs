@@ -19,3 +19,5 @@
 #![warn(missing_docs)]
 
 pub mod console;
+pub mod engine;
+pub mod link;

@@ -1,0 +1,566 @@
+//! The network side: embassy-net TCP, TLS 1.3 verified against the pinned CA
+//! (embedded-tls), the WebSocket to `/v1/agent` (embedded-websocket), and the
+//! [`Engine`] behind them; reconnects with backoff for ever.
+
+use core::cell::RefCell;
+use core::fmt::{self, Write as _};
+use core::net::Ipv4Addr;
+
+use agent_core::provision::Provision;
+use embassy_futures::select::{select, Either};
+use embassy_net::tcp::{TcpReader, TcpSocket, TcpWriter};
+use embassy_net::Stack;
+use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::signal::Signal;
+use embassy_time::{with_timeout, Duration, Instant, Timer};
+use embedded_io_async::{ErrorType, Read, Write};
+use embedded_tls::pki::CertVerifier;
+use embedded_tls::{
+    Aes128GcmSha256, Certificate, CryptoProvider, NoClock, TlsConfig, TlsConnection, TlsContext,
+    TlsError, TlsVerifier,
+};
+use embedded_websocket::{
+    WebSocketClient, WebSocketOptions, WebSocketReceiveMessageType, WebSocketSendMessageType,
+};
+use heapless::String;
+use rand_core::{CryptoRng, RngCore};
+
+use crate::console::Board;
+use crate::engine::{Engine, DEFAULT_SESSIONS, MAX_FRAME};
+
+/// TLS record buffer for reading: one record of the relay's 4 KiB maximum plus
+/// header, tag and padding room (`relay::tls::MAX_RECORD`).
+pub const TLS_READ: usize = 4096 + 256;
+/// TLS record buffer for writing: one WebSocket message of a full frame.
+pub const TLS_WRITE: usize = MAX_FRAME + 256;
+/// The relay's leaf certificate, kept during the handshake to check its signature.
+pub const CERT_SIZE: usize = 2048;
+/// WebSocket header room around a frame.
+const WS_HEADER: usize = 14;
+
+/// Everything one connection needs, allocated once by the board (in a `static`).
+pub struct Buffers {
+    tcp_rx: [u8; 4096],
+    tcp_tx: [u8; 2048],
+    tls_rx: [u8; TLS_READ],
+    tls_tx: [u8; TLS_WRITE],
+    /// Decrypted bytes not yet parsed into WebSocket frames (and the HTTP response).
+    ws_rx: [u8; 1024],
+    /// One reassembled WebSocket message.
+    msg: [u8; MAX_FRAME],
+    /// One frame from the engine, then its WebSocket encoding.
+    frame: [u8; MAX_FRAME],
+    ws_tx: [u8; MAX_FRAME + WS_HEADER],
+}
+
+impl Buffers {
+    /// Zeroed buffers (for a `static` or `StaticCell`).
+    pub const fn new() -> Self {
+        Buffers {
+            tcp_rx: [0; 4096],
+            tcp_tx: [0; 2048],
+            tls_rx: [0; TLS_READ],
+            tls_tx: [0; TLS_WRITE],
+            ws_rx: [0; 1024],
+            msg: [0; MAX_FRAME],
+            frame: [0; MAX_FRAME],
+            ws_tx: [0; MAX_FRAME + WS_HEADER],
+        }
+    }
+}
+
+impl Default for Buffers {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Why one connection ended.
+#[derive(Debug)]
+pub enum LinkError {
+    /// The relay's host name did not resolve.
+    Dns,
+    /// TCP connect failed or timed out.
+    Connect,
+    /// TLS failed: with `InvalidCertificate` the relay is not who the pinned CA says.
+    Tls(TlsError),
+    /// The WebSocket upgrade or framing failed.
+    WebSocket(&'static str),
+    /// The relay closed the connection.
+    Closed,
+    /// The session engine gave up (see [`crate::engine::Failure`]).
+    Engine(crate::engine::Failure),
+    /// A `reboot` command finished.
+    Reboot,
+}
+
+impl fmt::Display for LinkError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LinkError::Dns => f.write_str("cannot resolve the relay's host name"),
+            LinkError::Connect => f.write_str("cannot connect (TCP)"),
+            LinkError::Tls(TlsError::InvalidCertificate) => f.write_str(
+                "TLS: the relay's certificate is not signed by the pinned CA or does not name it",
+            ),
+            LinkError::Tls(e) => write!(f, "TLS: {e:?}"),
+            LinkError::WebSocket(m) => write!(f, "WebSocket: {m}"),
+            LinkError::Closed => f.write_str("the relay closed the connection"),
+            LinkError::Engine(e) => write!(f, "{e}"),
+            LinkError::Reboot => f.write_str("rebooting"),
+        }
+    }
+}
+
+impl From<TlsError> for LinkError {
+    fn from(e: TlsError) -> Self {
+        LinkError::Tls(e)
+    }
+}
+
+/// Reconnect delays: doubling from `min` to `max`, with up to a quarter of jitter.
+#[derive(Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub min: Duration,
+    /// Longest delay.
+    pub max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            min: Duration::from_secs(1),
+            max: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Run the agent for ever: connect, serve sessions, and reconnect with backoff.
+/// `rng` must be a cryptographic RNG (TLS key shares, WebSocket masks).
+pub async fn run<B: Board, R: RngCore + CryptoRng>(
+    stack: Stack<'_>,
+    prov: &Provision<'_>,
+    board: &mut B,
+    rng: &mut R,
+    bufs: &mut Buffers,
+    backoff: Backoff,
+) -> ! {
+    let key = ed25519_dalek::SigningKey::from_bytes(&prov.seed());
+    let mut delay = backoff.min;
+    loop {
+        if !stack.is_config_up() {
+            board.log(format_args!("net: waiting for an address"));
+            stack.wait_config_up().await;
+        }
+        let started = Instant::now();
+        let mut authenticated = false;
+        let end = connect_and_serve::<_, _, DEFAULT_SESSIONS>(
+            stack,
+            prov,
+            &key,
+            board,
+            rng,
+            bufs,
+            &mut authenticated,
+        )
+        .await;
+        if matches!(end, LinkError::Reboot) {
+            board.log(format_args!("relay: rebooting on request"));
+            board.request_reboot();
+        }
+        // A connection that worked for a while starts the backoff over.
+        if authenticated && started.elapsed() > Duration::from_secs(30) {
+            delay = backoff.min;
+        }
+        let jitter = Duration::from_millis(rng.next_u32() as u64 % (delay.as_millis() / 4 + 1));
+        let wait = delay + jitter;
+        board.log(format_args!(
+            "relay: {end}; retrying in {} ms",
+            wait.as_millis()
+        ));
+        Timer::after(wait).await;
+        delay = (delay * 2).min(backoff.max);
+    }
+}
+
+async fn resolve(stack: Stack<'_>, host: &str) -> Result<embassy_net::IpAddress, LinkError> {
+    if let Ok(ip) = host.parse::<Ipv4Addr>() {
+        return Ok(embassy_net::IpAddress::Ipv4(ip));
+    }
+    let found = stack
+        .dns_query(host, embassy_net::dns::DnsQueryType::A)
+        .await
+        .map_err(|_| LinkError::Dns)?;
+    found.first().copied().ok_or(LinkError::Dns)
+}
+
+/// embedded-tls splits a connection into a reader and a writer that each need the
+/// socket: this gives each its own half, behind a cell only it borrows.
+#[derive(Clone, Copy)]
+struct Duplex<'s, 'a> {
+    r: &'s RefCell<TcpReader<'a>>,
+    w: &'s RefCell<TcpWriter<'a>>,
+}
+
+#[derive(Debug)]
+enum DuplexError {
+    Tcp,
+    /// A half was used by both sides of the split at once (a bug, reported not panicked).
+    Busy,
+}
+
+impl fmt::Display for DuplexError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DuplexError::Tcp => "TCP connection reset",
+            DuplexError::Busy => "socket half used twice",
+        })
+    }
+}
+
+impl core::error::Error for DuplexError {}
+
+impl embedded_io_async::Error for DuplexError {
+    fn kind(&self) -> embedded_io_async::ErrorKind {
+        match self {
+            DuplexError::Tcp => embedded_io_async::ErrorKind::ConnectionReset,
+            DuplexError::Busy => embedded_io_async::ErrorKind::Other,
+        }
+    }
+}
+
+impl ErrorType for Duplex<'_, '_> {
+    type Error = DuplexError;
+}
+
+impl Read for Duplex<'_, '_> {
+    #[allow(clippy::await_holding_refcell_ref)] // only the TLS reader uses `r`
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, DuplexError> {
+        let mut r = self.r.try_borrow_mut().map_err(|_| DuplexError::Busy)?;
+        r.read(buf).await.map_err(|_| DuplexError::Tcp)
+    }
+}
+
+impl Write for Duplex<'_, '_> {
+    #[allow(clippy::await_holding_refcell_ref)] // only the TLS writer uses `w`
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, DuplexError> {
+        let mut w = self.w.try_borrow_mut().map_err(|_| DuplexError::Busy)?;
+        w.write(buf).await.map_err(|_| DuplexError::Tcp)
+    }
+
+    #[allow(clippy::await_holding_refcell_ref)] // only the TLS writer uses `w`
+    async fn flush(&mut self) -> Result<(), DuplexError> {
+        let mut w = self.w.try_borrow_mut().map_err(|_| DuplexError::Busy)?;
+        w.flush().await.map_err(|_| DuplexError::Tcp)
+    }
+}
+
+/// TLS crypto: the board's RNG and a verifier pinned to the provisioned CA.
+struct Provider<'a, R> {
+    rng: &'a mut R,
+    verifier: CertVerifier<'a, Aes128GcmSha256, NoClock, CERT_SIZE>,
+}
+
+impl<R: RngCore + CryptoRng> CryptoProvider for Provider<'_, R> {
+    type CipherSuite = Aes128GcmSha256;
+    type Signature = [u8; 64];
+
+    fn rng(&mut self) -> impl embedded_tls::CryptoRngCore {
+        &mut *self.rng
+    }
+
+    fn verifier(&mut self) -> Result<&mut impl TlsVerifier<Aes128GcmSha256>, TlsError> {
+        Ok(&mut self.verifier)
+    }
+}
+
+fn now_ms() -> agent_core::Instant {
+    agent_core::Instant(Instant::now().as_millis())
+}
+
+async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
+    stack: Stack<'_>,
+    prov: &Provision<'_>,
+    key: &ed25519_dalek::SigningKey,
+    board: &mut B,
+    rng: &mut R,
+    bufs: &mut Buffers,
+    authenticated: &mut bool,
+) -> LinkError {
+    let Buffers {
+        tcp_rx,
+        tcp_tx,
+        tls_rx,
+        tls_tx,
+        ws_rx,
+        msg,
+        frame,
+        ws_tx,
+    } = bufs;
+    let ip = match resolve(stack, prov.relay_host).await {
+        Ok(ip) => ip,
+        Err(e) => return e,
+    };
+    let mut socket = TcpSocket::new(stack, tcp_rx, tcp_tx);
+    socket.set_timeout(Some(Duration::from_secs(60)));
+    let connected = with_timeout(
+        Duration::from_secs(10),
+        socket.connect((ip, prov.relay_port)),
+    )
+    .await;
+    if !matches!(connected, Ok(Ok(()))) {
+        return LinkError::Connect;
+    }
+    let (r, w) = socket.split();
+    let (r, w) = (RefCell::new(r), RefCell::new(w));
+    let mut tls: TlsConnection<'_, _, Aes128GcmSha256> =
+        TlsConnection::new(Duplex { r: &r, w: &w }, tls_rx, tls_tx);
+    let alpn: [&[u8]; 1] = [b"http/1.1"];
+    let config = TlsConfig::new()
+        .with_server_name(prov.tls_name)
+        .with_alpn(&alpn);
+    let provider = Provider {
+        rng: &mut *rng,
+        verifier: CertVerifier::new(Certificate::X509(prov.ca_der.0)),
+    };
+    match with_timeout(
+        Duration::from_secs(20),
+        tls.open(TlsContext::new(&config, provider)),
+    )
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return LinkError::Tls(e),
+        Err(_) => return LinkError::Tls(TlsError::Io(embedded_io_async::ErrorKind::TimedOut)),
+    }
+    let (mut reader, mut writer) = tls.split();
+
+    // The WebSocket upgrade.
+    let mut ws = WebSocketClient::new_client(&mut *rng);
+    let mut host: String<72> = String::new();
+    let _ = write!(host, "{}:{}", prov.tls_name, prov.relay_port);
+    let options = WebSocketOptions {
+        path: "/v1/agent",
+        host: &host,
+        origin: "",
+        sub_protocols: None,
+        additional_headers: None,
+    };
+    let mut request = [0u8; 1024];
+    let Ok((len, ws_key)) = ws.client_connect(&options, &mut request) else {
+        return LinkError::WebSocket("cannot build the upgrade request");
+    };
+    if let Err(e) = write_flush(&mut writer, &request[..len]).await {
+        return e;
+    }
+    let mut fill = 0;
+    loop {
+        if fill == ws_rx.len() {
+            return LinkError::WebSocket("upgrade response too long");
+        }
+        match with_timeout(Duration::from_secs(20), reader.read(&mut ws_rx[fill..])).await {
+            Ok(Ok(0)) => return LinkError::Closed,
+            Ok(Ok(n)) => fill += n,
+            Ok(Err(e)) => return LinkError::Tls(e),
+            Err(_) => return LinkError::WebSocket("no upgrade response"),
+        }
+        match ws.client_accept(&ws_key, &ws_rx[..fill]) {
+            Ok((used, _)) => {
+                ws_rx.copy_within(used..fill, 0);
+                fill -= used;
+                break;
+            }
+            Err(embedded_websocket::Error::HttpHeaderIncomplete) => {}
+            Err(_) => return LinkError::WebSocket("the relay refused the upgrade"),
+        }
+    }
+
+    // Sessions.
+    struct Shared<'e, 'w, B, R: RngCore, const N: usize> {
+        engine: Engine<'e, N>,
+        board: &'w mut B,
+        ws: WebSocketClient<&'w mut R>,
+        /// A Ping's payload to answer.
+        pong: Option<heapless::Vec<u8, 125>>,
+        closing: bool,
+    }
+    let mut engine = Engine::<N>::new(key, now_ms());
+    if let Some(cfg) = stack.config_v4() {
+        let _ = write!(
+            engine.net,
+            "ip {}, relay {}:{}",
+            cfg.address, prov.relay_host, prov.relay_port
+        );
+    }
+    let shared = RefCell::new(Shared {
+        engine,
+        board,
+        ws,
+        pong: None,
+        closing: false,
+    });
+    let wake: Signal<NoopRawMutex, ()> = Signal::new();
+
+    let receive = async {
+        let mut msg_len = 0;
+        loop {
+            // Parse what is buffered, then read more.
+            loop {
+                let step = {
+                    let mut guard = shared.borrow_mut();
+                    let st = &mut *guard;
+                    match st.ws.read(&ws_rx[..fill], &mut msg[msg_len..]) {
+                        Err(embedded_websocket::Error::ReadFrameIncomplete) => Step::NeedMore,
+                        Err(_) => {
+                            Step::Fail(LinkError::WebSocket("malformed frame from the relay"))
+                        }
+                        Ok(res) => {
+                            ws_rx.copy_within(res.len_from..fill, 0);
+                            fill -= res.len_from;
+                            msg_len += res.len_to;
+                            if !res.end_of_message {
+                                if msg_len == msg.len() {
+                                    Step::Fail(LinkError::WebSocket(
+                                        "message larger than max_frame",
+                                    ))
+                                } else if res.len_from == 0 {
+                                    Step::NeedMore
+                                } else {
+                                    Step::Again
+                                }
+                            } else {
+                                let len = core::mem::take(&mut msg_len);
+                                match res.message_type {
+                                    WebSocketReceiveMessageType::Binary => {
+                                        st.engine.on_message(now_ms(), &msg[..len], &mut *st.board);
+                                        if st.engine.agent_id().is_some() {
+                                            *authenticated = true;
+                                        }
+                                        Step::Wake
+                                    }
+                                    WebSocketReceiveMessageType::Ping => {
+                                        st.pong =
+                                            heapless::Vec::from_slice(&msg[..len.min(125)]).ok();
+                                        Step::Wake
+                                    }
+                                    WebSocketReceiveMessageType::Pong => Step::Again,
+                                    WebSocketReceiveMessageType::Text => {
+                                        Step::Fail(LinkError::WebSocket("unexpected text message"))
+                                    }
+                                    WebSocketReceiveMessageType::CloseMustReply
+                                    | WebSocketReceiveMessageType::CloseCompleted => {
+                                        st.closing = true;
+                                        Step::Close
+                                    }
+                                }
+                            }
+                        }
+                    }
+                };
+                match step {
+                    Step::NeedMore => break,
+                    Step::Again => {}
+                    Step::Wake => wake.signal(()),
+                    Step::Fail(e) => return e,
+                    Step::Close => {
+                        wake.signal(());
+                        // Give the writer a moment to answer the close.
+                        Timer::after(Duration::from_millis(100)).await;
+                        return LinkError::Closed;
+                    }
+                }
+            }
+            if fill == ws_rx.len() {
+                return LinkError::WebSocket("frame header larger than the buffer");
+            }
+            match reader.read(&mut ws_rx[fill..]).await {
+                Ok(0) => return LinkError::Closed,
+                Ok(n) => fill += n,
+                Err(e) => return LinkError::Tls(e),
+            }
+        }
+    };
+
+    let send = async {
+        loop {
+            // Send everything queued.
+            loop {
+                let (len, closing) = {
+                    let mut guard = shared.borrow_mut();
+                    let st = &mut *guard;
+                    if st.closing {
+                        let reply = WebSocketSendMessageType::CloseReply;
+                        (st.ws.write(reply, true, &[], &mut ws_tx[..]).ok(), true)
+                    } else if let Some(p) = st.pong.take() {
+                        let pong = WebSocketSendMessageType::Pong;
+                        (st.ws.write(pong, true, &p, &mut ws_tx[..]).ok(), false)
+                    } else if let Some(n) =
+                        st.engine
+                            .poll_transmit(now_ms(), &mut frame[..], &mut *st.board)
+                    {
+                        let binary = WebSocketSendMessageType::Binary;
+                        (
+                            st.ws.write(binary, true, &frame[..n], &mut ws_tx[..]).ok(),
+                            false,
+                        )
+                    } else {
+                        (None, false)
+                    }
+                };
+                if closing {
+                    if let Some(n) = len {
+                        let _ = write_flush(&mut writer, &ws_tx[..n]).await;
+                    }
+                    return LinkError::Closed;
+                }
+                let Some(len) = len else { break };
+                if let Err(e) = writer.write_all(&ws_tx[..len]).await {
+                    return LinkError::Tls(e);
+                }
+            }
+            if let Err(e) = writer.flush().await {
+                return LinkError::Tls(e);
+            }
+            let (deadline, reboot) = {
+                let mut st = shared.borrow_mut();
+                if let Some(f) = st.engine.failure() {
+                    return LinkError::Engine(f.clone());
+                }
+                (st.engine.poll_timeout(), st.engine.take_reboot())
+            };
+            if reboot {
+                // Let the answer reach the relay before the reset.
+                Timer::after(Duration::from_millis(200)).await;
+                return LinkError::Reboot;
+            }
+            let timer = match deadline {
+                Some(at) => Timer::at(Instant::from_millis(at.0)),
+                None => Timer::after(Duration::from_secs(3600)),
+            };
+            if let Either::Second(()) = select(wake.wait(), timer).await {
+                let mut guard = shared.borrow_mut();
+                let st = &mut *guard;
+                st.engine.on_timeout(now_ms(), &mut *st.board);
+            }
+        }
+    };
+
+    match select(receive, send).await {
+        Either::First(e) | Either::Second(e) => e,
+    }
+}
+
+/// What parsing one buffered WebSocket frame asks of the receive loop.
+enum Step {
+    NeedMore,
+    Again,
+    Wake,
+    Close,
+    Fail(LinkError),
+}
+
+async fn write_flush<W: Write<Error = TlsError>>(w: &mut W, data: &[u8]) -> Result<(), LinkError> {
+    w.write_all(data).await?;
+    w.flush().await?;
+    Ok(())
+}
