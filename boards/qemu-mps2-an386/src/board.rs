@@ -1,0 +1,64 @@
+//! What this board adds to the device console.
+
+use core::fmt::{self, Write};
+
+use agent_embedded::console::Board;
+
+use crate::{lan9118, log, mem};
+
+/// The QEMU board.
+#[derive(Default)]
+pub struct Qemu;
+
+impl Board for Qemu {
+    fn uptime_ms(&self) -> u64 {
+        embassy_time::Instant::now().as_millis()
+    }
+
+    fn memory(&self) -> (usize, usize) {
+        (mem::static_bytes() + mem::stack_high_water(), mem::total())
+    }
+
+    fn network(&self, out: &mut dyn Write) -> fmt::Result {
+        let m = lan9118::mac_address();
+        write!(
+            out,
+            "lan9118 {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+
+    fn sessions(&self) -> (usize, usize) {
+        (0, agent_embedded::engine::DEFAULT_SESSIONS)
+    }
+
+    fn request_reboot(&mut self) {
+        cortex_m::peripheral::SCB::sys_reset();
+    }
+
+    fn log(&mut self, line: fmt::Arguments<'_>) {
+        log!("{line}");
+    }
+
+    fn command(&mut self, argv: &[&str], out: &mut dyn Write) -> Option<i32> {
+        match argv[0] {
+            "board" => {
+                let _ = writeln!(
+                    out,
+                    "qemu mps2-an386: Cortex-M4F at {} MHz, 1 MiB flash, {} KiB RAM \
+                     ({} static, {} stack high-water), no hardware RNG (NOT SECURE)",
+                    crate::time::SYSCLK_HZ / 1_000_000,
+                    mem::total() / 1024,
+                    mem::static_bytes(),
+                    mem::stack_high_water()
+                );
+                Some(0)
+            }
+            _ => None,
+        }
+    }
+
+    fn help(&self, out: &mut dyn Write) -> fmt::Result {
+        out.write_str("board     this board: chip, memory, stack high-water\n")
+    }
+}
