@@ -390,7 +390,7 @@ impl<'k, const N: usize> Engine<'k, N> {
                         }
                     }
                 }
-                if s.role == Role::Shell && !s.input.is_empty() && !s.ending {
+                if s.role == Role::Shell && !s.input.is_empty() {
                     // One line at a time, so its output fits before the next runs.
                     let n = s
                         .input
@@ -649,6 +649,36 @@ mod tests {
         });
         let end = rig.drain();
         assert!(last(&end).contains("Code(0)"), "{}", last(&end));
+        assert_eq!(rig.engine.open_sessions(), 0);
+    }
+
+    #[test]
+    fn input_then_end_of_input_runs_the_lines_then_ends() {
+        // A client whose stdin is a pipe sends everything, then Eof.
+        let mut rig = Rig::ready();
+        rig.open(
+            4,
+            Kind::Shell {
+                term: "dumb",
+                cols: 80,
+                rows: 24,
+            },
+        );
+        rig.drain();
+        rig.feed(Frame::Data {
+            sid: 4,
+            ch: 0,
+            stream: Stream::OUT,
+            data: Bytes(b"echo piped\r"),
+        });
+        rig.feed(Frame::Eof { sid: 4, ch: 0 });
+        let sent = rig.drain();
+        assert!(
+            output(&sent, 4).contains("piped\r\n"),
+            "{}",
+            output(&sent, 4)
+        );
+        assert!(last(&sent).contains("Code(0)"), "{}", last(&sent));
         assert_eq!(rig.engine.open_sessions(), 0);
     }
 

@@ -6,7 +6,8 @@
 # Builds the firmware if needed, provisions the device as the agent CODE names
 # (`sesame-relay device provision`, with the relay's --data-dir or
 # $SESAME_RELAY_DATA), and boots QEMU with networking restricted to the relay's
-# port. Exits when QEMU exits (Ctrl-A X when interactive).
+# port. Exits when QEMU exits (Ctrl-A X when interactive). The relay binary is
+# $SESAME_RELAY_BIN, else sesame-relay on PATH, else built from this checkout.
 #
 # Options: --tls-name NAME  name to verify in the relay certificate [localhost for
 #                           an IP relay, else the host]
@@ -72,7 +73,7 @@ if [ -z "$image" ]; then
     image=$state/$(printf '%s' "$code" | sha256sum | cut -c1-16).img
 fi
 if [ ! -s "$image" ]; then
-    relay_bin=${SESAME_RELAY:-$(command -v sesame-relay || true)}
+    relay_bin=${SESAME_RELAY_BIN:-$(command -v sesame-relay || true)}
     if [ -z "$relay_bin" ]; then
         (cd "$root" && cargo build --release -q -p relay)
         relay_bin=${CARGO_TARGET_DIR:-$root/target}/release/sesame-relay

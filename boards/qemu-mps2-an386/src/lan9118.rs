@@ -15,9 +15,7 @@ use core::ptr::{read_volatile, write_volatile};
 use core::task::Context;
 
 use critical_section::Mutex;
-use embassy_net_driver::{
-    Capabilities, Driver, HardwareAddress, LinkState,
-};
+use embassy_net_driver::{Capabilities, Driver, HardwareAddress, LinkState};
 use embassy_sync::waitqueue::AtomicWaker;
 
 /// The controller's NVIC line on mps2-an386.
@@ -150,7 +148,10 @@ impl Lan9118 {
             return Err("LAN9118 did not come out of reset");
         }
         // The interrupt line first, so it idles deasserted.
-        write(IRQ_CFG, IRQ_CFG_EN | IRQ_CFG_ACTIVE_HIGH | IRQ_CFG_PUSH_PULL);
+        write(
+            IRQ_CFG,
+            IRQ_CFG_EN | IRQ_CFG_ACTIVE_HIGH | IRQ_CFG_PUSH_PULL,
+        );
         write(INT_EN, 0);
         write(INT_STS, u32::MAX);
 

@@ -23,8 +23,10 @@ mod uart;
 
 use agent_core::provision::Provision;
 use agent_embedded::link::{self, Backoff, Buffers};
-use cortex_m_rt::exception;
-use embassy_executor::Spawner;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use cortex_m_rt::{entry, exception};
+use embassy_executor::{raw, Spawner};
 use embassy_net::{Runner, StackResources};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
@@ -62,9 +64,40 @@ fn fail(args: core::fmt::Arguments<'_>) -> ! {
     }
 }
 
-#[embassy_executor::main]
-async fn main(spawner: Spawner) {
+/// Set by the executor's pender (a task was woken); cleared before each poll.
+static WOKEN: AtomicBool = AtomicBool::new(true);
+
+#[unsafe(export_name = "__pender")]
+fn pender(_context: *mut ()) {
+    WOKEN.store(true, Ordering::Release);
+}
+
+static EXECUTOR: StaticCell<raw::Executor> = StaticCell::new();
+
+/// The executor loop, idling with WFI (embassy's Cortex-M executor idles with WFE,
+/// which QEMU spins on at 100% of a host core; WFI lets QEMU sleep until the next
+/// interrupt). Interrupts are masked around the check so a wake between the check
+/// and the WFI still ends the WFI.
+#[entry]
+fn main() -> ! {
     mem::paint_stack();
+    let executor: &'static raw::Executor = EXECUTOR.init(raw::Executor::new(core::ptr::null_mut()));
+    let spawner = executor.spawner();
+    spawner.spawn(agent(spawner).unwrap());
+    loop {
+        WOKEN.store(false, Ordering::Release);
+        // SAFETY: polled from this one thread only, never re-entered.
+        unsafe { executor.poll() };
+        cortex_m::interrupt::free(|_| {
+            if !WOKEN.load(Ordering::Acquire) {
+                cortex_m::asm::wfi();
+            }
+        });
+    }
+}
+
+#[embassy_executor::task]
+async fn agent(spawner: Spawner) {
     let Some(p) = cortex_m::Peripherals::take() else {
         fail(format_args!("core peripherals taken twice"))
     };
@@ -111,14 +144,23 @@ async fn main(spawner: Spawner) {
         log!("net: {} via {:?}", cfg.address, cfg.gateway);
     }
     // Mix the time DHCP took into the seed: weak, but differs from boot to boot.
-    let jitter = embassy_time::Instant::now().as_ticks() ^ cortex_m::peripheral::SYST::get_current() as u64;
+    let jitter =
+        embassy_time::Instant::now().as_ticks() ^ cortex_m::peripheral::SYST::get_current() as u64;
     for (s, j) in seed.iter_mut().zip(jitter.to_le_bytes()) {
         *s ^= j;
     }
     let mut rng = ChaCha20Rng::from_seed(seed);
 
     let mut board = board::Qemu::default();
-    link::run(stack, &prov, &mut board, &mut rng, BUFFERS.take(), Backoff::default()).await
+    link::run(
+        stack,
+        &prov,
+        &mut board,
+        &mut rng,
+        BUFFERS.take(),
+        Backoff::default(),
+    )
+    .await
 }
 
 #[exception]
