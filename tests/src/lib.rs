@@ -159,6 +159,29 @@ pub fn admin(data: &Path, args: &[&str]) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
+/// Boot the QEMU board with `run.sh`, provisioned with `code` and pinning `ca`;
+/// its UART log (and QEMU's messages) go to `DIR/qemu.log`.
+pub fn boot_device(dir: &Path, port: u16, code: &str, ca: &Path) -> Proc {
+    let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/qemu-mps2-an386/run.sh");
+    let log = dir.join("qemu.log");
+    let out = std::fs::File::create(&log).unwrap();
+    let child = Command::new(run)
+        .args(["--relay", &format!("127.0.0.1:{port}"), "--activate", code])
+        .arg("--ca")
+        .arg(ca)
+        .arg("--data-dir")
+        .arg(dir.join("relay"))
+        .arg("--image")
+        .arg(dir.join("device.img"))
+        .env("SESAME_RELAY_BIN", bin("sesame-relay"))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(out)
+        .spawn()
+        .expect("spawn run.sh");
+    Proc { child, log }
+}
+
 /// Start `sesame-agent` against the relay.
 pub fn start_agent(dir: &Path, state: &str, port: u16, code: Option<&str>) -> Proc {
     start_agent_with(&[bin("sesame-agent")], dir, state, port, code)
@@ -217,6 +240,18 @@ impl Env {
     /// Unless `relay_flags` has a `--config`, the relay runs without a rate limit so
     /// that functional tests are not paced at 200 kbit/s (the limit tests set their own).
     pub fn start_custom(relay_flags: &[&str], agent: &[PathBuf]) -> Env {
+        Env::start_launch(relay_flags, "gw-01", |dir, port, code| {
+            start_agent_with(agent, dir, "agent", port, Some(code))
+        })
+    }
+
+    /// Start a relay and an admin user, register agent `name`, start it with
+    /// `launch(temp dir, relay port, activation code)`, and wait until it is online.
+    pub fn start_launch(
+        relay_flags: &[&str],
+        name: &str,
+        launch: impl FnOnce(&Path, u16, &str) -> Proc,
+    ) -> Env {
         let dir = TempDir::new("e2e");
         let data = dir.0.join("relay");
         let mut flags: Vec<String> = relay_flags.iter().map(|s| s.to_string()).collect();
@@ -227,18 +262,25 @@ impl Env {
         }
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let relay = start_relay(&data, 0, &flags);
-        let code = admin(&data, &["agent", "add", "gw-01", "--tag", "site=lab"]);
+        let code = admin(&data, &["agent", "add", name, "--tag", "site=lab"]);
         let api_key = admin(&data, &["user", "add", "alice", "--admin"]);
-        let agent = start_agent_with(agent, &dir.0, "agent", relay.port, Some(&code));
+        let agent = launch(&dir.0, relay.port, &code);
         let env = Env {
             dir,
             relay,
             agent,
             api_key,
-            target: "gw-01".into(),
+            target: name.into(),
         };
-        env.wait_online("gw-01", true);
+        env.wait_online(name, true);
         env
+    }
+
+    /// Everything with the QEMU board (`boards/qemu-mps2-an386/run.sh`) as agent `dev-1`.
+    pub fn start_device() -> Env {
+        Env::start_launch(&[], "dev-1", |dir, port, code| {
+            boot_device(dir, port, code, &dir.join("relay/tls/ca.pem"))
+        })
     }
 
     /// Start everything with default relay flags.

@@ -151,7 +151,7 @@ async fn agent(spawner: Spawner) {
     }
     let mut rng = ChaCha20Rng::from_seed(seed);
 
-    let mut board = board::Qemu::default();
+    let mut board = board::Qemu;
     link::run(
         stack,
         &prov,

@@ -44,7 +44,7 @@ pub fn line(args: fmt::Arguments<'_>) {
     use fmt::Write;
     let ms = embassy_time::Instant::now().as_millis();
     critical_section::with(|_| {
-        let _ = write!(Uart, "[{:>5}.{:03}] {args}\n", ms / 1000, ms % 1000);
+        let _ = writeln!(Uart, "[{:>5}.{:03}] {args}", ms / 1000, ms % 1000);
     });
 }
 
