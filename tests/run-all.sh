@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Sets up what the tests need (when missing) and runs every test of the project:
 # formatting and lints, the no_std build of agent-core for a Cortex-M4F, unit and
-# property tests, golden vectors, and the end-to-end scenarios over the real relay,
-# agent and CLI on loopback. Exits non-zero on the first failure.
+# property tests, golden vectors, the firmware of every board under boards/, and the
+# end-to-end scenarios over the real relay, agents and CLI on loopback, including
+# the QEMU board's firmware booted in qemu-system-arm. Exits non-zero on the first
+# failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,9 +34,12 @@ for c in rustfmt clippy; do
     fi
 done
 
-# qemu-user-static runs the aarch64 agent; OpenSSH is what the ssh tests log in to.
+# qemu-user-static runs the aarch64 agent; qemu-system-arm boots the firmware and
+# socat carries its connection to the relay; OpenSSH is what the ssh tests log in to.
 pkgs=()
 command -v qemu-aarch64-static >/dev/null 2>&1 || pkgs+=(qemu-user-static)
+command -v qemu-system-arm >/dev/null 2>&1 || pkgs+=(qemu-system-arm)
+command -v socat >/dev/null 2>&1 || pkgs+=(socat)
 [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || pkgs+=(openssh-client)
 if [ ${#pkgs[@]} -gt 0 ]; then
@@ -63,6 +68,21 @@ log "agent-embedded (its own workspace): lints, host tests, Cortex-M4F build"
     cargo test --locked
     cargo build --target thumbv7em-none-eabihf --locked
 )
+
+for board in boards/*/; do
+    board=${board%/}
+    log "firmware $board (its own workspace): lints, release build, size"
+    (
+        cd "$board"
+        cargo fmt -- --check
+        cargo clippy --release --locked -- -D warnings
+        cargo build --release --locked
+        elf=${CARGO_TARGET_DIR:-target}/thumbv7em-none-eabihf/release/sesame-${board#boards/}
+        # Flash is text + data (budget 256 KiB); RAM is checked at run time by
+        # tests/embedded.rs (static + stack high-water, budget 128 KiB).
+        if command -v size >/dev/null 2>&1; then size "$elf"; fi
+    )
+done
 
 log "building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked

@@ -104,6 +104,25 @@ fn device_runs_exec_and_shell_sessions_within_its_capacity() {
     env.wait_sessions(0, 20);
     let again = env.run(&["exec", "dev-1", "--", "sessions"], b"");
     assert_eq!(text(&again).0, "1 of 4 sessions open\r\n");
+
+    // The RAM budget, after TLS, four sessions and all of the above: static RAM and
+    // the stack's high-water mark within 128 KiB.
+    let mem = text(&env.run(&["exec", "dev-1", "--", "mem"], b"")).0;
+    let used: usize = mem
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("mem: {mem:?}"));
+    assert!(used <= 128 * 1024, "RAM budget exceeded: {mem}");
+    // And the flash budget: 256 KiB of the 1 MiB the link allows.
+    let board = text(&env.run(&["exec", "dev-1", "--", "board"], b"")).0;
+    let flash: usize = board
+        .split("flash ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("board: {board:?}"));
+    assert!(flash <= 256 * 1024, "flash budget exceeded: {board}");
 }
 
 #[test]

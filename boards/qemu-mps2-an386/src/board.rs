@@ -45,10 +45,11 @@ impl Board for Qemu {
             "board" => {
                 let _ = writeln!(
                     out,
-                    "qemu mps2-an386: Cortex-M4F at {} MHz, 1 MiB flash, {} KiB RAM \
-                     ({} static, {} stack high-water), no hardware RNG (NOT SECURE)",
+                    "qemu mps2-an386: Cortex-M4F at {} MHz, no hardware RNG (NOT SECURE)\n\
+                     flash {} of 1048576 bytes; RAM {} bytes: {} static, {} stack high-water",
                     crate::time::SYSCLK_HZ / 1_000_000,
-                    mem::total() / 1024,
+                    mem::flash_bytes(),
+                    mem::total(),
                     mem::static_bytes(),
                     mem::stack_high_water()
                 );

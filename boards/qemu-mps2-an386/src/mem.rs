@@ -6,6 +6,9 @@ use core::ptr::{addr_of, read_volatile, write_volatile};
 const PAINT: u32 = 0x5E5A_3E5A;
 
 extern "C" {
+    static __sidata: u32;
+    static __sdata: u32;
+    static __edata: u32;
     static _ram_start: u32;
     static __sheap: u32;
     static _stack_start: u32;
@@ -53,4 +56,10 @@ pub fn stack_high_water() -> usize {
 /// All RAM, as memory.x gives it.
 pub fn total() -> usize {
     stack_top() - ram_start()
+}
+
+/// Bytes of flash the firmware occupies: code, read-only data and .data's initial
+/// values, which the linker places last (flash starts at 0).
+pub fn flash_bytes() -> usize {
+    addr_of!(__sidata) as usize + (addr_of!(__edata) as usize - addr_of!(__sdata) as usize)
 }

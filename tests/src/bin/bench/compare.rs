@@ -213,7 +213,7 @@ pub fn latency(env: &Env, ssh: &Ssh) -> Vec<Row> {
     ]
 }
 
-fn median_ms(mut run: impl FnMut() -> Duration) -> f64 {
+pub fn median_ms(mut run: impl FnMut() -> Duration) -> f64 {
     run();
     run();
     let mut t: Vec<Duration> = (0..20).map(|_| run()).collect();

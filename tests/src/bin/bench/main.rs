@@ -9,7 +9,9 @@
 //! - `scale`: 1000 sessions over 50 agents at full rate for 30 s: relay CPU and peak RSS,
 //!   agent RSS at 20 sessions, sessions that kept their rate;
 //! - `idle`: relay and agent RSS, idle; `sizes`: binary sizes;
-//! - `agent20`: static x86_64 agent RSS idle and with 20 sessions.
+//! - `agent20`: static x86_64 agent RSS idle and with 20 sessions;
+//! - `embedded`: the QEMU mps2-an386 firmware: boot to online, `exec uptime` median
+//!   of 20, flash, static RAM and stack high-water (after TLS and sessions).
 //!
 //! Prints a markdown table (or JSON with `--json`).
 
@@ -116,6 +118,55 @@ fn agent20() -> Vec<Row> {
     ]
 }
 
+fn embedded() -> Vec<Row> {
+    let t = std::time::Instant::now();
+    let env = Env::start_device();
+    let online = t.elapsed().as_secs_f64();
+    let exec = compare::median_ms(|| {
+        let t = std::time::Instant::now();
+        let out = env.run(&["exec", "dev-1", "--", "uptime"], b"");
+        assert!(out.status.success(), "{:?}", tests::text(&out));
+        t.elapsed()
+    });
+    // A shell session too, so the high-water mark covers both kinds.
+    let shell = env.run(&["shell", "dev-1"], b"help\rexit\r");
+    assert!(shell.status.success(), "{:?}", tests::text(&shell));
+    let board = tests::text(&env.run(&["exec", "dev-1", "--", "board"], b"")).0;
+    let field = |after: &str| -> f64 {
+        board
+            .split(after)
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .and_then(|v| v.trim_end_matches([',', ';']).parse().ok())
+            .unwrap_or_else(|| panic!("no {after:?} in {board:?}"))
+    };
+    let (flash, statics, stack) = (field("flash "), field("bytes: "), field("static, "));
+    vec![
+        Row::new(
+            "embedded",
+            "QEMU boot to online, incl. DHCP and TLS (s)",
+            online,
+        ),
+        Row::new(
+            "embedded",
+            "`sesame exec dev-1 -- uptime`, median of 20 (ms)",
+            exec,
+        ),
+        Row::new(
+            "embedded",
+            "firmware flash (KiB, budget 256)",
+            flash / 1024.0,
+        ),
+        Row::new("embedded", "static RAM (KiB)", statics / 1024.0),
+        Row::new("embedded", "stack high-water (KiB)", stack / 1024.0),
+        Row::new(
+            "embedded",
+            "static RAM + stack high-water (KiB, budget 128)",
+            (statics + stack) / 1024.0,
+        ),
+    ]
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let as_json = args.iter().any(|a| a == "--json");
@@ -128,6 +179,7 @@ fn main() {
         "idle",
         "sizes",
         "agent20",
+        "embedded",
     ];
     let mut wanted: Vec<&str> = args
         .iter()
@@ -175,6 +227,7 @@ fn main() {
             "idle" => rows.extend(idle(env.as_ref().unwrap())),
             "sizes" => rows.extend(sizes()),
             "agent20" => rows.extend(agent20()),
+            "embedded" => rows.extend(embedded()),
             _ => unreachable!("checked above"),
         }
     }
