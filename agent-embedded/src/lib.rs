@@ -1,19 +1,29 @@
 //! # agent-embedded: Sesame on a microcontroller
 //!
-//! The embedded driver of `agent-core`: no heap, no global allocator, every buffer
-//! sized by const generics, no chip or HAL imports (boards under `boards/` bring those).
+//! The embedded driver of `agent-core` on embassy: no heap, no global allocator,
+//! every buffer static and sized by consts and const generics, no chip or HAL
+//! imports (boards under `boards/` bring the network driver, time driver and RNG).
 //!
 //! ## Contract
-//! - [`console::Console`] is what a `shell` session runs: a line editor with built-in
-//!   commands (`help`, `uptime`, `mem`, `net`, `sessions`, `echo`, `reboot`) and the
-//!   board's own ([`console::Board`]). An `exec` session runs one line through
-//!   [`console::Console::run_line`] and returns its output and exit status.
-//! - Input is bytes from the session, output goes into a fixed buffer the caller
-//!   drains; nothing blocks and nothing allocates.
-//!
-//! ## Status
-//! The network side (embassy-net TCP, embedded-tls, WebSocket framing, the session
-//! engine loop) and the QEMU and STM32 boards are not written yet (issue 3).
+//! - [`link::run`] never returns: it dials the relay from the provisioning image
+//!   ([`agent_core::provision`]) over embassy-net TCP, speaks TLS 1.3 with
+//!   embedded-tls verifying the relay's certificate chain and name against the
+//!   pinned CA, upgrades to a WebSocket on `/v1/agent`, authenticates with the
+//!   device's Ed25519 key, serves sessions, and reconnects with jittered
+//!   exponential backoff (1 s to 60 s) when the relay or the network goes away.
+//!   Each failure is one log line through [`console::Board::log`].
+//! - [`engine::Engine`] is the sans-I/O part: agent-core's `Agent` with a console
+//!   per session, [`engine::DEFAULT_SESSIONS`] (4) of them, announced in `Hello`
+//!   with `max_frame` [`engine::MAX_FRAME`], which the relay keeps to.
+//! - `shell` runs [`console::Console`]: a line editor with built-in commands
+//!   (`help`, `uptime`, `mem`, `net`, `sessions`, `echo`, `reboot`) and the
+//!   board's own ([`console::Board`]); `exec` runs one line and returns its output
+//!   and exit status (127 for an unknown command). Forward and ssh-key sessions are
+//!   refused as unsupported (not announced in `Hello`).
+//! - The relay must cap TLS records at 4 KiB ([`link::TLS_READ`]); the Sesame
+//!   relay does.
+//! - Nothing panics on input from the network; a bad frame ends at most its session,
+//!   a protocol violation ends the connection (then it reconnects).
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
