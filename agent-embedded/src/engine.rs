@@ -4,7 +4,7 @@
 
 use core::fmt::{self, Write};
 
-use agent_core::session::{auth_message, Agent, AgentConfig, Event};
+use agent_core::session::{auth_message, Agent, AgentConfig, Event, SendError};
 use agent_core::wire::{self, features, ErrorCode, Exit, Kind, Stream};
 use agent_core::Instant;
 use ed25519_dalek::{Signer, SigningKey};
@@ -384,10 +384,13 @@ impl<'k, const N: usize> Engine<'k, N> {
                         }
                         // Out of credit or rate: a Credit frame or a timeout resumes.
                         Ok(_) => continue,
-                        Err(_) => {
-                            // Not accepted yet on the wire (Accept is queued first), or gone.
+                        // The core has forgotten the session: free its slot.
+                        Err(SendError::UnknownSession) => {
+                            s.role = Role::Free;
                             continue;
                         }
+                        // Accept is still queued ahead of the output.
+                        Err(_) => continue,
                     }
                 }
                 if s.role == Role::Shell && !s.input.is_empty() {
