@@ -126,7 +126,7 @@ fn device_runs_exec_and_shell_sessions_within_its_capacity() {
 }
 
 #[test]
-fn device_reconnects_after_the_relay_restarts() {
+fn device_reconnects_after_a_relay_restart_and_a_reboot() {
     let mut env = Env::start_device();
     let port = env.relay.port;
     env.relay.proc.kill();
@@ -136,6 +136,34 @@ fn device_reconnects_after_the_relay_restarts() {
     env.wait_online("dev-1", true);
     let up = env.run(&["exec", "dev-1", "--", "uptime"], b"");
     assert_eq!(up.status.code(), Some(0), "{:?}", text(&up));
+
+    // `reboot` answers, resets the device, and it comes back.
+    let reboot = env.run(&["exec", "dev-1", "--", "reboot"], b"");
+    assert_eq!(text(&reboot).0, "rebooting\r\n");
+    // The firmware really restarted: its boot banner is in the log twice.
+    let log = wait_for_log(&env.agent, "rebooting on request", 20);
+    let boots = |log: &str| log.matches("on qemu mps2-an386").count();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while boots(&env.agent.log()) < 2 {
+        assert!(Instant::now() < deadline, "no second boot: {log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let up = env.run(&["exec", "dev-1", "--", "uptime"], b"");
+        // The relay may still route to the connection from before the reset
+        // until the new one replaces it.
+        if up.status.success() {
+            assert!(text(&up).0.starts_with("up 0d "), "{:?}", text(&up));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not back after reboot: {:?}",
+            text(&up)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]

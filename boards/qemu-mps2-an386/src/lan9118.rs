@@ -36,6 +36,7 @@ const HW_CFG: usize = 0x74;
 const RX_FIFO_INF: usize = 0x7C;
 const TX_FIFO_INF: usize = 0x80;
 const PMT_CTRL: usize = 0x84;
+const FREE_RUN: usize = 0x9C;
 const MAC_CSR_CMD: usize = 0xA4;
 const MAC_CSR_DATA: usize = 0xA8;
 
@@ -105,6 +106,13 @@ unsafe impl cortex_m::interrupt::InterruptNumber for Nvic {
     fn number(self) -> u16 {
         self.0
     }
+}
+
+/// The controller's free-running 25 MHz counter. QEMU derives it from the host
+/// clock and does not reset it with the CPU, so it differs from boot to boot:
+/// weak entropy, for a board without an RNG.
+pub fn free_running_counter() -> u32 {
+    read(FREE_RUN)
 }
 
 /// The station address (for the console's `net`).

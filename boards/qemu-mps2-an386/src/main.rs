@@ -130,6 +130,9 @@ async fn agent(spawner: Spawner) {
     };
     let mut seed = [0u8; 32];
     seed.copy_from_slice(prov.entropy.0);
+    // Differs per boot, so a rebooted device does not reuse its TCP ports and
+    // collide with its own half-open connection from before the reset.
+    mix(&mut seed, lan9118::free_running_counter() as u64);
     let mut rng = ChaCha20Rng::from_seed(seed);
     let net_seed = rng.next_u64();
     let (stack, runner) = embassy_net::new(
@@ -144,11 +147,10 @@ async fn agent(spawner: Spawner) {
         log!("net: {} via {:?}", cfg.address, cfg.gateway);
     }
     // Mix the time DHCP took into the seed: weak, but differs from boot to boot.
-    let jitter =
-        embassy_time::Instant::now().as_ticks() ^ cortex_m::peripheral::SYST::get_current() as u64;
-    for (s, j) in seed.iter_mut().zip(jitter.to_le_bytes()) {
-        *s ^= j;
-    }
+    let jitter = embassy_time::Instant::now().as_ticks()
+        ^ cortex_m::peripheral::SYST::get_current() as u64
+        ^ (lan9118::free_running_counter() as u64) << 32;
+    mix(&mut seed, jitter);
     let mut rng = ChaCha20Rng::from_seed(seed);
 
     let mut board = board::Qemu;
@@ -161,6 +163,14 @@ async fn agent(spawner: Spawner) {
         Backoff::default(),
     )
     .await
+}
+
+/// XOR `v` into the seed, at a place that depends on `v`.
+fn mix(seed: &mut [u8; 32], v: u64) {
+    let at = (v as usize) % 4 * 8;
+    for (s, b) in seed[at..at + 8].iter_mut().zip(v.to_le_bytes()) {
+        *s ^= b;
+    }
 }
 
 #[exception]
