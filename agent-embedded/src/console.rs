@@ -15,8 +15,11 @@ pub trait Board {
     fn memory(&self) -> (usize, usize);
     /// One line about the network (address, link, relay connection).
     fn network(&self, out: &mut dyn Write) -> fmt::Result;
-    /// Sessions open now and the capacity.
-    fn sessions(&self) -> (usize, usize);
+    /// Sessions open now and the capacity. The network driver answers this for
+    /// the console itself; boards need not.
+    fn sessions(&self) -> (usize, usize) {
+        (0, 0)
+    }
     /// Restart the device. The network driver calls this once the `reboot` command's
     /// answer has been sent.
     fn request_reboot(&mut self);
@@ -34,6 +37,20 @@ pub trait Board {
     fn help(&self, out: &mut dyn Write) -> fmt::Result {
         let _ = out;
         Ok(())
+    }
+}
+
+/// An Ethernet address, printed `52:54:00:12:34:56` (for boards' `network`).
+pub struct Mac(pub [u8; 6]);
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
     }
 }
 

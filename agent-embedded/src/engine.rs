@@ -44,6 +44,22 @@ impl fmt::Display for Failure {
     }
 }
 
+/// `args` formatted, cut at a character boundary where it stops fitting.
+fn clipped<const M: usize>(args: fmt::Arguments<'_>) -> String<M> {
+    struct Clip<const M: usize>(String<M>);
+    impl<const M: usize> Write for Clip<M> {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                self.0.push(c).map_err(|_| fmt::Error)?;
+            }
+            Ok(())
+        }
+    }
+    let mut clip = Clip(String::new());
+    let _ = clip.write_fmt(args);
+    clip.0
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
     Free,
@@ -180,9 +196,7 @@ impl<'k, const N: usize> Engine<'k, N> {
             Ok(None) => {}
             Err(e) => {
                 // The engine has queued an Error frame; the link sends it, then ends.
-                let mut m = String::new();
-                let _ = write!(m, "{e}");
-                self.failure = Some(Failure::Protocol(m));
+                self.failure = Some(Failure::Protocol(clipped(format_args!("{e}"))));
             }
         }
         self.drain_events(board);
@@ -221,7 +235,10 @@ impl<'k, const N: usize> Engine<'k, N> {
                         let public = self.key.verifying_key().to_bytes();
                         self.agent.authenticate(public, sig, "");
                     }
-                    None => self.fail_relay("challenge nonce has the wrong length"),
+                    None => {
+                        let why = format_args!("challenge nonce has the wrong length");
+                        self.failure = Some(Failure::Relay(clipped(why)));
+                    }
                 }
             }
             Event::Authenticated { agent_id } => {
@@ -276,19 +293,11 @@ impl<'k, const N: usize> Engine<'k, N> {
             ),
             Event::ChannelClose { sid, ch } => self.agent.close_channel(sid, ch, ""),
             Event::Resize { .. } => {}
-            Event::PeerError { message, .. } => self.fail_relay(message),
+            Event::PeerError { message, .. } => {
+                self.failure = Some(Failure::Relay(clipped(format_args!("{message}"))))
+            }
             Event::ConnectionLost => self.failure = Some(Failure::Lost),
         }
-    }
-
-    fn fail_relay(&mut self, message: &str) {
-        let mut m = String::new();
-        for c in message.chars() {
-            if m.push(c).is_err() {
-                break;
-            }
-        }
-        self.failure = Some(Failure::Relay(m));
     }
 
     fn end(&mut self, sid: u32, exit: Exit, reason: &str) {
@@ -301,8 +310,7 @@ impl<'k, const N: usize> Engine<'k, N> {
     fn open(&mut self, sid: u32, kind: Kind<'_>, board: &mut dyn Board) {
         let open = self.open_sessions();
         let Some(i) = self.sessions.iter().position(|s| s.role == Role::Free) else {
-            let mut why: String<64> = String::new();
-            let _ = write!(why, "device at capacity ({N} sessions)");
+            let why: String<64> = clipped(format_args!("device at capacity ({N} sessions)"));
             self.agent.reject(sid, ErrorCode::SESSION_LIMIT, &why);
             return;
         };
@@ -559,6 +567,17 @@ mod tests {
             });
         }
 
+        fn open_shell(&mut self, sid: u32) {
+            self.open(
+                sid,
+                Kind::Shell {
+                    term: "dumb",
+                    cols: 80,
+                    rows: 24,
+                },
+            );
+        }
+
         fn exec(&mut self, sid: u32, argv: &[u8]) -> (S, S) {
             self.open(sid, Kind::Exec { argv: Bytes(argv) });
             let sent = self.drain();
@@ -624,14 +643,7 @@ mod tests {
     #[test]
     fn shell_runs_help_echo_and_exit() {
         let mut rig = Rig::ready();
-        rig.open(
-            7,
-            Kind::Shell {
-                term: "xterm",
-                cols: 80,
-                rows: 24,
-            },
-        );
+        rig.open_shell(7);
         let greeting = output(&rig.drain(), 7);
         assert!(greeting.ends_with("sesame> "), "{greeting}");
         let help = rig.type_line(7, b"help\r");
@@ -659,14 +671,7 @@ mod tests {
     fn input_then_end_of_input_runs_the_lines_then_ends() {
         // A client whose stdin is a pipe sends everything, then Eof.
         let mut rig = Rig::ready();
-        rig.open(
-            4,
-            Kind::Shell {
-                term: "dumb",
-                cols: 80,
-                rows: 24,
-            },
-        );
+        rig.open_shell(4);
         rig.drain();
         rig.feed(Frame::Data {
             sid: 4,
@@ -688,14 +693,7 @@ mod tests {
     #[test]
     fn several_lines_in_one_message_each_run() {
         let mut rig = Rig::ready();
-        rig.open(
-            1,
-            Kind::Shell {
-                term: "dumb",
-                cols: 80,
-                rows: 24,
-            },
-        );
+        rig.open_shell(1);
         rig.drain();
         let out = rig.type_line(1, b"echo one\recho two\r");
         assert!(out.contains("one\r\n") && out.contains("two\r\n"), "{out}");
@@ -705,14 +703,7 @@ mod tests {
     fn fifth_session_is_refused_and_others_keep_working() {
         let mut rig = Rig::ready();
         for sid in 1..=4 {
-            rig.open(
-                sid,
-                Kind::Shell {
-                    term: "dumb",
-                    cols: 80,
-                    rows: 24,
-                },
-            );
+            rig.open_shell(sid);
         }
         rig.drain();
         rig.open(

@@ -54,8 +54,6 @@ pub async fn serve(
     agent: Arc<AgentHandle>,
 ) {
     let (mut sink, mut stream) = socket.split();
-    let reject =
-        |sid: u32, code: ErrorCode, reason: &str| encode(&Frame::Reject { sid, code, reason });
 
     // 1. The Open frame.
     let first = tokio::time::timeout(OPEN_TIMEOUT, stream.next()).await;
@@ -92,12 +90,15 @@ pub async fn serve(
         Err(e) => (0, Some(format!("malformed Open frame: {e}"))),
     };
     if let Some(reason) = refusal {
-        let _ = sink
-            .send(Message::Binary(
-                reject(client_sid, ErrorCode::PROTOCOL, &reason).into(),
-            ))
-            .await;
-        let _ = state.store.end_session(&session.id, &reason).await;
+        refuse(
+            &mut sink,
+            &state,
+            &session.id,
+            client_sid,
+            ErrorCode::PROTOCOL,
+            &reason,
+        )
+        .await;
         return;
     }
 
@@ -115,12 +116,8 @@ pub async fn serve(
         Ok(sid) => sid,
         Err(limit) => {
             let reason = limit.to_string();
-            let _ = sink
-                .send(Message::Binary(
-                    reject(client_sid, ErrorCode::SESSION_LIMIT, &reason).into(),
-                ))
-                .await;
-            let _ = state.store.end_session(&session.id, &reason).await;
+            let code = ErrorCode::SESSION_LIMIT;
+            refuse(&mut sink, &state, &session.id, client_sid, code, &reason).await;
             return;
         }
     };
@@ -158,12 +155,15 @@ pub async fn serve(
             first.bytes.len(),
             agent.max_frame
         );
-        let _ = sink
-            .send(Message::Binary(
-                reject(client_sid, ErrorCode::PROTOCOL, &reason).into(),
-            ))
-            .await;
-        let _ = state.store.end_session(&session.id, &reason).await;
+        refuse(
+            &mut sink,
+            &state,
+            &session.id,
+            client_sid,
+            ErrorCode::PROTOCOL,
+            &reason,
+        )
+        .await;
         return;
     }
     let mut opening = vec![first.bytes];
@@ -177,11 +177,12 @@ pub async fn serve(
     for frame in opening {
         if agent.tx.send(frame).await.is_err() {
             agent.remove_route(agent_sid);
-            let _ = sink
-                .send(Message::Binary(
-                    reject(client_sid, ErrorCode::AGENT_GONE, "the agent disconnected").into(),
-                ))
-                .await;
+            let gone = Frame::Reject {
+                sid: client_sid,
+                code: ErrorCode::AGENT_GONE,
+                reason: "the agent disconnected",
+            };
+            let _ = sink.send(Message::Binary(encode(&gone).into())).await;
             return;
         }
     }
@@ -352,6 +353,20 @@ pub async fn serve(
 }
 
 type ClientSink = futures_util::stream::SplitSink<WebSocket, Message>;
+
+/// Refuse a session before it starts: tell the client why and record it.
+async fn refuse(
+    sink: &mut ClientSink,
+    state: &AppState,
+    session_id: &str,
+    sid: u32,
+    code: ErrorCode,
+    reason: &str,
+) {
+    let reject = encode(&Frame::Reject { sid, code, reason });
+    let _ = sink.send(Message::Binary(reject.into())).await;
+    let _ = state.store.end_session(session_id, reason).await;
+}
 
 /// Tell the client why its session ends (best effort: it may be gone already).
 async fn close_client(sink: &mut ClientSink, sid: u32, code: ErrorCode, reason: &str) {

@@ -295,16 +295,7 @@ impl Env {
 
     /// A `sesame` command configured for this relay (through the environment).
     pub fn sesame(&self) -> Command {
-        let mut c = Command::new(bin("sesame"));
-        c.env(
-            "SESAME_RELAY",
-            format!("https://127.0.0.1:{}", self.relay.port),
-        )
-        .env("SESAME_API_KEY", &self.api_key)
-        .env("SESAME_CA", self.data().join("tls/ca.pem"))
-        .env("HOME", &self.dir.0)
-        .env_remove("XDG_CONFIG_HOME");
-        c
+        self.command(bin("sesame"))
     }
 
     /// Any program with this relay's `SESAME_*` settings in its environment (ssh's

@@ -15,7 +15,7 @@
 use core::fmt::{self, Write as _};
 
 use agent_core::provision::Provision;
-use agent_embedded::console::Board;
+use agent_embedded::console::{Board, Mac};
 use agent_embedded::link::{self, Backoff, Buffers};
 use embassy_executor::Spawner;
 use embassy_net::{Runner, StackResources};
@@ -95,15 +95,7 @@ impl Board for Nucleo {
         (statics, total)
     }
     fn network(&self, out: &mut dyn fmt::Write) -> fmt::Result {
-        let m = self.mac;
-        write!(
-            out,
-            "stm32 eth {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-    fn sessions(&self) -> (usize, usize) {
-        (0, agent_embedded::engine::DEFAULT_SESSIONS)
+        write!(out, "stm32 eth {}", Mac(self.mac))
     }
     fn request_reboot(&mut self) {
         cortex_m::peripheral::SCB::sys_reset();

@@ -2,7 +2,7 @@
 
 use core::fmt::{self, Write};
 
-use agent_embedded::console::Board;
+use agent_embedded::console::{Board, Mac};
 
 use crate::{lan9118, log, mem};
 
@@ -20,16 +20,7 @@ impl Board for Qemu {
     }
 
     fn network(&self, out: &mut dyn Write) -> fmt::Result {
-        let m = lan9118::mac_address();
-        write!(
-            out,
-            "lan9118 {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
-
-    fn sessions(&self) -> (usize, usize) {
-        (0, agent_embedded::engine::DEFAULT_SESSIONS)
+        write!(out, "lan9118 {}", Mac(lan9118::mac_address()))
     }
 
     fn request_reboot(&mut self) {
