@@ -102,10 +102,34 @@ pub struct AgentHandle {
     pub tx: mpsc::Sender<Vec<u8>>,
     /// Set to true to make the connection task hang up (replaced by a newer one).
     pub kick: watch::Sender<bool>,
-    routes: Mutex<HashMap<u32, Route>>,
+    routes: Mutex<HashMap<u32, (Route, RelaySlot)>>,
     next_sid: AtomicU32,
     /// Sessions on the whole relay (shared by every agent's handle).
     total: Arc<AtomicUsize>,
+}
+
+/// One session's place in the relay-wide count, given back when dropped. It lives
+/// beside its route in the agent's table, so every way a route goes (its `Close`, a
+/// refusal, the agent's disconnect, the handle dropped) gives the place back too:
+/// the count is always the number of routes on the relay.
+#[derive(Debug)]
+struct RelaySlot(Arc<AtomicUsize>);
+
+impl RelaySlot {
+    /// Take a place if fewer than `max` are taken; else the number taken.
+    fn reserve(total: &Arc<AtomicUsize>, max: usize) -> Result<RelaySlot, usize> {
+        total
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
+                (t < max).then_some(t + 1)
+            })
+            .map(|_| RelaySlot(total.clone()))
+    }
+}
+
+impl Drop for RelaySlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Why a route could not be opened.
@@ -169,22 +193,15 @@ impl AgentHandle {
             return Err(full);
         }
         // Reserve a place on the relay atomically, so concurrent opens cannot overshoot.
-        let reserved = self
-            .total
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |t| {
-                (t < relay_max).then_some(t + 1)
-            });
-        if let Err(total) = reserved {
-            return Err(LimitReached {
-                scope: "relay".into(),
-                in_use: total,
-                max: relay_max,
-            });
-        }
+        let slot = RelaySlot::reserve(&self.total, relay_max).map_err(|in_use| LimitReached {
+            scope: "relay".into(),
+            in_use,
+            max: relay_max,
+        })?;
         loop {
             let sid = self.next_sid.fetch_add(1, Ordering::Relaxed).max(1);
             if let std::collections::hash_map::Entry::Vacant(e) = routes.entry(sid) {
-                e.insert(route);
+                e.insert((route, slot));
                 return Ok(sid);
             }
         }
@@ -192,12 +209,16 @@ impl AgentHandle {
 
     /// The route of a session.
     pub fn route(&self, sid: u32) -> Option<Route> {
-        self.routes.lock().unwrap().get(&sid).cloned()
+        self.routes
+            .lock()
+            .unwrap()
+            .get(&sid)
+            .map(|(r, _)| r.clone())
     }
 
     /// Forget a session's route (its `Close` or `Reject` went through).
     pub fn remove_route(&self, sid: u32) -> Option<Route> {
-        self.routes.lock().unwrap().remove(&sid)
+        self.routes.lock().unwrap().remove(&sid).map(|(r, _)| r)
     }
 
     /// Forget every route (the connection ended).
@@ -206,7 +227,7 @@ impl AgentHandle {
             .lock()
             .unwrap()
             .drain()
-            .map(|(_, r)| r)
+            .map(|(_, (r, _))| r)
             .collect()
     }
 }
@@ -270,5 +291,86 @@ impl Hub {
     /// The connection of an online agent.
     pub fn get(&self, id: &str) -> Option<Arc<AgentHandle>> {
         self.agents.lock().unwrap().get(id).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> (Route, mpsc::UnboundedReceiver<Routed>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let route = Route {
+            client_sid: 1,
+            session_id: "s".into(),
+            tx,
+            queued: Arc::default(),
+        };
+        (route, rx)
+    }
+
+    fn agent(hub: &Hub, id: &str, capacity: u16) -> Arc<AgentHandle> {
+        let (tx, _rx) = mpsc::channel(1);
+        hub.register(id, id, capacity, 2048, tx).0
+    }
+
+    #[test]
+    fn sequential_sessions_never_exhaust_the_relay() {
+        let hub = Hub::default();
+        let a = agent(&hub, "a", 20);
+        for _ in 0..1000 {
+            let sid = a.open_route(route().0, 3).expect("room for one session");
+            assert_eq!(hub.total_sessions(), 1);
+            a.remove_route(sid).expect("its route");
+            assert_eq!(hub.total_sessions(), 0);
+        }
+    }
+
+    #[test]
+    fn refusals_take_no_place() {
+        let hub = Hub::default();
+        let (a, b) = (agent(&hub, "a", 2), agent(&hub, "b", 20));
+        let held: Vec<u32> = (0..2)
+            .map(|_| a.open_route(route().0, 3).unwrap())
+            .collect();
+        // The agent is full: refused without touching the relay's count.
+        let full = a.open_route(route().0, 3).unwrap_err();
+        assert_eq!(full.scope, "agent 'a'");
+        assert_eq!(hub.total_sessions(), 2);
+        b.open_route(route().0, 3).unwrap();
+        // The relay is full: refused, and the count stays at the limit.
+        let full = b.open_route(route().0, 3).unwrap_err();
+        assert_eq!(
+            (full.scope.as_str(), full.in_use, full.max),
+            ("relay", 3, 3)
+        );
+        assert_eq!(b.check_capacity(3).unwrap_err().in_use, 3);
+        assert_eq!(hub.total_sessions(), 3);
+        for sid in held {
+            a.remove_route(sid);
+        }
+        assert_eq!(hub.total_sessions(), 1);
+        assert!(b.check_capacity(3).is_ok());
+    }
+
+    #[test]
+    fn a_disconnected_agent_gives_its_places_back() {
+        let hub = Hub::default();
+        let a = agent(&hub, "a", 20);
+        for _ in 0..5 {
+            a.open_route(route().0, 10).unwrap();
+        }
+        assert_eq!(a.take_routes().len(), 5);
+        assert_eq!(hub.total_sessions(), 0);
+
+        // A handle dropped with routes still in it (its task ended) frees them too.
+        let b = agent(&hub, "b", 20);
+        for _ in 0..4 {
+            b.open_route(route().0, 10).unwrap();
+        }
+        assert_eq!(hub.total_sessions(), 4);
+        hub.unregister(&b);
+        drop(b);
+        assert_eq!(hub.total_sessions(), 0);
     }
 }
