@@ -175,14 +175,22 @@ pub async fn serve(
         }));
     }
     for frame in opening {
-        if agent.tx.send(frame).await.is_err() {
+        let sent = tokio::time::timeout(WRITE_STALL, agent.tx.send(frame)).await;
+        if !matches!(sent, Ok(Ok(()))) {
             agent.remove_route(agent_sid);
-            let gone = Frame::Reject {
-                sid: client_sid,
-                code: ErrorCode::AGENT_GONE,
-                reason: "the agent disconnected",
+            let reason = match sent {
+                Ok(_) => "the agent disconnected".to_string(),
+                Err(_) => format!("the agent link read nothing for {}", human(WRITE_STALL)),
             };
-            let _ = sink.send(Message::Binary(encode(&gone).into())).await;
+            refuse(
+                &mut sink,
+                &state,
+                &session.id,
+                client_sid,
+                ErrorCode::AGENT_GONE,
+                &reason,
+            )
+            .await;
             return;
         }
     }
@@ -214,14 +222,34 @@ pub async fn serve(
     let outcome: Result<(), String> = loop {
         let idle_at = limits.idle_timeout.map_or(never, |d| last_activity + d);
         let max_at = limits.max_duration.map_or(never, |d| started + d);
+        // Why the session ends if it is still here at `idle_at.min(max_at)`.
+        let timer = || {
+            if idle_at <= max_at {
+                format!(
+                    "idle timeout: no input or output for {}",
+                    human(limits.idle_timeout.unwrap_or_default())
+                )
+            } else {
+                format!(
+                    "maximum session duration of {} reached",
+                    human(limits.max_duration.unwrap_or_default())
+                )
+            }
+        };
+        // A peer that does not read must not hold the session past its timers, nor
+        // for long at all: every write below gives up at `due` (see `Due`).
+        let due = Due {
+            timers: idle_at.min(max_at),
+            stall: Instant::now() + WRITE_STALL,
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(ready(&pace_in)), if hold_in.is_some() => {
                 let held = hold_in.take().expect("held");
                 if let Some(b) = pace_in.as_mut() {
                     b.consume(held.payload, clock());
                 }
-                if agent.tx.send(held.bytes).await.is_err() {
-                    break Err("agent went away".into());
+                if let Err(e) = due.run(agent.tx.send(held.bytes)).await {
+                    break Err(e.agent(timer()));
                 }
             }
             _ = tokio::time::sleep_until(ready(&pace_out)), if hold_out.is_some() => {
@@ -229,16 +257,12 @@ pub async fn serve(
                 if let Some(b) = pace_out.as_mut() {
                     b.consume(held.payload, clock());
                 }
-                if sink.send(Message::Binary(held.bytes.into())).await.is_err() {
-                    break Err("client went away".into());
+                if let Err(e) = due.run(sink.send(Message::Binary(held.bytes.into()))).await {
+                    break Err(e.client(timer()));
                 }
             }
-            _ = tokio::time::sleep_until(idle_at.min(max_at)) => {
-                let why = if idle_at <= max_at {
-                    format!("idle timeout: no input or output for {}", human(limits.idle_timeout.unwrap_or_default()))
-                } else {
-                    format!("maximum session duration of {} reached", human(limits.max_duration.unwrap_or_default()))
-                };
+            _ = tokio::time::sleep_until(due.timers) => {
+                let why = timer();
                 close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                 break Err(why);
             }
@@ -260,8 +284,8 @@ pub async fn serve(
                         b.consume(routed.payload, clock());
                     }
                 }
-                if sink.send(Message::Binary(routed.bytes.into())).await.is_err() {
-                    break Err("client went away".into());
+                if let Err(e) = due.run(sink.send(Message::Binary(routed.bytes.into()))).await {
+                    break Err(e.client(timer()));
                 }
                 if last {
                     break Ok(());
@@ -316,8 +340,8 @@ pub async fn serve(
                         b.consume(out.payload, clock());
                     }
                 }
-                if agent.tx.send(out.bytes).await.is_err() {
-                    break Err("agent went away".into());
+                if let Err(e) = due.run(agent.tx.send(out.bytes)).await {
+                    break Err(e.agent(timer()));
                 }
             }
         }
@@ -341,8 +365,8 @@ pub async fn serve(
     // Close the WebSocket properly and read until the client closes too (bounded):
     // dropping the connection at once would reset it, and a client still reading the
     // session's last output would lose what it had not read yet.
-    let _ = sink.close().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
         while let Some(Ok(m)) = stream.next().await {
             if matches!(m, Message::Close(_)) {
                 break;
@@ -364,18 +388,78 @@ async fn refuse(
     reason: &str,
 ) {
     let reject = encode(&Frame::Reject { sid, code, reason });
-    let _ = sink.send(Message::Binary(reject.into())).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(reject.into()))).await;
     let _ = state.store.end_session(session_id, reason).await;
 }
 
-/// Tell the client why its session ends (best effort: it may be gone already).
+/// Tell the client why its session ends (best effort and bounded: it may be gone
+/// already, or not reading).
 async fn close_client(sink: &mut ClientSink, sid: u32, code: ErrorCode, reason: &str) {
     let close = encode(&Frame::Close {
         sid,
         exit: Exit::Aborted(code),
         reason,
     });
-    let _ = sink.send(Message::Binary(close.into())).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(close.into()))).await;
+}
+
+/// How long one write to a peer may wait for it to read before the session ends.
+const WRITE_STALL: Duration = Duration::from_secs(60);
+/// How long the goodbyes to a client (its `Close`, the WebSocket close) may take.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// When a write towards a peer must have finished: the session's timers, or
+/// [`WRITE_STALL`] from its start.
+#[derive(Clone, Copy)]
+struct Due {
+    timers: Instant,
+    stall: Instant,
+}
+
+/// Why a bounded write failed.
+enum WriteFailed {
+    /// The peer is gone.
+    Gone,
+    /// The session's timers fired while the peer was not reading.
+    Timers,
+    /// The peer read nothing for [`WRITE_STALL`].
+    Stalled,
+}
+
+impl Due {
+    /// Run the write `send`, giving up when due.
+    async fn run<E>(
+        self,
+        send: impl std::future::Future<Output = Result<(), E>>,
+    ) -> Result<(), WriteFailed> {
+        tokio::select! {
+            r = send => r.map_err(|_| WriteFailed::Gone),
+            _ = tokio::time::sleep_until(self.timers) => Err(WriteFailed::Timers),
+            _ = tokio::time::sleep_until(self.stall) => Err(WriteFailed::Stalled),
+        }
+    }
+}
+
+impl WriteFailed {
+    /// The session's end, for a write to the client; `timer` says why the timers fired.
+    fn client(self, timer: String) -> String {
+        match self {
+            WriteFailed::Gone => "client went away".into(),
+            WriteFailed::Timers => format!("{timer} (the client was not reading)"),
+            WriteFailed::Stalled => format!("the client read nothing for {}", human(WRITE_STALL)),
+        }
+    }
+
+    /// The session's end, for a write to the agent.
+    fn agent(self, timer: String) -> String {
+        match self {
+            WriteFailed::Gone => "agent went away".into(),
+            WriteFailed::Timers => format!("{timer} (the agent link was not reading)"),
+            WriteFailed::Stalled => {
+                format!("the agent link read nothing for {}", human(WRITE_STALL))
+            }
+        }
+    }
 }
 
 /// `20m`, `2s`, `1h30m`.
