@@ -242,8 +242,7 @@ impl<'k, const N: usize> Engine<'k, N> {
                 }
             }
             Event::Authenticated { agent_id } => {
-                self.agent_id.clear();
-                let _ = self.agent_id.push_str(&agent_id[..agent_id.len().min(64)]);
+                self.agent_id = agent_core::session::clip(agent_id);
                 board.log(format_args!("relay: authenticated as agent {agent_id}"));
             }
             Event::Open { sid, kind } => self.open(sid, kind, board),

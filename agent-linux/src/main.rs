@@ -76,7 +76,16 @@ fn parse() -> Result<Parsed, String> {
             Long("relay") => a.relay = Some(string(p.value().map_err(err)?)?),
             Long("ca") => a.ca = Some(p.value().map_err(err)?.into()),
             Long("state-dir") => a.state_dir = Some(p.value().map_err(err)?.into()),
-            Long("activate") => a.activate = Some(string(p.value().map_err(err)?)?),
+            Long("activate") => {
+                let code = string(p.value().map_err(err)?)?;
+                let max = agent_core::session::ACTIVATION_MAX;
+                if code.len() > max || !code.is_ascii() {
+                    return Err(format!(
+                        "--activate: not an activation code (codes are ASCII, at most {max} bytes; copy it from `sesame-relay agent add`)"
+                    ));
+                }
+                a.activate = Some(code);
+            }
             Long("root") => a.root = Some(p.value().map_err(err)?.into()),
             Long("purge") => a.purge = true,
             Long("allow-dest") | Long("deny-dest") => {

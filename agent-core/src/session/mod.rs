@@ -578,8 +578,9 @@ impl<const N: usize, const C: usize> Agent<N, C> {
     /// [`auth_message`], and the activation code on first contact (else `""`).
     pub fn authenticate(&mut self, public_key: [u8; 32], signature: [u8; 64], activation: &str) {
         if let Conn::Signing { peer } = core::mem::replace(&mut self.conn, Conn::Closed) {
-            let mut code = String::new();
-            let _ = code.push_str(&activation[..activation.len().min(ACTIVATION_MAX)]);
+            // A code longer than any the relay issues is clipped, and the relay then
+            // refuses it as unknown; drivers check the length first to say so.
+            let code = clip(activation);
             self.conn = Conn::AwaitAuthOk {
                 peer,
                 auth: Some(PendingAuth {
@@ -868,7 +869,14 @@ impl<const N: usize, const C: usize> Agent<N, C> {
 }
 
 fn truncate(s: &str) -> String<REASON_MAX> {
-    let mut end = s.len().min(REASON_MAX);
+    clip(s)
+}
+
+/// The longest prefix of `s` that fits in `N` bytes, cut on a character boundary
+/// (slicing a `str` elsewhere panics, and every string here may come from a peer or
+/// a user).
+pub fn clip<const N: usize>(s: &str) -> String<N> {
+    let mut end = s.len().min(N);
     while !s.is_char_boundary(end) {
         end -= 1;
     }

@@ -723,3 +723,62 @@ fn limit_frame_paces_output_at_the_configured_rate() {
         4000
     );
 }
+
+mod strings {
+    //! Every string the core takes, from the network or from its driver, at any
+    //! length and in any script, is clipped on a character boundary, never sliced
+    //! through a character (issue: a 64-byte cut in a two-byte `é` aborted the agent).
+    use super::*;
+    use proptest::prelude::*;
+
+    fn handshake(s: &mut Sim) {
+        s.drain();
+        let hello = Hello {
+            version: 1,
+            max_frame: 4096,
+            max_sessions: 0,
+            features: 0,
+        };
+        s.feed(Frame::Hello(hello)).unwrap();
+        s.feed(Frame::Challenge {
+            nonce: Bytes(&[7u8; 32]),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn activation_code_cut_inside_a_character_is_clipped_before_it() {
+        let mut s = Sim::new();
+        handshake(&mut s);
+        let code = std::format!("{}é", "a".repeat(63));
+        s.agent.authenticate([1; 32], [2; 64], &code);
+        let out = s.drain();
+        match Frame::decode(&out[0]).unwrap() {
+            Frame::Auth(a) => assert_eq!(a.activation, "a".repeat(63)),
+            f => panic!("expected Auth, got {f:?}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn no_string_input_panics(text in "\\PC{0,200}", pad in 0usize..130) {
+            // Shift the text so that every cut point lands inside some character.
+            let text = std::format!("{}{}", "a".repeat(pad), text);
+            let mut s = Sim::new();
+            handshake(&mut s);
+            s.agent.authenticate([1; 32], [2; 64], &text);
+            s.drain();
+            let _ = s.feed(Frame::AuthOk { agent_id: &text });
+            let _ = s.feed(Frame::Open { sid: 1, window: 4096, kind: Kind::Exec { argv: Bytes(b"true\0") } });
+            s.agent.reject(1, ErrorCode::SPAWN, &text);
+            s.agent.close(1, Exit::Code(0), &text);
+            s.agent.reject_channel(1, 0, ErrorCode::UNREACHABLE, &text);
+            s.agent.close_channel(1, 0, &text);
+            s.drain();
+            let _ = s.feed(Frame::Error { sid: 0, code: ErrorCode::PROTOCOL, message: &text });
+            let clipped: heapless::String<64> = clip(&text);
+            prop_assert!(text.starts_with(clipped.as_str()));
+            prop_assert!(clipped.len() > 64 - 4 || clipped.len() == text.len());
+        }
+    }
+}
