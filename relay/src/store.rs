@@ -17,6 +17,11 @@ use crate::Error;
 /// Activation codes expire after this long.
 pub const ACTIVATION_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// How a session that was running when the relay stopped is recorded to have ended.
+pub const RELAY_RESTARTED: &str = "relay restarted";
+/// How a session whose token expired before anyone used it is recorded to have ended.
+pub const TOKEN_UNUSED: &str = "token expired unused";
+
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
     SystemTime::now()
@@ -414,6 +419,46 @@ impl Store {
             .await?;
         Ok(())
     }
+
+    /// At start-up, before serving: every session that started (its token was used)
+    /// and has not ended was cut off when the previous run stopped; record it ended
+    /// with [`RELAY_RESTARTED`]. Returns how many.
+    pub async fn end_interrupted_sessions(&self) -> Result<u64, Error> {
+        let r = sqlx::query(
+            "UPDATE sessions SET ended_at = ?, exit = ?
+             WHERE ended_at IS NULL AND token_used_at IS NOT NULL",
+        )
+        .bind(unix_now())
+        .bind(RELAY_RESTARTED)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Housekeeping, at start-up and periodically: sessions whose token expired
+    /// unused are recorded ended ([`TOKEN_UNUSED`]), then sessions that ended more
+    /// than `retention` ago are deleted (`None` keeps them). Returns how many were
+    /// deleted.
+    pub async fn prune_sessions(&self, retention: Option<Duration>) -> Result<u64, Error> {
+        let now = unix_now();
+        sqlx::query(
+            "UPDATE sessions SET ended_at = token_expires, exit = ?
+             WHERE ended_at IS NULL AND token_used_at IS NULL AND token_expires < ?",
+        )
+        .bind(TOKEN_UNUSED)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        let Some(retention) = retention else {
+            return Ok(0);
+        };
+        let cutoff = now.saturating_sub(i64::try_from(retention.as_secs()).unwrap_or(i64::MAX));
+        let r = sqlx::query("DELETE FROM sessions WHERE ended_at IS NOT NULL AND ended_at < ?")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {
@@ -428,5 +473,103 @@ fn validate_name(name: &str) -> Result<(), Error> {
         Err(Error::Invalid(format!(
             "invalid name '{name}': use 1-64 letters, digits, '-', '_' or '.'"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store in a fresh directory, with one agent and one user.
+    async fn fixture(tag: &str) -> (Store, std::path::PathBuf, String, String) {
+        let dir = std::env::temp_dir().join(format!("sesame-store-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::open(&dir).await.unwrap();
+        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
+        store.add_user("alice", true).await.unwrap();
+        let user: String = sqlx::query_scalar("SELECT id FROM users")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        (store, dir, agent, user)
+    }
+
+    /// A session's `(ended_at, exit)`, or `None` if it is gone.
+    async fn ended(store: &Store, id: &str) -> Option<(Option<i64>, Option<String>)> {
+        sqlx::query_as("SELECT ended_at, exit FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&store.pool)
+            .await
+            .unwrap()
+    }
+
+    async fn started(store: &Store, agent: &str, user: &str) -> String {
+        let ttl = Duration::from_secs(600);
+        let (id, token, _) = store
+            .create_session(agent, user, "shell", None, ttl)
+            .await
+            .unwrap();
+        store.redeem_token(&id, &token).await.unwrap().unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn sessions_running_at_a_restart_end_and_old_ones_are_pruned() {
+        let (store, dir, agent, user) = fixture("restart").await;
+        let ttl = Duration::from_secs(600);
+        let running = started(&store, &agent, &user).await;
+        // Issued but not used yet: it may still start after the restart.
+        let (pending, token, _) = store
+            .create_session(&agent, &user, "exec", None, ttl)
+            .await
+            .unwrap();
+        let recent = started(&store, &agent, &user).await;
+        store.end_session(&recent, "exit 0").await.unwrap();
+        let old = started(&store, &agent, &user).await;
+        store.end_session(&old, "exit 0").await.unwrap();
+        let days_ago = |d: i64| unix_now() - d * 86400;
+        sqlx::query("UPDATE sessions SET ended_at = ? WHERE id = ?")
+            .bind(days_ago(91))
+            .bind(&old)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let (unused, _, _) = store
+            .create_session(&agent, &user, "exec", None, ttl)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE sessions SET token_expires = ? WHERE id = ?")
+            .bind(days_ago(100))
+            .bind(&unused)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+
+        assert_eq!(store.end_interrupted_sessions().await.unwrap(), 1);
+        let (at, exit) = ended(&store, &running).await.unwrap();
+        assert!(at.is_some());
+        assert_eq!(exit.as_deref(), Some(RELAY_RESTARTED));
+        assert_eq!(ended(&store, &pending).await, Some((None, None)));
+
+        let retention = Some(Duration::from_secs(90 * 86400));
+        // The old ended session and the one whose token expired 100 days ago go.
+        assert_eq!(store.prune_sessions(retention).await.unwrap(), 2);
+        assert_eq!(ended(&store, &old).await, None);
+        assert_eq!(ended(&store, &unused).await, None);
+        let (_, exit) = ended(&store, &recent).await.unwrap();
+        assert_eq!(exit.as_deref(), Some("exit 0"));
+        assert!(ended(&store, &running).await.is_some());
+        // The pending session still starts.
+        store.redeem_token(&pending, &token).await.unwrap().unwrap();
+        // `none` keeps everything.
+        sqlx::query("UPDATE sessions SET ended_at = ? WHERE id = ?")
+            .bind(days_ago(1000))
+            .bind(&recent)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(store.prune_sessions(None).await.unwrap(), 0);
+        assert!(ended(&store, &recent).await.is_some());
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
