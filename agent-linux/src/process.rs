@@ -149,15 +149,43 @@ fn exit_of(status: io::Result<ExitStatus>) -> Exit {
     }
 }
 
-/// In the child, before exec: drop the OOM protection the agent's service gives
-/// itself (`OOMScoreAdjust`), so a runaway session is killed before the agent is.
-/// Only raw system calls: this runs between fork and exec.
-fn reset_oom_score() -> io::Result<()> {
+/// In the child, before exec: undo what the agent's own start-up put on it. Only
+/// async-signal-safe system calls: this runs between fork and exec.
+fn prepare_child() -> io::Result<()> {
+    reset_oom_score();
+    reset_signals();
+    Ok(())
+}
+
+/// Drop the OOM protection the agent's service gives itself (`OOMScoreAdjust`), so
+/// a runaway session is killed before the agent is.
+fn reset_oom_score() {
     use rustix::fs::{Mode, OFlags};
     if let Ok(fd) = rustix::fs::open(c"/proc/self/oom_score_adj", OFlags::WRONLY, Mode::empty()) {
         let _ = rustix::io::write(&fd, b"0");
     }
-    Ok(())
+}
+
+/// Every signal back to its default action, none blocked. Ignored signals and the
+/// mask survive exec (POSIX `execve`), and a non-interactive shell starts `agent &`
+/// with SIGINT and SIGQUIT ignored: without this, Ctrl-C would do nothing in the
+/// shells of an agent started by a script.
+fn reset_signals() {
+    // SAFETY: sigaction and sigprocmask are async-signal-safe and only read the
+    // local, fully initialised structures given to them.
+    unsafe {
+        let mut dfl: libc::sigaction = std::mem::zeroed();
+        dfl.sa_sigaction = libc::SIG_DFL;
+        libc::sigemptyset(&mut dfl.sa_mask);
+        // 1..=64: every standard and real-time signal on Linux. SIGKILL, SIGSTOP
+        // and the C library's internal signals refuse (EINVAL); that is fine.
+        for sig in 1..=64 {
+            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+        }
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
 }
 
 /// Reserve up to [`CHUNK`] bytes of queue space; returns the amount reserved.
@@ -180,7 +208,7 @@ pub fn spawn_exec(
         .process_group(0);
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
-        cmd.pre_exec(reset_oom_score);
+        cmd.pre_exec(prepare_child);
     }
     let mut child = cmd.spawn()?;
     let pgid = child.id().unwrap_or(0) as i32;
@@ -335,7 +363,7 @@ pub fn spawn_shell(
         std_cmd.pre_exec(|| {
             rustix::process::setsid()?;
             rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
-            reset_oom_score()
+            prepare_child()
         });
     }
     let mut cmd = tokio::process::Command::from(std_cmd);

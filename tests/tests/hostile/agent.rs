@@ -1,0 +1,123 @@
+// The Linux agent (`sesame-agent`) against a hostile or careless host: the way it
+// was started, local users who own files it touches, forwarding destinations that
+// dress a denied address up as another.
+
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{Mode, OFlags};
+use rustix::pty::OpenptFlags;
+use tests::{bin, start_agent_with, text, Env};
+
+/// An agent started as a script's background job: `sh` starts `agent &` with SIGINT
+/// and SIGQUIT ignored (POSIX, "Shell Command Language" 2.11), which `trap ""` does
+/// here on purpose.
+fn start_with_signals_ignored() -> Env {
+    Env::start_launch(&[], "gw-01", |dir, port, code| {
+        let program = [
+            PathBuf::from("/bin/sh"),
+            "-c".into(),
+            "trap '' INT QUIT; exec \"$0\" \"$@\"".into(),
+            bin("sesame-agent"),
+        ];
+        start_agent_with(&program, dir, "agent", port, Some(code))
+    })
+}
+
+/// A PTY for the client side: (master, slave).
+fn pty_pair() -> (OwnedFd, OwnedFd) {
+    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+    rustix::pty::grantpt(&master).unwrap();
+    rustix::pty::unlockpt(&master).unwrap();
+    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
+    let slave = rustix::fs::open(
+        name.as_c_str(),
+        OFlags::RDWR | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .unwrap();
+    (master, slave)
+}
+
+/// Read from the master until `needle` appears; panics after `secs` seconds.
+fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(seen).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "never saw {needle:?} in {:?}",
+            String::from_utf8_lossy(seen)
+        );
+        match master.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// A signal set of `/proc/PID/status` (`SigIgn`, `SigBlk`): bit n-1 is signal n.
+fn sig_field(status: &[u8], name: &str) -> Option<u64> {
+    String::from_utf8_lossy(status)
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(":\t"))
+        .and_then(|h| u64::from_str_radix(h, 16).ok())
+}
+
+#[test]
+fn sessions_get_default_signals_even_if_the_agent_was_started_ignoring_them() {
+    let env = start_with_signals_ignored();
+    // The premise: the agent itself ignores SIGINT (2) and SIGQUIT (3).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", env.agent.child.id()))
+        .unwrap_or_default();
+    let ignored = sig_field(status.as_bytes(), "SigIgn").unwrap_or(0);
+    assert_eq!(ignored & 0b110, 0b110, "{status}");
+
+    // Signals 32 and 33 belong to the C library: glibc refuses to change them and sets
+    // them up itself in every program.
+    let out = env.run(&["exec", "gw-01", "--", "cat", "/proc/self/status"], b"");
+    let (blocked, ignored) = (
+        sig_field(&out.stdout, "SigBlk"),
+        sig_field(&out.stdout, "SigIgn"),
+    );
+    assert_eq!(blocked, Some(0), "{}", text(&out).0);
+    assert_eq!(
+        ignored.map(|i| i & !(0b11 << 31)),
+        Some(0),
+        "{}",
+        text(&out).0
+    );
+
+    // Ctrl-C in a shell ends the foreground job.
+    let (master, slave) = pty_pair();
+    let mut child = env
+        .sesame()
+        .args(["shell", "gw-01"])
+        .env("TERM", "xterm")
+        .stdin(Stdio::from(slave.try_clone().unwrap()))
+        .stdout(Stdio::from(slave.try_clone().unwrap()))
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let flags = rustix::fs::fcntl_getfl(&master).unwrap();
+    rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK).unwrap();
+    let mut m = std::fs::File::from(master);
+    let mut seen = Vec::new();
+    m.write_all(b"echo ready-$((2*3))\r").unwrap();
+    read_until(&mut m, &mut seen, "ready-6", 20);
+    m.write_all(b"sleep 100\r").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    m.write_all(&[3]).unwrap();
+    m.write_all(b"echo after-$((1+1))\r").unwrap();
+    // Without default signals, `sleep` shrugs Ctrl-C off and `echo` waits 100 s.
+    read_until(&mut m, &mut seen, "after-2", 10);
+    let _ = child.kill();
+    let _ = child.wait();
+}
