@@ -27,7 +27,9 @@ Options:
                     RULE is NET[/PREFIX][:PORTS], e.g. 10.0.0.0/8, 127.0.0.1:22,8000-8999,
                     [fd00::/8]:443 [default: anywhere]
   --deny-dest RULE  never these destinations (repeatable; deny wins over allow)
-  --allow-metadata  allow the cloud metadata address 169.254.169.254 (denied by default)
+  --allow-metadata  allow the cloud metadata services and link-local networks
+                    (169.254.0.0/16, fe80::/10, fd00:ec2::254, 100.100.100.200,
+                    168.63.129.16; denied by default)
   --authorized-keys PATTERN
                     where pushed SSH keys go, as sshd's AuthorizedKeysFile
                     (%h home, %u user) [default: %h/.ssh/authorized_keys]

@@ -2,12 +2,15 @@
 //!
 //! Rules are networks with optional port lists. A destination is allowed when it
 //! matches an allow rule (or there are none) and no deny rule: deny wins. The cloud
-//! metadata addresses (169.254.169.254, fd00:ec2::254) are denied unless the operator
-//! explicitly opts in, because they hand out the machine's credentials.
+//! metadata services and the link-local networks they live on are denied unless the
+//! operator explicitly opts in ([`METADATA`]), because they hand out the machine's
+//! credentials.
 //! Host names are resolved first and every resolved address is checked, so a name
-//! cannot smuggle a denied address in.
+//! cannot smuggle a denied address in. Addresses are checked as what connecting to
+//! them reaches ([`canonical`]): `0.0.0.0` is this host, `::ffff:10.0.0.1` is an IPv4
+//! address, so neither spelling slips past a rule written for the other.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::RangeInclusive;
 use std::str::FromStr;
 
@@ -83,11 +86,49 @@ impl FromStr for Rule {
                     .ok_or_else(|| bad("bad port list"))?,
             );
         }
+        // A rule written for IPv4-mapped addresses is the IPv4 rule, as destinations are.
+        let (addr, prefix) = match addr {
+            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), prefix - 96),
+                None => (addr, prefix),
+            },
+            _ => (addr, prefix),
+        };
         Ok(Rule {
             addr,
             prefix,
             ports: list,
         })
+    }
+}
+
+/// Denied unless `--allow-metadata`: the link-local networks (AWS's instance metadata
+/// at 169.254.169.254 and ECS task credentials at 169.254.170.2, GCP's and
+/// OpenStack's metadata), AWS's IPv6 metadata, Alibaba Cloud's metadata and Azure's
+/// WireServer.
+pub const METADATA: &[&str] = &[
+    "169.254.0.0/16",
+    "fe80::/10",
+    "fd00:ec2::254",
+    "100.100.100.200",
+    "168.63.129.16",
+];
+
+/// The address a connection to `ip` reaches, for policy purposes: IPv4-mapped
+/// (`::ffff:a.b.c.d`) and IPv4-compatible (`::a.b.c.d`) addresses are the IPv4
+/// address, and the unspecified addresses (`0.0.0.0`, `::`) are loopback, which is
+/// where Linux connects them.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    let ip = match ip {
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        // ::1 is IPv6 loopback, not the IPv4-compatible 0.0.0.1.
+        IpAddr::V6(v6) if v6.is_loopback() => ip,
+        IpAddr::V6(v6) => v6.to_ipv4().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        ip => ip,
     }
 }
 
@@ -106,10 +147,10 @@ impl Default for DestPolicy {
 
 impl DestPolicy {
     /// A policy from allow and deny rules; `allow_metadata` lifts the default denial
-    /// of the cloud metadata addresses.
+    /// of the cloud metadata addresses ([`METADATA`]).
     pub fn new(allow: Vec<Rule>, mut deny: Vec<Rule>, allow_metadata: bool) -> Self {
         if !allow_metadata {
-            for m in ["169.254.169.254", "fd00:ec2::254"] {
+            for m in METADATA {
                 deny.push(m.parse().expect("valid built-in rule"));
             }
         }
@@ -118,11 +159,7 @@ impl DestPolicy {
 
     /// Whether `ip:port` may be reached.
     pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
-        // An IPv4-mapped IPv6 address is the IPv4 address for policy purposes.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
+        let ip = canonical(ip);
         let allowed = self.allow.is_empty() || self.allow.iter().any(|r| r.matches(ip, port));
         allowed && !self.deny.iter().any(|r| r.matches(ip, port))
     }
@@ -158,6 +195,66 @@ mod tests {
         assert!(!p.allows(ip("127.0.0.1"), 80));
         assert!(!p.allows(ip("192.168.1.1"), 22));
         assert!(DestPolicy::new(vec![], vec![], true).allows(ip("169.254.169.254"), 80));
+    }
+
+    #[test]
+    fn link_local_and_other_clouds_metadata_are_denied_by_default() {
+        let p = DestPolicy::default();
+        for denied in [
+            "169.254.170.2",   // AWS ECS task credentials
+            "169.254.0.1",     // the rest of IPv4 link-local
+            "fe80::1",         // IPv6 link-local
+            "febf::1",         // the top of fe80::/10
+            "100.100.100.200", // Alibaba Cloud
+            "168.63.129.16",   // Azure WireServer
+            "::ffff:100.100.100.200",
+            "::169.254.170.2",
+        ] {
+            assert!(!p.allows(ip(denied), 80), "{denied} is allowed");
+        }
+        for allowed in ["169.255.0.1", "fec0::1", "100.100.100.201", "10.0.0.1"] {
+            assert!(p.allows(ip(allowed), 80), "{allowed} is denied");
+        }
+        let opted_in = DestPolicy::new(vec![], vec![], true);
+        assert!(opted_in.allows(ip("169.254.170.2"), 80));
+        assert!(opted_in.allows(ip("fe80::1"), 80));
+        assert!(opted_in.allows(ip("168.63.129.16"), 80));
+    }
+
+    #[test]
+    fn other_spellings_of_an_address_meet_its_rules() {
+        assert_eq!(canonical(ip("0.0.0.0")), ip("127.0.0.1"));
+        assert_eq!(canonical(ip("::")), ip("::1"));
+        assert_eq!(canonical(ip("::1")), ip("::1"));
+        assert_eq!(canonical(ip("::ffff:127.0.0.1")), ip("127.0.0.1"));
+        assert_eq!(canonical(ip("::ffff:0.0.0.0")), ip("127.0.0.1"));
+        assert_eq!(canonical(ip("::10.1.2.3")), ip("10.1.2.3"));
+        assert_eq!(canonical(ip("2001:db8::1")), ip("2001:db8::1"));
+
+        let deny = |rules: &[&str]| {
+            let rules = rules.iter().map(|r| r.parse().unwrap()).collect();
+            DestPolicy::new(vec![], rules, false)
+        };
+        let p = deny(&["127.0.0.0/8", "::1"]);
+        for spelling in [
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+            "::127.0.0.1",
+            "::ffff:0.0.0.0",
+        ] {
+            assert!(!p.allows(ip(spelling), 8080), "{spelling} is allowed");
+        }
+        assert!(p.allows(ip("10.0.0.1"), 8080));
+        // A rule written in the mapped form is the IPv4 rule.
+        let p = deny(&["::ffff:10.0.0.0/104"]);
+        assert!(!p.allows(ip("10.9.9.9"), 22));
+        assert!(!p.allows(ip("::ffff:10.9.9.9"), 22));
+        assert!(p.allows(ip("11.0.0.1"), 22));
+        // An allow list is met the same way.
+        let p = DestPolicy::new(vec!["127.0.0.1:22".parse().unwrap()], vec![], false);
+        assert!(p.allows(ip("0.0.0.0"), 22));
+        assert!(!p.allows(ip("0.0.0.0"), 23));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 // dress a denied address up as another.
 
 use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -120,4 +121,58 @@ fn sessions_get_default_signals_even_if_the_agent_was_started_ignoring_them() {
     read_until(&mut m, &mut seen, "after-2", 10);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A listener on 127.0.0.1 that greets every connection with `reached` and closes it.
+fn greeter() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"reached");
+        }
+    });
+    port
+}
+
+/// What a connection to local port `port` receives before it is closed.
+fn receive(port: u16) -> Vec<u8> {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    got
+}
+
+#[test]
+fn other_spellings_of_a_denied_address_are_denied_too() {
+    let port = greeter();
+    let agent = [
+        bin("sesame-agent"),
+        "--deny-dest".into(),
+        "127.0.0.0/8".into(),
+    ];
+    let env = Env::start_custom(&[], &agent);
+    // Both reach 127.0.0.1 when connected to.
+    let spellings = ["0.0.0.0", "[::ffff:127.0.0.1]"];
+    let specs: Vec<String> = spellings.iter().map(|h| format!("0:{h}:{port}")).collect();
+    let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
+    let fwd = env.forward(&specs);
+    for (host, local) in spellings.iter().zip(&fwd.ports) {
+        assert_eq!(
+            String::from_utf8_lossy(&receive(*local)),
+            "",
+            "{host}:{port} reached the denied service"
+        );
+        let line = format!("destination {host}:{port} is denied by the agent's forwarding policy");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !fwd.proc.log().contains(&line) {
+            assert!(
+                Instant::now() < deadline,
+                "no {line:?} in:\n{}",
+                fwd.proc.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
