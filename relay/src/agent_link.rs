@@ -16,8 +16,8 @@ use crate::hub::{AgentHandle, AGENT_QUEUE};
 use crate::secret::{random_bytes, Secret};
 use crate::store::AgentRow;
 
-/// Handshake must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Sending the refusal of a failed handshake must finish within this.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// An agent silent for this long is dead (it pings every 15 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -56,38 +56,50 @@ async fn recv_binary(ws: &mut futures_util::stream::SplitStream<WebSocket>) -> O
 pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     let (mut sink, mut stream) = socket.split();
     let nonce: [u8; NONCE_LEN] = random_bytes();
-    let hello = encode(&relay_hello());
-    let challenge = encode(&Frame::Challenge {
-        nonce: Bytes(&nonce),
-    });
-    if sink.send(Message::Binary(hello.into())).await.is_err()
-        || sink.send(Message::Binary(challenge.into())).await.is_err()
-    {
-        return;
-    }
-    let authed = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&mut stream, &state, &nonce))
-        .await
-        .unwrap_or(Err("authentication timed out".to_string()));
+    // The whole handshake, our writes included, has one deadline: a peer that
+    // neither answers nor reads must not keep its connection (see `server`).
+    let deadline = state.config.limits.connections.agent_handshake_timeout;
+    let authed = tokio::time::timeout(deadline, async {
+        let hello = encode(&relay_hello());
+        let challenge = encode(&Frame::Challenge {
+            nonce: Bytes(&nonce),
+        });
+        if sink.send(Message::Binary(hello.into())).await.is_err()
+            || sink.send(Message::Binary(challenge.into())).await.is_err()
+        {
+            return Err(None);
+        }
+        let (agent, max_sessions, max_frame) =
+            handshake(&mut stream, &state, &nonce).await.map_err(Some)?;
+        let ok = encode(&Frame::AuthOk {
+            agent_id: &agent.id,
+        });
+        if sink.send(Message::Binary(ok.into())).await.is_err() {
+            return Err(None);
+        }
+        Ok((agent, max_sessions, max_frame))
+    })
+    .await
+    .unwrap_or_else(|_| Err(Some("authentication timed out".to_string())));
     let (agent, max_sessions, max_frame) = match authed {
         Ok(a) => a,
-        Err(msg) => {
+        Err(None) => return,
+        Err(Some(msg)) => {
             warn!(%peer, "agent refused: {msg}");
             let f = encode(&Frame::Error {
                 sid: 0,
                 code: ErrorCode::AUTH,
                 message: &msg,
             });
-            let _ = sink.send(Message::Binary(f.into())).await;
-            let _ = sink.close().await;
+            // Bounded too: the refused peer may not be reading.
+            let _ = tokio::time::timeout(REFUSAL_TIMEOUT, async {
+                let _ = sink.send(Message::Binary(f.into())).await;
+                let _ = sink.close().await;
+            })
+            .await;
             return;
         }
     };
-    let ok = encode(&Frame::AuthOk {
-        agent_id: &agent.id,
-    });
-    if sink.send(Message::Binary(ok.into())).await.is_err() {
-        return;
-    }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(AGENT_QUEUE);
     let (handle, mut kicked) =
         state

@@ -13,7 +13,24 @@
 //!
 //! [users.alice]                 # per-user override (wins over the agent's)
 //! rate = "1mbit"
+//!
+//! [connections]                 # connections that have not authenticated yet
+//! max_unauthenticated = 512     # the whole relay; more are closed at once
+//! max_unauthenticated_per_ip = 64   # per IPv4 address or IPv6 /64
+//! handshake_timeout = "10s"     # TLS, then the first request, and every request's
+//!                               # headers and body once they start
+//! agent_handshake_timeout = "10s"   # an agent's WebSocket: Hello and Auth
+//! keepalive_timeout = "60s"     # an HTTP connection idle between requests
+//!
+//! [store]
+//! session_retention = "90d"     # ended sessions older than this are deleted; "none" keeps them
 //! ```
+//!
+//! A connection counts as unauthenticated from `accept` until it is a session stream
+//! (its token redeemed), or an agent link past its handshake deadline (by then it has
+//! authenticated or been closed), or until it closes. The relay's file-descriptor
+//! limit (`LimitNOFILE`) must leave room for `max_unauthenticated` plus every agent
+//! and session.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -94,6 +111,22 @@ struct FileLimits {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileConnections {
+    max_unauthenticated: Option<usize>,
+    max_unauthenticated_per_ip: Option<usize>,
+    handshake_timeout: Option<String>,
+    agent_handshake_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStore {
+    session_retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileOverride {
     rate: Option<String>,
 }
@@ -107,6 +140,38 @@ struct File {
     agents: BTreeMap<String, FileOverride>,
     #[serde(default)]
     users: BTreeMap<String, FileOverride>,
+    #[serde(default)]
+    connections: FileConnections,
+    #[serde(default)]
+    store: FileStore,
+}
+
+/// Limits on connections before they authenticate (the `[connections]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connections {
+    /// Unauthenticated connections on the relay at most; more are closed at once.
+    pub max_unauthenticated: usize,
+    /// Unauthenticated connections per source (IPv4 address, IPv6 /64) at most.
+    pub max_unauthenticated_per_ip: usize,
+    /// TLS handshake and first request from `accept`; each request's headers and
+    /// body once it starts.
+    pub handshake_timeout: Duration,
+    /// An agent's WebSocket must authenticate (`Hello`, `Auth`) within this.
+    pub agent_handshake_timeout: Duration,
+    /// An HTTP connection idle between requests is closed after this.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for Connections {
+    fn default() -> Self {
+        Connections {
+            max_unauthenticated: 512,
+            max_unauthenticated_per_ip: 64,
+            handshake_timeout: Duration::from_secs(10),
+            agent_handshake_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Limits as the relay applies them.
@@ -126,6 +191,10 @@ pub struct Limits {
     pub agent_rates: BTreeMap<String, Rate>,
     /// Per-user rate overrides, by user name (they win over the agent's).
     pub user_rates: BTreeMap<String, Rate>,
+    /// Connections that have not authenticated yet.
+    pub connections: Connections,
+    /// Ended sessions older than this are deleted from the store; `None` keeps them.
+    pub session_retention: Option<Duration>,
 }
 
 impl Default for Limits {
@@ -138,8 +207,23 @@ impl Default for Limits {
             max_duration: None,
             agent_rates: BTreeMap::new(),
             user_rates: BTreeMap::new(),
+            connections: Connections::default(),
+            session_retention: Some(Duration::from_secs(90 * 86400)),
         }
     }
+}
+
+/// A duration that must be set (`none` is refused), for `setting`.
+fn required_duration(setting: &str, s: &str) -> Result<Duration, String> {
+    parse_duration(s)?.ok_or_else(|| format!("{setting} cannot be none"))
+}
+
+/// A count that must be positive, for `setting`.
+fn positive(setting: &str, n: usize) -> Result<usize, String> {
+    if n == 0 {
+        return Err(format!("{setting} must be at least 1"));
+    }
+    Ok(n)
 }
 
 impl Limits {
@@ -167,6 +251,26 @@ impl Limits {
         }
         if let Some(d) = &file.limits.max_duration {
             l.max_duration = parse_duration(d)?;
+        }
+        let (c, fc) = (&mut l.connections, &file.connections);
+        if let Some(n) = fc.max_unauthenticated {
+            c.max_unauthenticated = positive("connections.max_unauthenticated", n)?;
+        }
+        if let Some(n) = fc.max_unauthenticated_per_ip {
+            c.max_unauthenticated_per_ip = positive("connections.max_unauthenticated_per_ip", n)?;
+        }
+        if let Some(d) = &fc.handshake_timeout {
+            c.handshake_timeout = required_duration("connections.handshake_timeout", d)?;
+        }
+        if let Some(d) = &fc.agent_handshake_timeout {
+            c.agent_handshake_timeout =
+                required_duration("connections.agent_handshake_timeout", d)?;
+        }
+        if let Some(d) = &fc.keepalive_timeout {
+            c.keepalive_timeout = required_duration("connections.keepalive_timeout", d)?;
+        }
+        if let Some(d) = &file.store.session_retention {
+            l.session_retention = parse_duration(d)?;
         }
         for (name, o) in &file.agents {
             if let Some(r) = &o.rate {
@@ -223,5 +327,38 @@ mod tests {
         assert_eq!(l.rate_for("gw-01", "alice"), Some(125_000));
         let e = Limits::parse("[limits]\nspeed = 1\n").unwrap_err();
         assert!(e.contains("unknown field `speed`"), "{e}");
+    }
+
+    #[test]
+    fn connection_and_store_settings() {
+        let d = Limits::default();
+        assert_eq!(d.connections.max_unauthenticated, 512);
+        assert_eq!(d.connections.max_unauthenticated_per_ip, 64);
+        assert_eq!(d.connections.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(d.connections.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(d.session_retention, Some(Duration::from_secs(90 * 86400)));
+        let l = Limits::parse(
+            "[connections]\nmax_unauthenticated = 100\nmax_unauthenticated_per_ip = 5\n\
+             handshake_timeout = \"2s\"\nagent_handshake_timeout = \"3s\"\n\
+             keepalive_timeout = \"1m\"\n[store]\nsession_retention = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(l.connections.max_unauthenticated, 100);
+        assert_eq!(l.connections.max_unauthenticated_per_ip, 5);
+        assert_eq!(l.connections.handshake_timeout, Duration::from_secs(2));
+        assert_eq!(
+            l.connections.agent_handshake_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(l.connections.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(l.session_retention, None);
+        assert_eq!(
+            Limits::parse("[connections]\nhandshake_timeout = \"none\"\n").unwrap_err(),
+            "connections.handshake_timeout cannot be none"
+        );
+        assert_eq!(
+            Limits::parse("[connections]\nmax_unauthenticated_per_ip = 0\n").unwrap_err(),
+            "connections.max_unauthenticated_per_ip must be at least 1"
+        );
     }
 }

@@ -17,6 +17,11 @@
 //! - Limits (`config`): a per-session rate in each direction (default 200 kbit/s; the
 //!   agent paces itself and the relay paces what it forwards, so neither side can
 //!   exceed it), sessions per agent and per relay, idle timeout and maximum duration.
+//! - Connections that have not authenticated are capped in total and per source, and
+//!   each phase before authentication has a deadline (`server`), so half-open or
+//!   half-sent connections cannot exhaust file descriptors or lock anyone out.
+//! - Sessions the relay was serving when it stopped are recorded ended ("relay
+//!   restarted") at the next start; ended sessions past the retention are deleted.
 //!
 //! ## Non-goals (for now)
 //! Policies beyond admin users, recordings and audit (later issues).

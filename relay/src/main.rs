@@ -43,7 +43,8 @@ enum Cmd {
         /// Session token lifetime in seconds.
         #[arg(long, default_value_t = 600)]
         token_ttl: u64,
-        /// Limits file (TOML): rates, session counts, idle timeout, max duration.
+        /// Config file (TOML): session limits (rates, counts, idle timeout, max
+        /// duration), unauthenticated connection caps and timeouts, session retention.
         #[arg(long)]
         config: Option<PathBuf>,
         /// Sessions per agent at most (overrides the config file; an agent's smaller

@@ -1,21 +1,51 @@
-//! The TLS listener that serves the API and WebSockets.
+//! The TLS listener that serves the API and WebSockets, and its admission control.
+//!
+//! A connection is *unauthenticated* from `accept` until it is a session stream (the
+//! stream endpoint upgrades only after redeeming its token), or an agent link past
+//! its handshake deadline (by then `agent_link` has authenticated it or closed it), or
+//! until it closes. Unauthenticated connections are capped in total and per source
+//! (`[connections]` in the config); one over a cap is closed at once, never queued,
+//! so a flood of half-open connections cannot exhaust file descriptors and lock out
+//! agents and users. Each holds a [`Permit`] that frees its place when dropped, so
+//! no exit path can leak one.
+//!
+//! Deadlines, so that a silent peer cannot keep its place: TLS and the first
+//! request's headers within `handshake_timeout` of `accept`; each request answered
+//! (headers read, body read, handler done) within `handshake_timeout`; a WebSocket
+//! upgrade completed within `handshake_timeout` of its `101`; the next request's
+//! headers within `keepalive_timeout` of the last answer (hyper's header timer).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tower_service::Service;
-use tracing::debug;
+use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiConfig, AppState};
+use crate::config::Connections;
 use crate::hub::Hub;
 use crate::store::Store;
 use crate::tls;
 use crate::Error;
+
+/// How often ended sessions past their retention are deleted while serving.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Pause after a failed `accept` (EMFILE and friends) instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// Slack past the agent handshake deadline before an agent link stops counting, so
+/// that `agent_link` has closed a link that did not authenticate.
+const AGENT_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// How `sesame-relay serve` is configured.
 #[derive(Debug, Clone)]
@@ -30,7 +60,7 @@ pub struct ServerConfig {
     pub names: Vec<String>,
     /// How long a session token stays valid.
     pub token_ttl: Duration,
-    /// Session limits (from `--config`, then flags).
+    /// Session and connection limits, store retention (from `--config`, then flags).
     pub limits: crate::config::Limits,
 }
 
@@ -39,14 +69,21 @@ pub struct Server {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     state: AppState,
+    admission: Arc<Admission>,
     /// CA certificate that clients should trust (when self-signed).
     pub ca_path: Option<PathBuf>,
 }
 
 impl Server {
-    /// Open the store, prepare TLS and bind the listener.
+    /// Open the store (ending sessions the previous run left open, pruning old
+    /// ones), prepare TLS and bind the listener.
     pub async fn bind(config: ServerConfig) -> Result<Server, Error> {
         let store = Store::open(&config.data_dir).await?;
+        let ended = store.end_interrupted_sessions().await?;
+        if ended > 0 {
+            info!("{ended} session(s) left open by the previous run recorded as ended");
+        }
+        prune(&store, config.limits.session_retention).await;
         let (cert, key, ca_path) = match &config.cert {
             Some((c, k)) => (c.clone(), k.clone(), None),
             None => {
@@ -61,6 +98,7 @@ impl Server {
         Ok(Server {
             listener,
             acceptor: TlsAcceptor::from(tls),
+            admission: Arc::new(Admission::new(&config.limits.connections)),
             state: AppState {
                 store,
                 hub: Arc::new(Hub::default()),
@@ -81,45 +119,448 @@ impl Server {
     /// Serve until the task is cancelled.
     pub async fn run(self) -> Result<(), Error> {
         let app = api::router(self.state.clone());
+        let limits = self.state.config.limits.connections.clone();
+        let retention = self.state.config.limits.session_retention;
+        let mut pruning = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
+        pruning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut accept_failing = false;
         loop {
-            let (tcp, peer) = match self.listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    debug!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+            let accepted = tokio::select! {
+                a = self.listener.accept() => a,
+                _ = pruning.tick() => {
+                    let store = self.state.store.clone();
+                    tokio::spawn(async move { prune(&store, retention).await });
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
-            let acceptor = self.acceptor.clone();
-            let app = app.clone();
-            tokio::spawn(async move {
-                let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        debug!(%peer, "TLS handshake failed: {e}");
-                        return;
+            let (tcp, peer) = match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning; the caps keep
+                    // this from happening unless the fd limit is set too low.
+                    if !accept_failing {
+                        warn!("accept failed: {e} (backing off; is LimitNOFILE too low for [connections]?)");
                     }
-                    Err(_) => return,
-                };
-                let svc = hyper::service::service_fn(
-                    move |mut req: hyper::Request<hyper::body::Incoming>| {
-                        req.extensions_mut()
-                            .insert(axum::extract::ConnectInfo(peer));
-                        let mut app = app.clone();
-                        async move { app.call(req).await }
-                    },
-                );
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
-                    debug!(%peer, "connection ended: {e}");
+                    accept_failing = true;
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
-            });
+            };
+            accept_failing = false;
+            let permit = match self.admission.admit(peer.ip()) {
+                Ok(p) => p,
+                Err(refused) => {
+                    debug!(%peer, "connection refused: {refused}");
+                    drop(tcp);
+                    continue;
+                }
+            };
+            let conn = Connection {
+                peer,
+                acceptor: self.acceptor.clone(),
+                app: app.clone(),
+                limits: limits.clone(),
+                accepted: Instant::now(),
+            };
+            tokio::spawn(conn.serve(tcp, permit));
         }
+    }
+}
+
+/// Finish sessions whose token expired unused and delete old ended ones; a failure
+/// is logged, and retried at the next round.
+async fn prune(store: &Store, retention: Option<Duration>) {
+    match store.prune_sessions(retention).await {
+        Ok(0) => {}
+        Ok(n) => info!("deleted {n} ended session(s) past their retention"),
+        Err(e) => warn!("pruning old sessions failed: {e}"),
+    }
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum Refused {
+    /// `max_unauthenticated` reached.
+    #[error("too many unauthenticated connections")]
+    Total,
+    /// `max_unauthenticated_per_ip` reached for this source.
+    #[error("too many unauthenticated connections from this address")]
+    Source,
+}
+
+/// Counts of unauthenticated connections, in total and per source.
+#[derive(Debug)]
+struct Admission {
+    max_total: usize,
+    max_per_source: usize,
+    counts: Mutex<Counts>,
+}
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: usize,
+    by_source: HashMap<IpAddr, usize>,
+}
+
+/// The source a per-address cap applies to: the IPv4 address (also when mapped into
+/// IPv6), or the IPv6 /64, which one host usually holds whole.
+fn source_of(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let net = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(net.into())
+        }
+        v4 => v4,
+    }
+}
+
+impl Admission {
+    fn new(limits: &Connections) -> Admission {
+        Admission {
+            max_total: limits.max_unauthenticated,
+            max_per_source: limits.max_unauthenticated_per_ip,
+            counts: Mutex::new(Counts::default()),
+        }
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // The counts stay consistent even if a holder panicked: each update is one
+        // statement.
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Take a place for a new connection from `ip`, or say which cap is full.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
+        let source = source_of(ip);
+        let mut c = self.counts();
+        if c.total >= self.max_total {
+            return Err(Refused::Total);
+        }
+        let n = c.by_source.entry(source).or_insert(0);
+        if *n >= self.max_per_source {
+            return Err(Refused::Source);
+        }
+        *n += 1;
+        c.total += 1;
+        Ok(Permit {
+            admission: self.clone(),
+            source,
+        })
+    }
+
+    #[cfg(test)]
+    fn total(&self) -> usize {
+        self.counts().total
+    }
+}
+
+/// One unauthenticated connection's place; dropping it frees the place.
+#[derive(Debug)]
+struct Permit {
+    admission: Arc<Admission>,
+    source: IpAddr,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut c = self.admission.counts();
+        c.total = c.total.saturating_sub(1);
+        if let Some(n) = c.by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                c.by_source.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// What the request handlers tell the connection's driver.
+#[derive(Debug)]
+struct Shared {
+    /// The connection's place while it is unauthenticated; `None` once it is not.
+    permit: Mutex<Option<Permit>>,
+    /// A request's headers arrived.
+    request: Notify,
+    /// A `101 Switching Protocols` was answered.
+    upgrading: Notify,
+    /// The upgrade is to an agent link (authenticated in-band, later).
+    agent: AtomicBool,
+}
+
+impl Shared {
+    /// The connection authenticated: it stops counting.
+    fn authenticated(&self) {
+        drop(self.permit.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// An accepted TCP connection, to be served.
+struct Connection {
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    app: axum::Router,
+    limits: Connections,
+    accepted: Instant,
+}
+
+impl Connection {
+    /// TLS, then HTTP/1.1 until the connection closes or upgrades. `permit` is freed
+    /// when this returns, unless a handler freed it earlier.
+    async fn serve(self, tcp: TcpStream, permit: Permit) {
+        let Connection {
+            peer,
+            acceptor,
+            app,
+            limits,
+            accepted,
+        } = self;
+        let _ = tcp.set_nodelay(true);
+        let shared = Arc::new(Shared {
+            permit: Mutex::new(Some(permit)),
+            request: Notify::new(),
+            upgrading: Notify::new(),
+            agent: AtomicBool::new(false),
+        });
+        let first_deadline = accepted + limits.handshake_timeout;
+        let tls = match tokio::time::timeout_at(first_deadline, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(%peer, "TLS handshake failed: {e}");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let request_timeout = limits.handshake_timeout;
+        let svc = {
+            let shared = shared.clone();
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(axum::extract::ConnectInfo(peer));
+                shared.request.notify_one();
+                let mut app = app.clone();
+                let shared = shared.clone();
+                async move {
+                    let path = req.uri().path();
+                    let (stream, agent) = (path.starts_with("/v1/stream/"), path == "/v1/agent");
+                    let resp = match tokio::time::timeout(request_timeout, app.call(req)).await {
+                        Ok(r) => r?,
+                        Err(_) => timed_out(),
+                    };
+                    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                        if stream {
+                            // The stream endpoint upgrades only with a redeemed token.
+                            shared.authenticated();
+                        }
+                        shared.agent.store(agent, Ordering::Relaxed);
+                        shared.upgrading.notify_one();
+                    }
+                    Ok::<_, std::convert::Infallible>(resp)
+                }
+            })
+        };
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.keepalive_timeout)
+            .serve_connection(TokioIo::new(tls), svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        let mut first_request = false;
+        let mut upgrade_deadline = None;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        debug!(%peer, "connection ended: {e}");
+                    }
+                    break;
+                }
+                _ = shared.request.notified(), if !first_request => first_request = true,
+                _ = tokio::time::sleep_until(first_deadline), if !first_request => {
+                    debug!(%peer, "no request within the handshake timeout");
+                    return;
+                }
+                _ = shared.upgrading.notified(), if upgrade_deadline.is_none() => {
+                    upgrade_deadline = Some(Instant::now() + limits.handshake_timeout);
+                }
+                _ = tokio::time::sleep_until(upgrade_deadline.unwrap_or(first_deadline)),
+                    if upgrade_deadline.is_some() =>
+                {
+                    debug!(%peer, "WebSocket upgrade not completed in time");
+                    return;
+                }
+            }
+        }
+        if upgrade_deadline.is_some() && shared.agent.load(Ordering::Relaxed) {
+            // The agent link authenticates in-band; by this deadline it has, or
+            // `agent_link` has closed it.
+            tokio::time::sleep(limits.agent_handshake_timeout + AGENT_DEADLINE_SLACK).await;
+        }
+    }
+}
+
+/// The answer to a request that took longer than the handshake timeout (a slow
+/// body); the connection closes after it.
+fn timed_out() -> Response {
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        [(header::CONNECTION, "close")],
+        axum::Json(serde_json::json!({ "error": "request timed out" })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admission(total: usize, per_ip: usize) -> Arc<Admission> {
+        Arc::new(Admission::new(&Connections {
+            max_unauthenticated: total,
+            max_unauthenticated_per_ip: per_ip,
+            ..Connections::default()
+        }))
+    }
+
+    #[test]
+    fn caps_per_source_and_in_total_and_permits_free_on_drop() {
+        let a = admission(3, 2);
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p1 = a.admit(ip("10.0.0.1")).unwrap();
+        let p2 = a.admit(ip("::ffff:10.0.0.1")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.1")).unwrap_err(), Refused::Source);
+        let p3 = a.admit(ip("2001:db8::1")).unwrap();
+        assert_eq!(a.admit(ip("10.0.0.2")).unwrap_err(), Refused::Total);
+        drop(p1);
+        let p4 = a.admit(ip("10.0.0.1")).unwrap();
+        drop((p2, p3, p4));
+        assert_eq!(a.total(), 0);
+        assert!(a.counts().by_source.is_empty());
+        // One IPv6 /64 is one source.
+        let b = admission(10, 1);
+        let _q = b.admit(ip("2001:db8::1")).unwrap();
+        assert_eq!(b.admit(ip("2001:db8::2")).unwrap_err(), Refused::Source);
+        b.admit(ip("2001:db8:0:1::1")).unwrap();
+    }
+
+    /// A relay on loopback with 1 s handshake deadlines and a 2 s keep-alive.
+    async fn relay(tag: &str) -> (SocketAddr, tokio_rustls::TlsConnector, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sesame-server-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut limits = crate::config::Limits::default();
+        limits.connections.handshake_timeout = Duration::from_secs(1);
+        limits.connections.agent_handshake_timeout = Duration::from_secs(1);
+        limits.connections.keepalive_timeout = Duration::from_secs(2);
+        let server = Server::bind(ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.clone(),
+            cert: None,
+            names: Vec::new(),
+            token_ttl: Duration::from_secs(60),
+            limits,
+        })
+        .await
+        .unwrap();
+        let addr = server.local_addr().unwrap();
+        let pem = std::fs::read(server.ca_path.as_ref().unwrap()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pemfile::certs(&mut &pem[..]) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        tokio::spawn(server.run());
+        (addr, Arc::new(tls).into(), dir)
+    }
+
+    /// A TLS connection that has sent `bytes`.
+    async fn send(
+        addr: SocketAddr,
+        tls: &tokio_rustls::TlsConnector,
+        bytes: &[u8],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use tokio::io::AsyncWriteExt;
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let mut s = tls.connect(name, tcp).await.unwrap();
+        s.write_all(bytes).await.unwrap();
+        s.flush().await.unwrap();
+        s
+    }
+
+    /// Everything the relay sends until it closes, and when it closed (from `t0`).
+    async fn until_closed(
+        mut s: tokio_rustls::client::TlsStream<TcpStream>,
+        t0: Instant,
+    ) -> (String, Duration) {
+        use tokio::io::AsyncReadExt;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("still open after 10 s: {}", String::from_utf8_lossy(&got)),
+            }
+        }
+        (String::from_utf8_lossy(&got).into_owned(), t0.elapsed())
+    }
+
+    #[tokio::test]
+    async fn slow_requests_silent_agents_and_idle_connections_are_closed() {
+        let (addr, tls, dir) = relay("slow").await;
+        let t0 = Instant::now();
+        let (headers, body, idle, agent) = tokio::join!(
+            // Headers that never end.
+            async {
+                let s = send(
+                    addr,
+                    &tls,
+                    b"GET /v1/agents HTTP/1.1\r\nHost: x\r\nX-Slow: ",
+                )
+                .await;
+                until_closed(s, t0).await
+            },
+            // A body that never ends.
+            async {
+                let req =
+                    b"POST /v1/sessions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk_x\r\n\
+                            Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{";
+                until_closed(send(addr, &tls, req).await, t0).await
+            },
+            // One request answered, then nothing: kept alive, then closed.
+            async {
+                let s = send(addr, &tls, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+                until_closed(s, t0).await
+            },
+            // An agent's WebSocket that never says Hello.
+            async {
+                let req = b"GET /v1/agent HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n\
+                            Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                            Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
+                until_closed(send(addr, &tls, req).await, t0).await
+            },
+        );
+        let within = |what: &str, (text, at): &(String, Duration), lo: u64, hi: u64| {
+            assert!(
+                (Duration::from_millis(lo)..Duration::from_millis(hi)).contains(at),
+                "{what} closed after {at:?}: {text}"
+            );
+        };
+        within("unfinished headers", &headers, 900, 2500);
+        assert!(!headers.0.contains("200 OK"), "{}", headers.0);
+        within("unfinished body", &body, 900, 2500);
+        assert!(body.0.starts_with("HTTP/1.1 408"), "{}", body.0);
+        within("idle keep-alive", &idle, 1900, 3500);
+        assert!(idle.0.starts_with("HTTP/1.1 200 OK"), "{}", idle.0);
+        within("silent agent", &agent, 900, 3000);
+        assert!(agent.0.starts_with("HTTP/1.1 101"), "{}", agent.0);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
