@@ -21,6 +21,8 @@ use crate::pty::{self, Master};
 
 /// Bytes of output a session may have queued in the agent, waiting for credit.
 pub const QUEUE_SPACE: usize = 128 * 1024;
+/// How often a terminal at end of input gets its EOF character again.
+const EOF_REPEAT: std::time::Duration = std::time::Duration::from_millis(250);
 /// Largest single read of output: one full `Data` frame.
 pub const CHUNK: usize = 32 * 1024 - 64;
 
@@ -200,9 +202,19 @@ pub fn spawn_exec(
     argv: Vec<OsString>,
     tx: mpsc::UnboundedSender<Msg>,
 ) -> io::Result<Process> {
-    let mut cmd = tokio::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..])
-        .stdin(Stdio::piped())
+    let mut cmd = std::process::Command::new(&argv[0]);
+    cmd.args(&argv[1..]);
+    spawn_piped(sid, cmd, tx)
+}
+
+/// Start `cmd` in its own process group with pipes: stdout and stderr apart, stdin
+/// closed at `Input::Eof`.
+fn spawn_piped(
+    sid: u32,
+    mut cmd: std::process::Command,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> io::Result<Process> {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0);
@@ -210,6 +222,7 @@ pub fn spawn_exec(
     unsafe {
         cmd.pre_exec(prepare_child);
     }
+    let mut cmd = tokio::process::Command::from(cmd);
     let mut child = cmd.spawn()?;
     let pgid = child.id().unwrap_or(0) as i32;
     let space = Arc::new(Semaphore::new(QUEUE_SPACE));
@@ -311,15 +324,9 @@ fn login_shell() -> (String, String, String) {
     }
 }
 
-/// Start the login shell on a new PTY of `cols` x `rows`.
-pub fn spawn_shell(
-    sid: u32,
-    term: &str,
-    cols: u16,
-    rows: u16,
-    tx: mpsc::UnboundedSender<Msg>,
-) -> io::Result<Process> {
-    let (master, slave) = pty::open(cols, rows)?;
+/// The login shell as a login shell (`-bash`), in its home, with a clean login
+/// environment (`TERM` only when it has a terminal).
+fn login_command(term: Option<&str>) -> std::process::Command {
     let (shell, home, user) = login_shell();
     let name = std::path::Path::new(&shell)
         .file_name()
@@ -327,18 +334,9 @@ pub fn spawn_shell(
         .unwrap_or_else(|| b"sh".to_vec());
     let mut arg0 = b"-".to_vec();
     arg0.extend(name);
-    let mut std_cmd = std::process::Command::new(&shell);
-    std_cmd
-        .arg0(OsString::from_vec(arg0))
+    let mut cmd = std::process::Command::new(&shell);
+    cmd.arg0(OsString::from_vec(arg0))
         .env_clear()
-        .env(
-            "TERM",
-            if term.is_empty() {
-                "xterm-256color"
-            } else {
-                term
-            },
-        )
         .env("HOME", &home)
         .env("USER", &user)
         .env("LOGNAME", &user)
@@ -351,13 +349,41 @@ pub fn spawn_shell(
             &home
         } else {
             "/"
-        })
+        });
+    if let Some(term) = term {
+        cmd.env(
+            "TERM",
+            if term.is_empty() {
+                "xterm-256color"
+            } else {
+                term
+            },
+        );
+    }
+    if let Ok(lang) = std::env::var("LANG") {
+        cmd.env("LANG", lang);
+    }
+    cmd
+}
+
+/// Start the login shell on a new PTY of `cols` x `rows`, or on pipes if both are 0
+/// (`Kind::PIPE_SHELL`).
+pub fn spawn_shell(
+    sid: u32,
+    term: &str,
+    cols: u16,
+    rows: u16,
+    tx: mpsc::UnboundedSender<Msg>,
+) -> io::Result<Process> {
+    if (cols, rows) == (0, 0) {
+        return spawn_piped(sid, login_command(None), tx);
+    }
+    let (master, slave) = pty::open(cols, rows)?;
+    let mut std_cmd = login_command(Some(term));
+    std_cmd
         .stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave));
-    if let Ok(lang) = std::env::var("LANG") {
-        std_cmd.env("LANG", lang);
-    }
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
         std_cmd.pre_exec(|| {
@@ -377,9 +403,27 @@ pub fn spawn_shell(
     let m = master.clone();
     let txi = tx.clone();
     tokio::spawn(async move {
-        while let Some(msg) = input_rx.recv().await {
+        // Whether the last input left a line unfinished (for the EOF below).
+        let mut mid_line = false;
+        // Set at end of input: the EOF character is sent again at each tick.
+        let mut at_eof: Option<tokio::time::Interval> = None;
+        loop {
+            let msg = match at_eof.as_mut() {
+                None => input_rx.recv().await,
+                Some(tick) => tokio::select! {
+                    m = input_rx.recv() => m,
+                    _ = tick.tick() => {
+                        let _ = m.write_all(&m.eof_sequence(false)).await;
+                        continue;
+                    }
+                },
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 Input::Data(d) => {
+                    if let Some(&last) = d.last() {
+                        mid_line = !matches!(last, b'\n' | b'\r');
+                    }
                     let _ = m.write_all(&d).await;
                     let _ = txi.send(Msg::Consumed {
                         sid,
@@ -388,9 +432,16 @@ pub fn spawn_shell(
                         n: d.len(),
                     });
                 }
-                // A terminal has no half-close: send the EOF character (^D).
+                // A terminal has no half-close: send its end-of-file character. Unlike
+                // a pipe's, a terminal's end of file is seen by one read only (and is
+                // lost if it comes before the program switched the terminal out of
+                // canonical mode, as a shell does at start), so it is repeated for as
+                // long as the session lasts: every later read sees end of input.
                 Input::Eof => {
-                    let _ = m.write_all(&[4]).await;
+                    let _ = m.write_all(&m.eof_sequence(mid_line)).await;
+                    let mut tick = tokio::time::interval(EOF_REPEAT);
+                    tick.reset();
+                    at_eof = Some(tick);
                 }
                 Input::Resize(c, r) => {
                     let _ = m.resize(c, r);

@@ -92,6 +92,23 @@ impl Master {
         Ok(())
     }
 
+    /// What to write for end of input: the terminal's `VEOF` character (`^D` unless
+    /// changed). In canonical mode an EOF character only ends input at the start of a
+    /// line (elsewhere it hands over the line so far), so after an unfinished line
+    /// (`mid_line`) it is sent twice.
+    pub fn eof_sequence(&self, mid_line: bool) -> Vec<u8> {
+        use rustix::termios::{LocalModes, SpecialCodeIndex};
+        match rustix::termios::tcgetattr(self.0.get_ref()) {
+            Ok(t) => {
+                let eof = t.special_codes[SpecialCodeIndex::VEOF];
+                let canonical = t.local_modes.contains(LocalModes::ICANON);
+                let eof = if eof == 0 { 4 } else { eof };
+                vec![eof; if canonical && mid_line { 2 } else { 1 }]
+            }
+            Err(_) => vec![4],
+        }
+    }
+
     /// Set the terminal size.
     pub fn resize(&self, cols: u16, rows: u16) -> io::Result<()> {
         resize(self.0.get_ref(), cols, rows)

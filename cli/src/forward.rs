@@ -297,7 +297,9 @@ pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32>
                     stream: Stream::OUT,
                     data: Bytes(&data[*off..*off + n]),
                 };
-                ws.feed(encode(&f)).await?;
+                ws.feed(encode(&f))
+                    .await
+                    .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
                 sent = true;
                 *off += n;
                 c.space.add_permits(n);
@@ -306,20 +308,24 @@ pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32>
                 }
             }
             if c.pending.is_empty() && c.local_eof && !c.eof_sent {
-                ws.feed(encode(&Frame::Eof { sid: SID, ch })).await?;
+                ws.feed(encode(&Frame::Eof { sid: SID, ch }))
+                    .await
+                    .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
                 c.eof_sent = true;
                 sent = true;
             }
         }
         if sent {
-            ws.flush().await?;
+            ws.flush()
+                .await
+                .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
         }
         tokio::select! {
             msg = ws.next() => {
                 let bytes = match msg {
                     Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session"),
-                    Some(Err(e)) => bail!("session stream failed: {e}"),
+                    Some(Ok(Message::Close(_))) | None => return Err(crate::session::lost_relay(target, None)),
+                    Some(Err(e)) => return Err(crate::session::lost_relay(target, Some(&e))),
                     Some(Ok(_)) => continue,
                 };
                 match Frame::decode(&bytes) {
@@ -400,7 +406,7 @@ pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32>
                         let (rd, wr) = stream.into_split();
                         let label = format!("{peer} -> {}:{}", dest.host, dest.port);
                         chans.insert(ch, start_chan(ch, label, rd, wr, &ev_tx));
-                        ws.send(encode(&Frame::ChannelOpen { sid: SID, ch, window: CH_WINDOW, host: &dest.host, port: dest.port })).await?;
+                        ws.send(encode(&Frame::ChannelOpen { sid: SID, ch, window: CH_WINDOW, host: &dest.host, port: dest.port })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
                     }
                     Ev::Read(ch, data) => {
                         if let Some(c) = chans.get_mut(&ch) {
@@ -426,7 +432,7 @@ pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32>
                             if !c.closing {
                                 c.closing = true;
                                 c.abort();
-                                ws.send(encode(&Frame::ChannelClose { sid: SID, ch, reason: &error })).await?;
+                                ws.send(encode(&Frame::ChannelClose { sid: SID, ch, reason: &error })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
                             }
                         }
                     }

@@ -37,6 +37,16 @@ fn ago(t: i64) -> String {
     }
 }
 
+/// The LAST SEEN column: an online target is seen now (its `last_seen` is when it
+/// connected, which is not when it was last seen).
+fn last_seen(online: bool, at: Option<i64>) -> String {
+    match (online, at) {
+        (true, _) => "now".into(),
+        (false, Some(t)) => ago(t),
+        (false, None) => "never".into(),
+    }
+}
+
 /// Print the targets as a table or as JSON.
 pub async fn run(relay: &Relay, json: bool) -> anyhow::Result<()> {
     let targets: Vec<Target> = relay.call("GET", "/v1/agents", None).await?;
@@ -56,9 +66,26 @@ pub async fn run(relay: &Relay, json: bool) -> anyhow::Result<()> {
             t.id,
             if t.online { "online" } else { "offline" },
             t.sessions,
-            t.last_seen.map_or("never".to_string(), ago),
+            last_seen(t.online, t.last_seen),
             tags.join(",")
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_online_target_is_seen_now() {
+        let connected = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+            - 11;
+        assert_eq!(last_seen(true, Some(connected)), "now");
+        assert_eq!(last_seen(false, Some(connected)), "11s ago");
+        assert_eq!(last_seen(false, None), "never");
+    }
 }

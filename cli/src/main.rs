@@ -44,10 +44,18 @@ enum Cmd {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
-    /// Open an interactive shell on a target.
+    /// Open a shell on a target: on a terminal when stdin is one (or with -t), else
+    /// on pipes, so that end of input ends it (`sesame shell gw-01 < script.sh`).
     Shell {
         /// Target name or id.
         target: String,
+        /// Ask for a terminal even when stdin is not one; end of input is then sent
+        /// as the terminal's end-of-file character.
+        #[arg(short = 't', conflicts_with = "no_tty")]
+        tty: bool,
+        /// Never ask for a terminal.
+        #[arg(short = 'T')]
+        no_tty: bool,
     },
     /// Forward local TCP ports to HOST:PORT as seen from the target, until Ctrl-C.
     Forward {
@@ -130,16 +138,21 @@ fn main() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<i32> {
-    // Flags given on the command line, for the `sesame proxy` that `sesame ssh` runs.
+    // Settings given on the command line, for the `sesame proxy` that `sesame ssh`
+    // runs: flags, but the API key through the environment (an argv is visible to
+    // every local user in `ps`).
     let mut global = Vec::new();
-    for (flag, v) in [("--relay", &cli.relay), ("--api-key", &cli.api_key)] {
-        if let Some(v) = v {
-            global.extend([flag.to_string(), v.clone()]);
-        }
+    if let Some(relay) = &cli.relay {
+        global.extend(["--relay".to_string(), relay.clone()]);
     }
     if let Some(ca) = &cli.ca {
         global.extend(["--ca".to_string(), ca.display().to_string()]);
     }
+    let proxy_env: Vec<(&str, String)> = cli
+        .api_key
+        .iter()
+        .map(|k| ("SESAME_API_KEY", k.clone()))
+        .collect();
     let config = Config::load(cli.relay, cli.api_key, cli.ca)?;
     let relay = Relay::new(&config)?;
     match cli.cmd {
@@ -150,7 +163,14 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Exec { target, command } => {
             session::run(&relay, &target, Request::Exec(command)).await
         }
-        Cmd::Shell { target } => session::run(&relay, &target, Request::Shell).await,
+        Cmd::Shell {
+            target,
+            tty,
+            no_tty,
+        } => {
+            let pty = tty || (!no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin()));
+            session::run(&relay, &target, Request::Shell { pty }).await
+        }
         Cmd::Forward { target, specs } => {
             cli::forward::run(&relay, &target, cli::forward::Mode::Listen(specs)).await
         }
@@ -182,7 +202,15 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             let user = user
                 .or_else(|| std::env::var("USER").ok())
                 .unwrap_or_else(|| "root".into());
-            cli::ssh::run(&relay, &target, &user, port, &global, &ssh_args).await
+            cli::ssh::run(
+                &relay,
+                &target,
+                &user,
+                port,
+                (&global, &proxy_env),
+                &ssh_args,
+            )
+            .await
         }
     }
 }

@@ -22,8 +22,11 @@ pub const SID: u32 = 1;
 
 /// What to run.
 pub enum Request {
-    /// An interactive login shell.
-    Shell,
+    /// The login shell, on a terminal if `pty`, else on pipes.
+    Shell {
+        /// Ask the agent for a terminal.
+        pty: bool,
+    },
     /// A command.
     Exec(Vec<String>),
 }
@@ -119,22 +122,23 @@ pub async fn open(
 /// Run a shell or exec session; returns the exit code for this process.
 pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i32> {
     let kind_name = match req {
-        Request::Shell => "shell",
+        Request::Shell { .. } => "shell",
         Request::Exec(_) => "exec",
     };
-    let interactive = matches!(req, Request::Shell) && std::io::stdin().is_terminal();
+    let interactive = matches!(req, Request::Shell { pty: true }) && std::io::stdin().is_terminal();
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
     let (cols, rows) = terminal::size().unwrap_or((80, 24));
     let argv: Vec<u8> = match &req {
         Request::Exec(args) => args.iter().flat_map(|a| a.bytes().chain([0])).collect(),
-        Request::Shell => Vec::new(),
+        Request::Shell { .. } => Vec::new(),
     };
     let kind = match req {
-        Request::Shell => Kind::Shell {
+        Request::Shell { pty: true } => Kind::Shell {
             term: &term,
             cols,
             rows,
         },
+        Request::Shell { pty: false } => Kind::PIPE_SHELL,
         Request::Exec(_) => Kind::Exec { argv: Bytes(&argv) },
     };
     let (mut ws, mut send) = open(relay, target, kind_name, kind).await?;
@@ -171,21 +175,25 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
                     stream: Stream::OUT,
                     data: Bytes(&data[*off..*off + n]),
                 };
-                ws.feed(encode(&f)).await?;
+                ws.feed(encode(&f))
+                    .await
+                    .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
                 *off += n;
             }
             if *off == data.len() {
                 pending = None;
             }
-            ws.flush().await?;
+            ws.flush()
+                .await
+                .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
         }
         let want_stdin = stdin_open && pending.is_none();
         tokio::select! {
             msg = ws.next() => {
                 let bytes = match msg {
                     Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session stream unexpectedly"),
-                    Some(Err(e)) => bail!("session stream failed: {e}"),
+                    Some(Ok(Message::Close(_))) | None => return Err(lost_relay(target, None)),
+                    Some(Err(e)) => return Err(lost_relay(target, Some(&e))),
                     Some(Ok(_)) => continue,
                 };
                 match Frame::decode(&bytes) {
@@ -229,27 +237,46 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
                     Some(data) => pending = Some((data, 0)),
                     None => {
                         stdin_open = false;
-                        ws.send(encode(&Frame::Eof { sid: SID, ch: 0 })).await?;
+                        ws.send(encode(&Frame::Eof { sid: SID, ch: 0 })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
                     }
                 }
             }
             _ = winch.recv() => {
                 if let Some((cols, rows)) = terminal::size() {
-                    ws.send(encode(&Frame::Resize { sid: SID, cols, rows })).await?;
+                    ws.send(encode(&Frame::Resize { sid: SID, cols, rows })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
                 }
             }
             _ = sigint.recv() => {
                 // Only reaches us when the terminal is not raw (exec, or piped input).
-                ws.send(encode(&Frame::Signal { sid: SID, signal: 2 })).await?;
+                ws.send(encode(&Frame::Signal { sid: SID, signal: 2 })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
             }
             _ = sigterm.recv() => {
-                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client terminated" })).await?;
+                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client terminated" })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
             }
             _ = sighup.recv() => {
-                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client hung up" })).await?;
+                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client hung up" })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
             }
         }
     }
+}
+
+/// The relay went away in the middle of the session on `target` (`e` says how, if
+/// it did not close the stream properly), in the user's words.
+pub fn lost_relay(
+    target: &str,
+    e: Option<&tokio_tungstenite::tungstenite::Error>,
+) -> anyhow::Error {
+    use tokio_tungstenite::tungstenite::Error;
+    let how = match e {
+        None => "it closed the connection",
+        Some(Error::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => "connection timed out",
+        Some(
+            Error::Io(_) | Error::Protocol(_) | Error::ConnectionClosed | Error::AlreadyClosed,
+        ) => "connection reset",
+        Some(Error::Tls(_)) => "TLS error",
+        Some(_) => "bad message",
+    };
+    anyhow::anyhow!("lost the relay ({how}); the session on {target} ended")
 }
 
 /// Words for an error code.

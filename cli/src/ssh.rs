@@ -48,13 +48,14 @@ fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
-/// Run `ssh` to `user@target` on `port`; returns ssh's exit code.
+/// Run `ssh` to `user@target` on `port`, its `sesame proxy` given `global_flags` and
+/// `proxy_env`; returns ssh's exit code.
 pub async fn run(
     relay: &Relay,
     target: &str,
     user: &str,
     port: u16,
-    global_flags: &[String],
+    (global_flags, proxy_env): (&[String], &[(&str, String)]),
     ssh_args: &[String],
 ) -> anyhow::Result<i32> {
     let dir = temp_dir()?;
@@ -77,6 +78,8 @@ pub async fn run(
     proxy.push(sh_quote(target));
     proxy.push("%p".into());
     let mut cmd = Command::new("ssh");
+    // ssh hands its environment to the ProxyCommand.
+    cmd.envs(proxy_env.iter().map(|(k, v)| (k, v)));
     cmd.arg("-i")
         .arg(&key)
         .args([

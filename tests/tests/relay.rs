@@ -245,3 +245,28 @@ fn used_and_unknown_activation_codes_and_unknown_keys_are_refused() {
     let out = env.run(&["exec", "gw-01", "--", "echo", "ok"], b"");
     assert_eq!(text(&out).0, "ok\n");
 }
+
+/// When the relay goes away mid-session the user reads what happened in their words,
+/// not a TLS library's, and the exit status says the session failed (255, as ssh).
+#[test]
+fn losing_the_relay_mid_session_is_said_plainly() {
+    let mut env = Env::start();
+    let mut child = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", "echo started; sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_sessions(1, 20);
+    env.relay.proc.kill();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "started\n");
+    assert_eq!(
+        stderr,
+        "error: lost the relay (connection reset); the session on gw-01 ended\n"
+    );
+    assert_eq!(out.status.code(), Some(255));
+}

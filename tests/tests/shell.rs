@@ -120,3 +120,87 @@ fn shell_works_when_stdin_is_not_a_tty() {
     assert!(stdout.contains("piped-42"), "{stdout} {stderr}");
     assert_eq!(out.status.code(), Some(4));
 }
+
+/// A shell whose stdin is at end of input and not a terminal (a cron job, a script's
+/// `< /dev/null`) once stayed open forever. As with OpenSSH, it gets no terminal
+/// unless asked, so end of input reaches it and it exits; stderr stays apart.
+#[test]
+fn a_shell_without_a_terminal_ends_at_end_of_input() {
+    let env = Env::start();
+    let mut child = env
+        .sesame()
+        .args(["shell", "gw-01"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(&mut child, Duration::from_secs(20));
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "the shell did not end at end of input"
+    );
+
+    let out = env.run(
+        &["shell", "gw-01"],
+        b"tty || echo no-tty; echo to-err >&2\n",
+    );
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "not a tty\nno-tty\n", "{stderr}");
+    assert_eq!(stderr, "to-err\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// `-t` asks for a terminal anyway; end of input is then the terminal's EOF
+/// character, seen by every program that reads after it (here `cat`, then the
+/// shell), and the shell exits.
+#[test]
+fn a_forced_terminal_gets_end_of_input_as_its_eof_character() {
+    let env = Env::start();
+    for input in [&b""[..], b"echo forced-$((6*7))\n", b"cat; echo after-cat\n"] {
+        let mut child = env
+            .sesame()
+            .args(["shell", "-t", "gw-01"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(input).unwrap();
+        let status = wait_for(&mut child, Duration::from_secs(20));
+        let mut stdout = String::new();
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{stdout}");
+        if input.starts_with(b"echo forced") {
+            assert!(stdout.contains("forced-42"), "{stdout}");
+        }
+        if input.starts_with(b"cat") {
+            assert!(stdout.contains("after-cat\r\n"), "{stdout}");
+        }
+    }
+}
+
+/// Wait for `child` to exit, killing it (and failing) after `limit`.
+fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let mut out = String::new();
+            if let Some(mut o) = child.stdout.take() {
+                let _ = o.read_to_string(&mut out);
+            }
+            panic!("still running after {limit:?}; its output: {out:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -217,3 +217,34 @@ fn pushing_for_a_missing_user_or_a_bad_key_is_refused() {
         "error: gw-01: unsupported key type 'command=\"sh\"'\n"
     );
 }
+
+/// `sesame --api-key KEY ssh` once copied the key into its ProxyCommand's argv, which
+/// every local user can read with `ps`. The login still works with the key given only
+/// as a flag, and the proxy's arguments do not hold it (the target is this machine,
+/// so the remote `ps` sees the local `sesame proxy`).
+#[test]
+#[ignore = "needs root and openssh-server; run by tests/run-all.sh"]
+fn sesame_ssh_keeps_the_api_key_out_of_argv() {
+    let (env, sshd, _) = setup();
+    let out = env
+        .sesame()
+        .env_remove("SESAME_API_KEY")
+        .args(["--api-key", &env.api_key])
+        .args(["ssh", "gw-01", "--user", "root", "-p"])
+        .arg(sshd.port.to_string())
+        .args(["--", "ps", "-eo", "args"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // (Our own `sesame --api-key` shows the key: that is this test's choice.)
+    let proxies: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains(" proxy gw-01 "))
+        .collect();
+    assert!(!proxies.is_empty(), "{stdout}");
+    for p in proxies {
+        assert!(!p.contains(&env.api_key), "the API key is in argv: {p}");
+    }
+}

@@ -220,7 +220,9 @@ pub const AUTH_CONTEXT: &[u8] = b"sesame-agent-auth-v1:";
 /// What a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Kind<'a> {
-    /// 0: an interactive login shell on a PTY.
+    /// 0: the login shell, on a PTY of `cols` x `rows`; with `cols == rows == 0`
+    /// ([`Kind::PIPE_SHELL`]) on pipes instead, stdout and stderr apart, and `Eof`
+    /// closes its stdin (as `ssh -T` does).
     Shell {
         /// `TERM` value.
         term: &'a str,
@@ -246,6 +248,22 @@ pub enum Kind<'a> {
         /// Seconds the key stays valid.
         ttl: u32,
     },
+}
+
+impl Kind<'static> {
+    /// A login shell without a terminal (see [`Kind::Shell`]).
+    pub const PIPE_SHELL: Kind<'static> = Kind::Shell {
+        term: "",
+        cols: 0,
+        rows: 0,
+    };
+}
+
+impl Kind<'_> {
+    /// Whether the session runs on a terminal: a shell that asked for one.
+    pub fn pty(&self) -> bool {
+        matches!(self, Kind::Shell { cols, rows, .. } if (*cols, *rows) != (0, 0))
+    }
 }
 
 /// A stream within a channel. Unknown values survive a round trip.
