@@ -334,29 +334,40 @@ impl Env {
         out
     }
 
-    /// The relay's view of the agents.
-    pub fn targets(&self) -> Vec<serde_json::Value> {
+    /// The relay's view of the agents (`sesame ls --json`), or why it is not known.
+    pub fn try_targets(&self) -> Result<Vec<serde_json::Value>, String> {
         let out = self.run(&["ls", "--json"], b"");
         if !out.status.success() {
-            return Vec::new();
+            return Err(format!(
+                "sesame ls failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("sesame ls --json: {e}"))
     }
 
-    /// Wait (up to 20 s) until `name` is online (or offline).
+    /// The relay's view of the agents; panics if `sesame ls` fails.
+    pub fn targets(&self) -> Vec<serde_json::Value> {
+        self.try_targets().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Wait (up to 20 s) until `name` is online (or offline). `sesame ls` may fail
+    /// meanwhile (a relay starting); the last failure is reported if it never works.
     pub fn wait_online(&self, name: &str, online: bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = self
-                .targets()
-                .iter()
-                .any(|t| t["name"] == name && t["online"] == online);
-            if ok {
-                return;
+            let seen = self.try_targets();
+            if let Ok(targets) = &seen {
+                if targets
+                    .iter()
+                    .any(|t| t["name"] == name && t["online"] == online)
+                {
+                    return;
+                }
             }
             assert!(
                 Instant::now() < deadline,
-                "{name} never became {}; agent log:\n{}\nrelay log:\n{}",
+                "{name} never became {} (last listing: {seen:?}); agent log:\n{}\nrelay log:\n{}",
                 if online { "online" } else { "offline" },
                 self.agent.log(),
                 self.relay.proc.log()
@@ -365,13 +376,16 @@ impl Env {
         }
     }
 
-    /// Sessions the relay counts on the agent now.
+    /// Sessions the relay counts on the agent now; panics if the relay cannot say.
     pub fn sessions(&self) -> u64 {
-        self.targets()
+        let targets = self.targets();
+        let t = targets
             .iter()
             .find(|t| t["name"] == self.target.as_str())
-            .and_then(|t| t["sessions"].as_u64())
-            .unwrap_or(0)
+            .unwrap_or_else(|| panic!("{} is not listed: {targets:?}", self.target));
+        t["sessions"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no session count for {}: {t}", self.target))
     }
 
     /// Wait (up to `secs` seconds) until the relay counts exactly `n` sessions on the

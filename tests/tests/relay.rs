@@ -117,14 +117,24 @@ fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
 #[tokio::test(flavor = "current_thread")]
 async fn malformed_frame_closes_only_its_own_stream() {
     let env = Env::start();
-    let survivor = env
+    // The survivor lives until it is told to finish, however slow the machine: all
+    // the garbage below arrives while it runs.
+    let mut survivor = env
         .sesame()
-        .args(["exec", "gw-01", "--", "sh", "-c", "sleep 2; echo survived"])
-        .stdin(Stdio::null())
+        .args([
+            "exec",
+            "gw-01",
+            "--",
+            "sh",
+            "-c",
+            "read word; echo survived-$word",
+        ])
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    env.wait_sessions(1, 20);
 
     let client = env.client();
     // Truncated data, a frame type clients may not send, an empty message, and a
@@ -173,8 +183,17 @@ async fn malformed_frame_closes_only_its_own_stream() {
             f => panic!("expected Close, got {f:?}"),
         }
     }
+    assert!(
+        survivor.try_wait().unwrap().is_none(),
+        "the survivor ended with the others"
+    );
+    {
+        use std::io::Write;
+        let mut stdin = survivor.stdin.take().unwrap();
+        stdin.write_all(b"yes\n").unwrap();
+    }
     let out = survivor.wait_with_output().unwrap();
-    assert_eq!(text(&out).0, "survived\n");
+    assert_eq!(text(&out).0, "survived-yes\n");
     assert_eq!(out.status.code(), Some(0));
     // The aborted sessions' processes are gone.
     env.wait_sessions(0, 20);

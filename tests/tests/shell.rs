@@ -84,8 +84,9 @@ fn interactive_shell_on_a_pty_with_size_control_keys_and_exit_code() {
 
     // Ctrl-C reaches the remote foreground job and does not end the session.
     seen.clear();
-    m.write_all(b"sleep 30\r").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // (^C once `sleep` runs; read_until gives up long before it would end by itself.)
+    m.write_all(b"sleep 29.5\r").unwrap();
+    wait_for_process(b"sleep\x0029.5\x00");
     m.write_all(&[3]).unwrap();
     m.write_all(b"echo after-$((1+1))\r").unwrap();
     read_until(&mut m, &mut seen, "after-2");
@@ -158,7 +159,11 @@ fn a_shell_without_a_terminal_ends_at_end_of_input() {
 #[test]
 fn a_forced_terminal_gets_end_of_input_as_its_eof_character() {
     let env = Env::start();
-    for input in [&b""[..], b"echo forced-$((6*7))\n", b"cat; echo after-cat\n"] {
+    for input in [
+        &b""[..],
+        b"echo forced-$((6*7))\n",
+        b"cat; echo after-cat\n",
+    ] {
         let mut child = env
             .sesame()
             .args(["shell", "-t", "gw-01"])
@@ -202,5 +207,21 @@ fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::E
             panic!("still running after {limit:?}; its output: {out:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Wait (up to 20 s) until a process with exactly this command line runs here.
+fn wait_for_process(cmdline: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline));
+        if running {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{cmdline:?} never started");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
