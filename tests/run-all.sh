@@ -84,6 +84,30 @@ for board in boards/*/; do
     )
 done
 
+# Every fuzz target is built and run, so that none can rot unnoticed: 30 s each on
+# libFuzzer (cargo-fuzz, nightly), starting from an empty corpus.
+log "fuzz targets of agent-core (nightly, cargo-fuzz): build all, run each for 30 s"
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+fi
+if ! command -v cargo-fuzz >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+(
+    cd agent-core
+    cargo +nightly fuzz build
+    for target in $(cargo +nightly fuzz list); do
+        out=$(mktemp)
+        if ! cargo +nightly fuzz run "$target" -- -max_total_time=30 -print_final_stats=1 >"$out" 2>&1; then
+            tail -n 60 "$out"
+            echo "error: fuzz target '$target' failed (its input is under agent-core/fuzz/artifacts/$target)" >&2
+            exit 1
+        fi
+        echo "$target: $(grep -m1 stat::number_of_executed_units "$out")"
+        rm -f "$out"
+    done
+)
+
 log "building the binaries the end-to-end tests run"
 cargo build --workspace --bins --locked
 

@@ -37,13 +37,13 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             1 => {
-                let before = agent.send_credit(sid);
-                if let Ok((n, _)) = agent.send_data(sid, Stream::OUT, &[0u8; 5000], &mut out) {
+                let before = agent.send_credit(sid, 0);
+                if let Ok((n, _)) = agent.send_data(now, sid, 0, Stream::OUT, &[0u8; 5000], &mut out) {
                     assert!(n as u32 <= before, "sent beyond credit");
                 }
             }
-            2 => agent.consumed(sid, *arg as usize * 100),
-            3 => agent.eof(sid),
+            2 => agent.consumed(sid, 0, *arg as usize * 100),
+            3 => agent.eof(sid, 0),
             4 => agent.close(sid, Exit::Code(i32::from(*arg)), "done"),
             5 => {
                 now = Instant(now.0 + u64::from(*arg) * 1000);
