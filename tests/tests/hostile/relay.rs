@@ -127,24 +127,28 @@ fn half_open(port: u16, n: usize, sources: u8) -> Vec<std::net::TcpStream> {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut conns = Vec::with_capacity(n);
-        for i in 0..n {
+        let connects = (0..n).map(|i| async move {
             let src = Ipv4Addr::new(127, 0, 0, 2 + (i % sources as usize) as u8);
             let sock = tokio::net::TcpSocket::new_v4().unwrap();
             sock.bind(SocketAddr::new(IpAddr::V4(src), 0)).unwrap();
             let dst = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
-            let tcp = tokio::time::timeout(Duration::from_secs(5), sock.connect(dst))
+            // A relay that stopped accepting fills its backlog: those never connect.
+            let tcp = tokio::time::timeout(Duration::from_secs(3), sock.connect(dst))
                 .await
-                .expect("the listen backlog accepts the connection")
-                .unwrap();
+                .ok()?
+                .ok()?;
             let mut tcp = tcp.into_std().unwrap();
             tcp.set_nonblocking(false).unwrap();
             if i % 2 == 1 {
-                tcp.write_all(PARTIAL_HELLO).unwrap();
+                tcp.write_all(PARTIAL_HELLO).ok()?;
             }
-            conns.push(tcp);
-        }
-        conns
+            Some(tcp)
+        });
+        futures_util::future::join_all(connects)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     })
 }
 
@@ -189,13 +193,8 @@ fn half_open_connections_cannot_lock_out_agents_and_users() {
     let t0 = Instant::now();
     let mut slow: Vec<_> = (0..8).map(|i| half_sent_request(&env, i)).collect();
     let attack = half_open(env.relay.port, 400, 4);
-    // Those over the per-address cap are closed at once, not queued.
     std::thread::sleep(Duration::from_millis(500));
     let refused = attack.iter().filter(|s| closed(s)).count();
-    assert!(
-        refused >= 300,
-        "only {refused} of 400 connections over the cap were closed at once"
-    );
 
     // Users and agents still get in while the admitted ones hang.
     let ls = sesame_within(&env, &["ls"], Duration::from_secs(3));
@@ -210,6 +209,12 @@ fn half_open_connections_cannot_lock_out_agents_and_users() {
         Duration::from_secs(5),
     );
     assert_eq!(out, "through\n");
+    // Those over the per-address cap were closed at once, not queued.
+    assert!(
+        attack.len() == 400 && refused >= 300,
+        "{} of 400 connections got through to the relay, {refused} were closed at once",
+        attack.len()
+    );
     let open = attack.iter().filter(|s| !closed(s)).count();
     assert!(
         t0.elapsed() < HANDSHAKE && open >= 90,
