@@ -35,11 +35,13 @@ for c in rustfmt clippy; do
 done
 
 # qemu-user-static runs the aarch64 agent; qemu-system-arm boots the firmware and
-# socat carries its connection to the relay; OpenSSH is what the ssh tests log in to.
+# socat carries its connection to the relay; OpenSSH is what the ssh tests log in to;
+# openssl's s_client makes the hostile tests' unfinished requests.
 pkgs=()
 command -v qemu-aarch64-static >/dev/null 2>&1 || pkgs+=(qemu-user-static)
 command -v qemu-system-arm >/dev/null 2>&1 || pkgs+=(qemu-system-arm)
 command -v socat >/dev/null 2>&1 || pkgs+=(socat)
+command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
 [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || pkgs+=(openssh-client)
 if [ ${#pkgs[@]} -gt 0 ]; then

@@ -53,7 +53,12 @@ async fn recv_binary(ws: &mut futures_util::stream::SplitStream<WebSocket>) -> O
 }
 
 /// Serve one agent connection until it ends.
-pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
+pub async fn serve(
+    socket: WebSocket,
+    state: AppState,
+    peer: String,
+    admitted: Option<crate::server::Admitted>,
+) {
     let (mut sink, mut stream) = socket.split();
     let nonce: [u8; NONCE_LEN] = random_bytes();
     // The whole handshake, our writes included, has one deadline: a peer that
@@ -82,7 +87,15 @@ pub async fn serve(socket: WebSocket, state: AppState, peer: String) {
     .await
     .unwrap_or_else(|_| Err(Some("authentication timed out".to_string())));
     let (agent, max_sessions, max_frame) = match authed {
-        Ok(a) => a,
+        Ok(a) => {
+            // Authenticated: the link no longer counts against the caps on
+            // unauthenticated connections (it held its place until now).
+            if let Some(admitted) = &admitted {
+                admitted.authenticated();
+            }
+            drop(admitted);
+            a
+        }
         Err(None) => return,
         Err(Some(msg)) => {
             warn!(%peer, "agent refused: {msg}");

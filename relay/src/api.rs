@@ -295,11 +295,15 @@ async fn open_stream(
 async fn agent_socket(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    admitted: Option<axum::Extension<crate::server::Admitted>>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let admitted = admitted.map(|axum::Extension(a)| a);
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
-        .on_upgrade(move |socket| crate::agent_link::serve(socket, state, peer.to_string()))
+        .on_upgrade(move |socket| {
+            crate::agent_link::serve(socket, state, peer.to_string(), admitted)
+        })
 }

@@ -1,9 +1,9 @@
 //! The TLS listener that serves the API and WebSockets, and its admission control.
 //!
 //! A connection is *unauthenticated* from `accept` until it is a session stream (the
-//! stream endpoint upgrades only after redeeming its token), or an agent link past
-//! its handshake deadline (by then `agent_link` has authenticated it or closed it), or
-//! until it closes. Unauthenticated connections are capped in total and per source
+//! stream endpoint upgrades only after redeeming its token), or an agent link that
+//! authenticated (`agent_link` says so through the request's [`Admitted`]), or until
+//! it closes. Unauthenticated connections are capped in total and per source
 //! (`[connections]` in the config); one over a cap is closed at once, never queued,
 //! so a flood of half-open connections cannot exhaust file descriptors and lock out
 //! agents and users. Each holds a [`Permit`] that frees its place when dropped, so
@@ -18,7 +18,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -43,9 +42,6 @@ use crate::Error;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Pause after a failed `accept` (EMFILE and friends) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-/// Slack past the agent handshake deadline before an agent link stops counting, so
-/// that `agent_link` has closed a link that did not authenticate.
-const AGENT_DEADLINE_SLACK: Duration = Duration::from_secs(1);
 
 /// How `sesame-relay serve` is configured.
 #[derive(Debug, Clone)]
@@ -283,14 +279,25 @@ struct Shared {
     request: Notify,
     /// A `101 Switching Protocols` was answered.
     upgrading: Notify,
-    /// The upgrade is to an agent link (authenticated in-band, later).
-    agent: AtomicBool,
 }
 
 impl Shared {
     /// The connection authenticated: it stops counting.
     fn authenticated(&self) {
         drop(self.permit.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+}
+
+/// A request's connection, for a handler that authenticates it in-band (the agent
+/// link): the connection counts as unauthenticated until [`Admitted::authenticated`]
+/// or until this and the connection's task are both gone.
+#[derive(Debug, Clone)]
+pub struct Admitted(Arc<Shared>);
+
+impl Admitted {
+    /// The connection authenticated: it stops counting against the caps.
+    pub fn authenticated(&self) {
+        self.0.authenticated();
     }
 }
 
@@ -319,7 +326,6 @@ impl Connection {
             permit: Mutex::new(Some(permit)),
             request: Notify::new(),
             upgrading: Notify::new(),
-            agent: AtomicBool::new(false),
         });
         let first_deadline = accepted + limits.handshake_timeout;
         let tls = match tokio::time::timeout_at(first_deadline, acceptor.accept(tcp)).await {
@@ -339,12 +345,13 @@ impl Connection {
             hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo(peer));
+                req.extensions_mut().insert(Admitted(shared.clone()));
                 shared.request.notify_one();
                 let mut app = app.clone();
                 let shared = shared.clone();
                 async move {
                     let path = req.uri().path();
-                    let (stream, agent) = (path.starts_with("/v1/stream/"), path == "/v1/agent");
+                    let stream = path.starts_with("/v1/stream/");
                     let resp = match tokio::time::timeout(request_timeout, app.call(req)).await {
                         Ok(r) => r?,
                         Err(_) => timed_out(),
@@ -354,7 +361,6 @@ impl Connection {
                             // The stream endpoint upgrades only with a redeemed token.
                             shared.authenticated();
                         }
-                        shared.agent.store(agent, Ordering::Relaxed);
                         shared.upgrading.notify_one();
                     }
                     Ok::<_, std::convert::Infallible>(resp)
@@ -392,11 +398,6 @@ impl Connection {
                     return;
                 }
             }
-        }
-        if upgrade_deadline.is_some() && shared.agent.load(Ordering::Relaxed) {
-            // The agent link authenticates in-band; by this deadline it has, or
-            // `agent_link` has closed it.
-            tokio::time::sleep(limits.agent_handshake_timeout + AGENT_DEADLINE_SLACK).await;
         }
     }
 }

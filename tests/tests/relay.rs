@@ -270,7 +270,7 @@ fn used_and_unknown_activation_codes_and_unknown_keys_are_refused() {
 #[test]
 fn losing_the_relay_mid_session_is_said_plainly() {
     let mut env = Env::start();
-    let mut child = env
+    let child = env
         .sesame()
         .args(["exec", "gw-01", "--", "sh", "-c", "echo started; sleep 60"])
         .stdin(Stdio::null())

@@ -125,8 +125,12 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
         .clone()
         .unwrap_or_else(|| tests::bin("sesame-agent"));
     eprintln!("scale: agents run {}", agent_bin.display());
-    let limits =
-        format!("[limits]\nrate = \"200kbit\"\nmax_sessions = {total}\nidle_timeout = \"none\"\n");
+    // Every agent and client comes from 127.0.0.1 here: lift the per-address cap on
+    // connections still authenticating (50 opening at once, two connections each).
+    let limits = format!(
+        "[limits]\nrate = \"200kbit\"\nmax_sessions = {total}\nidle_timeout = \"none\"\n\
+         [connections]\nmax_unauthenticated_per_ip = 512\n"
+    );
     let cfg = env_dir_file(&limits);
     let env = Env::start_custom(
         &["--config", cfg.to_str().unwrap()],
