@@ -18,7 +18,7 @@ use tracing::{debug, error, info, warn};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
-use tokio::task::AbortHandle;
+use tokio::task::{AbortHandle, JoinSet};
 
 use crate::connect::{RelaySocket, RelayTarget};
 use crate::forward::{self, TcpChannel};
@@ -90,7 +90,9 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
             state_dir: opts.state_dir.clone(),
         },
     };
-    sshkey::sweep_registered(&ctx.keys);
+    // Off the runtime thread: the files belong to local users (see `sshkey`).
+    let keys = ctx.keys.clone();
+    tokio::task::spawn_blocking(move || sshkey::sweep_registered(&keys));
     let mut backoff = Backoff::new();
     loop {
         match target.connect().await {
@@ -243,6 +245,9 @@ impl Session {
 
 type Sink = futures_util::stream::SplitSink<RelaySocket, Message>;
 
+/// What [`sshkey::push`] answers.
+type KeyPush = Result<(String, PathBuf, Duration), (ErrorCode, String)>;
+
 struct Conn<'a> {
     engine: Agent<MAX_SESSIONS, MAX_CHANNELS>,
     sessions: HashMap<u32, Session>,
@@ -254,6 +259,8 @@ struct Conn<'a> {
     ctx: &'a Context,
     /// Incarnation counter for forward channels.
     next_token: u64,
+    /// `ssh-key` sessions whose file work runs on a blocking thread.
+    pushes: JoinSet<(u32, KeyPush)>,
     origin: std::time::Instant,
     out: Vec<u8>,
     authenticated: bool,
@@ -486,22 +493,9 @@ impl Conn<'_> {
             }
             Kind::Forward => Ok(Work::Forward(HashMap::new())),
             Kind::SshKey { user, key, ttl } => {
-                match sshkey::push(&self.ctx.keys, user, key, ttl) {
-                    Ok((msg, path, after)) => {
-                        info!(sid, user, "pushed an SSH key for {ttl} s");
-                        // The key also carries expiry-time=; this removes the line.
-                        tokio::spawn(async move {
-                            tokio::time::sleep(after + Duration::from_secs(1)).await;
-                            sshkey::sweep(&path);
-                        });
-                        self.engine.accept(sid);
-                        self.engine.close(sid, Exit::Code(0), &msg);
-                    }
-                    Err((code, msg)) => {
-                        warn!(sid, "ssh key refused: {msg}");
-                        self.engine.reject(sid, code, &msg);
-                    }
-                }
+                let (keys, user, key) = (self.ctx.keys.clone(), user.to_string(), key.to_string());
+                self.pushes
+                    .spawn_blocking(move || (sid, sshkey::push(&keys, &user, &key, ttl)));
                 return;
             }
         };
@@ -529,6 +523,26 @@ impl Conn<'_> {
             Err((code, reason)) => {
                 warn!(sid, "{reason}");
                 self.engine.reject(sid, code, &reason);
+            }
+        }
+    }
+
+    /// An `ssh-key` session's file work is done: answer it.
+    fn pushed(&mut self, sid: u32, result: KeyPush) {
+        match result {
+            Ok((msg, path, after)) => {
+                info!(sid, "pushed an SSH key: {msg}");
+                // The key also carries expiry-time=; this removes the line.
+                tokio::spawn(async move {
+                    tokio::time::sleep(after + Duration::from_secs(1)).await;
+                    let _ = tokio::task::spawn_blocking(move || sshkey::sweep(&path)).await;
+                });
+                self.engine.accept(sid);
+                self.engine.close(sid, Exit::Code(0), &msg);
+            }
+            Err((code, msg)) => {
+                warn!(sid, "ssh key refused: {msg}");
+                self.engine.reject(sid, code, &msg);
             }
         }
     }
@@ -688,6 +702,7 @@ async fn serve(
         code_file,
         ctx,
         next_token: 0,
+        pushes: JoinSet::new(),
         origin,
         out: vec![0u8; wire::DEFAULT_MAX_FRAME as usize],
         authenticated: false,
@@ -741,6 +756,11 @@ async fn serve(
                     while let Ok(m) = rx.try_recv() {
                         conn.on_msg(m);
                     }
+                }
+            }
+            Some(done) = conn.pushes.join_next(), if !conn.pushes.is_empty() => {
+                if let Ok((sid, result)) = done {
+                    conn.pushed(sid, result);
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {

@@ -4,12 +4,19 @@
 //! removes the line when it expires. Lines the agent wrote end with a `sesame:EXPIRY`
 //! comment; every file it touched is listed in the state directory and swept of
 //! expired Sesame lines at start-up.
+//!
+//! The files live in directories their users own, so each is read as hostile: never
+//! through a symlink, never a FIFO or device (opened without blocking, refused after
+//! `fstat`), at most [`MAX_FILE`] bytes, with one link and owned by its user. The
+//! functions here block on the file system: the driver runs them on tokio's blocking
+//! threads, never on its runtime thread.
 
 use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use rustix::fs::{Gid, Mode, OFlags, Uid};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -18,8 +25,21 @@ use agent_core::wire::ErrorCode;
 
 /// Longest TTL accepted (one day): these keys are meant to be short-lived.
 pub const MAX_TTL: u32 = 24 * 3600;
+/// Largest `authorized_keys` read (OpenSSH's own are a few KiB; a user could make
+/// theirs a sparse file of many GiB).
+pub const MAX_FILE: u64 = 1024 * 1024;
 const MARKER: &str = "sesame:";
 const REGISTRY: &str = "ssh-key-files";
+
+/// Held for each read-modify-write of a key file or the registry, so a push and a
+/// sweep of the same file cannot lose each other's change.
+static EDITING: Mutex<()> = Mutex::new(());
+
+fn editing() -> std::sync::MutexGuard<'static, ()> {
+    EDITING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Where `authorized_keys` lives; `%h` is the home directory, `%u` the user name
 /// (as in sshd's `AuthorizedKeysFile`).
@@ -124,6 +144,11 @@ fn io_err(e: rustix::io::Errno) -> std::io::Error {
     std::io::Error::from(e)
 }
 
+/// `refusing: authorized_keys WHY`.
+fn refuse(why: &str) -> std::io::Error {
+    std::io::Error::other(format!("refusing: authorized_keys {why}"))
+}
+
 impl KeysDir {
     /// Open `dir`; create it (0700, owned by `owner`) when missing and `owner` is given.
     fn open(dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<KeysDir> {
@@ -162,27 +187,59 @@ impl KeysDir {
         Ok(KeysDir { fd })
     }
 
-    /// The file's text and owner, or `None` when it does not exist.
-    fn read(&self, name: &OsStr) -> std::io::Result<Option<(String, u32, u32)>> {
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    /// The file's text and owner, or `None` when it does not exist. With `owner`,
+    /// the file must belong to that uid: a file someone else owns (a hard link to
+    /// `/etc/shadow`, say) would otherwise be copied into one the user can read.
+    fn read(
+        &self,
+        name: &OsStr,
+        owner: Option<u32>,
+    ) -> std::io::Result<Option<(String, u32, u32)>> {
+        // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below.
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC;
         let fd = match rustix::fs::openat(&self.fd, name, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(rustix::io::Errno::NOENT) => return Ok(None),
-            Err(rustix::io::Errno::LOOP) => {
-                return Err(std::io::Error::other(
-                    "refusing: authorized_keys is a symlink",
-                ))
-            }
+            Err(rustix::io::Errno::LOOP) => return Err(refuse("is a symlink")),
+            // What opening a socket gives.
+            Err(rustix::io::Errno::NXIO) => return Err(refuse("is not a regular file")),
             Err(e) => return Err(io_err(e)),
         };
         let st = rustix::fs::fstat(&fd).map_err(io_err)?;
-        if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
-            return Err(std::io::Error::other(
-                "refusing: authorized_keys is not a regular file",
-            ));
+        let ty = rustix::fs::FileType::from_raw_mode(st.st_mode);
+        if !ty.is_file() {
+            let what = match ty {
+                rustix::fs::FileType::Fifo => "is a FIFO, not a regular file",
+                rustix::fs::FileType::Directory => "is a directory, not a regular file",
+                rustix::fs::FileType::CharacterDevice | rustix::fs::FileType::BlockDevice => {
+                    "is a device, not a regular file"
+                }
+                _ => "is not a regular file",
+            };
+            return Err(refuse(what));
+        }
+        if st.st_nlink != 1 {
+            return Err(refuse("has other hard links"));
+        }
+        if let Some(uid) = owner.filter(|uid| *uid != st.st_uid) {
+            return Err(refuse(&format!(
+                "is owned by uid {}, not by the user (uid {uid})",
+                st.st_uid
+            )));
+        }
+        let too_big = || refuse(&format!("is larger than {} MiB", MAX_FILE >> 20));
+        if st.st_size as u64 > MAX_FILE {
+            return Err(too_big());
         }
         let mut text = String::new();
-        std::fs::File::from(fd).read_to_string(&mut text)?;
+        // It may grow after the fstat: read no more than the limit.
+        std::fs::File::from(fd)
+            .take(MAX_FILE + 1)
+            .read_to_string(&mut text)?;
+        if text.len() as u64 > MAX_FILE {
+            return Err(too_big());
+        }
         Ok(Some((text, st.st_uid, st.st_gid)))
     }
 
@@ -227,7 +284,8 @@ pub fn sweep(path: &Path) {
     let Ok(keys) = KeysDir::open(dir, None) else {
         return;
     };
-    let Ok(Some((text, uid, gid))) = keys.read(name) else {
+    let _editing = editing();
+    let Ok(Some((text, uid, gid))) = keys.read(name, None) else {
         return;
     };
     let kept = sweep_text(&text, now());
@@ -269,8 +327,9 @@ pub fn push(
     let fail = |e: std::io::Error| (ErrorCode::INTERNAL, format!("{}: {e}", path.display()));
     let (dir, name) = split(&path).map_err(fail)?;
     let keys = KeysDir::open(dir, Some((u.uid, u.gid))).map_err(fail)?;
+    let _editing = editing();
     let existing = keys
-        .read(name)
+        .read(name, Some(u.uid))
         .map_err(fail)?
         .map(|(t, _, _)| t)
         .unwrap_or_default();
@@ -378,6 +437,137 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA";
+
+    /// A scratch directory with a `keys/` directory for the test user's key file:
+    /// (directory, config, user name, that user's key file).
+    fn scratch(tag: &str) -> (PathBuf, KeyConfig, String, PathBuf) {
+        let tmp = std::env::temp_dir().join(format!("sesame-keys-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(tmp.join("keys")).unwrap();
+        let me = crate::passwd::by_uid(rustix::process::geteuid().as_raw())
+            .expect("the test user is in /etc/passwd")
+            .name;
+        let config = KeyConfig {
+            pattern: format!("{}/keys/%u", tmp.display()),
+            state_dir: tmp.clone(),
+        };
+        let file = tmp.join("keys").join(&me);
+        (tmp, config, me, file)
+    }
+
+    /// `push`, on a thread: `None` if it is still blocked after five seconds.
+    fn push_within_5s(config: &KeyConfig, user: &str) -> Option<Result<String, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (config, user) = (config.clone(), user.to_string());
+        std::thread::spawn(move || {
+            let _ = tx.send(push(&config, &user, KEY, 60).map(|r| r.0).map_err(|e| e.1));
+        });
+        rx.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let (tmp, config, me, file) = scratch("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &file,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let refused = push_within_5s(&config, &me).expect("push blocked on a FIFO");
+        assert_eq!(
+            refused.unwrap_err(),
+            format!(
+                "{}: refusing: authorized_keys is a FIFO, not a regular file",
+                file.display()
+            )
+        );
+        // The start-up and expiry sweep too (it runs before the agent connects).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let f = file.clone();
+        std::thread::spawn(move || {
+            sweep(&f);
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("sweep blocked on a FIFO");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn an_oversized_file_is_refused_unread() {
+        let (tmp, config, me, file) = scratch("big");
+        // Sparse: costs no disk, but reading it whole would cost 64 MiB of memory.
+        std::fs::File::create(&file)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let refused = push_within_5s(&config, &me).expect("push took over 5 s");
+        assert_eq!(
+            refused.unwrap_err(),
+            format!(
+                "{}: refusing: authorized_keys is larger than 1 MiB",
+                file.display()
+            )
+        );
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 << 20);
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn a_hard_link_is_refused_and_left_alone() {
+        use std::os::unix::fs::MetadataExt;
+        let (tmp, config, me, file) = scratch("link");
+        // Stands for /etc/shadow (protected_hardlinks stops most users; not all hosts
+        // set it, and root's own files are fair game for root's directory).
+        let secret = tmp.join("secret");
+        std::fs::write(&secret, "expiry-time=\"x\" ssh-ed25519 AAAA sesame:100\n").unwrap();
+        std::fs::hard_link(&secret, &file).unwrap();
+        let refused = push_within_5s(&config, &me).unwrap();
+        assert_eq!(
+            refused.unwrap_err(),
+            format!(
+                "{}: refusing: authorized_keys has other hard links",
+                file.display()
+            )
+        );
+        sweep(&file);
+        assert_eq!(std::fs::metadata(&file).unwrap().nlink(), 2);
+        assert_eq!(
+            std::fs::read_to_string(&secret).unwrap(),
+            "expiry-time=\"x\" ssh-ed25519 AAAA sesame:100\n"
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn a_file_owned_by_someone_else_is_refused() {
+        let (tmp, config, me, file) = scratch("owner");
+        std::fs::write(&file, "ssh-rsa AAAAB3 someone-elses\n").unwrap();
+        let uid = rustix::process::geteuid().as_raw();
+        let other = if uid == 65534 { 65533 } else { 65534 };
+        if std::os::unix::fs::chown(&file, Some(other), None).is_err() {
+            eprintln!("skipped: giving a file away needs root");
+            return;
+        }
+        let refused = push_within_5s(&config, &me).unwrap();
+        assert_eq!(
+            refused.unwrap_err(),
+            format!(
+                "{}: refusing: authorized_keys is owned by uid {other}, not by the user (uid {uid})",
+                file.display()
+            )
+        );
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap(),
+            "ssh-rsa AAAAB3 someone-elses\n"
+        );
         let _ = std::fs::remove_dir_all(&tmp);
     }
 }

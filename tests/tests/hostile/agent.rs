@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::process::Stdio;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{Mode, OFlags};
@@ -175,4 +175,86 @@ fn other_spellings_of_a_denied_address_are_denied_too() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// Run `cmd`, killing it if it has not finished within `secs` seconds.
+fn run_within(mut cmd: Command, secs: u64) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let args: Vec<_> = cmd.get_args().collect();
+            panic!("sesame {args:?} did not finish within {secs} s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// The user this test runs as (the agent pushes keys for it).
+fn whoami() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn a_fifo_for_authorized_keys_neither_hangs_nor_silences_the_agent() {
+    let me = whoami();
+    let fifo = std::cell::RefCell::new(PathBuf::new());
+    let env = Env::start_launch(&[], "gw-01", |dir, port, code| {
+        let keys = dir.join("keys");
+        std::fs::create_dir_all(&keys).unwrap();
+        let path = keys.join(&me);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &path,
+            rustix::fs::FileType::Fifo,
+            Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Listed as a file the agent once wrote: it is swept at start-up, before
+        // the agent connects.
+        std::fs::create_dir_all(dir.join("agent")).unwrap();
+        std::fs::write(
+            dir.join("agent/ssh-key-files"),
+            format!("{}\n", path.display()),
+        )
+        .unwrap();
+        *fifo.borrow_mut() = path;
+        let program = [
+            bin("sesame-agent"),
+            "--authorized-keys".into(),
+            format!("{}/%u", keys.display()).into(),
+        ];
+        start_agent_with(&program, dir, "agent", port, Some(code))
+    });
+    let fifo = fifo.into_inner();
+
+    let key = env.dir.0.join("id.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA me@test\n").unwrap();
+    let mut push = env.sesame();
+    push.args(["ssh-key", "push", "gw-01", "--user", &me, "--ttl", "60"])
+        .arg(&key);
+    let out = run_within(push, 20);
+    assert_eq!(
+        text(&out).1,
+        format!(
+            "error: gw-01: {}: refusing: authorized_keys is a FIFO, not a regular file\n",
+            fifo.display()
+        )
+    );
+    assert_eq!(out.status.code(), Some(255));
+
+    // The agent still serves.
+    let mut exec = env.sesame();
+    exec.args(["exec", "gw-01", "--", "echo", "still-here"]);
+    let out = run_within(exec, 20);
+    assert_eq!(text(&out).0, "still-here\n", "{}", text(&out).1);
 }
