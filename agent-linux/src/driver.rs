@@ -205,8 +205,9 @@ struct Session {
     outs: HashMap<u16, Out>,
     exit: Option<Exit>,
     terminating: bool,
-    /// Set when the peer broke the protocol: the session closes as `Aborted(code)`.
-    aborted: Option<ErrorCode>,
+    /// Set when the peer broke the protocol: the session closes as `Aborted(code)`
+    /// with this reason, whatever its process did when it was stopped.
+    aborted: Option<(ErrorCode, String)>,
 }
 
 impl Session {
@@ -336,14 +337,16 @@ impl Conn<'_> {
                 }
             }
             for (sid, exit) in finished {
-                let s = self.sessions.remove(&sid);
-                let reason = if s.is_some_and(|s| s.terminating) {
-                    "terminated"
-                } else {
-                    ""
+                let (exit, reason) = match self.sessions.remove(&sid) {
+                    Some(Session {
+                        aborted: Some((code, reason)),
+                        ..
+                    }) => (Exit::Aborted(code), reason),
+                    Some(s) if s.terminating => (exit, "terminated".to_string()),
+                    _ => (exit, String::new()),
                 };
                 self.engine.eof(sid, 0);
-                self.engine.close(sid, exit, reason);
+                self.engine.close(sid, exit, &reason);
                 progressed = true;
                 debug!(sid, ?exit, "session ended");
             }
@@ -445,13 +448,14 @@ impl Conn<'_> {
             Event::Abort { sid, error } => {
                 warn!(sid, "session aborted: {error}");
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.aborted = Some(match error {
+                    let code = match error {
                         agent_core::ProtocolError::FlowControl { .. }
                         | agent_core::ProtocolError::CreditOverflow { .. } => {
                             ErrorCode::FLOW_CONTROL
                         }
                         _ => ErrorCode::PROTOCOL,
-                    });
+                    };
+                    s.aborted = Some((code, format!("protocol violation: {error}")));
                 }
                 self.terminate(sid, "protocol violation");
             }

@@ -9,9 +9,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use agent_core::wire::{Bytes, ErrorCode, Exit, Frame, Kind, Stream};
+use futures_util::{SinkExt, StreamExt};
 use rustix::fs::{Mode, OFlags};
 use rustix::pty::OpenptFlags;
 use tests::{bin, start_agent_with, text, Env};
+use tokio_tungstenite::tungstenite::Message;
 
 /// An agent started as a script's background job: `sh` starts `agent &` with SIGINT
 /// and SIGQUIT ignored (POSIX, "Shell Command Language" 2.11), which `trap ""` does
@@ -257,4 +260,122 @@ fn a_fifo_for_authorized_keys_neither_hangs_nor_silences_the_agent() {
     exec.args(["exec", "gw-01", "--", "echo", "still-here"]);
     let out = run_within(exec, 20);
     assert_eq!(text(&out).0, "still-here\n", "{}", text(&out).1);
+}
+
+fn frame(f: Frame) -> Message {
+    let mut buf = vec![0u8; f.buffer_len()];
+    let n = f.encode(&mut buf).unwrap();
+    buf.truncate(n);
+    Message::Binary(buf.into())
+}
+
+/// Open an exec session of `sleep 60` over a raw stream (a client that can break the
+/// protocol); returns the stream and the agent's window.
+async fn raw_sleep(env: &Env) -> (cli::client::Stream, u32) {
+    let client = env.client();
+    let created: serde_json::Value = client
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(serde_json::json!({"target": "gw-01", "kind": "exec"})),
+        )
+        .await
+        .unwrap();
+    let mut ws = client
+        .open_stream(
+            created["stream_url"].as_str().unwrap(),
+            created["token"].as_str().unwrap(),
+        )
+        .await
+        .unwrap();
+    let argv = Bytes(b"sleep\x0060\x00");
+    let open = Frame::Open {
+        sid: 1,
+        window: 65536,
+        kind: Kind::Exec { argv },
+    };
+    ws.send(frame(open)).await.unwrap();
+    loop {
+        let Some(Ok(Message::Binary(b))) = ws.next().await else {
+            panic!("stream ended before Accept");
+        };
+        if let Frame::Accept { window, .. } = Frame::decode(&b).unwrap() {
+            return (ws, window);
+        }
+    }
+}
+
+/// Read until the session's `Close`: (exit, reason).
+async fn close_of(ws: &mut cli::client::Stream) -> (Exit, String) {
+    let read = async {
+        while let Some(Ok(m)) = ws.next().await {
+            if let Message::Binary(b) = m {
+                if let Ok(Frame::Close { exit, reason, .. }) = Frame::decode(&b) {
+                    return (exit, reason.to_string());
+                }
+            }
+        }
+        panic!("stream ended without Close");
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("no Close within 20 s")
+}
+
+/// A session the agent ends because the client broke the protocol closes as
+/// `Aborted(code)` with the reason (protocol.md, sections 5 and 9), not as whatever
+/// its process did when it was stopped (SIGHUP).
+#[test]
+fn sessions_the_agent_aborts_close_as_aborted_with_the_reason() {
+    let env = Env::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        // A channel on an exec session.
+        let (mut ws, _) = raw_sleep(&env).await;
+        let open = Frame::ChannelOpen {
+            sid: 1,
+            ch: 1,
+            window: 1024,
+            host: "127.0.0.1",
+            port: 22,
+        };
+        ws.send(frame(open)).await.unwrap();
+        let (exit, reason) = close_of(&mut ws).await;
+        assert_eq!(exit, Exit::Aborted(ErrorCode::PROTOCOL), "{reason}");
+        // "session N" is the agent's number for it, which the client does not know.
+        assert!(
+            reason.starts_with("protocol violation: session ")
+                && reason.ends_with(": unknown channel 1"),
+            "{reason}"
+        );
+
+        // More data than the agent's credit: `sleep` reads none of it, so past the
+        // pipe's buffer (64 KiB) no credit comes back.
+        let (mut ws, window) = raw_sleep(&env).await;
+        let chunk = vec![b'x'; 16 * 1024];
+        for _ in 0..(window as usize + (1 << 20)) / chunk.len() {
+            let data = Frame::Data {
+                sid: 1,
+                ch: 0,
+                stream: Stream::OUT,
+                data: Bytes(&chunk),
+            };
+            if ws.send(frame(data)).await.is_err() {
+                break; // the relay hung up: the session ended
+            }
+        }
+        let (exit, reason) = close_of(&mut ws).await;
+        assert_eq!(exit, Exit::Aborted(ErrorCode::FLOW_CONTROL), "{reason}");
+        assert!(
+            reason.starts_with("protocol violation: session ")
+                && reason.ends_with(": peer sent more data than its credit"),
+            "{reason}"
+        );
+    });
+    // Only those sessions ended.
+    let out = env.run(&["exec", "gw-01", "--", "echo", "fine"], b"");
+    assert_eq!(text(&out).0, "fine\n", "{}", text(&out).1);
 }
