@@ -180,7 +180,7 @@ pub async fn serve(
             agent.remove_route(agent_sid);
             let reason = match sent {
                 Ok(_) => "the agent disconnected".to_string(),
-                Err(_) => format!("the agent link read nothing for {}", human(WRITE_STALL)),
+                Err(_) => format!("the link to the agent took nothing for {}", human(WRITE_STALL)),
             };
             refuse(
                 &mut sink,
@@ -213,43 +213,27 @@ pub async fn serve(
     let mut hold_out: Option<Routed> = None;
     let mut last_activity = Instant::now();
     let started = Instant::now();
-    let never = started + Duration::from_secs(100 * 365 * 86400);
+    let timers = Timers {
+        idle: limits.idle_timeout,
+        max: limits.max_duration,
+        started,
+    };
     let ready = |b: &Option<TokenBucket>| {
         b.as_ref()
             .map_or(started, |b| origin + Duration::from_millis(b.ready_at(1).0))
     };
     let mut client_closed_session = false;
     let outcome: Result<(), String> = loop {
-        let idle_at = limits.idle_timeout.map_or(never, |d| last_activity + d);
-        let max_at = limits.max_duration.map_or(never, |d| started + d);
-        // Why the session ends if it is still here at `idle_at.min(max_at)`.
-        let timer = || {
-            if idle_at <= max_at {
-                format!(
-                    "idle timeout: no input or output for {}",
-                    human(limits.idle_timeout.unwrap_or_default())
-                )
-            } else {
-                format!(
-                    "maximum session duration of {} reached",
-                    human(limits.max_duration.unwrap_or_default())
-                )
-            }
-        };
         // A peer that does not read must not hold the session past its timers, nor
-        // for long at all: every write below gives up at `due` (see `Due`).
-        let due = Due {
-            timers: idle_at.min(max_at),
-            stall: Instant::now() + WRITE_STALL,
-        };
+        // for long at all: every write below is bounded by `write_by`.
         tokio::select! {
             _ = tokio::time::sleep_until(ready(&pace_in)), if hold_in.is_some() => {
                 let held = hold_in.take().expect("held");
                 if let Some(b) = pace_in.as_mut() {
                     b.consume(held.payload, clock());
                 }
-                if let Err(e) = due.run(agent.tx.send(held.bytes)).await {
-                    break Err(e.agent(timer()));
+                if let Err(e) = write_by(timers.at(last_activity), agent.tx.send(held.bytes)).await {
+                    break Err(e.agent(timers.reason(last_activity)));
                 }
             }
             _ = tokio::time::sleep_until(ready(&pace_out)), if hold_out.is_some() => {
@@ -257,12 +241,12 @@ pub async fn serve(
                 if let Some(b) = pace_out.as_mut() {
                     b.consume(held.payload, clock());
                 }
-                if let Err(e) = due.run(sink.send(Message::Binary(held.bytes.into()))).await {
-                    break Err(e.client(timer()));
+                if let Err(e) = write_by(timers.at(last_activity), sink.send(Message::Binary(held.bytes.into()))).await {
+                    break Err(e.client(timers.reason(last_activity)));
                 }
             }
-            _ = tokio::time::sleep_until(due.timers) => {
-                let why = timer();
+            _ = tokio::time::sleep_until(timers.at(last_activity)) => {
+                let why = timers.reason(last_activity);
                 close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                 break Err(why);
             }
@@ -284,8 +268,8 @@ pub async fn serve(
                         b.consume(routed.payload, clock());
                     }
                 }
-                if let Err(e) = due.run(sink.send(Message::Binary(routed.bytes.into()))).await {
-                    break Err(e.client(timer()));
+                if let Err(e) = write_by(timers.at(last_activity), sink.send(Message::Binary(routed.bytes.into()))).await {
+                    break Err(e.client(timers.reason(last_activity)));
                 }
                 if last {
                     break Ok(());
@@ -318,9 +302,7 @@ pub async fn serve(
                         break Err("client protocol error".into());
                     }
                 };
-                if matches!(frame, Frame::Close { .. }) {
-                    client_closed_session = true;
-                }
+                let closes = matches!(frame, Frame::Close { .. });
                 let out = forward(frame);
                 if out.bytes.len() > agent.max_frame as usize {
                     // A frame over the agent's announced limit (a small device's, or a
@@ -340,8 +322,12 @@ pub async fn serve(
                         b.consume(out.payload, clock());
                     }
                 }
-                if let Err(e) = due.run(agent.tx.send(out.bytes)).await {
-                    break Err(e.agent(timer()));
+                if let Err(e) = write_by(timers.at(last_activity), agent.tx.send(out.bytes)).await {
+                    break Err(e.agent(timers.reason(last_activity)));
+                }
+                if closes {
+                    // Only once the agent has it: else the end path below asks it.
+                    client_closed_session = true;
                 }
             }
         }
@@ -408,12 +394,36 @@ const WRITE_STALL: Duration = Duration::from_secs(60);
 /// How long the goodbyes to a client (its `Close`, the WebSocket close) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// When a write towards a peer must have finished: the session's timers, or
-/// [`WRITE_STALL`] from its start.
-#[derive(Clone, Copy)]
-struct Due {
-    timers: Instant,
-    stall: Instant,
+/// The session's idle and maximum-duration timers.
+struct Timers {
+    idle: Option<Duration>,
+    max: Option<Duration>,
+    started: Instant,
+}
+
+impl Timers {
+    /// When they fire, the last input or output having been at `last_activity`.
+    fn at(&self, last_activity: Instant) -> Instant {
+        let never = self.started + Duration::from_secs(100 * 365 * 86400);
+        let idle_at = self.idle.map_or(never, |d| last_activity + d);
+        let max_at = self.max.map_or(never, |d| self.started + d);
+        idle_at.min(max_at)
+    }
+
+    /// Why the session ends when they fire.
+    fn reason(&self, last_activity: Instant) -> String {
+        let idle_first = match (self.idle, self.max) {
+            (Some(idle), Some(max)) => last_activity + idle <= self.started + max,
+            (idle, _) => idle.is_some(),
+        };
+        if idle_first {
+            let idle = human(self.idle.unwrap_or_default());
+            format!("idle timeout: no input or output for {idle}")
+        } else {
+            let max = human(self.max.unwrap_or_default());
+            format!("maximum session duration of {max} reached")
+        }
+    }
 }
 
 /// Why a bounded write failed.
@@ -426,17 +436,18 @@ enum WriteFailed {
     Stalled,
 }
 
-impl Due {
-    /// Run the write `send`, giving up when due.
-    async fn run<E>(
-        self,
-        send: impl std::future::Future<Output = Result<(), E>>,
-    ) -> Result<(), WriteFailed> {
-        tokio::select! {
-            r = send => r.map_err(|_| WriteFailed::Gone),
-            _ = tokio::time::sleep_until(self.timers) => Err(WriteFailed::Timers),
-            _ = tokio::time::sleep_until(self.stall) => Err(WriteFailed::Stalled),
-        }
+/// Run the write `send`, giving up at `timers` or [`WRITE_STALL`] from now. A write
+/// that can finish at once always does (the write is polled first).
+async fn write_by<E>(
+    timers: Instant,
+    send: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), WriteFailed> {
+    let stall = Instant::now() + WRITE_STALL;
+    tokio::select! {
+        biased;
+        r = send => r.map_err(|_| WriteFailed::Gone),
+        _ = tokio::time::sleep_until(timers) => Err(WriteFailed::Timers),
+        _ = tokio::time::sleep_until(stall) => Err(WriteFailed::Stalled),
     }
 }
 
@@ -456,7 +467,7 @@ impl WriteFailed {
             WriteFailed::Gone => "agent went away".into(),
             WriteFailed::Timers => format!("{timer} (the agent link was not reading)"),
             WriteFailed::Stalled => {
-                format!("the agent link read nothing for {}", human(WRITE_STALL))
+                format!("the link to the agent took nothing for {}", human(WRITE_STALL))
             }
         }
     }
@@ -471,5 +482,58 @@ fn human(d: Duration) -> String {
         (0, m, s) => format!("{m}m{s}s"),
         (h, 0, 0) => format!("{h}h"),
         (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_can_finish_does_after_any_quiet_time() {
+        // A session quiet for longer than the stall bound, then a write: it is not
+        // mistaken for a stalled peer (nor are timers that are due for it).
+        let t0 = Instant::now();
+        tokio::time::advance(WRITE_STALL * 3).await;
+        assert!(write_by(t0, async { Ok::<(), ()>(()) }).await.is_ok());
+        assert!(matches!(
+            write_by(t0, async { Err::<(), ()>(()) }).await,
+            Err(WriteFailed::Gone)
+        ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_makes_no_progress_ends_at_the_timers_or_the_stall_bound() {
+        let never = std::future::pending::<Result<(), ()>>;
+        let now = Instant::now();
+        let soon = now + Duration::from_secs(5);
+        assert!(matches!(
+            write_by(soon, never()).await,
+            Err(WriteFailed::Timers)
+        ));
+        assert_eq!(Instant::now(), soon);
+        let later = Instant::now() + WRITE_STALL * 2;
+        assert!(matches!(
+            write_by(later, never()).await,
+            Err(WriteFailed::Stalled)
+        ));
+        assert_eq!(Instant::now(), soon + WRITE_STALL);
+    }
+
+    #[test]
+    fn timers_fire_at_the_earlier_of_idle_and_maximum_and_say_which() {
+        let started = Instant::now();
+        let t = Timers {
+            idle: Some(Duration::from_secs(60)),
+            max: Some(Duration::from_secs(90)),
+            started,
+        };
+        assert_eq!(t.at(started), started + Duration::from_secs(60));
+        assert_eq!(t.reason(started), "idle timeout: no input or output for 1m");
+        let late = started + Duration::from_secs(50);
+        assert_eq!(t.at(late), started + Duration::from_secs(90));
+        assert_eq!(t.reason(late), "maximum session duration of 1m30s reached");
+        let idle_only = Timers { max: None, ..t };
+        assert_eq!(idle_only.at(late), late + Duration::from_secs(60));
     }
 }
