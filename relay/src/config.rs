@@ -17,18 +17,19 @@
 //! [connections]                 # connections that have not authenticated yet
 //! max_unauthenticated = 512     # the whole relay; more are closed at once
 //! max_unauthenticated_per_ip = 64   # per IPv4 address or IPv6 /64
-//! handshake_timeout = "10s"     # TLS, then the first request, and every request's
-//!                               # headers and body once they start
+//! handshake_timeout = "10s"     # TLS and the first request from accept; every
+//!                               # request's body and answer once its headers came
 //! agent_handshake_timeout = "10s"   # an agent's WebSocket: Hello and Auth
 //! keepalive_timeout = "60s"     # an HTTP connection idle between requests
+//! unauthenticated_lifetime = "2m"   # a connection still unauthenticated after this
+//!                               # is closed, however busy (API clients reconnect)
 //!
 //! [store]
 //! session_retention = "90d"     # ended sessions older than this are deleted; "none" keeps them
 //! ```
 //!
 //! A connection counts as unauthenticated from `accept` until it is a session stream
-//! (its token redeemed), or an agent link past its handshake deadline (by then it has
-//! authenticated or been closed), or until it closes. The relay's file-descriptor
+//! (its token redeemed), or an agent link that authenticated, or until it closes. The relay's file-descriptor
 //! limit (`LimitNOFILE`) must leave room for `max_unauthenticated` plus every agent
 //! and session.
 
@@ -117,6 +118,7 @@ struct FileConnections {
     handshake_timeout: Option<String>,
     agent_handshake_timeout: Option<String>,
     keepalive_timeout: Option<String>,
+    unauthenticated_lifetime: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,6 +162,9 @@ pub struct Connections {
     pub agent_handshake_timeout: Duration,
     /// An HTTP connection idle between requests is closed after this.
     pub keepalive_timeout: Duration,
+    /// A connection still unauthenticated this long after `accept` is closed, busy
+    /// or not (one that pipelines requests and never reads the answers included).
+    pub unauthenticated_lifetime: Duration,
 }
 
 impl Default for Connections {
@@ -170,6 +175,7 @@ impl Default for Connections {
             handshake_timeout: Duration::from_secs(10),
             agent_handshake_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            unauthenticated_lifetime: Duration::from_secs(120),
         }
     }
 }
@@ -269,6 +275,10 @@ impl Limits {
         if let Some(d) = &fc.keepalive_timeout {
             c.keepalive_timeout = required_duration("connections.keepalive_timeout", d)?;
         }
+        if let Some(d) = &fc.unauthenticated_lifetime {
+            c.unauthenticated_lifetime =
+                required_duration("connections.unauthenticated_lifetime", d)?;
+        }
         if let Some(d) = &file.store.session_retention {
             l.session_retention = parse_duration(d)?;
         }
@@ -340,7 +350,8 @@ mod tests {
         let l = Limits::parse(
             "[connections]\nmax_unauthenticated = 100\nmax_unauthenticated_per_ip = 5\n\
              handshake_timeout = \"2s\"\nagent_handshake_timeout = \"3s\"\n\
-             keepalive_timeout = \"1m\"\n[store]\nsession_retention = \"none\"\n",
+             keepalive_timeout = \"1m\"\nunauthenticated_lifetime = \"30s\"\n\
+             [store]\nsession_retention = \"none\"\n",
         )
         .unwrap();
         assert_eq!(l.connections.max_unauthenticated, 100);
@@ -351,6 +362,14 @@ mod tests {
             Duration::from_secs(3)
         );
         assert_eq!(l.connections.keepalive_timeout, Duration::from_secs(60));
+        assert_eq!(
+            l.connections.unauthenticated_lifetime,
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            d.connections.unauthenticated_lifetime,
+            Duration::from_secs(120)
+        );
         assert_eq!(l.session_retention, None);
         assert_eq!(
             Limits::parse("[connections]\nhandshake_timeout = \"none\"\n").unwrap_err(),
