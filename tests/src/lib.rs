@@ -554,3 +554,20 @@ pub fn text(out: &Output) -> (String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Wait (up to 20 s) until a process with exactly this command line (NUL after each
+/// argument, as `/proc/PID/cmdline`) runs on this machine, where the agents run.
+pub fn wait_for_process(cmdline: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let running = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline));
+        if running {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{cmdline:?} never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -86,7 +86,7 @@ fn interactive_shell_on_a_pty_with_size_control_keys_and_exit_code() {
     seen.clear();
     // (^C once `sleep` runs; read_until gives up long before it would end by itself.)
     m.write_all(b"sleep 29.5\r").unwrap();
-    wait_for_process(b"sleep\x0029.5\x00");
+    tests::wait_for_process(b"sleep\x0029.5\x00");
     m.write_all(&[3]).unwrap();
     m.write_all(b"echo after-$((1+1))\r").unwrap();
     read_until(&mut m, &mut seen, "after-2");
@@ -210,18 +210,3 @@ fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::E
     }
 }
 
-/// Wait (up to 20 s) until a process with exactly this command line runs here.
-fn wait_for_process(cmdline: &[u8]) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let running = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .any(|p| std::fs::read(p.path().join("cmdline")).is_ok_and(|c| c == cmdline));
-        if running {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{cmdline:?} never started");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}

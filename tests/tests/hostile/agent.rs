@@ -116,8 +116,8 @@ fn sessions_get_default_signals_even_if_the_agent_was_started_ignoring_them() {
     let mut seen = Vec::new();
     m.write_all(b"echo ready-$((2*3))\r").unwrap();
     read_until(&mut m, &mut seen, "ready-6", 20);
-    m.write_all(b"sleep 100\r").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    m.write_all(b"sleep 100.25\r").unwrap();
+    tests::wait_for_process(b"sleep\x00100.25\x00");
     m.write_all(&[3]).unwrap();
     m.write_all(b"echo after-$((1+1))\r").unwrap();
     // Without default signals, `sleep` shrugs Ctrl-C off and `echo` waits 100 s.
