@@ -21,8 +21,11 @@ use crate::pty::{self, Master};
 
 /// Bytes of output a session may have queued in the agent, waiting for credit.
 pub const QUEUE_SPACE: usize = 128 * 1024;
-/// How often a terminal at end of input gets its EOF character again.
+/// How often a terminal at end of input gets its EOF character again ...
 const EOF_REPEAT: std::time::Duration = std::time::Duration::from_millis(250);
+/// ... and how many times (10 s): enough for a shell to start, not so many that a
+/// full-screen program in the foreground takes `^D` for ever.
+const EOF_REPEATS: u32 = 40;
 /// Largest single read of output: one full `Data` frame.
 pub const CHUNK: usize = 32 * 1024 - 64;
 
@@ -405,18 +408,20 @@ pub fn spawn_shell(
     tokio::spawn(async move {
         // Whether the last input left a line unfinished (for the EOF below).
         let mut mid_line = false;
-        // Set at end of input: the EOF character is sent again at each tick.
-        let mut at_eof: Option<tokio::time::Interval> = None;
+        // Set at end of input: the EOF character is sent again at each tick, a
+        // bounded number of times, never waiting for room.
+        let mut at_eof: Option<(tokio::time::Interval, u32)> = None;
         loop {
             let msg = match at_eof.as_mut() {
-                None => input_rx.recv().await,
-                Some(tick) => tokio::select! {
+                Some((tick, left)) if *left > 0 => tokio::select! {
                     m = input_rx.recv() => m,
                     _ = tick.tick() => {
-                        let _ = m.write_all(&m.eof_sequence(false)).await;
+                        *left -= 1;
+                        let _ = m.try_write(&m.eof_sequence(false));
                         continue;
                     }
                 },
+                _ => input_rx.recv().await,
             };
             let Some(msg) = msg else { break };
             match msg {
@@ -435,13 +440,13 @@ pub fn spawn_shell(
                 // A terminal has no half-close: send its end-of-file character. Unlike
                 // a pipe's, a terminal's end of file is seen by one read only (and is
                 // lost if it comes before the program switched the terminal out of
-                // canonical mode, as a shell does at start), so it is repeated for as
-                // long as the session lasts: every later read sees end of input.
+                // canonical mode, as a shell does at start), so it is repeated for a
+                // while: the reads that follow see end of input too.
                 Input::Eof => {
                     let _ = m.write_all(&m.eof_sequence(mid_line)).await;
                     let mut tick = tokio::time::interval(EOF_REPEAT);
                     tick.reset();
-                    at_eof = Some(tick);
+                    at_eof = Some((tick, EOF_REPEATS));
                 }
                 Input::Resize(c, r) => {
                     let _ = m.resize(c, r);

@@ -93,19 +93,32 @@ impl Master {
     }
 
     /// What to write for end of input: the terminal's `VEOF` character (`^D` unless
-    /// changed). In canonical mode an EOF character only ends input at the start of a
-    /// line (elsewhere it hands over the line so far), so after an unfinished line
-    /// (`mid_line`) it is sent twice.
+    /// changed). After an unfinished line (`mid_line`) the line is first finished
+    /// with a newline, as a pipe's last unfinished line is still run: in canonical
+    /// mode an EOF character elsewhere than at the start of a line only hands the line
+    /// over, and a line editor (a shell's readline) takes `^D` on a non-empty line as
+    /// delete.
     pub fn eof_sequence(&self, mid_line: bool) -> Vec<u8> {
-        use rustix::termios::{LocalModes, SpecialCodeIndex};
-        match rustix::termios::tcgetattr(self.0.get_ref()) {
-            Ok(t) => {
-                let eof = t.special_codes[SpecialCodeIndex::VEOF];
-                let canonical = t.local_modes.contains(LocalModes::ICANON);
-                let eof = if eof == 0 { 4 } else { eof };
-                vec![eof; if canonical && mid_line { 2 } else { 1 }]
-            }
-            Err(_) => vec![4],
+        use rustix::termios::SpecialCodeIndex;
+        let eof = match rustix::termios::tcgetattr(self.0.get_ref()) {
+            Ok(t) => t.special_codes[SpecialCodeIndex::VEOF],
+            Err(_) => 4,
+        };
+        let eof = if eof == 0 { 4 } else { eof };
+        if mid_line {
+            vec![b'\n', eof]
+        } else {
+            vec![eof]
+        }
+    }
+
+    /// Write what fits now without waiting (`Ok(0)` when the terminal's input is
+    /// full).
+    pub fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        match rustix::io::write(self.0.get_ref(), data) {
+            Ok(n) => Ok(n),
+            Err(rustix::io::Errno::AGAIN) => Ok(0),
+            Err(e) => Err(e.into()),
         }
     }
 

@@ -154,8 +154,8 @@ fn a_shell_without_a_terminal_ends_at_end_of_input() {
 }
 
 /// `-t` asks for a terminal anyway; end of input is then the terminal's EOF
-/// character, seen by every program that reads after it (here `cat`, then the
-/// shell), and the shell exits.
+/// character, seen by the programs that read after it (here `cat`, then the shell),
+/// and the shell exits; an unfinished last line still runs.
 #[test]
 fn a_forced_terminal_gets_end_of_input_as_its_eof_character() {
     let env = Env::start();
@@ -163,6 +163,7 @@ fn a_forced_terminal_gets_end_of_input_as_its_eof_character() {
         &b""[..],
         b"echo forced-$((6*7))\n",
         b"cat; echo after-cat\n",
+        b"echo unfinished-$((2+3))",
     ] {
         let mut child = env
             .sesame()
@@ -188,6 +189,10 @@ fn a_forced_terminal_gets_end_of_input_as_its_eof_character() {
         if input.starts_with(b"cat") {
             assert!(stdout.contains("after-cat\r\n"), "{stdout}");
         }
+        if input.starts_with(b"echo unfinished") {
+            // The last line runs, as from a pipe, before the shell sees end of input.
+            assert!(stdout.contains("unfinished-5\r\n"), "{stdout}");
+        }
     }
 }
 
@@ -209,4 +214,3 @@ fn wait_for(child: &mut std::process::Child, limit: Duration) -> std::process::E
         std::thread::sleep(Duration::from_millis(50));
     }
 }
-
