@@ -259,13 +259,6 @@ impl Kind<'static> {
     };
 }
 
-impl Kind<'_> {
-    /// Whether the session runs on a terminal: a shell that asked for one.
-    pub fn pty(&self) -> bool {
-        matches!(self, Kind::Shell { cols, rows, .. } if (*cols, *rows) != (0, 0))
-    }
-}
-
 /// A stream within a channel. Unknown values survive a round trip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Stream(pub u8);
