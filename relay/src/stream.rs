@@ -180,7 +180,10 @@ pub async fn serve(
             agent.remove_route(agent_sid);
             let reason = match sent {
                 Ok(_) => "the agent disconnected".to_string(),
-                Err(_) => format!("the link to the agent took nothing for {}", human(WRITE_STALL)),
+                Err(_) => format!(
+                    "the link to the agent took nothing for {}",
+                    human(WRITE_STALL)
+                ),
             };
             refuse(
                 &mut sink,
@@ -467,7 +470,10 @@ impl WriteFailed {
             WriteFailed::Gone => "agent went away".into(),
             WriteFailed::Timers => format!("{timer} (the agent link was not reading)"),
             WriteFailed::Stalled => {
-                format!("the link to the agent took nothing for {}", human(WRITE_STALL))
+                format!(
+                    "the link to the agent took nothing for {}",
+                    human(WRITE_STALL)
+                )
             }
         }
     }

@@ -7,6 +7,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, same profile):
 //! they are looked up next to the test executable.
 
+pub mod pty;
 pub mod sshd;
 
 use std::io::{BufRead, BufReader};
@@ -92,11 +93,27 @@ pub struct Relay {
 
 /// Start `sesame-relay serve` on `127.0.0.1:port` (0 picks one) with extra flags.
 pub fn start_relay(data: &Path, port: u16, extra: &[&str]) -> Relay {
+    start_relay_via(&[], data, port, extra)
+}
+
+/// Start the relay as [`start_relay`] does, through `wrapper` (a program and its
+/// arguments that end up exec'ing the relay's command line given after them, such as
+/// `sh -c 'ulimit -n 256 && exec "$0" "$@"'`).
+pub fn start_relay_via(wrapper: &[&str], data: &Path, port: u16, extra: &[&str]) -> Relay {
     std::fs::create_dir_all(data).unwrap();
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let log = data.join(format!("relay-{n}.log"));
-    let mut child = Command::new(bin("sesame-relay"))
+    let relay = bin("sesame-relay");
+    let mut cmd = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(&relay);
+            c
+        }
+        None => Command::new(&relay),
+    };
+    let mut child = cmd
         .args(["serve", "--data-dir"])
         .arg(data)
         .args(["--listen", &format!("127.0.0.1:{port}")])
@@ -423,6 +440,43 @@ impl Env {
         held
     }
 
+    /// An exec session of `argv` (a NUL after each argument) on the agent, over a raw
+    /// stream that a test can then use as a client that breaks the protocol: the
+    /// stream once the agent accepted, and the agent's window.
+    pub async fn raw_exec(&self, argv: &[u8], window: u32) -> (cli::client::Stream, u32) {
+        use agent_core::wire::{Bytes, Frame, Kind};
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let client = self.client();
+        let body = serde_json::json!({"target": self.target, "kind": "exec"});
+        let created: serde_json::Value = client
+            .call("POST", "/v1/sessions", Some(body))
+            .await
+            .unwrap();
+        let mut ws = client
+            .open_stream(
+                created["stream_url"].as_str().unwrap(),
+                created["token"].as_str().unwrap(),
+            )
+            .await
+            .unwrap();
+        let open = Frame::Open {
+            sid: 1,
+            window,
+            kind: Kind::Exec { argv: Bytes(argv) },
+        };
+        ws.send(ws_message(open)).await.unwrap();
+        loop {
+            let Some(Ok(Message::Binary(b))) = ws.next().await else {
+                panic!("the stream ended before the agent accepted");
+            };
+            match Frame::decode(&b).unwrap() {
+                Frame::Accept { window, .. } => return (ws, window),
+                f => assert!(matches!(f, Frame::Credit { .. }), "before Accept: {f:?}"),
+            }
+        }
+    }
+
     /// A client library handle on this relay (for raw API and stream tests).
     pub fn client(&self) -> cli::client::Relay {
         let config = cli::config::Config::load(
@@ -545,6 +599,14 @@ pub fn paced_download(env: &Env, bytes: usize, skip: usize) -> f64 {
     assert!(child.wait().unwrap().success(), "download failed");
     assert_eq!(total, bytes, "download cut short");
     slope(&points)
+}
+
+/// A frame as the one WebSocket message that carries it.
+pub fn ws_message(f: agent_core::wire::Frame) -> tokio_tungstenite::tungstenite::Message {
+    let mut buf = vec![0u8; f.buffer_len()];
+    let n = f.encode(&mut buf).expect("buffer_len is exact");
+    buf.truncate(n);
+    tokio_tungstenite::tungstenite::Message::Binary(buf.into())
 }
 
 /// Text of a process's stdout and stderr.

@@ -1,64 +1,22 @@
 //! `sesame shell` driven through a real PTY on the test side.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use rustix::fs::{Mode, OFlags};
-use rustix::pty::OpenptFlags;
+use rustix::fs::OFlags;
 use tests::{text, Env};
-
-fn pty_pair() -> (OwnedFd, OwnedFd) {
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
-    rustix::pty::grantpt(&master).unwrap();
-    rustix::pty::unlockpt(&master).unwrap();
-    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
-    let slave = rustix::fs::open(
-        name.as_c_str(),
-        OFlags::RDWR | OFlags::NOCTTY,
-        Mode::empty(),
-    )
-    .unwrap();
-    rustix::termios::tcsetwinsize(
-        &slave,
-        rustix::termios::Winsize {
-            ws_col: 100,
-            ws_row: 30,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        },
-    )
-    .unwrap();
-    (master, slave)
-}
 
 /// Read from the master until `needle` appears (or panic after 20 s).
 fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "never saw {needle:?} in {:?}",
-            String::from_utf8_lossy(seen)
-        );
-        match master.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) if e.raw_os_error() == Some(5) => break, // EIO: the client side closed
-            Err(e) => panic!("read: {e}"),
-        }
-    }
+    tests::pty::read_until(master, seen, needle, Duration::from_secs(20));
 }
 
 #[test]
 fn interactive_shell_on_a_pty_with_size_control_keys_and_exit_code() {
     let env = Env::start();
-    let (master, slave) = pty_pair();
+    let (master, slave) = tests::pty::pair(100, 30);
     let before = rustix::termios::tcgetattr(&slave).unwrap();
     let mut child = env
         .sesame()

@@ -4,16 +4,15 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use agent_core::wire::{Bytes, ErrorCode, Exit, Frame, Kind, Stream};
+use agent_core::wire::{Bytes, ErrorCode, Exit, Frame, Stream};
 use futures_util::{SinkExt, StreamExt};
 use rustix::fs::{Mode, OFlags};
-use rustix::pty::OpenptFlags;
-use tests::{bin, start_agent_with, text, Env};
+use tests::pty::read_until;
+use tests::{bin, start_agent_with, text, ws_message, Env};
 use tokio_tungstenite::tungstenite::Message;
 
 /// An agent started as a script's background job: `sh` starts `agent &` with SIGINT
@@ -29,42 +28,6 @@ fn start_with_signals_ignored() -> Env {
         ];
         start_agent_with(&program, dir, "agent", port, Some(code))
     })
-}
-
-/// A PTY for the client side: (master, slave).
-fn pty_pair() -> (OwnedFd, OwnedFd) {
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
-    rustix::pty::grantpt(&master).unwrap();
-    rustix::pty::unlockpt(&master).unwrap();
-    let name = rustix::pty::ptsname(&master, Vec::new()).unwrap();
-    let slave = rustix::fs::open(
-        name.as_c_str(),
-        OFlags::RDWR | OFlags::NOCTTY,
-        Mode::empty(),
-    )
-    .unwrap();
-    (master, slave)
-}
-
-/// Read from the master until `needle` appears; panics after `secs` seconds.
-fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str, secs: u64) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(seen).contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "never saw {needle:?} in {:?}",
-            String::from_utf8_lossy(seen)
-        );
-        match master.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("read: {e}"),
-        }
-    }
 }
 
 /// A signal set of `/proc/PID/status` (`SigIgn`, `SigBlk`): bit n-1 is signal n.
@@ -100,7 +63,7 @@ fn sessions_get_default_signals_even_if_the_agent_was_started_ignoring_them() {
     );
 
     // Ctrl-C in a shell ends the foreground job.
-    let (master, slave) = pty_pair();
+    let (master, slave) = tests::pty::pair(80, 24);
     let mut child = env
         .sesame()
         .args(["shell", "gw-01"])
@@ -115,13 +78,13 @@ fn sessions_get_default_signals_even_if_the_agent_was_started_ignoring_them() {
     let mut m = std::fs::File::from(master);
     let mut seen = Vec::new();
     m.write_all(b"echo ready-$((2*3))\r").unwrap();
-    read_until(&mut m, &mut seen, "ready-6", 20);
+    read_until(&mut m, &mut seen, "ready-6", Duration::from_secs(20));
     m.write_all(b"sleep 100.25\r").unwrap();
     tests::wait_for_process(b"sleep\x00100.25\x00");
     m.write_all(&[3]).unwrap();
     m.write_all(b"echo after-$((1+1))\r").unwrap();
     // Without default signals, `sleep` shrugs Ctrl-C off and `echo` waits 100 s.
-    read_until(&mut m, &mut seen, "after-2", 10);
+    read_until(&mut m, &mut seen, "after-2", Duration::from_secs(10));
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -262,49 +225,6 @@ fn a_fifo_for_authorized_keys_neither_hangs_nor_silences_the_agent() {
     assert_eq!(text(&out).0, "still-here\n", "{}", text(&out).1);
 }
 
-fn frame(f: Frame) -> Message {
-    let mut buf = vec![0u8; f.buffer_len()];
-    let n = f.encode(&mut buf).unwrap();
-    buf.truncate(n);
-    Message::Binary(buf.into())
-}
-
-/// Open an exec session of `sleep 60` over a raw stream (a client that can break the
-/// protocol); returns the stream and the agent's window.
-async fn raw_sleep(env: &Env) -> (cli::client::Stream, u32) {
-    let client = env.client();
-    let created: serde_json::Value = client
-        .call(
-            "POST",
-            "/v1/sessions",
-            Some(serde_json::json!({"target": "gw-01", "kind": "exec"})),
-        )
-        .await
-        .unwrap();
-    let mut ws = client
-        .open_stream(
-            created["stream_url"].as_str().unwrap(),
-            created["token"].as_str().unwrap(),
-        )
-        .await
-        .unwrap();
-    let argv = Bytes(b"sleep\x0060\x00");
-    let open = Frame::Open {
-        sid: 1,
-        window: 65536,
-        kind: Kind::Exec { argv },
-    };
-    ws.send(frame(open)).await.unwrap();
-    loop {
-        let Some(Ok(Message::Binary(b))) = ws.next().await else {
-            panic!("stream ended before Accept");
-        };
-        if let Frame::Accept { window, .. } = Frame::decode(&b).unwrap() {
-            return (ws, window);
-        }
-    }
-}
-
 /// Read until the session's `Close`: (exit, reason).
 async fn close_of(ws: &mut cli::client::Stream) -> (Exit, String) {
     let read = async {
@@ -334,7 +254,7 @@ fn sessions_the_agent_aborts_close_as_aborted_with_the_reason() {
         .unwrap();
     rt.block_on(async {
         // A channel on an exec session.
-        let (mut ws, _) = raw_sleep(&env).await;
+        let (mut ws, _) = env.raw_exec(b"sleep\x0060\x00", 65536).await;
         let open = Frame::ChannelOpen {
             sid: 1,
             ch: 1,
@@ -342,7 +262,7 @@ fn sessions_the_agent_aborts_close_as_aborted_with_the_reason() {
             host: "127.0.0.1",
             port: 22,
         };
-        ws.send(frame(open)).await.unwrap();
+        ws.send(ws_message(open)).await.unwrap();
         let (exit, reason) = close_of(&mut ws).await;
         assert_eq!(exit, Exit::Aborted(ErrorCode::PROTOCOL), "{reason}");
         // "session N" is the agent's number for it, which the client does not know.
@@ -354,7 +274,7 @@ fn sessions_the_agent_aborts_close_as_aborted_with_the_reason() {
 
         // More data than the agent's credit: `sleep` reads none of it, so past the
         // pipe's buffer (64 KiB) no credit comes back.
-        let (mut ws, window) = raw_sleep(&env).await;
+        let (mut ws, window) = env.raw_exec(b"sleep\x0060\x00", 65536).await;
         let chunk = vec![b'x'; 16 * 1024];
         for _ in 0..(window as usize + (1 << 20)) / chunk.len() {
             let data = Frame::Data {
@@ -363,7 +283,7 @@ fn sessions_the_agent_aborts_close_as_aborted_with_the_reason() {
                 stream: Stream::OUT,
                 data: Bytes(&chunk),
             };
-            if ws.send(frame(data)).await.is_err() {
+            if ws.send(ws_message(data)).await.is_err() {
                 break; // the relay hung up: the session ended
             }
         }

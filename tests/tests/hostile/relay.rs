@@ -2,53 +2,27 @@
 // handshake cut short, a request whose headers never end. They must neither exhaust
 // its file descriptors nor lock out agents and users, and they must be closed.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tests::{admin, bin, start_agent, text, Env, Proc, Relay, TempDir};
+use tests::{admin, start_agent, text, Env, Relay, TempDir};
 
 /// Start `sesame-relay serve --config CONFIG` under `ulimit -n NOFILE`, the way an
-/// operator's too-low `LimitNOFILE` would run it (`tests::start_relay` cannot).
+/// operator's too-low `LimitNOFILE` would run it.
 fn start_relay_ulimit(data: &Path, nofile: u32, config: &str) -> Relay {
     std::fs::create_dir_all(data).unwrap();
     let cfg = data.join("relay.toml");
     std::fs::write(&cfg, config).unwrap();
-    let log = data.join("relay.log");
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
-        .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
-        .arg(bin("sesame-relay"))
-        .args(["serve", "--data-dir"])
-        .arg(data)
-        .args(["--listen", "127.0.0.1:0", "--config"])
-        .arg(&cfg)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn sesame-relay");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .split("127.0.0.1:")
-        .nth(1)
-        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| {
-            panic!(
-                "relay did not report its address: {line:?} {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            )
-        });
-    Relay {
-        proc: Proc { child, log },
-        port,
-    }
+    let ulimit = format!("ulimit -n {nofile} && exec \"$0\" \"$@\"");
+    tests::start_relay_via(
+        &["/bin/sh", "-c", &ulimit],
+        data,
+        0,
+        &["--config", cfg.to_str().unwrap()],
+    )
 }
 
 /// A relay started by `start_relay_ulimit`, an admin and agent `gw-01`, online.

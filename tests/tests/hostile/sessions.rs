@@ -4,52 +4,9 @@
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use agent_core::wire::{Bytes, Frame, Kind};
-use futures_util::{SinkExt, StreamExt};
-use tests::{bin, text, Env};
-use tokio_tungstenite::tungstenite::Message;
-
-fn msg(f: Frame) -> Message {
-    let mut buf = vec![0u8; f.buffer_len()];
-    let n = f.encode(&mut buf).unwrap();
-    buf.truncate(n);
-    Message::Binary(buf.into())
-}
-
-/// Open an exec session of `argv` over a raw stream (no CLI) and wait for `Accept`.
-async fn raw_exec(env: &Env, argv: &[u8], window: u32) -> cli::client::Stream {
-    let client = env.client();
-    let created: serde_json::Value = client
-        .call(
-            "POST",
-            "/v1/sessions",
-            Some(serde_json::json!({"target": "gw-01", "kind": "exec"})),
-        )
-        .await
-        .unwrap();
-    let mut ws = client
-        .open_stream(
-            created["stream_url"].as_str().unwrap(),
-            created["token"].as_str().unwrap(),
-        )
-        .await
-        .unwrap();
-    let open = Frame::Open {
-        sid: 1,
-        window,
-        kind: Kind::Exec { argv: Bytes(argv) },
-    };
-    ws.send(msg(open)).await.unwrap();
-    loop {
-        let Some(Ok(Message::Binary(b))) = ws.next().await else {
-            panic!("stream ended before Accept");
-        };
-        match Frame::decode(&b).unwrap() {
-            Frame::Accept { .. } => return ws,
-            f => assert!(matches!(f, Frame::Credit { .. }), "before Accept: {f:?}"),
-        }
-    }
-}
+use agent_core::wire::Frame;
+use futures_util::SinkExt;
+use tests::{bin, text, ws_message, Env};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -104,7 +61,7 @@ fn the_relay_session_limit_counts_only_live_sessions() {
     // Streams dropped without a goodbye, in the middle of their sessions.
     let rt = runtime();
     for _ in 0..3 {
-        let ws = rt.block_on(raw_exec(&env, b"sleep\x0060\x00", 65536));
+        let ws = rt.block_on(env.raw_exec(b"sleep\x0060\x00", 65536)).0;
         drop(ws);
     }
     env.wait_sessions(0, 20);
@@ -134,7 +91,8 @@ fn a_client_that_stops_reading_does_not_outlive_the_session_timers() {
     let env = Env::start_with_limits("[limits]\nrate = \"unlimited\"\nmax_duration = \"3s\"\n");
     let rt = runtime();
     let _ws = rt.block_on(async {
-        let mut ws = raw_exec(&env, b"head\x00-c\x0064000000\x00/dev/zero\x00", 256 * 1024).await;
+        let argv = b"head\x00-c\x0064000000\x00/dev/zero\x00";
+        let (mut ws, _) = env.raw_exec(argv, 256 * 1024).await;
         // 16 MB of credit: more than loopback's socket buffers hold, less than the
         // relay queues for one client, so the relay's own write must block.
         for _ in 0..64 {
@@ -143,7 +101,7 @@ fn a_client_that_stops_reading_does_not_outlive_the_session_timers() {
                 ch: 0,
                 bytes: 256 * 1024,
             };
-            ws.send(msg(credit)).await.unwrap();
+            ws.send(ws_message(credit)).await.unwrap();
         }
         ws
     });
