@@ -175,21 +175,45 @@ fn reset_oom_score() {
 /// mask survive exec (POSIX `execve`), and a non-interactive shell starts `agent &`
 /// with SIGINT and SIGQUIT ignored: without this, Ctrl-C would do nothing in the
 /// shells of an agent started by a script.
+///
+/// Raw system calls, not the C library's `sigaction`, which refuses the two signals
+/// it keeps for itself (32 and 33) that a parent may still have left ignored; in a
+/// child about to exec, nothing of the C library's needs them any more.
 fn reset_signals() {
-    // SAFETY: sigaction and sigprocmask are async-signal-safe and only read the
-    // local, fully initialised structures given to them.
+    /// The kernel's `struct sigaction` (x86_64 and aarch64 alike).
+    #[repr(C)]
+    struct KernelSigaction {
+        handler: libc::c_ulong,
+        flags: libc::c_ulong,
+        restorer: libc::c_ulong,
+        mask: u64,
+    }
+    const SIG_DFL: libc::c_ulong = 0;
+    let default = KernelSigaction {
+        handler: SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    let none: u64 = 0;
+    let set_size = std::mem::size_of::<u64>();
+    // SAFETY: rt_sigaction and rt_sigprocmask are async-signal-safe system calls that
+    // only read the local, fully initialised values given to them. 1..=64 is every
+    // standard and real-time signal on Linux; SIGKILL and SIGSTOP refuse (EINVAL),
+    // which is fine.
     unsafe {
-        let mut dfl: libc::sigaction = std::mem::zeroed();
-        dfl.sa_sigaction = libc::SIG_DFL;
-        libc::sigemptyset(&mut dfl.sa_mask);
-        // 1..=64: every standard and real-time signal on Linux. SIGKILL, SIGSTOP
-        // and the C library's internal signals refuse (EINVAL); that is fine.
         for sig in 1..=64 {
-            libc::sigaction(sig, &dfl, std::ptr::null_mut());
+            let no_old = std::ptr::null_mut::<KernelSigaction>();
+            libc::syscall(libc::SYS_rt_sigaction, sig, &default, no_old, set_size);
         }
-        let mut none: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut none);
-        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+        let no_old = std::ptr::null_mut::<u64>();
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &none,
+            no_old,
+            set_size,
+        );
     }
 }
 
