@@ -58,9 +58,13 @@ fn cpu_secs(pid: u32) -> f64 {
 
 /// One session reading `cat /dev/zero` at full (limited) rate, counting bytes while
 /// `measuring` is set.
+/// One session of `cat /dev/zero` on `target`, counting what arrives while
+/// `measuring`, until `done`. `opening` is a place among the sessions being opened,
+/// given back once this one is open.
 async fn session(
     relay: Arc<cli::client::Relay>,
     target: String,
+    opening: tokio::sync::OwnedSemaphorePermit,
     counted: Arc<AtomicU64>,
     measuring: Arc<AtomicBool>,
     done: Arc<AtomicBool>,
@@ -69,6 +73,7 @@ async fn session(
         argv: Bytes(b"cat\0/dev/zero\0"),
     };
     let (mut ws, _) = cli::session::open(&relay, &target, "exec", kind).await?;
+    drop(opening);
     let mut recv = RecvWindow::new(cli::session::WINDOW);
     while !done.load(Ordering::Relaxed) {
         let msg = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
@@ -168,6 +173,8 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
     let done = Arc::new(AtomicBool::new(false));
     let (cpu, peak, agent_rss, opened) = rt.block_on(async {
         let relay = Arc::new(env.client());
+        // At most 50 sessions being opened at once (the permit was once dropped before
+        // the open began, so all 1000 dialled at once).
         let gate = Arc::new(tokio::sync::Semaphore::new(50));
         let mut tasks = Vec::new();
         for (i, c) in counted.iter().enumerate() {
@@ -181,9 +188,7 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
             let target = targets[i / per_agent].clone();
             tasks.push(tokio::spawn(async move {
                 let permit = gate.acquire_owned().await.unwrap();
-                let r = session(relay, target, c, m, d);
-                drop(permit);
-                r.await
+                session(relay, target, permit, c, m, d).await
             }));
         }
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -214,8 +219,16 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
         let cpu = cpu_secs(relay_pid) - cpu0;
         let peak = proc_field(relay_pid, "VmHWM:");
         done.store(true, Ordering::Relaxed);
+        // Sessions that failed say why (the first of each kind), so that a count
+        // short of the target is explained.
+        let mut failures = std::collections::BTreeMap::<String, usize>::new();
         for t in tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+            if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(10), t).await {
+                *failures.entry(format!("{e:#}")).or_default() += 1;
+            }
+        }
+        for (e, n) in failures {
+            eprintln!("scale: {n} session(s) failed: {e}");
         }
         (cpu, peak, agent_rss, opened)
     });
