@@ -279,6 +279,12 @@ impl Limits {
             c.unauthenticated_lifetime =
                 required_duration("connections.unauthenticated_lifetime", d)?;
         }
+        if c.unauthenticated_lifetime <= c.handshake_timeout.max(c.agent_handshake_timeout) {
+            return Err(
+                "connections.unauthenticated_lifetime must be longer than the handshake timeouts"
+                    .into(),
+            );
+        }
         if let Some(d) = &file.store.session_retention {
             l.session_retention = parse_duration(d)?;
         }
@@ -374,6 +380,10 @@ mod tests {
         assert_eq!(
             Limits::parse("[connections]\nhandshake_timeout = \"none\"\n").unwrap_err(),
             "connections.handshake_timeout cannot be none"
+        );
+        assert_eq!(
+            Limits::parse("[connections]\nunauthenticated_lifetime = \"5s\"\n").unwrap_err(),
+            "connections.unauthenticated_lifetime must be longer than the handshake timeouts"
         );
         assert_eq!(
             Limits::parse("[connections]\nmax_unauthenticated_per_ip = 0\n").unwrap_err(),

@@ -236,7 +236,9 @@ pub async fn serve(
                     b.consume(held.payload, clock());
                 }
                 if let Err(e) = write_by(timers.at(last_activity), agent.tx.send(held.bytes)).await {
-                    break Err(e.agent(timers.reason(last_activity)));
+                    let why = e.agent(timers.reason(last_activity));
+                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                    break Err(why);
                 }
             }
             _ = tokio::time::sleep_until(ready(&pace_out)), if hold_out.is_some() => {
@@ -326,7 +328,9 @@ pub async fn serve(
                     }
                 }
                 if let Err(e) = write_by(timers.at(last_activity), agent.tx.send(out.bytes)).await {
-                    break Err(e.agent(timers.reason(last_activity)));
+                    let why = e.agent(timers.reason(last_activity));
+                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                    break Err(why);
                 }
                 if closes {
                     // Only once the agent has it: else the end path below asks it.
@@ -347,7 +351,13 @@ pub async fn serve(
                     exit: Exit::Aborted(ErrorCode::TERMINATED),
                     reason: why,
                 });
-                let _ = tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close)).await;
+                let sent = tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close));
+                if sent.await.is_err() {
+                    // The link takes nothing: forget the route here (it would hold its
+                    // places until the link dies) and record the end ourselves.
+                    agent.remove_route(agent_sid);
+                    let _ = state.store.end_session(&session.id, why).await;
+                }
             }
         }
     }
