@@ -180,6 +180,9 @@ fn reset_oom_score() {
 /// it keeps for itself (32 and 33) that a parent may still have left ignored; in a
 /// child about to exec, nothing of the C library's needs them any more.
 fn reset_signals() {
+    // The layout below is the kernel's generic one; MIPS, SPARC and Alpha differ.
+    #[cfg(any(target_arch = "mips", target_arch = "mips64", target_arch = "sparc64"))]
+    compile_error!("reset_signals: this architecture's struct sigaction differs");
     /// The kernel's `struct sigaction` (x86_64 and aarch64 alike).
     #[repr(C)]
     struct KernelSigaction {
@@ -204,6 +207,7 @@ fn reset_signals() {
     unsafe {
         for sig in 1..=64 {
             let no_old = std::ptr::null_mut::<KernelSigaction>();
+            let sig = sig as libc::c_long;
             libc::syscall(libc::SYS_rt_sigaction, sig, &default, no_old, set_size);
         }
         let no_old = std::ptr::null_mut::<u64>();
@@ -467,7 +471,8 @@ pub fn spawn_shell(
                 // canonical mode, as a shell does at start), so it is repeated for a
                 // while: the reads that follow see end of input too.
                 Input::Eof => {
-                    let _ = m.write_all(&m.eof_sequence(mid_line)).await;
+                    let eof = m.eof_sequence(mid_line);
+                    let _ = tokio::time::timeout(EOF_REPEAT, m.write_all(&eof)).await;
                     let mut tick = tokio::time::interval(EOF_REPEAT);
                     tick.reset();
                     at_eof = Some((tick, EOF_REPEATS));

@@ -31,7 +31,7 @@ pub fn pair(cols: u16, rows: u16) -> (OwnedFd, OwnedFd) {
 }
 
 /// Read from a non-blocking `master` into `seen` until `needle` appears; panics
-/// after `limit`. Stops early at end of file (EIO: the client side closed).
+/// after `limit`, or at end of file (EIO: the client side closed) without it.
 pub fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     let mut buf = [0u8; 4096];
@@ -51,4 +51,9 @@ pub fn read_until(master: &mut std::fs::File, seen: &mut Vec<u8>, needle: &str, 
             Err(e) => panic!("read: {e}"),
         }
     }
+    assert!(
+        String::from_utf8_lossy(seen).contains(needle),
+        "the terminal closed before {needle:?} in {:?}",
+        String::from_utf8_lossy(seen)
+    );
 }

@@ -42,9 +42,11 @@ fn interactive_shell_on_a_pty_with_size_control_keys_and_exit_code() {
 
     // Ctrl-C reaches the remote foreground job and does not end the session.
     seen.clear();
-    // (^C once `sleep` runs; read_until gives up long before it would end by itself.)
-    m.write_all(b"sleep 29.5\r").unwrap();
-    tests::wait_for_process(b"sleep\x0029.5\x00");
+    // (^C once `sleep` runs, a duration of this run's own so that no leftover is taken
+    // for it; read_until gives up long before it would end by itself.)
+    let secs = format!("29.{}", std::process::id());
+    m.write_all(format!("sleep {secs}\r").as_bytes()).unwrap();
+    tests::wait_for_process(format!("sleep\0{secs}\0").as_bytes());
     m.write_all(&[3]).unwrap();
     m.write_all(b"echo after-$((1+1))\r").unwrap();
     read_until(&mut m, &mut seen, "after-2");

@@ -74,8 +74,10 @@ fn sessions_get_default_signals_even_if_the_agent_was_started_ignoring_them() {
     let mut seen = Vec::new();
     m.write_all(b"echo ready-$((2*3))\r").unwrap();
     read_until(&mut m, &mut seen, "ready-6", Duration::from_secs(20));
-    m.write_all(b"sleep 100.25\r").unwrap();
-    tests::wait_for_process(b"sleep\x00100.25\x00");
+    // (A duration of this run's own, so that no leftover `sleep` is taken for it.)
+    let secs = format!("100.{}", std::process::id());
+    m.write_all(format!("sleep {secs}\r").as_bytes()).unwrap();
+    tests::wait_for_process(format!("sleep\0{secs}\0").as_bytes());
     m.write_all(&[3]).unwrap();
     m.write_all(b"echo after-$((1+1))\r").unwrap();
     // Without default signals, `sleep` shrugs Ctrl-C off and `echo` waits 100 s.

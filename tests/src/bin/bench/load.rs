@@ -56,8 +56,6 @@ fn cpu_secs(pid: u32) -> f64 {
     ticks as f64 / 100.0
 }
 
-/// One session reading `cat /dev/zero` at full (limited) rate, counting bytes while
-/// `measuring` is set.
 /// One session of `cat /dev/zero` on `target`, counting what arrives while
 /// `measuring`, until `done`. `opening` is a place among the sessions being opened,
 /// given back once this one is open.
