@@ -390,17 +390,8 @@ mod tests {
 
     #[test]
     fn symlinked_key_files_and_directories_are_refused() {
-        let tmp = std::env::temp_dir().join(format!("sesame-keys-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(tmp.join("keys")).unwrap();
+        let (tmp, config, me, _) = scratch("symlinks");
         std::fs::write(tmp.join("secret"), "do not touch\n").unwrap();
-        let me = crate::passwd::by_uid(rustix::process::geteuid().as_raw())
-            .expect("the test user is in /etc/passwd")
-            .name;
-        let config = KeyConfig {
-            pattern: format!("{}/keys/%u", tmp.display()),
-            state_dir: tmp.clone(),
-        };
         let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA";
         // authorized_keys pointing at another file
         std::os::unix::fs::symlink(tmp.join("secret"), tmp.join("keys").join(&me)).unwrap();

@@ -477,6 +477,20 @@ impl Env {
         }
     }
 
+    /// `sesame shell TARGET` run by a user at the terminal whose slave side is
+    /// `slave` (`TERM=xterm`).
+    pub fn shell_on(&self, slave: &std::os::fd::OwnedFd) -> Child {
+        let end = || Stdio::from(slave.try_clone().unwrap());
+        self.sesame()
+            .args(["shell", &self.target])
+            .env("TERM", "xterm")
+            .stdin(end())
+            .stdout(end())
+            .stderr(end())
+            .spawn()
+            .unwrap()
+    }
+
     /// A client library handle on this relay (for raw API and stream tests).
     pub fn client(&self) -> cli::client::Relay {
         let config = cli::config::Config::load(

@@ -18,15 +18,7 @@ fn interactive_shell_on_a_pty_with_size_control_keys_and_exit_code() {
     let env = Env::start();
     let (master, slave) = tests::pty::pair(100, 30);
     let before = rustix::termios::tcgetattr(&slave).unwrap();
-    let mut child = env
-        .sesame()
-        .args(["shell", "gw-01"])
-        .env("TERM", "xterm")
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave.try_clone().unwrap()))
-        .spawn()
-        .unwrap();
+    let mut child = env.shell_on(&slave);
     let flags = rustix::fs::fcntl_getfl(&master).unwrap();
     rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK).unwrap();
     let mut m = std::fs::File::from(master);

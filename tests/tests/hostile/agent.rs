@@ -59,15 +59,8 @@ fn sessions_get_default_signals_even_if_the_agent_was_started_ignoring_them() {
 
     // Ctrl-C in a shell ends the foreground job.
     let (master, slave) = tests::pty::pair(80, 24);
-    let mut child = env
-        .sesame()
-        .args(["shell", "gw-01"])
-        .env("TERM", "xterm")
-        .stdin(Stdio::from(slave.try_clone().unwrap()))
-        .stdout(Stdio::from(slave.try_clone().unwrap()))
-        .stderr(Stdio::from(slave))
-        .spawn()
-        .unwrap();
+    let mut child = env.shell_on(&slave);
+    drop(slave);
     let flags = rustix::fs::fcntl_getfl(&master).unwrap();
     rustix::fs::fcntl_setfl(&master, flags | OFlags::NONBLOCK).unwrap();
     let mut m = std::fs::File::from(master);
