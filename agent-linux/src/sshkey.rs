@@ -392,7 +392,7 @@ mod tests {
     fn symlinked_key_files_and_directories_are_refused() {
         let (tmp, config, me, _) = scratch("symlinks");
         std::fs::write(tmp.join("secret"), "do not touch\n").unwrap();
-        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA";
+        let key = KEY;
         // authorized_keys pointing at another file
         std::os::unix::fs::symlink(tmp.join("secret"), tmp.join("keys").join(&me)).unwrap();
         let err = push(&config, &me, key, 60).unwrap_err();

@@ -143,6 +143,17 @@ pub struct LimitReached {
     pub max: usize,
 }
 
+impl LimitReached {
+    /// The relay's own limit, with `in_use` of `max` sessions taken.
+    fn relay(in_use: usize, max: usize) -> LimitReached {
+        LimitReached {
+            scope: "relay".into(),
+            in_use,
+            max,
+        }
+    }
+}
+
 impl std::fmt::Display for LimitReached {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -176,11 +187,7 @@ impl AgentHandle {
         }
         let total = self.total.load(Ordering::Relaxed);
         if total >= relay_max {
-            return Err(LimitReached {
-                scope: "relay".into(),
-                in_use: total,
-                max: relay_max,
-            });
+            return Err(LimitReached::relay(total, relay_max));
         }
         Ok(())
     }
@@ -193,11 +200,8 @@ impl AgentHandle {
             return Err(full);
         }
         // Reserve a place on the relay atomically, so concurrent opens cannot overshoot.
-        let slot = RelaySlot::reserve(&self.total, relay_max).map_err(|in_use| LimitReached {
-            scope: "relay".into(),
-            in_use,
-            max: relay_max,
-        })?;
+        let slot = RelaySlot::reserve(&self.total, relay_max)
+            .map_err(|in_use| LimitReached::relay(in_use, relay_max))?;
         loop {
             let sid = self.next_sid.fetch_add(1, Ordering::Relaxed).max(1);
             if let std::collections::hash_map::Entry::Vacant(e) = routes.entry(sid) {

@@ -175,15 +175,13 @@ pub async fn serve(
         }));
     }
     for frame in opening {
-        let sent = tokio::time::timeout(WRITE_STALL, agent.tx.send(frame)).await;
-        if !matches!(sent, Ok(Ok(()))) {
+        // No session timers yet: only the stall bound applies.
+        let no_timers = Instant::now() + 2 * WRITE_STALL;
+        if let Err(failed) = write_by(no_timers, agent.tx.send(frame)).await {
             agent.remove_route(agent_sid);
-            let reason = match sent {
-                Ok(_) => "the agent disconnected".to_string(),
-                Err(_) => format!(
-                    "the link to the agent took nothing for {}",
-                    human(WRITE_STALL)
-                ),
+            let reason = match failed {
+                WriteFailed::Gone => "the agent disconnected".to_string(),
+                stalled => stalled.agent(String::new()),
             };
             refuse(
                 &mut sink,
@@ -455,6 +453,12 @@ async fn write_by<E>(
     timers: Instant,
     send: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), WriteFailed> {
+    use futures_util::FutureExt;
+    tokio::pin!(send);
+    // Most writes finish at once: no timers to arm for them (a hot path).
+    if let Some(r) = (&mut send).now_or_never() {
+        return r.map_err(|_| WriteFailed::Gone);
+    }
     let stall = Instant::now() + WRITE_STALL;
     tokio::select! {
         biased;
