@@ -31,6 +31,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod policy;
 pub mod provision;
 pub mod secret;
 pub mod server;

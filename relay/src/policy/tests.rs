@@ -1,0 +1,375 @@
+use super::*;
+
+const OPS: &str = r#"
+// alice's team: shells on the lab, as deploy only.
+@id("ops-lab-shell")
+permit (principal in Group::"ops", action == Action::"shell", resource)
+when { resource.hasTag("site") && resource.getTag("site") == "lab" && context.run_as == "deploy" };
+
+@id("bob-prod-exec")
+permit (principal == User::"bob", action == Action::"exec", resource)
+when {
+  resource.hasTag("site") && resource.getTag("site") == "prod" &&
+  (context.command == "uptime" || context.command like "systemctl status *")
+};
+
+@id("lab-forward")
+permit (principal in Group::"ops", action == Action::"forward", resource)
+when { resource.hasTag("site") && resource.getTag("site") == "lab" };
+
+@id("no-ssh-forward")
+forbid (principal, action == Action::"forward", resource)
+when { context has dest_port && context.dest_port == 22 };
+
+@id("loopback-only")
+forbid (principal == User::"carol", action, resource)
+unless { context.source_ip == ip("127.0.0.1") };
+
+permit (principal == User::"carol", action == Action::"list", resource);
+"#;
+
+fn dir(tag: &str, files: &[(&str, &str)]) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sesame-policy-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    for (name, text) in files {
+        std::fs::write(d.join(name), text).unwrap();
+    }
+    d
+}
+
+fn user(name: &str, groups: &[&str]) -> Principal {
+    Principal {
+        name: name.into(),
+        groups: groups.iter().map(|g| g.to_string()).collect(),
+        attrs: BTreeMap::new(),
+    }
+}
+
+fn agent(name: &str, site: &str) -> Target {
+    Target {
+        name: name.into(),
+        id: format!("ag-{name}"),
+        tags: [("site".to_string(), site.to_string())].into(),
+    }
+}
+
+fn from(ip: &str) -> Circumstances {
+    Circumstances::new(ip.parse().unwrap())
+}
+
+fn exec(argv: &[&str]) -> Circumstances {
+    let mut c = from("127.0.0.1");
+    c.run_as = "sesame-user".into();
+    c.command = argv.iter().map(|a| a.to_string()).collect();
+    c
+}
+
+#[test]
+fn policies_decide_with_the_deciding_ids() {
+    let d = dir("decide", &[("ops.cedar", OPS)]);
+    let p = Policies::load(&d).unwrap();
+    let alice = user("alice", &["ops"]);
+    let (lab, prod) = (agent("gw-01", "lab"), agent("db-01", "prod"));
+    let mut c = from("127.0.0.1");
+    c.run_as = "deploy".into();
+    let allowed = p.authorize(&alice, Action::Shell, &Resource::Agent(&lab), &c);
+    assert!(allowed.allow);
+    assert_eq!(allowed.policies, ["ops-lab-shell"]);
+    assert_eq!(allowed.version, 1);
+    c.run_as = "root".into();
+    let denied = p.authorize(&alice, Action::Shell, &Resource::Agent(&lab), &c);
+    assert!(!denied.allow);
+    assert_eq!(
+        refusal("alice", Action::Shell, &Resource::Agent(&lab), &c, &denied),
+        "denied: alice may not shell on gw-01 as root (no policy permits it)"
+    );
+    c.run_as = "deploy".into();
+    assert!(
+        !p.authorize(&alice, Action::Shell, &Resource::Agent(&prod), &c)
+            .allow
+    );
+
+    let bob = user("bob", &[]);
+    let on = Resource::Agent(&prod);
+    assert!(
+        p.authorize(&bob, Action::Exec, &on, &exec(&["uptime"]))
+            .allow
+    );
+    assert!(
+        p.authorize(
+            &bob,
+            Action::Exec,
+            &on,
+            &exec(&["systemctl", "status", "nginx"])
+        )
+        .allow
+    );
+    let rm = exec(&["systemctl", "stop", "nginx"]);
+    let d2 = p.authorize(&bob, Action::Exec, &on, &rm);
+    assert!(!d2.allow);
+    assert_eq!(
+        refusal("bob", Action::Exec, &on, &rm, &d2),
+        "denied: bob may not exec 'systemctl stop nginx' on db-01 as sesame-user (no policy permits it)"
+    );
+    // An argument with a space is quoted, so it cannot pass for two.
+    assert!(
+        !p.authorize(&bob, Action::Exec, &on, &exec(&["uptime; reboot"]))
+            .allow
+    );
+    assert!(
+        !p.authorize(
+            &bob,
+            Action::Exec,
+            &Resource::Agent(&lab),
+            &exec(&["uptime"])
+        )
+        .allow
+    );
+    assert!(!p.authorize(&bob, Action::Shell, &on, &c).allow);
+}
+
+#[test]
+fn forward_channels_are_decided_by_destination_and_forbid_wins() {
+    let d = dir("forward", &[("ops.cedar", OPS)]);
+    let p = Policies::load(&d).unwrap();
+    let alice = user("alice", &["ops"]);
+    let lab = agent("gw-01", "lab");
+    let on = Resource::Agent(&lab);
+    let mut c = from("127.0.0.1");
+    c.run_as = "sesame-user".into();
+    // The session, before any destination.
+    assert!(p.authorize(&alice, Action::Forward, &on, &c).allow);
+    c.dest = Some(("127.0.0.1".into(), 8080));
+    assert!(p.authorize(&alice, Action::Forward, &on, &c).allow);
+    c.dest = Some(("::1".into(), 22));
+    let d = p.authorize(&alice, Action::Forward, &on, &c);
+    assert!(!d.allow);
+    assert_eq!(d.policies, ["no-ssh-forward"]);
+    assert_eq!(
+        refusal("alice", Action::Forward, &on, &c, &d),
+        "denied: alice may not forward to [::1]:22 through gw-01 as sesame-user \
+         (forbidden by policy 'no-ssh-forward')"
+    );
+    // Admins are forbidden too: deny wins over the built-in permit.
+    let root = user("root", &[ADMINS]);
+    assert!(!p.authorize(&root, Action::Forward, &on, &c).allow);
+    c.dest = None;
+    assert!(p.authorize(&root, Action::Forward, &on, &c).allow);
+}
+
+#[test]
+fn source_ip_and_admins() {
+    let d = dir("ip", &[("ops.cedar", OPS)]);
+    let p = Policies::load(&d).unwrap();
+    let carol = user("carol", &[]);
+    let lab = agent("gw-01", "lab");
+    let on = Resource::Agent(&lab);
+    assert!(
+        p.authorize(&carol, Action::List, &on, &from("127.0.0.1"))
+            .allow
+    );
+    let d = p.authorize(&carol, Action::List, &on, &from("127.0.0.2"));
+    assert!(!d.allow);
+    assert_eq!(d.policies, ["loopback-only"]);
+    // The built-in admins policy, with no file at all.
+    let empty = Policies::load(&dir("empty", &[])).unwrap();
+    let admin = user("root", &[ADMINS]);
+    for a in Action::ALL {
+        let r = match a {
+            Action::AdminUsers | Action::AdminPolicies => Resource::Relay,
+            _ => Resource::Agent(&lab),
+        };
+        if matches!(
+            a,
+            Action::SessionsList
+                | Action::Terminate
+                | Action::Observe
+                | Action::Replay
+                | Action::AdminKeys
+        ) {
+            continue;
+        }
+        let d = empty.authorize(&admin, a, &r, &from("10.0.0.7"));
+        assert!(d.allow, "{a}: {d:?}");
+        assert_eq!(d.policies, ["builtin-admins"]);
+        assert!(!empty.authorize(&carol, a, &r, &from("10.0.0.7")).allow);
+    }
+}
+
+#[test]
+fn sessions_of_others() {
+    let text = r#"
+@id("own-sessions")
+permit (principal, action in [Action::"sessions_list", Action::"terminate"], resource)
+when { resource.owner == principal };
+@id("auditors")
+permit (principal in Group::"auditors", action in [Action::"sessions_list", Action::"observe", Action::"replay"], resource);
+"#;
+    let p = Policies::load(&dir("sessions", &[("s.cedar", text)])).unwrap();
+    let (alice, bob, eve) = (
+        user("alice", &[]),
+        user("bob", &[]),
+        user("eve", &["auditors"]),
+    );
+    let lab = agent("gw-01", "lab");
+    let s = Resource::Session {
+        id: "s-1",
+        owner: &alice,
+        agent: &lab,
+        kind: "shell",
+        run_as: "deploy",
+    };
+    let c = from("127.0.0.1");
+    assert!(p.authorize(&alice, Action::Terminate, &s, &c).allow);
+    assert!(!p.authorize(&bob, Action::Terminate, &s, &c).allow);
+    assert!(!p.authorize(&bob, Action::SessionsList, &s, &c).allow);
+    assert!(p.authorize(&eve, Action::Observe, &s, &c).allow);
+    assert!(!p.authorize(&eve, Action::Terminate, &s, &c).allow);
+    assert!(!p.authorize(&alice, Action::Observe, &s, &c).allow);
+}
+
+#[test]
+fn a_bad_set_is_refused_with_file_and_line_and_the_old_one_stays() {
+    let d = dir("bad", &[("ops.cedar", OPS)]);
+    let p = Policies::load(&d).unwrap();
+    let v1 = p.current();
+    // A typo the parser catches.
+    std::fs::write(
+        d.join("typo.cedar"),
+        "\n\npermit (principal, action, resource) when { 1 + };\n",
+    )
+    .unwrap();
+    let e = p.reload().unwrap_err().to_string();
+    assert!(e.starts_with("policy set refused: typo.cedar:3: "), "{e}");
+    // An attribute the schema does not have: the validator catches it.
+    std::fs::write(
+        d.join("typo.cedar"),
+        "// hi\n@id(\"x\")\npermit (principal, action == Action::\"shell\", resource)\n  when { context.runas == \"x\" };\n",
+    )
+    .unwrap();
+    let e = p.reload().unwrap_err().to_string();
+    assert!(
+        e.starts_with("policy set refused: typo.cedar:4: policy 'x': "),
+        "{e}"
+    );
+    assert!(e.contains("runas"), "{e}");
+    // A tag read without checking it is there.
+    std::fs::write(
+        d.join("typo.cedar"),
+        "permit (principal, action == Action::\"shell\", resource)\n  when { resource.getTag(\"site\") == \"lab\" };\n",
+    )
+    .unwrap();
+    assert!(p.reload().is_err());
+    // The same id twice.
+    std::fs::write(
+        d.join("typo.cedar"),
+        "@id(\"ops-lab-shell\")\nforbid (principal, action, resource);\n",
+    )
+    .unwrap();
+    let e = p.reload().unwrap_err().to_string();
+    assert!(
+        e.contains("typo.cedar:1: policy id 'ops-lab-shell' is used twice"),
+        "{e}"
+    );
+    // Still version 1, still deciding as before.
+    assert_eq!(p.current().version, 1);
+    assert_eq!(p.current().hash, v1.hash);
+    let mut c = from("127.0.0.1");
+    c.run_as = "deploy".into();
+    let lab = agent("gw-01", "lab");
+    assert!(
+        p.authorize(
+            &user("alice", &["ops"]),
+            Action::Shell,
+            &Resource::Agent(&lab),
+            &c
+        )
+        .allow
+    );
+    // A good change takes effect as version 2; reloading it again changes nothing.
+    std::fs::write(
+        d.join("typo.cedar"),
+        "@id(\"no-alice\")\nforbid (principal == User::\"alice\", action, resource);\n",
+    )
+    .unwrap();
+    let v2 = p.reload().unwrap();
+    assert_eq!(v2.version, 2);
+    assert_ne!(v2.hash, v1.hash);
+    assert_eq!(p.reload().unwrap().version, 2);
+    let d2 = p.authorize(
+        &user("alice", &["ops"]),
+        Action::Shell,
+        &Resource::Agent(&lab),
+        &c,
+    );
+    assert!(!d2.allow);
+    assert_eq!(d2.policies, ["no-alice"]);
+    assert_eq!(d2.version, 2);
+    // Ids without @id name the file and line.
+    std::fs::write(
+        d.join("typo.cedar"),
+        "\n\nforbid (principal == User::\"alice\", action, resource);\n",
+    )
+    .unwrap();
+    let v3 = p.reload().unwrap();
+    assert!(v3.ids.contains(&"typo.cedar:3".to_string()), "{:?}", v3.ids);
+}
+
+#[test]
+fn every_action_builds_a_request_the_schema_accepts() {
+    let p = Policies::load(&dir("schema", &[])).unwrap();
+    let alice = user("alice", &["ops"]);
+    let lab = agent("gw-01", "lab");
+    for a in Action::ALL {
+        let session = Resource::Session {
+            id: "s-1",
+            owner: &alice,
+            agent: &lab,
+            kind: "shell",
+            run_as: "deploy",
+        };
+        let resources = match a {
+            Action::SessionsList | Action::Terminate | Action::Observe | Action::Replay => {
+                vec![session]
+            }
+            Action::AdminUsers | Action::AdminPolicies => vec![Resource::Relay],
+            Action::AdminKeys => vec![Resource::User(&alice)],
+            Action::AdminAgents => vec![Resource::Relay, Resource::Agent(&lab)],
+            Action::AdminLocks => vec![Resource::User(&alice), Resource::Agent(&lab)],
+            _ => vec![Resource::Agent(&lab)],
+        };
+        for r in resources {
+            let mut c = exec(&["ls", "-l"]);
+            c.dest = Some(("db".into(), 5432));
+            c.ttl = 60;
+            let (request, entities) = build(&alice, a, &r, &c).unwrap();
+            // Re-make the request with the schema: it checks the context's shape.
+            Request::new(
+                request.principal().unwrap().clone(),
+                request.action().unwrap().clone(),
+                request.resource().unwrap().clone(),
+                request.context().unwrap().clone(),
+                Some(p.schema()),
+            )
+            .unwrap_or_else(|e| panic!("{a}: {e}"));
+            let _ = entities;
+        }
+    }
+}
+
+#[test]
+fn dates_and_quoting() {
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    assert_eq!(rfc3339(1_795_990_000), "2026-11-29T22:06:40Z");
+    assert_eq!(
+        quote_argv(&["sh".into(), "-c".into(), "echo 'hi'".into(), String::new()]),
+        r#"sh -c 'echo '\''hi'\''' ''"#
+    );
+    assert_eq!("ssh-key".parse::<Action>(), Ok(Action::SshKeyPush));
+    assert!("sudo"
+        .parse::<Action>()
+        .unwrap_err()
+        .contains("unknown action 'sudo'"));
+}
