@@ -35,5 +35,6 @@ pub mod wire;
 pub use error::{DecodeError, EncodeError, ProtocolError};
 pub use time::{Duration, Instant};
 
-/// The protocol version this crate speaks (carried in `Hello`).
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this crate speaks (carried in `Hello`). Version 2 added the
+/// `account` of `Open`; peers of different versions refuse each other at `Hello`.
+pub const PROTOCOL_VERSION: u16 = 2;

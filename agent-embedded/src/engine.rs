@@ -22,6 +22,10 @@ pub const WINDOW: usize = 512;
 pub const LINE: usize = 128;
 /// Output one command may produce; more is cut.
 pub const OUT: usize = 1024;
+/// The one account of a device: every session runs as the console. `Open` may name
+/// it or leave the account empty; any other is refused (the device does not announce
+/// `features::RUN_AS`).
+pub const ACCOUNT: &str = "console";
 
 /// Why the connection has to end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,7 +249,7 @@ impl<'k, const N: usize> Engine<'k, N> {
                 self.agent_id = agent_core::session::clip(agent_id);
                 board.log(format_args!("relay: authenticated as agent {agent_id}"));
             }
-            Event::Open { sid, kind } => self.open(sid, kind, board),
+            Event::Open { sid, kind, account } => self.open(sid, kind, account, board),
             Event::Data { sid, ch, data } => {
                 let Some(role) = self.slot(sid).map(|s| s.role) else {
                     return;
@@ -306,7 +310,17 @@ impl<'k, const N: usize> Engine<'k, N> {
         }
     }
 
-    fn open(&mut self, sid: u32, kind: Kind<'_>, board: &mut dyn Board) {
+    fn open(&mut self, sid: u32, kind: Kind<'_>, account: &str, board: &mut dyn Board) {
+        // A device has no accounts: its sessions all run as the console. Asking for
+        // another account is refused, never silently run as the console.
+        if !account.is_empty() && account != ACCOUNT {
+            self.agent.reject(
+                sid,
+                ErrorCode::DENIED,
+                "this device has no accounts; sessions run as 'console'",
+            );
+            return;
+        }
         let open = self.open_sessions();
         let Some(i) = self.sessions.iter().position(|s| s.role == Role::Free) else {
             let why: String<64> = clipped(format_args!("device at capacity ({N} sessions)"));
@@ -514,7 +528,7 @@ mod tests {
                 f => panic!("expected Hello, got {f:?}"),
             }
             rig.feed(Frame::Hello(Hello {
-                version: 1,
+                version: agent_core::PROTOCOL_VERSION,
                 max_frame: 32 * 1024,
                 max_sessions: 0,
                 features: 0,
@@ -559,10 +573,15 @@ mod tests {
         }
 
         fn open(&mut self, sid: u32, kind: Kind) {
+            self.open_as(sid, kind, "");
+        }
+
+        fn open_as(&mut self, sid: u32, kind: Kind, account: &str) {
             self.feed(Frame::Open {
                 sid,
                 window: 64 * 1024,
                 kind,
+                account,
             });
         }
 
@@ -717,6 +736,50 @@ mod tests {
     }
 
     #[test]
+    fn sessions_run_as_the_console_and_no_other_account() {
+        let mut rig = Rig::ready();
+        rig.open_as(
+            1,
+            Kind::Exec {
+                argv: Bytes(b"echo\0hi\0"),
+            },
+            "console",
+        );
+        let sent = rig.drain();
+        assert_eq!(output(&sent, 1), "hi\r\n");
+        assert!(last(&sent).contains("Code(0)"), "{}", last(&sent));
+        for (sid, account) in [(2, "root"), (3, "deploy")] {
+            rig.open_as(
+                sid,
+                Kind::Exec {
+                    argv: Bytes(b"echo\0hi\0"),
+                },
+                account,
+            );
+            let sent = rig.drain();
+            assert_eq!(sent.len(), 1, "nothing ran: {sent:?}");
+            match Frame::decode(&sent[0].1).unwrap() {
+                Frame::Reject {
+                    sid: s,
+                    code,
+                    reason,
+                } => {
+                    assert_eq!((s, code), (sid, ErrorCode::DENIED));
+                    assert_eq!(
+                        reason,
+                        "this device has no accounts; sessions run as 'console'"
+                    );
+                }
+                f => panic!("expected Reject, got {f:?}"),
+            }
+        }
+        assert_eq!(rig.engine.open_sessions(), 0);
+        // The default account (empty) is the console too.
+        let (out, _) = rig.exec(4, b"echo\0still\0");
+        assert_eq!(out, "still\r\n");
+    }
+
+    #[test]
     fn forward_is_refused_as_unsupported() {
         let mut rig = Rig::ready();
         rig.open(1, Kind::Forward);
@@ -769,6 +832,7 @@ mod tests {
                 cols: 80,
                 rows: 24,
             },
+            account: "",
         });
         let first = output(&rig.drain(), 1);
         assert_eq!(first.len(), 8);

@@ -377,7 +377,7 @@ impl Conn<'_> {
                 }
                 info!("connected to the relay as agent {agent_id}");
             }
-            Event::Open { sid, kind } => self.open(sid, kind),
+            Event::Open { sid, kind, .. } => self.open(sid, kind),
             Event::Data { sid, ch, data } => {
                 if let Some(s) = self.sessions.get(&sid) {
                     s.input(ch, Input::Data(data.to_vec()));

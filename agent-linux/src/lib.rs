@@ -40,7 +40,7 @@ pub const MAX_SESSIONS: usize = 20;
 /// Connections one forward session may hold at once.
 pub const MAX_CHANNELS: usize = 64;
 
-/// `sesame-agent 0.1.0 (x86_64-unknown-linux-musl, protocol 1)`.
+/// `sesame-agent 0.1.0 (x86_64-unknown-linux-musl, protocol 2)`.
 pub fn version() -> String {
     format!(
         "sesame-agent {} ({}, protocol {})",

@@ -98,6 +98,7 @@ pub async fn open(
         sid: SID,
         window: WINDOW,
         kind,
+        account: "",
     }))
     .await
     .context("cannot send the session request")?;

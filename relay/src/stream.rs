@@ -125,10 +125,16 @@ pub async fn serve(
     // queue, stay within the bound (see `hub::CLIENT_QUEUE_BYTES`).
     let forward = |f: Frame| {
         let f = match f {
-            Frame::Open { sid, window, kind } => Frame::Open {
+            Frame::Open {
+                sid,
+                window,
+                kind,
+                account,
+            } => Frame::Open {
                 sid,
                 window: window.min(MAX_WINDOW),
                 kind,
+                account,
             },
             Frame::ChannelOpen {
                 sid,

@@ -464,6 +464,7 @@ impl Env {
             sid: 1,
             window,
             kind: Kind::Exec { argv: Bytes(argv) },
+            account: "",
         };
         ws.send(ws_message(open)).await.unwrap();
         loop {

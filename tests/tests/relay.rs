@@ -161,6 +161,7 @@ async fn malformed_frame_closes_only_its_own_stream() {
             sid: 9,
             window: 65536,
             kind: Kind::Exec { argv: Bytes(argv) },
+            account: "",
         }))
         .await
         .unwrap();

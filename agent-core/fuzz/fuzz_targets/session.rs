@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
     let mut agent: Agent<3> = Agent::new(AgentConfig::default(), now);
     let mut out = vec![0u8; 32 * 1024];
     // Get through the handshake so that session frames are reachable.
-    let _ = agent.handle_frame(now, &enc(Frame::Hello(Hello { version: 1, max_frame: 4096, max_sessions: 0, features: 0 })));
+    let _ = agent.handle_frame(now, &enc(Frame::Hello(Hello { version: agent_core::PROTOCOL_VERSION, max_frame: 4096, max_sessions: 0, features: 0 })));
     let _ = agent.handle_frame(now, &enc(Frame::Challenge { nonce: agent_core::wire::Bytes(&[0; 32]) }));
     agent.authenticate([0; 32], [0; 64], "");
     let _ = agent.handle_frame(now, &enc(Frame::AuthOk { agent_id: "a" }));

@@ -83,6 +83,10 @@ pub enum Event<'a> {
         sid: u32,
         /// What to run.
         kind: Kind<'a>,
+        /// The account to run it as (empty: the driver's default account); already
+        /// checked with [`wire::account_valid`]. The driver refuses an account it does
+        /// not have (`NO_SUCH_USER`) or cannot switch to (`DENIED`), never falls back.
+        account: &'a str,
     },
     /// Input for a channel; call [`Agent::consumed`] once written out.
     Data {
@@ -389,6 +393,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         sid: u32,
         window: u32,
         kind: Kind<'a>,
+        account: &'a str,
     ) -> Result<Option<Event<'a>>, ProtocolError> {
         if self.slot_mut(sid).is_some() {
             return Err(ProtocolError::DuplicateSession { sid });
@@ -404,9 +409,16 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         let code = if self.config.features & needed == 0 || (forward && C < 2) {
             let _ = reason.push_str("this agent does not support this kind of session");
             ErrorCode::UNSUPPORTED
+        } else if !wire::account_valid(account) {
+            let _ = write!(
+                reason,
+                "not a valid account name (at most {} bytes of letters, digits, . _ - @ $)",
+                wire::ACCOUNT_MAX
+            );
+            ErrorCode::NO_SUCH_USER
         } else if let Some(free) = self.slots.iter_mut().find(|s| s.is_none()) {
             *free = Some(Slot::new(sid, forward, window, self.config.window));
-            return Ok(Some(Event::Open { sid, kind }));
+            return Ok(Some(Event::Open { sid, kind, account }));
         } else {
             let _ = write!(
                 reason,
@@ -477,7 +489,12 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 }
                 Ok(None)
             }
-            Frame::Open { sid, window, kind } => self.open_session(sid, window, kind),
+            Frame::Open {
+                sid,
+                window,
+                kind,
+                account,
+            } => self.open_session(sid, window, kind, account),
             Frame::ChannelOpen {
                 sid,
                 ch,

@@ -51,7 +51,7 @@ impl Sim {
         let out = s.drain();
         assert!(matches!(Frame::decode(&out[0]).unwrap(), Frame::Hello(h) if h.max_sessions == 2));
         s.feed(Frame::Hello(Hello {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             max_frame: 4096,
             max_sessions: 0,
             features: 0,
@@ -87,6 +87,7 @@ impl Sim {
             kind: Kind::Exec {
                 argv: Bytes(b"true\0"),
             },
+            account: "",
         })
         .unwrap()
     }
@@ -102,6 +103,7 @@ fn open_before_auth_is_a_protocol_error() {
         kind: Kind::Exec {
             argv: Bytes(b"x\0"),
         },
+        account: "",
     });
     assert_eq!(
         s.agent.handle_frame(s.now, &msg),
@@ -158,6 +160,7 @@ fn duplicate_open_is_connection_error() {
         kind: Kind::Exec {
             argv: Bytes(b"x\0"),
         },
+        account: "",
     });
     assert_eq!(
         s.agent.handle_frame(s.now, &msg),
@@ -169,6 +172,75 @@ fn duplicate_open_is_connection_error() {
         Frame::decode(&out[0]).unwrap(),
         Frame::Error { sid: 0, .. }
     ));
+}
+
+#[test]
+fn open_hands_the_account_to_the_driver() {
+    let mut s = Sim::ready();
+    let msg = enc(Frame::Open {
+        sid: 1,
+        window: 100,
+        kind: Kind::PIPE_SHELL,
+        account: "deploy",
+    });
+    assert_eq!(
+        s.agent.handle_frame(s.now, &msg),
+        Ok(Some(Event::Open {
+            sid: 1,
+            kind: Kind::PIPE_SHELL,
+            account: "deploy"
+        }))
+    );
+}
+
+#[test]
+fn an_account_that_is_no_account_name_is_refused_before_the_driver_sees_it() {
+    let mut s = Sim::ready();
+    let long = "a".repeat(crate::wire::ACCOUNT_MAX + 1);
+    for (sid, account) in [(1, "-oProxyCommand=x"), (2, "../root"), (3, long.as_str())] {
+        let msg = enc(Frame::Open {
+            sid,
+            window: 100,
+            kind: Kind::PIPE_SHELL,
+            account,
+        });
+        assert_eq!(s.agent.handle_frame(s.now, &msg), Ok(None), "{account}");
+        let out = s.drain();
+        match Frame::decode(&out[0]).unwrap() {
+            Frame::Reject {
+                sid: got,
+                code,
+                reason,
+            } => {
+                assert_eq!((got, code), (sid, ErrorCode::NO_SUCH_USER));
+                assert_eq!(
+                    reason,
+                    "not a valid account name (at most 64 bytes of letters, digits, . _ - @ $)"
+                );
+            }
+            f => panic!("expected Reject, got {f:?}"),
+        }
+    }
+    assert_eq!(s.agent.session_count(), 0, "no slot taken");
+}
+
+#[test]
+fn a_peer_of_another_protocol_version_is_refused_at_hello() {
+    let mut s = Sim::new();
+    let _ = s.drain();
+    let hello = Frame::Hello(Hello {
+        version: 1,
+        max_frame: 4096,
+        max_sessions: 0,
+        features: 0,
+    });
+    let err = s.feed(hello).unwrap_err();
+    assert_eq!(err, ProtocolError::Version { peer: 1 });
+    assert_eq!(
+        std::format!("{err}"),
+        "peer speaks protocol version 1, this side speaks 2"
+    );
+    assert!(s.agent.is_closed());
 }
 
 #[test]
@@ -396,7 +468,7 @@ impl Fwd {
         let mut buf = [0u8; 256];
         while agent.poll_transmit(now, &mut buf).is_some() {}
         let hello = enc(Frame::Hello(Hello {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             max_frame: 4096,
             max_sessions: 0,
             features: 0,
@@ -422,12 +494,14 @@ impl Fwd {
             sid: 1,
             window: 1000,
             kind: Kind::Forward,
+            account: "",
         });
         assert!(matches!(
             f.agent.handle_frame(now, &msg),
             Ok(Some(Event::Open {
                 sid: 1,
-                kind: Kind::Forward
+                kind: Kind::Forward,
+                account: ""
             }))
         ));
         f.agent.accept(1);
@@ -634,6 +708,7 @@ fn channel_open_on_an_exec_session_aborts_that_session() {
         kind: Kind::Exec {
             argv: Bytes(b"x\0"),
         },
+        account: "",
     });
     f.agent.handle_frame(f.now, &msg).unwrap();
     f.agent.accept(2);
@@ -656,6 +731,7 @@ fn unsupported_kinds_are_rejected_by_the_engine() {
         sid: 5,
         window: 1,
         kind: Kind::Forward,
+        account: "",
     });
     assert_eq!(s.agent.handle_frame(s.now, &msg), Ok(None));
     let out = s.drain();
@@ -678,6 +754,7 @@ fn limit_frame_paces_output_at_the_configured_rate() {
         kind: Kind::Exec {
             argv: Bytes(b"x\0"),
         },
+        account: "",
     });
     s.agent.handle_frame(s.now, &msg).unwrap();
     s.agent
@@ -734,7 +811,7 @@ mod strings {
     fn handshake(s: &mut Sim) {
         s.drain();
         let hello = Hello {
-            version: 1,
+            version: crate::PROTOCOL_VERSION,
             max_frame: 4096,
             max_sessions: 0,
             features: 0,
@@ -769,7 +846,7 @@ mod strings {
             s.agent.authenticate([1; 32], [2; 64], &text);
             s.drain();
             let _ = s.feed(Frame::AuthOk { agent_id: &text });
-            let _ = s.feed(Frame::Open { sid: 1, window: 4096, kind: Kind::Exec { argv: Bytes(b"true\0") } });
+            let _ = s.feed(Frame::Open { sid: 1, window: 4096, kind: Kind::Exec { argv: Bytes(b"true\0") }, account: &text });
             s.agent.reject(1, ErrorCode::SPAWN, &text);
             s.agent.close(1, Exit::Code(0), &text);
             s.agent.reject_channel(1, 0, ErrorCode::UNREACHABLE, &text);

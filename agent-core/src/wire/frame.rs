@@ -3,7 +3,7 @@
 use super::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// One protocol message. The variant order is the wire frame type (0..=15).
+/// One protocol message. The variant order is the wire frame type (0..=20).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame<'a> {
     /// 0: first frame in each direction: version and capabilities.
@@ -31,6 +31,9 @@ pub enum Frame<'a> {
         /// What to run.
         #[serde(borrow)]
         kind: Kind<'a>,
+        /// The account on the target the session runs as; empty: the agent's default
+        /// account (protocol version 2). See [`super::account_valid`].
+        account: &'a str,
     },
     /// 5: the session is running.
     Accept {
@@ -199,6 +202,9 @@ pub mod features {
     pub const FORWARD: u32 = 1 << 2;
     /// SSH key sessions.
     pub const SSH_KEY: u32 = 1 << 3;
+    /// Sessions run as the account named in `Open` ("run-as accounts"); an agent
+    /// without it has no accounts of its own to choose from.
+    pub const RUN_AS: u32 = 1 << 4;
 }
 
 /// Agent authentication: Ed25519 over `AUTH_CONTEXT || nonce`.

@@ -181,5 +181,24 @@ pub fn argv_valid(argv: &[u8]) -> bool {
     argv.last() == Some(&0)
 }
 
+/// Longest account name an `Open` may carry, in bytes (Linux allows 32, the C
+/// library's `LOGIN_NAME_MAX` more; no system uses longer ones).
+pub const ACCOUNT_MAX: usize = 64;
+
+/// Whether `account` may name an account in an `Open`: empty (the agent's default
+/// account), or at most [`ACCOUNT_MAX`] bytes of ASCII letters, digits, `.`, `_`,
+/// `-`, `@` and `$`, not starting with `-` and not `.` or `..` (the portable set
+/// of POSIX plus what Samba and directory services use). An account name is never
+/// clipped: a prefix may name another account.
+pub fn account_valid(account: &str) -> bool {
+    let b = account.as_bytes();
+    b.len() <= ACCOUNT_MAX
+        && b.first() != Some(&b'-')
+        && account != "."
+        && account != ".."
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-' | b'@' | b'$'))
+}
+
 #[cfg(test)]
 mod tests;

@@ -23,6 +23,58 @@ fn data_frame_bytes() {
 }
 
 #[test]
+fn open_carries_the_account_last() {
+    let f = Frame::Open {
+        sid: 3,
+        window: 65536,
+        kind: Kind::Forward,
+        account: "deploy",
+    };
+    let mut buf = [0u8; 16];
+    let n = f.encode(&mut buf).unwrap();
+    // type 4, sid 3, window 65536, Kind::Forward, then "deploy"
+    let want = [
+        4, 3, 0x80, 0x80, 4, 2, 6, b'd', b'e', b'p', b'l', b'o', b'y',
+    ];
+    assert_eq!(&buf[..n], &want);
+    assert_eq!(Frame::decode(&buf[..n]).unwrap(), f);
+    // The version 1 layout (no account) is short by the account's length byte.
+    assert_eq!(Frame::decode(&want[..6]), Err(DecodeError::Truncated));
+}
+
+#[test]
+fn account_names() {
+    for ok in [
+        "",
+        "root",
+        "deploy",
+        "sesame-user",
+        "john.doe",
+        "svc_1",
+        "a@b",
+        "host$",
+    ] {
+        assert!(account_valid(ok), "{ok:?}");
+    }
+    let long = "a".repeat(ACCOUNT_MAX + 1);
+    for bad in [
+        "-x",
+        ".",
+        "..",
+        "../etc",
+        "a b",
+        "a:b",
+        "a\nb",
+        "a/b",
+        "é",
+        long.as_str(),
+    ] {
+        assert!(!account_valid(bad), "{bad:?}");
+    }
+    assert!(account_valid(&long[1..]));
+}
+
+#[test]
 fn payload_is_borrowed_not_copied() {
     let msg = [0x07, 0x01, 0x00, 0x00, 0x03, b'a', b'b', b'c'];
     let Frame::Data { data, .. } = Frame::decode(&msg).unwrap() else {
@@ -114,6 +166,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
                     ttl: a,
                 },
             },
+            account: text,
         },
         5 => Frame::Accept { sid: a, window: a },
         6 => Frame::Reject {
