@@ -74,7 +74,7 @@ pub async fn serve(
         {
             return Err(None);
         }
-        let (agent, max_sessions, max_frame) =
+        let (agent, max_sessions, max_frame, features) =
             handshake(&mut stream, &state, &nonce).await.map_err(Some)?;
         let ok = encode(&Frame::AuthOk {
             agent_id: &agent.id,
@@ -82,11 +82,11 @@ pub async fn serve(
         if sink.send(Message::Binary(ok.into())).await.is_err() {
             return Err(None);
         }
-        Ok((agent, max_sessions, max_frame))
+        Ok((agent, max_sessions, max_frame, features))
     })
     .await
     .unwrap_or_else(|_| Err(Some("authentication timed out".to_string())));
-    let (agent, max_sessions, max_frame) = match authed {
+    let (agent, max_sessions, max_frame, features) = match authed {
         Ok(a) => {
             // Authenticated: the link no longer counts against the caps on
             // unauthenticated connections (it held its place until now).
@@ -114,10 +114,14 @@ pub async fn serve(
         }
     };
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(AGENT_QUEUE);
-    let (handle, mut kicked) =
-        state
-            .hub
-            .register(&agent.id, &agent.name, max_sessions, max_frame, tx);
+    let (handle, mut kicked) = state.hub.register(
+        &agent.id,
+        &agent.name,
+        max_sessions,
+        max_frame,
+        features,
+        tx,
+    );
     let _ = state.store.touch_agent(&agent.id).await;
     info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, max_frame, "agent online");
 
@@ -133,7 +137,9 @@ pub async fn serve(
     let reason = loop {
         let msg = tokio::select! {
             m = tokio::time::timeout(IDLE_TIMEOUT, recv_binary(&mut stream)) => m,
-            _ = kicked.changed() => break "replaced by a newer connection".to_string(),
+            _ = kicked.changed() => {
+                break kicked.borrow().clone().unwrap_or_else(|| "hung up".into());
+            }
         };
         let msg = match msg {
             Err(_) => break "no traffic for 60 s".to_string(),
@@ -172,7 +178,7 @@ async fn handshake(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     state: &AppState,
     nonce: &[u8; NONCE_LEN],
-) -> Result<(AgentRow, u16, u32), String> {
+) -> Result<(AgentRow, u16, u32, u32), String> {
     let msg = recv_binary(stream).await.ok_or("closed during handshake")?;
     let hello = match Frame::decode_bounded(&msg, wire::DEFAULT_MAX_FRAME as usize) {
         Ok(Frame::Hello(h)) => h,
@@ -220,7 +226,16 @@ async fn handshake(
     let max_frame = hello
         .max_frame
         .clamp(wire::MIN_MAX_FRAME, wire::DEFAULT_MAX_FRAME);
-    Ok((agent, max, max_frame))
+    if state
+        .store
+        .agent_revoked(&agent.id)
+        .await
+        .map_err(|e| format!("store error: {e}"))?
+        .is_some()
+    {
+        return Err(format!("agent '{}' was revoked", agent.name));
+    }
+    Ok((agent, max, max_frame, hello.features))
 }
 
 /// Route one frame from the agent. `Err` is a connection-level protocol violation.

@@ -18,11 +18,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::hub::Hub;
+use crate::hub::{AgentHandle, Hub};
+use crate::live::Live;
+use crate::policy::{self, Action, Circumstances, Decision, Policies, Resource, Target};
 use crate::secret::Secret;
-use crate::store::{unix_now, Store, TokenError, UserRow};
+use crate::store::{
+    unix_now, AgentRow, Caller, LockTarget, NewSession, SessionSpec, Store, TokenError, UserRow,
+};
 
 /// Largest WebSocket message accepted, a little above the largest frame.
 pub const MAX_MESSAGE: usize = agent_core::wire::DEFAULT_MAX_FRAME as usize + 1024;
@@ -48,6 +52,86 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Settings.
     pub config: Arc<ApiConfig>,
+    /// The policies in force.
+    pub policies: Arc<Policies>,
+    /// The sessions being served.
+    pub live: Arc<Live>,
+}
+
+impl AppState {
+    /// Decide a request, and log the decision with the policies that made it.
+    pub fn decide(
+        &self,
+        user: &UserRow,
+        action: Action,
+        resource: &Resource,
+        c: &Circumstances,
+    ) -> Decision {
+        let d = self
+            .policies
+            .authorize(&user.principal(), action, resource, c);
+        for e in &d.errors {
+            warn!(user = %user.name, %action, "policy error (the policy was skipped): {e}");
+        }
+        if action != Action::List {
+            info!(
+                user = %user.name,
+                %action,
+                source_ip = %c.source_ip,
+                run_as = %c.run_as,
+                allow = d.allow,
+                policies = ?d.policies,
+                version = d.version,
+                "decision"
+            );
+        }
+        d
+    }
+
+    /// Decide, and turn a denial into the user's refusal line (403).
+    pub fn require(
+        &self,
+        user: &UserRow,
+        action: Action,
+        resource: &Resource,
+        c: &Circumstances,
+    ) -> Result<Decision, ApiError> {
+        let d = self.decide(user, action, resource, c);
+        if d.allow {
+            Ok(d)
+        } else {
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                policy::refusal(&user.name, action, resource, c, &d),
+            ))
+        }
+    }
+
+    /// The refusal of a locked user or agent, if one is.
+    pub async fn locked(
+        &self,
+        user_id: &str,
+        agent_id: Option<&str>,
+    ) -> Result<Option<String>, ApiError> {
+        if let Some(l) = self.store.lock_on(LockTarget::User, user_id).await? {
+            return Ok(Some(l.describe()));
+        }
+        if let Some(agent) = agent_id {
+            if let Some(l) = self.store.lock_on(LockTarget::Agent, agent).await? {
+                return Ok(Some(l.describe()));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// An agent as policies see it.
+pub fn target(a: &AgentRow) -> Target {
+    Target {
+        name: a.name.clone(),
+        id: a.id.clone(),
+        tags: a.tags.clone(),
+    }
 }
 
 /// An error answered as `{"error": "..."}` with a status code.
@@ -55,7 +139,8 @@ pub struct AppState {
 pub struct ApiError(StatusCode, String);
 
 impl ApiError {
-    fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+    /// An error with its status.
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
         ApiError(status, msg.into())
     }
 }
@@ -83,29 +168,27 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sessions", post(create_session))
         .route("/v1/stream/{id}", get(open_stream))
         .route("/v1/agent", get(agent_socket))
+        .route("/v1/policy/check", post(check_policy))
+        .merge(crate::admin::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
 }
 
-async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<UserRow, ApiError> {
-    let unauthorized = || {
-        ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid API key (set SESAME_API_KEY or api_key in ~/.config/sesame/config.toml)",
-        )
-    };
+/// The caller of a request: the user and key of its bearer API key.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    let refused = |why: String| ApiError::new(StatusCode::UNAUTHORIZED, why);
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(unauthorized)?;
+        .ok_or_else(|| refused(crate::store::KeyRefused::Unknown.to_string()))?;
     let key = Secret::from_string(value.trim().to_string());
     state
         .store
-        .user_by_key(&key)
+        .authenticate(&key)
         .await?
-        .ok_or_else(unauthorized)
+        .map_err(|e| refused(e.to_string()))
 }
 
 /// One target, as listed.
@@ -127,13 +210,21 @@ pub struct AgentInfo {
 
 async fn list_agents(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<AgentInfo>>, ApiError> {
-    authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers).await?;
     let agents = state.store.agents().await?;
+    let c = Circumstances::new(peer.ip());
     Ok(Json(
         agents
             .into_iter()
+            .filter(|a| {
+                let t = target(a);
+                state
+                    .decide(&caller.user, Action::List, &Resource::Agent(&t), &c)
+                    .allow
+            })
             .map(|a| {
                 let live = state.hub.get(&a.id);
                 AgentInfo {
@@ -156,6 +247,56 @@ pub struct CreateSession {
     pub target: String,
     /// `shell`, `exec`, `forward` or `ssh-key`.
     pub kind: String,
+    /// The account on the target; absent: the agent's default account.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// Exec: the argv (the stream's `Open` must carry the same).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// SSH key push: the account the key is for (also the session's account).
+    #[serde(default)]
+    pub ssh_user: Option<String>,
+    /// SSH key push: seconds the key stays valid.
+    #[serde(default)]
+    pub ttl: Option<u32>,
+}
+
+/// The default account of a Linux agent (it creates it on first use).
+pub const DEFAULT_ACCOUNT: &str = "sesame-user";
+/// The one account of an agent without accounts (a device's console).
+pub const CONSOLE: &str = "console";
+
+/// The account a session on `live` runs as: the one asked for, else the agent's
+/// default. An agent that does not announce run-as has only [`CONSOLE`].
+fn account(
+    asked: Option<&str>,
+    live: Option<&AgentHandle>,
+    agent: &str,
+) -> Result<String, ApiError> {
+    let accounts = live.is_none_or(|h| h.features & agent_core::wire::features::RUN_AS != 0);
+    match asked {
+        None if accounts => Ok(DEFAULT_ACCOUNT.into()),
+        None => Ok(CONSOLE.into()),
+        Some(CONSOLE) if !accounts => Ok(CONSOLE.into()),
+        Some(a) if !accounts => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{agent} has no accounts: its sessions run as '{CONSOLE}', not '{a}'"),
+        )),
+        Some(a) if valid_account(a) => Ok(a.to_string()),
+        Some(a) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("invalid account name '{a}'"),
+        )),
+    }
+}
+
+/// A POSIX-ish account name: 1-32 of letters, digits, `._-`, not starting with `-`.
+fn valid_account(a: &str) -> bool {
+    !a.is_empty()
+        && a.len() <= 32
+        && !a.starts_with('-')
+        && a.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Answer of `POST /v1/sessions`.
@@ -184,22 +325,21 @@ pub fn ago(then: i64) -> String {
 
 async fn create_session(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Result<Json<CreateSession>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<SessionCreated>, ApiError> {
-    let user = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers).await?;
+    let user = &caller.user;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-    let action = match req.kind.as_str() {
-        "shell" => "session:shell",
-        "exec" => "session:exec",
-        "forward" => "session:forward",
-        "ssh-key" => "ssh:push-key",
-        other => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("unknown session kind '{other}' (use shell, exec, forward or ssh-key)"),
-            ))
-        }
+    let Some(action) = Action::of_kind(&req.kind) else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown session kind '{}' (use shell, exec, forward or ssh-key)",
+                req.kind
+            ),
+        ));
     };
     let agent = state.store.agent(&req.target).await?.ok_or_else(|| {
         ApiError::new(
@@ -207,16 +347,49 @@ async fn create_session(
             format!("unknown target '{}'", req.target),
         )
     })?;
-    if !user.admin {
+    let live = state.hub.get(&agent.id);
+    let mut c = Circumstances::new(peer.ip());
+    let mut spec = SessionSpec::default();
+    match action {
+        Action::Exec => {
+            if req.command.is_empty() || req.command[0].is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "exec needs a command",
+                ));
+            }
+            c.command = req.command.clone();
+            spec.command = req.command.clone();
+        }
+        Action::SshKeyPush => {
+            let (Some(ssh_user), Some(ttl)) = (&req.ssh_user, req.ttl) else {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "an ssh-key session needs ssh_user and ttl",
+                ));
+            };
+            c.ttl = ttl;
+            spec.ssh = Some((ssh_user.clone(), ttl));
+        }
+        _ => {}
+    }
+    let asked = match action {
+        Action::SshKeyPush => req.ssh_user.as_deref(),
+        _ => req.run_as.as_deref(),
+    };
+    c.run_as = account(asked, live.as_deref(), &agent.name)?;
+    let t = target(&agent);
+    let decision = state.require(user, action, &Resource::Agent(&t), &c)?;
+    if let Some(why) = state.locked(&user.id, Some(&agent.id)).await? {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, why));
+    }
+    if state.store.agent_revoked(&agent.id).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            format!(
-                "no policy allows user '{}' {action} on '{}'",
-                user.name, agent.name
-            ),
+            format!("target '{}' was revoked", agent.name),
         ));
     }
-    let Some(live) = state.hub.get(&agent.id) else {
+    let Some(live) = live else {
         let when = agent.last_seen.map_or("never connected".to_string(), |t| {
             format!("last seen {}", ago(t))
         });
@@ -233,9 +406,21 @@ async fn create_session(
         ));
     }
     let rate = state.config.limits.rate_for(&agent.name, &user.name);
+    let decided_by = format!("v{}: {}", decision.version, decision.policies.join(", "));
     let (session_id, token, expires_at) = state
         .store
-        .create_session(&agent.id, &user.id, &req.kind, rate, state.config.token_ttl)
+        .create_session(&NewSession {
+            agent_id: &agent.id,
+            user_id: &user.id,
+            key_id: &caller.key_id,
+            kind: &req.kind,
+            rate,
+            ttl: state.config.token_ttl,
+            run_as: &c.run_as,
+            spec: &spec,
+            source_ip: &peer.ip().to_string(),
+            decided_by: &decided_by,
+        })
         .await?;
     let host = headers
         .get(axum::http::header::HOST)
@@ -249,6 +434,176 @@ async fn create_session(
     }))
 }
 
+/// Body of `POST /v1/policy/check`: a request to decide, as if `user` made it.
+#[derive(Debug, Deserialize)]
+pub struct PolicyCheck {
+    /// User name.
+    pub user: String,
+    /// Action name (`shell`, `exec`, `list`, ...).
+    pub action: String,
+    /// Agent name (agent actions, `admin_agents`, `admin_locks`), user name
+    /// (`admin_keys`, `admin_locks --user`), session id (session actions), or
+    /// nothing (the relay).
+    #[serde(default)]
+    pub target: Option<String>,
+    /// The account; absent: the agent's default.
+    #[serde(default)]
+    pub run_as: Option<String>,
+    /// The client's address [default: the caller's].
+    #[serde(default)]
+    pub source_ip: Option<String>,
+    /// Exec: the argv.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Forward: the destination host and port.
+    #[serde(default)]
+    pub dest_host: Option<String>,
+    /// Forward: the destination port.
+    #[serde(default)]
+    pub dest_port: Option<u16>,
+    /// SSH key push: the key's lifetime.
+    #[serde(default)]
+    pub ttl: Option<u32>,
+}
+
+/// Answer of `POST /v1/policy/check`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PolicyChecked {
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The policies that decided it.
+    pub policies: Vec<String>,
+    /// Policies skipped because they failed to evaluate.
+    pub errors: Vec<String>,
+    /// The refusal line a user would see (deny only).
+    pub refusal: Option<String>,
+    /// Version of the policy set.
+    pub version: u64,
+}
+
+/// Decide a hypothetical request. A user may check their own requests; checking
+/// another user's needs `admin_policies`.
+async fn check_policy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Result<Json<PolicyCheck>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<PolicyChecked>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    if req.user != caller.user.name {
+        let c = Circumstances::new(peer.ip());
+        state.require(&caller.user, Action::AdminPolicies, &Resource::Relay, &c)?;
+    }
+    let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
+    let not_found = |m: String| ApiError::new(StatusCode::NOT_FOUND, m);
+    let action: Action = req.action.parse().map_err(bad)?;
+    let user = state
+        .store
+        .user(&req.user)
+        .await?
+        .ok_or_else(|| not_found(format!("unknown user '{}'", req.user)))?;
+    let source_ip = match &req.source_ip {
+        Some(ip) => ip
+            .parse()
+            .map_err(|_| bad(format!("invalid source address '{ip}'")))?,
+        None => peer.ip(),
+    };
+    let mut c = Circumstances::new(source_ip);
+    c.command = req.command.clone();
+    c.ttl = req.ttl.unwrap_or(60);
+    c.dest = match (req.dest_host.clone(), req.dest_port) {
+        (Some(h), Some(p)) => Some((h, p)),
+        (None, None) => None,
+        _ => return Err(bad("give both --dest-host and --dest-port".into())),
+    };
+    let name = || {
+        req.target
+            .clone()
+            .ok_or_else(|| bad(format!("action {action} needs --target")))
+    };
+    let store = &state.store;
+    let agent = |n: String| async move {
+        store
+            .agent(&n)
+            .await?
+            .ok_or_else(|| not_found(format!("unknown target '{n}'")))
+    };
+    let decision = match action {
+        Action::List
+        | Action::Shell
+        | Action::Exec
+        | Action::Forward
+        | Action::SshKeyPush
+        | Action::AdminAgents
+        | Action::AdminLocks
+            if req.target.is_some() || !matches!(action, Action::AdminAgents) =>
+        {
+            let a = agent(name()?).await?;
+            let live = state.hub.get(&a.id);
+            c.run_as = account(req.run_as.as_deref(), live.as_deref(), &a.name)?;
+            let t = target(&a);
+            let r = Resource::Agent(&t);
+            let d = state.decide(&user, action, &r, &c);
+            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
+            (d, refusal)
+        }
+        Action::AdminKeys => {
+            let n = name()?;
+            let u = state
+                .store
+                .user(&n)
+                .await?
+                .ok_or_else(|| not_found(format!("unknown user '{n}'")))?;
+            let p = u.principal();
+            let r = Resource::User(&p);
+            let d = state.decide(&user, action, &r, &c);
+            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
+            (d, refusal)
+        }
+        Action::SessionsList | Action::Terminate | Action::Observe | Action::Replay => {
+            let id = name()?;
+            let s = state
+                .store
+                .session_info(&id)
+                .await?
+                .ok_or_else(|| not_found(format!("unknown session '{id}'")))?;
+            let owner = state
+                .store
+                .user(&s.user_id)
+                .await?
+                .map(|u| u.principal())
+                .unwrap_or_default();
+            let a = agent(s.agent_id.clone()).await?;
+            let t = target(&a);
+            let r = Resource::Session {
+                id: &s.id,
+                owner: &owner,
+                agent: &t,
+                kind: &s.kind,
+                run_as: &s.run_as,
+            };
+            let d = state.decide(&user, action, &r, &c);
+            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
+            (d, refusal)
+        }
+        _ => {
+            let r = Resource::Relay;
+            let d = state.decide(&user, action, &r, &c);
+            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
+            (d, refusal)
+        }
+    };
+    let (d, refusal) = decision;
+    Ok(Json(PolicyChecked {
+        decision: if d.allow { "allow" } else { "deny" }.into(),
+        policies: d.policies,
+        errors: d.errors,
+        refusal,
+        version: d.version,
+    }))
+}
+
 /// Query of the stream endpoint.
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -257,6 +612,7 @@ pub struct StreamQuery {
 
 async fn open_stream(
     State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
     Query(q): Query<StreamQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
@@ -280,6 +636,19 @@ async fn open_stream(
             return Err(ApiError::new(status, e.to_string()));
         }
     };
+    // The key may have been revoked, or the user or agent locked, since the token
+    // was issued.
+    let key_refused = match &session.key_id {
+        Some(k) => state.store.key_refusal(k).await?.map(|e| e.to_string()),
+        None => None,
+    };
+    if let Some(why) = key_refused.or(state
+        .locked(&session.user_id, Some(&session.agent_id))
+        .await?)
+    {
+        let _ = state.store.end_session(&session.id, &why).await;
+        return Err(ApiError::new(StatusCode::FORBIDDEN, why));
+    }
     let Some(agent) = state.hub.get(&session.agent_id) else {
         let _ = state.store.end_session(&session.id, "agent offline").await;
         return Err(ApiError::new(StatusCode::CONFLICT, "target went offline"));
@@ -289,7 +658,7 @@ async fn open_stream(
         .max_frame_size(MAX_MESSAGE)
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
-        .on_upgrade(move |socket| crate::stream::serve(socket, state, session, agent)))
+        .on_upgrade(move |socket| crate::stream::serve(socket, state, session, agent, peer.ip())))
 }
 
 async fn agent_socket(

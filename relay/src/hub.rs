@@ -100,8 +100,11 @@ pub struct AgentHandle {
     pub max_frame: u32,
     /// Encoded frames for the agent.
     pub tx: mpsc::Sender<Vec<u8>>,
-    /// Set to true to make the connection task hang up (replaced by a newer one).
-    pub kick: watch::Sender<bool>,
+    /// Session kinds and features the agent announced (`wire::features`).
+    pub features: u32,
+    /// Set to the reason to make the connection task hang up (replaced by a newer
+    /// connection, the agent revoked).
+    pub kick: watch::Sender<Option<String>>,
     routes: Mutex<HashMap<u32, (Route, RelaySlot)>>,
     next_sid: AtomicU32,
     /// Sessions on the whole relay (shared by every agent's handle).
@@ -253,15 +256,17 @@ impl Hub {
         name: &str,
         max_sessions: u16,
         max_frame: u32,
+        features: u32,
         tx: mpsc::Sender<Vec<u8>>,
-    ) -> (Arc<AgentHandle>, watch::Receiver<bool>) {
-        let (kick, kicked) = watch::channel(false);
+    ) -> (Arc<AgentHandle>, watch::Receiver<Option<String>>) {
+        let (kick, kicked) = watch::channel(None);
         let handle = Arc::new(AgentHandle {
             id: id.to_string(),
             name: name.to_string(),
             conn_id: self.conn_seq.fetch_add(1, Ordering::Relaxed),
             max_sessions,
             max_frame,
+            features,
             tx,
             kick,
             routes: Mutex::new(HashMap::new()),
@@ -274,7 +279,8 @@ impl Hub {
             .unwrap()
             .insert(id.to_string(), handle.clone())
         {
-            let _ = old.kick.send(true);
+            old.kick
+                .send_replace(Some("replaced by a newer connection".into()));
         }
         (handle, kicked)
     }
@@ -315,7 +321,7 @@ mod tests {
 
     fn agent(hub: &Hub, id: &str, capacity: u16) -> Arc<AgentHandle> {
         let (tx, _rx) = mpsc::channel(1);
-        hub.register(id, id, capacity, 2048, tx).0
+        hub.register(id, id, capacity, 2048, 0, tx).0
     }
 
     #[test]

@@ -26,11 +26,13 @@
 //! ## Non-goals (for now)
 //! Policies beyond admin users, recordings and audit (later issues).
 
+pub mod admin;
 pub mod agent_link;
 pub mod api;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod live;
 pub mod policy;
 pub mod provision;
 pub mod secret;

@@ -47,6 +47,10 @@ enum Cmd {
         /// duration), unauthenticated connection caps and timeouts, session retention.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Directory of the Cedar policy files (`*.cedar`; reloaded on SIGHUP)
+        /// [default: DATA_DIR/policies].
+        #[arg(long = "policies", value_name = "DIR")]
+        policy_dir: Option<PathBuf>,
         /// Sessions per agent at most (overrides the config file; an agent's smaller
         /// capacity wins) [default: 20].
         #[arg(long)]
@@ -128,9 +132,13 @@ enum UserCmd {
         name: String,
         #[command(flatten)]
         data: DataDir,
-        /// Administrator: may open any session.
+        /// Administrator: a member of the group `admins` (which the built-in policy
+        /// allows everything).
         #[arg(long)]
         admin: bool,
+        /// Member of this group (repeatable).
+        #[arg(long = "group")]
+        groups: Vec<String>,
     },
 }
 
@@ -165,6 +173,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             names,
             token_ttl,
             config,
+            policy_dir,
             max_sessions_per_agent,
         } => {
             let mut limits = match &config {
@@ -188,6 +197,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 names,
                 token_ttl: Duration::from_secs(token_ttl),
                 limits,
+                policy_dir,
             })
             .await?;
             let addr = server.local_addr()?;
@@ -258,10 +268,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     name,
                     data: DataDir { data_dir },
                     admin,
+                    mut groups,
                 },
         } => {
+            if admin {
+                groups.push(relay::policy::ADMINS.to_string());
+            }
             let store = open_store(&data_dir).await?;
-            let key = store.add_user(&name, admin).await?;
+            let (_user, key) = store.add_user(&name, &groups).await?;
             println!("{}", key.expose());
             Ok(())
         }

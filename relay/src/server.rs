@@ -37,6 +37,8 @@ use tracing::{debug, info, warn};
 use crate::api::{self, ApiConfig, AppState};
 use crate::config::Connections;
 use crate::hub::Hub;
+use crate::live::Live;
+use crate::policy::{self, Loaded, Policies};
 use crate::store::Store;
 use crate::tls;
 use crate::Error;
@@ -61,6 +63,8 @@ pub struct ServerConfig {
     pub token_ttl: Duration,
     /// Session and connection limits, store retention (from `--config`, then flags).
     pub limits: crate::config::Limits,
+    /// Directory of the Cedar policy files (`*.cedar`) [default: `DATA_DIR/policies`].
+    pub policy_dir: Option<PathBuf>,
 }
 
 /// A bound relay, ready to run.
@@ -83,6 +87,23 @@ impl Server {
             info!("{ended} session(s) left open by the previous run recorded as ended");
         }
         prune(&store, config.limits.session_retention).await;
+        let policy_dir = config
+            .policy_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("policies"));
+        let policies = Policies::load(&policy_dir)
+            .map_err(|e| Error::Invalid(format!("{}: {e}", policy_dir.display())))?;
+        let loaded = policies.current();
+        store
+            .record_policy_set(&loaded.hash, "start", &loaded.files)
+            .await?;
+        info!(
+            dir = %policy_dir.display(),
+            version = loaded.version,
+            hash = %&loaded.hash[..12],
+            policies = loaded.ids.len(),
+            "policies loaded"
+        );
         let (cert, key, ca_path) = match &config.cert {
             Some((c, k)) => (c.clone(), k.clone(), None),
             None => {
@@ -105,6 +126,8 @@ impl Server {
                     token_ttl: config.token_ttl,
                     limits: config.limits.clone(),
                 }),
+                policies: Arc::new(policies),
+                live: Arc::new(Live::default()),
             },
             ca_path,
         })
@@ -123,9 +146,16 @@ impl Server {
         let mut pruning = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
         pruning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut accept_failing = false;
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| Error::io("SIGHUP", e))?;
         loop {
             let accepted = tokio::select! {
                 a = self.listener.accept() => a,
+                _ = hangup.recv() => {
+                    let state = self.state.clone();
+                    tokio::spawn(async move { reload_policies(&state, "SIGHUP").await });
+                    continue;
+                }
                 _ = pruning.tick() => {
                     let store = self.state.store.clone();
                     tokio::spawn(async move { prune(&store, retention).await });
@@ -429,6 +459,29 @@ fn timed_out() -> Response {
         .into_response()
 }
 
+/// Read the policy directory again; the new set takes effect only if it validates.
+/// `by` says who asked (`SIGHUP`, a user). Logged either way.
+pub async fn reload_policies(state: &AppState, by: &str) -> Result<Arc<Loaded>, policy::Refused> {
+    let policies = state.policies.clone();
+    let result = tokio::task::spawn_blocking(move || policies.reload())
+        .await
+        .unwrap_or_else(|e| Err(policy::Refused(vec![format!("reload failed: {e}")])));
+    match &result {
+        Ok(loaded) => {
+            if let Err(e) = state
+                .store
+                .record_policy_set(&loaded.hash, by, &loaded.files)
+                .await
+            {
+                warn!("cannot record policy set version {}: {e}", loaded.version);
+            }
+            info!(by, version = loaded.version, hash = %&loaded.hash[..12], policies = loaded.ids.len(), "policies reloaded");
+        }
+        Err(e) => warn!(by, "{e}; the policies in force stay"),
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +533,7 @@ mod tests {
             names: Vec::new(),
             token_ttl: Duration::from_secs(60),
             limits,
+            policy_dir: None,
         })
         .await
         .unwrap();

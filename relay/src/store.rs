@@ -14,6 +14,9 @@ use sqlx::{Row, SqlitePool};
 use crate::secret::{random_base32, Secret};
 use crate::Error;
 
+mod access;
+pub use access::{Caller, KeyRefused, KeyRow, LockRow, LockTarget, UserRow};
+
 /// Activation codes expire after this long.
 pub const ACTIVATION_TTL: Duration = Duration::from_secs(24 * 3600);
 
@@ -43,17 +46,6 @@ pub struct AgentRow {
     pub last_seen: Option<i64>,
 }
 
-/// A user as stored.
-#[derive(Debug, Clone)]
-pub struct UserRow {
-    /// Stable id (`us-...`).
-    pub id: String,
-    /// Unique name.
-    pub name: String,
-    /// Administrators may open any session.
-    pub admin: bool,
-}
-
 /// A session whose token was just redeemed.
 #[derive(Debug, Clone)]
 pub struct SessionRow {
@@ -67,6 +59,49 @@ pub struct SessionRow {
     pub user_id: String,
     /// Bytes per second in each direction; `None` is unlimited.
     pub rate: Option<u32>,
+    /// The API key that asked for it.
+    pub key_id: Option<String>,
+    /// The account it runs as on the target.
+    pub run_as: String,
+    /// What else it was authorised for.
+    pub spec: SessionSpec,
+}
+
+/// What a session was authorised for besides its kind and account; its stream's
+/// `Open` must ask for exactly this.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SessionSpec {
+    /// Exec: the argv.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// SSH key push: the account and the key's lifetime in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssh: Option<(String, u32)>,
+}
+
+/// A session to create.
+#[derive(Debug, Clone)]
+pub struct NewSession<'a> {
+    /// Target agent id.
+    pub agent_id: &'a str,
+    /// Who asks.
+    pub user_id: &'a str,
+    /// With which API key.
+    pub key_id: &'a str,
+    /// `shell`, `exec`, `forward` or `ssh-key`.
+    pub kind: &'a str,
+    /// Bytes per second in each direction; `None` is unlimited.
+    pub rate: Option<u32>,
+    /// Token lifetime.
+    pub ttl: Duration,
+    /// The account on the target.
+    pub run_as: &'a str,
+    /// What else was authorised.
+    pub spec: &'a SessionSpec,
+    /// The client's address.
+    pub source_ip: &'a str,
+    /// The policies that allowed it, and the version of the set.
+    pub decided_by: &'a str,
 }
 
 /// Why an activation code was refused.
@@ -121,9 +156,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS users (
         id TEXT PRIMARY KEY,
         name TEXT NOT NULL UNIQUE,
-        admin INTEGER NOT NULL,
-        api_key_hash TEXT NOT NULL UNIQUE,
-        created_at INTEGER NOT NULL
+        created_at INTEGER NOT NULL,
+        attrs TEXT NOT NULL DEFAULT '{}'
     )",
     "CREATE TABLE IF NOT EXISTS sessions (
         id TEXT PRIMARY KEY,
@@ -136,7 +170,45 @@ const SCHEMA: &[&str] = &[
         created_at INTEGER NOT NULL,
         ended_at INTEGER,
         exit TEXT,
-        rate INTEGER
+        rate INTEGER,
+        key_id TEXT,
+        run_as TEXT NOT NULL DEFAULT '',
+        spec TEXT NOT NULL DEFAULT '{}',
+        source_ip TEXT,
+        decided_by TEXT
+    )",
+    "CREATE TABLE IF NOT EXISTS api_keys (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        last_used INTEGER,
+        revoked_at INTEGER
+    )",
+    "CREATE TABLE IF NOT EXISTS memberships (
+        user_id TEXT NOT NULL REFERENCES users(id),
+        grp TEXT NOT NULL,
+        PRIMARY KEY (user_id, grp)
+    )",
+    "CREATE TABLE IF NOT EXISTS locks (
+        id TEXT PRIMARY KEY,
+        target_kind TEXT NOT NULL,
+        target_id TEXT NOT NULL,
+        target_name TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER,
+        removed_at INTEGER
+    )",
+    "CREATE TABLE IF NOT EXISTS policy_sets (
+        version INTEGER PRIMARY KEY AUTOINCREMENT,
+        hash TEXT NOT NULL,
+        loaded_at INTEGER NOT NULL,
+        loaded_by TEXT NOT NULL,
+        files TEXT NOT NULL
     )",
 ];
 
@@ -157,18 +229,9 @@ impl Store {
         for stmt in SCHEMA {
             sqlx::query(stmt).execute(&pool).await?;
         }
-        // Stores made before rate limits had no `rate` column.
-        let has_rate =
-            sqlx::query("SELECT 1 FROM pragma_table_info('sessions') WHERE name = 'rate'")
-                .fetch_optional(&pool)
-                .await?
-                .is_some();
-        if !has_rate {
-            sqlx::query("ALTER TABLE sessions ADD COLUMN rate INTEGER")
-                .execute(&pool)
-                .await?;
-        }
-        Ok(Store { pool })
+        let store = Store { pool };
+        store.migrate().await?;
+        Ok(store)
     }
 
     /// Register an agent; returns its id and a one-time activation code.
@@ -200,43 +263,6 @@ impl Store {
             )),
             Err(e) => Err(e.into()),
         }
-    }
-
-    /// Register a user; returns the API key, shown once.
-    pub async fn add_user(&self, name: &str, admin: bool) -> Result<Secret, Error> {
-        validate_name(name)?;
-        let id = format!("us-{}", random_base32(10));
-        let key = Secret::generate("sk_");
-        let res = sqlx::query(
-            "INSERT INTO users (id, name, admin, api_key_hash, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(name)
-        .bind(admin)
-        .bind(key.hash())
-        .bind(unix_now())
-        .execute(&self.pool)
-        .await;
-        match res {
-            Ok(_) => Ok(key),
-            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(Error::Invalid(
-                format!("a user named '{name}' already exists"),
-            )),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// The user owning an API key.
-    pub async fn user_by_key(&self, key: &Secret) -> Result<Option<UserRow>, Error> {
-        let row = sqlx::query("SELECT id, name, admin FROM users WHERE api_key_hash = ?")
-            .bind(key.hash())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| UserRow {
-            id: r.get("id"),
-            name: r.get("name"),
-            admin: r.get("admin"),
-        }))
     }
 
     fn agent_row(r: &sqlx::sqlite::SqliteRow) -> AgentRow {
@@ -336,31 +362,33 @@ impl Store {
         Ok(())
     }
 
-    /// Create a session with its rate and a one-use token valid for `ttl`.
+    /// Create a session with its rate and a one-use token valid for its `ttl`.
     pub async fn create_session(
         &self,
-        agent_id: &str,
-        user_id: &str,
-        kind: &str,
-        rate: Option<u32>,
-        ttl: Duration,
+        new: &NewSession<'_>,
     ) -> Result<(String, Secret, i64), Error> {
         let id = format!("s-{}", random_base32(16));
         let token = Secret::generate("tok_");
         let now = unix_now();
-        let expires = now + ttl.as_secs() as i64;
+        let expires = now + new.ttl.as_secs() as i64;
         sqlx::query(
-            "INSERT INTO sessions (id, agent_id, user_id, kind, token_hash, token_expires, created_at, rate)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO sessions (id, agent_id, user_id, kind, token_hash, token_expires, created_at,
+                                   rate, key_id, run_as, spec, source_ip, decided_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
-        .bind(agent_id)
-        .bind(user_id)
-        .bind(kind)
+        .bind(new.agent_id)
+        .bind(new.user_id)
+        .bind(new.kind)
         .bind(token.hash())
         .bind(expires)
         .bind(now)
-        .bind(rate.map(i64::from))
+        .bind(new.rate.map(i64::from))
+        .bind(new.key_id)
+        .bind(new.run_as)
+        .bind(serde_json::to_string(new.spec).unwrap_or_else(|_| "{}".into()))
+        .bind(new.source_ip)
+        .bind(new.decided_by)
         .execute(&self.pool)
         .await?;
         Ok((id, token, expires))
@@ -376,7 +404,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE sessions SET token_used_at = ?
              WHERE id = ? AND token_hash = ? AND token_used_at IS NULL AND token_expires >= ?
-             RETURNING id, agent_id, kind, user_id, rate",
+             RETURNING id, agent_id, kind, user_id, rate, key_id, run_as, spec",
         )
         .bind(now)
         .bind(session_id)
@@ -385,15 +413,7 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         if let Some(r) = row {
-            return Ok(Ok(SessionRow {
-                id: r.get("id"),
-                agent_id: r.get("agent_id"),
-                kind: r.get("kind"),
-                user_id: r.get("user_id"),
-                rate: r
-                    .get::<Option<i64>, _>("rate")
-                    .and_then(|r| u32::try_from(r).ok()),
-            }));
+            return Ok(Ok(session_row(&r)));
         }
         let why = sqlx::query(
             "SELECT token_used_at, token_expires FROM sessions WHERE id = ? AND token_hash = ?",
@@ -407,6 +427,17 @@ impl Store {
             Some(r) if r.get::<Option<i64>, _>("token_used_at").is_some() => TokenError::Used,
             Some(_) => TokenError::Expired,
         }))
+    }
+
+    /// A session by id (any state), for decisions about it.
+    pub async fn session_info(&self, id: &str) -> Result<Option<SessionRow>, Error> {
+        let row = sqlx::query(
+            "SELECT id, agent_id, kind, user_id, rate, key_id, run_as, spec FROM sessions WHERE id = ?",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(session_row))
     }
 
     /// Record how a session ended.
@@ -461,6 +492,21 @@ impl Store {
     }
 }
 
+fn session_row(r: &sqlx::sqlite::SqliteRow) -> SessionRow {
+    SessionRow {
+        id: r.get("id"),
+        agent_id: r.get("agent_id"),
+        kind: r.get("kind"),
+        user_id: r.get("user_id"),
+        rate: r
+            .get::<Option<i64>, _>("rate")
+            .and_then(|r| u32::try_from(r).ok()),
+        key_id: r.get("key_id"),
+        run_as: r.get("run_as"),
+        spec: serde_json::from_str(r.get("spec")).unwrap_or_default(),
+    }
+}
+
 fn validate_name(name: &str) -> Result<(), Error> {
     let ok = !name.is_empty()
         && name.len() <= 64
@@ -486,12 +532,31 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::open(&dir).await.unwrap();
         let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
-        store.add_user("alice", true).await.unwrap();
+        store.add_user("alice", &[]).await.unwrap();
         let user: String = sqlx::query_scalar("SELECT id FROM users")
             .fetch_one(&store.pool)
             .await
             .unwrap();
         (store, dir, agent, user)
+    }
+
+    fn new_session<'a>(agent: &'a str, user: &'a str, kind: &'a str) -> NewSession<'a> {
+        static SPEC: SessionSpec = SessionSpec {
+            command: Vec::new(),
+            ssh: None,
+        };
+        NewSession {
+            agent_id: agent,
+            user_id: user,
+            key_id: "k-test",
+            kind,
+            rate: None,
+            ttl: Duration::from_secs(600),
+            run_as: "deploy",
+            spec: &SPEC,
+            source_ip: "127.0.0.1",
+            decided_by: "test",
+        }
     }
 
     /// A session's `(ended_at, exit)`, or `None` if it is gone.
@@ -504,9 +569,8 @@ mod tests {
     }
 
     async fn started(store: &Store, agent: &str, user: &str) -> String {
-        let ttl = Duration::from_secs(600);
         let (id, token, _) = store
-            .create_session(agent, user, "shell", None, ttl)
+            .create_session(&new_session(agent, user, "shell"))
             .await
             .unwrap();
         store.redeem_token(&id, &token).await.unwrap().unwrap();
@@ -516,11 +580,10 @@ mod tests {
     #[tokio::test]
     async fn sessions_running_at_a_restart_end_and_old_ones_are_pruned() {
         let (store, dir, agent, user) = fixture("restart").await;
-        let ttl = Duration::from_secs(600);
         let running = started(&store, &agent, &user).await;
         // Issued but not used yet: it may still start after the restart.
         let (pending, token, _) = store
-            .create_session(&agent, &user, "exec", None, ttl)
+            .create_session(&new_session(&agent, &user, "exec"))
             .await
             .unwrap();
         let recent = started(&store, &agent, &user).await;
@@ -535,7 +598,7 @@ mod tests {
             .await
             .unwrap();
         let (unused, _, _) = store
-            .create_session(&agent, &user, "exec", None, ttl)
+            .create_session(&new_session(&agent, &user, "exec"))
             .await
             .unwrap();
         sqlx::query("UPDATE sessions SET token_expires = ? WHERE id = ?")

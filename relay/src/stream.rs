@@ -16,7 +16,9 @@ use tracing::{info, warn};
 use crate::agent_link::encode;
 use crate::api::AppState;
 use crate::hub::{AgentHandle, Route, Routed, MAX_WINDOW};
-use crate::store::SessionRow;
+use crate::live::Owner;
+use crate::policy::{self, Action, Circumstances, Resource};
+use crate::store::{SessionRow, SessionSpec};
 
 /// The client must send `Open` within this.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,12 +48,39 @@ pub fn kind_name(k: &Kind) -> &'static str {
     }
 }
 
+/// Why an `Open` asks for something else than the session was authorised for:
+/// another command, or another SSH user or key lifetime.
+fn differs_from_authorised(kind: &Kind, spec: &SessionSpec) -> Option<String> {
+    match kind {
+        Kind::Exec { argv } => {
+            let same = wire::argv_iter(argv.0)
+                .map(|a| std::str::from_utf8(a).ok())
+                .eq(spec.command.iter().map(|a| Some(a.as_str())));
+            (!same).then(|| {
+                format!(
+                    "the command differs from the one authorised ({})",
+                    policy::quote_argv(&spec.command)
+                )
+            })
+        }
+        Kind::SshKey { user, ttl, .. } => {
+            let same = spec
+                .ssh
+                .as_ref()
+                .is_some_and(|(u, t)| u == user && t == ttl);
+            (!same).then(|| "the SSH user or key lifetime differs from the one authorised".into())
+        }
+        _ => None,
+    }
+}
+
 /// Serve one client stream until the session ends or the client leaves.
 pub async fn serve(
     socket: WebSocket,
     state: AppState,
     session: SessionRow,
     agent: Arc<AgentHandle>,
+    peer: std::net::IpAddr,
 ) {
     let (mut sink, mut stream) = socket.split();
 
@@ -82,6 +111,8 @@ pub async fn serve(
                 )
             } else if bad_argv {
                 (sid, Some("exec needs a command".to_string()))
+            } else if let Some(why) = differs_from_authorised(&kind, &session.spec) {
+                (sid, Some(why))
             } else {
                 (sid, None)
             }
@@ -97,6 +128,64 @@ pub async fn serve(
             client_sid,
             ErrorCode::PROTOCOL,
             &reason,
+        )
+        .await;
+        return;
+    }
+
+    // Who and where, for the decisions on forward channels; and the session's
+    // place among the live ones, so that a revoked key or a lock ends it.
+    let (user, target) = match (
+        state.store.user(&session.user_id).await,
+        state.store.agent(&session.agent_id).await,
+    ) {
+        (Ok(Some(u)), Ok(Some(a))) => (u, crate::api::target(&a)),
+        _ => {
+            let reason = "the session's user or target is gone";
+            refuse(
+                &mut sink,
+                &state,
+                &session.id,
+                client_sid,
+                ErrorCode::INTERNAL,
+                reason,
+            )
+            .await;
+            return;
+        }
+    };
+    let mut registration = state.live.register(
+        &session.id,
+        Owner {
+            user_id: session.user_id.clone(),
+            key_id: session.key_id.clone(),
+            agent_id: session.agent_id.clone(),
+        },
+    );
+    // A lock or revocation between the token's check and the registration above.
+    let key_refused = match &session.key_id {
+        Some(k) => state
+            .store
+            .key_refusal(k)
+            .await
+            .ok()
+            .flatten()
+            .map(|e| e.to_string()),
+        None => None,
+    };
+    let locked = state
+        .locked(&session.user_id, Some(&session.agent_id))
+        .await
+        .ok()
+        .flatten();
+    if let Some(why) = key_refused.or(locked) {
+        refuse(
+            &mut sink,
+            &state,
+            &session.id,
+            client_sid,
+            ErrorCode::DENIED,
+            &why,
         )
         .await;
         return;
@@ -125,16 +214,14 @@ pub async fn serve(
     // queue, stay within the bound (see `hub::CLIENT_QUEUE_BYTES`).
     let forward = |f: Frame| {
         let f = match f {
+            // The account is the one the policies allowed, whatever the client wrote.
             Frame::Open {
-                sid,
-                window,
-                kind,
-                account,
+                sid, window, kind, ..
             } => Frame::Open {
                 sid,
                 window: window.min(MAX_WINDOW),
                 kind,
-                account,
+                account: &session.run_as,
             },
             Frame::ChannelOpen {
                 sid,
@@ -259,6 +346,11 @@ pub async fn serve(
                 close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                 break Err(why);
             }
+            _ = registration.ended.changed() => {
+                let why = registration.ended.borrow().clone().unwrap_or_default();
+                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                break Err(why);
+            }
             out = rx.recv(), if hold_out.is_none() => {
                 let Some(routed) = out else {
                     let why = "client too slow: relay buffer full";
@@ -311,6 +403,27 @@ pub async fn serve(
                         break Err("client protocol error".into());
                     }
                 };
+                if let Frame::ChannelOpen { ch, host, port, .. } = frame {
+                    // Each channel is authorised here, before the agent hears of it.
+                    let mut c = Circumstances::new(peer);
+                    c.run_as = session.run_as.clone();
+                    c.dest = Some((host.to_string(), port));
+                    let r = Resource::Agent(&target);
+                    let d = state.decide(&user, Action::Forward, &r, &c);
+                    if !d.allow {
+                        let reason = policy::refusal(&user.name, Action::Forward, &r, &c, &d);
+                        let reject = encode(&Frame::ChannelReject {
+                            sid: client_sid,
+                            ch,
+                            code: ErrorCode::DENIED,
+                            reason: &reason,
+                        });
+                        if let Err(e) = write_by(timers.at(last_activity), sink.send(Message::Binary(reject.into()))).await {
+                            break Err(e.client(timers.reason(last_activity)));
+                        }
+                        continue;
+                    }
+                }
                 let closes = matches!(frame, Frame::Close { .. });
                 let out = forward(frame);
                 if out.bytes.len() > agent.max_frame as usize {

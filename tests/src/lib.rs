@@ -448,7 +448,11 @@ impl Env {
         use futures_util::{SinkExt, StreamExt};
         use tokio_tungstenite::tungstenite::Message;
         let client = self.client();
-        let body = serde_json::json!({"target": self.target, "kind": "exec"});
+        // The relay checks that the stream's argv is the one it authorised.
+        let command: Vec<String> = agent_core::wire::argv_iter(argv)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let body = serde_json::json!({"target": self.target, "kind": "exec", "command": command});
         let created: serde_json::Value = client
             .call("POST", "/v1/sessions", Some(body))
             .await

@@ -36,7 +36,7 @@ fn enc(f: Frame) -> Message {
 async fn session_tokens_are_single_use_and_expire() {
     let env = Env::start_with(&["--token-ttl", "1"]);
     let client = env.client();
-    let body = json!({"target": "gw-01", "kind": "exec"});
+    let body = json!({"target": "gw-01", "kind": "exec", "command": ["true"]});
     let s: Value = client
         .call("POST", "/v1/sessions", Some(body.clone()))
         .await
@@ -145,7 +145,7 @@ async fn malformed_frame_closes_only_its_own_stream() {
             .call(
                 "POST",
                 "/v1/sessions",
-                Some(json!({"target": "gw-01", "kind": "exec"})),
+                Some(json!({"target": "gw-01", "kind": "exec", "command": ["true"]})),
             )
             .await
             .unwrap();

@@ -1,0 +1,667 @@
+//! The admin HTTP API: users and groups, API keys, agents, policies and locks,
+//! authorised by the same policies as sessions (`admin_*` actions).
+//!
+//! | method | path | action, resource |
+//! |---|---|---|
+//! | GET, POST | `/v1/admin/users` | `admin_users`, the relay |
+//! | POST | `/v1/admin/users/{name}/groups`, `/attrs` | `admin_users`, the relay |
+//! | GET, POST | `/v1/admin/keys`, `/v1/admin/keys/revoke` | `admin_keys`, the key's user |
+//! | GET, POST | `/v1/admin/agents` | `admin_agents`, the relay |
+//! | POST | `/v1/admin/agents/{name}/revoke` | `admin_agents`, the agent |
+//! | GET | `/v1/admin/policies` | `admin_policies`, the relay |
+//! | PUT, DELETE | `/v1/admin/policies/{file}` | `admin_policies`, the relay |
+//! | POST | `/v1/admin/policies/reload` | `admin_policies`, the relay |
+//! | GET, POST | `/v1/admin/locks` | `admin_locks`, the user or agent |
+//! | DELETE | `/v1/admin/locks/{id or name}` | `admin_locks`, the user or agent |
+//!
+//! Revoking a key ends the sessions opened with it; locking a user or an agent ends
+//! theirs; revoking an agent also disconnects it. Within a second: the sessions'
+//! tasks are told at once (`live`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get, post, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::api::{authenticate, target, AgentInfo, ApiError, AppState};
+use crate::policy::{Action, Circumstances, Resource};
+use crate::store::{unix_now, Caller, KeyRow, LockRow, LockTarget, UserRow};
+
+type Answer = Result<Json<Value>, ApiError>;
+
+/// The admin routes (merged into the API's router).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/admin/users", get(users).post(add_user))
+        .route("/v1/admin/users/{name}/groups", post(set_groups))
+        .route("/v1/admin/users/{name}/attrs", post(set_attr))
+        .route("/v1/admin/keys", get(keys).post(add_key))
+        .route("/v1/admin/keys/revoke", post(revoke_key))
+        .route("/v1/admin/agents", get(agents).post(add_agent))
+        .route("/v1/admin/agents/{name}/revoke", post(revoke_agent))
+        .route("/v1/admin/policies", get(policies))
+        .route("/v1/admin/policies/reload", post(reload))
+        .route("/v1/admin/policies/{file}", put(put_policy))
+        .route("/v1/admin/policies/{file}", delete(delete_policy))
+        .route("/v1/admin/locks", get(locks).post(add_lock))
+        .route("/v1/admin/locks/{what}", delete(remove_lock))
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, m)
+}
+
+fn not_found(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, m)
+}
+
+fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    b.map(|Json(t)| t).map_err(|e| bad(e.body_text()))
+}
+
+/// The caller, allowed `action` on `resource`.
+async fn allowed(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    action: Action,
+    resource: &Resource<'_>,
+) -> Result<Caller, ApiError> {
+    let caller = authenticate(state, headers).await?;
+    state.require(
+        &caller.user,
+        action,
+        resource,
+        &Circumstances::new(peer.ip()),
+    )?;
+    Ok(caller)
+}
+
+async fn user_named(state: &AppState, name: &str) -> Result<UserRow, ApiError> {
+    state
+        .store
+        .user(name)
+        .await?
+        .ok_or_else(|| not_found(format!("unknown user '{name}'")))
+}
+
+fn user_json(u: &UserRow) -> Value {
+    json!({
+        "id": u.id,
+        "name": u.name,
+        "groups": u.groups,
+        "attrs": u.attrs,
+        "created_at": u.created_at,
+    })
+}
+
+async fn users(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Answer {
+    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    let users = state.store.users().await?;
+    Ok(Json(Value::Array(users.iter().map(user_json).collect())))
+}
+
+#[derive(Deserialize)]
+struct NewUser {
+    name: String,
+    #[serde(default)]
+    groups: Vec<String>,
+}
+
+async fn add_user(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    let req = body(b)?;
+    let (user, secret) = state
+        .store
+        .add_user(&req.name, &req.groups)
+        .await
+        .map_err(invalid)?;
+    let key = state.store.keys(Some(&user)).await?;
+    Ok(Json(json!({
+        "user": user_json(&user),
+        "key_id": key.first().map(|k| k.id.clone()),
+        "secret": secret.expose(),
+    })))
+}
+
+/// A store error that is the caller's fault (a bad name, a duplicate) is a 400.
+fn invalid(e: crate::Error) -> ApiError {
+    match e {
+        crate::Error::Invalid(m) => bad(m),
+        e => e.into(),
+    }
+}
+
+#[derive(Deserialize)]
+struct Groups {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+async fn set_groups(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Result<Json<Groups>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    let req = body(b)?;
+    let user = user_named(&state, &name).await?;
+    state
+        .store
+        .set_groups(&user, &req.add, &req.remove)
+        .await
+        .map_err(invalid)?;
+    Ok(Json(user_json(&user_named(&state, &name).await?)))
+}
+
+#[derive(Deserialize)]
+struct Attr {
+    key: String,
+    value: Option<String>,
+}
+
+async fn set_attr(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    b: Result<Json<Attr>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    let req = body(b)?;
+    let user = user_named(&state, &name).await?;
+    state
+        .store
+        .set_attr(&user, &req.key, req.value.as_deref())
+        .await
+        .map_err(invalid)?;
+    Ok(Json(user_json(&user_named(&state, &name).await?)))
+}
+
+/// The user a key request is about (the caller's own when not named), with
+/// `admin_keys` on them checked.
+async fn key_owner(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    user: Option<&str>,
+) -> Result<UserRow, ApiError> {
+    let caller = authenticate(state, headers).await?;
+    let owner = match user {
+        Some(name) if name != caller.user.name => user_named(state, name).await?,
+        _ => caller.user.clone(),
+    };
+    let p = owner.principal();
+    state.require(
+        &caller.user,
+        Action::AdminKeys,
+        &Resource::User(&p),
+        &Circumstances::new(peer.ip()),
+    )?;
+    Ok(owner)
+}
+
+#[derive(Deserialize)]
+struct KeysQuery {
+    user: Option<String>,
+}
+
+async fn keys(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(q): Query<KeysQuery>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<KeyRow>>, ApiError> {
+    let owner = key_owner(&state, &headers, peer, q.user.as_deref()).await?;
+    Ok(Json(state.store.keys(Some(&owner)).await?))
+}
+
+#[derive(Deserialize)]
+struct NewKey {
+    user: Option<String>,
+    name: String,
+    expires_in: Option<String>,
+}
+
+async fn add_key(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    let req = body(b)?;
+    let owner = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
+    let expires_at = match &req.expires_in {
+        Some(d) => crate::config::parse_duration(d)
+            .map_err(bad)?
+            .map(|d| unix_now() + d.as_secs() as i64),
+        None => None,
+    };
+    let (key, secret) = state
+        .store
+        .add_key(&owner, &req.name, expires_at)
+        .await
+        .map_err(invalid)?;
+    Ok(Json(json!({ "key": key, "secret": secret.expose() })))
+}
+
+#[derive(Deserialize)]
+struct RevokeKey {
+    user: Option<String>,
+    key: String,
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Result<Json<RevokeKey>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    let req = body(b)?;
+    let owner = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
+    let key = state
+        .store
+        .revoke_key(&owner, &req.key)
+        .await
+        .map_err(invalid)?;
+    let why = format!("API key '{}' of {} was revoked", key.name, owner.name);
+    let ended = state
+        .live
+        .end_where(|o| o.key_id.as_deref() == Some(key.id.as_str()), &why);
+    Ok(Json(json!({ "key": key, "ended_sessions": ended })))
+}
+
+async fn agents(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Answer {
+    allowed(
+        &state,
+        &headers,
+        peer,
+        Action::AdminAgents,
+        &Resource::Relay,
+    )
+    .await?;
+    let mut out = Vec::new();
+    for a in state.store.agents().await? {
+        let revoked_at = state.store.agent_revoked(&a.id).await?;
+        let live = state.hub.get(&a.id);
+        let info = AgentInfo {
+            online: live.is_some(),
+            sessions: live.map_or(0, |h| h.session_count()),
+            id: a.id,
+            name: a.name,
+            tags: a.tags,
+            last_seen: a.last_seen,
+        };
+        let mut v = serde_json::to_value(info).unwrap_or_default();
+        v["revoked_at"] = json!(revoked_at);
+        out.push(v);
+    }
+    Ok(Json(Value::Array(out)))
+}
+
+#[derive(Deserialize)]
+struct NewAgent {
+    name: String,
+    #[serde(default)]
+    tags: BTreeMap<String, String>,
+}
+
+async fn add_agent(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Result<Json<NewAgent>, axum::extract::rejection::JsonRejection>,
+) -> Answer {
+    allowed(
+        &state,
+        &headers,
+        peer,
+        Action::AdminAgents,
+        &Resource::Relay,
+    )
+    .await?;
+    let req = body(b)?;
+    let (id, code) = state
+        .store
+        .add_agent(&req.name, &req.tags)
+        .await
+        .map_err(invalid)?;
+    Ok(Json(json!({ "id": id, "activation_code": code.expose() })))
+}
+
+async fn revoke_agent(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let agent = state
+        .store
+        .agent(&name)
+        .await?
+        .ok_or_else(|| not_found(format!("unknown target '{name}'")))?;
+    let t = target(&agent);
+    let caller = allowed(
+        &state,
+        &headers,
+        peer,
+        Action::AdminAgents,
+        &Resource::Agent(&t),
+    )
+    .await?;
+    state.store.revoke_agent(&agent.id).await?;
+    let why = format!("agent {} was revoked by {}", agent.name, caller.user.name);
+    let ended = state.live.end_where(|o| o.agent_id == agent.id, &why);
+    let disconnected = match state.hub.get(&agent.id) {
+        Some(h) => {
+            h.kick.send_replace(Some(why));
+            true
+        }
+        None => false,
+    };
+    Ok(Json(
+        json!({ "ended_sessions": ended, "disconnected": disconnected }),
+    ))
+}
+
+fn policy_json(state: &AppState) -> Value {
+    let p = state.policies.current();
+    json!({
+        "version": p.version,
+        "hash": p.hash,
+        "loaded_at": p.loaded_at,
+        "dir": state.policies.dir().display().to_string(),
+        "ids": p.ids,
+        "files": p.files,
+    })
+}
+
+async fn policies(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Answer {
+    allowed(
+        &state,
+        &headers,
+        peer,
+        Action::AdminPolicies,
+        &Resource::Relay,
+    )
+    .await?;
+    Ok(Json(policy_json(&state)))
+}
+
+async fn reload_as(state: &AppState, by: &str) -> Answer {
+    crate::server::reload_policies(state, by)
+        .await
+        .map_err(|e| bad(e.to_string()))?;
+    let p = state.policies.current();
+    Ok(Json(json!({ "version": p.version, "hash": p.hash })))
+}
+
+async fn reload(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Answer {
+    let caller = allowed(
+        &state,
+        &headers,
+        peer,
+        Action::AdminPolicies,
+        &Resource::Relay,
+    )
+    .await?;
+    reload_as(&state, &caller.user.name).await
+}
+
+/// A policy file name: `NAME.cedar`, NAME of letters, digits, `-_.`.
+fn policy_file(name: &str) -> Result<&str, ApiError> {
+    let stem = name.strip_suffix(".cedar").unwrap_or("");
+    let ok = !stem.is_empty()
+        && !stem.starts_with('.')
+        && stem.len() <= 64
+        && stem
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(name)
+    } else {
+        Err(bad(format!(
+            "invalid policy file name '{name}': use NAME.cedar (letters, digits, '-', '_', '.')"
+        )))
+    }
+}
+
+/// Change one file: the whole prospective set is validated first, so a refused
+/// change touches nothing; then the file is written (atomically) and the
+/// directory reloaded.
+async fn change_file(state: &AppState, by: &str, file: &str, text: Option<String>) -> Answer {
+    let current = state.policies.current();
+    let mut files = current.files.clone();
+    match &text {
+        Some(t) => {
+            files.insert(file.to_string(), t.clone());
+        }
+        None => {
+            if files.remove(file).is_none() {
+                return Err(not_found(format!("no policy file '{file}'")));
+            }
+        }
+    }
+    let policies = state.policies.clone();
+    tokio::task::spawn_blocking(move || policies.check(files))
+        .await
+        .map_err(|e| bad(format!("check failed: {e}")))?
+        .map_err(|e| bad(e.to_string()))?;
+    let dir = state.policies.dir().to_path_buf();
+    let path = dir.join(file);
+    let io = |e: std::io::Error| crate::Error::io(&path, e);
+    match text {
+        Some(t) => {
+            std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+            let tmp = dir.join(format!(".{file}.tmp"));
+            std::fs::write(&tmp, t).map_err(|e| crate::Error::io(&tmp, e))?;
+            std::fs::rename(&tmp, &path).map_err(io)?;
+        }
+        None => std::fs::remove_file(&path).map_err(io)?,
+    }
+    reload_as(state, by).await
+}
+
+async fn put_policy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+    text: String,
+) -> Answer {
+    let caller = allowed(
+        &state,
+        &headers,
+        peer,
+        Action::AdminPolicies,
+        &Resource::Relay,
+    )
+    .await?;
+    let file = policy_file(&file)?;
+    change_file(&state, &caller.user.name, file, Some(text)).await
+}
+
+async fn delete_policy(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(file): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let caller = allowed(
+        &state,
+        &headers,
+        peer,
+        Action::AdminPolicies,
+        &Resource::Relay,
+    )
+    .await?;
+    let file = policy_file(&file)?;
+    change_file(&state, &caller.user.name, file, None).await
+}
+
+/// `admin_locks` on the user or agent a lock is about.
+async fn lock_allowed(
+    state: &AppState,
+    caller: &Caller,
+    peer: SocketAddr,
+    kind: LockTarget,
+    name: &str,
+) -> Result<String, ApiError> {
+    let c = Circumstances::new(peer.ip());
+    match kind {
+        LockTarget::User => {
+            let u = user_named(state, name).await?;
+            let p = u.principal();
+            state.require(&caller.user, Action::AdminLocks, &Resource::User(&p), &c)?;
+            Ok(u.id)
+        }
+        LockTarget::Agent => {
+            let a = state
+                .store
+                .agent(name)
+                .await?
+                .ok_or_else(|| not_found(format!("unknown target '{name}'")))?;
+            let t = target(&a);
+            state.require(&caller.user, Action::AdminLocks, &Resource::Agent(&t), &c)?;
+            Ok(a.id)
+        }
+    }
+}
+
+async fn locks(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<LockRow>>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let mut out = Vec::new();
+    for l in state.store.locks().await? {
+        if lock_allowed(&state, &caller, peer, l.target, &l.name)
+            .await
+            .is_ok()
+        {
+            out.push(l);
+        }
+    }
+    Ok(Json(out))
+}
+
+#[derive(Deserialize)]
+struct NewLock {
+    user: Option<String>,
+    agent: Option<String>,
+    reason: String,
+    #[serde(rename = "for")]
+    for_: Option<String>,
+    until: Option<i64>,
+}
+
+#[derive(Serialize)]
+struct LockAdded {
+    lock: LockRow,
+    ended_sessions: usize,
+}
+
+async fn add_lock(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    b: Result<Json<NewLock>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<LockAdded>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let req = body(b)?;
+    let (kind, name) = match (&req.user, &req.agent) {
+        (Some(u), None) => (LockTarget::User, u.as_str()),
+        (None, Some(a)) => (LockTarget::Agent, a.as_str()),
+        _ => return Err(bad("lock either a user or an agent")),
+    };
+    if req.reason.trim().is_empty() {
+        return Err(bad(
+            "a lock needs a reason (it is shown to whoever it stops)",
+        ));
+    }
+    let expires_at = match (&req.for_, req.until) {
+        (Some(d), None) => crate::config::parse_duration(d)
+            .map_err(bad)?
+            .map(|d| unix_now() + d.as_secs() as i64),
+        (None, Some(t)) if t > unix_now() => Some(t),
+        (None, Some(_)) => return Err(bad("the lock's end is in the past")),
+        (None, None) => None,
+        _ => return Err(bad("give either 'for' or 'until'")),
+    };
+    let id = lock_allowed(&state, &caller, peer, kind, name).await?;
+    let lock = state
+        .store
+        .add_lock(
+            kind,
+            &id,
+            name,
+            req.reason.trim(),
+            &caller.user.name,
+            expires_at,
+        )
+        .await?;
+    let why = lock.describe();
+    let ended = match kind {
+        LockTarget::User => state.live.end_where(|o| o.user_id == id, &why),
+        LockTarget::Agent => state.live.end_where(|o| o.agent_id == id, &why),
+    };
+    Ok(Json(LockAdded {
+        lock,
+        ended_sessions: ended,
+    }))
+}
+
+async fn remove_lock(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(what): Path<String>,
+    headers: HeaderMap,
+) -> Answer {
+    let caller = authenticate(&state, &headers).await?;
+    let matching: Vec<LockRow> = state
+        .store
+        .locks()
+        .await?
+        .into_iter()
+        .filter(|l| l.id == what || l.name == what)
+        .collect();
+    if matching.is_empty() {
+        return Err(not_found(format!("no lock '{what}' in force")));
+    }
+    for l in &matching {
+        lock_allowed(&state, &caller, peer, l.target, &l.name).await?;
+    }
+    let removed = state.store.remove_locks(&what).await?;
+    Ok(Json(json!({ "removed": removed })))
+}

@@ -1,0 +1,136 @@
+//! The sessions this relay is serving now, so that a revoked key, a lock or a
+//! revoked agent can end them at once (each session's task watches its entry and
+//! closes both sides with the reason).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+/// Who a live session belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// User id.
+    pub user_id: String,
+    /// The API key it was opened with.
+    pub key_id: Option<String>,
+    /// Agent id.
+    pub agent_id: String,
+}
+
+struct Entry {
+    owner: Owner,
+    end: watch::Sender<Option<String>>,
+}
+
+/// The live sessions, by session id.
+#[derive(Default)]
+pub struct Live {
+    sessions: Mutex<HashMap<String, Entry>>,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("sessions", &self.len())
+            .finish()
+    }
+}
+
+/// A session's place in [`Live`]: removed when dropped. `ended` yields the reason
+/// once someone ends the session.
+pub struct Registration {
+    live: Arc<Live>,
+    id: String,
+    /// Becomes `Some(reason)` when the session must end.
+    pub ended: watch::Receiver<Option<String>>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.live.lock().remove(&self.id);
+    }
+}
+
+impl Live {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Note a session as live.
+    pub fn register(self: &Arc<Self>, session_id: &str, owner: Owner) -> Registration {
+        let (end, ended) = watch::channel(None);
+        self.lock()
+            .insert(session_id.to_string(), Entry { owner, end });
+        Registration {
+            live: self.clone(),
+            id: session_id.to_string(),
+            ended,
+        }
+    }
+
+    /// End every live session whose owner matches, with `reason`. Returns how many.
+    pub fn end_where(&self, matches: impl Fn(&Owner) -> bool, reason: &str) -> usize {
+        let sessions = self.lock();
+        let mut n = 0;
+        for e in sessions.values().filter(|e| matches(&e.owner)) {
+            e.end.send_replace(Some(reason.to_string()));
+            n += 1;
+        }
+        n
+    }
+
+    /// End one live session. Returns whether it was live.
+    pub fn end(&self, session_id: &str, reason: &str) -> bool {
+        match self.lock().get(session_id) {
+            Some(e) => {
+                e.end.send_replace(Some(reason.to_string()));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many sessions are live.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// No session is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(user: &str, key: &str, agent: &str) -> Owner {
+        Owner {
+            user_id: user.into(),
+            key_id: Some(key.into()),
+            agent_id: agent.into(),
+        }
+    }
+
+    #[test]
+    fn ending_reaches_only_the_matching_sessions_and_drop_unregisters() {
+        let live = Arc::new(Live::default());
+        let a = live.register("s-1", owner("us-a", "k-1", "ag-1"));
+        let b = live.register("s-2", owner("us-a", "k-2", "ag-2"));
+        let c = live.register("s-3", owner("us-b", "k-3", "ag-1"));
+        assert_eq!(
+            live.end_where(|o| o.key_id.as_deref() == Some("k-1"), "key revoked"),
+            1
+        );
+        assert_eq!(a.ended.borrow().as_deref(), Some("key revoked"));
+        assert_eq!(*b.ended.borrow(), None);
+        assert_eq!(live.end_where(|o| o.agent_id == "ag-1", "agent locked"), 2);
+        assert_eq!(c.ended.borrow().as_deref(), Some("agent locked"));
+        assert!(live.end("s-2", "terminated"));
+        drop((a, b, c));
+        assert!(live.is_empty());
+        assert!(!live.end("s-2", "terminated"));
+    }
+}
