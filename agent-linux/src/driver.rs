@@ -20,6 +20,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
+use crate::account::{self, AccountConfig};
 use crate::connect::{RelaySocket, RelayTarget};
 use crate::forward::{self, TcpChannel};
 use crate::identity::Identity;
@@ -32,6 +33,7 @@ use crate::{MAX_CHANNELS, MAX_SESSIONS};
 struct Context {
     policy: Arc<DestPolicy>,
     keys: KeyConfig,
+    accounts: AccountConfig,
 }
 
 /// How the agent was started.
@@ -49,6 +51,8 @@ pub struct AgentOptions {
     pub policy: crate::policy::DestPolicy,
     /// Where pushed SSH keys go (`%h/.ssh/authorized_keys` by default).
     pub authorized_keys: String,
+    /// The default account, its sudo, and the shell profile.
+    pub accounts: AccountConfig,
 }
 
 /// Why the agent cannot start at all (a reconnect would not help).
@@ -89,7 +93,19 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
             pattern: opts.authorized_keys.clone(),
             state_dir: opts.state_dir.clone(),
         },
+        accounts: opts.accounts.clone(),
     };
+    if rustix::process::geteuid().is_root() {
+        let accounts = ctx.accounts.clone();
+        tokio::task::spawn_blocking(move || account::sync_sudo(&accounts));
+    } else {
+        let me = crate::passwd::by_uid(rustix::process::geteuid().as_raw())
+            .map_or_else(|| "this user".to_string(), |a| a.name);
+        info!("not running as root: every session runs as '{me}', other accounts are refused");
+        if opts.accounts.default_sudo {
+            warn!("--default-account-sudo ignored: the agent does not run as root");
+        }
+    }
     // Off the runtime thread: the files belong to local users (see `sshkey`).
     let keys = ctx.keys.clone();
     tokio::task::spawn_blocking(move || sshkey::sweep_registered(&keys));
@@ -377,7 +393,7 @@ impl Conn<'_> {
                 }
                 info!("connected to the relay as agent {agent_id}");
             }
-            Event::Open { sid, kind, .. } => self.open(sid, kind),
+            Event::Open { sid, kind, account } => self.open(sid, kind, account),
             Event::Data { sid, ch, data } => {
                 if let Some(s) = self.sessions.get(&sid) {
                     s.input(ch, Input::Data(data.to_vec()));
@@ -475,13 +491,22 @@ impl Conn<'_> {
         }
     }
 
-    fn open(&mut self, sid: u32, kind: Kind<'_>) {
+    fn open(&mut self, sid: u32, kind: Kind<'_>, account: &str) {
+        // Shell and exec sessions run as the account, resolved (and the default one
+        // created) before anything is spawned: a refusal spawns nothing. ssh-key
+        // sessions name their account in the key request; forward sessions run nothing.
+        let accounts = &self.ctx.accounts;
+        let as_account =
+            || account::resolve(accounts, account).map_err(|e| (e.code(), e.to_string()));
+        let mut started_as = String::new();
         let spawned = match kind {
-            Kind::Shell { term, cols, rows } => {
-                process::spawn_shell(sid, term, cols, rows, self.tx.clone())
+            Kind::Shell { term, cols, rows } => as_account().and_then(|run_as| {
+                started_as = run_as.name.clone();
+                let profile = &accounts.profile;
+                process::spawn_shell(sid, term, cols, rows, &run_as, profile, self.tx.clone())
                     .map(Work::Process)
                     .map_err(|e| (ErrorCode::SPAWN, format!("cannot start a shell: {e}")))
-            }
+            }),
             Kind::Exec { argv } => {
                 let args: Vec<OsString> = wire::argv_iter(argv.0)
                     .map(|a| OsString::from_vec(a.to_vec()))
@@ -489,10 +514,13 @@ impl Conn<'_> {
                 if !wire::argv_valid(argv.0) || args.is_empty() || args[0].is_empty() {
                     Err((ErrorCode::SPAWN, "exec needs a command".to_string()))
                 } else {
-                    let name = args[0].to_string_lossy().into_owned();
-                    process::spawn_exec(sid, args, self.tx.clone())
-                        .map(Work::Process)
-                        .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
+                    as_account().and_then(|run_as| {
+                        started_as = run_as.name.clone();
+                        let name = args[0].to_string_lossy().into_owned();
+                        process::spawn_exec(sid, args, &run_as, self.tx.clone())
+                            .map(Work::Process)
+                            .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
+                    })
                 }
             }
             Kind::Forward => Ok(Work::Forward(HashMap::new())),
@@ -507,7 +535,7 @@ impl Conn<'_> {
             Ok(work) => {
                 let mut outs = HashMap::new();
                 if let Work::Process(p) = &work {
-                    info!(sid, pgid = p.pgid, "session started");
+                    info!(sid, pgid = p.pgid, account = started_as, "session started");
                     outs.insert(0, Out::new(0, p.space.clone()));
                 } else {
                     info!(sid, "forward session started");
@@ -694,7 +722,8 @@ async fn serve(
                 features: wire::features::SHELL
                     | wire::features::EXEC
                     | wire::features::FORWARD
-                    | wire::features::SSH_KEY,
+                    | wire::features::SSH_KEY
+                    | wire::features::RUN_AS,
                 ..AgentConfig::default()
             },
             Instant(0),

@@ -111,12 +111,15 @@ fn quote(a: &str) -> String {
     {
         a.to_string()
     } else {
-        // systemd unquotes "..." with C-style escapes; `%` is a specifier and doubles.
+        // systemd unquotes "..." with C-style escapes; `%` is a specifier and `$` a
+        // variable (both double); a line break would end the line.
         format!(
             "\"{}\"",
             a.replace('\\', "\\\\")
                 .replace('"', "\\\"")
                 .replace('%', "%%")
+                .replace('$', "$$")
+                .replace('\n', "\\n")
         )
     }
 }
@@ -252,4 +255,25 @@ pub fn uninstall(root: &Path, purge: bool) -> Result<Vec<String>, InstallError> 
         ));
     }
     Ok(said)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_arguments_reach_the_agent_unchanged() {
+        assert_eq!(quote("--profile-env"), "--profile-env");
+        assert_eq!(quote("APP_ENV=prod"), "APP_ENV=prod");
+        // A profile command: systemd would expand $HOME and %h, and split on spaces.
+        assert_eq!(
+            quote("cd %h/app && echo \"$HOME\"\nls"),
+            "\"cd %%h/app && echo \\\"$$HOME\\\"\\nls\""
+        );
+        let unit = unit_file(
+            "wss://r:443",
+            &["--profile-run".into(), "echo $USER".into()],
+        );
+        assert!(unit.contains(" --profile-run \"echo $$USER\"\n"), "{unit}");
+    }
 }

@@ -2,7 +2,8 @@
 //!
 //! Holds one TLS WebSocket to the relay, authenticated with an Ed25519 key kept in
 //! the state directory, and runs the sessions the relay opens: login shells on a real
-//! PTY and commands run directly with stdout and stderr apart. All protocol decisions
+//! PTY and commands run directly with stdout and stderr apart, each as the account the
+//! relay names ([`account`]; `sesame-user` by default, never root unless asked). All protocol decisions
 //! (handshake, session limit, flow control, keepalive) are made by
 //! [`agent_core::session::Agent`]; this crate only moves bytes and processes.
 //!
@@ -22,6 +23,7 @@
 //! ## Non-goals (for now)
 //! Resuming sessions across reconnects.
 
+pub mod account;
 pub mod connect;
 pub mod driver;
 pub mod forward;

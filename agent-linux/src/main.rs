@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use agent_linux::install::{self, InstallOptions};
 
 const USAGE: &str = "\
-Sesame agent: dials out to a relay and serves shells and commands.
+Sesame agent: dials out to a relay and serves shells and commands, each as the
+account the relay names.
 
 Usage:
   sesame-agent --relay wss://HOST:PORT --ca FILE [--state-dir DIR] [--activate CODE]
@@ -33,6 +34,19 @@ Options:
   --authorized-keys PATTERN
                     where pushed SSH keys go, as sshd's AuthorizedKeysFile
                     (%h home, %u user) [default: %h/.ssh/authorized_keys]
+  --default-account NAME
+                    account of the sessions the relay names no account for; created
+                    on first use, without a password, if missing [default: sesame-user].
+                    An agent not run as root runs every session as itself
+  --default-account-sudo
+                    give the default account sudo without a password
+                    (/etc/sudoers.d/NAME) [default: no sudo]
+  --profile-env NAME=VALUE
+                    shell sessions get this environment variable (repeatable)
+  --profile-dir DIR shell sessions start in DIR (%h home, %u account) [default: home]
+  --profile-run COMMAND
+                    shell sessions first run COMMAND with the account's shell, on
+                    their terminal, then the login shell (repeatable, in order)
   --purge           uninstall: also remove the state directory (the identity)
   -V, --version     print version, target and protocol version
   -h, --help        print this help
@@ -52,6 +66,7 @@ struct Args {
     deny: Vec<agent_linux::policy::Rule>,
     allow_metadata: bool,
     authorized_keys: Option<String>,
+    accounts: agent_linux::account::AccountConfig,
     /// The options above as given, for the service's command line.
     passthrough: Vec<String>,
 }
@@ -105,6 +120,57 @@ fn parse() -> Result<Parsed, String> {
             Long("allow-metadata") => {
                 a.allow_metadata = true;
                 a.passthrough.push("--allow-metadata".into());
+            }
+            Long("default-account") => {
+                let v = string(p.value().map_err(err)?)?;
+                if v.is_empty() || !agent_core::wire::account_valid(&v) {
+                    return Err(format!(
+                        "--default-account: '{v}' is not an account name (at most {} bytes of letters, digits, . _ - @ $)",
+                        agent_core::wire::ACCOUNT_MAX
+                    ));
+                }
+                a.passthrough
+                    .extend(["--default-account".to_string(), v.clone()]);
+                a.accounts.default = v;
+            }
+            Long("default-account-sudo") => {
+                a.accounts.default_sudo = true;
+                a.passthrough.push("--default-account-sudo".into());
+            }
+            Long("profile-env") => {
+                let v = string(p.value().map_err(err)?)?;
+                let (name, value) = v.split_once('=').unwrap_or((&v, ""));
+                let ok = name.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && v.contains('=');
+                if !ok {
+                    return Err(format!(
+                        "--profile-env: '{v}' is not NAME=VALUE (a name of letters, digits and _)"
+                    ));
+                }
+                let var = (name.to_string(), value.to_string());
+                a.accounts.profile.env.push(var);
+                a.passthrough.extend(["--profile-env".to_string(), v]);
+            }
+            Long("profile-dir") => {
+                let v = string(p.value().map_err(err)?)?;
+                if !v.starts_with('/') && !v.starts_with("%h") {
+                    return Err(format!(
+                        "--profile-dir: '{v}' is not an absolute path (or one under %h, the home)"
+                    ));
+                }
+                a.passthrough
+                    .extend(["--profile-dir".to_string(), v.clone()]);
+                a.accounts.profile.dir = Some(v);
+            }
+            Long("profile-run") => {
+                let v = string(p.value().map_err(err)?)?;
+                if v.trim().is_empty() {
+                    return Err("--profile-run: empty command".into());
+                }
+                a.passthrough
+                    .extend(["--profile-run".to_string(), v.clone()]);
+                a.accounts.profile.run.push(v);
             }
             Long("authorized-keys") => {
                 let v = string(p.value().map_err(err)?)?;
@@ -177,6 +243,7 @@ fn main() -> ExitCode {
                     authorized_keys: args
                         .authorized_keys
                         .unwrap_or_else(|| "%h/.ssh/authorized_keys".into()),
+                    accounts: args.accounts,
                 });
             }
         }

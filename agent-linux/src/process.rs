@@ -1,4 +1,6 @@
-//! Session processes: a login shell on a PTY, or a command with pipes.
+//! Session processes: a login shell on a PTY, or a command with pipes, as the
+//! session's account ([`crate::account`]): its groups and ids are taken between fork
+//! and exec, after the signal reset, and the spawn fails if they cannot be.
 //!
 //! Each session has tasks that read its output into the driver's queue (bounded by a
 //! semaphore of queue space, so a stalled client stalls the process, not the agent),
@@ -17,6 +19,7 @@ use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
 
+use crate::account::{Credentials, Profile, RunAs};
 use crate::pty::{self, Master};
 
 /// Bytes of output a session may have queued in the agent, waiting for credit.
@@ -227,22 +230,30 @@ pub(crate) async fn reserve(space: &Arc<Semaphore>) -> Option<usize> {
     Some(CHUNK)
 }
 
-/// Start `argv` directly (no shell) in its own process group, with pipes.
+/// Start `argv` directly (no shell) in its own process group, with pipes, as
+/// `run_as`: its login environment (no `TERM`), in its home.
 pub fn spawn_exec(
     sid: u32,
     argv: Vec<OsString>,
+    run_as: &RunAs,
     tx: mpsc::UnboundedSender<Msg>,
 ) -> io::Result<Process> {
     let mut cmd = std::process::Command::new(&argv[0]);
-    cmd.args(&argv[1..]);
-    spawn_piped(sid, cmd, tx)
+    let lang = std::env::var("LANG").ok();
+    // The program is looked up in the session's PATH (std searches the child's).
+    cmd.args(&argv[1..])
+        .env_clear()
+        .envs(run_as.login_env(None, lang.as_deref()));
+    let creds = run_as.credentials(&run_as.workdirs(None));
+    spawn_piped(sid, cmd, creds, tx)
 }
 
 /// Start `cmd` in its own process group with pipes: stdout and stderr apart, stdin
-/// closed at `Input::Eof`.
+/// closed at `Input::Eof`; `creds` taken before exec.
 fn spawn_piped(
     sid: u32,
     mut cmd: std::process::Command,
+    creds: Credentials,
     tx: mpsc::UnboundedSender<Msg>,
 ) -> io::Result<Process> {
     cmd.stdin(Stdio::piped())
@@ -251,7 +262,10 @@ fn spawn_piped(
         .process_group(0);
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
-        cmd.pre_exec(prepare_child);
+        cmd.pre_exec(move || {
+            prepare_child()?;
+            creds.apply()
+        });
     }
     let mut cmd = tokio::process::Command::from(cmd);
     let mut child = cmd.spawn()?;
@@ -342,85 +356,93 @@ fn spawn_piped(
     Ok(Process { pgid, input, space })
 }
 
-/// The login shell of the user the agent runs as: (shell, home, user name).
-fn login_shell() -> (String, String, String) {
-    let uid = rustix::process::getuid().as_raw();
-    match crate::passwd::by_uid(uid) {
-        Some(a) => {
-            let usable = !a.shell.is_empty() && std::path::Path::new(&a.shell).exists();
-            let shell = if usable { a.shell } else { "/bin/sh".into() };
-            (shell, a.home, a.name)
-        }
-        None => ("/bin/sh".into(), "/".into(), format!("{uid}")),
+/// The script a shell runs for a profile's commands: each on its own line (one that
+/// fails does not stop the next), then the login shell in the script's place (`$0` is
+/// the shell's path; `-l` makes it a login shell in bash, dash, busybox and zsh).
+pub fn profile_script(run: &[String]) -> String {
+    let mut script = String::new();
+    for cmd in run {
+        script.push_str(cmd);
+        script.push('\n');
     }
+    script.push_str("exec \"$0\" -l");
+    script
 }
 
-/// The login shell as a login shell (`-bash`), in its home, with a clean login
-/// environment (`TERM` only when it has a terminal).
-fn login_command(term: Option<&str>) -> std::process::Command {
-    let (shell, home, user) = login_shell();
-    let name = std::path::Path::new(&shell)
+/// The account's login shell as a login shell (`-bash`), with a clean login
+/// environment (`TERM` only when it has a terminal) and the profile's variables, and
+/// the credentials that put it in the profile's directory or the home. With profile
+/// commands, the shell first runs them (`bash -c SCRIPT /bin/bash`), then replaces
+/// itself with the login shell.
+fn login_command(
+    run_as: &RunAs,
+    term: Option<&str>,
+    profile: &Profile,
+) -> (std::process::Command, Credentials) {
+    let shell = &run_as.shell;
+    let name = std::path::Path::new(shell)
         .file_name()
         .map(|n| n.to_os_string().into_vec())
         .unwrap_or_else(|| b"sh".to_vec());
-    let mut arg0 = b"-".to_vec();
-    arg0.extend(name);
-    let mut cmd = std::process::Command::new(&shell);
-    cmd.arg0(OsString::from_vec(arg0))
-        .env_clear()
-        .env("HOME", &home)
-        .env("USER", &user)
-        .env("LOGNAME", &user)
-        .env("SHELL", &shell)
-        .env(
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        )
-        .current_dir(if std::path::Path::new(&home).is_dir() {
-            &home
-        } else {
-            "/"
-        });
-    if let Some(term) = term {
-        cmd.env(
-            "TERM",
-            if term.is_empty() {
-                "xterm-256color"
-            } else {
-                term
-            },
-        );
+    let mut cmd = std::process::Command::new(shell);
+    if profile.run.is_empty() {
+        let mut arg0 = b"-".to_vec();
+        arg0.extend(name);
+        cmd.arg0(OsString::from_vec(arg0));
+    } else {
+        cmd.arg0(OsString::from_vec(name))
+            .arg("-c")
+            .arg(profile_script(&profile.run))
+            .arg(shell);
     }
-    if let Ok(lang) = std::env::var("LANG") {
-        cmd.env("LANG", lang);
-    }
-    cmd
+    let lang = std::env::var("LANG").ok();
+    cmd.env_clear()
+        .envs(run_as.shell_env(term, lang.as_deref(), profile));
+    let creds = run_as.credentials(&run_as.workdirs(profile.dir.as_deref()));
+    (cmd, creds)
 }
 
-/// Start the login shell on a new PTY of `cols` x `rows`, or on pipes if both are 0
-/// (`Kind::PIPE_SHELL`).
+/// Give the terminal to the account (owner, group `tty` where there is one, mode
+/// 0620), as `login` does, so that `tty`, `stty`, `mesg` and job control work.
+fn give_terminal(slave: &std::os::fd::OwnedFd, uid: u32) -> io::Result<()> {
+    use rustix::fs::{Gid, Mode, Uid};
+    let tty = crate::passwd::group_id("tty").map(Gid::from_raw);
+    rustix::fs::fchown(slave, Some(Uid::from_raw(uid)), tty)?;
+    rustix::fs::fchmod(slave, Mode::from_raw_mode(0o620))?;
+    Ok(())
+}
+
+/// Start the account's login shell on a new PTY of `cols` x `rows`, or on pipes if
+/// both are 0 (`Kind::PIPE_SHELL`), with the shell profile applied.
 pub fn spawn_shell(
     sid: u32,
     term: &str,
     cols: u16,
     rows: u16,
+    run_as: &RunAs,
+    profile: &Profile,
     tx: mpsc::UnboundedSender<Msg>,
 ) -> io::Result<Process> {
     if (cols, rows) == (0, 0) {
-        return spawn_piped(sid, login_command(None), tx);
+        let (cmd, creds) = login_command(run_as, None, profile);
+        return spawn_piped(sid, cmd, creds, tx);
     }
     let (master, slave) = pty::open(cols, rows)?;
-    let mut std_cmd = login_command(Some(term));
+    if run_as.switch {
+        give_terminal(&slave, run_as.uid)?;
+    }
+    let (mut std_cmd, creds) = login_command(run_as, Some(term), profile);
     std_cmd
         .stdin(Stdio::from(slave.try_clone()?))
         .stdout(Stdio::from(slave.try_clone()?))
         .stderr(Stdio::from(slave));
     // SAFETY: only async-signal-safe system calls between fork and exec.
     unsafe {
-        std_cmd.pre_exec(|| {
+        std_cmd.pre_exec(move || {
             rustix::process::setsid()?;
             rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
-            prepare_child()
+            prepare_child()?;
+            creds.apply()
         });
     }
     let mut cmd = tokio::process::Command::from(std_cmd);
@@ -531,4 +553,45 @@ pub fn spawn_shell(
         });
     });
     Ok(Process { pgid, input, space })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_commands_run_in_order_then_the_login_shell_takes_over() {
+        let run = vec![
+            "echo first".to_string(),
+            "false".to_string(),
+            "cd / && export FROM_PROFILE=yes".to_string(),
+        ];
+        let script = profile_script(&run);
+        assert_eq!(
+            script,
+            "echo first\nfalse\ncd / && export FROM_PROFILE=yes\nexec \"$0\" -l"
+        );
+        // As the agent starts it: `sh -c SCRIPT /bin/sh`, the session's input on stdin.
+        let mut child = std::process::Command::new("/bin/sh")
+            .arg0("sh")
+            .args(["-c", &script, "/bin/sh"])
+            .env_clear()
+            .env("HOME", "/nonexistent")
+            .env("PATH", crate::account::USER_PATH)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(b"echo \"login-$((6*7)) $FROM_PROFILE $(pwd)\"\n")
+            .unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        assert!(text.starts_with("first\n"), "{text}");
+        assert!(text.ends_with("login-42 yes /\n"), "{text}");
+    }
 }
