@@ -1,5 +1,7 @@
-//! Talking to the relay: TLS, the JSON API over HTTP/1.1, and session streams.
+//! Talking to the relay: TLS, the JSON API over HTTP/1.1, and session streams, all
+//! from the configured local address if there is one.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
-use tokio::net::TcpStream;
+use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::http::Uri;
@@ -27,6 +29,85 @@ pub struct Relay {
     port: u16,
     api_key: String,
     tls: TlsConnector,
+    bind: Option<IpAddr>,
+}
+
+/// A request's body.
+enum Body {
+    Empty,
+    Json(serde_json::Value),
+    Text(String),
+}
+
+/// Why a TCP connection could not be made.
+enum Dial {
+    /// The local address could not be taken.
+    Bind(IpAddr, std::io::Error),
+    /// Resolving or connecting failed.
+    Connect(std::io::Error),
+}
+
+/// Connect to `host:port`, from `bind` if given (each of the host's addresses of
+/// the same family, in turn).
+async fn connect(host: &str, port: u16, bind: Option<IpAddr>) -> Result<TcpStream, Dial> {
+    let Some(local) = bind else {
+        return TcpStream::connect((host, port))
+            .await
+            .map_err(Dial::Connect);
+    };
+    let mut last = None;
+    for addr in lookup_host((host, port)).await.map_err(Dial::Connect)? {
+        if addr.is_ipv4() != local.is_ipv4() {
+            continue;
+        }
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(Dial::Connect)?;
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .map_err(|e| Dial::Bind(local, e))?;
+        match socket.connect(addr).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(Dial::Connect(last.unwrap_or_else(|| {
+        let family = if local.is_ipv4() { "IPv4" } else { "IPv6" };
+        std::io::Error::new(
+            std::io::ErrorKind::AddrNotAvailable,
+            format!("it has no {family} address, as --bind {local} needs"),
+        )
+    })))
+}
+
+/// Percent-encode one path segment or query value: everything but RFC 3986's
+/// unreserved characters (section 2.3).
+pub fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A query string for `pairs` whose value is given: `?user=alice`, or nothing.
+pub fn query(pairs: &[(&str, Option<&str>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{}={}", encode(k), encode(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
 }
 
 fn host_port(uri: &Uri, default_port: u16) -> anyhow::Result<(String, u16)> {
@@ -82,15 +163,19 @@ impl Relay {
             port,
             api_key: config.api_key.clone(),
             tls: TlsConnector::from(Arc::new(tls)),
+            bind: config.bind,
         })
     }
 
     async fn dial(&self, host: &str, port: u16) -> anyhow::Result<TlsStream<TcpStream>> {
         let addr = format!("{host}:{port}");
-        let tcp = tokio::time::timeout(Duration::from_secs(15), TcpStream::connect((host, port)))
+        let tcp = tokio::time::timeout(Duration::from_secs(15), connect(host, port, self.bind))
             .await
             .map_err(|_| anyhow!("timed out connecting to the relay at {addr}"))?
-            .map_err(|e| anyhow!("cannot reach the relay at {addr}: {e}"))?;
+            .map_err(|e| match e {
+                Dial::Bind(ip, e) => anyhow!("cannot use the local address {ip} (--bind): {e}"),
+                Dial::Connect(e) => anyhow!("cannot reach the relay at {addr}: {e}"),
+            })?;
         tcp.set_nodelay(true).ok();
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| anyhow!("invalid relay host name '{host}'"))?;
@@ -101,13 +186,9 @@ impl Relay {
         })
     }
 
-    /// Call the JSON API; non-2xx answers become their `error` message.
-    pub async fn call<T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<serde_json::Value>,
-    ) -> anyhow::Result<T> {
+    /// Send one request; the answer's body on success, its `error` message (or its
+    /// status) as the error otherwise.
+    async fn request(&self, method: &str, path: &str, body: Body) -> anyhow::Result<Bytes> {
         let tls = self.dial(&self.host, self.port).await?;
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
@@ -118,15 +199,18 @@ impl Relay {
         } else {
             format!("{}:{}", self.host, self.port)
         };
+        let (content_type, bytes) = match body {
+            Body::Empty => ("application/json", Bytes::new()),
+            Body::Json(v) => ("application/json", Bytes::from(v.to_string())),
+            Body::Text(t) => ("text/plain", Bytes::from(t)),
+        };
         let req = hyper::Request::builder()
             .method(method)
             .uri(path)
             .header("host", host)
             .header("authorization", format!("Bearer {}", self.api_key))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(
-                body.map(|b| b.to_string()).unwrap_or_default(),
-            )))?;
+            .header("content-type", content_type)
+            .body(Full::new(bytes))?;
         let resp = send
             .send_request(req)
             .await
@@ -140,6 +224,30 @@ impl Relay {
                 .unwrap_or_else(|| format!("relay answered {status}"));
             bail!("{msg}");
         }
+        Ok(bytes)
+    }
+
+    /// Call the JSON API; non-2xx answers become their `error` message. `path` may
+    /// carry a query (see [`query`]).
+    pub async fn call<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<T> {
+        let body = body.map_or(Body::Empty, Body::Json);
+        let bytes = self.request(method, path, body).await?;
+        serde_json::from_slice(&bytes).context("unexpected answer from the relay")
+    }
+
+    /// [`Relay::call`] with a text body (`text/plain`), such as a policy file.
+    pub async fn call_text<T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        text: String,
+    ) -> anyhow::Result<T> {
+        let bytes = self.request(method, path, Body::Text(text)).await?;
         serde_json::from_slice(&bytes).context("unexpected answer from the relay")
     }
 
@@ -170,5 +278,22 @@ impl Relay {
             }
             Err(e) => bail!("cannot open the session stream: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_encoded_for_paths_and_queries() {
+        assert_eq!(encode("ops-lab.cedar"), "ops-lab.cedar");
+        assert_eq!(encode("a b/c?d&e=é"), "a%20b%2Fc%3Fd%26e%3D%C3%A9");
+        assert_eq!(query(&[("user", None)]), "");
+        assert_eq!(
+            query(&[("user", Some("bob smith")), ("x", None)]),
+            "?user=bob%20smith"
+        );
+        assert_eq!(query(&[("a", Some("1")), ("b", Some("2"))]), "?a=1&b=2");
     }
 }

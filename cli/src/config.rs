@@ -1,6 +1,8 @@
-//! Where the CLI finds its relay, key and CA: flags, then the environment
-//! (`SESAME_RELAY`, `SESAME_API_KEY`, `SESAME_CA`), then `~/.config/sesame/config.toml`.
+//! Where the CLI finds its relay, key, CA and source address: flags, then the
+//! environment (`SESAME_RELAY`, `SESAME_API_KEY`, `SESAME_CA`, `SESAME_BIND`), then
+//! `~/.config/sesame/config.toml`.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
@@ -13,6 +15,20 @@ struct File {
     relay: Option<String>,
     api_key: Option<String>,
     ca: Option<PathBuf>,
+    bind: Option<IpAddr>,
+}
+
+/// Settings given as flags; `None` falls back to the environment, then the file.
+#[derive(Default)]
+pub struct Flags {
+    /// `--relay`.
+    pub relay: Option<String>,
+    /// `--api-key`.
+    pub api_key: Option<String>,
+    /// `--ca`.
+    pub ca: Option<PathBuf>,
+    /// `--bind`.
+    pub bind: Option<IpAddr>,
 }
 
 /// Resolved settings.
@@ -23,6 +39,9 @@ pub struct Config {
     pub api_key: String,
     /// CA file; `None` uses the system's trusted roots.
     pub ca: Option<PathBuf>,
+    /// Local address of the connections to the relay (`ssh -b`); `None` lets the
+    /// system choose.
+    pub bind: Option<IpAddr>,
 }
 
 impl std::fmt::Debug for Config {
@@ -31,6 +50,7 @@ impl std::fmt::Debug for Config {
             .field("relay", &self.relay)
             .field("api_key", &"<hidden>")
             .field("ca", &self.ca)
+            .field("bind", &self.bind)
             .finish()
     }
 }
@@ -53,6 +73,22 @@ impl Config {
         api_key: Option<String>,
         ca: Option<PathBuf>,
     ) -> anyhow::Result<Config> {
+        Config::from_flags(Flags {
+            relay,
+            api_key,
+            ca,
+            bind: None,
+        })
+    }
+
+    /// [`Config::load`] with every flag.
+    pub fn from_flags(flags: Flags) -> anyhow::Result<Config> {
+        let Flags {
+            relay,
+            api_key,
+            ca,
+            bind,
+        } = flags;
         let file = match config_path() {
             Some(p) if p.exists() => {
                 let text = std::fs::read_to_string(&p)
@@ -71,10 +107,20 @@ impl Config {
         let ca = ca
             .or_else(|| env("SESAME_CA").map(PathBuf::from))
             .or(file.ca);
+        let bind = match bind {
+            Some(ip) => Some(ip),
+            None => match env("SESAME_BIND") {
+                Some(v) => Some(v.trim().parse().map_err(|_| {
+                    anyhow::anyhow!("invalid SESAME_BIND '{v}': expected an IP address")
+                })?),
+                None => file.bind,
+            },
+        };
         Ok(Config {
             relay: relay.trim_end_matches('/').to_string(),
             api_key,
             ca,
+            bind,
         })
     }
 }

@@ -212,9 +212,14 @@ pub enum Mode {
     },
 }
 
-/// Run a forward session until Ctrl-C (listen mode) or until the single channel ends
-/// (stdio mode). Returns the exit code.
-pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32> {
+/// Run a forward session as `run_as` until Ctrl-C (listen mode) or until the single
+/// channel ends (stdio mode). Returns the exit code.
+pub async fn run(
+    relay: &Relay,
+    target: &str,
+    run_as: Option<&str>,
+    mode: Mode,
+) -> anyhow::Result<i32> {
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel::<Ev>();
     let mut specs = Vec::new();
     if let Mode::Listen(list) = &mode {
@@ -226,7 +231,7 @@ pub async fn run(relay: &Relay, target: &str, mode: Mode) -> anyhow::Result<i32>
             specs.push((spec.clone(), l));
         }
     }
-    let (mut ws, _) = session::open(relay, target, "forward", Kind::Forward).await?;
+    let (mut ws, _) = session::open(relay, target, run_as, Kind::Forward).await?;
     let mut chans: HashMap<u16, Chan> = HashMap::new();
     let mut next_ch: u16 = 1;
     let max_chunk = wire::max_data_len(wire::DEFAULT_MAX_FRAME);

@@ -1,20 +1,31 @@
 //! # cli: `sesame`, the user's tool
 //!
 //! Lists targets, runs commands, opens interactive shells, forwards TCP ports and
-//! pushes short-lived SSH keys through a Sesame relay. Settings come from flags, then `SESAME_RELAY` / `SESAME_API_KEY` /
-//! `SESAME_CA`, then `~/.config/sesame/config.toml`.
+//! pushes short-lived SSH keys through a Sesame relay, as the account the user asks
+//! for (`--as`) when the relay's policies permit it; checks policies
+//! (`sesame policy check`) and administers users, keys, agents, policies and locks
+//! (`sesame admin`). Settings come from flags, then `SESAME_RELAY` /
+//! `SESAME_API_KEY` / `SESAME_CA` / `SESAME_BIND`, then
+//! `~/.config/sesame/config.toml`.
 //!
 //! ## Contract
 //! - `sesame exec` and `sesame shell` exit with the remote exit code (128 + N for a
-//!   signal), and with 255 when Sesame itself fails, after one `error:` line.
+//!   signal), and with 255 when Sesame itself fails, after one `error:` line (a
+//!   refusal reads `error: denied: ...`, word for word from the relay).
+//! - `sesame policy check` exits with 0 when allowed, 1 when denied, 255 on errors.
+//! - Secrets shown once (API keys, activation codes) are printed alone on stdout.
 //! - The terminal is restored on every exit path.
 //! - Flow control: the CLI never sends more than the agent granted, and returns
 //!   credit only for bytes it has written out.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod forward;
 pub mod ls;
+pub mod policy;
 pub mod session;
 pub mod ssh;
+pub mod table;
 pub mod terminal;
+pub mod when;

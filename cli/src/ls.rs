@@ -23,26 +23,16 @@ pub struct Target {
     pub sessions: usize,
 }
 
-fn ago(t: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
-    let s = (now - t).max(0);
-    match s {
-        0..=59 => format!("{s}s ago"),
-        60..=3599 => format!("{}m ago", s / 60),
-        3600..=86399 => format!("{}h ago", s / 3600),
-        _ => format!("{}d ago", s / 86400),
-    }
-}
-
 /// The LAST SEEN column: an online target is seen now (its `last_seen` is when it
 /// connected, which is not when it was last seen).
 fn last_seen(online: bool, at: Option<i64>) -> String {
     match (online, at) {
         (true, _) => "now".into(),
-        (false, Some(t)) => ago(t),
+        (false, Some(t)) => {
+            // A relay clock ahead of ours must not read "in 3s".
+            let now = crate::when::now();
+            crate::when::relative(t.min(now), now)
+        }
         (false, None) => "never".into(),
     }
 }

@@ -1,10 +1,12 @@
-//! `sesame`: shells, commands and target listing through a Sesame relay.
+//! `sesame`: shells, commands and target listing through a Sesame relay; policy
+//! checks and administration.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use cli::client::Relay;
-use cli::config::Config;
+use cli::config::{Config, Flags};
 use cli::session::{self, Request};
 
 #[derive(Parser)]
@@ -24,6 +26,10 @@ struct Cli {
     /// the system's trusted roots).
     #[arg(long, global = true)]
     ca: Option<PathBuf>,
+    /// Local IP address of the connections to the relay, like ssh -b (default:
+    /// $SESAME_BIND, then the config file).
+    #[arg(long, global = true, value_name = "ADDR")]
+    bind: Option<IpAddr>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -40,6 +46,9 @@ enum Cmd {
     Exec {
         /// Target name or id.
         target: String,
+        /// Account on the target [default: the agent's default account].
+        #[arg(long = "as", value_name = "ACCOUNT")]
+        run_as: Option<String>,
         /// The command and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -49,6 +58,9 @@ enum Cmd {
     Shell {
         /// Target name or id.
         target: String,
+        /// Account on the target [default: the agent's default account].
+        #[arg(long = "as", value_name = "ACCOUNT")]
+        run_as: Option<String>,
         /// Ask for a terminal even when stdin is not one; end of input is then sent
         /// as the terminal's end-of-file character.
         #[arg(short = 't', conflicts_with = "no_tty")]
@@ -61,6 +73,9 @@ enum Cmd {
     Forward {
         /// Target name or id.
         target: String,
+        /// Account on the target [default: the agent's default account].
+        #[arg(long = "as", value_name = "ACCOUNT")]
+        run_as: Option<String>,
         /// [BIND:]LPORT:HOST:PORT (LPORT 0 picks a free port); several in one session.
         #[arg(required = true)]
         specs: Vec<cli::forward::Spec>,
@@ -69,6 +84,9 @@ enum Cmd {
     Proxy {
         /// Target name or id.
         target: String,
+        /// Account on the target [default: the agent's default account].
+        #[arg(long = "as", value_name = "ACCOUNT")]
+        run_as: Option<String>,
         /// Port on the target.
         port: u16,
         /// Host as seen from the target.
@@ -87,12 +105,26 @@ enum Cmd {
         /// Account on the target [default: your local user name].
         #[arg(long, short = 'l')]
         user: Option<String>,
+        /// Account the tunnel (the forward session) is authorised as [default: the
+        /// agent's default account]; the login account is -l.
+        #[arg(long = "as", value_name = "ACCOUNT")]
+        run_as: Option<String>,
         /// sshd's port on the target.
         #[arg(long, short = 'p', default_value_t = 22)]
         port: u16,
         /// Extra arguments for ssh (after --), e.g. a command.
         #[arg(last = true)]
         ssh_args: Vec<String>,
+    },
+    /// Check the relay's policies.
+    Policy {
+        #[command(subcommand)]
+        cmd: cli::policy::PolicyCmd,
+    },
+    /// Administer users, API keys, agents, policies and locks.
+    Admin {
+        #[command(subcommand)]
+        cmd: cli::admin::AdminCmd,
     },
 }
 
@@ -148,34 +180,56 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Some(ca) = &cli.ca {
         global.extend(["--ca".to_string(), ca.display().to_string()]);
     }
+    if let Some(bind) = &cli.bind {
+        global.extend(["--bind".to_string(), bind.to_string()]);
+    }
     let proxy_env: Vec<(&str, String)> = cli
         .api_key
         .iter()
         .map(|k| ("SESAME_API_KEY", k.clone()))
         .collect();
-    let config = Config::load(cli.relay, cli.api_key, cli.ca)?;
+    let config = Config::from_flags(Flags {
+        relay: cli.relay,
+        api_key: cli.api_key,
+        ca: cli.ca,
+        bind: cli.bind,
+    })?;
     let relay = Relay::new(&config)?;
     match cli.cmd {
         Cmd::Ls { json } => {
             cli::ls::run(&relay, json).await?;
             Ok(0)
         }
-        Cmd::Exec { target, command } => {
-            session::run(&relay, &target, Request::Exec(command)).await
-        }
+        Cmd::Exec {
+            target,
+            run_as,
+            command,
+        } => session::run(&relay, &target, run_as.as_deref(), Request::Exec(command)).await,
         Cmd::Shell {
             target,
+            run_as,
             tty,
             no_tty,
         } => {
             let pty = tty || (!no_tty && std::io::IsTerminal::is_terminal(&std::io::stdin()));
-            session::run(&relay, &target, Request::Shell { pty }).await
+            session::run(&relay, &target, run_as.as_deref(), Request::Shell { pty }).await
         }
-        Cmd::Forward { target, specs } => {
-            cli::forward::run(&relay, &target, cli::forward::Mode::Listen(specs)).await
+        Cmd::Forward {
+            target,
+            run_as,
+            specs,
+        } => {
+            let mode = cli::forward::Mode::Listen(specs);
+            cli::forward::run(&relay, &target, run_as.as_deref(), mode).await
         }
-        Cmd::Proxy { target, port, host } => {
-            cli::forward::run(&relay, &target, cli::forward::Mode::Stdio { host, port }).await
+        Cmd::Proxy {
+            target,
+            run_as,
+            port,
+            host,
+        } => {
+            let mode = cli::forward::Mode::Stdio { host, port };
+            cli::forward::run(&relay, &target, run_as.as_deref(), mode).await
         }
         Cmd::SshKey {
             cmd:
@@ -196,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Ssh {
             target,
             user,
+            run_as,
             port,
             ssh_args,
         } => {
@@ -206,11 +261,16 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &relay,
                 &target,
                 &user,
+                run_as.as_deref(),
                 port,
                 (&global, &proxy_env),
                 &ssh_args,
             )
             .await
         }
+        Cmd::Policy {
+            cmd: cli::policy::PolicyCmd::Check(check),
+        } => cli::policy::check(&relay, &check).await,
+        Cmd::Admin { cmd } => cli::admin::run(&relay, cmd).await,
     }
 }

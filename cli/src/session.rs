@@ -76,24 +76,60 @@ fn stdin_reader() -> mpsc::Receiver<Vec<u8>> {
     rx
 }
 
-/// Create a session of `kind_name` on `target`, open its stream and send `Open`;
-/// returns the stream and the agent's window once it accepted.
+/// The API's name of a session kind.
+pub fn kind_name(kind: &Kind<'_>) -> &'static str {
+    match kind {
+        Kind::Shell { .. } => "shell",
+        Kind::Exec { .. } => "exec",
+        Kind::Forward => "forward",
+        Kind::SshKey { .. } => "ssh-key",
+    }
+}
+
+/// Body of `POST /v1/sessions` for the `Open` of `kind`, derived from the frame
+/// itself: the relay authorises the command, key user and ttl given here and checks
+/// that the frame carries the same.
+pub fn create_body(target: &str, run_as: Option<&str>, kind: &Kind<'_>) -> serde_json::Value {
+    let mut body = serde_json::json!({ "target": target, "kind": kind_name(kind) });
+    if let Some(account) = run_as {
+        body["run_as"] = account.into();
+    }
+    match kind {
+        Kind::Exec { argv } => {
+            let command: Vec<String> = wire::argv_iter(argv.0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            body["command"] = command.into();
+        }
+        Kind::SshKey { user, ttl, .. } => {
+            body["ssh_user"] = (*user).into();
+            body["ttl"] = (*ttl).into();
+        }
+        Kind::Shell { .. } | Kind::Forward => {}
+    }
+    body
+}
+
+/// Create a session of `kind` on `target` as `run_as` (`None`: the agent's default
+/// account), open its stream and send `Open`; returns the stream and the agent's
+/// window once it accepted.
 pub async fn open(
     relay: &Relay,
     target: &str,
-    kind_name: &str,
+    run_as: Option<&str>,
     kind: Kind<'_>,
 ) -> anyhow::Result<(crate::client::Stream, SendWindow)> {
     let created: Created = relay
         .call(
             "POST",
             "/v1/sessions",
-            Some(serde_json::json!({ "target": target, "kind": kind_name })),
+            Some(create_body(target, run_as, &kind)),
         )
         .await?;
     let mut ws = relay
         .open_stream(&created.stream_url, &created.token)
         .await?;
+    // The relay puts in the account it authorised.
     ws.send(encode(&Frame::Open {
         sid: SID,
         window: WINDOW,
@@ -120,12 +156,13 @@ pub async fn open(
     }
 }
 
-/// Run a shell or exec session; returns the exit code for this process.
-pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i32> {
-    let kind_name = match req {
-        Request::Shell { .. } => "shell",
-        Request::Exec(_) => "exec",
-    };
+/// Run a shell or exec session as `run_as`; returns the exit code for this process.
+pub async fn run(
+    relay: &Relay,
+    target: &str,
+    run_as: Option<&str>,
+    req: Request,
+) -> anyhow::Result<i32> {
     let interactive = matches!(req, Request::Shell { pty: true }) && std::io::stdin().is_terminal();
     let term = std::env::var("TERM").unwrap_or_else(|_| "xterm-256color".into());
     let (cols, rows) = terminal::size().unwrap_or((80, 24));
@@ -142,7 +179,7 @@ pub async fn run(relay: &Relay, target: &str, req: Request) -> anyhow::Result<i3
         Request::Shell { pty: false } => Kind::PIPE_SHELL,
         Request::Exec(_) => Kind::Exec { argv: Bytes(&argv) },
     };
-    let (mut ws, mut send) = open(relay, target, kind_name, kind).await?;
+    let (mut ws, mut send) = open(relay, target, run_as, kind).await?;
 
     let _raw = if interactive {
         Some(terminal::RawMode::enable().context("cannot put the terminal in raw mode")?)
@@ -306,7 +343,8 @@ pub async fn push_key(
     if key.lines().count() != 1 {
         bail!("the key file must hold exactly one public key line");
     }
-    let (mut ws, _) = open(relay, target, "ssh-key", Kind::SshKey { user, key, ttl }).await?;
+    // The key's user is the session's account.
+    let (mut ws, _) = open(relay, target, None, Kind::SshKey { user, key, ttl }).await?;
     loop {
         let bytes = match ws.next().await {
             Some(Ok(Message::Binary(b))) => b,
@@ -323,5 +361,40 @@ pub async fn push_key(
             Ok(_) => continue,
             Err(e) => bail!("malformed frame from the relay: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_session_request_carries_what_the_open_frame_carries() {
+        let argv = b"systemctl\0status\0\0nginx\0";
+        let exec = Kind::Exec { argv: Bytes(argv) };
+        assert_eq!(
+            create_body("db-01", Some("deploy"), &exec),
+            serde_json::json!({
+                "target": "db-01", "kind": "exec", "run_as": "deploy",
+                "command": ["systemctl", "status", "", "nginx"],
+            })
+        );
+        let key = Kind::SshKey {
+            user: "root",
+            key: "ssh-ed25519 AAAA",
+            ttl: 60,
+        };
+        assert_eq!(
+            create_body("gw-01", None, &key),
+            serde_json::json!({"target": "gw-01", "kind": "ssh-key", "ssh_user": "root", "ttl": 60})
+        );
+        assert_eq!(
+            create_body("gw-01", None, &Kind::PIPE_SHELL),
+            serde_json::json!({"target": "gw-01", "kind": "shell"})
+        );
+        assert_eq!(
+            create_body("gw-01", Some("root"), &Kind::Forward),
+            serde_json::json!({"target": "gw-01", "kind": "forward", "run_as": "root"})
+        );
     }
 }

@@ -49,11 +49,13 @@ fn sh_quote(s: &str) -> String {
 }
 
 /// Run `ssh` to `user@target` on `port`, its `sesame proxy` given `global_flags` and
-/// `proxy_env`; returns ssh's exit code.
+/// `proxy_env` and run as `run_as` (the forward session's account; the key's is
+/// `user`); returns ssh's exit code.
 pub async fn run(
     relay: &Relay,
     target: &str,
     user: &str,
+    run_as: Option<&str>,
     port: u16,
     (global_flags, proxy_env): (&[String], &[(&str, String)]),
     ssh_args: &[String],
@@ -75,6 +77,10 @@ pub async fn run(
     let mut proxy = vec![sh_quote(&exe.display().to_string())];
     proxy.extend(global_flags.iter().map(|f| sh_quote(f)));
     proxy.push("proxy".into());
+    if let Some(account) = run_as {
+        proxy.push("--as".into());
+        proxy.push(sh_quote(account));
+    }
     proxy.push(sh_quote(target));
     proxy.push("%p".into());
     let mut cmd = Command::new("ssh");
