@@ -273,7 +273,16 @@ pub fn refusal(
     d: &Decision,
 ) -> String {
     let what = match action {
-        Action::Exec => format!("exec '{}' on", quote_argv(&c.command)),
+        Action::Exec => {
+            // Quoted as a whole unless the shell quoting of an argument already shows
+            // where it starts and ends.
+            let cmd = quote_argv(&c.command);
+            if cmd.contains('\'') {
+                format!("exec {cmd} on")
+            } else {
+                format!("exec '{cmd}' on")
+            }
+        }
         Action::Forward => match &c.dest {
             Some((h, p)) => format!("forward to {} through", host_port(h, *p)),
             None => "forward through".into(),

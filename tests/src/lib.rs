@@ -280,7 +280,7 @@ impl Env {
         let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
         let relay = start_relay(&data, 0, &flags);
         let code = admin(&data, &["agent", "add", name, "--tag", "site=lab"]);
-        let api_key = admin(&data, &["user", "add", "alice", "--admin"]);
+        let api_key = admin(&data, &["user", "add", "admin", "--admin"]);
         let agent = launch(&dir.0, relay.port, &code);
         let env = Env {
             dir,
