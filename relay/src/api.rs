@@ -282,21 +282,12 @@ fn account(
             StatusCode::BAD_REQUEST,
             format!("{agent} has no accounts: its sessions run as '{CONSOLE}', not '{a}'"),
         )),
-        Some(a) if valid_account(a) => Ok(a.to_string()),
+        Some(a) if agent_core::wire::account_valid(a) => Ok(a.to_string()),
         Some(a) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             format!("invalid account name '{a}'"),
         )),
     }
-}
-
-/// A POSIX-ish account name: 1-32 of letters, digits, `._-`, not starting with `-`.
-fn valid_account(a: &str) -> bool {
-    !a.is_empty()
-        && a.len() <= 32
-        && !a.starts_with('-')
-        && a.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 /// Answer of `POST /v1/sessions`.
@@ -378,6 +369,7 @@ async fn create_session(
         _ => req.run_as.as_deref(),
     };
     c.run_as = account(asked, live.as_deref(), &agent.name)?;
+    spec.default_account = asked.is_none();
     let t = target(&agent);
     let decision = state.require(user, action, &Resource::Agent(&t), &c)?;
     if let Some(why) = state.locked(&user.id, Some(&agent.id)).await? {

@@ -70,7 +70,7 @@ async fn session(
     let kind = Kind::Exec {
         argv: Bytes(b"cat\0/dev/zero\0"),
     };
-    let (mut ws, _) = cli::session::open(&relay, &target, "exec", kind).await?;
+    let (mut ws, _) = cli::session::open(&relay, &target, None, kind).await?;
     drop(opening);
     let mut recv = RecvWindow::new(cli::session::WINDOW);
     while !done.load(Ordering::Relaxed) {
