@@ -123,8 +123,9 @@ async fn add_user(
     headers: HeaderMap,
     b: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    let caller = allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
     let req = body(b)?;
+    may_change_groups(&state, &caller, peer, &req.groups)?;
     let (user, secret) = state
         .store
         .add_user(&req.name, &req.groups)
@@ -136,6 +137,22 @@ async fn add_user(
         "key_id": key.first().map(|k| k.id.clone()),
         "secret": secret.expose(),
     })))
+}
+
+/// Putting users into `groups` or taking them out is decided on each group
+/// (`admin_users` on `Group::"g"`), so that managing users does not by itself
+/// allow making admins.
+fn may_change_groups(
+    state: &AppState,
+    caller: &Caller,
+    peer: SocketAddr,
+    groups: &[String],
+) -> Result<(), ApiError> {
+    let c = Circumstances::new(peer.ip());
+    for g in groups {
+        state.require(&caller.user, Action::AdminUsers, &Resource::Group(g), &c)?;
+    }
+    Ok(())
 }
 
 /// A store error that is the caller's fault (a bad name, a duplicate) is a 400.
@@ -161,8 +178,10 @@ async fn set_groups(
     headers: HeaderMap,
     b: Result<Json<Groups>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    let caller = authenticate(&state, &headers).await?;
     let req = body(b)?;
+    let changed: Vec<String> = req.add.iter().chain(&req.remove).cloned().collect();
+    may_change_groups(&state, &caller, peer, &changed)?;
     let user = user_named(&state, &name).await?;
     state
         .store
@@ -357,20 +376,15 @@ async fn revoke_agent(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
+    let caller = authenticate(&state, &headers).await?;
     let agent = state
         .store
         .agent(&name)
         .await?
         .ok_or_else(|| not_found(format!("unknown target '{name}'")))?;
     let t = target(&agent);
-    let caller = allowed(
-        &state,
-        &headers,
-        peer,
-        Action::AdminAgents,
-        &Resource::Agent(&t),
-    )
-    .await?;
+    let c = Circumstances::new(peer.ip());
+    state.require(&caller.user, Action::AdminAgents, &Resource::Agent(&t), &c)?;
     state.store.revoke_agent(&agent.id).await?;
     let why = format!("agent {} was revoked by {}", agent.name, caller.user.name);
     let ended = state.live.end_where(|o| o.agent_id == agent.id, &why);
@@ -456,12 +470,20 @@ fn policy_file(name: &str) -> Result<&str, ApiError> {
     }
 }
 
-/// Change one file: the whole prospective set is validated first, so a refused
-/// change touches nothing; then the file is written (atomically) and the
-/// directory reloaded.
+/// Change one file: the whole prospective set (the directory as it is now, with
+/// this change) is validated first, so a refused change touches nothing; then the
+/// file is written (atomically) and the directory reloaded. Changes are made one
+/// at a time; should the reload still refuse (the directory changed meanwhile by
+/// hand), the file is put back as it was, so that a restart finds what ran.
 async fn change_file(state: &AppState, by: &str, file: &str, text: Option<String>) -> Answer {
-    let current = state.policies.current();
-    let mut files = current.files.clone();
+    static EDITING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let _one_at_a_time = EDITING.lock().await;
+    let policies = state.policies.clone();
+    let mut files = tokio::task::spawn_blocking(move || policies.on_disk())
+        .await
+        .map_err(|e| bad(format!("reading the policies failed: {e}")))?
+        .map_err(|e| bad(e.to_string()))?;
+    let before = files.get(file).cloned();
     match &text {
         Some(t) => {
             files.insert(file.to_string(), t.clone());
@@ -478,18 +500,33 @@ async fn change_file(state: &AppState, by: &str, file: &str, text: Option<String
         .map_err(|e| bad(format!("check failed: {e}")))?
         .map_err(|e| bad(e.to_string()))?;
     let dir = state.policies.dir().to_path_buf();
+    write_or_remove(&dir, file, text.as_deref())?;
+    match reload_as(state, by).await {
+        Ok(answer) => Ok(answer),
+        Err(refused) => {
+            write_or_remove(&dir, file, before.as_deref())?;
+            Err(refused)
+        }
+    }
+}
+
+/// Write `dir/file` atomically (`Some`) or remove it (`None`).
+fn write_or_remove(dir: &std::path::Path, file: &str, text: Option<&str>) -> Result<(), ApiError> {
     let path = dir.join(file);
-    let io = |e: std::io::Error| crate::Error::io(&path, e);
     match text {
         Some(t) => {
-            std::fs::create_dir_all(&dir).map_err(|e| crate::Error::io(&dir, e))?;
+            std::fs::create_dir_all(dir).map_err(|e| crate::Error::io(dir, e))?;
             let tmp = dir.join(format!(".{file}.tmp"));
             std::fs::write(&tmp, t).map_err(|e| crate::Error::io(&tmp, e))?;
-            std::fs::rename(&tmp, &path).map_err(io)?;
+            std::fs::rename(&tmp, &path).map_err(|e| crate::Error::io(&path, e))?;
         }
-        None => std::fs::remove_file(&path).map_err(io)?,
+        None => match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::Error::io(&path, e).into()),
+        },
     }
-    reload_as(state, by).await
+    Ok(())
 }
 
 async fn put_policy(

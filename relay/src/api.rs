@@ -107,7 +107,7 @@ impl AppState {
         }
     }
 
-    /// The refusal of a locked user or agent, if one is.
+    /// The refusal of a locked user, or a locked or revoked agent, if one is.
     pub async fn locked(
         &self,
         user_id: &str,
@@ -119,6 +119,9 @@ impl AppState {
         if let Some(agent) = agent_id {
             if let Some(l) = self.store.lock_on(LockTarget::Agent, agent).await? {
                 return Ok(Some(l.describe()));
+            }
+            if self.store.agent_revoked(agent).await?.is_some() {
+                return Ok(Some("the target was revoked".into()));
             }
         }
         Ok(None)
@@ -184,11 +187,21 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Calle
         .and_then(|v| v.strip_prefix("Bearer "))
         .ok_or_else(|| refused(crate::store::KeyRefused::Unknown.to_string()))?;
     let key = Secret::from_string(value.trim().to_string());
-    state
+    let caller = state
         .store
         .authenticate(&key)
         .await?
-        .map_err(|e| refused(e.to_string()))
+        .map_err(|e| refused(e.to_string()))?;
+    // A locked user can do nothing at all, administration included (or it could
+    // remove its own lock).
+    if let Some(lock) = state
+        .store
+        .lock_on(LockTarget::User, &caller.user.id)
+        .await?
+    {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, lock.describe()));
+    }
+    Ok(caller)
 }
 
 /// One target, as listed.
@@ -368,18 +381,24 @@ async fn create_session(
         Action::SshKeyPush => req.ssh_user.as_deref(),
         _ => req.run_as.as_deref(),
     };
+    if asked == Some("") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "an empty account name (leave it out for the target's default account)",
+        ));
+    }
     c.run_as = account(asked, live.as_deref(), &agent.name)?;
     spec.default_account = asked.is_none();
     let t = target(&agent);
     let decision = state.require(user, action, &Resource::Agent(&t), &c)?;
-    if let Some(why) = state.locked(&user.id, Some(&agent.id)).await? {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, why));
-    }
     if state.store.agent_revoked(&agent.id).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             format!("target '{}' was revoked", agent.name),
         ));
+    }
+    if let Some(why) = state.locked(&user.id, Some(&agent.id)).await? {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, why));
     }
     let Some(live) = live else {
         let when = agent.last_seen.map_or("never connected".to_string(), |t| {
@@ -531,7 +550,19 @@ async fn check_policy(
         | Action::AdminLocks
             if req.target.is_some() || !matches!(action, Action::AdminAgents) =>
         {
-            let a = agent(name()?).await?;
+            // A lock on a user: the target names a user (users first).
+            let n = name()?;
+            if action == Action::AdminLocks {
+                if let Some(u) = state.store.user(&n).await? {
+                    let p = u.principal();
+                    let r = Resource::User(&p);
+                    let d = state.decide(&user, action, &r, &c);
+                    let refusal =
+                        (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
+                    return Ok(Json(checked(d, refusal)));
+                }
+            }
+            let a = agent(n).await?;
             let live = state.hub.get(&a.id);
             c.run_as = account(req.run_as.as_deref(), live.as_deref(), &a.name)?;
             let t = target(&a);
@@ -587,13 +618,17 @@ async fn check_policy(
         }
     };
     let (d, refusal) = decision;
-    Ok(Json(PolicyChecked {
+    Ok(Json(checked(d, refusal)))
+}
+
+fn checked(d: Decision, refusal: Option<String>) -> PolicyChecked {
+    PolicyChecked {
         decision: if d.allow { "allow" } else { "deny" }.into(),
         policies: d.policies,
         errors: d.errors,
         refusal,
         version: d.version,
-    }))
+    }
 }
 
 /// Query of the stream endpoint.

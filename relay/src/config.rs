@@ -83,11 +83,12 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     }
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
     let n: u64 = num.parse().map_err(|_| format!("invalid duration '{s}'"))?;
+    let too_long = || format!("duration '{s}' is too long");
     let secs = match unit {
         "s" | "" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
+        "m" => n.checked_mul(60).ok_or_else(too_long)?,
+        "h" => n.checked_mul(3600).ok_or_else(too_long)?,
+        "d" => n.checked_mul(86400).ok_or_else(too_long)?,
         u => {
             return Err(format!(
                 "invalid duration unit '{u}' in '{s}' (use s, m, h, d or none)"
@@ -96,6 +97,10 @@ pub fn parse_duration(s: &str) -> Result<Option<Duration>, String> {
     };
     if secs == 0 {
         return Err(format!("duration '{s}' must be positive (or none)"));
+    }
+    // A thousand years is as good as for ever, and keeps unix-time sums in range.
+    if secs > 1000 * 365 * 86400 {
+        return Err(too_long());
     }
     Ok(Some(Duration::from_secs(secs)))
 }
@@ -327,6 +332,7 @@ mod tests {
         assert_eq!(parse_duration("20m"), Ok(Some(Duration::from_secs(1200))));
         assert_eq!(parse_duration("none"), Ok(None));
         assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("999999999999999999d").is_err());
     }
 
     #[test]

@@ -22,9 +22,19 @@
 //!   half-sent connections cannot exhaust file descriptors or lock anyone out.
 //! - Sessions the relay was serving when it stopped are recorded ended ("relay
 //!   restarted") at the next start; ended sessions past the retention are deleted.
+//! - Authorisation (`policy`): nothing is allowed unless a Cedar policy permits it,
+//!   and a `forbid` wins. Every session (its kind, account, command or key push),
+//!   every forward channel (its destination, before the agent hears of it), every
+//!   listed agent and every admin request (`admin`) is decided; a denial names the
+//!   action, the target and the deciding policies. A policy set that fails to parse
+//!   or validate against `docs/sesame.cedarschema` never takes effect.
+//! - A revoked or expired API key is refused on its next request and on any stream
+//!   its tokens would open; revoking it, or locking its user or the agent, ends the
+//!   live sessions at once (`live`). A revoked agent is disconnected and refused.
 //!
 //! ## Non-goals (for now)
-//! Policies beyond admin users, recordings and audit (later issues).
+//! Recordings and the audit log, and the session actions on other users' sessions
+//! (`sessions_list`, `terminate`, `observe`, `replay`: in the schema, not served yet).
 
 pub mod admin;
 pub mod agent_link;

@@ -23,9 +23,9 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
+    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request,
+    RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
 
@@ -191,6 +191,8 @@ pub enum Resource<'a> {
     },
     /// A user (key and lock administration).
     User(&'a Principal),
+    /// A group (adding users to it, removing them).
+    Group(&'a str),
     /// The relay.
     Relay,
 }
@@ -201,6 +203,7 @@ impl Resource<'_> {
             Resource::Agent(a) => a.name.clone(),
             Resource::Session { id, .. } => format!("session {id}"),
             Resource::User(u) => format!("user {}", u.name),
+            Resource::Group(g) => format!("group {g}"),
             Resource::Relay => "the relay".into(),
         }
     }
@@ -302,6 +305,39 @@ pub fn refusal(
     )
 }
 
+/// A forward destination's host as policies see it and the agent gets it:
+/// lowercase, without a trailing dot or IPv6 brackets, an address in its standard
+/// form (an IPv4-mapped IPv6 address as IPv4). Numeric spellings a resolver would
+/// also take as an IPv4 address (`10.1`, `0x0a000001`, `012.0.0.1`) are refused, so
+/// that no policy on an address can be passed by writing it differently.
+pub fn canonical_host(host: &str) -> Result<String, String> {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    let h = h.strip_suffix('.').unwrap_or(h).to_ascii_lowercase();
+    if let Ok(ip) = h.parse::<IpAddr>() {
+        return Ok(match ip {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => v4.to_string(),
+                None => v6.to_string(),
+            },
+            v4 => v4.to_string(),
+        });
+    }
+    let number = |l: &str| match l.strip_prefix("0x") {
+        Some(hex) => hex.chars().all(|c| c.is_ascii_hexdigit()),
+        None => !l.is_empty() && l.chars().all(|c| c.is_ascii_digit()),
+    };
+    let labels: Vec<&str> = h.split('.').collect();
+    if labels.len() <= 4 && labels.iter().all(|l| number(l)) {
+        return Err(format!(
+            "'{host}' is not a standard IP address (write IPv4 as four decimal numbers)"
+        ));
+    }
+    if h.is_empty() {
+        return Err("empty destination host".into());
+    }
+    Ok(h)
+}
+
 fn host_port(h: &str, p: u16) -> String {
     if h.contains(':') {
         format!("[{h}]:{p}")
@@ -401,6 +437,11 @@ impl Policies {
         self.install(files)
     }
 
+    /// The policy files as they are on disk now (name -> text).
+    pub fn on_disk(&self) -> Result<BTreeMap<String, String>, Refused> {
+        read_dir(&self.dir)
+    }
+
     /// Check a prospective set of files (name -> text) without installing it.
     pub fn check(&self, files: BTreeMap<String, String>) -> Result<(), Refused> {
         compile(&self.validator, files, 0).map(|_| ())
@@ -439,10 +480,32 @@ impl Policies {
             .authorizer
             .is_authorized(&request, &loaded.set, &entities);
         let d = response.diagnostics();
+        let errors: Vec<String> = d.errors().map(|e| e.to_string()).collect();
+        // A forbid that fails to evaluate is skipped by Cedar, which could let the
+        // request through: deny instead (fail closed).
+        let broken_forbids: Vec<String> = d
+            .errors()
+            .map(|AuthorizationError::PolicyEvaluationError(e)| e.policy_id())
+            .filter(|id| {
+                loaded
+                    .set
+                    .policy(id)
+                    .is_some_and(|p| p.effect() == Effect::Forbid)
+            })
+            .map(|id| id.to_string())
+            .collect();
+        if !broken_forbids.is_empty() {
+            return Decision {
+                allow: false,
+                policies: broken_forbids,
+                errors,
+                version: loaded.version,
+            };
+        }
         Decision {
             allow: response.decision() == CedarDecision::Allow,
             policies: d.reason().map(|id| id.to_string()).collect(),
-            errors: d.errors().map(|e| e.to_string()).collect(),
+            errors,
             version: loaded.version,
         }
     }
@@ -718,6 +781,7 @@ fn build(
             }
             uid("User", &u.name)
         }
+        Resource::Group(g) => uid("Group", g),
         Resource::Relay => uid("Relay", "relay"),
     };
     let mut pairs = vec![
@@ -768,6 +832,12 @@ fn build(
                     "dest_port".into(),
                     RestrictedExpression::new_long(i64::from(*port)),
                 ));
+                if let Ok(ip) = host.parse::<IpAddr>() {
+                    pairs.push((
+                        "dest_ip".into(),
+                        RestrictedExpression::new_ip(ip.to_string()),
+                    ));
+                }
             }
         }
         Action::SshKeyPush => {

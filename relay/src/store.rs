@@ -246,6 +246,7 @@ impl Store {
         tags: &BTreeMap<String, String>,
     ) -> Result<(String, Secret), Error> {
         validate_name(name)?;
+        not_id_shaped(name)?;
         let id = format!("ag-{}", random_base32(10));
         let code = Secret::generate("act_");
         let now = unix_now();
@@ -510,6 +511,17 @@ fn session_row(r: &sqlx::sqlite::SqliteRow) -> SessionRow {
         run_as: r.get("run_as"),
         spec: serde_json::from_str(r.get("spec")).unwrap_or_default(),
     }
+}
+
+/// User and agent names cannot look like ids (`us-...`, `ag-...`): lookups take
+/// either, so a name spelled as another's id would stand for it.
+fn not_id_shaped(name: &str) -> Result<(), Error> {
+    if name.starts_with("us-") || name.starts_with("ag-") {
+        return Err(Error::Invalid(format!(
+            "invalid name '{name}': names starting with 'us-' or 'ag-' are reserved for ids"
+        )));
+    }
+    Ok(())
 }
 
 fn validate_name(name: &str) -> Result<(), Error> {

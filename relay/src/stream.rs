@@ -74,6 +74,29 @@ fn differs_from_authorised(kind: &Kind, spec: &SessionSpec) -> Option<String> {
     }
 }
 
+/// Decide a forward channel to `host:port`: its canonical host, or the refusal.
+fn authorise_channel(
+    state: &AppState,
+    user: &crate::store::UserRow,
+    target: &crate::policy::Target,
+    session: &SessionRow,
+    peer: std::net::IpAddr,
+    host: &str,
+    port: u16,
+) -> Result<String, String> {
+    let host = policy::canonical_host(host)?;
+    let mut c = Circumstances::new(peer);
+    c.run_as = session.run_as.clone();
+    c.dest = Some((host.clone(), port));
+    let r = Resource::Agent(target);
+    let d = state.decide(user, Action::Forward, &r, &c);
+    if d.allow {
+        Ok(host)
+    } else {
+        Err(policy::refusal(&user.name, Action::Forward, &r, &c, &d))
+    }
+}
+
 /// Serve one client stream until the session ends or the client leaves.
 pub async fn serve(
     socket: WebSocket,
@@ -163,21 +186,21 @@ pub async fn serve(
         },
     );
     // A lock or revocation between the token's check and the registration above.
+    // A store that cannot say counts as a refusal (fail closed).
     let key_refused = match &session.key_id {
-        Some(k) => state
-            .store
-            .key_refusal(k)
-            .await
-            .ok()
-            .flatten()
-            .map(|e| e.to_string()),
+        Some(k) => match state.store.key_refusal(k).await {
+            Ok(r) => r.map(|e| e.to_string()),
+            Err(e) => Some(format!("cannot check the API key: {e}")),
+        },
         None => None,
     };
-    let locked = state
+    let locked = match state
         .locked(&session.user_id, Some(&session.agent_id))
         .await
-        .ok()
-        .flatten();
+    {
+        Ok(l) => l,
+        Err(_) => Some("cannot check for locks (store error)".to_string()),
+    };
     if let Some(why) = key_refused.or(locked) {
         refuse(
             &mut sink,
@@ -276,7 +299,9 @@ pub async fn serve(
     for frame in opening {
         // No session timers yet: only the stall bound applies.
         let no_timers = Instant::now() + 2 * WRITE_STALL;
-        if let Err(failed) = write_by(no_timers, agent.tx.send(frame)).await {
+        if let Err(failed) =
+            write_by(no_timers, &mut registration.ended, agent.tx.send(frame)).await
+        {
             agent.remove_route(agent_sid);
             let reason = match failed {
                 WriteFailed::Gone => "the agent disconnected".to_string(),
@@ -332,7 +357,7 @@ pub async fn serve(
                 if let Some(b) = pace_in.as_mut() {
                     b.consume(held.payload, clock());
                 }
-                if let Err(e) = write_by(timers.at(last_activity), agent.tx.send(held.bytes)).await {
+                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, agent.tx.send(held.bytes)).await {
                     let why = e.agent(timers.reason(last_activity));
                     close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                     break Err(why);
@@ -343,7 +368,7 @@ pub async fn serve(
                 if let Some(b) = pace_out.as_mut() {
                     b.consume(held.payload, clock());
                 }
-                if let Err(e) = write_by(timers.at(last_activity), sink.send(Message::Binary(held.bytes.into()))).await {
+                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(held.bytes.into()))).await {
                     break Err(e.client(timers.reason(last_activity)));
                 }
             }
@@ -353,9 +378,9 @@ pub async fn serve(
                 break Err(why);
             }
             _ = registration.ended.changed() => {
-                let why = registration.ended.borrow().clone().unwrap_or_default();
-                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                break Err(why);
+                // The agent is told first (below), then the client: a client that
+                // does not read must not delay the end of the processes.
+                break Err(registration.ended.borrow().clone().unwrap_or_default());
             }
             out = rx.recv(), if hold_out.is_none() => {
                 let Some(routed) = out else {
@@ -375,7 +400,7 @@ pub async fn serve(
                         b.consume(routed.payload, clock());
                     }
                 }
-                if let Err(e) = write_by(timers.at(last_activity), sink.send(Message::Binary(routed.bytes.into()))).await {
+                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(routed.bytes.into()))).await {
                     break Err(e.client(timers.reason(last_activity)));
                 }
                 if last {
@@ -409,27 +434,33 @@ pub async fn serve(
                         break Err("client protocol error".into());
                     }
                 };
-                if let Frame::ChannelOpen { ch, host, port, .. } = frame {
-                    // Each channel is authorised here, before the agent hears of it.
-                    let mut c = Circumstances::new(peer);
-                    c.run_as = session.run_as.clone();
-                    c.dest = Some((host.to_string(), port));
-                    let r = Resource::Agent(&target);
-                    let d = state.decide(&user, Action::Forward, &r, &c);
-                    if !d.allow {
-                        let reason = policy::refusal(&user.name, Action::Forward, &r, &c, &d);
-                        let reject = encode(&Frame::ChannelReject {
-                            sid: client_sid,
-                            ch,
-                            code: ErrorCode::DENIED,
-                            reason: &reason,
-                        });
-                        if let Err(e) = write_by(timers.at(last_activity), sink.send(Message::Binary(reject.into()))).await {
-                            break Err(e.client(timers.reason(last_activity)));
+                // Each channel is authorised here, before the agent hears of it, for
+                // its destination in canonical form, which is what the agent gets.
+                let canonical;
+                let frame = match frame {
+                    Frame::ChannelOpen { sid, ch, window, host, port } => {
+                        match authorise_channel(&state, &user, &target, &session, peer, host, port) {
+                            Ok(h) => {
+                                canonical = h;
+                                Frame::ChannelOpen { sid, ch, window, host: &canonical, port }
+                            }
+                            Err(reason) => {
+                                let reject = encode(&Frame::ChannelReject {
+                                    sid: client_sid,
+                                    ch,
+                                    code: ErrorCode::DENIED,
+                                    reason: &reason,
+                                });
+                                let send = sink.send(Message::Binary(reject.into()));
+                                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, send).await {
+                                    break Err(e.client(timers.reason(last_activity)));
+                                }
+                                continue;
+                            }
                         }
-                        continue;
                     }
-                }
+                    f => f,
+                };
                 let closes = matches!(frame, Frame::Close { .. });
                 let out = forward(frame);
                 if out.bytes.len() > agent.max_frame as usize {
@@ -450,7 +481,7 @@ pub async fn serve(
                         b.consume(out.payload, clock());
                     }
                 }
-                if let Err(e) = write_by(timers.at(last_activity), agent.tx.send(out.bytes)).await {
+                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, agent.tx.send(out.bytes)).await {
                     let why = e.agent(timers.reason(last_activity));
                     close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                     break Err(why);
@@ -481,6 +512,10 @@ pub async fn serve(
                     agent.remove_route(agent_sid);
                     let _ = state.store.end_session(&session.id, why).await;
                 }
+            }
+            if registration.ended.borrow().is_some() {
+                // Ended by a revocation or a lock: now tell the client who and why.
+                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, why).await;
             }
         }
     }
@@ -570,12 +605,19 @@ enum WriteFailed {
     Timers,
     /// The peer read nothing for [`WRITE_STALL`].
     Stalled,
+    /// The session was ended (a revoked key, a lock), for this reason.
+    Ended(String),
 }
 
-/// Run the write `send`, giving up at `timers` or [`WRITE_STALL`] from now. A write
-/// that can finish at once always does (the write is polled first).
+/// A session's end, when something (a revoked key, a lock) ends it: see `live`.
+type Ended = tokio::sync::watch::Receiver<Option<String>>;
+
+/// Run the write `send`, giving up at `timers`, [`WRITE_STALL`] from now, or when
+/// the session is `ended`. A write that can finish at once always does (the write
+/// is polled first).
 async fn write_by<E>(
     timers: Instant,
+    ended: &mut Ended,
     send: impl std::future::Future<Output = Result<(), E>>,
 ) -> Result<(), WriteFailed> {
     use futures_util::FutureExt;
@@ -590,6 +632,9 @@ async fn write_by<E>(
         r = send => r.map_err(|_| WriteFailed::Gone),
         _ = tokio::time::sleep_until(timers) => Err(WriteFailed::Timers),
         _ = tokio::time::sleep_until(stall) => Err(WriteFailed::Stalled),
+        why = ended.wait_for(Option::is_some) => Err(WriteFailed::Ended(
+            why.map(|w| w.clone().unwrap_or_default()).unwrap_or_default(),
+        )),
     }
 }
 
@@ -600,6 +645,7 @@ impl WriteFailed {
             WriteFailed::Gone => "client went away".into(),
             WriteFailed::Timers => format!("{timer} (the client was not reading)"),
             WriteFailed::Stalled => format!("the client read nothing for {}", human(WRITE_STALL)),
+            WriteFailed::Ended(why) => why,
         }
     }
 
@@ -614,6 +660,7 @@ impl WriteFailed {
                     human(WRITE_STALL)
                 )
             }
+            WriteFailed::Ended(why) => why,
         }
     }
 }
@@ -639,10 +686,13 @@ mod tests {
         // A session quiet for longer than the stall bound, then a write: it is not
         // mistaken for a stalled peer (nor are timers that are due for it).
         let t0 = Instant::now();
+        let (_end, mut ended) = tokio::sync::watch::channel(None);
         tokio::time::advance(WRITE_STALL * 3).await;
-        assert!(write_by(t0, async { Ok::<(), ()>(()) }).await.is_ok());
+        assert!(write_by(t0, &mut ended, async { Ok::<(), ()>(()) })
+            .await
+            .is_ok());
         assert!(matches!(
-            write_by(t0, async { Err::<(), ()>(()) }).await,
+            write_by(t0, &mut ended, async { Err::<(), ()>(()) }).await,
             Err(WriteFailed::Gone)
         ));
     }
@@ -650,19 +700,28 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_write_that_makes_no_progress_ends_at_the_timers_or_the_stall_bound() {
         let never = std::future::pending::<Result<(), ()>>;
+        let (end, mut ended) = tokio::sync::watch::channel(None);
         let now = Instant::now();
         let soon = now + Duration::from_secs(5);
         assert!(matches!(
-            write_by(soon, never()).await,
+            write_by(soon, &mut ended, never()).await,
             Err(WriteFailed::Timers)
         ));
         assert_eq!(Instant::now(), soon);
         let later = Instant::now() + WRITE_STALL * 2;
         assert!(matches!(
-            write_by(later, never()).await,
+            write_by(later, &mut ended, never()).await,
             Err(WriteFailed::Stalled)
         ));
         assert_eq!(Instant::now(), soon + WRITE_STALL);
+        // Ending the session ends a blocked write at once.
+        let at = Instant::now();
+        end.send_replace(Some("key revoked".into()));
+        assert!(matches!(
+            write_by(later + WRITE_STALL, &mut ended, never()).await,
+            Err(WriteFailed::Ended(why)) if why == "key revoked"
+        ));
+        assert_eq!(Instant::now(), at);
     }
 
     #[test]

@@ -42,6 +42,11 @@ when { resource.hasTag("site") && resource.getTag("site") == "prod" };
 @id("own-keys")
 permit (principal, action == Action::"admin_keys", resource) when { resource == principal };
 
+// The help desk adds users, and puts them in ops, but cannot make admins.
+@id("helpdesk-users")
+permit (principal in Group::"helpdesk", action == Action::"admin_users", resource)
+when { resource == Relay::"relay" || resource == Group::"ops" };
+
 // carol: commands on the lab, from this machine's first loopback address only.
 @id("carol-exec")
 permit (principal == User::"carol", action in [Action::"exec", Action::"list"], resource);
@@ -89,6 +94,10 @@ impl Fleet {
         );
         keys.insert("bob", admin(&data, &["user", "add", "bob"]));
         keys.insert("carol", admin(&data, &["user", "add", "carol"]));
+        keys.insert(
+            "dave",
+            admin(&data, &["user", "add", "dave", "--group", "helpdesk"]),
+        );
         env.wait_online("db-01", true);
         Fleet {
             _turn: turn,
@@ -308,13 +317,16 @@ fn a_forbidden_forward_destination_is_refused_and_other_channels_go_on() {
         .args(["forward", "gw-01"])
         .arg(format!("0:127.0.0.1:{open}"))
         .arg(format!("0:127.0.0.1:{closed}"))
+        // The same address spelled another way does not get past the forbid.
+        .arg(format!("0:127.1:{closed}"))
+        .arg(format!("0:[::ffff:127.0.0.1]:{closed}"))
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut ports = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).unwrap();
         let port: u16 = line
@@ -327,6 +339,8 @@ fn a_forbidden_forward_destination_is_refused_and_other_channels_go_on() {
     }
     assert_eq!(greet(ports[0]), "open\n");
     assert_eq!(greet(ports[1]), "", "the forbidden destination answered");
+    assert_eq!(greet(ports[2]), "", "127.1 passed for another address");
+    assert_eq!(greet(ports[3]), "", "an IPv4-mapped address passed");
     // The session and its other channels are unharmed.
     assert_eq!(greet(ports[0]), "open\n");
     assert_eq!(greet(ports[0]), "open\n");
@@ -338,6 +352,11 @@ fn a_forbidden_forward_destination_is_refused_and_other_channels_go_on() {
          (forbidden by policy 'no-port-{closed}')"
     );
     assert!(log.contains(&why), "{log}");
+    assert!(
+        log.contains("'127.1' is not a standard IP address"),
+        "{log}"
+    );
+    assert_eq!(log.matches(&why).count(), 2, "{log}");
     // The agent never heard of it.
     let agent = f.env.agent.log();
     assert!(!agent.contains(&closed.to_string()), "{agent}");
@@ -520,6 +539,11 @@ fn revoked_and_expired_keys_are_refused_and_a_lock_ends_a_live_session() {
         refused(&f.run("alice", &["shell", "gw-01", "--as", "deploy"], b"id\n")),
         "error: user alice is locked: incident 42"
     );
+    // Nor can she lift it herself, or do anything else.
+    assert_eq!(
+        refused(&f.run("alice", &["admin", "locks", "rm", "alice"], b"")),
+        "error: user alice is locked: incident 42"
+    );
     succeeded(&f.env.run(&["admin", "locks", "rm", "alice"], b""));
     succeeded(&f.run("alice", &["shell", "gw-01", "--as", "deploy"], b"true\n"));
     drop((stdin, stdin2));
@@ -628,4 +652,38 @@ fn a_policy_set_that_fails_validation_is_refused_and_the_old_one_stays() {
         refused(&f.run("alice", &["shell", "gw-01", "--as", "deploy"], b"true\n")),
         "error: denied: alice may not shell on gw-01 as deploy (forbidden by policy 'no-alice')"
     );
+}
+
+#[test]
+fn managing_users_does_not_make_admins() {
+    let f = Fleet::start("");
+    let out = f.run(
+        "dave",
+        &["admin", "users", "add", "erin", "--group", "ops"],
+        b"",
+    );
+    assert!(succeeded(&out).starts_with("sk_"), "{out:?}");
+    assert_eq!(
+        refused(&f.run(
+            "dave",
+            &["admin", "users", "add", "mallory", "--group", "admins"],
+            b""
+        )),
+        "error: denied: dave may not admin_users on group admins (no policy permits it)"
+    );
+    assert_eq!(
+        refused(&f.run(
+            "dave",
+            &["admin", "users", "groups", "dave", "--add", "admins"],
+            b""
+        )),
+        "error: denied: dave may not admin_users on group admins (no policy permits it)"
+    );
+    assert_eq!(
+        refused(&f.run("dave", &["admin", "policies", "show"], b"")),
+        "error: denied: dave may not admin_policies on the relay (no policy permits it)"
+    );
+    // Names that look like ids are refused (lookups take either).
+    let out = f.env.run(&["admin", "users", "add", "us-abcdefghij"], b"");
+    assert!(refused(&out).contains("reserved for ids"), "{out:?}");
 }

@@ -333,7 +333,8 @@ fn every_action_builds_a_request_the_schema_accepts() {
             Action::SessionsList | Action::Terminate | Action::Observe | Action::Replay => {
                 vec![session]
             }
-            Action::AdminUsers | Action::AdminPolicies => vec![Resource::Relay],
+            Action::AdminUsers => vec![Resource::Relay, Resource::Group("ops")],
+            Action::AdminPolicies => vec![Resource::Relay],
             Action::AdminKeys => vec![Resource::User(&alice)],
             Action::AdminAgents => vec![Resource::Relay, Resource::Agent(&lab)],
             Action::AdminLocks => vec![Resource::User(&alice), Resource::Agent(&lab)],
@@ -372,4 +373,94 @@ fn dates_and_quoting() {
         .parse::<Action>()
         .unwrap_err()
         .contains("unknown action 'sudo'"));
+}
+
+#[test]
+fn destinations_are_canonical_and_addresses_are_ips() {
+    for (given, canonical) in [
+        ("127.0.0.1", "127.0.0.1"),
+        ("DB.Internal.", "db.internal"),
+        ("[::1]", "::1"),
+        ("::FFFF:10.0.0.5", "10.0.0.5"),
+        ("0:0:0:0:0:0:0:1", "::1"),
+        ("10.0.0.5.", "10.0.0.5"),
+        ("cafe.face", "cafe.face"),
+        ("1e100.net", "1e100.net"),
+    ] {
+        assert_eq!(canonical_host(given).as_deref(), Ok(canonical), "{given}");
+    }
+    for numeric in [
+        "10.1",
+        "0x0a000005",
+        "2130706433",
+        "012.0.0.1",
+        "10.0.0.0x5",
+    ] {
+        assert!(canonical_host(numeric).is_err(), "{numeric}");
+    }
+    // dest_ip: a range check on the address.
+    let text = r#"
+@id("lab")
+permit (principal, action == Action::"forward", resource);
+@id("no-ten")
+forbid (principal, action == Action::"forward", resource)
+when { context has dest_ip && context.dest_ip.isInRange(ip("10.0.0.0/8")) };
+"#;
+    let p = Policies::load(&dir("dest-ip", &[("d.cedar", text)])).unwrap();
+    let lab = agent("gw-01", "lab");
+    let mut c = from("127.0.0.1");
+    c.run_as = "sesame-user".into();
+    c.dest = Some((canonical_host("::ffff:10.1.2.3").unwrap(), 80));
+    let d = p.authorize(
+        &user("alice", &[]),
+        Action::Forward,
+        &Resource::Agent(&lab),
+        &c,
+    );
+    assert_eq!((d.allow, d.policies), (false, vec!["no-ten".to_string()]));
+    c.dest = Some(("db.internal".into(), 80));
+    assert!(
+        p.authorize(
+            &user("alice", &[]),
+            Action::Forward,
+            &Resource::Agent(&lab),
+            &c
+        )
+        .allow
+    );
+}
+
+#[test]
+fn a_forbid_that_fails_to_evaluate_denies() {
+    // Overflow at run time: the validator cannot see it coming.
+    let text = r#"
+@id("all")
+permit (principal, action == Action::"forward", resource);
+@id("broken")
+forbid (principal, action == Action::"forward", resource)
+when { context has dest_port && context.dest_port * 9223372036854775807 > 0 };
+"#;
+    let p = Policies::load(&dir("broken", &[("b.cedar", text)])).unwrap();
+    let lab = agent("gw-01", "lab");
+    let mut c = from("127.0.0.1");
+    c.dest = Some(("db".into(), 80));
+    let d = p.authorize(
+        &user("alice", &[]),
+        Action::Forward,
+        &Resource::Agent(&lab),
+        &c,
+    );
+    assert!(!d.allow);
+    assert_eq!(d.policies, ["broken"]);
+    assert_eq!(d.errors.len(), 1, "{d:?}");
+    c.dest = None;
+    assert!(
+        p.authorize(
+            &user("alice", &[]),
+            Action::Forward,
+            &Resource::Agent(&lab),
+            &c
+        )
+        .allow
+    );
 }

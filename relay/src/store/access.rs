@@ -266,6 +266,7 @@ impl Store {
         groups: &[String],
     ) -> Result<(UserRow, Secret), Error> {
         validate_name(name)?;
+        super::not_id_shaped(name)?;
         for g in groups {
             validate_group(g)?;
         }
@@ -411,7 +412,8 @@ impl Store {
     /// use (to the minute).
     pub async fn authenticate(&self, key: &Secret) -> Result<Result<Caller, KeyRefused>, Error> {
         let row = sqlx::query(
-            "SELECT k.id, k.name, k.expires_at, k.revoked_at, k.last_used, u.name AS user_name
+            "SELECT k.id, k.name, k.expires_at, k.revoked_at, k.last_used, u.name AS user_name,
+                    u.id AS user_id
              FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.hash = ?",
         )
         .bind(key.hash())
@@ -440,8 +442,9 @@ impl Store {
                 .execute(&self.pool)
                 .await?;
         }
+        let user_id: String = r.get("user_id");
         let user = self
-            .user(&user)
+            .user(&user_id)
             .await?
             .ok_or(Error::Invalid("the key's user is gone".into()))?;
         Ok(Ok(Caller { user, key_id }))
