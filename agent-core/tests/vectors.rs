@@ -1,6 +1,6 @@
 //! The golden vectors of `tests/vectors/frames.txt`, checked against frames built here.
 
-use agent_core::wire::{Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream};
+use agent_core::wire::{Auth, Bytes, ErrorCode, Exit, Frame, Hello, Kind, Stream};
 use agent_core::DecodeError;
 
 fn vectors() -> Vec<(String, Vec<u8>, Option<String>)> {
@@ -22,6 +22,7 @@ fn vectors() -> Vec<(String, Vec<u8>, Option<String>)> {
         .collect()
 }
 
+/// Bytes 0 to 31: the `challenge` vector's nonce and the `auth` vector's public key.
 static NONCE: [u8; 32] = {
     let mut n = [0u8; 32];
     let mut i = 0;
@@ -32,6 +33,17 @@ static NONCE: [u8; 32] = {
     n
 };
 
+/// The signature of the `auth` vector: bytes 0x40 to 0x7f.
+static SIGNATURE: [u8; 64] = {
+    let mut s = [0u8; 64];
+    let mut i = 0;
+    while i < 64 {
+        s[i] = 0x40 + i as u8;
+        i += 1;
+    }
+    s
+};
+
 fn expected(name: &str) -> Frame<'static> {
     let close = |exit, reason| Frame::Close {
         sid: 1,
@@ -39,6 +51,12 @@ fn expected(name: &str) -> Frame<'static> {
         reason,
     };
     match name {
+        "auth" => Frame::Auth(Auth {
+            public_key: Bytes(&NONCE),
+            signature: Bytes(&SIGNATURE),
+            activation: "",
+            account: "sesame-user",
+        }),
         "hello" => Frame::Hello(Hello {
             version: 2,
             max_frame: 32768,
@@ -221,5 +239,5 @@ fn golden_vectors_decode_and_encode_exactly() {
             }
         }
     }
-    assert_eq!((good, bad), (31, 8), "vector file lost or gained lines");
+    assert_eq!((good, bad), (32, 9), "vector file lost or gained lines");
 }

@@ -22,9 +22,9 @@ pub const WINDOW: usize = 512;
 pub const LINE: usize = 128;
 /// Output one command may produce; more is cut.
 pub const OUT: usize = 1024;
-/// The one account of a device: every session runs as the console. `Open` may name
-/// it or leave the account empty; any other is refused (the device does not announce
-/// `features::RUN_AS`).
+/// The one account of a device: every session runs as the console. It is the default
+/// account the device names in `Auth`; `Open` may name it or leave the account empty,
+/// and any other is refused (the device does not announce `features::RUN_AS`).
 pub const ACCOUNT: &str = "console";
 
 /// Why the connection has to end.
@@ -237,7 +237,10 @@ impl<'k, const N: usize> Engine<'k, N> {
                     Some(m) => {
                         let sig = self.key.sign(m).to_bytes();
                         let public = self.key.verifying_key().to_bytes();
-                        self.agent.authenticate(public, sig, "");
+                        // Every session of a device runs as the console: the
+                        // account the relay's policies decide on. A valid name, so
+                        // never refused (the rig's handshake checks it goes out).
+                        let _ = self.agent.authenticate(public, sig, "", ACCOUNT);
                     }
                     None => {
                         let why = format_args!("challenge nonce has the wrong length");
@@ -546,6 +549,8 @@ mod tests {
                     key.verifying_key().verify(m, &sig).unwrap();
                     assert_eq!(a.public_key.0, key.verifying_key().as_bytes());
                     assert_eq!(a.activation, "");
+                    // The default account the relay's policies see: the console.
+                    assert_eq!(a.account, ACCOUNT);
                 }
                 f => panic!("expected Auth, got {f:?}"),
             }

@@ -20,8 +20,8 @@
 //!   board's own ([`console::Board`]); `exec` runs one line and returns its output
 //!   and exit status (127 for an unknown command). Forward and ssh-key sessions are
 //!   refused as unsupported (not announced in `Hello`). A device has no accounts:
-//!   sessions run as [`engine::ACCOUNT`] (`console`), and an `Open` naming another
-//!   account is refused (`DENIED`).
+//!   sessions run as [`engine::ACCOUNT`] (`console`), the default account it names
+//!   in `Auth`, and an `Open` naming another account is refused (`DENIED`).
 //! - The relay must cap TLS records at 4 KiB ([`link::TLS_READ`]); the Sesame
 //!   relay does.
 //! - Nothing panics on input from the network; a bad frame ends at most its session,

@@ -3,6 +3,10 @@
 //! the credentials the child takes between fork and exec; its login environment and
 //! working directory; the agent's default account, created on first use.
 //!
+//! The default account ([`default_name`]) is announced to the relay in `Auth`, so that
+//! its policies decide on the account a session that names none really runs as; an
+//! `Open` may also name it, with the same effect as naming none.
+//!
 //! There is no silent fallback: an account that does not exist is refused
 //! ([`RunAsError::NoSuchAccount`]), and an agent that does not run as root runs
 //! everything as itself and refuses any other account ([`RunAsError::CannotSwitch`]).
@@ -259,8 +263,21 @@ impl Credentials {
     }
 }
 
-/// The account a session asked for as `requested` (empty: the default) runs as.
-/// Blocks on the file system (and, the first time, on creating the default account).
+/// The agent's default account, which it announces to the relay: the account of a
+/// session that names none. A root agent's is `cfg.default`; an agent that is not root
+/// runs everything as itself, so its default is its own account (its user id if the
+/// account has no name).
+pub fn default_name(cfg: &AccountConfig) -> String {
+    let euid = rustix::process::geteuid().as_raw();
+    if euid == 0 {
+        return cfg.default.clone();
+    }
+    passwd::by_uid(euid).map_or_else(|| euid.to_string(), |a| a.name)
+}
+
+/// The account a session asked for as `requested` (empty, or the default account's
+/// name: the default) runs as. Blocks on the file system (and, the first time, on
+/// creating the default account).
 pub fn resolve(cfg: &AccountConfig, requested: &str) -> Result<RunAs, RunAsError> {
     let euid = rustix::process::geteuid().as_raw();
     if euid != 0 {
@@ -574,6 +591,26 @@ mod tests {
         } else {
             assert!(matches!(e, RunAsError::CannotSwitch { .. }), "{e}");
         }
+    }
+
+    #[test]
+    fn naming_the_default_account_is_asking_for_the_default() {
+        // `root` as the default, so that nothing is created on the machine.
+        let cfg = AccountConfig {
+            default: "root".into(),
+            ..AccountConfig::default()
+        };
+        let name = default_name(&cfg);
+        if rustix::process::geteuid().is_root() {
+            assert_eq!(name, "root");
+            assert_eq!(default_name(&AccountConfig::default()), DEFAULT_ACCOUNT);
+        } else {
+            // Not root: the agent's own account, whatever the configuration says.
+            assert_eq!(name, default_name(&AccountConfig::default()));
+        }
+        assert!(agent_core::wire::account_valid(&name), "{name}");
+        assert_eq!(resolve(&cfg, &name).unwrap(), resolve(&cfg, "").unwrap());
+        assert_eq!(resolve(&cfg, "").unwrap().name, name);
     }
 
     #[test]

@@ -34,6 +34,8 @@ struct Context {
     policy: Arc<DestPolicy>,
     keys: KeyConfig,
     accounts: AccountConfig,
+    /// The account of a session that names none, announced in `Auth`.
+    default_account: String,
 }
 
 /// How the agent was started.
@@ -67,6 +69,9 @@ pub enum StartError {
     /// First run without an activation code.
     #[error("no identity in {0}: run once with --activate CODE (from `sesame-relay agent add`)")]
     NotActivated(String),
+    /// The default account cannot be named to the relay.
+    #[error("the default account '{0}' is not an account name the relay accepts (at most 64 bytes of letters, digits, . _ - @ $, not starting with -)")]
+    DefaultAccount(String),
 }
 
 /// Run forever: connect, serve, and reconnect with jittered exponential backoff.
@@ -86,6 +91,12 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
             opts.state_dir.display().to_string(),
         ));
     }
+    // The relay's policies decide on this account for sessions that name none, so it
+    // must be the one they really run as, and it goes to the relay whole.
+    let default_account = account::default_name(&opts.accounts);
+    if !wire::account_valid(&default_account) || default_account.is_empty() {
+        return Err(StartError::DefaultAccount(default_account));
+    }
     let identity = Identity::load_or_create(&opts.state_dir)?;
     let ctx = Context {
         policy: Arc::new(opts.policy.clone()),
@@ -94,13 +105,13 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
             state_dir: opts.state_dir.clone(),
         },
         accounts: opts.accounts.clone(),
+        default_account,
     };
     if rustix::process::geteuid().is_root() {
         let accounts = ctx.accounts.clone();
         tokio::task::spawn_blocking(move || account::sync_sudo(&accounts));
     } else {
-        let me = crate::passwd::by_uid(rustix::process::geteuid().as_raw())
-            .map_or_else(|| "this user".to_string(), |a| a.name);
+        let me = &ctx.default_account;
         info!("not running as root: every session runs as '{me}', other accounts are refused");
         if opts.accounts.default_sudo {
             warn!("--default-account-sudo ignored: the agent does not run as root");
@@ -382,8 +393,11 @@ impl Conn<'_> {
                 let mut buf = [0u8; 64];
                 if let Some(msg) = auth_message(nonce, &mut buf) {
                     let sig = self.identity.sign(msg);
-                    self.engine
-                        .authenticate(self.identity.public_key(), sig, self.activation);
+                    let key = self.identity.public_key();
+                    let account = &self.ctx.default_account;
+                    if let Err(e) = self.engine.authenticate(key, sig, self.activation, account) {
+                        return Some(format!("{e}: '{account}'"));
+                    }
                 }
             }
             Event::Authenticated { agent_id } => {

@@ -35,8 +35,9 @@ Options:
                     where pushed SSH keys go, as sshd's AuthorizedKeysFile
                     (%h home, %u user) [default: %h/.ssh/authorized_keys]
   --default-account NAME
-                    account of the sessions the relay names no account for; created
-                    on first use, without a password, if missing [default: sesame-user].
+                    account of the sessions the relay names no account for (told to
+                    the relay, whose policies decide on it); created on first use,
+                    without a password, if missing [default: sesame-user].
                     An agent not run as root runs every session as itself
   --default-account-sudo
                     give the default account sudo without a password

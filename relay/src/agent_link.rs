@@ -21,6 +21,19 @@ const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// An agent silent for this long is dead (it pings every 15 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What an agent's handshake established.
+struct Authenticated {
+    agent: AgentRow,
+    /// Its session capacity, within the relay's limit per agent.
+    max_sessions: u16,
+    /// The largest frame it accepts, within the protocol's bounds.
+    max_frame: u32,
+    /// The features of its `Hello`.
+    features: u32,
+    /// The account its sessions run as when they name none (its `Auth`).
+    default_account: String,
+}
+
 /// Encode a frame into a fresh buffer.
 pub fn encode(f: &Frame) -> Vec<u8> {
     let mut buf = vec![0u8; f.buffer_len()];
@@ -74,19 +87,24 @@ pub async fn serve(
         {
             return Err(None);
         }
-        let (agent, max_sessions, max_frame, features) =
-            handshake(&mut stream, &state, &nonce).await.map_err(Some)?;
+        let authed = handshake(&mut stream, &state, &nonce).await.map_err(Some)?;
         let ok = encode(&Frame::AuthOk {
-            agent_id: &agent.id,
+            agent_id: &authed.agent.id,
         });
         if sink.send(Message::Binary(ok.into())).await.is_err() {
             return Err(None);
         }
-        Ok((agent, max_sessions, max_frame, features))
+        Ok(authed)
     })
     .await
     .unwrap_or_else(|_| Err(Some("authentication timed out".to_string())));
-    let (agent, max_sessions, max_frame, features) = match authed {
+    let Authenticated {
+        agent,
+        max_sessions,
+        max_frame,
+        features,
+        default_account,
+    } = match authed {
         Ok(a) => {
             // Authenticated: the link no longer counts against the caps on
             // unauthenticated connections (it held its place until now).
@@ -120,10 +138,11 @@ pub async fn serve(
         max_sessions,
         max_frame,
         features,
+        &default_account,
         tx,
     );
     let _ = state.store.touch_agent(&agent.id).await;
-    info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, max_frame, "agent online");
+    info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, max_frame, %default_account, "agent online");
 
     let writer = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -178,7 +197,7 @@ async fn handshake(
     stream: &mut futures_util::stream::SplitStream<WebSocket>,
     state: &AppState,
     nonce: &[u8; NONCE_LEN],
-) -> Result<(AgentRow, u16, u32, u32), String> {
+) -> Result<Authenticated, String> {
     let msg = recv_binary(stream).await.ok_or("closed during handshake")?;
     let hello = match Frame::decode_bounded(&msg, wire::DEFAULT_MAX_FRAME as usize) {
         Ok(Frame::Hello(h)) => h,
@@ -204,6 +223,8 @@ async fn handshake(
     if auth.public_key.0.len() != 32 || key.verify(signed, auth.signature.0).is_err() {
         return Err("agent key signature does not verify".into());
     }
+    // Before the store: a refused agent must not use up its activation code.
+    let default_account = default_account(auth.account)?;
     let agent = if auth.activation.is_empty() {
         state
             .store
@@ -235,7 +256,31 @@ async fn handshake(
     {
         return Err(format!("agent '{}' was revoked", agent.name));
     }
-    Ok((agent, max, max_frame, hello.features))
+    Ok(Authenticated {
+        agent,
+        max_sessions: max,
+        max_frame,
+        features: hello.features,
+        default_account,
+    })
+}
+
+/// The default account of an agent's `Auth`: the account its sessions run as when
+/// they name none, which the relay's policies decide on. An agent must name one (it
+/// may not leave it to be guessed), whole and valid by `wire::account_valid`.
+fn default_account(account: &str) -> Result<String, String> {
+    let why = if account.is_empty() {
+        "empty (an agent names the account its sessions run as when they name none)".into()
+    } else if !wire::account_valid(account) {
+        format!(
+            "not an account name (at most {} bytes of letters, digits, . _ - @ $, \
+             not starting with -)",
+            wire::ACCOUNT_MAX
+        )
+    } else {
+        return Ok(account.to_string());
+    };
+    Err(format!("agent sent an invalid default account: {why}"))
 }
 
 /// Route one frame from the agent. `Err` is a connection-level protocol violation.
@@ -317,5 +362,38 @@ async fn route_from_agent(
             "agent sent frame type {} after authentication",
             other.frame_type()
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_agent_must_name_a_valid_default_account() {
+        assert_eq!(default_account("sesame-user").unwrap(), "sesame-user");
+        assert_eq!(default_account("root").unwrap(), "root");
+        assert_eq!(
+            default_account("").unwrap_err(),
+            "agent sent an invalid default account: empty (an agent names the account its \
+             sessions run as when they name none)"
+        );
+        let long = "a".repeat(wire::ACCOUNT_MAX + 1);
+        for bad in [
+            "-oProxyCommand=x",
+            "../root",
+            "a b",
+            "root\n",
+            long.as_str(),
+        ] {
+            assert_eq!(
+                default_account(bad).unwrap_err(),
+                "agent sent an invalid default account: not an account name (at most 64 \
+                 bytes of letters, digits, . _ - @ $, not starting with -)",
+                "{bad:?}"
+            );
+        }
+        // Never clipped: the longest name is taken whole.
+        assert_eq!(default_account(&long[1..]).unwrap(), &long[1..]);
     }
 }

@@ -102,6 +102,10 @@ pub struct AgentHandle {
     pub tx: mpsc::Sender<Vec<u8>>,
     /// Session kinds and features the agent announced (`wire::features`).
     pub features: u32,
+    /// The account a session runs as when its `Open` names none (the agent's `Auth`;
+    /// checked with `wire::account_valid`, never empty): what the policies decide on
+    /// for such a session.
+    pub default_account: String,
     /// Set to the reason to make the connection task hang up (replaced by a newer
     /// connection, the agent revoked).
     pub kick: watch::Sender<Option<String>>,
@@ -248,8 +252,10 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Register a freshly authenticated connection; a previous connection of the
-    /// same agent is told to hang up.
+    /// Register a freshly authenticated connection, with the default account its
+    /// `Auth` named; a previous connection of the same agent is told to hang up.
+    // Each argument is one thing the handshake learnt; a struct would only name them twice.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
         id: &str,
@@ -257,6 +263,7 @@ impl Hub {
         max_sessions: u16,
         max_frame: u32,
         features: u32,
+        default_account: &str,
         tx: mpsc::Sender<Vec<u8>>,
     ) -> (Arc<AgentHandle>, watch::Receiver<Option<String>>) {
         let (kick, kicked) = watch::channel(None);
@@ -267,6 +274,7 @@ impl Hub {
             max_sessions,
             max_frame,
             features,
+            default_account: default_account.to_string(),
             tx,
             kick,
             routes: Mutex::new(HashMap::new()),
@@ -321,7 +329,7 @@ mod tests {
 
     fn agent(hub: &Hub, id: &str, capacity: u16) -> Arc<AgentHandle> {
         let (tx, _rx) = mpsc::channel(1);
-        hub.register(id, id, capacity, 2048, 0, tx).0
+        hub.register(id, id, capacity, 2048, 0, "sesame-user", tx).0
     }
 
     #[test]

@@ -19,9 +19,22 @@ fuzz_target!(|data: &[u8]| {
     let mut agent: Agent<3> = Agent::new(AgentConfig::default(), now);
     let mut out = vec![0u8; 32 * 1024];
     // Get through the handshake so that session frames are reachable.
-    let _ = agent.handle_frame(now, &enc(Frame::Hello(Hello { version: agent_core::PROTOCOL_VERSION, max_frame: 4096, max_sessions: 0, features: 0 })));
-    let _ = agent.handle_frame(now, &enc(Frame::Challenge { nonce: agent_core::wire::Bytes(&[0; 32]) }));
-    agent.authenticate([0; 32], [0; 64], "");
+    let _ = agent.handle_frame(
+        now,
+        &enc(Frame::Hello(Hello {
+            version: agent_core::PROTOCOL_VERSION,
+            max_frame: 4096,
+            max_sessions: 0,
+            features: 0,
+        })),
+    );
+    let _ = agent.handle_frame(
+        now,
+        &enc(Frame::Challenge {
+            nonce: agent_core::wire::Bytes(&[0; 32]),
+        }),
+    );
+    agent.authenticate([0; 32], [0; 64], "", "root").unwrap();
     let _ = agent.handle_frame(now, &enc(Frame::AuthOk { agent_id: "a" }));
     let mut rest = data;
     while let [op, arg, tail @ ..] = rest {
@@ -33,12 +46,18 @@ fuzz_target!(|data: &[u8]| {
                 let (msg, tail) = rest.split_at(len);
                 rest = tail;
                 if let Ok(Some(Event::Open { sid, .. })) = agent.handle_frame(now, msg) {
-                    if arg % 2 == 0 { agent.accept(sid) } else { agent.reject(sid, agent_core::wire::ErrorCode::SPAWN, "no") }
+                    if arg % 2 == 0 {
+                        agent.accept(sid)
+                    } else {
+                        agent.reject(sid, agent_core::wire::ErrorCode::SPAWN, "no")
+                    }
                 }
             }
             1 => {
                 let before = agent.send_credit(sid, 0);
-                if let Ok((n, _)) = agent.send_data(now, sid, 0, Stream::OUT, &[0u8; 5000], &mut out) {
+                if let Ok((n, _)) =
+                    agent.send_data(now, sid, 0, Stream::OUT, &[0u8; 5000], &mut out)
+                {
                     assert!(n as u32 <= before, "sent beyond credit");
                 }
             }

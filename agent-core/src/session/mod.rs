@@ -67,7 +67,8 @@ impl Default for AgentConfig {
 /// What happened, as a result of a received frame or a timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
-    /// The relay sent its challenge: sign [`auth_message`] and call [`Agent::authenticate`].
+    /// The relay sent its challenge: sign [`auth_message`] and call [`Agent::authenticate`]
+    /// with the agent's default account.
     Challenge {
         /// The nonce to sign.
         nonce: &'a [u8],
@@ -177,6 +178,28 @@ pub enum SendError {
     BufferTooSmall,
 }
 
+/// Why [`Agent::authenticate`] sent nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// The default account is empty or not an account name
+    /// ([`wire::account_valid`]); it is never clipped, since a prefix may name
+    /// another account.
+    Account,
+}
+
+impl core::fmt::Display for AuthError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AuthError::Account => write!(
+                f,
+                "the default account must be an account name (at most {} bytes of letters, digits, . _ - @ $)",
+                wire::ACCOUNT_MAX
+            ),
+        }
+    }
+}
+
 impl core::fmt::Display for SendError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
@@ -201,7 +224,10 @@ pub fn auth_message<'b>(nonce: &[u8], buf: &'b mut [u8; 64]) -> Option<&'b [u8]>
 }
 
 /// Connection states, one struct each (rustls style); transitions consume the state.
+/// One lives in each [`Agent`], in place (no allocation): holding the pending `Auth`
+/// elsewhere would take the same bytes.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 enum Conn {
     /// Waiting for the relay's `Hello`.
     AwaitHello,
@@ -225,6 +251,7 @@ struct PendingAuth {
     key: [u8; 32],
     sig: [u8; 64],
     activation: String<ACTIVATION_MAX>,
+    account: String<{ wire::ACCOUNT_MAX }>,
 }
 
 #[derive(Debug)]
@@ -592,8 +619,21 @@ impl<const N: usize, const C: usize> Agent<N, C> {
     }
 
     /// Answer the challenge: the agent's public key, its signature of
-    /// [`auth_message`], and the activation code on first contact (else `""`).
-    pub fn authenticate(&mut self, public_key: [u8; 32], signature: [u8; 64], activation: &str) {
+    /// [`auth_message`], the activation code on first contact (else `""`), and the
+    /// agent's default account, the account a session runs as when its `Open` names
+    /// none (the relay's policies decide on it). An empty or invalid account
+    /// ([`wire::account_valid`]) is refused with nothing sent and nothing changed.
+    pub fn authenticate(
+        &mut self,
+        public_key: [u8; 32],
+        signature: [u8; 64],
+        activation: &str,
+        account: &str,
+    ) -> Result<(), AuthError> {
+        let mut name = String::new();
+        if account.is_empty() || !wire::account_valid(account) || name.push_str(account).is_err() {
+            return Err(AuthError::Account);
+        }
         if let Conn::Signing { peer } = core::mem::replace(&mut self.conn, Conn::Closed) {
             // A code longer than any the relay issues is clipped, and the relay then
             // refuses it as unknown; drivers check the length first to say so.
@@ -604,9 +644,11 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                     key: public_key,
                     sig: signature,
                     activation: code,
+                    account: name,
                 }),
             };
         }
+        Ok(())
     }
 
     /// The session started: tell the peer, announcing our receive window.
@@ -800,6 +842,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                     public_key: Bytes(&a.key),
                     signature: Bytes(&a.sig),
                     activation: a.activation.as_str(),
+                    account: a.account.as_str(),
                 });
                 return frame.encode(out).ok();
             }

@@ -65,13 +65,16 @@ impl Sim {
             .unwrap()
             .unwrap();
         assert!(ev.starts_with("Challenge"));
-        s.agent.authenticate([1; 32], [2; 64], "CODE");
+        s.agent
+            .authenticate([1; 32], [2; 64], "CODE", "sesame-user")
+            .unwrap();
         let out = s.drain();
         match Frame::decode(&out[0]).unwrap() {
             Frame::Auth(a) => {
                 assert_eq!(a.public_key.0, &[1; 32]);
                 assert_eq!(a.signature.0, &[2; 64]);
                 assert_eq!(a.activation, "CODE");
+                assert_eq!(a.account, "sesame-user");
             }
             f => panic!("expected Auth, got {f:?}"),
         }
@@ -222,6 +225,44 @@ fn an_account_that_is_no_account_name_is_refused_before_the_driver_sees_it() {
         }
     }
     assert_eq!(s.agent.session_count(), 0, "no slot taken");
+}
+
+#[test]
+fn auth_names_a_valid_default_account_or_is_not_sent() {
+    let mut s = Sim::new();
+    let _ = s.drain();
+    s.feed(Frame::Hello(Hello {
+        version: crate::PROTOCOL_VERSION,
+        max_frame: 4096,
+        max_sessions: 0,
+        features: 0,
+    }))
+    .unwrap();
+    s.feed(Frame::Challenge {
+        nonce: Bytes(&[7u8; 32]),
+    })
+    .unwrap();
+    let long = "a".repeat(crate::wire::ACCOUNT_MAX + 1);
+    for bad in ["", "../root", "-x", long.as_str()] {
+        assert_eq!(
+            s.agent.authenticate([1; 32], [2; 64], "", bad),
+            Err(AuthError::Account),
+            "{bad:?}"
+        );
+        assert!(s.drain().is_empty(), "nothing sent for {bad:?}");
+    }
+    assert_eq!(
+        std::format!("{}", AuthError::Account),
+        "the default account must be an account name (at most 64 bytes of letters, digits, . _ - @ $)"
+    );
+    // Nothing changed: the agent may still answer, and the longest name goes whole.
+    let longest = &long[1..];
+    s.agent.authenticate([1; 32], [2; 64], "", longest).unwrap();
+    let out = s.drain();
+    match Frame::decode(&out[0]).unwrap() {
+        Frame::Auth(a) => assert_eq!(a.account, longest),
+        f => panic!("expected Auth, got {f:?}"),
+    }
 }
 
 #[test]
@@ -483,7 +524,7 @@ impl Fwd {
                 }),
             )
             .unwrap();
-        agent.authenticate([1; 32], [2; 64], "");
+        agent.authenticate([1; 32], [2; 64], "", "root").unwrap();
         while agent.poll_transmit(now, &mut buf).is_some() {}
         agent
             .handle_frame(now, &enc(Frame::AuthOk { agent_id: "a" }))
@@ -828,7 +869,7 @@ mod strings {
         let mut s = Sim::new();
         handshake(&mut s);
         let code = std::format!("{}é", "a".repeat(63));
-        s.agent.authenticate([1; 32], [2; 64], &code);
+        s.agent.authenticate([1; 32], [2; 64], &code, "a").unwrap();
         let out = s.drain();
         match Frame::decode(&out[0]).unwrap() {
             Frame::Auth(a) => assert_eq!(a.activation, "a".repeat(63)),
@@ -843,7 +884,11 @@ mod strings {
             let text = std::format!("{}{}", "a".repeat(pad), text);
             let mut s = Sim::new();
             handshake(&mut s);
-            s.agent.authenticate([1; 32], [2; 64], &text);
+            // Any text is sent whole as the account or refused, never clipped.
+            match s.agent.authenticate([1; 32], [2; 64], &text, &text) {
+                Ok(()) => prop_assert!(!text.is_empty() && crate::wire::account_valid(&text)),
+                Err(_) => s.agent.authenticate([1; 32], [2; 64], &text, "a").unwrap(),
+            }
             s.drain();
             let _ = s.feed(Frame::AuthOk { agent_id: &text });
             let _ = s.feed(Frame::Open { sid: 1, window: 4096, kind: Kind::Exec { argv: Bytes(b"true\0") }, account: &text });

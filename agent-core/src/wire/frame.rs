@@ -32,7 +32,8 @@ pub enum Frame<'a> {
         #[serde(borrow)]
         kind: Kind<'a>,
         /// The account on the target the session runs as; empty: the agent's default
-        /// account (protocol version 2). See [`super::account_valid`].
+        /// account, the one its [`Auth`] announced (protocol version 2). See
+        /// [`super::account_valid`].
         account: &'a str,
     },
     /// 5: the session is running.
@@ -218,6 +219,11 @@ pub struct Auth<'a> {
     pub signature: Bytes<'a>,
     /// One-time activation code on first contact, else empty.
     pub activation: &'a str,
+    /// The agent's default account: the account a session runs as when its `Open`
+    /// names none (protocol version 2). Never empty, and valid by
+    /// [`super::account_valid`]: the relay refuses the agent otherwise, since its
+    /// policies decide on the account a session really runs as.
+    pub account: &'a str,
 }
 
 /// Domain separation prefix of the signed authentication message.

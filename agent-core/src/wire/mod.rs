@@ -181,7 +181,7 @@ pub fn argv_valid(argv: &[u8]) -> bool {
     argv.last() == Some(&0)
 }
 
-/// Longest account name an `Open` may carry, in bytes (Linux allows 32, the C
+/// Longest account name an `Open` or `Auth` may carry, in bytes (Linux allows 32, the C
 /// library's `LOGIN_NAME_MAX` more; no system uses longer ones).
 pub const ACCOUNT_MAX: usize = 64;
 
@@ -189,7 +189,8 @@ pub const ACCOUNT_MAX: usize = 64;
 /// account), or at most [`ACCOUNT_MAX`] bytes of ASCII letters, digits, `.`, `_`,
 /// `-`, `@` and `$`, not starting with `-` and not `.` or `..` (the portable set
 /// of POSIX plus what Samba and directory services use). An account name is never
-/// clipped: a prefix may name another account.
+/// clipped: a prefix may name another account. The default account an agent names
+/// in `Auth` follows the same rule and may not be empty.
 pub fn account_valid(account: &str) -> bool {
     let b = account.as_bytes();
     b.len() <= ACCOUNT_MAX

@@ -43,6 +43,26 @@ fn open_carries_the_account_last() {
 }
 
 #[test]
+fn auth_carries_the_default_account_last() {
+    let (key, sig) = ([1u8; 32], [2u8; 64]);
+    let f = Frame::Auth(Auth {
+        public_key: Bytes(&key),
+        signature: Bytes(&sig),
+        activation: "",
+        account: "root",
+    });
+    let mut buf = [0u8; 128];
+    let n = f.encode(&mut buf).unwrap();
+    assert_eq!(n, 1 + 33 + 65 + 1 + 5);
+    // type 2, the key and the signature, no activation code, then "root"
+    assert_eq!(&buf[..2], &[2, 32]);
+    assert_eq!(&buf[n - 6..n], &[0, 4, b'r', b'o', b'o', b't']);
+    assert_eq!(Frame::decode(&buf[..n]).unwrap(), f);
+    // The version 1 layout (no account) is short by the account.
+    assert_eq!(Frame::decode(&buf[..n - 5]), Err(DecodeError::Truncated));
+}
+
+#[test]
 fn account_names() {
     for ok in [
         "",
@@ -147,6 +167,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
             public_key: Bytes(bytes),
             signature: Bytes(bytes),
             activation: text,
+            account: text,
         }),
         3 => Frame::AuthOk { agent_id: text },
         4 => Frame::Open {
