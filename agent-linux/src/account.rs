@@ -13,8 +13,10 @@
 
 use std::ffi::CString;
 use std::io;
+use std::io::Read;
 use std::path::Path;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use agent_core::wire::ErrorCode;
 use tracing::{info, warn};
@@ -31,6 +33,9 @@ pub const USER_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const SUDOERS_DIR: &str = "/etc/sudoers.d";
 /// First line of a sudoers file the agent wrote (so it only ever removes its own).
 const SUDOERS_MARK: &str = "# Written by sesame-agent (--default-account-sudo)";
+/// Longest wait for `useradd`: one that hangs (a stuck name service, a locked
+/// `/etc/passwd`) is killed, and the session waiting for it refused.
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A shell profile (as AWS SSM's): applied by the agent to every shell session it
 /// starts, never typed into the terminal.
@@ -89,6 +94,9 @@ pub enum RunAsError {
         /// What failed.
         why: String,
     },
+    /// Looking the account up failed unexpectedly (a bug; the agent's log has it).
+    #[error("cannot look up account '{0}': internal error (see the agent's log)")]
+    Internal(String),
 }
 
 impl RunAsError {
@@ -96,6 +104,7 @@ impl RunAsError {
     pub fn code(&self) -> ErrorCode {
         match self {
             RunAsError::CannotSwitch { .. } => ErrorCode::DENIED,
+            RunAsError::Internal(_) => ErrorCode::INTERNAL,
             _ => ErrorCode::NO_SUCH_USER,
         }
     }
@@ -276,8 +285,8 @@ pub fn default_name(cfg: &AccountConfig) -> String {
 }
 
 /// The account a session asked for as `requested` (empty, or the default account's
-/// name: the default) runs as. Blocks on the file system (and, the first time, on
-/// creating the default account).
+/// name: the default) runs as. Blocks on the file system and, the first time, on
+/// creating the default account (at most a minute): call it off the async runtime.
 pub fn resolve(cfg: &AccountConfig, requested: &str) -> Result<RunAs, RunAsError> {
     let euid = rustix::process::geteuid().as_raw();
     if euid != 0 {
@@ -372,20 +381,13 @@ fn create_default(cfg: &AccountConfig) -> Result<(), RunAsError> {
         return Err(fail("neither useradd nor adduser is installed".into()));
     };
     let shown = command.join(" ");
-    let out = std::process::Command::new(&command[0])
-        .args(&command[1..])
-        .env_clear()
-        .env("PATH", ROOT_PATH)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .map_err(|e| fail(format!("{}: {e}", command[0])))?;
-    if !out.status.success() {
-        let said = String::from_utf8_lossy(&out.stderr);
+    let (status, said) = run_bounded(&command, CREATE_TIMEOUT).map_err(|e| {
+        warn!("could not create the default account: `{shown}`: {e}");
+        fail(format!("`{shown}`: {e}"))
+    })?;
+    if !status.success() {
         let said = said.lines().next().unwrap_or("").trim();
-        warn!(
-            "could not create the default account: `{shown}` failed ({}): {said}",
-            out.status
-        );
+        warn!("could not create the default account: `{shown}` failed ({status}): {said}");
         return Err(fail(format!("`{shown}` failed: {said}")));
     }
     info!(
@@ -397,6 +399,51 @@ fn create_default(cfg: &AccountConfig) -> Result<(), RunAsError> {
         }
     );
     Ok(())
+}
+
+/// Run `command` (a clean environment, no input) for at most `timeout`: its exit
+/// status and what it wrote to standard error. One still running then is killed.
+fn run_bounded(
+    command: &[String],
+    timeout: Duration,
+) -> io::Result<(std::process::ExitStatus, String)> {
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(&command[0])
+        .args(&command[1..])
+        .env_clear()
+        .env("PATH", ROOT_PATH)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // Read on a thread of its own: a full pipe must not stall the child, nor a
+    // descendant that keeps the pipe open stall us.
+    let stderr = child.stderr.take();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut said = String::new();
+        if let Some(mut e) = stderr {
+            let _ = e.read_to_string(&mut said);
+        }
+        let _ = tx.send(said);
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("did not finish in {timeout:?}, killed"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let said = rx.recv_timeout(Duration::from_secs(1)).unwrap_or_default();
+    Ok((status, said))
 }
 
 /// The sudoers file of `account` (sudo skips names with a `.` in `/etc/sudoers.d`).
@@ -611,6 +658,18 @@ mod tests {
         assert!(agent_core::wire::account_valid(&name), "{name}");
         assert_eq!(resolve(&cfg, &name).unwrap(), resolve(&cfg, "").unwrap());
         assert_eq!(resolve(&cfg, "").unwrap().name, name);
+    }
+
+    #[test]
+    fn account_creation_is_bounded_in_time_and_says_why_it_failed() {
+        let sh = |script: &str| ["/bin/sh", "-c", script].map(String::from);
+        let started = Instant::now();
+        let e = run_bounded(&sh("sleep 5"), Duration::from_millis(200)).unwrap_err();
+        assert_eq!(e.to_string(), "did not finish in 200ms, killed");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        let (status, said) =
+            run_bounded(&sh("echo 'useradd: nope' >&2; exit 3"), CREATE_TIMEOUT).unwrap();
+        assert_eq!((status.code(), said.as_str()), (Some(3), "useradd: nope\n"));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::account::{self, AccountConfig};
+use crate::account::{self, AccountConfig, RunAs, RunAsError};
 use crate::connect::{RelaySocket, RelayTarget};
 use crate::forward::{self, TcpChannel};
 use crate::identity::Identity;
@@ -33,7 +33,7 @@ use crate::{MAX_CHANNELS, MAX_SESSIONS};
 struct Context {
     policy: Arc<DestPolicy>,
     keys: KeyConfig,
-    accounts: AccountConfig,
+    accounts: Arc<AccountConfig>,
     /// The account of a session that names none, announced in `Auth`.
     default_account: String,
 }
@@ -104,7 +104,7 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
             pattern: opts.authorized_keys.clone(),
             state_dir: opts.state_dir.clone(),
         },
-        accounts: opts.accounts.clone(),
+        accounts: Arc::new(opts.accounts.clone()),
         default_account,
     };
     if rustix::process::geteuid().is_root() {
@@ -276,6 +276,24 @@ type Sink = futures_util::stream::SplitSink<RelaySocket, Message>;
 /// What [`sshkey::push`] answers.
 type KeyPush = Result<(String, PathBuf, Duration), (ErrorCode, String)>;
 
+/// What a shell or exec session runs once its account is resolved.
+enum Start {
+    Shell { term: String, cols: u16, rows: u16 },
+    Exec { args: Vec<OsString> },
+}
+
+/// A shell or exec session whose account is being resolved (and the default account
+/// perhaps created) on a blocking thread.
+struct Starting {
+    /// Matches the resolution's answer: a session ended meanwhile and a new one under
+    /// the same `sid` must not take the old one's account.
+    token: u64,
+    start: Start,
+}
+
+/// What [`account::resolve`] answers, for the session `sid` of incarnation `token`.
+type Resolved = (u32, u64, Result<RunAs, RunAsError>);
+
 struct Conn<'a> {
     engine: Agent<MAX_SESSIONS, MAX_CHANNELS>,
     sessions: HashMap<u32, Session>,
@@ -285,10 +303,15 @@ struct Conn<'a> {
     /// Where a pending activation code is kept; removed once the relay accepts us.
     code_file: &'a std::path::Path,
     ctx: &'a Context,
-    /// Incarnation counter for forward channels.
+    /// Incarnation counter for forward channels and starting sessions.
     next_token: u64,
     /// `ssh-key` sessions whose file work runs on a blocking thread.
     pushes: JoinSet<(u32, KeyPush)>,
+    /// Shell and exec sessions waiting for their account.
+    starting: HashMap<u32, Starting>,
+    /// Their account resolutions, on blocking threads: a slow or hung `useradd` holds
+    /// up only the sessions waiting for it.
+    resolving: JoinSet<Resolved>,
     origin: std::time::Instant,
     out: Vec<u8>,
     authenticated: bool,
@@ -474,18 +497,24 @@ impl Conn<'_> {
                     p.signal(signal as i32);
                 }
             }
-            Event::Terminate { sid } => self.terminate(sid, "peer asked to end the session"),
+            Event::Terminate { sid } => {
+                if !self.cancel_start(sid, ErrorCode::TERMINATED, "ended before it started") {
+                    self.terminate(sid, "peer asked to end the session");
+                }
+            }
             Event::Abort { sid, error } => {
                 warn!(sid, "session aborted: {error}");
+                let code = match error {
+                    agent_core::ProtocolError::FlowControl { .. }
+                    | agent_core::ProtocolError::CreditOverflow { .. } => ErrorCode::FLOW_CONTROL,
+                    _ => ErrorCode::PROTOCOL,
+                };
+                let why = format!("protocol violation: {error}");
+                if self.cancel_start(sid, code, &why) {
+                    return None;
+                }
                 if let Some(s) = self.sessions.get_mut(&sid) {
-                    let code = match error {
-                        agent_core::ProtocolError::FlowControl { .. }
-                        | agent_core::ProtocolError::CreditOverflow { .. } => {
-                            ErrorCode::FLOW_CONTROL
-                        }
-                        _ => ErrorCode::PROTOCOL,
-                    };
-                    s.aborted = Some((code, format!("protocol violation: {error}")));
+                    s.aborted = Some((code, why));
                 }
                 self.terminate(sid, "protocol violation");
             }
@@ -498,6 +527,16 @@ impl Conn<'_> {
         None
     }
 
+    /// End a session still waiting for its account: it never starts. Whether it was one.
+    fn cancel_start(&mut self, sid: u32, code: ErrorCode, why: &str) -> bool {
+        if self.starting.remove(&sid).is_none() {
+            return false;
+        }
+        debug!(sid, "ended while its account was being resolved: {why}");
+        self.engine.reject(sid, code, why);
+        true
+    }
+
     fn terminate(&mut self, sid: u32, why: &str) {
         if let Some(s) = self.sessions.get_mut(&sid) {
             debug!(sid, "terminating: {why}");
@@ -507,37 +546,27 @@ impl Conn<'_> {
 
     fn open(&mut self, sid: u32, kind: Kind<'_>, account: &str) {
         // Shell and exec sessions run as the account, resolved (and the default one
-        // created) before anything is spawned: a refusal spawns nothing. ssh-key
-        // sessions name their account in the key request; forward sessions run nothing.
-        let accounts = &self.ctx.accounts;
-        let as_account =
-            || account::resolve(accounts, account).map_err(|e| (e.code(), e.to_string()));
-        let mut started_as = String::new();
-        let spawned = match kind {
-            Kind::Shell { term, cols, rows } => as_account().and_then(|run_as| {
-                started_as = run_as.name.clone();
-                let profile = &accounts.profile;
-                process::spawn_shell(sid, term, cols, rows, &run_as, profile, self.tx.clone())
-                    .map(Work::Process)
-                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot start a shell: {e}")))
-            }),
+        // created) before anything is spawned: a refusal spawns nothing. That may block
+        // (`useradd`), so it runs on a blocking thread and the session starts in
+        // `resolved`. ssh-key sessions name their account in the key request; forward
+        // sessions run nothing.
+        let start = match kind {
+            Kind::Shell { term, cols, rows } => Start::Shell {
+                term: term.to_string(),
+                cols,
+                rows,
+            },
             Kind::Exec { argv } => {
                 let args: Vec<OsString> = wire::argv_iter(argv.0)
                     .map(|a| OsString::from_vec(a.to_vec()))
                     .collect();
                 if !wire::argv_valid(argv.0) || args.is_empty() || args[0].is_empty() {
-                    Err((ErrorCode::SPAWN, "exec needs a command".to_string()))
-                } else {
-                    as_account().and_then(|run_as| {
-                        started_as = run_as.name.clone();
-                        let name = args[0].to_string_lossy().into_owned();
-                        process::spawn_exec(sid, args, &run_as, self.tx.clone())
-                            .map(Work::Process)
-                            .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
-                    })
+                    let refused = (ErrorCode::SPAWN, "exec needs a command".to_string());
+                    return self.started(sid, Err(refused), "");
                 }
+                Start::Exec { args }
             }
-            Kind::Forward => Ok(Work::Forward(HashMap::new())),
+            Kind::Forward => return self.started(sid, Ok(Work::Forward(HashMap::new())), ""),
             Kind::SshKey { user, key, ttl } => {
                 let (keys, user, key) = (self.ctx.keys.clone(), user.to_string(), key.to_string());
                 self.pushes
@@ -545,11 +574,55 @@ impl Conn<'_> {
                 return;
             }
         };
+        self.next_token += 1;
+        let token = self.next_token;
+        let (accounts, account) = (self.ctx.accounts.clone(), account.to_string());
+        self.resolving.spawn_blocking(move || {
+            // A panic must still answer the session, never leave it waiting.
+            let resolved = std::panic::catch_unwind(|| account::resolve(&accounts, &account))
+                .unwrap_or_else(|_| Err(RunAsError::Internal(account.clone())));
+            (sid, token, resolved)
+        });
+        self.starting.insert(sid, Starting { token, start });
+    }
+
+    /// A session's account is resolved: start it as that account, or refuse it.
+    fn resolved(&mut self, sid: u32, token: u64, resolved: Result<RunAs, RunAsError>) {
+        if self.starting.get(&sid).is_none_or(|s| s.token != token) {
+            return; // ended meanwhile (and already refused)
+        }
+        let Some(Starting { start, .. }) = self.starting.remove(&sid) else {
+            return;
+        };
+        let run_as = match resolved {
+            Ok(run_as) => run_as,
+            Err(e) => return self.started(sid, Err((e.code(), e.to_string())), ""),
+        };
+        let tx = self.tx.clone();
+        let spawned = match start {
+            Start::Shell { term, cols, rows } => {
+                let profile = &self.ctx.accounts.profile;
+                process::spawn_shell(sid, &term, cols, rows, &run_as, profile, tx)
+                    .map(Work::Process)
+                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot start a shell: {e}")))
+            }
+            Start::Exec { args } => {
+                let name = args[0].to_string_lossy().into_owned();
+                process::spawn_exec(sid, args, &run_as, tx)
+                    .map(Work::Process)
+                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
+            }
+        };
+        self.started(sid, spawned, &run_as.name);
+    }
+
+    /// Answer an `Open`: the session runs (as `account`, for a process), or is refused.
+    fn started(&mut self, sid: u32, spawned: Result<Work, (ErrorCode, String)>, account: &str) {
         match spawned {
             Ok(work) => {
                 let mut outs = HashMap::new();
                 if let Work::Process(p) = &work {
-                    info!(sid, pgid = p.pgid, account = started_as, "session started");
+                    info!(sid, pgid = p.pgid, account, "session started");
                     outs.insert(0, Out::new(0, p.space.clone()));
                 } else {
                     info!(sid, "forward session started");
@@ -750,6 +823,8 @@ async fn serve(
         ctx,
         next_token: 0,
         pushes: JoinSet::new(),
+        starting: HashMap::new(),
+        resolving: JoinSet::new(),
         origin,
         out: vec![0u8; wire::DEFAULT_MAX_FRAME as usize],
         authenticated: false,
@@ -808,6 +883,11 @@ async fn serve(
             Some(done) = conn.pushes.join_next(), if !conn.pushes.is_empty() => {
                 if let Ok((sid, result)) = done {
                     conn.pushed(sid, result);
+                }
+            }
+            Some(done) = conn.resolving.join_next(), if !conn.resolving.is_empty() => {
+                if let Ok((sid, token, resolved)) = done {
+                    conn.resolved(sid, token, resolved);
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {

@@ -140,7 +140,10 @@ pub enum Event<'a> {
         /// Signal number.
         signal: u8,
     },
-    /// The peer asked to end the session: stop its processes, then [`Agent::close`].
+    /// The peer asked to end the session: stop its processes, then [`Agent::close`]. It
+    /// may come for a session the driver has not answered yet (still starting it, e.g.
+    /// on another thread): the driver drops what it was starting and calls
+    /// [`Agent::reject`] (an [`Agent::accept`] then has no effect).
     Terminate {
         /// Session id.
         sid: u32,
@@ -605,8 +608,10 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 Some(slot) if slot.accepts_input() => Ok(Some(Event::Signal { sid, signal })),
                 _ => Ok(None),
             },
+            // A session still being started is ended too: the driver must not go on
+            // to start it once the peer has given up on it.
             Frame::Close { sid, .. } | Frame::Error { sid, .. } => match self.slot_mut(sid) {
-                Some(slot) if slot.accepts_input() => {
+                Some(slot) if slot.accepts_input() || slot.state == SlotState::Requested => {
                     slot.state = SlotState::Terminating;
                     Ok(Some(Event::Terminate { sid }))
                 }

@@ -20,7 +20,8 @@ pub(super) enum SlotState {
     Requested,
     /// Accepted and running (the `Accept` frame may still be pending).
     Open,
-    /// The peer asked to end it (or it was aborted); waiting for the driver's `close`.
+    /// The peer asked to end it (or it was aborted); waiting for the driver's `close`
+    /// (its `reject` if it was ended before the driver accepted it).
     Terminating,
     /// `Reject` to send, then free.
     Rejecting(ErrorCode, String<REASON_MAX>),

@@ -438,6 +438,46 @@ fn peer_close_asks_driver_to_terminate() {
 }
 
 #[test]
+fn peer_close_before_the_driver_answers_ends_the_session_too() {
+    // The driver may take time to start a session (an account to create): a Close
+    // meanwhile must reach it, or it would start a session nobody waits for.
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    let ev = s
+        .feed(Frame::Close {
+            sid: 1,
+            exit: Exit::Aborted(ErrorCode::TERMINATED),
+            reason: "",
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(ev, "Terminate { sid: 1 }");
+    // A late accept does nothing; the driver's reject frees the slot.
+    s.agent.accept(1);
+    assert!(s.drain().is_empty(), "no Accept for an ended session");
+    s.agent
+        .reject(1, ErrorCode::TERMINATED, "ended before it started");
+    let out = s.drain();
+    assert_eq!(out.len(), 1);
+    assert!(matches!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Reject {
+            sid: 1,
+            code: ErrorCode::TERMINATED,
+            ..
+        }
+    ));
+    assert_eq!(s.agent.session_count(), 0);
+    // A second Close for it is a late frame, ignored.
+    let late = s.feed(Frame::Close {
+        sid: 1,
+        exit: Exit::Aborted(ErrorCode::TERMINATED),
+        reason: "",
+    });
+    assert_eq!(late, Ok(None));
+}
+
+#[test]
 fn keepalive_and_dead_peer_on_virtual_clock() {
     let mut s = Sim::ready();
     let _ = s.drain();
