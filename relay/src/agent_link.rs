@@ -141,6 +141,14 @@ pub async fn serve(
         &default_account,
         tx,
     );
+    // Revoked while this connection was authenticating: the revocation kicked only
+    // the connection registered then, so this one checks again now that it is in
+    // the hub (a revocation from here on kicks it).
+    if !matches!(state.store.agent_revoked(&agent.id).await, Ok(None)) {
+        warn!(agent = %agent.name, %peer, "agent refused: agent '{}' was revoked", agent.name);
+        state.hub.unregister(&handle);
+        return;
+    }
     let _ = state.store.touch_agent(&agent.id).await;
     info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, max_frame, %default_account, "agent online");
 

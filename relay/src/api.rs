@@ -274,26 +274,33 @@ pub struct CreateSession {
     pub ttl: Option<u32>,
 }
 
-/// The default account of a Linux agent (it creates it on first use).
+/// The default account of a Linux agent (it creates it on first use); what a
+/// policy check about an offline target assumes. A connected agent names its own
+/// default when it authenticates (`AgentHandle::default_account`).
 pub const DEFAULT_ACCOUNT: &str = "sesame-user";
 /// The one account of an agent without accounts (a device's console).
 pub const CONSOLE: &str = "console";
 
 /// The account a session on `live` runs as: the one asked for, else the agent's
-/// default. An agent that does not announce run-as has only [`CONSOLE`].
+/// default, as the agent announced it (its `--default-account`, or the agent's own
+/// user when it does not run as root, or a device's `console`). An agent that does
+/// not announce run-as has no other account.
 fn account(
     asked: Option<&str>,
     live: Option<&AgentHandle>,
     agent: &str,
 ) -> Result<String, ApiError> {
     let accounts = live.is_none_or(|h| h.features & agent_core::wire::features::RUN_AS != 0);
+    let default = match live {
+        Some(h) => h.default_account.as_str(),
+        None if accounts => DEFAULT_ACCOUNT,
+        None => CONSOLE,
+    };
     match asked {
-        None if accounts => Ok(DEFAULT_ACCOUNT.into()),
-        None => Ok(CONSOLE.into()),
-        Some(CONSOLE) if !accounts => Ok(CONSOLE.into()),
-        Some(a) if !accounts => Err(ApiError::new(
+        None => Ok(default.into()),
+        Some(a) if !accounts && a != default => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{agent} has no accounts: its sessions run as '{CONSOLE}', not '{a}'"),
+            format!("{agent} has no accounts: its sessions run as '{default}', not '{a}'"),
         )),
         Some(a) if agent_core::wire::account_valid(a) => Ok(a.to_string()),
         Some(a) => Err(ApiError::new(
@@ -388,7 +395,6 @@ async fn create_session(
         ));
     }
     c.run_as = account(asked, live.as_deref(), &agent.name)?;
-    spec.default_account = asked.is_none();
     let t = target(&agent);
     let decision = state.require(user, action, &Resource::Agent(&t), &c)?;
     if state.store.agent_revoked(&agent.id).await?.is_some() {

@@ -77,11 +77,6 @@ pub struct SessionSpec {
     /// SSH key push: the account and the key's lifetime in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<(String, u32)>,
-    /// No account was asked for: the agent runs the session as its default
-    /// account (`sesame-user` unless its operator chose another; itself when it
-    /// does not run as root), and the `Open` says so with an empty account.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub default_account: bool,
 }
 
 /// A session to create.
@@ -561,7 +556,6 @@ mod tests {
         static SPEC: SessionSpec = SessionSpec {
             command: Vec::new(),
             ssh: None,
-            default_account: false,
         };
         NewSession {
             agent_id: agent,

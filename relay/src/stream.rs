@@ -237,20 +237,15 @@ pub async fn serve(
     // queue, stay within the bound (see `hub::CLIENT_QUEUE_BYTES`).
     let forward = |f: Frame| {
         let f = match f {
-            // The account is the one the policies allowed, whatever the client wrote
-            // (empty: the agent's default account, which policies see as
-            // `sesame-user`).
+            // The account is the one the policies allowed, whatever the client
+            // wrote: named in full, the agent's default included.
             Frame::Open {
                 sid, window, kind, ..
             } => Frame::Open {
                 sid,
                 window: window.min(MAX_WINDOW),
                 kind,
-                account: if session.spec.default_account {
-                    ""
-                } else {
-                    &session.run_as
-                },
+                account: &session.run_as,
             },
             Frame::ChannelOpen {
                 sid,

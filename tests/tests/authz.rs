@@ -687,3 +687,43 @@ fn managing_users_does_not_make_admins() {
     let out = f.env.run(&["admin", "users", "add", "us-abcdefghij"], b"");
     assert!(refused(&out).contains("reserved for ids"), "{out:?}");
 }
+
+/// Policies are asked about the account the session really runs as: an agent whose
+/// default account is root gets no default session from a user who may not be root.
+#[test]
+fn a_session_without_an_account_is_decided_as_the_agent_s_default() {
+    let _turn = ACCOUNTS.lock().unwrap_or_else(|e| e.into_inner());
+    let policies = TempDir::new("policies");
+    std::fs::write(
+        policies.0.join("p.cedar"),
+        "@id(\"not-root\")\npermit (principal == User::\"erin\", action == Action::\"exec\", resource)\n\
+         when { context.run_as != \"root\" };\n",
+    )
+    .unwrap();
+    let agent = [
+        tests::bin("sesame-agent"),
+        "--default-account".into(),
+        "root".into(),
+    ];
+    let env = Env::start_custom(&["--policies", policies.0.to_str().unwrap()], &agent);
+    let key = admin(&env.data(), &["user", "add", "erin"]);
+    let run = |args: &[&str]| {
+        env.sesame()
+            .env("SESAME_API_KEY", &key)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert_eq!(
+        refused(&run(&["exec", "gw-01", "--", "id", "-un"])),
+        "error: denied: erin may not exec 'id -un' on gw-01 as root (no policy permits it)"
+    );
+    let out = run(&["exec", "gw-01", "--as", "sesame-user", "--", "id", "-un"]);
+    assert_eq!(succeeded(&out), "sesame-user\n");
+    // The admin, allowed anything, gets the agent's default: root.
+    assert_eq!(
+        succeeded(&env.run(&["exec", "gw-01", "--", "id", "-un"], b"")),
+        "root\n"
+    );
+}
