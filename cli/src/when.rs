@@ -2,6 +2,8 @@
 //! RFC 3339 instants. Pure functions: the current time is a parameter ([`now`]
 //! reads the clock once, in the caller).
 
+use agent_core::time::{civil_from_days, days_from_civil};
+
 /// Unix seconds now.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -64,39 +66,6 @@ pub fn relative(t: i64, now: i64) -> String {
 /// [`relative`], or `none` (`never`, `-`) when there is no time.
 pub fn relative_or(t: Option<i64>, now: i64, none: &str) -> String {
     t.map_or_else(|| none.to_string(), |t| relative(t, now))
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
-/// `days_from_civil`, <https://howardhinnant.github.io/date_algorithms.html>).
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-/// The date of a day since 1970-01-01 (`civil_from_days`, same source).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
 }
 
 fn days_in_month(y: i64, m: u32) -> u32 {

@@ -82,6 +82,16 @@ async fn allowed(
     Ok(caller)
 }
 
+/// The caller, allowed `action` on the relay itself.
+async fn on_relay(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+    action: Action,
+) -> Result<Caller, ApiError> {
+    allowed(state, headers, peer, action, &Resource::Relay).await
+}
+
 async fn user_named(state: &AppState, name: &str) -> Result<UserRow, ApiError> {
     state
         .store
@@ -105,7 +115,7 @@ async fn users(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Answer {
-    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    on_relay(&state, &headers, peer, Action::AdminUsers).await?;
     let users = state.store.users().await?;
     Ok(Json(Value::Array(users.iter().map(user_json).collect())))
 }
@@ -123,7 +133,7 @@ async fn add_user(
     headers: HeaderMap,
     b: Result<Json<NewUser>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    let caller = allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    let caller = on_relay(&state, &headers, peer, Action::AdminUsers).await?;
     let req = body(b)?;
     may_change_groups(&state, &caller, peer, &req.groups)?;
     let (user, secret) = state
@@ -204,7 +214,7 @@ async fn set_attr(
     headers: HeaderMap,
     b: Result<Json<Attr>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    allowed(&state, &headers, peer, Action::AdminUsers, &Resource::Relay).await?;
+    on_relay(&state, &headers, peer, Action::AdminUsers).await?;
     let req = body(b)?;
     let user = user_named(&state, &name).await?;
     state
@@ -313,14 +323,7 @@ async fn agents(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Answer {
-    allowed(
-        &state,
-        &headers,
-        peer,
-        Action::AdminAgents,
-        &Resource::Relay,
-    )
-    .await?;
+    on_relay(&state, &headers, peer, Action::AdminAgents).await?;
     let mut out = Vec::new();
     for a in state.store.agents().await? {
         let revoked_at = state.store.agent_revoked(&a.id).await?;
@@ -353,14 +356,7 @@ async fn add_agent(
     headers: HeaderMap,
     b: Result<Json<NewAgent>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    allowed(
-        &state,
-        &headers,
-        peer,
-        Action::AdminAgents,
-        &Resource::Relay,
-    )
-    .await?;
+    on_relay(&state, &headers, peer, Action::AdminAgents).await?;
     let req = body(b)?;
     let (id, code) = state
         .store
@@ -417,14 +413,7 @@ async fn policies(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Answer {
-    allowed(
-        &state,
-        &headers,
-        peer,
-        Action::AdminPolicies,
-        &Resource::Relay,
-    )
-    .await?;
+    on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
     Ok(Json(policy_json(&state)))
 }
 
@@ -441,14 +430,7 @@ async fn reload(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Answer {
-    let caller = allowed(
-        &state,
-        &headers,
-        peer,
-        Action::AdminPolicies,
-        &Resource::Relay,
-    )
-    .await?;
+    let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
     reload_as(&state, &caller.user.name).await
 }
 
@@ -536,14 +518,7 @@ async fn put_policy(
     headers: HeaderMap,
     text: String,
 ) -> Answer {
-    let caller = allowed(
-        &state,
-        &headers,
-        peer,
-        Action::AdminPolicies,
-        &Resource::Relay,
-    )
-    .await?;
+    let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
     let file = policy_file(&file)?;
     change_file(&state, &caller.user.name, file, Some(text)).await
 }
@@ -554,14 +529,7 @@ async fn delete_policy(
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    let caller = allowed(
-        &state,
-        &headers,
-        peer,
-        Action::AdminPolicies,
-        &Resource::Relay,
-    )
-    .await?;
+    let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
     let file = policy_file(&file)?;
     change_file(&state, &caller.user.name, file, None).await
 }

@@ -562,10 +562,7 @@ async fn check_policy(
                 if let Some(u) = state.store.user(&n).await? {
                     let p = u.principal();
                     let r = Resource::User(&p);
-                    let d = state.decide(&user, action, &r, &c);
-                    let refusal =
-                        (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
-                    return Ok(Json(checked(d, refusal)));
+                    return Ok(Json(judged(&state, &user, action, &r, &c)));
                 }
             }
             let a = agent(n).await?;
@@ -573,9 +570,7 @@ async fn check_policy(
             c.run_as = account(req.run_as.as_deref(), live.as_deref(), &a.name)?;
             let t = target(&a);
             let r = Resource::Agent(&t);
-            let d = state.decide(&user, action, &r, &c);
-            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
-            (d, refusal)
+            judged(&state, &user, action, &r, &c)
         }
         Action::AdminKeys => {
             let n = name()?;
@@ -586,9 +581,7 @@ async fn check_policy(
                 .ok_or_else(|| not_found(format!("unknown user '{n}'")))?;
             let p = u.principal();
             let r = Resource::User(&p);
-            let d = state.decide(&user, action, &r, &c);
-            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
-            (d, refusal)
+            judged(&state, &user, action, &r, &c)
         }
         Action::SessionsList | Action::Terminate | Action::Observe | Action::Replay => {
             let id = name()?;
@@ -612,22 +605,26 @@ async fn check_policy(
                 kind: &s.kind,
                 run_as: &s.run_as,
             };
-            let d = state.decide(&user, action, &r, &c);
-            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
-            (d, refusal)
+            judged(&state, &user, action, &r, &c)
         }
         _ => {
             let r = Resource::Relay;
-            let d = state.decide(&user, action, &r, &c);
-            let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, &r, &c, &d));
-            (d, refusal)
+            judged(&state, &user, action, &r, &c)
         }
     };
-    let (d, refusal) = decision;
-    Ok(Json(checked(d, refusal)))
+    Ok(Json(decision))
 }
 
-fn checked(d: Decision, refusal: Option<String>) -> PolicyChecked {
+/// A decision with the refusal line a user would see.
+fn judged(
+    state: &AppState,
+    user: &UserRow,
+    action: Action,
+    r: &Resource,
+    c: &Circumstances,
+) -> PolicyChecked {
+    let d = state.decide(user, action, r, c);
+    let refusal = (!d.allow).then(|| policy::refusal(&user.name, action, r, c, &d));
     PolicyChecked {
         decision: if d.allow { "allow" } else { "deny" }.into(),
         policies: d.policies,
