@@ -167,7 +167,8 @@ fn echo_rtts(mut child: Child, n: usize) -> Vec<Duration> {
     rtts
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
+/// The `p` quantile (0 to 1) of sorted durations, in milliseconds.
+pub fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1e3
 }

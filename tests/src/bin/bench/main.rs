@@ -11,10 +11,13 @@
 //! - `idle`: relay and agent RSS, idle; `sizes`: binary sizes;
 //! - `agent20`: static x86_64 agent RSS idle and with 20 sessions;
 //! - `embedded`: the QEMU mps2-an386 firmware: boot to online, `exec uptime` median
-//!   of 20, flash, static RAM and stack high-water (after TLS and sessions).
+//!   of 20, flash, static RAM and stack high-water (after TLS and sessions);
+//! - `authz`: Cedar decisions with 100 policies and 1000 agents (p50, p99, max, per
+//!   second; a whole listing), and session setup with and without them.
 //!
 //! Prints a markdown table (or JSON with `--json`).
 
+mod authz;
 mod compare;
 mod load;
 
@@ -180,6 +183,7 @@ fn main() {
         "sizes",
         "agent20",
         "embedded",
+        "authz",
     ];
     let mut wanted: Vec<&str> = args
         .iter()
@@ -228,6 +232,7 @@ fn main() {
             "sizes" => rows.extend(sizes()),
             "agent20" => rows.extend(agent20()),
             "embedded" => rows.extend(embedded()),
+            "authz" => rows.extend(authz::run()),
             _ => unreachable!("checked above"),
         }
     }
