@@ -483,7 +483,7 @@ impl Policies {
         let errors: Vec<String> = d.errors().map(|e| e.to_string()).collect();
         // A forbid that fails to evaluate is skipped by Cedar, which could let the
         // request through: deny instead (fail closed).
-        let broken_forbids: Vec<String> = d
+        let mut broken_forbids: Vec<String> = d
             .errors()
             .map(|AuthorizationError::PolicyEvaluationError(e)| e.policy_id())
             .filter(|id| {
@@ -494,6 +494,7 @@ impl Policies {
             })
             .map(|id| id.to_string())
             .collect();
+        broken_forbids.sort_unstable();
         if !broken_forbids.is_empty() {
             return Decision {
                 allow: false,
@@ -502,9 +503,12 @@ impl Policies {
                 version: loaded.version,
             };
         }
+        // In a stable order: Cedar's is a hash set's.
+        let mut policies: Vec<String> = d.reason().map(|id| id.to_string()).collect();
+        policies.sort_unstable();
         Decision {
             allow: response.decision() == CedarDecision::Allow,
-            policies: d.reason().map(|id| id.to_string()).collect(),
+            policies,
             errors,
             version: loaded.version,
         }

@@ -25,8 +25,8 @@ pub enum AgentsCmd {
     Add {
         /// Agent name.
         name: String,
-        /// A tag, KEY=VALUE (repeat for several); policies see them as
-        /// `resource.tags`.
+        /// A tag, KEY=VALUE (repeat for several); policies read them with
+        /// `resource.hasTag("KEY") && resource.getTag("KEY") == ...`.
         #[arg(long = "tag", value_name = "KEY=VALUE", value_parser = parse_tag)]
         tags: Vec<(String, String)>,
     },

@@ -38,8 +38,9 @@ pub enum UsersCmd {
         #[arg(long, value_name = "GROUP")]
         remove: Vec<String>,
     },
-    /// Set an attribute of a user (seen by policies as `principal.attrs.KEY`), or
-    /// remove it with --unset.
+    /// Set an attribute of a user (a Cedar tag of the user: policies read it with
+    /// `principal.hasTag("KEY") && principal.getTag("KEY") == ...`), or remove it
+    /// with --unset.
     Attr {
         /// User name.
         name: String,
