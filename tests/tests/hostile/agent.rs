@@ -109,12 +109,17 @@ fn other_spellings_of_a_denied_address_are_denied_too() {
         "127.0.0.0/8".into(),
     ];
     let env = Env::start_custom(&[], &agent);
-    // Both reach 127.0.0.1 when connected to.
-    let spellings = ["0.0.0.0", "[::ffff:127.0.0.1]"];
-    let specs: Vec<String> = spellings.iter().map(|h| format!("0:{h}:{port}")).collect();
+    // Both reach 127.0.0.1 when connected to. The relay hands the agent the
+    // canonical form of an address (the IPv4-mapped one as IPv4), which the agent
+    // names in its refusal.
+    let spellings = [("0.0.0.0", "0.0.0.0"), ("[::ffff:127.0.0.1]", "127.0.0.1")];
+    let specs: Vec<String> = spellings
+        .iter()
+        .map(|(h, _)| format!("0:{h}:{port}"))
+        .collect();
     let specs: Vec<&str> = specs.iter().map(String::as_str).collect();
     let fwd = env.forward(&specs);
-    for (host, local) in spellings.iter().zip(&fwd.ports) {
+    for ((_, host), local) in spellings.iter().zip(&fwd.ports) {
         assert_eq!(
             String::from_utf8_lossy(&receive(*local)),
             "",
