@@ -145,7 +145,7 @@ async fn malformed_frame_closes_only_its_own_stream() {
             .call(
                 "POST",
                 "/v1/sessions",
-                Some(json!({"target": "gw-01", "kind": "exec", "command": ["true"]})),
+                Some(json!({"target": "gw-01", "kind": "exec", "command": ["sleep", "30"]})),
             )
             .await
             .unwrap();
