@@ -444,41 +444,14 @@ fn revoked_and_expired_keys_are_refused_and_a_lock_ends_a_live_session() {
     };
     succeeded(&with_key(&laptop, &["ls"]));
     // A live shell on the laptop key ends when the key is revoked.
-    let mut shell = f
-        .as_user("alice")
-        .env("SESAME_API_KEY", &laptop)
-        .args(["shell", "gw-01", "--as", "deploy"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = shell.stdin.take().unwrap();
-    stdin.write_all(b"echo ready; sleep 60\n").unwrap();
-    let mut stdout = shell.stdout.take().unwrap();
-    let mut ready = [0u8; 6];
-    stdout.read_exact(&mut ready).unwrap();
-    assert_eq!(&ready, b"ready\n");
-    let out = f.run("alice", &["admin", "keys", "revoke", "laptop"], b"");
-    succeeded(&out);
-    let revoked = Instant::now();
-    let status = wait_exit(&mut shell, Duration::from_secs(10));
-    let ended_in = revoked.elapsed();
-    let mut err = String::new();
-    shell
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success());
+    let mut shell = f.as_user("alice");
+    shell.env("SESAME_API_KEY", &laptop);
+    let ended = ends_within_a_second(shell, || {
+        succeeded(&f.run("alice", &["admin", "keys", "revoke", "laptop"], b""));
+    });
     assert!(
-        err.contains("API key 'laptop' of alice was revoked"),
-        "{err}"
-    );
-    assert!(
-        ended_in < Duration::from_secs(1),
-        "ended after {ended_in:?}"
+        ended.contains("API key 'laptop' of alice was revoked"),
+        "{ended}"
     );
     assert_eq!(
         refused(&with_key(&laptop, &["ls"])),
@@ -494,20 +467,8 @@ fn revoked_and_expired_keys_are_refused_and_a_lock_ends_a_live_session() {
     succeeded(&f.run("alice", &["ls"], b""));
 
     // A lock on alice ends her live session within a second and refuses new ones.
-    let mut shell = f
-        .as_user("alice")
-        .args(["shell", "gw-01", "--as", "deploy"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin2 = shell.stdin.take().unwrap();
-    stdin2.write_all(b"echo ready; sleep 60\n").unwrap();
-    let mut stdout = shell.stdout.take().unwrap();
-    stdout.read_exact(&mut ready).unwrap();
-    let out = f.env.run(
-        &[
+    let ended = ends_within_a_second(f.as_user("alice"), || {
+        let lock = [
             "admin",
             "locks",
             "add",
@@ -515,25 +476,12 @@ fn revoked_and_expired_keys_are_refused_and_a_lock_ends_a_live_session() {
             "alice",
             "--reason",
             "incident 42",
-        ],
-        b"",
-    );
-    succeeded(&out);
-    let locked = Instant::now();
-    let status = wait_exit(&mut shell, Duration::from_secs(10));
-    let ended_in = locked.elapsed();
-    let mut err = String::new();
-    shell
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    assert!(!status.success());
-    assert!(err.contains("user alice is locked: incident 42"), "{err}");
+        ];
+        succeeded(&f.env.run(&lock, b""));
+    });
     assert!(
-        ended_in < Duration::from_secs(1),
-        "ended after {ended_in:?}"
+        ended.contains("user alice is locked: incident 42"),
+        "{ended}"
     );
     assert_eq!(
         refused(&f.run("alice", &["shell", "gw-01", "--as", "deploy"], b"id\n")),
@@ -546,7 +494,42 @@ fn revoked_and_expired_keys_are_refused_and_a_lock_ends_a_live_session() {
     );
     succeeded(&f.env.run(&["admin", "locks", "rm", "alice"], b""));
     succeeded(&f.run("alice", &["shell", "gw-01", "--as", "deploy"], b"true\n"));
-    drop((stdin, stdin2));
+}
+
+/// Start `sesame shell gw-01 --as deploy` with `sesame` (a user's command), wait
+/// until it runs, do `end`, and check that the shell ends within a second and
+/// fails; returns what it printed on standard error.
+fn ends_within_a_second(mut sesame: Command, end: impl FnOnce()) -> String {
+    let mut shell = sesame
+        .args(["shell", "gw-01", "--as", "deploy"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    stdin.write_all(b"echo ready; sleep 60\n").unwrap();
+    let mut ready = [0u8; 6];
+    shell.stdout.take().unwrap().read_exact(&mut ready).unwrap();
+    assert_eq!(&ready, b"ready\n");
+    end();
+    let asked = Instant::now();
+    let status = wait_exit(&mut shell, Duration::from_secs(10));
+    let ended_in = asked.elapsed();
+    let mut err = String::new();
+    shell
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        ended_in < Duration::from_secs(1),
+        "ended after {ended_in:?}: {err}"
+    );
+    drop(stdin);
+    err
 }
 
 fn wait_exit(child: &mut std::process::Child, limit: Duration) -> std::process::ExitStatus {
