@@ -39,6 +39,7 @@
 pub mod admin;
 pub mod agent_link;
 pub mod api;
+pub mod audit;
 pub mod config;
 pub mod error;
 pub mod hub;

@@ -15,6 +15,7 @@ use crate::secret::{random_base32, Secret};
 use crate::Error;
 
 mod access;
+mod audit;
 pub use access::{Caller, KeyRefused, KeyRow, LockRow, LockTarget, UserRow};
 
 /// Activation codes expire after this long.
@@ -30,6 +31,14 @@ pub fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
 
@@ -203,6 +212,24 @@ const SCHEMA: &[&str] = &[
         expires_at INTEGER,
         removed_at INTEGER
     )",
+    "CREATE TABLE IF NOT EXISTS audit (
+        seq INTEGER PRIMARY KEY,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        source_ip TEXT,
+        event TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT NOT NULL,
+        prev TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS audit_checkpoints (
+        size INTEGER NOT NULL,
+        head TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        signature TEXT NOT NULL
+    )",
     "CREATE TABLE IF NOT EXISTS policy_sets (
         version INTEGER PRIMARY KEY AUTOINCREMENT,
         hash TEXT NOT NULL,
@@ -232,6 +259,12 @@ impl Store {
         let store = Store { pool };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// The pool, for tests that tamper with the database.
+    #[cfg(test)]
+    pub(crate) fn pool_for_tests(&self) -> SqlitePool {
+        self.pool.clone()
     }
 
     /// Register an agent; returns its id and a one-time activation code.

@@ -84,7 +84,8 @@ pub fn ensure_self_signed(data_dir: &Path, extra_names: &[String]) -> Result<Tls
     Ok(files)
 }
 
-fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
+/// Write a file only its owner can read (keys).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), Error> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()

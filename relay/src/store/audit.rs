@@ -1,0 +1,150 @@
+//! The audit log's rows and checkpoints in the store (see `crate::audit`).
+
+use sqlx::Row as _;
+
+use super::Store;
+use crate::audit::{genesis, row_hash, Checkpoint, Event, Row};
+use crate::Error;
+
+fn audit_row(r: &sqlx::sqlite::SqliteRow) -> Row {
+    let detail: String = r.get("detail");
+    Row {
+        seq: r.get("seq"),
+        at: r.get("at"),
+        actor: r.get("actor"),
+        source_ip: r.get("source_ip"),
+        event: r.get("event"),
+        target: r.get("target"),
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+        prev: r.get("prev"),
+        hash: r.get("hash"),
+    }
+}
+
+impl Store {
+    /// Append `events` as rows, in order, in one transaction that holds the
+    /// database's write lock from its start (so that another process appending,
+    /// such as `sesame-relay user add`, cannot fork the chain). Returns the first
+    /// row's number.
+    pub async fn append_audit(&self, events: &[&Event]) -> Result<i64, Error> {
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let result = async {
+            let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+                .fetch_optional(&mut *conn)
+                .await?;
+            let (mut seq, mut prev) = match last {
+                Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
+                None => (0, genesis()),
+            };
+            let first = seq + 1;
+            let at = super::unix_now_ms();
+            for e in events {
+                seq += 1;
+                let mut row = Row {
+                    seq,
+                    at,
+                    actor: e.actor.clone(),
+                    source_ip: e.source_ip.clone(),
+                    event: e.event.clone(),
+                    target: e.target.clone(),
+                    detail: e.detail.clone(),
+                    prev: prev.clone(),
+                    hash: String::new(),
+                };
+                row.hash = row_hash(&prev, &row);
+                sqlx::query(
+                    "INSERT INTO audit (seq, at, actor, source_ip, event, target, detail, prev, hash)
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(row.seq)
+                .bind(row.at)
+                .bind(&row.actor)
+                .bind(&row.source_ip)
+                .bind(&row.event)
+                .bind(&row.target)
+                .bind(row.detail.to_string())
+                .bind(&row.prev)
+                .bind(&row.hash)
+                .execute(&mut *conn)
+                .await?;
+                prev = row.hash;
+            }
+            Ok::<i64, Error>(first)
+        }
+        .await;
+        match result {
+            Ok(first) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(first)
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The number of rows and the newest row's hash.
+    pub async fn audit_head(&self) -> Result<(i64, String), Error> {
+        let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match last {
+            Some(r) => (r.get("seq"), r.get("hash")),
+            None => (0, genesis()),
+        })
+    }
+
+    /// Rows after row `after`, oldest first, at most `limit`.
+    pub async fn audit_rows(&self, after: i64, limit: i64) -> Result<Vec<Row>, Error> {
+        let rows = sqlx::query("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(audit_row).collect())
+    }
+
+    /// The first row at or after unix milliseconds `at`, if any.
+    pub async fn audit_seq_at(&self, at: i64) -> Result<Option<i64>, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT MIN(seq) FROM audit WHERE at >= ?")
+                .bind(at)
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Keep a checkpoint.
+    pub async fn add_checkpoint(&self, c: &Checkpoint) -> Result<(), Error> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, head, at, key, signature) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(c.size)
+        .bind(&c.head)
+        .bind(c.at)
+        .bind(&c.key)
+        .bind(&c.signature)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The checkpoints kept, oldest first.
+    pub async fn checkpoints(&self) -> Result<Vec<Checkpoint>, Error> {
+        let rows = sqlx::query("SELECT * FROM audit_checkpoints ORDER BY at, size")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Checkpoint {
+                size: r.get("size"),
+                head: r.get("head"),
+                at: r.get("at"),
+                key: r.get("key"),
+                signature: r.get("signature"),
+            })
+            .collect())
+    }
+}
