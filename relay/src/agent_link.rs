@@ -185,16 +185,17 @@ pub async fn serve(
     };
     info!(agent = %agent.name, "agent offline: {reason}");
     state.hub.unregister(&handle);
+    // Each end on record before the client hears of it.
     for route in handle.take_routes() {
+        let _ = state
+            .store
+            .end_session(&route.session_id, "agent disconnected")
+            .await;
         let _ = route.push(&Frame::Close {
             sid: route.client_sid,
             exit: Exit::Aborted(ErrorCode::AGENT_GONE),
             reason: "the agent disconnected",
         });
-        let _ = state
-            .store
-            .end_session(&route.session_id, "agent disconnected")
-            .await;
     }
     let _ = state.store.touch_agent(&agent.id).await;
     drop(handle);
@@ -346,23 +347,24 @@ async fn route_from_agent(
         }
         Frame::Close { sid, exit, reason } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route.push(&frame);
                 let outcome = match exit {
                     Exit::Code(c) => format!("exit {c}"),
                     Exit::Signal(s) => format!("signal {s}"),
                     Exit::Aborted(code) => format!("aborted ({}): {reason}", code.0),
                 };
+                // On record before the client hears of it.
                 let _ = state.store.end_session(&route.session_id, &outcome).await;
+                let _ = route.push(&frame);
             }
             Ok(())
         }
         Frame::Reject { sid, reason, .. } => {
             if let Some(route) = handle.remove_route(sid) {
-                let _ = route.push(&frame);
                 let _ = state
                     .store
                     .end_session(&route.session_id, &format!("rejected: {reason}"))
                     .await;
+                let _ = route.push(&frame);
             }
             Ok(())
         }

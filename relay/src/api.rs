@@ -173,6 +173,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/agent", get(agent_socket))
         .route("/v1/policy/check", post(check_policy))
         .merge(crate::admin::router())
+        .merge(crate::sessions::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)

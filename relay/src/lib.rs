@@ -31,10 +31,13 @@
 //! - A revoked or expired API key is refused on its next request and on any stream
 //!   its tokens would open; revoking it, or locking its user or the agent, ends the
 //!   live sessions at once (`live`). A revoked agent is disconnected and refused.
+//! - Sessions are listed (`GET /v1/sessions`) and ended (`terminate`) as the
+//!   policies allow on each one (`sessions`); a session's end is on record (its
+//!   exit, its bytes each way, who ended it and why) before its client hears of it.
 //!
 //! ## Non-goals (for now)
-//! Recordings and the audit log, and the session actions on other users' sessions
-//! (`sessions_list`, `terminate`, `observe`, `replay`: in the schema, not served yet).
+//! Recordings and the audit log, and watching or replaying sessions (`observe`,
+//! `replay`: in the schema, not served yet).
 
 pub mod admin;
 pub mod agent_link;
@@ -48,6 +51,7 @@ pub mod policy;
 pub mod provision;
 pub mod secret;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod stream;
 pub mod tls;

@@ -91,6 +91,11 @@ impl Live {
         }
     }
 
+    /// Whether a session is live.
+    pub fn contains(&self, session_id: &str) -> bool {
+        self.lock().contains_key(session_id)
+    }
+
     /// How many sessions are live.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -129,8 +134,10 @@ mod tests {
         assert_eq!(live.end_where(|o| o.agent_id == "ag-1", "agent locked"), 2);
         assert_eq!(c.ended.borrow().as_deref(), Some("agent locked"));
         assert!(live.end("s-2", "terminated"));
+        assert!(live.contains("s-2"));
         drop((a, b, c));
         assert!(live.is_empty());
+        assert!(!live.contains("s-2"));
         assert!(!live.end("s-2", "terminated"));
     }
 }

@@ -16,7 +16,9 @@ use crate::Error;
 
 mod access;
 mod audit;
+mod sessions;
 pub use access::{Caller, KeyRefused, KeyRow, LockRow, LockTarget, UserRow};
+pub use sessions::{Cursor, SessionListed, Traffic};
 
 /// Activation codes expire after this long.
 pub const ACTIVATION_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -184,7 +186,9 @@ const SCHEMA: &[&str] = &[
         run_as TEXT NOT NULL DEFAULT '',
         spec TEXT NOT NULL DEFAULT '{}',
         source_ip TEXT,
-        decided_by TEXT
+        decided_by TEXT,
+        bytes_in INTEGER,
+        bytes_out INTEGER
     )",
     "CREATE TABLE IF NOT EXISTS api_keys (
         id TEXT PRIMARY KEY,
@@ -474,9 +478,11 @@ impl Store {
         Ok(row.as_ref().map(session_row))
     }
 
-    /// Record how a session ended.
+    /// Record how a session ended. The first end recorded stands: what follows
+    /// from it (the agent's answer to being told to stop, its link dropping) does
+    /// not replace it.
     pub async fn end_session(&self, id: &str, exit: &str) -> Result<(), Error> {
-        sqlx::query("UPDATE sessions SET ended_at = ?, exit = ? WHERE id = ?")
+        sqlx::query("UPDATE sessions SET ended_at = ?, exit = ? WHERE id = ? AND ended_at IS NULL")
             .bind(unix_now())
             .bind(exit)
             .bind(id)

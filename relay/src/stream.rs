@@ -18,7 +18,7 @@ use crate::api::AppState;
 use crate::hub::{AgentHandle, Route, Routed, MAX_WINDOW};
 use crate::live::Owner;
 use crate::policy::{self, Action, Circumstances, Resource};
-use crate::store::{SessionRow, SessionSpec};
+use crate::store::{SessionRow, SessionSpec, Traffic};
 
 /// The client must send `Open` within this.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -343,6 +343,10 @@ pub async fn serve(
             .map_or(started, |b| origin + Duration::from_millis(b.ready_at(1).0))
     };
     let mut client_closed_session = false;
+    // Payload carried each way, recorded once when the session ends.
+    let mut traffic = Traffic::default();
+    // The agent's last frame (its Close or Reject), sent once the end is on record.
+    let mut last_frame = None;
     let outcome: Result<(), String> = loop {
         // A peer that does not read must not hold the session past its timers, nor
         // for long at all: every write below is bounded by `write_by`.
@@ -384,7 +388,11 @@ pub async fn serve(
                     break Err(why.into());
                 };
                 queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
-                let last = routed.last;
+                traffic.bytes_out += routed.payload as u64;
+                if routed.last {
+                    last_frame = Some(routed.bytes);
+                    break Ok(());
+                }
                 if routed.payload > 0 {
                     last_activity = Instant::now();
                     if pace_out.is_some() && ready(&pace_out) > Instant::now() {
@@ -397,9 +405,6 @@ pub async fn serve(
                 }
                 if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(routed.bytes.into()))).await {
                     break Err(e.client(timers.reason(last_activity)));
-                }
-                if last {
-                    break Ok(());
                 }
             }
             msg = stream.next(), if hold_in.is_none() => {
@@ -466,6 +471,7 @@ pub async fn serve(
                     close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
                     break Err("client protocol error".into());
                 }
+                traffic.bytes_in += out.payload as u64;
                 if out.payload > 0 {
                     last_activity = Instant::now();
                     if pace_in.is_some() && ready(&pace_in) > Instant::now() {
@@ -508,11 +514,25 @@ pub async fn serve(
                     let _ = state.store.end_session(&session.id, why).await;
                 }
             }
-            if registration.ended.borrow().is_some() {
-                // Ended by a revocation or a lock: now tell the client who and why.
-                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, why).await;
-            }
         }
+    }
+    // On record before the client hears of the end: the bytes, and the reason when
+    // someone ended it (a terminate, a revoked key, a lock). Then no longer live.
+    let ended_by = match &outcome {
+        Err(_) => registration.ended.borrow().clone(),
+        Ok(()) => None,
+    };
+    let _ = state
+        .store
+        .session_finished(&session.id, ended_by.as_deref(), traffic)
+        .await;
+    drop(registration);
+    if let Some(last) = last_frame {
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(last.into()))).await;
+    }
+    if let (Err(why), Some(_)) = (&outcome, &ended_by) {
+        // Ended by someone: now tell the client who and why.
+        close_client(&mut sink, client_sid, ErrorCode::TERMINATED, why).await;
     }
     // Close the WebSocket properly and read until the client closes too (bounded):
     // dropping the connection at once would reset it, and a client still reading the

@@ -215,6 +215,8 @@ impl Store {
             ("sessions", "spec", "TEXT NOT NULL DEFAULT '{}'"),
             ("sessions", "source_ip", "TEXT"),
             ("sessions", "decided_by", "TEXT"),
+            ("sessions", "bytes_in", "INTEGER"),
+            ("sessions", "bytes_out", "INTEGER"),
             ("agents", "revoked_at", "INTEGER"),
         ] {
             if !self.has_column(table, column).await? {

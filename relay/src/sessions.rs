@@ -1,0 +1,320 @@
+//! Live and past sessions: the listing, and ending a live one. Authorised on each
+//! session (`Session::"s-..."`, with its `owner`, `agent`, `kind` and `run_as`).
+//!
+//! | method | path | action, resource |
+//! |---|---|---|
+//! | GET | `/v1/sessions?all=true&limit=N` | `sessions_list`, each session listed |
+//! | POST | `/v1/sessions/{id}/terminate` (`{reason?}`) | `terminate`, the session |
+//!
+//! The listing holds the caller's own sessions, or with `all` everyone's, newest
+//! first; either way only those the caller may `sessions_list`: seeing even one's
+//! own sessions takes a policy (`when { resource.owner == principal }`). A terminate
+//! ends the session within a second (`live`), and its user reads
+//! `terminated by NAME: REASON`, which is also its recorded exit.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::api::{authenticate, target, ApiError, AppState};
+use crate::policy::{Action, Circumstances, Principal, Resource, Target};
+use crate::store::{SessionListed, Store};
+
+/// Sessions listed when the request names no `limit`.
+pub const DEFAULT_LIMIT: u32 = 100;
+/// The largest `limit`.
+pub const MAX_LIMIT: u32 = 1000;
+/// The longest reason a terminate may give, in characters.
+pub const REASON_MAX: usize = 200;
+
+/// The session routes (merged into the API's router).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sessions", get(list))
+        .route("/v1/sessions/{id}/terminate", post(terminate))
+}
+
+fn bad(m: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, m)
+}
+
+/// Query of `GET /v1/sessions`.
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    /// Everyone's sessions (that the caller may see), not only the caller's.
+    #[serde(default)]
+    pub all: bool,
+    /// At most this many, 1 to [`MAX_LIMIT`] [default: [`DEFAULT_LIMIT`]].
+    pub limit: Option<u32>,
+}
+
+/// One session, as listed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// Its user's name.
+    pub user: String,
+    /// Its target's name.
+    pub target: String,
+    /// `shell`, `exec`, `forward` or `ssh-key`.
+    pub kind: String,
+    /// The account it runs as.
+    pub run_as: String,
+    /// Unix seconds: asked for.
+    pub created_at: i64,
+    /// Unix seconds: its stream opened; `None` if it never did.
+    pub started_at: Option<i64>,
+    /// Unix seconds.
+    pub ended_at: Option<i64>,
+    /// How it ended: `exit 0`, `signal 9`, `terminated by alice: ...`.
+    pub exit: Option<String>,
+    /// Payload bytes from the client to the agent (every channel); `None` until it
+    /// ends, or if it never started.
+    pub bytes_in: Option<u64>,
+    /// Payload bytes from the agent to the client.
+    pub bytes_out: Option<u64>,
+    /// Being served now.
+    pub live: bool,
+    /// A recording of it exists (none yet: recordings are to come).
+    pub recorded: bool,
+}
+
+impl SessionInfo {
+    fn new(s: SessionListed, live: bool) -> SessionInfo {
+        SessionInfo {
+            id: s.id,
+            user: s.user,
+            target: s.target,
+            kind: s.kind,
+            run_as: s.run_as,
+            created_at: s.created_at,
+            started_at: s.started_at,
+            ended_at: s.ended_at,
+            exit: s.exit,
+            bytes_in: s.bytes_in,
+            bytes_out: s.bytes_out,
+            live,
+            recorded: false,
+        }
+    }
+}
+
+/// Sessions' owners and targets as policies see them, each looked up once.
+#[derive(Default)]
+struct Subjects {
+    owners: HashMap<String, Principal>,
+    agents: HashMap<String, Target>,
+}
+
+impl Subjects {
+    /// Look up the owner and the agent of a session, unless known already. A user
+    /// or agent that is gone is seen by its id, with no groups, attributes or tags.
+    async fn learn(
+        &mut self,
+        store: &Store,
+        user_id: &str,
+        agent_id: &str,
+    ) -> Result<(), crate::Error> {
+        if !self.owners.contains_key(user_id) {
+            let p = store.user(user_id).await?.map_or_else(
+                || Principal {
+                    name: user_id.into(),
+                    ..Principal::default()
+                },
+                |u| u.principal(),
+            );
+            self.owners.insert(user_id.into(), p);
+        }
+        if !self.agents.contains_key(agent_id) {
+            let t = store.agent(agent_id).await?.map_or_else(
+                || Target {
+                    name: agent_id.into(),
+                    id: agent_id.into(),
+                    ..Target::default()
+                },
+                |a| target(&a),
+            );
+            self.agents.insert(agent_id.into(), t);
+        }
+        Ok(())
+    }
+
+    /// The session as a policy's resource (its owner and agent learnt first).
+    fn resource<'a>(
+        &'a self,
+        id: &'a str,
+        user_id: &str,
+        agent_id: &str,
+        kind: &'a str,
+        run_as: &'a str,
+    ) -> Resource<'a> {
+        Resource::Session {
+            id,
+            owner: &self.owners[user_id],
+            agent: &self.agents[agent_id],
+            kind,
+            run_as,
+        }
+    }
+}
+
+/// `GET /v1/sessions`: each session decided, until `limit` are allowed or none are
+/// left. The decisions run off the runtime's threads, a page at a time.
+async fn list(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<SessionInfo>>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let Query(q) = query.map_err(|e| bad(e.body_text()))?;
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(bad(format!("limit must be 1 to {MAX_LIMIT}, not {limit}")));
+    }
+    let own = (!q.all).then(|| caller.user.id.clone());
+    let c = Circumstances::new(peer.ip());
+    let mut subjects = Subjects::default();
+    let mut out = Vec::new();
+    let mut after = None;
+    loop {
+        let page = state
+            .store
+            .sessions_page(own.as_deref(), after, limit)
+            .await?;
+        let exhausted = page.len() < limit as usize;
+        after = page.last().map(|(cursor, _)| *cursor);
+        for (_, s) in &page {
+            subjects
+                .learn(&state.store, &s.user_id, &s.agent_id)
+                .await?;
+        }
+        let (decider, user, c) = (state.clone(), caller.user.clone(), c.clone());
+        let (visible, known) = tokio::task::spawn_blocking(move || {
+            let visible: Vec<SessionListed> = page
+                .into_iter()
+                .map(|(_, s)| s)
+                .filter(|s| {
+                    let r = subjects.resource(&s.id, &s.user_id, &s.agent_id, &s.kind, &s.run_as);
+                    decider.decide(&user, Action::SessionsList, &r, &c).allow
+                })
+                .collect();
+            (visible, subjects)
+        })
+        .await
+        .map_err(|e| {
+            warn!("listing failed: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "listing failed")
+        })?;
+        subjects = known;
+        for s in visible.into_iter().take(limit as usize - out.len()) {
+            let live = state.live.contains(&s.id);
+            out.push(SessionInfo::new(s, live));
+        }
+        if out.len() == limit as usize || exhausted {
+            return Ok(Json(out));
+        }
+    }
+}
+
+/// Body of `POST /v1/sessions/{id}/terminate` (it may be empty).
+#[derive(Debug, Default, Deserialize)]
+pub struct Terminate {
+    /// Why, shown to the session's user after who ended it.
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Answer of `POST /v1/sessions/{id}/terminate`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Terminated {
+    /// Always true: a session that is not live is a 409.
+    pub terminated: bool,
+}
+
+/// What the user of a session ended by `by` reads, and its recorded exit.
+fn termination(by: &str, reason: Option<&str>) -> Result<String, String> {
+    let reason = reason.map(str::trim).unwrap_or_default();
+    if reason.chars().count() > REASON_MAX {
+        return Err(format!(
+            "the reason is too long (at most {REASON_MAX} characters)"
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err("the reason must be one line of text".into());
+    }
+    Ok(if reason.is_empty() {
+        format!("terminated by {by}")
+    } else {
+        format!("terminated by {by}: {reason}")
+    })
+}
+
+async fn terminate(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Terminated>, ApiError> {
+    let caller = authenticate(&state, &headers).await?;
+    let req: Terminate = if body.iter().all(u8::is_ascii_whitespace) {
+        Terminate::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?
+    };
+    let s =
+        state.store.session_info(&id).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("unknown session '{id}'"))
+        })?;
+    let mut subjects = Subjects::default();
+    subjects
+        .learn(&state.store, &s.user_id, &s.agent_id)
+        .await?;
+    let r = subjects.resource(&s.id, &s.user_id, &s.agent_id, &s.kind, &s.run_as);
+    let c = Circumstances::new(peer.ip());
+    state.require(&caller.user, Action::Terminate, &r, &c)?;
+    let why = termination(&caller.user.name, req.reason.as_deref()).map_err(bad)?;
+    if !state.live.end(&s.id, &why) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("session {} is not running", s.id),
+        ));
+    }
+    info!(session = %s.id, user = %caller.user.name, "session ended: {why}");
+    Ok(Json(Terminated { terminated: true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_termination_names_who_and_why_on_one_line() {
+        assert_eq!(termination("alice", None).unwrap(), "terminated by alice");
+        assert_eq!(
+            termination("alice", Some("  ")).unwrap(),
+            "terminated by alice"
+        );
+        assert_eq!(
+            termination("alice", Some(" incident 7 ")).unwrap(),
+            "terminated by alice: incident 7"
+        );
+        let refused = |r: &str| termination("alice", Some(r)).unwrap_err();
+        assert_eq!(refused("a\nb"), "the reason must be one line of text");
+        assert_eq!(
+            refused(&"x".repeat(REASON_MAX + 1)),
+            "the reason is too long (at most 200 characters)"
+        );
+        assert!(termination("alice", Some(&"é".repeat(REASON_MAX))).is_ok());
+    }
+}

@@ -1,0 +1,266 @@
+//! Sessions as listed (`GET /v1/sessions`), newest first, and the end of a session
+//! as its stream task records it: the payload it carried each way and, when
+//! something at the relay ended it (a terminate, a revoked key, a lock), why.
+
+use sqlx::Row;
+
+use super::{unix_now, Store};
+use crate::Error;
+
+/// Payload bytes a session carried, every channel counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// From the client to the agent.
+    pub bytes_in: u64,
+    /// From the agent to the client.
+    pub bytes_out: u64,
+}
+
+/// A session as listed, with its user's and target's names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionListed {
+    /// Session id.
+    pub id: String,
+    /// The user's id.
+    pub user_id: String,
+    /// The user's name (its id if the user is gone).
+    pub user: String,
+    /// The agent's id.
+    pub agent_id: String,
+    /// The agent's name (its id if the agent is gone).
+    pub target: String,
+    /// `shell`, `exec`, `forward` or `ssh-key`.
+    pub kind: String,
+    /// The account it runs as.
+    pub run_as: String,
+    /// Unix seconds: when it was asked for.
+    pub created_at: i64,
+    /// Unix seconds: when its stream opened (its token was used).
+    pub started_at: Option<i64>,
+    /// Unix seconds.
+    pub ended_at: Option<i64>,
+    /// How it ended (`exit 0`, `signal 9`, `terminated by alice: ...`).
+    pub exit: Option<String>,
+    /// See [`Traffic`]; `None` before the session ends, or if it never started.
+    pub bytes_in: Option<u64>,
+    /// See [`Traffic`].
+    pub bytes_out: Option<u64>,
+}
+
+/// A byte count as stored (SQLite integers are signed).
+fn count(n: Option<i64>) -> Option<u64> {
+    n.map(|n| u64::try_from(n).unwrap_or(0))
+}
+
+/// Where a listing goes on from: the last row's `(created_at, rowid)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor(i64, i64);
+
+impl Store {
+    /// Up to `limit` sessions, newest first (by creation, then insertion), after
+    /// `after` if given; only `user_id`'s when given. Each with the cursor to go on
+    /// from.
+    pub async fn sessions_page(
+        &self,
+        user_id: Option<&str>,
+        after: Option<Cursor>,
+        limit: u32,
+    ) -> Result<Vec<(Cursor, SessionListed)>, Error> {
+        let (at, seq) = match after {
+            Some(Cursor(at, seq)) => (at, seq),
+            None => (i64::MAX, i64::MAX),
+        };
+        let rows = sqlx::query(
+            "SELECT s.rowid AS seq, s.id, s.user_id, COALESCE(u.name, s.user_id) AS user,
+                    s.agent_id, COALESCE(a.name, s.agent_id) AS target, s.kind, s.run_as,
+                    s.created_at, s.token_used_at, s.ended_at, s.exit, s.bytes_in, s.bytes_out
+             FROM sessions s
+             LEFT JOIN users u ON u.id = s.user_id
+             LEFT JOIN agents a ON a.id = s.agent_id
+             WHERE (?1 IS NULL OR s.user_id = ?1) AND (s.created_at, s.rowid) < (?2, ?3)
+             ORDER BY s.created_at DESC, s.rowid DESC
+             LIMIT ?4",
+        )
+        .bind(user_id)
+        .bind(at)
+        .bind(seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let created_at: i64 = r.get("created_at");
+                let listed = SessionListed {
+                    id: r.get("id"),
+                    user_id: r.get("user_id"),
+                    user: r.get("user"),
+                    agent_id: r.get("agent_id"),
+                    target: r.get("target"),
+                    kind: r.get("kind"),
+                    run_as: r.get("run_as"),
+                    created_at,
+                    started_at: r.get("token_used_at"),
+                    ended_at: r.get("ended_at"),
+                    exit: r.get("exit"),
+                    bytes_in: count(r.get("bytes_in")),
+                    bytes_out: count(r.get("bytes_out")),
+                };
+                (Cursor(created_at, r.get("seq")), listed)
+            })
+            .collect())
+    }
+
+    /// Record, once, how much a session carried; and, when something at the relay
+    /// ended it (`ended_by`: a terminate, a revoked key, a lock), that reason as its
+    /// exit: it outranks whatever the agent answered when told to stop, whichever
+    /// of the two is recorded first.
+    pub async fn session_finished(
+        &self,
+        id: &str,
+        ended_by: Option<&str>,
+        traffic: Traffic,
+    ) -> Result<(), Error> {
+        let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        sqlx::query(
+            "UPDATE sessions SET bytes_in = ?1, bytes_out = ?2, exit = COALESCE(?3, exit),
+                 ended_at = CASE WHEN ?3 IS NULL THEN ended_at ELSE COALESCE(ended_at, ?4) END
+             WHERE id = ?5",
+        )
+        .bind(clamp(traffic.bytes_in))
+        .bind(clamp(traffic.bytes_out))
+        .bind(ended_by)
+        .bind(unix_now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{NewSession, SessionSpec};
+
+    async fn store(tag: &str) -> (Store, std::path::PathBuf) {
+        let dir =
+            std::env::temp_dir().join(format!("sesame-sessions-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        (Store::open(&dir).await.unwrap(), dir)
+    }
+
+    async fn session(store: &Store, agent: &str, user: &str) -> String {
+        let spec = SessionSpec::default();
+        let (id, token, _) = store
+            .create_session(&NewSession {
+                agent_id: agent,
+                user_id: user,
+                key_id: "k-test",
+                kind: "shell",
+                rate: None,
+                ttl: Duration::from_secs(600),
+                run_as: "deploy",
+                spec: &spec,
+                source_ip: "127.0.0.1",
+                decided_by: "test",
+            })
+            .await
+            .unwrap();
+        store.redeem_token(&id, &token).await.unwrap().unwrap();
+        id
+    }
+
+    #[tokio::test]
+    async fn listings_go_newest_first_in_pages_and_by_user() {
+        let (store, dir) = store("list").await;
+        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
+        let (alice, _) = store.add_user("alice", &[]).await.unwrap();
+        let (bob, _) = store.add_user("bob", &[]).await.unwrap();
+        let mut ids = Vec::new();
+        for who in [&alice, &bob, &alice, &bob, &alice] {
+            ids.push(session(&store, &agent, &who.id).await);
+        }
+        // All in the same second: insertion order decides.
+        let ids_of = |page: &[(Cursor, SessionListed)]| -> Vec<String> {
+            page.iter().map(|(_, s)| s.id.clone()).collect()
+        };
+        let first = store.sessions_page(None, None, 2).await.unwrap();
+        assert_eq!(ids_of(&first), [ids[4].clone(), ids[3].clone()]);
+        let rest = store
+            .sessions_page(None, Some(first[1].0), 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids_of(&rest),
+            [ids[2].clone(), ids[1].clone(), ids[0].clone()]
+        );
+        let hers = store
+            .sessions_page(Some(&alice.id), None, 10)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids_of(&hers),
+            [ids[4].clone(), ids[2].clone(), ids[0].clone()]
+        );
+        let (_, s) = &hers[0];
+        assert_eq!(
+            (s.user.as_str(), s.target.as_str(), s.kind.as_str()),
+            ("alice", "gw-01", "shell")
+        );
+        assert!(s.started_at.is_some());
+        assert_eq!((s.ended_at, s.bytes_in, s.bytes_out), (None, None, None));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_reason_given_at_the_relay_outranks_the_agents_answer_in_either_order() {
+        let (store, dir) = store("finish").await;
+        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
+        let (alice, _) = store.add_user("alice", &[]).await.unwrap();
+        let listed = |id: String| {
+            let store = store.clone();
+            async move {
+                let page = store.sessions_page(None, None, 100).await.unwrap();
+                page.into_iter().find(|(_, s)| s.id == id).unwrap().1
+            }
+        };
+        let traffic = Traffic {
+            bytes_in: 12,
+            bytes_out: 100_000,
+        };
+
+        // The agent's answer first, then the stream task's record.
+        let a = session(&store, &agent, &alice.id).await;
+        store.end_session(&a, "signal 1").await.unwrap();
+        store
+            .session_finished(&a, Some("terminated by root: incident 7"), traffic)
+            .await
+            .unwrap();
+        let s = listed(a).await;
+        assert_eq!(s.exit.as_deref(), Some("terminated by root: incident 7"));
+        assert_eq!((s.bytes_in, s.bytes_out), (Some(12), Some(100_000)));
+        assert!(s.ended_at.is_some());
+
+        // The other way round: the first end recorded stands.
+        let b = session(&store, &agent, &alice.id).await;
+        store
+            .session_finished(&b, Some("terminated by root"), traffic)
+            .await
+            .unwrap();
+        store.end_session(&b, "signal 1").await.unwrap();
+        assert_eq!(listed(b).await.exit.as_deref(), Some("terminated by root"));
+
+        // An ordinary end: the agent's exit, and the bytes.
+        let c = session(&store, &agent, &alice.id).await;
+        store.end_session(&c, "exit 0").await.unwrap();
+        store.session_finished(&c, None, traffic).await.unwrap();
+        let s = listed(c).await;
+        assert_eq!(s.exit.as_deref(), Some("exit 0"));
+        assert_eq!(s.bytes_out, Some(100_000));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
