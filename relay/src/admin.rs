@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::api::{authenticate, target, AgentInfo, ApiError, AppState};
+use crate::audit::Event;
 use crate::policy::{Action, Circumstances, Resource};
 use crate::store::{unix_now, Caller, KeyRow, LockRow, LockTarget, UserRow};
 
@@ -92,6 +93,22 @@ async fn on_relay(
     allowed(state, headers, peer, action, &Resource::Relay).await
 }
 
+/// Record an administrative change in the audit log, before it is made: a change
+/// whose row cannot be written is not made.
+async fn note(
+    state: &AppState,
+    caller: &Caller,
+    peer: SocketAddr,
+    event: &str,
+    target: &str,
+    detail: Value,
+) -> Result<(), ApiError> {
+    let e = Event::new(caller.user.name.clone(), event, target)
+        .from(peer.ip())
+        .detail(detail);
+    state.record(e).await.map(|_| ())
+}
+
 async fn user_named(state: &AppState, name: &str) -> Result<UserRow, ApiError> {
     state
         .store
@@ -136,6 +153,8 @@ async fn add_user(
     let caller = on_relay(&state, &headers, peer, Action::AdminUsers).await?;
     let req = body(b)?;
     may_change_groups(&state, &caller, peer, &req.groups)?;
+    let detail = json!({ "groups": req.groups });
+    note(&state, &caller, peer, "admin.user.add", &req.name, detail).await?;
     let (user, secret) = state
         .store
         .add_user(&req.name, &req.groups)
@@ -193,6 +212,8 @@ async fn set_groups(
     let changed: Vec<String> = req.add.iter().chain(&req.remove).cloned().collect();
     may_change_groups(&state, &caller, peer, &changed)?;
     let user = user_named(&state, &name).await?;
+    let detail = json!({ "add": req.add, "remove": req.remove });
+    note(&state, &caller, peer, "admin.user.groups", &name, detail).await?;
     state
         .store
         .set_groups(&user, &req.add, &req.remove)
@@ -214,9 +235,11 @@ async fn set_attr(
     headers: HeaderMap,
     b: Result<Json<Attr>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    on_relay(&state, &headers, peer, Action::AdminUsers).await?;
+    let caller = on_relay(&state, &headers, peer, Action::AdminUsers).await?;
     let req = body(b)?;
     let user = user_named(&state, &name).await?;
+    let detail = json!({ "key": req.key, "value": req.value });
+    note(&state, &caller, peer, "admin.user.attr", &name, detail).await?;
     state
         .store
         .set_attr(&user, &req.key, req.value.as_deref())
@@ -232,7 +255,7 @@ async fn key_owner(
     headers: &HeaderMap,
     peer: SocketAddr,
     user: Option<&str>,
-) -> Result<UserRow, ApiError> {
+) -> Result<(Caller, UserRow), ApiError> {
     let caller = authenticate(state, headers).await?;
     let owner = match user {
         Some(name) if name != caller.user.name => user_named(state, name).await?,
@@ -245,7 +268,7 @@ async fn key_owner(
         &Resource::User(&p),
         &Circumstances::new(peer.ip()),
     )?;
-    Ok(owner)
+    Ok((caller, owner))
 }
 
 #[derive(Deserialize)]
@@ -259,7 +282,7 @@ async fn keys(
     Query(q): Query<KeysQuery>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<KeyRow>>, ApiError> {
-    let owner = key_owner(&state, &headers, peer, q.user.as_deref()).await?;
+    let (_, owner) = key_owner(&state, &headers, peer, q.user.as_deref()).await?;
     Ok(Json(state.store.keys(Some(&owner)).await?))
 }
 
@@ -277,7 +300,9 @@ async fn add_key(
     b: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
     let req = body(b)?;
-    let owner = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
+    let (caller, owner) = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
+    let detail = json!({ "name": req.name, "expires_in": req.expires_in });
+    note(&state, &caller, peer, "admin.key.add", &owner.name, detail).await?;
     let expires_at = match &req.expires_in {
         Some(d) => crate::config::parse_duration(d)
             .map_err(bad)?
@@ -305,7 +330,17 @@ async fn revoke_key(
     b: Result<Json<RevokeKey>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
     let req = body(b)?;
-    let owner = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
+    let (caller, owner) = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
+    let detail = json!({ "key": req.key });
+    note(
+        &state,
+        &caller,
+        peer,
+        "admin.key.revoke",
+        &owner.name,
+        detail,
+    )
+    .await?;
     let key = state
         .store
         .revoke_key(&owner, &req.key)
@@ -356,8 +391,10 @@ async fn add_agent(
     headers: HeaderMap,
     b: Result<Json<NewAgent>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    on_relay(&state, &headers, peer, Action::AdminAgents).await?;
+    let caller = on_relay(&state, &headers, peer, Action::AdminAgents).await?;
     let req = body(b)?;
+    let detail = json!({ "tags": req.tags });
+    note(&state, &caller, peer, "admin.agent.add", &req.name, detail).await?;
     let (id, code) = state
         .store
         .add_agent(&req.name, &req.tags)
@@ -381,6 +418,15 @@ async fn revoke_agent(
     let t = target(&agent);
     let c = Circumstances::new(peer.ip());
     state.require(&caller.user, Action::AdminAgents, &Resource::Agent(&t), &c)?;
+    note(
+        &state,
+        &caller,
+        peer,
+        "admin.agent.revoke",
+        &agent.name,
+        json!({}),
+    )
+    .await?;
     state.store.revoke_agent(&agent.id).await?;
     let why = format!("agent {} was revoked by {}", agent.name, caller.user.name);
     let ended = state.live.end_where(|o| o.agent_id == agent.id, &why);
@@ -431,6 +477,15 @@ async fn reload(
     headers: HeaderMap,
 ) -> Answer {
     let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
+    note(
+        &state,
+        &caller,
+        peer,
+        "admin.policy.reload",
+        "policies",
+        json!({}),
+    )
+    .await?;
     reload_as(&state, &caller.user.name).await
 }
 
@@ -520,6 +575,9 @@ async fn put_policy(
 ) -> Answer {
     let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
     let file = policy_file(&file)?;
+    let sha256 = crate::secret::hash_hex(text.as_bytes());
+    let detail = json!({ "bytes": text.len(), "sha256": sha256 });
+    note(&state, &caller, peer, "admin.policy.put", file, detail).await?;
     change_file(&state, &caller.user.name, file, Some(text)).await
 }
 
@@ -531,6 +589,15 @@ async fn delete_policy(
 ) -> Answer {
     let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
     let file = policy_file(&file)?;
+    note(
+        &state,
+        &caller,
+        peer,
+        "admin.policy.remove",
+        file,
+        json!({}),
+    )
+    .await?;
     change_file(&state, &caller.user.name, file, None).await
 }
 
@@ -625,6 +692,8 @@ async fn add_lock(
         _ => return Err(bad("give either 'for' or 'until'")),
     };
     let id = lock_allowed(&state, &caller, peer, kind, name).await?;
+    let detail = json!({ "kind": kind, "reason": req.reason, "expires_at": expires_at });
+    note(&state, &caller, peer, "admin.lock.add", name, detail).await?;
     let lock = state
         .store
         .add_lock(
@@ -667,6 +736,7 @@ async fn remove_lock(
     for l in &matching {
         lock_allowed(&state, &caller, peer, l.target, &l.name).await?;
     }
+    note(&state, &caller, peer, "admin.lock.remove", &what, json!({})).await?;
     let removed = state.store.remove_locks(&what).await?;
     Ok(Json(json!({ "removed": removed })))
 }

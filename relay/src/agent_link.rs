@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::api::AppState;
+use crate::audit::Event;
 use crate::hub::{AgentHandle, AGENT_QUEUE};
 use crate::secret::{random_bytes, Secret};
 use crate::store::AgentRow;
@@ -40,6 +41,16 @@ pub fn encode(f: &Frame) -> Vec<u8> {
     let n = f.encode(&mut buf).unwrap_or(0);
     buf.truncate(n);
     buf
+}
+
+/// The address part of a peer's `ip:port` (the audit log keeps addresses).
+fn peer_ip(peer: &str) -> &str {
+    peer.parse::<std::net::SocketAddr>()
+        .map(|_| {
+            peer.rsplit_once(':')
+                .map_or(peer, |(ip, _)| ip.trim_matches(['[', ']']))
+        })
+        .unwrap_or(peer)
 }
 
 /// The relay's `Hello`.
@@ -117,6 +128,12 @@ pub async fn serve(
         Err(None) => return,
         Err(Some(msg)) => {
             warn!(%peer, "agent refused: {msg}");
+            let refused = Event::new("-", "auth.agent.refused", "-")
+                .from(peer_ip(&peer))
+                .detail(serde_json::json!({ "why": msg }));
+            if let Err(e) = state.audit.record(refused).await {
+                warn!("{e}");
+            }
             let f = encode(&Frame::Error {
                 sid: 0,
                 code: ErrorCode::AUTH,
@@ -146,6 +163,19 @@ pub async fn serve(
     // the hub (a revocation from here on kicks it).
     if !matches!(state.store.agent_revoked(&agent.id).await, Ok(None)) {
         warn!(agent = %agent.name, %peer, "agent refused: agent '{}' was revoked", agent.name);
+        state.hub.unregister(&handle);
+        return;
+    }
+    let online = Event::new(
+        format!("agent:{}", agent.name),
+        "auth.agent",
+        agent.name.clone(),
+    )
+    .from(peer_ip(&peer))
+    .detail(serde_json::json!({ "id": agent.id, "default_account": default_account }));
+    if let Err(e) = state.audit.record(online).await {
+        // Fail closed: an agent whose connection is not in the log serves nothing.
+        warn!(agent = %agent.name, "{e}");
         state.hub.unregister(&handle);
         return;
     }

@@ -20,6 +20,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
+use crate::audit::Event;
 use crate::hub::{AgentHandle, Hub};
 use crate::live::Live;
 use crate::policy::{self, Action, Circumstances, Decision, Policies, Resource, Target};
@@ -56,9 +57,22 @@ pub struct AppState {
     pub policies: Arc<Policies>,
     /// The sessions being served.
     pub live: Arc<Live>,
+    /// The audit log's writer.
+    pub audit: crate::audit::Audit,
+    /// The key that signs audit checkpoints.
+    pub audit_key: Arc<ring::signature::Ed25519KeyPair>,
 }
 
 impl AppState {
+    /// Append an event to the audit log; an action whose event cannot be written
+    /// is refused (503), never done unrecorded.
+    pub async fn record(&self, event: crate::audit::Event) -> Result<i64, ApiError> {
+        self.audit.record(event).await.map_err(|e| {
+            warn!("{e}");
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        })
+    }
+
     /// Decide a request, and log the decision with the policies that made it.
     pub fn decide(
         &self,
@@ -174,6 +188,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policy/check", post(check_policy))
         .merge(crate::admin::router())
         .merge(crate::sessions::router())
+        .merge(crate::audit::http::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)
@@ -410,7 +425,29 @@ async fn create_session(
     }
     c.run_as = account(asked, live.as_deref(), &agent.name)?;
     let t = target(&agent);
-    let decision = state.require(user, action, &Resource::Agent(&t), &c)?;
+    let r = Resource::Agent(&t);
+    let decision = state.decide(user, action, &r, &c);
+    state
+        .record(
+            Event::new(user.name.clone(), "authz.decision", agent.name.clone())
+                .from(peer.ip())
+                .detail(serde_json::json!({
+                    "action": action.name(),
+                    "allow": decision.allow,
+                    "policies": decision.policies,
+                    "policy_version": decision.version,
+                    "run_as": c.run_as,
+                    "command": c.command,
+                    "ttl": (action == Action::SshKeyPush).then_some(c.ttl),
+                })),
+        )
+        .await?;
+    if !decision.allow {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            policy::refusal(&user.name, action, &r, &c, &decision),
+        ));
+    }
     if state.store.agent_revoked(&agent.id).await?.is_some() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -452,6 +489,24 @@ async fn create_session(
             source_ip: &peer.ip().to_string(),
             decided_by: &decided_by,
         })
+        .await?;
+    // Recorded before the token is handed out: a session the log does not know of
+    // never starts.
+    state
+        .record(
+            Event::new(user.name.clone(), "session.create", session_id.clone())
+                .from(peer.ip())
+                .detail(serde_json::json!({
+                    "agent": agent.name,
+                    "kind": req.kind,
+                    "run_as": c.run_as,
+                    "command": spec.command,
+                    "ssh": spec.ssh,
+                    "key": caller.key_id,
+                    "policies": decision.policies,
+                    "policy_version": decision.version,
+                })),
+        )
         .await?;
     let host = headers
         .get(axum::http::header::HOST)

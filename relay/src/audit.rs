@@ -389,5 +389,7 @@ pub async fn verify(
     })
 }
 
+pub mod http;
+
 #[cfg(test)]
 mod tests;

@@ -72,11 +72,13 @@ pub enum Action {
     AdminPolicies,
     /// Lock or unlock users and agents.
     AdminLocks,
+    /// Read the audit log, sign a checkpoint.
+    Audit,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 14] = [
+    pub const ALL: [Action; 15] = [
         Action::List,
         Action::Shell,
         Action::Exec,
@@ -91,6 +93,7 @@ impl Action {
         Action::AdminAgents,
         Action::AdminPolicies,
         Action::AdminLocks,
+        Action::Audit,
     ];
 
     /// The Cedar action's name.
@@ -110,6 +113,7 @@ impl Action {
             Action::AdminAgents => "admin_agents",
             Action::AdminPolicies => "admin_policies",
             Action::AdminLocks => "admin_locks",
+            Action::Audit => "audit",
         }
     }
 

@@ -35,6 +35,7 @@ use tower_service::Service;
 use tracing::{debug, info, warn};
 
 use crate::api::{self, ApiConfig, AppState};
+use crate::audit::{self, Audit, Event};
 use crate::config::Connections;
 use crate::hub::Hub;
 use crate::live::Live;
@@ -104,6 +105,16 @@ impl Server {
             policies = loaded.ids.len(),
             "policies loaded"
         );
+        // The audit log: its writer, and a signed checkpoint of it as it is at start.
+        let audit_key = Arc::new(audit::signing_key(&config.data_dir)?);
+        let audit = Audit::start(store.clone());
+        audit
+            .record(Event::new("relay", "relay.start", "relay").detail(
+                serde_json::json!({ "policy_version": loaded.version, "policy_hash": loaded.hash }),
+            ))
+            .await
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        audit::checkpoint(&store, &audit_key).await?;
         let (cert, key, ca_path) = match &config.cert {
             Some((c, k)) => (c.clone(), k.clone(), None),
             None => {
@@ -128,6 +139,8 @@ impl Server {
                 }),
                 policies: Arc::new(policies),
                 live: Arc::new(Live::default()),
+                audit,
+                audit_key,
             },
             ca_path,
         })
@@ -143,6 +156,10 @@ impl Server {
         let app = api::router(self.state.clone());
         let limits = self.state.config.limits.connections.clone();
         let retention = self.state.config.limits.session_retention;
+        let mut checkpoints = tokio::time::interval_at(
+            Instant::now() + audit::CHECKPOINT_EVERY,
+            audit::CHECKPOINT_EVERY,
+        );
         let mut pruning = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
         pruning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut accept_failing = false;
@@ -159,6 +176,15 @@ impl Server {
                 _ = pruning.tick() => {
                     let store = self.state.store.clone();
                     tokio::spawn(async move { prune(&store, retention).await });
+                    continue;
+                }
+                _ = checkpoints.tick() => {
+                    let (store, key) = (self.state.store.clone(), self.state.audit_key.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = audit::checkpoint(&store, &key).await {
+                            warn!("cannot sign an audit checkpoint: {e}");
+                        }
+                    });
                     continue;
                 }
             };

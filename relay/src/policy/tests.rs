@@ -177,7 +177,7 @@ fn source_ip_and_admins() {
     let admin = user("root", &[ADMINS]);
     for a in Action::ALL {
         let r = match a {
-            Action::AdminUsers | Action::AdminPolicies => Resource::Relay,
+            Action::AdminUsers | Action::AdminPolicies | Action::Audit => Resource::Relay,
             _ => Resource::Agent(&lab),
         };
         if matches!(
@@ -334,7 +334,7 @@ fn every_action_builds_a_request_the_schema_accepts() {
                 vec![session]
             }
             Action::AdminUsers => vec![Resource::Relay, Resource::Group("ops")],
-            Action::AdminPolicies => vec![Resource::Relay],
+            Action::AdminPolicies | Action::Audit => vec![Resource::Relay],
             Action::AdminKeys => vec![Resource::User(&alice)],
             Action::AdminAgents => vec![Resource::Relay, Resource::Agent(&lab)],
             Action::AdminLocks => vec![Resource::User(&alice), Resource::Agent(&lab)],
