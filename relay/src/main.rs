@@ -71,6 +71,31 @@ enum Cmd {
         #[command(subcommand)]
         cmd: UserCmd,
     },
+    /// The audit log: verify its chain and checkpoints, sign a checkpoint.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check every row's hash chain and every checkpoint (the kept ones and
+    /// --checkpoint); names the first bad row. Exit status 1 if anything is wrong.
+    Verify {
+        #[command(flatten)]
+        data: DataDir,
+        /// A checkpoint exported earlier (`audit checkpoint > FILE`), kept elsewhere:
+        /// catches rows deleted from the end since.
+        #[arg(long, value_name = "FILE")]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Sign a checkpoint of the log as it is now and print it (one JSON line):
+    /// keep it somewhere the relay's host cannot change.
+    Checkpoint {
+        #[command(flatten)]
+        data: DataDir,
+    },
 }
 
 /// The relay's data directory: SQLite store and generated certificates.
@@ -230,6 +255,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 map.insert(k.to_string(), v.to_string());
             }
             let store = open_store(&data_dir).await?;
+            local_change(
+                &store,
+                "admin.agent.add",
+                &name,
+                serde_json::json!({ "tags": map }),
+            )
+            .await?;
             let (_id, code) = store.add_agent(&name, &map).await?;
             println!("{}", code.expose());
             Ok(())
@@ -262,6 +294,48 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    data: DataDir { data_dir },
+                    checkpoint,
+                },
+        } => {
+            let store = open_store(&data_dir).await?;
+            let key = relay::audit::signing_key(&data_dir)?;
+            let extra = match &checkpoint {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let c: relay::audit::Checkpoint = serde_json::from_str(text.trim())
+                        .with_context(|| format!("{} is not a checkpoint", path.display()))?;
+                    Some(c)
+                }
+                None => None,
+            };
+            let public = relay::secret::hex(ring::signature::KeyPair::public_key(&key).as_ref());
+            match relay::audit::verify(&store, &public, extra.as_ref()).await {
+                Ok(v) => {
+                    println!(
+                        "audit log verified: {} rows, {} checkpoints",
+                        v.rows, v.checkpoints
+                    );
+                    Ok(())
+                }
+                Err(problem) => bail!("audit log: {problem}"),
+            }
+        }
+        Cmd::Audit {
+            cmd: AuditCmd::Checkpoint {
+                data: DataDir { data_dir },
+            },
+        } => {
+            let store = open_store(&data_dir).await?;
+            let key = relay::audit::signing_key(&data_dir)?;
+            let c = relay::audit::checkpoint(&store, &key).await?;
+            println!("{}", serde_json::to_string(&c)?);
+            Ok(())
+        }
         Cmd::User {
             cmd:
                 UserCmd::Add {
@@ -275,11 +349,32 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 groups.push(relay::policy::ADMINS.to_string());
             }
             let store = open_store(&data_dir).await?;
+            local_change(
+                &store,
+                "admin.user.add",
+                &name,
+                serde_json::json!({ "groups": groups }),
+            )
+            .await?;
             let (_user, key) = store.add_user(&name, &groups).await?;
             println!("{}", key.expose());
             Ok(())
         }
     }
+}
+
+/// Record a change made on the relay's host (through its data directory) in the
+/// audit log, before it is made; actor `local`.
+async fn local_change(
+    store: &Store,
+    event: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    let audit = relay::audit::Audit::start(store.clone());
+    let e = relay::audit::Event::new("local", event, target).detail(detail);
+    audit.record(e).await?;
+    Ok(())
 }
 
 /// Write a file only its owner can read.

@@ -1,5 +1,5 @@
-//! The audit log over HTTP: `GET /v1/audit` (rows after a given one, or since a
-//! time) and `POST /v1/audit/checkpoint` (sign one now), both needing the
+//! The audit log over HTTP: `GET /v1/audit` (rows after a given one, since a
+//! time, or the newest few) and `POST /v1/audit/checkpoint` (sign one now), both needing the
 //! action `audit` on the relay.
 
 use std::net::SocketAddr;
@@ -28,6 +28,8 @@ pub struct Since {
     after: Option<i64>,
     /// Rows at or after this time (unix milliseconds).
     since: Option<i64>,
+    /// The newest this many rows.
+    last: Option<i64>,
     /// At most this many (default 1000, at most 10000).
     limit: Option<i64>,
 }
@@ -46,13 +48,14 @@ async fn rows(
     headers: HeaderMap,
 ) -> Result<Json<Vec<Row>>, ApiError> {
     allowed(&state, &headers, peer).await?;
-    let after = match (q.after, q.since) {
-        (Some(a), _) => a,
-        (None, Some(t)) => match state.store.audit_seq_at(t).await? {
+    let after = match (q.after, q.since, q.last) {
+        (Some(a), _, _) => a,
+        (None, Some(t), _) => match state.store.audit_seq_at(t).await? {
             Some(seq) => seq - 1,
             None => return Ok(Json(Vec::new())),
         },
-        (None, None) => 0,
+        (None, None, Some(n)) => (state.store.audit_head().await?.0 - n.max(0)).max(0),
+        (None, None, None) => 0,
     };
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
     Ok(Json(state.store.audit_rows(after, limit).await?))
