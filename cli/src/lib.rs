@@ -3,10 +3,10 @@
 //! Lists targets, runs commands, opens interactive shells, forwards TCP ports and
 //! pushes short-lived SSH keys through a Sesame relay, as the account the user asks
 //! for (`--as`) when the relay's policies permit it; checks policies
-//! (`sesame policy check`) and administers users, keys, agents, policies and locks
-//! (`sesame admin`). Settings come from flags, then `SESAME_RELAY` /
-//! `SESAME_API_KEY` / `SESAME_CA` / `SESAME_BIND`, then
-//! `~/.config/sesame/config.toml`.
+//! (`sesame policy check`), lists and terminates sessions (`sesame sessions`) and
+//! administers users, keys, agents, policies and locks (`sesame admin`). Settings
+//! come from flags, then `SESAME_RELAY` / `SESAME_API_KEY` / `SESAME_CA` /
+//! `SESAME_BIND`, then `~/.config/sesame/config.toml`.
 //!
 //! ## Contract
 //! - `sesame exec` and `sesame shell` exit with the remote exit code (128 + N for a
@@ -25,6 +25,7 @@ pub mod forward;
 pub mod ls;
 pub mod policy;
 pub mod session;
+pub mod sessions;
 pub mod ssh;
 pub mod table;
 pub mod terminal;

@@ -116,6 +116,11 @@ enum Cmd {
         #[arg(last = true)]
         ssh_args: Vec<String>,
     },
+    /// Live and past sessions: list them, terminate a live one.
+    Sessions {
+        #[command(subcommand)]
+        cmd: cli::sessions::SessionsCmd,
+    },
     /// Check the relay's policies.
     Policy {
         #[command(subcommand)]
@@ -267,6 +272,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
                 &ssh_args,
             )
             .await
+        }
+        Cmd::Sessions { cmd } => {
+            cli::sessions::run(&relay, cmd).await?;
+            Ok(0)
         }
         Cmd::Policy {
             cmd: cli::policy::PolicyCmd::Check(check),
