@@ -19,6 +19,7 @@
 //!   credit only for bytes it has written out.
 
 pub mod admin;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod forward;

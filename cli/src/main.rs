@@ -121,6 +121,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::sessions::SessionsCmd,
     },
+    /// The relay's audit log: the newest rows (-f to follow), or an export as JSON
+    /// lines.
+    Audit {
+        #[command(subcommand)]
+        cmd: cli::audit::AuditCmd,
+    },
     /// Check the relay's policies.
     Policy {
         #[command(subcommand)]
@@ -275,6 +281,10 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Cmd::Sessions { cmd } => {
             cli::sessions::run(&relay, cmd).await?;
+            Ok(0)
+        }
+        Cmd::Audit { cmd } => {
+            cli::audit::run(&relay, &cmd).await?;
             Ok(0)
         }
         Cmd::Policy {

@@ -73,7 +73,7 @@ async fn allowed(
     action: Action,
     resource: &Resource<'_>,
 ) -> Result<Caller, ApiError> {
-    let caller = authenticate(state, headers).await?;
+    let caller = authenticate(state, headers, peer).await?;
     state.require(
         &caller.user,
         action,
@@ -207,7 +207,7 @@ async fn set_groups(
     headers: HeaderMap,
     b: Result<Json<Groups>, axum::extract::rejection::JsonRejection>,
 ) -> Answer {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let req = body(b)?;
     let changed: Vec<String> = req.add.iter().chain(&req.remove).cloned().collect();
     may_change_groups(&state, &caller, peer, &changed)?;
@@ -256,7 +256,7 @@ async fn key_owner(
     peer: SocketAddr,
     user: Option<&str>,
 ) -> Result<(Caller, UserRow), ApiError> {
-    let caller = authenticate(state, headers).await?;
+    let caller = authenticate(state, headers, peer).await?;
     let owner = match user {
         Some(name) if name != caller.user.name => user_named(state, name).await?,
         _ => caller.user.clone(),
@@ -409,7 +409,7 @@ async fn revoke_agent(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let agent = state
         .store
         .agent(&name)
@@ -635,7 +635,7 @@ async fn locks(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<LockRow>>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let mut out = Vec::new();
     for l in state.store.locks().await? {
         if lock_allowed(&state, &caller, peer, l.target, &l.name)
@@ -670,7 +670,7 @@ async fn add_lock(
     headers: HeaderMap,
     b: Result<Json<NewLock>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<LockAdded>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let req = body(b)?;
     let (kind, name) = match (&req.user, &req.agent) {
         (Some(u), None) => (LockTarget::User, u.as_str()),
@@ -722,7 +722,7 @@ async fn remove_lock(
     Path(what): Path<String>,
     headers: HeaderMap,
 ) -> Answer {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let matching: Vec<LockRow> = state
         .store
         .locks()

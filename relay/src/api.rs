@@ -194,20 +194,42 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The caller of a request: the user and key of its bearer API key.
-pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Caller, ApiError> {
-    let refused = |why: String| ApiError::new(StatusCode::UNAUTHORIZED, why);
+/// The caller of a request: the user and key of its bearer API key. A refused key
+/// is recorded in the audit log with the address it came from, and so is a key's
+/// use, once a minute per key (every request would bury the log, and the key's
+/// `last_used` moves at that pace too).
+pub async fn authenticate(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<Caller, ApiError> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .ok_or_else(|| refused(crate::store::KeyRefused::Unknown.to_string()))?;
-    let key = Secret::from_string(value.trim().to_string());
-    let caller = state
-        .store
-        .authenticate(&key)
-        .await?
-        .map_err(|e| refused(e.to_string()))?;
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let outcome = match value {
+        Some(v) => {
+            let key = Secret::from_string(v.trim().to_string());
+            state.store.authenticate(&key).await?
+        }
+        None => Err(crate::store::KeyRefused::Unknown),
+    };
+    let caller = match outcome {
+        Ok(c) => c,
+        Err(refused) => {
+            let why = refused.to_string();
+            let event = Event::new("-", "auth.api.refused", "-")
+                .from(peer.ip())
+                .detail(serde_json::json!({ "why": why }));
+            state.record(event).await?;
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
+        }
+    };
+    if caller.noted {
+        let event =
+            Event::new(caller.user.name.clone(), "auth.api", caller.key_id.clone()).from(peer.ip());
+        state.record(event).await?;
+    }
     // A locked user can do nothing at all, administration included (or it could
     // remove its own lock).
     if let Some(lock) = state
@@ -242,7 +264,7 @@ async fn list_agents(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<Vec<AgentInfo>>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let agents = state.store.agents().await?;
     let c = Circumstances::new(peer.ip());
     // A decision per agent (~0.1 ms each with a hundred policies): off the
@@ -369,7 +391,7 @@ async fn create_session(
     headers: HeaderMap,
     body: Result<Json<CreateSession>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<SessionCreated>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let user = &caller.user;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let Some(action) = Action::of_kind(&req.kind) else {
@@ -575,7 +597,7 @@ async fn check_policy(
     headers: HeaderMap,
     body: Result<Json<PolicyCheck>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<PolicyChecked>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     if req.user != caller.user.name {
         let c = Circumstances::new(peer.ip());

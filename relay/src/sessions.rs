@@ -175,7 +175,7 @@ async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<Vec<SessionInfo>>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let Query(q) = query.map_err(|e| bad(e.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
     if !(1..=MAX_LIMIT).contains(&limit) {
@@ -266,7 +266,7 @@ async fn terminate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Terminated>, ApiError> {
-    let caller = authenticate(&state, &headers).await?;
+    let caller = authenticate(&state, &headers, peer).await?;
     let req: Terminate = if body.iter().all(u8::is_ascii_whitespace) {
         Terminate::default()
     } else {
@@ -284,6 +284,18 @@ async fn terminate(
     let c = Circumstances::new(peer.ip());
     state.require(&caller.user, Action::Terminate, &r, &c)?;
     let why = termination(&caller.user.name, req.reason.as_deref()).map_err(bad)?;
+    if !state.live.contains(&s.id) {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("session {} is not running", s.id),
+        ));
+    }
+    // In the audit log before it is done, with who asked and why.
+    let event =
+        crate::audit::Event::new(caller.user.name.clone(), "session.terminate", s.id.clone())
+            .from(peer.ip())
+            .detail(serde_json::json!({ "reason": req.reason }));
+    state.record(event).await?;
     if !state.live.end(&s.id, &why) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

@@ -478,6 +478,15 @@ impl Store {
         Ok(row.as_ref().map(session_row))
     }
 
+    /// How a session ended, if it did.
+    pub async fn session_exit(&self, id: &str) -> Result<Option<String>, Error> {
+        Ok(sqlx::query_scalar("SELECT exit FROM sessions WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .flatten())
+    }
+
     /// Record how a session ended. The first end recorded stands: what follows
     /// from it (the agent's answer to being told to stop, its link dropping) does
     /// not replace it.

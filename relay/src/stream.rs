@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::agent_link::encode;
 use crate::api::AppState;
+use crate::audit::Event;
 use crate::hub::{AgentHandle, Route, Routed, MAX_WINDOW};
 use crate::live::Owner;
 use crate::policy::{self, Action, Circumstances, Resource};
@@ -75,14 +76,15 @@ fn differs_from_authorised(kind: &Kind, spec: &SessionSpec) -> Option<String> {
 }
 
 /// Decide a forward channel to `host:port`: its canonical host, or the refusal.
-fn authorise_channel(
+/// The decision is in the audit log before the agent hears of the channel; one
+/// that cannot be recorded is refused.
+async fn authorise_channel(
     state: &AppState,
     user: &crate::store::UserRow,
     target: &crate::policy::Target,
     session: &SessionRow,
     peer: std::net::IpAddr,
-    host: &str,
-    port: u16,
+    (host, port, ch): (&str, u16, u16),
 ) -> Result<String, String> {
     let host = policy::canonical_host(host)?;
     let mut c = Circumstances::new(peer);
@@ -90,6 +92,17 @@ fn authorise_channel(
     c.dest = Some((host.clone(), port));
     let r = Resource::Agent(target);
     let d = state.decide(user, Action::Forward, &r, &c);
+    let event = Event::new(user.name.clone(), "forward.open", session.id.clone())
+        .from(peer)
+        .detail(serde_json::json!({
+            "channel": ch,
+            "host": host,
+            "port": port,
+            "allow": d.allow,
+            "policies": d.policies,
+            "policy_version": d.version,
+        }));
+    state.audit.record(event).await.map_err(|e| e.to_string())?;
     if d.allow {
         Ok(host)
     } else {
@@ -208,6 +221,47 @@ pub async fn serve(
             &session.id,
             client_sid,
             ErrorCode::DENIED,
+            &why,
+        )
+        .await;
+        return;
+    }
+    // In the audit log before the agent hears of it (a key push with its key: a
+    // public key is no secret, and any fingerprint can be made from it).
+    let mut detail = serde_json::json!({
+        "agent": target.name,
+        "kind": session.kind,
+        "run_as": session.run_as,
+    });
+    if let Ok(Frame::Open {
+        kind: Kind::SshKey {
+            user: account,
+            key,
+            ttl,
+        },
+        ..
+    }) = Frame::decode(&msg)
+    {
+        detail["ssh_user"] = account.into();
+        detail["key"] = key
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+            .into();
+        detail["ttl"] = ttl.into();
+    }
+    let start = Event::new(user.name.clone(), "session.start", session.id.clone())
+        .from(peer)
+        .detail(detail);
+    if let Err(e) = state.audit.record(start).await {
+        let why = e.to_string();
+        refuse(
+            &mut sink,
+            &state,
+            &session.id,
+            client_sid,
+            ErrorCode::INTERNAL,
             &why,
         )
         .await;
@@ -439,7 +493,7 @@ pub async fn serve(
                 let canonical;
                 let frame = match frame {
                     Frame::ChannelOpen { sid, ch, window, host, port } => {
-                        match authorise_channel(&state, &user, &target, &session, peer, host, port) {
+                        match authorise_channel(&state, &user, &target, &session, peer, (host, port, ch)).await {
                             Ok(h) => {
                                 canonical = h;
                                 Frame::ChannelOpen { sid, ch, window, host: &canonical, port }
@@ -526,6 +580,18 @@ pub async fn serve(
         .store
         .session_finished(&session.id, ended_by.as_deref(), traffic)
         .await;
+    let exit = state.store.session_exit(&session.id).await.ok().flatten();
+    let end = Event::new(user.name.clone(), "session.end", session.id.clone())
+        .from(peer)
+        .detail(serde_json::json!({
+            "exit": exit,
+            "ended_by": ended_by,
+            "bytes_in": traffic.bytes_in,
+            "bytes_out": traffic.bytes_out,
+        }));
+    if let Err(e) = state.audit.record(end).await {
+        warn!(session = %session.id, "{e}");
+    }
     drop(registration);
     if let Some(last) = last_frame {
         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(last.into()))).await;

@@ -48,6 +48,8 @@ pub struct Caller {
     pub user: UserRow,
     /// The API key's id (`k-...`).
     pub key_id: String,
+    /// This use of the key was noted (its `last_used` moved: the first in a minute).
+    pub noted: bool,
 }
 
 /// An API key, without its secret.
@@ -437,7 +439,8 @@ impl Store {
         }
         let key_id: String = r.get("id");
         let last: Option<i64> = r.get("last_used");
-        if last.is_none_or(|t| now - t >= LAST_USED_EVERY) {
+        let noted = last.is_none_or(|t| now - t >= LAST_USED_EVERY);
+        if noted {
             sqlx::query("UPDATE api_keys SET last_used = ? WHERE id = ?")
                 .bind(now)
                 .bind(&key_id)
@@ -449,7 +452,11 @@ impl Store {
             .user(&user_id)
             .await?
             .ok_or(Error::Invalid("the key's user is gone".into()))?;
-        Ok(Ok(Caller { user, key_id }))
+        Ok(Ok(Caller {
+            user,
+            key_id,
+            noted,
+        }))
     }
 
     /// Whether an API key can still be used (for a session token issued with it).

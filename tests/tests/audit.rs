@@ -1,0 +1,229 @@
+//! The audit log end to end: what a scenario writes, `sesame audit tail`, and
+//! `sesame-relay audit verify` against a log tampered with as an intruder with the
+//! database would.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{bin, text, Env, TempDir};
+
+/// `sesame audit tail --json -n N` as rows.
+fn rows(env: &Env, n: usize) -> Vec<Value> {
+    let out = env.run(&["audit", "tail", "--json", "-n", &n.to_string()], b"");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
+    let mut c = Command::new(bin("sesame-relay"));
+    c.args(["audit", "verify", "--data-dir"]).arg(data);
+    if let Some(f) = checkpoint {
+        c.arg("--checkpoint").arg(f);
+    }
+    let out = c.output().unwrap();
+    let (stdout, stderr) = text(&out);
+    (
+        out.status.success(),
+        format!("{stdout}{stderr}").trim().to_string(),
+    )
+}
+
+/// Run SQL on a copy of the log, as someone with the database file would.
+fn tamper(data: &Path, sql: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(data.join("sesame.db"));
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        for q in sql {
+            sqlx::query(q).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    });
+}
+
+/// A copy of the relay's data directory (database and audit key).
+fn copy(from: &Path, to: &TempDir, name: &str) -> std::path::PathBuf {
+    let d = to.0.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    for f in ["sesame.db", "sesame.db-wal", "sesame.db-shm", "audit.key"] {
+        if from.join(f).exists() {
+            std::fs::copy(from.join(f), d.join(f)).unwrap();
+        }
+    }
+    d
+}
+
+#[test]
+fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
+    let mut env = Env::start();
+    // A new event shows in `tail -f` within a second.
+    let mut follow = env
+        .sesame()
+        .args(["audit", "tail", "-f", "--json", "-n", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut followed = BufReader::new(follow.stdout.take().unwrap());
+    std::thread::sleep(Duration::from_millis(800));
+    let out = env.run(&["exec", "gw-01", "--", "echo", "hi"], b"");
+    assert_eq!(text(&out).0, "hi\n");
+    let done = Instant::now();
+    let mut seen = None;
+    while seen.is_none() {
+        let mut line = String::new();
+        followed.read_line(&mut line).unwrap();
+        let row: Value = serde_json::from_str(&line).unwrap();
+        if row["event"] == "session.create" {
+            seen = Some(done.elapsed());
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen.unwrap() < Duration::from_secs(1),
+        "shown after {seen:?}"
+    );
+    // A refused request is in the log too.
+    let bob = tests::admin(&env.data(), &["user", "add", "bob"]);
+    let out = env
+        .sesame()
+        .env("SESAME_API_KEY", &bob)
+        .args(["exec", "gw-01", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+
+    let log = rows(&env, 100);
+    let find = |event: &str, actor: &str| {
+        log.iter()
+            .find(|r| r["event"] == event && r["actor"] == actor)
+            .unwrap_or_else(|| panic!("no {event} by {actor} in {log:#?}"))
+            .clone()
+    };
+    assert_eq!(find("relay.start", "relay")["target"], "relay");
+    assert_eq!(find("admin.agent.add", "local")["target"], "gw-01");
+    assert_eq!(
+        find("admin.user.add", "local")["detail"]["groups"][0],
+        "admins"
+    );
+    assert_eq!(find("auth.agent", "agent:gw-01")["source_ip"], "127.0.0.1");
+    let decision = find("authz.decision", "admin");
+    assert_eq!(decision["detail"]["allow"], true);
+    assert_eq!(decision["detail"]["policies"][0], "builtin-admins");
+    assert_eq!(decision["detail"]["command"][0], "echo");
+    let refused = find("authz.decision", "bob");
+    assert_eq!(refused["detail"]["allow"], false);
+    assert_eq!(refused["detail"]["action"], "exec");
+    let created = find("session.create", "admin");
+    assert_eq!(created["source_ip"], "127.0.0.1");
+    assert_eq!(created["detail"]["agent"], "gw-01");
+    assert_eq!(created["detail"]["run_as"], "sesame-user");
+    // Rows are numbered without gaps and chained.
+    for pair in log.windows(2) {
+        assert_eq!(
+            pair[1]["seq"].as_i64(),
+            pair[0]["seq"].as_i64().map(|s| s + 1)
+        );
+        assert_eq!(pair[1]["prev"], pair[0]["hash"]);
+    }
+
+    // An export of a checkpoint, kept elsewhere; then the relay stops.
+    let out = Command::new(bin("sesame-relay"))
+        .args(["audit", "checkpoint", "--data-dir"])
+        .arg(env.data())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let scratch = TempDir::new("audit");
+    let kept = scratch.0.join("checkpoint.json");
+    std::fs::write(&kept, &out.stdout).unwrap();
+    env.relay.proc.kill();
+    let data = env.data();
+    let n = log.last().unwrap()["seq"].as_i64().unwrap();
+    let (ok, said) = verify(&data, Some(&kept));
+    assert!(ok, "{said}");
+    assert!(
+        said.starts_with(&format!("audit log verified: {n} rows, ")),
+        "{said}"
+    );
+
+    // Each kind of tampering, on its own copy, is named by its row.
+    let edited = copy(&data, &scratch, "edited");
+    tamper(
+        &edited,
+        &["UPDATE audit SET actor = 'mallory' WHERE seq = 4"],
+    );
+    assert_eq!(
+        verify(&edited, None),
+        (false, "error: audit log: row 4 was modified".into())
+    );
+
+    let deleted = copy(&data, &scratch, "deleted");
+    tamper(&deleted, &["DELETE FROM audit WHERE seq = 3"]);
+    assert_eq!(
+        verify(&deleted, None),
+        (
+            false,
+            "error: audit log: row 3 is missing (the log goes from row 2 to row 4)".into()
+        )
+    );
+
+    let swapped = copy(&data, &scratch, "swapped");
+    tamper(
+        &swapped,
+        &[
+            "UPDATE audit SET seq = -2 WHERE seq = 2",
+            "UPDATE audit SET seq = 2 WHERE seq = 3",
+            "UPDATE audit SET seq = 3 WHERE seq = -2",
+        ],
+    );
+    let (ok, said) = verify(&swapped, None);
+    assert!(!ok);
+    assert!(said.starts_with("error: audit log: row 2 "), "{said}");
+
+    let truncated = copy(&data, &scratch, "truncated");
+    tamper(
+        &truncated,
+        &[
+            &format!("DELETE FROM audit WHERE seq > {}", n - 2),
+            "DELETE FROM audit_checkpoints",
+        ],
+    );
+    // Without the exported checkpoint the shorter log looks whole; with it, not.
+    assert!(verify(&truncated, None).0);
+    let (ok, said) = verify(&truncated, Some(&kept));
+    assert!(!ok);
+    assert!(
+        said.starts_with("error: audit log: the log was truncated: the checkpoint of ")
+            && said.ends_with(&format!("covers {n} rows, the log has {}", n - 2)),
+        "{said}"
+    );
+}
+
+#[test]
+fn reading_the_log_needs_the_audit_action() {
+    let env = Env::start();
+    let key = tests::admin(&env.data(), &["user", "add", "bob"]);
+    let out = env
+        .sesame()
+        .env("SESAME_API_KEY", key)
+        .args(["audit", "tail"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out).1.trim(),
+        "error: denied: bob may not audit on the relay (no policy permits it)"
+    );
+}
