@@ -74,12 +74,14 @@ async fn allowed(
     resource: &Resource<'_>,
 ) -> Result<Caller, ApiError> {
     let caller = authenticate(state, headers, peer).await?;
-    state.require(
-        &caller.user,
-        action,
-        resource,
-        &Circumstances::new(peer.ip()),
-    )?;
+    state
+        .require(
+            &caller.user,
+            action,
+            resource,
+            &Circumstances::new(peer.ip()),
+        )
+        .await?;
     Ok(caller)
 }
 
@@ -152,7 +154,7 @@ async fn add_user(
 ) -> Answer {
     let caller = on_relay(&state, &headers, peer, Action::AdminUsers).await?;
     let req = body(b)?;
-    may_change_groups(&state, &caller, peer, &req.groups)?;
+    may_change_groups(&state, &caller, peer, &req.groups).await?;
     let detail = json!({ "groups": req.groups });
     note(&state, &caller, peer, "admin.user.add", &req.name, detail).await?;
     let (user, secret) = state
@@ -171,7 +173,7 @@ async fn add_user(
 /// Putting users into `groups` or taking them out is decided on each group
 /// (`admin_users` on `Group::"g"`), so that managing users does not by itself
 /// allow making admins.
-fn may_change_groups(
+async fn may_change_groups(
     state: &AppState,
     caller: &Caller,
     peer: SocketAddr,
@@ -179,7 +181,9 @@ fn may_change_groups(
 ) -> Result<(), ApiError> {
     let c = Circumstances::new(peer.ip());
     for g in groups {
-        state.require(&caller.user, Action::AdminUsers, &Resource::Group(g), &c)?;
+        state
+            .require(&caller.user, Action::AdminUsers, &Resource::Group(g), &c)
+            .await?;
     }
     Ok(())
 }
@@ -210,7 +214,7 @@ async fn set_groups(
     let caller = authenticate(&state, &headers, peer).await?;
     let req = body(b)?;
     let changed: Vec<String> = req.add.iter().chain(&req.remove).cloned().collect();
-    may_change_groups(&state, &caller, peer, &changed)?;
+    may_change_groups(&state, &caller, peer, &changed).await?;
     let user = user_named(&state, &name).await?;
     let detail = json!({ "add": req.add, "remove": req.remove });
     note(&state, &caller, peer, "admin.user.groups", &name, detail).await?;
@@ -262,12 +266,14 @@ async fn key_owner(
         _ => caller.user.clone(),
     };
     let p = owner.principal();
-    state.require(
-        &caller.user,
-        Action::AdminKeys,
-        &Resource::User(&p),
-        &Circumstances::new(peer.ip()),
-    )?;
+    state
+        .require(
+            &caller.user,
+            Action::AdminKeys,
+            &Resource::User(&p),
+            &Circumstances::new(peer.ip()),
+        )
+        .await?;
     Ok((caller, owner))
 }
 
@@ -417,7 +423,9 @@ async fn revoke_agent(
         .ok_or_else(|| not_found(format!("unknown target '{name}'")))?;
     let t = target(&agent);
     let c = Circumstances::new(peer.ip());
-    state.require(&caller.user, Action::AdminAgents, &Resource::Agent(&t), &c)?;
+    state
+        .require(&caller.user, Action::AdminAgents, &Resource::Agent(&t), &c)
+        .await?;
     note(
         &state,
         &caller,
@@ -614,7 +622,9 @@ async fn lock_allowed(
         LockTarget::User => {
             let u = user_named(state, name).await?;
             let p = u.principal();
-            state.require(&caller.user, Action::AdminLocks, &Resource::User(&p), &c)?;
+            state
+                .require(&caller.user, Action::AdminLocks, &Resource::User(&p), &c)
+                .await?;
             Ok(u.id)
         }
         LockTarget::Agent => {
@@ -624,7 +634,9 @@ async fn lock_allowed(
                 .await?
                 .ok_or_else(|| not_found(format!("unknown target '{name}'")))?;
             let t = target(&a);
-            state.require(&caller.user, Action::AdminLocks, &Resource::Agent(&t), &c)?;
+            state
+                .require(&caller.user, Action::AdminLocks, &Resource::Agent(&t), &c)
+                .await?;
             Ok(a.id)
         }
     }

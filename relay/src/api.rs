@@ -103,14 +103,24 @@ impl AppState {
     }
 
     /// Decide, and turn a denial into the user's refusal line (403).
-    pub fn require(
+    pub async fn require(
         &self,
         user: &UserRow,
         action: Action,
-        resource: &Resource,
+        resource: &Resource<'_>,
         c: &Circumstances,
     ) -> Result<Decision, ApiError> {
         let d = self.decide(user, action, resource, c);
+        // Every such decision is in the audit log, with the policies that made it.
+        let event = Event::new(user.name.clone(), "authz.decision", resource.name())
+            .from(c.source_ip)
+            .detail(serde_json::json!({
+                "action": action.name(),
+                "allow": d.allow,
+                "policies": d.policies,
+                "policy_version": d.version,
+            }));
+        self.record(event).await?;
         if d.allow {
             Ok(d)
         } else {
@@ -601,7 +611,9 @@ async fn check_policy(
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     if req.user != caller.user.name {
         let c = Circumstances::new(peer.ip());
-        state.require(&caller.user, Action::AdminPolicies, &Resource::Relay, &c)?;
+        state
+            .require(&caller.user, Action::AdminPolicies, &Resource::Relay, &c)
+            .await?;
     }
     let bad = |m: String| ApiError::new(StatusCode::BAD_REQUEST, m);
     let not_found = |m: String| ApiError::new(StatusCode::NOT_FOUND, m);

@@ -202,6 +202,18 @@ pub enum Resource<'a> {
 }
 
 impl Resource<'_> {
+    /// What the resource is, by name (an agent, a session id, a user, a group, or
+    /// `relay`), as the audit log's target.
+    pub fn name(&self) -> String {
+        match self {
+            Resource::Agent(a) => a.name.clone(),
+            Resource::Session { id, .. } => id.to_string(),
+            Resource::User(u) => u.name.clone(),
+            Resource::Group(g) => format!("group:{g}"),
+            Resource::Relay => "relay".into(),
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             Resource::Agent(a) => a.name.clone(),

@@ -282,7 +282,9 @@ async fn terminate(
         .await?;
     let r = subjects.resource(&s.id, &s.user_id, &s.agent_id, &s.kind, &s.run_as);
     let c = Circumstances::new(peer.ip());
-    state.require(&caller.user, Action::Terminate, &r, &c)?;
+    state
+        .require(&caller.user, Action::Terminate, &r, &c)
+        .await?;
     let why = termination(&caller.user.name, req.reason.as_deref()).map_err(bad)?;
     if !state.live.contains(&s.id) {
         return Err(ApiError::new(

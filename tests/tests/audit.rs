@@ -118,10 +118,17 @@ fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
         "admins"
     );
     assert_eq!(find("auth.agent", "agent:gw-01")["source_ip"], "127.0.0.1");
-    let decision = find("authz.decision", "admin");
+    let decision = log
+        .iter()
+        .find(|r| r["event"] == "authz.decision" && r["detail"]["action"] == "exec")
+        .unwrap();
+    assert_eq!(decision["actor"], "admin");
     assert_eq!(decision["detail"]["allow"], true);
     assert_eq!(decision["detail"]["policies"][0], "builtin-admins");
     assert_eq!(decision["detail"]["command"][0], "echo");
+    // Reading the log is a decision too.
+    let read = find("authz.decision", "admin");
+    assert_eq!(read["detail"]["action"], "audit");
     let refused = find("authz.decision", "bob");
     assert_eq!(refused["detail"]["allow"], false);
     assert_eq!(refused["detail"]["action"], "exec");

@@ -37,7 +37,9 @@ pub struct Since {
 async fn allowed(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
     let caller = authenticate(state, headers, peer).await?;
     let c = Circumstances::new(peer.ip());
-    state.require(&caller.user, Action::Audit, &Resource::Relay, &c)?;
+    state
+        .require(&caller.user, Action::Audit, &Resource::Relay, &c)
+        .await?;
     Ok(())
 }
 
