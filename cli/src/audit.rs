@@ -12,6 +12,8 @@ use crate::when;
 
 /// How often `tail -f` asks for new rows (an event shows within this).
 const FOLLOW_EVERY: Duration = Duration::from_millis(500);
+/// How often `tail -f` tries again when the relay does not answer.
+const RETRY_EVERY: Duration = Duration::from_secs(2);
 /// Rows per request.
 const PAGE: usize = 1000;
 
@@ -110,11 +112,25 @@ async fn tail(relay: &Relay, t: &Tail) -> anyhow::Result<()> {
             .and_then(|r| r["seq"].as_i64())
             .unwrap_or(0);
     }
+    // A relay that restarts or a network that drops is waited for, said once.
+    let mut failing = false;
     loop {
-        tokio::time::sleep(FOLLOW_EVERY).await;
-        let rows = page(relay, &format!("after={last}&limit={PAGE}")).await?;
-        if !rows.is_empty() {
-            last = print(&rows, t.json)?;
+        tokio::time::sleep(if failing { RETRY_EVERY } else { FOLLOW_EVERY }).await;
+        match page(relay, &format!("after={last}&limit={PAGE}")).await {
+            Ok(rows) => {
+                if failing {
+                    eprintln!("note: the relay answers again");
+                    failing = false;
+                }
+                if !rows.is_empty() {
+                    last = print(&rows, t.json)?;
+                }
+            }
+            Err(e) if !failing => {
+                eprintln!("warning: {e:#}; retrying every {}s", RETRY_EVERY.as_secs());
+                failing = true;
+            }
+            Err(_) => {}
         }
     }
 }

@@ -100,6 +100,10 @@ pub struct Row {
     pub prev: String,
     /// This row's hash (hex).
     pub hash: String,
+    /// The detail's text as stored (its canonical form when written); `verify`
+    /// checks that it is exactly that.
+    #[serde(skip)]
+    pub stored_detail: String,
 }
 
 /// The hash before the first row.
@@ -275,7 +279,18 @@ pub fn signing_key(data_dir: &Path) -> Result<Ed25519KeyPair, Error> {
     Ed25519KeyPair::from_pkcs8(&pkcs8).map_err(|e| bad(format!("not an Ed25519 key: {e}")))
 }
 
-/// Sign a checkpoint of the log as it is now, and keep it in the store.
+/// The relay's audit public key (hex), from its key file; never makes one.
+pub fn public_key(data_dir: &Path) -> Result<String, Error> {
+    let path = data_dir.join("audit.key");
+    let pkcs8 = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    let pair = Ed25519KeyPair::from_pkcs8(&pkcs8)
+        .map_err(|e| Error::Invalid(format!("{}: not an Ed25519 key: {e}", path.display())))?;
+    Ok(hex(pair.public_key().as_ref()))
+}
+
+/// Sign a checkpoint of the log as it is now, keep it in the store, and record it
+/// as a row (`audit.checkpoint`), so that a deleted stored checkpoint is missed
+/// by the chain too.
 pub async fn checkpoint(store: &Store, key: &Ed25519KeyPair) -> Result<Checkpoint, Error> {
     let (size, head) = store.audit_head().await?;
     let at = crate::store::unix_now_ms();
@@ -288,6 +303,12 @@ pub async fn checkpoint(store: &Store, key: &Ed25519KeyPair) -> Result<Checkpoin
         signature: hex(signature.as_ref()),
     };
     store.add_checkpoint(&c).await?;
+    let row = Event::new("relay", "audit.checkpoint", "audit").detail(serde_json::json!({
+        "size": c.size,
+        "head": c.head,
+        "signature": c.signature,
+    }));
+    store.append_audit(&[&row]).await?;
     Ok(c)
 }
 
@@ -308,6 +329,23 @@ pub async fn verify(
     key: &str,
     extra: Option<&Checkpoint>,
 ) -> Result<Verified, String> {
+    // The checkpoints first: one signed while the rows are read covers no more
+    // than what was read.
+    let mut checkpoints = store
+        .checkpoints()
+        .await
+        .map_err(|e| format!("cannot read the checkpoints: {e}"))?;
+    checkpoints.extend(extra.cloned());
+    let wanted: std::collections::HashSet<i64> = checkpoints.iter().map(|c| c.size).collect();
+    let (count, lowest) = store
+        .audit_count()
+        .await
+        .map_err(|e| format!("cannot read the log: {e}"))?;
+    if let Some(lo) = lowest.filter(|lo| *lo < 1) {
+        return Err(format!(
+            "row {lo} is outside the chain (rows are numbered from 1)"
+        ));
+    }
     let mut prev = genesis();
     let mut expected = 1i64;
     let mut heads: std::collections::HashMap<i64, String> = Default::default();
@@ -339,21 +377,26 @@ pub async fn verify(
                     r.seq - 1
                 ));
             }
-            if row_hash(&prev, r) != r.hash {
+            let mut text = String::new();
+            canonical(&r.detail, &mut text);
+            if row_hash(&prev, r) != r.hash || text != r.stored_detail {
                 return Err(format!("row {} was modified", r.seq));
             }
-            heads.insert(r.seq, r.hash.clone());
+            if wanted.contains(&r.seq) {
+                heads.insert(r.seq, r.hash.clone());
+            }
             prev = r.hash.clone();
             expected += 1;
             after = r.seq;
         }
     }
+    // Rows written while this ran are fine; fewer are not.
     let size = expected - 1;
-    let mut checkpoints = store
-        .checkpoints()
-        .await
-        .map_err(|e| format!("cannot read the checkpoints: {e}"))?;
-    checkpoints.extend(extra.cloned());
+    if size < count {
+        return Err(format!(
+            "the log has {count} rows, of which {size} are in the chain"
+        ));
+    }
     for c in &checkpoints {
         let when = crate::policy::rfc3339(c.at / 1000);
         if c.key != key {

@@ -89,6 +89,11 @@ enum AuditCmd {
         /// catches rows deleted from the end since.
         #[arg(long, value_name = "FILE")]
         checkpoint: Option<PathBuf>,
+        /// The relay's audit public key (hex, as checkpoints carry it), known from
+        /// elsewhere [default: the one of DATA_DIR/audit.key, which whoever changed
+        /// the data directory could have replaced].
+        #[arg(long, value_name = "HEX")]
+        key: Option<String>,
     },
     /// Sign a checkpoint of the log as it is now and print it (one JSON line):
     /// keep it somewhere the relay's host cannot change.
@@ -299,10 +304,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 AuditCmd::Verify {
                     data: DataDir { data_dir },
                     checkpoint,
+                    key,
                 },
         } => {
             let store = open_store(&data_dir).await?;
-            let key = relay::audit::signing_key(&data_dir)?;
             let extra = match &checkpoint {
                 Some(path) => {
                     let text = std::fs::read_to_string(path)
@@ -313,7 +318,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            let public = relay::secret::hex(ring::signature::KeyPair::public_key(&key).as_ref());
+            let public = match key {
+                Some(k) => k.trim().to_ascii_lowercase(),
+                None => relay::audit::public_key(&data_dir)?,
+            };
             match relay::audit::verify(&store, &public, extra.as_ref()).await {
                 Ok(v) => {
                     println!(

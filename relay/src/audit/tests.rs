@@ -62,10 +62,15 @@ async fn an_untouched_log_verifies_and_concurrent_events_keep_one_chain() {
     assert!(c.signed());
     let pubkey = hex(key.public_key().as_ref());
     let v = verify(&store, &pubkey, None).await.unwrap();
+    // The checkpoint is a row of its own, after the rows it covers.
+    assert_eq!(
+        store.audit_rows(205, 1).await.unwrap()[0].event,
+        "audit.checkpoint"
+    );
     assert_eq!(
         v,
         Verified {
-            rows: 205,
+            rows: 206,
             checkpoints: 1
         }
     );
@@ -86,6 +91,24 @@ async fn every_kind_of_tampering_is_named_by_its_row() {
     assert_eq!(
         verify(&store, &key, None).await.unwrap_err(),
         "row 3 was modified"
+    );
+    // The same detail with its keys in another order: not the bytes hashed.
+    let (store, dir, _a) = filled("reorder", 6).await;
+    sql(
+        &store,
+        r#"UPDATE audit SET detail = '{"z":{"b":1,"a":[1,"x"]},"n":1,"kind":"shell"}' WHERE seq = 2"#,
+    )
+    .await;
+    assert_eq!(
+        verify(&store, &key_of(&dir), None).await.unwrap_err(),
+        "row 2 was modified"
+    );
+    // A row numbered outside the chain.
+    let (store, dir, _a) = filled("zero", 3).await;
+    sql(&store, "UPDATE audit SET seq = 0 WHERE seq = 1").await;
+    assert_eq!(
+        verify(&store, &key_of(&dir), None).await.unwrap_err(),
+        "row 0 is outside the chain (rows are numbered from 1)"
     );
     // Deleted.
     let (store, dir, _a) = filled("delete", 6).await;
@@ -127,6 +150,7 @@ async fn every_kind_of_tampering_is_named_by_its_row() {
         detail: json!({}),
         prev: r3.0.clone(),
         hash: String::new(),
+        stored_detail: "{}".into(),
     };
     forged.hash = row_hash(&r3.0, &forged);
     sqlx::query("INSERT INTO audit VALUES (?, ?, ?, ?, ?, ?, '{}', ?, ?)")

@@ -3,12 +3,13 @@
 use sqlx::Row as _;
 
 use super::Store;
-use crate::audit::{genesis, row_hash, Checkpoint, Event, Row};
+use crate::audit::{canonical, genesis, row_hash, Checkpoint, Event, Row};
 use crate::Error;
 
 fn audit_row(r: &sqlx::sqlite::SqliteRow) -> Row {
     let detail: String = r.get("detail");
     Row {
+        stored_detail: detail.clone(),
         seq: r.get("seq"),
         at: r.get("at"),
         actor: r.get("actor"),
@@ -27,62 +28,55 @@ impl Store {
     /// such as `sesame-relay user add`, cannot fork the chain). Returns the first
     /// row's number.
     pub async fn append_audit(&self, events: &[&Event]) -> Result<i64, Error> {
-        let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let result = async {
-            let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
-                .fetch_optional(&mut *conn)
-                .await?;
-            let (mut seq, mut prev) = match last {
-                Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
-                None => (0, genesis()),
+        // A transaction sqlx knows of: rolled back when dropped on any error,
+        // COMMIT included, so no connection goes back to the pool mid-transaction.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last = sqlx::query("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&mut *tx)
+            .await?;
+        let (mut seq, mut prev) = match last {
+            Some(r) => (r.get::<i64, _>("seq"), r.get::<String, _>("hash")),
+            None => (0, genesis()),
+        };
+        let first = seq + 1;
+        let at = super::unix_now_ms();
+        for e in events {
+            seq += 1;
+            let mut row = Row {
+                seq,
+                at,
+                actor: e.actor.clone(),
+                source_ip: e.source_ip.clone(),
+                event: e.event.clone(),
+                target: e.target.clone(),
+                detail: e.detail.clone(),
+                prev: prev.clone(),
+                hash: String::new(),
+                stored_detail: String::new(),
             };
-            let first = seq + 1;
-            let at = super::unix_now_ms();
-            for e in events {
-                seq += 1;
-                let mut row = Row {
-                    seq,
-                    at,
-                    actor: e.actor.clone(),
-                    source_ip: e.source_ip.clone(),
-                    event: e.event.clone(),
-                    target: e.target.clone(),
-                    detail: e.detail.clone(),
-                    prev: prev.clone(),
-                    hash: String::new(),
-                };
-                row.hash = row_hash(&prev, &row);
-                sqlx::query(
-                    "INSERT INTO audit (seq, at, actor, source_ip, event, target, detail, prev, hash)
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                )
-                .bind(row.seq)
-                .bind(row.at)
-                .bind(&row.actor)
-                .bind(&row.source_ip)
-                .bind(&row.event)
-                .bind(&row.target)
-                .bind(row.detail.to_string())
-                .bind(&row.prev)
-                .bind(&row.hash)
-                .execute(&mut *conn)
-                .await?;
-                prev = row.hash;
-            }
-            Ok::<i64, Error>(first)
+            row.hash = row_hash(&prev, &row);
+            // The detail is stored in its canonical form, the bytes the hash covers.
+            let mut detail = String::new();
+            canonical(&row.detail, &mut detail);
+            sqlx::query(
+                "INSERT INTO audit (seq, at, actor, source_ip, event, target, detail, prev, hash)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(row.seq)
+            .bind(row.at)
+            .bind(&row.actor)
+            .bind(&row.source_ip)
+            .bind(&row.event)
+            .bind(&row.target)
+            .bind(detail)
+            .bind(&row.prev)
+            .bind(&row.hash)
+            .execute(&mut *tx)
+            .await?;
+            prev = row.hash;
         }
-        .await;
-        match result {
-            Ok(first) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok(first)
-            }
-            Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(e)
-            }
-        }
+        tx.commit().await?;
+        Ok(first)
     }
 
     /// The number of rows and the newest row's hash.
@@ -104,6 +98,15 @@ impl Store {
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(audit_row).collect())
+    }
+
+    /// How many rows there are, and the smallest row number (a row numbered below
+    /// 1 would be outside the chain `verify` walks).
+    pub async fn audit_count(&self) -> Result<(i64, Option<i64>), Error> {
+        let r = sqlx::query("SELECT COUNT(*) AS n, MIN(seq) AS lo FROM audit")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok((r.get("n"), r.get("lo")))
     }
 
     /// The first row at or after unix milliseconds `at`, if any.
