@@ -214,6 +214,16 @@ pub async fn serve(
         }
     };
     info!(agent = %agent.name, "agent offline: {reason}");
+    let offline = Event::new(
+        format!("agent:{}", agent.name),
+        "agent.offline",
+        agent.name.clone(),
+    )
+    .from(peer_ip(&peer))
+    .detail(serde_json::json!({ "why": reason }));
+    if let Err(e) = state.audit.record(offline).await {
+        warn!(agent = %agent.name, "{e}");
+    }
     state.hub.unregister(&handle);
     // Each end on record before the client hears of it.
     for route in handle.take_routes() {

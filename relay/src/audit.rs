@@ -175,6 +175,57 @@ fn decode_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// Rows of refused authentications per source address: a burst of this many, then
+/// one a second. Beyond it the refusals are counted and the count is recorded with
+/// the next row that source may write, so that nobody can fill the disk without a
+/// key, and nothing is lost from the record but the individual rows.
+pub struct RefusalBudget {
+    sources: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, (f64, i64, u64)>>,
+}
+
+/// Burst of refusal rows per source.
+const REFUSAL_BURST: f64 = 20.0;
+/// Sources tracked at most (the oldest are forgotten).
+const REFUSAL_SOURCES: usize = 4096;
+
+impl Default for RefusalBudget {
+    fn default() -> Self {
+        RefusalBudget {
+            sources: std::sync::Mutex::new(Default::default()),
+        }
+    }
+}
+
+impl std::fmt::Debug for RefusalBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RefusalBudget")
+    }
+}
+
+impl RefusalBudget {
+    /// May a row be written for a refusal from `ip` at `now_ms`? `Some(n)`: yes,
+    /// and `n` refusals from it were not written since its last row.
+    pub fn take(&self, ip: std::net::IpAddr, now_ms: i64) -> Option<u64> {
+        let mut sources = self.sources.lock().unwrap_or_else(|e| e.into_inner());
+        if sources.len() >= REFUSAL_SOURCES && !sources.contains_key(&ip) {
+            // Forget the source idle the longest.
+            if let Some(oldest) = sources.iter().min_by_key(|(_, v)| v.1).map(|(k, _)| *k) {
+                sources.remove(&oldest);
+            }
+        }
+        let (tokens, last, skipped) = sources.entry(ip).or_insert((REFUSAL_BURST, now_ms, 0));
+        *tokens = (*tokens + (now_ms - *last).max(0) as f64 / 1000.0).min(REFUSAL_BURST);
+        *last = now_ms;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Some(std::mem::take(skipped))
+        } else {
+            *skipped += 1;
+            None
+        }
+    }
+}
+
 /// Why an event could not be recorded.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("the audit log cannot be written ({0}); the action is refused")]
@@ -186,6 +237,8 @@ type Pending = (Event, oneshot::Sender<Result<i64, String>>);
 #[derive(Clone, Debug)]
 pub struct Audit {
     tx: mpsc::Sender<Pending>,
+    /// How many refused authentications each source may still have recorded.
+    pub refusals: std::sync::Arc<RefusalBudget>,
 }
 
 impl Audit {
@@ -193,7 +246,10 @@ impl Audit {
     pub fn start(store: Store) -> Audit {
         let (tx, rx) = mpsc::channel::<Pending>(QUEUE);
         tokio::spawn(write_rows(store, rx));
-        Audit { tx }
+        Audit {
+            tx,
+            refusals: Default::default(),
+        }
     }
 
     /// Append an event; returns its row number once it is committed.

@@ -218,3 +218,22 @@ async fn an_event_that_cannot_be_written_is_refused() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn refusals_are_recorded_at_a_bounded_rate_per_source_and_counted_beyond() {
+    let b = RefusalBudget::default();
+    let (a, other): (std::net::IpAddr, std::net::IpAddr) =
+        ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+    for _ in 0..20 {
+        assert_eq!(b.take(a, 0), Some(0));
+    }
+    for _ in 0..5 {
+        assert_eq!(b.take(a, 0), None);
+    }
+    // Another source has its own budget.
+    assert_eq!(b.take(other, 0), Some(0));
+    // A second later: one more row, carrying the five not written.
+    assert_eq!(b.take(a, 1000), Some(5));
+    assert_eq!(b.take(a, 1000), None);
+    assert_eq!(b.take(a, 2500), Some(1));
+}
