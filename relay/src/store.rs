@@ -227,6 +227,7 @@ const SCHEMA: &[&str] = &[
         prev TEXT NOT NULL,
         hash TEXT NOT NULL
     )",
+    "CREATE INDEX IF NOT EXISTS audit_at ON audit (at)",
     "CREATE TABLE IF NOT EXISTS audit_checkpoints (
         size INTEGER NOT NULL,
         head TEXT NOT NULL,

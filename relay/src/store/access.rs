@@ -227,6 +227,14 @@ impl Store {
                     .await?;
             }
         }
+        // Listings go newest first, all or one user's: without these each page
+        // would scan and sort the whole table.
+        for stmt in [
+            "CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at)",
+            "CREATE INDEX IF NOT EXISTS sessions_user_created ON sessions (user_id, created_at)",
+        ] {
+            sqlx::query(stmt).execute(&self.pool).await?;
+        }
         if !self.has_column("users", "api_key_hash").await? {
             return Ok(());
         }
