@@ -61,6 +61,8 @@ pub struct AppState {
     pub audit: crate::audit::Audit,
     /// The key that signs audit checkpoints.
     pub audit_key: Arc<ring::signature::Ed25519KeyPair>,
+    /// Session recordings: where, and how.
+    pub recordings: Arc<crate::record::Recordings>,
 }
 
 impl AppState {
@@ -199,6 +201,7 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::admin::router())
         .merge(crate::sessions::router())
         .merge(crate::audit::http::router())
+        .merge(crate::record::http::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(state)

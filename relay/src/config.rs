@@ -26,6 +26,13 @@
 //!
 //! [store]
 //! session_retention = "90d"     # ended sessions older than this are deleted; "none" keeps them
+//!
+//! [recordings]                  # shell, exec and forward sessions (docs/recordings.md)
+//! dir = "recordings"            # relative to the data directory unless absolute
+//! mode = "strict"               # a session that cannot be recorded is refused or ended;
+//!                               # "best-effort" goes on unrecorded; "off" records nothing
+//! input = false                 # also record what users type (it holds passwords)
+//! retention = "90d"             # recordings older than this are deleted; "none" keeps them
 //! ```
 //!
 //! A connection counts as unauthenticated from `accept` until it is a session stream
@@ -34,7 +41,7 @@
 //! and session.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -134,6 +141,15 @@ struct FileStore {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileRecordings {
+    dir: Option<PathBuf>,
+    mode: Option<String>,
+    input: Option<bool>,
+    retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FileOverride {
     rate: Option<String>,
 }
@@ -151,6 +167,60 @@ struct File {
     connections: FileConnections,
     #[serde(default)]
     store: FileStore,
+    #[serde(default)]
+    recordings: FileRecordings,
+}
+
+/// What happens when a session cannot be recorded (`[recordings] mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordingMode {
+    /// Fail closed: a session whose recording cannot be made is refused, and one
+    /// whose recording breaks ends, with the reason.
+    Strict,
+    /// The session goes on unrecorded, with a warning in the relay's log and the
+    /// reason in its audit `session.end` event.
+    BestEffort,
+    /// Nothing is recorded.
+    Off,
+}
+
+impl RecordingMode {
+    /// Parse `strict`, `best-effort` or `off`.
+    pub fn parse(s: &str) -> Result<RecordingMode, String> {
+        match s.trim() {
+            "strict" => Ok(RecordingMode::Strict),
+            "best-effort" => Ok(RecordingMode::BestEffort),
+            "off" => Ok(RecordingMode::Off),
+            other => Err(format!(
+                "invalid recordings.mode '{other}' (use strict, best-effort or off)"
+            )),
+        }
+    }
+}
+
+/// How sessions are recorded (the `[recordings]` section).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recordings {
+    /// Where the recordings go; a relative path is taken from the data directory.
+    pub dir: PathBuf,
+    /// Strict (the default), best-effort or off.
+    pub mode: RecordingMode,
+    /// Record what the user types too (`i` events); off by default, as input holds
+    /// passwords.
+    pub input: bool,
+    /// Recordings older than this are deleted; `None` keeps them.
+    pub retention: Option<Duration>,
+}
+
+impl Default for Recordings {
+    fn default() -> Self {
+        Recordings {
+            dir: PathBuf::from("recordings"),
+            mode: RecordingMode::Strict,
+            input: false,
+            retention: Some(Duration::from_secs(90 * 86400)),
+        }
+    }
 }
 
 /// Limits on connections before they authenticate (the `[connections]` section).
@@ -206,6 +276,8 @@ pub struct Limits {
     pub connections: Connections,
     /// Ended sessions older than this are deleted from the store; `None` keeps them.
     pub session_retention: Option<Duration>,
+    /// Session recordings.
+    pub recordings: Recordings,
 }
 
 impl Default for Limits {
@@ -220,6 +292,7 @@ impl Default for Limits {
             user_rates: BTreeMap::new(),
             connections: Connections::default(),
             session_retention: Some(Duration::from_secs(90 * 86400)),
+            recordings: Recordings::default(),
         }
     }
 }
@@ -292,6 +365,22 @@ impl Limits {
         }
         if let Some(d) = &file.store.session_retention {
             l.session_retention = parse_duration(d)?;
+        }
+        let (r, fr) = (&mut l.recordings, &file.recordings);
+        if let Some(dir) = &fr.dir {
+            if dir.as_os_str().is_empty() {
+                return Err("recordings.dir cannot be empty".into());
+            }
+            r.dir = dir.clone();
+        }
+        if let Some(m) = &fr.mode {
+            r.mode = RecordingMode::parse(m)?;
+        }
+        if let Some(i) = fr.input {
+            r.input = i;
+        }
+        if let Some(d) = &fr.retention {
+            r.retention = parse_duration(d)?;
         }
         for (name, o) in &file.agents {
             if let Some(r) = &o.rate {
@@ -395,5 +484,31 @@ mod tests {
             Limits::parse("[connections]\nmax_unauthenticated_per_ip = 0\n").unwrap_err(),
             "connections.max_unauthenticated_per_ip must be at least 1"
         );
+    }
+
+    #[test]
+    fn recordings_are_strict_without_input_for_90_days_unless_configured() {
+        let d = Limits::default().recordings;
+        assert_eq!(d.dir, PathBuf::from("recordings"));
+        assert_eq!(d.mode, RecordingMode::Strict);
+        assert!(!d.input);
+        assert_eq!(d.retention, Some(Duration::from_secs(90 * 86400)));
+        let l = Limits::parse(
+            "[recordings]\ndir = \"/srv/rec\"\nmode = \"best-effort\"\ninput = true\n\
+             retention = \"none\"\n",
+        )
+        .unwrap();
+        assert_eq!(l.recordings.dir, PathBuf::from("/srv/rec"));
+        assert_eq!(l.recordings.mode, RecordingMode::BestEffort);
+        assert!(l.recordings.input);
+        assert_eq!(l.recordings.retention, None);
+        let off = Limits::parse("[recordings]\nmode = \"off\"\n").unwrap();
+        assert_eq!(off.recordings.mode, RecordingMode::Off);
+        assert_eq!(
+            Limits::parse("[recordings]\nmode = \"lenient\"\n").unwrap_err(),
+            "invalid recordings.mode 'lenient' (use strict, best-effort or off)"
+        );
+        let e = Limits::parse("[recordings]\nkeep = 1\n").unwrap_err();
+        assert!(e.contains("unknown field `keep`"), "{e}");
     }
 }

@@ -35,9 +35,14 @@
 //!   policies allow on each one (`sessions`); a session's end is on record (its
 //!   exit, its bytes each way, who ended it and why) before its client hears of it.
 //!
+//! - Shell, exec and forward sessions are recorded by the relay as it routes them
+//!   (`record`, `docs/recordings.md`): strict by default (a session that cannot
+//!   be recorded is refused or ended, with the reason), compressed at the end with
+//!   the file's SHA-256 in the audit log; read with `replay` on the session, each
+//!   read audited.
+//!
 //! ## Non-goals (for now)
-//! Recordings and the audit log, and watching or replaying sessions (`observe`,
-//! `replay`: in the schema, not served yet).
+//! Watching live sessions (`observe`: in the schema, not served yet).
 
 pub mod admin;
 pub mod agent_link;
@@ -49,6 +54,7 @@ pub mod hub;
 pub mod live;
 pub mod policy;
 pub mod provision;
+pub mod record;
 pub mod secret;
 pub mod server;
 pub mod sessions;

@@ -40,6 +40,7 @@ use crate::config::Connections;
 use crate::hub::Hub;
 use crate::live::Live;
 use crate::policy::{self, Loaded, Policies};
+use crate::record::Recordings;
 use crate::store::Store;
 use crate::tls;
 use crate::Error;
@@ -115,6 +116,8 @@ impl Server {
             .await
             .map_err(|e| Error::Invalid(e.to_string()))?;
         audit::checkpoint(&store, &audit_key).await?;
+        let recordings = Arc::new(Recordings::new(&config.data_dir, &config.limits.recordings));
+        recover_recordings(&recordings, &audit).await;
         let (cert, key, ca_path) = match &config.cert {
             Some((c, k)) => (c.clone(), k.clone(), None),
             None => {
@@ -141,6 +144,7 @@ impl Server {
                 live: Arc::new(Live::default()),
                 audit,
                 audit_key,
+                recordings,
             },
             ca_path,
         })
@@ -176,6 +180,8 @@ impl Server {
                 _ = pruning.tick() => {
                     let store = self.state.store.clone();
                     tokio::spawn(async move { prune(&store, retention).await });
+                    let (recordings, live) = (self.state.recordings.clone(), self.state.live.clone());
+                    tokio::task::spawn_blocking(move || prune_recordings(&recordings, &live));
                     continue;
                 }
                 _ = checkpoints.tick() => {
@@ -229,6 +235,43 @@ async fn prune(store: &Store, retention: Option<Duration>) {
         Ok(0) => {}
         Ok(n) => info!("deleted {n} ended session(s) past their retention"),
         Err(e) => warn!("pruning old sessions failed: {e}"),
+    }
+}
+
+/// Delete the recordings past their retention, but never a live session's.
+fn prune_recordings(recordings: &Recordings, live: &Live) {
+    let n = recordings.prune(|id| live.contains(id));
+    if n > 0 {
+        info!("deleted {n} recording(s) past their retention");
+    }
+}
+
+/// At start: make the recordings directory, prune it, and compress the recordings
+/// a stopped relay left uncompressed, each with a `recording.recovered` event
+/// holding its SHA-256 (their sessions' `session.end` never had it).
+async fn recover_recordings(recordings: &Arc<Recordings>, audit: &Audit) {
+    if let Err(e) = recordings.prepare() {
+        warn!("recordings: {e}; sessions are refused while it lasts (recordings mode strict)");
+    }
+    let r = recordings.clone();
+    let recovered = tokio::task::spawn_blocking(move || {
+        prune_recordings(&r, &Live::default());
+        r.recover()
+    })
+    .await
+    .unwrap_or_default();
+    for (id, outcome) in recovered {
+        let detail = match outcome {
+            Ok(f) => serde_json::json!({ "file": f.file, "sha256": f.sha256 }),
+            Err(e) => {
+                warn!(session = %id, "{e}");
+                serde_json::json!({ "error": e })
+            }
+        };
+        let event = Event::new("relay", "recording.recovered", id).detail(detail);
+        if let Err(e) = audit.record(event).await {
+            warn!("{e}");
+        }
     }
 }
 

@@ -84,12 +84,12 @@ pub struct SessionInfo {
     pub bytes_out: Option<u64>,
     /// Being served now.
     pub live: bool,
-    /// A recording of it exists (none yet: recordings are to come).
+    /// A recording of it exists (live or finished).
     pub recorded: bool,
 }
 
 impl SessionInfo {
-    fn new(s: SessionListed, live: bool) -> SessionInfo {
+    fn new(s: SessionListed, live: bool, recorded: bool) -> SessionInfo {
         SessionInfo {
             id: s.id,
             user: s.user,
@@ -103,14 +103,14 @@ impl SessionInfo {
             bytes_in: s.bytes_in,
             bytes_out: s.bytes_out,
             live,
-            recorded: false,
+            recorded,
         }
     }
 }
 
 /// Sessions' owners and targets as policies see them, each looked up once.
 #[derive(Default)]
-struct Subjects {
+pub(crate) struct Subjects {
     owners: HashMap<String, Principal>,
     agents: HashMap<String, Target>,
 }
@@ -118,7 +118,7 @@ struct Subjects {
 impl Subjects {
     /// Look up the owner and the agent of a session, unless known already. A user
     /// or agent that is gone is seen by its id, with no groups, attributes or tags.
-    async fn learn(
+    pub(crate) async fn learn(
         &mut self,
         store: &Store,
         user_id: &str,
@@ -149,7 +149,7 @@ impl Subjects {
     }
 
     /// The session as a policy's resource (its owner and agent learnt first).
-    fn resource<'a>(
+    pub(crate) fn resource<'a>(
         &'a self,
         id: &'a str,
         user_id: &str,
@@ -216,9 +216,27 @@ async fn list(
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "listing failed")
         })?;
         subjects = known;
-        for s in visible.into_iter().take(limit as usize - out.len()) {
+        let visible: Vec<SessionListed> = visible
+            .into_iter()
+            .take(limit as usize - out.len())
+            .collect();
+        // Whether each has a recording: a few `stat`s each, off the runtime's threads.
+        let recordings = state.recordings.clone();
+        let ids: Vec<String> = visible.iter().map(|s| s.id.clone()).collect();
+        let recorded = tokio::task::spawn_blocking(move || {
+            ids.iter()
+                .map(|id| recordings.exists(id))
+                .collect::<Vec<bool>>()
+        })
+        .await
+        .unwrap_or_default();
+        for (i, s) in visible.into_iter().enumerate() {
             let live = state.live.contains(&s.id);
-            out.push(SessionInfo::new(s, live));
+            out.push(SessionInfo::new(
+                s,
+                live,
+                recorded.get(i).copied().unwrap_or(false),
+            ));
         }
         if out.len() == limit as usize || exhausted {
             return Ok(Json(out));

@@ -19,6 +19,7 @@ use crate::audit::Event;
 use crate::hub::{AgentHandle, Route, Routed, MAX_WINDOW};
 use crate::live::Owner;
 use crate::policy::{self, Action, Circumstances, Resource};
+use crate::record::{self, KindMeta, Recorder};
 use crate::store::{SessionRow, SessionSpec, Traffic};
 
 /// The client must send `Open` within this.
@@ -251,10 +252,31 @@ pub async fn serve(
             .into();
         detail["ttl"] = ttl.into();
     }
+    // The recording, made before the agent hears of the session: one that cannot
+    // be made refuses it (strict mode).
+    let mut recorder = match recording_meta(&msg, &session, &user.name, &target.name) {
+        Some(meta) => match state.recordings.start(meta).await {
+            Ok(r) => r,
+            Err(why) => {
+                refuse(
+                    &mut sink,
+                    &state,
+                    &session.id,
+                    client_sid,
+                    ErrorCode::INTERNAL,
+                    &why,
+                )
+                .await;
+                return;
+            }
+        },
+        None => Recorder::off(),
+    };
     let start = Event::new(user.name.clone(), "session.start", session.id.clone())
         .from(peer)
         .detail(detail);
     if let Err(e) = state.audit.record(start).await {
+        recorder.discard().await;
         let why = e.to_string();
         refuse(
             &mut sink,
@@ -281,6 +303,7 @@ pub async fn serve(
     let agent_sid = match agent.open_route(route, limits.max_sessions) {
         Ok(sid) => sid,
         Err(limit) => {
+            recorder.discard().await;
             let reason = limit.to_string();
             let code = ErrorCode::SESSION_LIMIT;
             refuse(&mut sink, &state, &session.id, client_sid, code, &reason).await;
@@ -321,6 +344,7 @@ pub async fn serve(
     let first = forward(Frame::decode(&msg).expect("decoded above"));
     if first.bytes.len() > agent.max_frame as usize {
         agent.remove_route(agent_sid);
+        recorder.discard().await;
         let reason = format!(
             "Open frame of {} bytes is larger than the agent accepts ({} bytes)",
             first.bytes.len(),
@@ -352,6 +376,7 @@ pub async fn serve(
             write_by(no_timers, &mut registration.ended, agent.tx.send(frame)).await
         {
             agent.remove_route(agent_sid);
+            recorder.discard().await;
             let reason = match failed {
                 WriteFailed::Gone => "the agent disconnected".to_string(),
                 stalled => stalled.agent(String::new()),
@@ -430,6 +455,11 @@ pub async fn serve(
                 close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                 break Err(why);
             }
+            why = recorder.failed() => {
+                // The recording broke (strict mode): the session cannot go on.
+                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                break Err(why);
+            }
             _ = registration.ended.changed() => {
                 // The agent is told first (below), then the client: a client that
                 // does not read must not delay the end of the processes.
@@ -443,6 +473,13 @@ pub async fn serve(
                 };
                 queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
                 traffic.bytes_out += routed.payload as u64;
+                // On record before the client has it.
+                if let Err(why) = recorder.agent_frame(&routed.bytes).await {
+                    if !routed.last {
+                        close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                        break Err(why);
+                    }
+                }
                 if routed.last {
                     last_frame = Some(routed.bytes);
                     break Ok(());
@@ -499,6 +536,11 @@ pub async fn serve(
                                 Frame::ChannelOpen { sid, ch, window, host: &canonical, port }
                             }
                             Err(reason) => {
+                                let denied = record::Event::ChannelDenied { ch, host: host.into(), port, reason: reason.clone() };
+                                if let Err(why) = recorder.record(denied).await {
+                                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                                    break Err(why);
+                                }
                                 let reject = encode(&Frame::ChannelReject {
                                     sid: client_sid,
                                     ch,
@@ -515,6 +557,11 @@ pub async fn serve(
                     }
                     f => f,
                 };
+                // On record before the agent has it.
+                if let Err(why) = recorder.client_frame(&frame).await {
+                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                    break Err(why);
+                }
                 let closes = matches!(frame, Frame::Close { .. });
                 let out = forward(frame);
                 if out.bytes.len() > agent.max_frame as usize {
@@ -581,14 +628,22 @@ pub async fn serve(
         .session_finished(&session.id, ended_by.as_deref(), traffic)
         .await;
     let exit = state.store.session_exit(&session.id).await.ok().flatten();
+    // The recording's last lines, compressed, and its hash into the audit chain.
+    let recording = recorder
+        .finish(outcome.as_ref().err().map(String::as_str))
+        .await;
+    let mut detail = serde_json::json!({
+        "exit": exit,
+        "ended_by": ended_by,
+        "bytes_in": traffic.bytes_in,
+        "bytes_out": traffic.bytes_out,
+    });
+    if let Some(r) = recording {
+        detail["recording"] = r;
+    }
     let end = Event::new(user.name.clone(), "session.end", session.id.clone())
         .from(peer)
-        .detail(serde_json::json!({
-            "exit": exit,
-            "ended_by": ended_by,
-            "bytes_in": traffic.bytes_in,
-            "bytes_out": traffic.bytes_out,
-        }));
+        .detail(detail);
     if let Err(e) = state.audit.record(end).await {
         warn!(session = %session.id, "{e}");
     }
@@ -612,6 +667,40 @@ pub async fn serve(
         }
     })
     .await;
+}
+
+/// The recording's facts for a session whose `Open` is `open`; `None` for a kind
+/// that is not recorded (SSH key pushes: the audit log has them).
+fn recording_meta(
+    open: &[u8],
+    session: &SessionRow,
+    user: &str,
+    target: &str,
+) -> Option<record::Meta> {
+    let Ok(Frame::Open { kind, .. }) = Frame::decode(open) else {
+        return None;
+    };
+    let kind = match kind {
+        Kind::Shell { term, cols, rows } => KindMeta::Shell {
+            term: term.into(),
+            cols,
+            rows,
+        },
+        // The argv is the one authorised (checked against the Open above).
+        Kind::Exec { .. } => KindMeta::Exec {
+            argv: session.spec.command.clone(),
+        },
+        Kind::Forward => KindMeta::Forward,
+        Kind::SshKey { .. } => return None,
+    };
+    Some(record::Meta {
+        session: session.id.clone(),
+        target: target.into(),
+        user: user.into(),
+        account: session.run_as.clone(),
+        timestamp: crate::store::unix_now(),
+        kind,
+    })
 }
 
 type ClientSink = futures_util::stream::SplitSink<WebSocket, Message>;

@@ -1,0 +1,297 @@
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use agent_core::wire::{Bytes, ErrorCode};
+
+use super::*;
+
+/// A fresh directory under the system's temporary one, removed on drop.
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Dir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p =
+            std::env::temp_dir().join(format!("sesame-record-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Dir(p)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn settings(mode: RecordingMode) -> config::Recordings {
+    config::Recordings {
+        mode,
+        ..config::Recordings::default()
+    }
+}
+
+fn shell(id: &str) -> Meta {
+    Meta {
+        session: id.into(),
+        target: "gw-01".into(),
+        user: "alice".into(),
+        account: "deploy".into(),
+        timestamp: 1_800_000_000,
+        kind: KindMeta::Shell {
+            term: "xterm".into(),
+            cols: 80,
+            rows: 24,
+        },
+    }
+}
+
+fn read_all(o: Opened) -> String {
+    let mut s = String::new();
+    let mut r = o.reader;
+    r.read_to_string(&mut s).unwrap();
+    s
+}
+
+#[tokio::test]
+async fn a_recording_is_private_readable_live_up_to_whole_lines_then_compressed() {
+    let data = Dir::new("live");
+    let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    assert_eq!(r.dir(), data.0.join("recordings"));
+    let mut rec = r.start(shell("s-live")).await.unwrap();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(r.dir()), 0o700);
+    let plain = r.dir().join("s-live.cast");
+    assert_eq!(mode(&plain), 0o600);
+    assert!(r.exists("s-live"));
+    assert!(!r.exists("s-other"));
+    rec.record(Event::Output {
+        stderr: false,
+        data: b"hello\r\n".to_vec(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(writer::WRITE_EVERY * 3).await;
+    // A line being written is not served until it is whole.
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&plain)
+        .unwrap()
+        .write_all(b"[0.5, \"o\", \"hal")
+        .unwrap();
+    let o = r.open("s-live").unwrap().unwrap();
+    assert!(o.live);
+    assert_eq!(o.file, "s-live.cast");
+    assert_eq!(o.suffix, CAST);
+    let text = read_all(o);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text:?}");
+    assert!(
+        lines[0].starts_with("{\"") && text.ends_with("\"hello\\r\\n\"]\n"),
+        "{text:?}"
+    );
+
+    let done = rec.finish(None).await.unwrap();
+    assert_eq!(done["file"], "s-live.cast.gz");
+    assert!(!plain.exists());
+    let o = r.open("s-live").unwrap().unwrap();
+    assert!(!o.live);
+    assert_eq!(o.file, "s-live.cast.gz");
+    assert!(read_all(o).starts_with(&text));
+    assert!(r.exists("s-live"));
+    // Names that are not session ids reach no file.
+    assert!(r.open("../recordings/s-live").unwrap().is_none());
+    assert!(!r.exists("s-live.cast"));
+}
+
+#[tokio::test]
+async fn a_recording_that_cannot_be_made_refuses_the_session_in_strict_mode_only() {
+    let data = Dir::new("unwritable");
+    // A file where the directory should be: root cannot write there either.
+    std::fs::write(data.0.join("recordings"), b"").unwrap();
+    let strict = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    let refused = strict.start(shell("s-1")).await.err().unwrap();
+    assert_eq!(
+        refused,
+        format!(
+            "recording unavailable: cannot create {}: File exists (os error 17)",
+            strict.dir().display()
+        )
+    );
+    let lenient = Recordings::new(&data.0, &settings(RecordingMode::BestEffort));
+    let rec = lenient.start(shell("s-2")).await.unwrap();
+    assert!(!rec.active());
+    assert_eq!(
+        rec.finish(None).await.unwrap()["error"],
+        refused.replace("s-1", "s-2")
+    );
+    let off = Recordings::new(&data.0, &settings(RecordingMode::Off));
+    let rec = off.start(shell("s-3")).await.unwrap();
+    assert!(!rec.active());
+    assert_eq!(rec.finish(None).await, None);
+}
+
+#[test]
+fn old_recordings_go_but_never_a_live_sessions() {
+    let data = Dir::new("prune");
+    let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    r.prepare().unwrap();
+    let old = std::time::SystemTime::now() - Duration::from_secs(91 * 86400);
+    for name in [
+        "s-old.cast.gz",
+        "s-old2.exec.jsonl",
+        "s-old3.forward.jsonl.gz.tmp",
+        "s-live.cast",
+        "notes.txt",
+        "s-new.cast.gz",
+    ] {
+        let f = File::create(r.dir().join(name)).unwrap();
+        if name != "s-new.cast.gz" {
+            f.set_modified(old).unwrap();
+        }
+    }
+    assert_eq!(r.prune(|id| id == "s-live"), 3);
+    let mut left: Vec<String> = std::fs::read_dir(r.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["notes.txt", "s-live.cast", "s-new.cast.gz"]);
+    let keep = Recordings::new(
+        &data.0,
+        &config::Recordings {
+            retention: None,
+            ..settings(RecordingMode::Strict)
+        },
+    );
+    assert_eq!(keep.prune(|_| false), 0);
+}
+
+#[test]
+fn recordings_a_stopped_relay_left_are_compressed_at_start() {
+    let data = Dir::new("recover");
+    let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    r.prepare().unwrap();
+    std::fs::write(
+        r.dir().join("s-a.cast"),
+        b"{\"version\": 2}\n[0.1, \"o\", \"x\"]\n",
+    )
+    .unwrap();
+    std::fs::write(r.dir().join("s-b.cast.gz"), b"not touched").unwrap();
+    let recovered = r.recover();
+    assert_eq!(recovered.len(), 1);
+    let (id, done) = &recovered[0];
+    assert_eq!(id, "s-a");
+    let done = done.as_ref().unwrap();
+    assert_eq!(done.file, "s-a.cast.gz");
+    let gz = std::fs::read(r.dir().join("s-a.cast.gz")).unwrap();
+    assert_eq!(
+        done.sha256,
+        crate::secret::hex(ring::digest::digest(&ring::digest::SHA256, &gz).as_ref())
+    );
+    assert_eq!(
+        read_all(r.open("s-a").unwrap().unwrap()),
+        "{\"version\": 2}\n[0.1, \"o\", \"x\"]\n"
+    );
+}
+
+#[test]
+fn frames_map_to_what_a_recording_keeps() {
+    let data = |ch: u16, stream: Stream, d: &'static [u8]| Frame::Data {
+        sid: 1,
+        ch,
+        stream,
+        data: Bytes(d),
+    };
+    // From the agent: output (shell, exec) or a channel's bytes (forward).
+    assert_eq!(
+        agent_event(&data(0, Stream::ERR, b"oops"), false),
+        Some(Event::Output {
+            stderr: true,
+            data: b"oops".to_vec()
+        })
+    );
+    assert_eq!(
+        agent_event(&data(3, Stream::OUT, b"abc"), true),
+        Some(Event::ChannelData {
+            ch: 3,
+            to_dest: false,
+            bytes: 3
+        })
+    );
+    let close = Frame::Close {
+        sid: 1,
+        exit: Exit::Signal(9),
+        reason: "",
+    };
+    assert_eq!(
+        agent_event(&close, false),
+        Some(Event::Exit {
+            exit: Exit::Signal(9),
+            reason: String::new()
+        })
+    );
+    let reject = Frame::Reject {
+        sid: 1,
+        code: ErrorCode::NO_SUCH_USER,
+        reason: "no such user",
+    };
+    assert_eq!(
+        agent_event(&reject, false),
+        Some(Event::Exit {
+            exit: Exit::Aborted(ErrorCode::NO_SUCH_USER),
+            reason: "no such user".into()
+        })
+    );
+    let credit = Frame::Credit {
+        sid: 1,
+        ch: 0,
+        bytes: 10,
+    };
+    assert_eq!(agent_event(&credit, false), None);
+    // From the client: input only when recorded; resizes; channel opens and aborts.
+    let typed = data(0, Stream::OUT, b"pw\r");
+    assert_eq!(client_event(&typed, false, false), None);
+    assert_eq!(
+        client_event(&typed, true, false),
+        Some(Event::Input(b"pw\r".to_vec()))
+    );
+    let resize = Frame::Resize {
+        sid: 1,
+        cols: 120,
+        rows: 40,
+    };
+    assert_eq!(
+        client_event(&resize, false, false),
+        Some(Event::Resize {
+            cols: 120,
+            rows: 40
+        })
+    );
+    assert_eq!(
+        client_event(&data(2, Stream::OUT, b"GET /"), false, true),
+        Some(Event::ChannelData {
+            ch: 2,
+            to_dest: true,
+            bytes: 5
+        })
+    );
+    let open = Frame::ChannelOpen {
+        sid: 1,
+        ch: 2,
+        window: 1024,
+        host: "db",
+        port: 5432,
+    };
+    assert_eq!(
+        client_event(&open, false, true),
+        Some(Event::ChannelOpen {
+            ch: 2,
+            host: "db".into(),
+            port: 5432
+        })
+    );
+}

@@ -1,0 +1,474 @@
+//! One session's recording: the [`Recorder`] its stream task holds, and the writer
+//! task that owns the file.
+//!
+//! The stream task hands events over a queue bounded by bytes ([`QUEUE_BYTES`]);
+//! the writer encodes them (`format.rs`) and appends each batch to the file at
+//! once, at most every [`WRITE_EVERY`], so that a live recording can be read up to
+//! now. A stream task waits for room in the queue for [`STALL`] at most: a writer
+//! that falls further behind, or a write that fails, breaks the recording. In
+//! strict mode that ends the session with the reason (fail closed); in best-effort
+//! mode the session goes on unrecorded, with a warning. When the session ends, the
+//! file is gzipped (`ID.cast.gz`), and its SHA-256 goes to the audit log.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot, watch, Semaphore, TryAcquireError};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::format::{cost, Encoder, Event};
+
+/// Bytes of events (payload plus a fixed cost each) queued for the writer, at most.
+pub const QUEUE_BYTES: usize = 2 * 1024 * 1024;
+/// How long an event may wait for room in the queue before the recording counts as
+/// fallen behind.
+pub const STALL: Duration = Duration::from_secs(5);
+/// Writes to the file are at least this far apart (each writes what came
+/// meanwhile), so a chatty session costs ten writes a second, not one per frame.
+pub const WRITE_EVERY: Duration = Duration::from_millis(100);
+
+enum Msg {
+    Event(Duration, Event),
+    /// The session never started: remove the file.
+    Discard(oneshot::Sender<()>),
+    /// The session ended at this time, for this reason if the relay ended it.
+    Finish(
+        Duration,
+        Option<String>,
+        oneshot::Sender<Result<Finished, String>>,
+    ),
+}
+
+/// A finished recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// Its file name in the recordings directory.
+    pub file: String,
+    /// SHA-256 of the file (hex).
+    pub sha256: String,
+}
+
+/// A recording being written, as its stream task holds it.
+pub struct Recorder {
+    state: State,
+    strict: bool,
+    /// Input is recorded.
+    input: bool,
+    /// A forward session (channels, not output).
+    forward: bool,
+}
+
+enum State {
+    /// This session is not recorded (its kind, or recordings are off).
+    Off,
+    /// Best-effort: the recording broke (or was never made) for this reason.
+    Broken(String, Option<Active>),
+    /// Being written.
+    Active(Active),
+}
+
+struct Active {
+    tx: mpsc::UnboundedSender<Msg>,
+    room: Arc<Semaphore>,
+    failed: watch::Receiver<Option<String>>,
+    origin: Instant,
+}
+
+impl Recorder {
+    /// A session that is not recorded.
+    pub fn off() -> Recorder {
+        Recorder {
+            state: State::Off,
+            strict: false,
+            input: false,
+            forward: false,
+        }
+    }
+
+    /// A best-effort session whose recording could not be made, for `why`.
+    pub fn unavailable(why: String) -> Recorder {
+        Recorder {
+            state: State::Broken(why, None),
+            strict: false,
+            input: false,
+            forward: false,
+        }
+    }
+
+    /// Start the writer task for `file` (created, its header written), whose path
+    /// is `path`, encoding with `enc`; `input` is recorded, `forward` records
+    /// channels.
+    pub fn start(
+        file: File,
+        path: PathBuf,
+        enc: Encoder,
+        strict: bool,
+        input: bool,
+        forward: bool,
+    ) -> Recorder {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(QUEUE_BYTES));
+        let (fail, failed) = watch::channel(None);
+        let origin = Instant::now();
+        let writer = Writer {
+            origin,
+            file: Some(file),
+            path,
+            enc,
+            room: room.clone(),
+            fail,
+            broken: None,
+        };
+        tokio::spawn(writer.run(rx));
+        Recorder {
+            state: State::Active(Active {
+                tx,
+                room,
+                failed,
+                origin,
+            }),
+            strict,
+            input,
+            forward,
+        }
+    }
+
+    /// Whether events are being recorded.
+    pub fn active(&self) -> bool {
+        matches!(self.state, State::Active(_))
+    }
+
+    /// Record what an encoded frame from the agent says (see [`super::agent_event`]).
+    pub async fn agent_frame(&mut self, bytes: &[u8]) -> Result<(), String> {
+        if !self.active() {
+            return Ok(());
+        }
+        let Ok(f) = agent_core::wire::Frame::decode(bytes) else {
+            return Ok(());
+        };
+        match super::agent_event(&f, self.forward) {
+            Some(e) => self.record(e).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Record what a frame from the client says (see [`super::client_event`]).
+    pub async fn client_frame(&mut self, f: &agent_core::wire::Frame<'_>) -> Result<(), String> {
+        if !self.active() {
+            return Ok(());
+        }
+        match super::client_event(f, self.input, self.forward) {
+            Some(e) => self.record(e).await,
+            None => Ok(()),
+        }
+    }
+
+    /// The session never started: its recording goes.
+    pub async fn discard(self) {
+        if let State::Active(a) | State::Broken(_, Some(a)) = self.state {
+            let (done, removed) = oneshot::channel();
+            let _ = a.tx.send(Msg::Discard(done));
+            let _ = removed.await;
+        }
+    }
+
+    /// Record `e`, which happens now. Waits for room in the queue, [`STALL`] at
+    /// most. An error (strict mode only) is the reason the session must end.
+    pub async fn record(&mut self, e: Event) -> Result<(), String> {
+        let State::Active(a) = &mut self.state else {
+            return Ok(());
+        };
+        let at = a.origin.elapsed();
+        let broken = a.failed.borrow().clone();
+        if let Some(why) = broken {
+            return self.broke(why);
+        }
+        let n = cost(&e).min(QUEUE_BYTES) as u32;
+        let room = a.room.clone();
+        let permit = match room.clone().try_acquire_many_owned(n) {
+            Ok(p) => Ok(p),
+            Err(TryAcquireError::NoPermits) => {
+                match tokio::time::timeout(STALL, room.acquire_many_owned(n)).await {
+                    Ok(Ok(p)) => Ok(p),
+                    Ok(Err(_)) => Err(a.failed.borrow().clone().unwrap_or_default()),
+                    Err(_) => Err(format!(
+                        "recording failed: the recording fell behind (more than {} MiB waited over {}s to be written)",
+                        QUEUE_BYTES >> 20,
+                        STALL.as_secs()
+                    )),
+                }
+            }
+            Err(TryAcquireError::Closed) => Err(a.failed.borrow().clone().unwrap_or_default()),
+        };
+        let why = match permit {
+            Ok(p) => {
+                p.forget();
+                // The writer outlives every sender; a send cannot fail while it runs.
+                let _ = a.tx.send(Msg::Event(at, e));
+                return Ok(());
+            }
+            Err(why) => why,
+        };
+        self.broke(why)
+    }
+
+    /// The recording broke for `why`: the session's end in strict mode, a warning
+    /// and no more recording otherwise.
+    fn broke(&mut self, why: String) -> Result<(), String> {
+        if self.strict {
+            return Err(why);
+        }
+        warn!("{why}; the session goes on unrecorded (recordings mode best-effort)");
+        let State::Active(a) = std::mem::replace(&mut self.state, State::Off) else {
+            return Ok(());
+        };
+        self.state = State::Broken(why, Some(a));
+        Ok(())
+    }
+
+    /// Resolves when the writer failed, in strict mode, with the reason the session
+    /// must end; never otherwise.
+    pub async fn failed(&mut self) -> String {
+        match &mut self.state {
+            State::Active(a) if self.strict => {
+                let why = a
+                    .failed
+                    .wait_for(Option::is_some)
+                    .await
+                    .map(|why| why.clone().unwrap_or_default());
+                match why {
+                    Ok(why) => why,
+                    Err(_) => std::future::pending().await,
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    }
+
+    /// The session ended (for `reason` when the relay ended it): write the last
+    /// lines, compress the file and return what the audit event's `recording`
+    /// says: `{"file", "sha256"}`, with `"error"` if the recording broke; `None`
+    /// when the session was not recorded.
+    pub async fn finish(self, reason: Option<&str>) -> Option<Value> {
+        let (a, broken) = match self.state {
+            State::Off => return None,
+            State::Broken(why, None) => return Some(json!({ "error": why })),
+            State::Broken(why, Some(a)) => (a, Some(why)),
+            State::Active(a) => (a, None),
+        };
+        let (done, result) = oneshot::channel();
+        let at = a.origin.elapsed();
+        let _ = a.tx.send(Msg::Finish(at, reason.map(String::from), done));
+        let mut v = match result.await {
+            Ok(Ok(f)) => json!({ "file": f.file, "sha256": f.sha256 }),
+            Ok(Err(why)) => json!({ "error": why }),
+            Err(_) => json!({ "error": "recording failed: the writer stopped" }),
+        };
+        if let Some(why) = broken {
+            v["error"] = why.into();
+        }
+        Some(v)
+    }
+}
+
+/// The writer task's side.
+struct Writer {
+    /// When the recording started: event times count from it.
+    origin: Instant,
+    /// `None` once it broke or was handed to a blocking write that never came back.
+    file: Option<File>,
+    path: PathBuf,
+    enc: Encoder,
+    room: Arc<Semaphore>,
+    fail: watch::Sender<Option<String>>,
+    broken: Option<String>,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        let mut batch = Vec::new();
+        let mut buf = Vec::new();
+        let mut last_write = Instant::now() - WRITE_EVERY;
+        loop {
+            if rx.recv_many(&mut batch, 1024).await == 0 {
+                // The stream task went away without finishing (it panicked, or the
+                // relay is stopping): keep what was written, compressed.
+                let at = self.origin.elapsed();
+                self.enc
+                    .finish(at, Some("the relay stopped serving it"), &mut buf);
+                self.write(&mut buf).await;
+                if let Err(e) = self.finalize().await {
+                    warn!("{e}");
+                }
+                return;
+            }
+            // Let a chatty session's frames gather into one write.
+            let since = last_write.elapsed();
+            let finishing = batch.iter().any(|m| matches!(m, Msg::Finish(..)));
+            if since < WRITE_EVERY && !finishing {
+                tokio::time::sleep(WRITE_EVERY - since).await;
+                while let Ok(m) = rx.try_recv() {
+                    batch.push(m);
+                }
+            }
+            let mut released = 0;
+            let mut finish = None;
+            for m in batch.drain(..) {
+                match m {
+                    Msg::Discard(done) => {
+                        drop(self.file.take());
+                        let _ = std::fs::remove_file(&self.path);
+                        let _ = done.send(());
+                        return;
+                    }
+                    Msg::Event(at, e) => {
+                        released += cost(&e).min(QUEUE_BYTES);
+                        if self.broken.is_none() {
+                            self.enc.push(at, e, &mut buf);
+                        }
+                    }
+                    Msg::Finish(at, reason, done) => {
+                        self.enc.finish(at, reason.as_deref(), &mut buf);
+                        finish = Some(done);
+                    }
+                }
+            }
+            self.write(&mut buf).await;
+            last_write = Instant::now();
+            self.room.add_permits(released);
+            if let Some(done) = finish {
+                let result = match self.broken.clone() {
+                    Some(why) => Err(why),
+                    None => self.finalize().await,
+                };
+                let _ = done.send(result);
+                return;
+            }
+        }
+    }
+
+    /// Append `buf` to the file (and empty it); a failure breaks the recording.
+    async fn write(&mut self, buf: &mut Vec<u8>) {
+        if buf.is_empty() || self.broken.is_some() {
+            buf.clear();
+            return;
+        }
+        let Some(mut file) = self.file.take() else {
+            buf.clear();
+            return;
+        };
+        let data = std::mem::take(buf);
+        let done = tokio::task::spawn_blocking(move || {
+            let r = file.write_all(&data);
+            (file, data, r)
+        })
+        .await;
+        match done {
+            Ok((file, mut data, r)) => {
+                data.clear();
+                *buf = data;
+                match r {
+                    Ok(()) => self.file = Some(file),
+                    Err(e) => self.broke(format!(
+                        "recording failed: cannot write {}: {e}",
+                        self.path.display()
+                    )),
+                }
+            }
+            Err(e) => self.broke(format!("recording failed: the write did not finish: {e}")),
+        }
+    }
+
+    fn broke(&mut self, why: String) {
+        warn!("{why}");
+        self.broken = Some(why.clone());
+        self.file = None;
+        self.fail.send_replace(Some(why));
+        // A stream task waiting for room hears of it at once.
+        self.room.close();
+    }
+
+    /// Compress the file into `PATH.gz` (through a temporary file, renamed when
+    /// complete) and remove it; the compressed file's name and SHA-256.
+    async fn finalize(&mut self) -> Result<Finished, String> {
+        drop(self.file.take());
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || compress(&path))
+            .await
+            .map_err(|e| format!("recording not compressed: {e}"))?
+    }
+}
+
+/// A writer that hashes what goes through it.
+struct Hashing<W> {
+    inner: W,
+    hash: ring::digest::Context,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Gzip `path` into `path.gz` and remove `path`; the `.gz` file's name and the
+/// SHA-256 of its bytes. On failure `path` stays as it was.
+pub fn compress(path: &Path) -> Result<Finished, String> {
+    let gz = super::gz_path(path);
+    let tmp = gz.with_extension("gz.tmp");
+    let fail = |what: &str, e: std::io::Error| {
+        let _ = std::fs::remove_file(&tmp);
+        format!("recording not compressed: {what}: {e}")
+    };
+    let mut src =
+        File::open(path).map_err(|e| fail(&format!("cannot read {}", path.display()), e))?;
+    let dst = super::create_private(&tmp)
+        .map_err(|e| fail(&format!("cannot create {}", tmp.display()), e))?;
+    let hashing = Hashing {
+        inner: std::io::BufWriter::new(dst),
+        hash: ring::digest::Context::new(&ring::digest::SHA256),
+    };
+    let mut enc = flate2::write::GzEncoder::new(hashing, flate2::Compression::default());
+    let cannot_write = format!("cannot write {}", tmp.display());
+    std::io::copy(&mut src, &mut enc).map_err(|e| fail(&cannot_write, e))?;
+    let hashing = enc.finish().map_err(|e| fail(&cannot_write, e))?;
+    let file = hashing
+        .inner
+        .into_inner()
+        .map_err(|e| fail(&cannot_write, e.into_error()))?;
+    file.sync_all().map_err(|e| fail(&cannot_write, e))?;
+    std::fs::rename(&tmp, &gz)
+        .map_err(|e| fail(&format!("cannot rename to {}", gz.display()), e))?;
+    // The compressed file is complete: the plain one can go (a reader that opened
+    // it still reads it to the end).
+    if let Err(e) = std::fs::remove_file(path) {
+        warn!("cannot remove {}: {e}", path.display());
+    }
+    if let Some(dir) = gz.parent() {
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    let file = gz
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(Finished {
+        file,
+        sha256: crate::secret::hex(hashing.hash.finish().as_ref()),
+    })
+}
+
+#[cfg(test)]
+mod tests;
