@@ -240,6 +240,11 @@ impl Relay {
         serde_json::from_slice(&bytes).context("unexpected answer from the relay")
     }
 
+    /// `GET path`: the answer's body as it is (a recording), or its error.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Bytes> {
+        self.request("GET", path, Body::Empty).await
+    }
+
     /// [`Relay::call`] with a text body (`text/plain`), such as a policy file.
     pub async fn call_text<T: DeserializeOwned>(
         &self,

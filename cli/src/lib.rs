@@ -3,8 +3,10 @@
 //! Lists targets, runs commands, opens interactive shells, forwards TCP ports and
 //! pushes short-lived SSH keys through a Sesame relay, as the account the user asks
 //! for (`--as`) when the relay's policies permit it; checks policies
-//! (`sesame policy check`), lists and terminates sessions (`sesame sessions`) and
-//! administers users, keys, agents, policies and locks (`sesame admin`). Settings
+//! (`sesame policy check`), lists and terminates sessions (`sesame sessions`),
+//! replays, exports and searches their recordings (`sesame replay`, `sesame
+//! sessions export`, `sesame recordings grep`) and administers users, keys,
+//! agents, policies and locks (`sesame admin`). Settings
 //! come from flags, then `SESAME_RELAY` / `SESAME_API_KEY` / `SESAME_CA` /
 //! `SESAME_BIND`, then `~/.config/sesame/config.toml`.
 //!
@@ -25,6 +27,8 @@ pub mod config;
 pub mod forward;
 pub mod ls;
 pub mod policy;
+pub mod recordings;
+pub mod replay;
 pub mod session;
 pub mod sessions;
 pub mod ssh;

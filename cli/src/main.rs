@@ -121,6 +121,13 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::sessions::SessionsCmd,
     },
+    /// Play a session's recording in the terminal, with its timing.
+    Replay(cli::replay::Replay),
+    /// Session recordings: search their output.
+    Recordings {
+        #[command(subcommand)]
+        cmd: cli::recordings::RecordingsCmd,
+    },
     /// The relay's audit log: the newest rows (-f to follow), or an export as JSON
     /// lines.
     Audit {
@@ -283,6 +290,11 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cli::sessions::run(&relay, cmd).await?;
             Ok(0)
         }
+        Cmd::Replay(r) => {
+            cli::replay::run(&relay, &r).await?;
+            Ok(0)
+        }
+        Cmd::Recordings { cmd } => cli::recordings::run(&relay, &cmd).await,
         Cmd::Audit { cmd } => {
             cli::audit::run(&relay, &cmd).await?;
             Ok(0)

@@ -1,5 +1,6 @@
-//! `sesame sessions`: live and past sessions, and ending a live one, as the relay's
-//! policies allow (`sessions_list`, `terminate` on each session).
+//! `sesame sessions`: live and past sessions, ending a live one and exporting a
+//! recording, as the relay's policies allow (`sessions_list`, `terminate`,
+//! `replay` on each session).
 
 use clap::Subcommand;
 use serde::Deserialize;
@@ -23,6 +24,12 @@ pub enum SessionsCmd {
         /// At most this many (1 to 1000).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
         limit: u32,
+    },
+    /// Print a session's recording as it is: asciicast v2 for a shell (for any
+    /// asciinema player), JSON lines for an exec or forward session.
+    Export {
+        /// Session id (s-...).
+        id: String,
     },
     /// End a live session at once; its user is told who ended it and why.
     Terminate {
@@ -91,6 +98,14 @@ pub async fn run(relay: &Relay, cmd: SessionsCmd) -> anyhow::Result<()> {
             let sessions: Vec<Session> = serde_json::from_value(raw)
                 .map_err(|e| anyhow::anyhow!("unexpected answer from the relay: {e}"))?;
             table(&sessions, when::now()).print();
+        }
+        SessionsCmd::Export { id } => {
+            use std::io::Write;
+            let path = format!("/v1/sessions/{}/recording", encode(&id));
+            let body = relay.get_bytes(&path).await?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&body)?;
+            out.flush()?;
         }
         SessionsCmd::Terminate { id, reason } => {
             let mut body = serde_json::json!({});
