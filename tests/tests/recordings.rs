@@ -584,3 +584,71 @@ fn reading_a_recording_takes_replay_and_each_read_is_audited() {
     assert_eq!(searches[1]["actor"], "carol");
     assert_eq!(searches[1]["detail"]["sessions"], serde_json::json!([id]));
 }
+
+#[test]
+fn a_live_recording_reads_up_to_now_and_input_is_recorded_only_when_asked() {
+    let env =
+        Env::start_with_limits("[limits]\nrate = \"unlimited\"\n[recordings]\ninput = true\n");
+    let mut shell = env
+        .sesame()
+        .args(["shell", "gw-01"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    writeln!(stdin, "echo typed-$((1+1))").unwrap();
+    let mut seen = [0u8; 8];
+    shell
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut seen)
+        .unwrap();
+    assert_eq!(&seen, b"typed-2\n");
+    let live: Vec<Value> = sessions(&env)
+        .into_iter()
+        .filter(|s| s["live"] == true)
+        .collect();
+    let id = live[0]["id"].as_str().unwrap().to_string();
+    // While the shell runs, its recording reads up to now (on disk within 100 ms).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let so_far = loop {
+        let cast = String::from_utf8(ok(&env, &["sessions", "export", &id])).unwrap();
+        if cast.contains("typed-2") {
+            break cast;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not in the live recording: {cast}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(so_far.ends_with('\n'));
+    let events: Vec<Value> = so_far
+        .lines()
+        .skip(1)
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // A shell on pipes: 80x24 in the header; what was typed, as `i`.
+    assert!(so_far.starts_with("{\""));
+    let header: Value = serde_json::from_str(so_far.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].clone(), header["height"].clone()),
+        (80.into(), 24.into())
+    );
+    let typed: Vec<&Value> = events.iter().filter(|e| e[1] == "i").collect();
+    assert_eq!(typed.len(), 1, "{events:?}");
+    assert_eq!(typed[0][2], "echo typed-$((1+1))\n");
+    let printed: String = events
+        .iter()
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap())
+        .collect();
+    assert_eq!(printed, "typed-2\n");
+    writeln!(stdin, "exit").unwrap();
+    assert!(shell.wait().unwrap().success());
+    let s = ended(&env, "shell");
+    finished(&env, s["id"].as_str().unwrap(), "cast");
+}
