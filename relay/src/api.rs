@@ -231,10 +231,13 @@ pub async fn authenticate(
         Ok(c) => c,
         Err(refused) => {
             let why = refused.to_string();
-            let event = Event::new("-", "auth.api.refused", "-")
-                .from(peer.ip())
-                .detail(serde_json::json!({ "why": why }));
-            state.record(event).await?;
+            let now = crate::store::unix_now_ms();
+            if let Some(unrecorded) = state.audit.refusals.take(peer.ip(), now) {
+                let event = Event::new("-", "auth.api.refused", "-")
+                    .from(peer.ip())
+                    .detail(serde_json::json!({ "why": why, "more_unrecorded": unrecorded }));
+                state.record(event).await?;
+            }
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, why));
         }
     };
