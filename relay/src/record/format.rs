@@ -10,8 +10,10 @@
 //!   until its end comes; invalid bytes become U+FFFD.
 //! - Exec: JSON lines. A header (`"kind": "exec"`, `argv`), then one object per
 //!   chunk of output, `{"t", "stream": "stdout"|"stderr"|"stdin", "text"}`, or
-//!   `"base64"` instead of `"text"` when the chunk is not UTF-8 (so the bytes are
-//!   kept exactly), and last `{"t", "exit", "reason"}`.
+//!   `"base64"` instead of `"text"` when the chunk is not UTF-8 or holds control
+//!   characters other than those of terminal text (so the bytes are kept exactly,
+//!   and binary output is not six times its size in escapes), and last
+//!   `{"t", "exit", "reason"}`.
 //! - Forward: JSON lines. A header (`"kind": "forward"`), then one object per
 //!   channel once it is over: destination, open and close times, bytes each way,
 //!   how and why it ended. Never the bytes themselves.
@@ -370,6 +372,15 @@ pub fn exit_json(exit: Exit) -> Value {
     }
 }
 
+/// Text a person reads: no control characters but tab, newline, carriage return,
+/// bell, backspace, form feed and escape (colours). Anything else (a stream of NULs,
+/// a binary file) is smaller as base64 than as JSON's `\u0000` escapes.
+fn readable(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|&b| (b >= 0x20 && b != 0x7f) || matches!(b, b'\t' | b'\n' | b'\r' | 7 | 8 | 12 | 27))
+}
+
 fn exec_chunk(out: &mut Vec<u8>, at: Duration, stream: &str, bytes: &[u8], valid: bool) {
     if bytes.is_empty() {
         return;
@@ -407,7 +418,7 @@ impl ExecLog {
             _ => return,
         };
         let (whole, valid) = carry.push(&data);
-        exec_chunk(out, at, stream, &whole, valid);
+        exec_chunk(out, at, stream, &whole, valid && readable(&whole));
     }
 
     fn finish(&mut self, at: Duration, reason: Option<&str>, out: &mut Vec<u8>) {

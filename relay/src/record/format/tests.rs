@@ -155,6 +155,23 @@ fn an_exec_keeps_stdout_stderr_apart_bytes_exact_and_its_exit_last() {
         },
         &mut out,
     );
+    // Binary output is base64 even when it is valid UTF-8; terminal text is not.
+    enc.push(
+        ms(13),
+        Event::Output {
+            stderr: true,
+            data: b"\0\0\x01".to_vec(),
+        },
+        &mut out,
+    );
+    enc.push(
+        ms(14),
+        Event::Output {
+            stderr: true,
+            data: b"\x1b[31mred\x1b[0m\t\x07\r\n".to_vec(),
+        },
+        &mut out,
+    );
     enc.push(
         ms(20),
         Event::Exit {
@@ -169,6 +186,8 @@ fn an_exec_keeps_stdout_stderr_apart_bytes_exact_and_its_exit_last() {
         "{\"t\":0.010000,\"stream\":\"stdout\",\"text\":\"hi\\n\"}\n\
          {\"t\":0.011000,\"stream\":\"stderr\",\"text\":\"oops\\n\"}\n\
          {\"t\":0.012000,\"stream\":\"stdout\",\"base64\":\"w6n/\"}\n\
+         {\"t\":0.013000,\"stream\":\"stderr\",\"base64\":\"AAAB\"}\n\
+         {\"t\":0.014000,\"stream\":\"stderr\",\"text\":\"\\u001b[31mred\\u001b[0m\\t\\u0007\\r\\n\"}\n\
          {\"t\":0.021000,\"exit\":{\"code\":3},\"reason\":\"\"}\n"
     );
 
