@@ -105,7 +105,29 @@ fn env_dir_file(text: &str) -> std::path::PathBuf {
     p
 }
 
-pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
+/// Bytes of the files in `dir` now (a recording being written grows in place).
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `agents` x `per_agent` sessions of `cat /dev/zero` at 200 kbit/s for `secs`,
+/// the relay's recordings in `mode` (`strict`, the default, or `off`); the rows
+/// are named `label`.
+pub fn scale(
+    label: &'static str,
+    agents: usize,
+    per_agent: usize,
+    secs: u64,
+    mode: &str,
+) -> Vec<Row> {
     // A thousand TLS connections on each side need descriptors.
     let now = rustix::process::getrlimit(rustix::process::Resource::Nofile);
     let lim = rustix::process::Rlimit {
@@ -132,7 +154,7 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
     // connections still authenticating (50 opening at once, two connections each).
     let limits = format!(
         "[limits]\nrate = \"200kbit\"\nmax_sessions = {total}\nidle_timeout = \"none\"\n\
-         [connections]\nmax_unauthenticated_per_ip = 512\n"
+         [connections]\nmax_unauthenticated_per_ip = 512\n[recordings]\nmode = \"{mode}\"\n"
     );
     let cfg = env_dir_file(&limits);
     let env = Env::start_custom(
@@ -169,7 +191,8 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
     let counted: Vec<Arc<AtomicU64>> = (0..total).map(|_| Arc::new(AtomicU64::new(0))).collect();
     let measuring = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let (cpu, peak, agent_rss, opened) = rt.block_on(async {
+    let recordings = env.data().join("recordings");
+    let (cpu, peak, agent_rss, opened, recorded) = rt.block_on(async {
         let relay = Arc::new(env.client());
         // At most 50 sessions being opened at once (the permit was once dropped before
         // the open began, so all 1000 dialled at once).
@@ -209,12 +232,14 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
             .sum();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let cpu0 = cpu_secs(relay_pid);
+        let disk0 = dir_bytes(&recordings);
         measuring.store(true, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_secs(secs / 2)).await;
         let agent_rss = proc_field(agent_pid, "VmRSS:");
         tokio::time::sleep(Duration::from_secs(secs - secs / 2)).await;
         measuring.store(false, Ordering::Relaxed);
         let cpu = cpu_secs(relay_pid) - cpu0;
+        let recorded = dir_bytes(&recordings).saturating_sub(disk0);
         let peak = proc_field(relay_pid, "VmHWM:");
         done.store(true, Ordering::Relaxed);
         // Sessions that failed say why (the first of each kind), so that a count
@@ -228,7 +253,7 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
         for (e, n) in failures {
             eprintln!("scale: {n} session(s) failed: {e}");
         }
-        (cpu, peak, agent_rss, opened)
+        (cpu, peak, agent_rss, opened, recorded)
     });
     let kept = counted
         .iter()
@@ -238,21 +263,21 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
         })
         .count();
     drop(others);
-    vec![
+    let mut rows = vec![
         Row::new(
-            "scale",
-            &format!("sessions open ({agents} agents x {per_agent})"),
+            label,
+            &format!("sessions open ({agents} agents x {per_agent}), recordings {mode}"),
             opened as f64,
         ),
         Row::new(
-            "scale",
+            label,
             &format!("relay CPU over {secs} s at full rate (CPU s)"),
             cpu,
         ),
-        Row::new("scale", "relay CPU (share of one core)", cpu / secs as f64),
-        Row::new("scale", "relay peak RSS (MiB)", peak as f64 / 1024.0),
+        Row::new(label, "relay CPU (share of one core)", cpu / secs as f64),
+        Row::new(label, "relay peak RSS (MiB)", peak as f64 / 1024.0),
         Row::new(
-            "scale",
+            label,
             if static_agent.is_some() {
                 "static agent RSS with 20 sessions at full rate (MiB)"
             } else {
@@ -260,6 +285,14 @@ pub fn scale(agents: usize, per_agent: usize, secs: u64) -> Vec<Row> {
             },
             agent_rss as f64 / 1024.0,
         ),
-        Row::new("scale", "sessions within 5% of 200 kbit/s", kept as f64),
-    ]
+        Row::new(label, "sessions within 5% of 200 kbit/s", kept as f64),
+    ];
+    if mode != "off" {
+        rows.push(Row::new(
+            label,
+            "recordings written while live (MB/s)",
+            recorded as f64 / secs as f64 / 1e6,
+        ));
+    }
+    rows
 }

@@ -7,7 +7,10 @@
 //! - `latency`: 1-byte echo through a shell's PTY in raw mode, Sesame vs `ssh -tt`;
 //! - `setup`: `sesame exec TARGET -- true` vs `ssh host true`, median of 20;
 //! - `scale`: 1000 sessions over 50 agents at full rate for 30 s: relay CPU and peak RSS,
-//!   agent RSS at 20 sessions, sessions that kept their rate;
+//!   agent RSS at 20 sessions, sessions that kept their rate (recordings on, the
+//!   relay's default);
+//! - `recordings`: the `scale` load with recordings off, then on: relay CPU and RSS,
+//!   and what the recordings write while live;
 //! - `idle`: relay and agent RSS, idle; `sizes`: binary sizes;
 //! - `agent20`: static x86_64 agent RSS idle and with 20 sessions;
 //! - `embedded`: the QEMU mps2-an386 firmware: boot to online, `exec uptime` median
@@ -179,6 +182,7 @@ fn main() {
         "latency",
         "setup",
         "scale",
+        "recordings",
         "idle",
         "sizes",
         "agent20",
@@ -227,7 +231,12 @@ fn main() {
                 }
             }
             "setup" => rows.extend(compare::setup(env.as_ref().unwrap(), ssh.as_ref())),
-            "scale" => rows.extend(load::scale(50, 20, 30)),
+            "scale" => rows.extend(load::scale("scale", 50, 20, 30, "strict")),
+            // The cost of recording: the same load, recordings off, then on.
+            "recordings" => {
+                rows.extend(load::scale("recordings", 50, 20, 30, "off"));
+                rows.extend(load::scale("recordings", 50, 20, 30, "strict"));
+            }
             "idle" => rows.extend(idle(env.as_ref().unwrap())),
             "sizes" => rows.extend(sizes()),
             "agent20" => rows.extend(agent20()),
