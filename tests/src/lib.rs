@@ -570,6 +570,32 @@ impl Env {
     }
 }
 
+/// Start `sesame` (a command with its user and arguments, such as `shell gw-01`)
+/// with its standard streams piped, type `line` into it (a line that prints
+/// `ready` first, such as `echo ready; sleep 60`) and wait until `ready` comes
+/// back: a live shell session. Returns the child (stdout and stderr still there)
+/// and its standard input, to keep open as long as the shell should live.
+pub fn live_shell(mut sesame: Command, line: &str) -> (Child, std::process::ChildStdin) {
+    use std::io::{Read, Write};
+    let mut shell = sesame
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = shell.stdin.take().unwrap();
+    writeln!(stdin, "{line}").unwrap();
+    let mut ready = [0u8; 6];
+    shell
+        .stdout
+        .as_mut()
+        .unwrap()
+        .read_exact(&mut ready)
+        .unwrap();
+    assert_eq!(&ready, b"ready\n", "the shell did not start");
+    (shell, stdin)
+}
+
 /// Least-squares slope of (seconds, bytes) points, in bytes per second: a rate that
 /// per-point timing jitter does not disturb.
 pub fn slope(points: &[(f64, f64)]) -> f64 {

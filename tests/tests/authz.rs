@@ -500,18 +500,8 @@ fn revoked_and_expired_keys_are_refused_and_a_lock_ends_a_live_session() {
 /// until it runs, do `end`, and check that the shell ends within a second and
 /// fails; returns what it printed on standard error.
 fn ends_within_a_second(mut sesame: Command, end: impl FnOnce()) -> String {
-    let mut shell = sesame
-        .args(["shell", "gw-01", "--as", "deploy"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = shell.stdin.take().unwrap();
-    stdin.write_all(b"echo ready; sleep 60\n").unwrap();
-    let mut ready = [0u8; 6];
-    shell.stdout.take().unwrap().read_exact(&mut ready).unwrap();
-    assert_eq!(&ready, b"ready\n");
+    sesame.args(["shell", "gw-01", "--as", "deploy"]);
+    let (mut shell, stdin) = tests::live_shell(sesame, "echo ready; sleep 60");
     end();
     let asked = Instant::now();
     let status = wait_exit(&mut shell, Duration::from_secs(10));

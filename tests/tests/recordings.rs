@@ -422,24 +422,9 @@ fn a_running_session_whose_recording_fails_ends_with_the_reason() {
         "[limits]\nrate = \"unlimited\"\n[recordings]\ndir = \"{}\"\n",
         recordings.display()
     ));
-    let mut shell = env
-        .sesame()
-        .args(["shell", "gw-01"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = shell.stdin.take().unwrap();
-    writeln!(stdin, "echo ready").unwrap();
-    let mut ready = [0u8; 6];
-    shell
-        .stdout
-        .as_mut()
-        .unwrap()
-        .read_exact(&mut ready)
-        .unwrap();
-    assert_eq!(&ready, b"ready\n");
+    let mut sesame = env.sesame();
+    sesame.args(["shell", "gw-01"]);
+    let (mut shell, mut stdin) = tests::live_shell(sesame, "echo ready");
     // The user reads all the output (a client that does not read is another story).
     let mut stdout = shell.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {

@@ -111,24 +111,9 @@ impl Team {
     /// A shell of `user` on gw-01 that has run `sleep SECS` (SECS unique to the
     /// caller): the child, its stdin kept open, and the session's id.
     fn live_shell(&self, user: &str, secs: &str) -> (Child, std::process::ChildStdin, String) {
-        let mut shell = self
-            .sesame(user)
-            .args(["shell", "gw-01"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut stdin = shell.stdin.take().unwrap();
-        writeln!(stdin, "echo ready; sleep {secs}").unwrap();
-        let mut ready = [0u8; 6];
-        shell
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut ready)
-            .unwrap();
-        assert_eq!(&ready, b"ready\n");
+        let mut sesame = self.sesame(user);
+        sesame.args(["shell", "gw-01"]);
+        let (shell, stdin) = tests::live_shell(sesame, &format!("echo ready; sleep {secs}"));
         tests::wait_for_process(format!("sleep\0{secs}\0").as_bytes());
         let live: Vec<Value> = self
             .sessions(user, &[])
