@@ -627,7 +627,13 @@ pub async fn serve(
         .store
         .session_finished(&session.id, ended_by.as_deref(), traffic)
         .await;
-    let exit = state.store.session_exit(&session.id).await.ok().flatten();
+    let mut exit = state.store.session_exit(&session.id).await.ok().flatten();
+    if let (None, Err(why)) = (&exit, &outcome) {
+        // Ended here (the client left, a timer fired) before the agent's answer
+        // was on record: this is why it ended (the first end recorded stands).
+        let _ = state.store.end_session(&session.id, why).await;
+        exit = Some(why.clone());
+    }
     // The recording's last lines, compressed, and its hash into the audit chain.
     let recording = recorder
         .finish(outcome.as_ref().err().map(String::as_str))
