@@ -290,19 +290,7 @@ async fn terminate(
     } else {
         serde_json::from_slice(&body).map_err(|e| bad(format!("invalid request body: {e}")))?
     };
-    let s =
-        state.store.session_info(&id).await?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("unknown session '{id}'"))
-        })?;
-    let mut subjects = Subjects::default();
-    subjects
-        .learn(&state.store, &s.user_id, &s.agent_id)
-        .await?;
-    let r = subjects.resource(&s.id, &s.user_id, &s.agent_id, &s.kind, &s.run_as);
-    let c = Circumstances::new(peer.ip());
-    state
-        .require(&caller.user, Action::Terminate, &r, &c)
-        .await?;
+    let s = session_for(&state, &caller, peer, &id, Action::Terminate).await?;
     let why = termination(&caller.user.name, req.reason.as_deref()).map_err(bad)?;
     if !state.live.contains(&s.id) {
         return Err(ApiError::new(
@@ -324,6 +312,29 @@ async fn terminate(
     }
     info!(session = %s.id, user = %caller.user.name, "session ended: {why}");
     Ok(Json(Terminated { terminated: true }))
+}
+
+/// The session `id`, once `caller` is allowed `action` on it (decided and recorded
+/// with `require`); 404 when there is no such session.
+pub(crate) async fn session_for(
+    state: &AppState,
+    caller: &crate::store::Caller,
+    peer: SocketAddr,
+    id: &str,
+    action: Action,
+) -> Result<crate::store::SessionRow, ApiError> {
+    let s =
+        state.store.session_info(id).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::NOT_FOUND, format!("unknown session '{id}'"))
+        })?;
+    let mut subjects = Subjects::default();
+    subjects
+        .learn(&state.store, &s.user_id, &s.agent_id)
+        .await?;
+    let r = subjects.resource(&s.id, &s.user_id, &s.agent_id, &s.kind, &s.run_as);
+    let c = Circumstances::new(peer.ip());
+    state.require(&caller.user, action, &r, &c).await?;
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -69,17 +69,7 @@ async fn read(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let caller = authenticate(&state, &headers, peer).await?;
-    let s =
-        state.store.session_info(&id).await?.ok_or_else(|| {
-            ApiError::new(StatusCode::NOT_FOUND, format!("unknown session '{id}'"))
-        })?;
-    let mut subjects = Subjects::default();
-    subjects
-        .learn(&state.store, &s.user_id, &s.agent_id)
-        .await?;
-    let r = subjects.resource(&s.id, &s.user_id, &s.agent_id, &s.kind, &s.run_as);
-    let c = Circumstances::new(peer.ip());
-    state.require(&caller.user, Action::Replay, &r, &c).await?;
+    let s = crate::sessions::session_for(&state, &caller, peer, &id, Action::Replay).await?;
     let recordings = state.recordings.clone();
     let sid = s.id.clone();
     let opened = tokio::task::spawn_blocking(move || recordings.open(&sid))
