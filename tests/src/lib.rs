@@ -332,23 +332,9 @@ impl Env {
 
     /// Run `sesame args...` with `stdin` and collect its output.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
-        use std::io::Write;
-        let mut child = self
-            .sesame()
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut si = child.stdin.take().unwrap();
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = si.write_all(&data);
-        });
-        let out = child.wait_with_output().unwrap();
-        let _ = writer.join();
-        out
+        let mut sesame = self.sesame();
+        sesame.args(args);
+        run_with(sesame, stdin)
     }
 
     /// The relay's view of the agents (`sesame ls --json`), or why it is not known.
@@ -568,6 +554,26 @@ impl Env {
             ports,
         }
     }
+}
+
+/// Run `cmd` with `stdin` (written from a thread, so a command that answers before
+/// it has read all of it cannot block us) and collect its output.
+pub fn run_with(mut cmd: Command, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut si = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = si.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    let _ = writer.join();
+    out
 }
 
 /// Start `sesame` (a command with its user and arguments, such as `shell gw-01`)

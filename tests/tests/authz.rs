@@ -116,16 +116,9 @@ impl Fleet {
     }
 
     fn run(&self, user: &str, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .as_user(user)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child.stdin.take().unwrap().write_all(stdin).unwrap();
-        child.wait_with_output().unwrap()
+        let mut sesame = self.as_user(user);
+        sesame.args(args);
+        tests::run_with(sesame, stdin)
     }
 }
 

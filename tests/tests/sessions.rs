@@ -3,8 +3,8 @@
 //! ends a live shell within a second and its user reads who ended it and why.
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::process::{Child, Command, Output, Stdio};
+use std::io::Read;
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -64,22 +64,9 @@ impl Team {
     }
 
     fn run(&self, user: &str, args: &[&str], stdin: &[u8]) -> Output {
-        let mut child = self
-            .sesame(user)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut si = child.stdin.take().unwrap();
-        let data = stdin.to_vec();
-        let writer = std::thread::spawn(move || {
-            let _ = si.write_all(&data);
-        });
-        let out = child.wait_with_output().unwrap();
-        let _ = writer.join();
-        out
+        let mut sesame = self.sesame(user);
+        sesame.args(args);
+        tests::run_with(sesame, stdin)
     }
 
     /// What `user` prints on stdout, having succeeded.
