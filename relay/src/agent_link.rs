@@ -43,16 +43,6 @@ pub fn encode(f: &Frame) -> Vec<u8> {
     buf
 }
 
-/// The address part of a peer's `ip:port` (the audit log keeps addresses).
-fn peer_ip(peer: &str) -> &str {
-    peer.parse::<std::net::SocketAddr>()
-        .map(|_| {
-            peer.rsplit_once(':')
-                .map_or(peer, |(ip, _)| ip.trim_matches(['[', ']']))
-        })
-        .unwrap_or(peer)
-}
-
 /// The relay's `Hello`.
 pub fn relay_hello() -> Frame<'static> {
     Frame::Hello(Hello {
@@ -80,7 +70,7 @@ async fn recv_binary(ws: &mut futures_util::stream::SplitStream<WebSocket>) -> O
 pub async fn serve(
     socket: WebSocket,
     state: AppState,
-    peer: String,
+    peer: std::net::SocketAddr,
     admitted: Option<crate::server::Admitted>,
 ) {
     let (mut sink, mut stream) = socket.split();
@@ -129,7 +119,7 @@ pub async fn serve(
         Err(Some(msg)) => {
             warn!(%peer, "agent refused: {msg}");
             let refused = Event::new("-", "auth.agent.refused", "-")
-                .from(peer_ip(&peer))
+                .from(peer.ip())
                 .detail(serde_json::json!({ "why": msg }));
             if let Err(e) = state.audit.record(refused).await {
                 warn!("{e}");
@@ -171,7 +161,7 @@ pub async fn serve(
         "auth.agent",
         agent.name.clone(),
     )
-    .from(peer_ip(&peer))
+    .from(peer.ip())
     .detail(serde_json::json!({ "id": agent.id, "default_account": default_account }));
     if let Err(e) = state.audit.record(online).await {
         // Fail closed: an agent whose connection is not in the log serves nothing.
@@ -219,7 +209,7 @@ pub async fn serve(
         "agent.offline",
         agent.name.clone(),
     )
-    .from(peer_ip(&peer))
+    .from(peer.ip())
     .detail(serde_json::json!({ "why": reason }));
     if let Err(e) = state.audit.record(offline).await {
         warn!(agent = %agent.name, "{e}");

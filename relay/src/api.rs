@@ -812,7 +812,5 @@ async fn agent_socket(
         .max_frame_size(MAX_MESSAGE)
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
-        .on_upgrade(move |socket| {
-            crate::agent_link::serve(socket, state, peer.to_string(), admitted)
-        })
+        .on_upgrade(move |socket| crate::agent_link::serve(socket, state, peer, admitted))
 }

@@ -6,11 +6,12 @@ use agent_core::wire::{Bytes, ErrorCode};
 
 use super::*;
 
-/// A fresh directory under the system's temporary one, removed on drop.
-struct Dir(PathBuf);
+/// A fresh directory under the system's temporary one, removed on drop (the
+/// writer's tests use it too).
+pub(crate) struct Dir(pub(crate) PathBuf);
 
 impl Dir {
-    fn new(tag: &str) -> Dir {
+    pub(crate) fn new(tag: &str) -> Dir {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let p =

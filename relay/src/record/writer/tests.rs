@@ -3,26 +3,7 @@ use std::io::Read;
 use super::*;
 use crate::record::format::{KindMeta, Meta};
 
-/// A fresh directory under the system's temporary one, removed on drop.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let p =
-            std::env::temp_dir().join(format!("sesame-writer-{tag}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        Dir(p)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::record::tests::Dir;
 
 fn exec_encoder() -> (Encoder, Vec<u8>) {
     Encoder::new(&Meta {
