@@ -262,15 +262,46 @@ impl Relay {
             .parse()
             .with_context(|| format!("bad stream URL '{url}'"))?;
         let (host, port) = host_port(&uri, 443)?;
-        let tls = self.dial(&host, port).await?;
+        self.websocket(&host, port, &format!("{url}?token={token}"), None)
+            .await
+    }
+
+    /// Open the API's WebSocket at `path` (joining a session), with the API key.
+    pub async fn open_api_socket(&self, path: &str) -> anyhow::Result<Stream> {
+        let host = if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        };
+        let url = format!("wss://{host}{path}");
+        let key = format!("Bearer {}", self.api_key);
+        self.websocket(&self.host, self.port, &url, Some(&key))
+            .await
+    }
+
+    async fn websocket(
+        &self,
+        host: &str,
+        port: u16,
+        url: &str,
+        authorization: Option<&str>,
+    ) -> anyhow::Result<Stream> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let tls = self.dial(host, port).await?;
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(agent_core::wire::DEFAULT_MAX_FRAME as usize + 1024);
         ws_config.max_frame_size = ws_config.max_message_size;
         // tungstenite's 128 KiB defaults are far more than one frame needs.
         ws_config.read_buffer_size = 16 * 1024;
         ws_config.write_buffer_size = 16 * 1024;
-        let full = format!("{url}?token={token}");
-        match tokio_tungstenite::client_async_with_config(full, tls, Some(ws_config)).await {
+        let mut req = url
+            .into_client_request()
+            .with_context(|| format!("bad stream URL '{url}'"))?;
+        if let Some(a) = authorization {
+            req.headers_mut()
+                .insert("authorization", a.parse().context("bad API key")?);
+        }
+        match tokio_tungstenite::client_async_with_config(req, tls, Some(ws_config)).await {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
                 let msg = resp

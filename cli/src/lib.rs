@@ -4,6 +4,7 @@
 //! pushes short-lived SSH keys through a Sesame relay, as the account the user asks
 //! for (`--as`) when the relay's policies permit it; checks policies
 //! (`sesame policy check`), lists and terminates sessions (`sesame sessions`),
+//! watches a live one read-only (`sesame join`),
 //! replays, exports and searches their recordings (`sesame replay`, `sesame
 //! sessions export`, `sesame recordings grep`) and administers users, keys,
 //! agents, policies and locks (`sesame admin`). Settings
@@ -25,6 +26,7 @@ pub mod audit;
 pub mod client;
 pub mod config;
 pub mod forward;
+pub mod join;
 pub mod ls;
 pub mod policy;
 pub mod recordings;

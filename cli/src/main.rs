@@ -121,6 +121,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cli::sessions::SessionsCmd,
     },
+    /// Watch a live shell session, read-only: its screen now, then as it happens.
+    Join(cli::join::Join),
     /// Play a session's recording in the terminal, with its timing.
     Replay(cli::replay::Replay),
     /// Session recordings: search their output.
@@ -290,6 +292,7 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
             cli::sessions::run(&relay, cmd).await?;
             Ok(0)
         }
+        Cmd::Join(j) => cli::join::run(&relay, &j).await,
         Cmd::Replay(r) => {
             cli::replay::run(&relay, &r).await?;
             Ok(0)

@@ -55,7 +55,8 @@ pub fn exit_code(exit: Exit) -> i32 {
     }
 }
 
-fn stdin_reader() -> mpsc::Receiver<Vec<u8>> {
+/// Standard input, read on a thread of its own, in chunks.
+pub fn stdin_reader() -> mpsc::Receiver<Vec<u8>> {
     // A plain thread: blocking stdin reads never hold up the runtime, and the
     // channel bound is the only buffering.
     let (tx, rx) = mpsc::channel(4);
@@ -266,7 +267,15 @@ pub async fn run(
                         return Ok(exit_code(exit));
                     }
                     Ok(Frame::Error { message, .. }) => bail!("{message}"),
+                    Ok(Frame::Notice { message, .. }) => {
+                        // Not the session's output: a line of its own, on stderr.
+                        let line = format!("\r\nsesame: {}\r\n", crate::terminal::printable(message));
+                        stderr.write_all(line.as_bytes()).await?;
+                        stderr.flush().await?;
+                    }
                     Ok(_) => {}
+                    // A newer relay may send frame types this client does not know.
+                    Err(agent_core::DecodeError::UnknownFrame { .. }) => {}
                     Err(e) => bail!("malformed frame from the relay: {e}"),
                 }
             }

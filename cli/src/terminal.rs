@@ -53,3 +53,20 @@ pub fn size() -> Option<(u16, u16)> {
     };
     (ws.ws_col > 0 && ws.ws_row > 0).then_some((ws.ws_col, ws.ws_row))
 }
+
+/// `text` with control characters (escape sequences a relay or another user could
+/// slip in) shown as `?`, for a line written to the user's terminal.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_do_not_reach_the_terminal() {
+        assert_eq!(super::printable("bob joined"), "bob joined");
+        assert_eq!(super::printable("x\x1b[2Jy\r\n"), "x?[2Jy??");
+    }
+}

@@ -377,11 +377,7 @@ async fn route_from_agent(
         }
         Frame::Close { sid, exit, reason } => {
             if let Some(route) = handle.remove_route(sid) {
-                let outcome = match exit {
-                    Exit::Code(c) => format!("exit {c}"),
-                    Exit::Signal(s) => format!("signal {s}"),
-                    Exit::Aborted(code) => format!("aborted ({}): {reason}", code.0),
-                };
+                let outcome = crate::record::format::exit_line(exit, reason);
                 // On record before the client hears of it.
                 let _ = state.store.end_session(&route.session_id, &outcome).await;
                 let _ = route.push(&frame);

@@ -1,11 +1,14 @@
 //! The sessions this relay is serving now, so that a revoked key, a lock or a
 //! revoked agent can end them at once (each session's task watches its entry and
-//! closes both sides with the reason).
+//! closes both sides with the reason), someone can join one (its recording's
+//! [`Watch`]), and its user can be told so (a notice).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::record::Watch;
 
 /// Who a live session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +24,9 @@ pub struct Owner {
 struct Entry {
     owner: Owner,
     end: watch::Sender<Option<String>>,
+    notices: mpsc::UnboundedSender<String>,
+    /// Its recording, to be joined (a shell session being recorded).
+    watch: Option<Watch>,
 }
 
 /// The live sessions, by session id.
@@ -44,6 +50,17 @@ pub struct Registration {
     id: String,
     /// Becomes `Some(reason)` when the session must end.
     pub ended: watch::Receiver<Option<String>>,
+    /// Lines for the session's user (someone joined or left).
+    pub notices: mpsc::UnboundedReceiver<String>,
+}
+
+impl Registration {
+    /// The session can be joined through its recording's `watch`.
+    pub fn joinable(&self, watch: Watch) {
+        if let Some(e) = self.live.lock().get_mut(&self.id) {
+            e.watch = Some(watch);
+        }
+    }
 }
 
 impl Drop for Registration {
@@ -60,12 +77,19 @@ impl Live {
     /// Note a session as live.
     pub fn register(self: &Arc<Self>, session_id: &str, owner: Owner) -> Registration {
         let (end, ended) = watch::channel(None);
-        self.lock()
-            .insert(session_id.to_string(), Entry { owner, end });
+        let (tell, notices) = mpsc::unbounded_channel();
+        let entry = Entry {
+            owner,
+            end,
+            notices: tell,
+            watch: None,
+        };
+        self.lock().insert(session_id.to_string(), entry);
         Registration {
             live: self.clone(),
             id: session_id.to_string(),
             ended,
+            notices,
         }
     }
 
@@ -80,15 +104,34 @@ impl Live {
         n
     }
 
-    /// End one live session. Returns whether it was live.
+    /// End one live session. Returns whether this ended it: `false` when it is not
+    /// live, or something else ended it first (the first reason stands).
     pub fn end(&self, session_id: &str, reason: &str) -> bool {
         match self.lock().get(session_id) {
-            Some(e) => {
-                e.end.send_replace(Some(reason.to_string()));
-                true
-            }
+            Some(e) => e.end.send_if_modified(|why| {
+                let first = why.is_none();
+                if first {
+                    *why = Some(reason.to_string());
+                }
+                first
+            }),
             None => false,
         }
+    }
+
+    /// A live session's owner and its recording's [`Watch`] (`None` when it is not
+    /// being recorded), to join it.
+    pub fn watch(&self, session_id: &str) -> Option<(Owner, Option<Watch>)> {
+        self.lock()
+            .get(session_id)
+            .map(|e| (e.owner.clone(), e.watch.clone()))
+    }
+
+    /// Tell a live session's user `line`. Returns whether it is live.
+    pub fn notify(&self, session_id: &str, line: &str) -> bool {
+        self.lock()
+            .get(session_id)
+            .is_some_and(|e| e.notices.send(line.to_string()).is_ok())
     }
 
     /// Whether a session is live.
@@ -134,6 +177,8 @@ mod tests {
         assert_eq!(live.end_where(|o| o.agent_id == "ag-1", "agent locked"), 2);
         assert_eq!(c.ended.borrow().as_deref(), Some("agent locked"));
         assert!(live.end("s-2", "terminated"));
+        assert!(!live.end("s-2", "terminated again"), "the first end stands");
+        assert_eq!(b.ended.borrow().as_deref(), Some("terminated"));
         assert!(live.contains("s-2"));
         drop((a, b, c));
         assert!(live.is_empty());

@@ -38,8 +38,9 @@ pub const SCHEMA: &str = include_str!("../../docs/sesame.cedarschema");
 pub const ADMINS: &str = "admins";
 
 /// The built-in policy that makes [`ADMINS`] administrators.
-const BUILTIN: &str =
-    "@id(\"builtin-admins\")\npermit (principal in Group::\"admins\", action, resource);\n";
+/// (`record_input` is not a permission but a wish: admins' keystrokes are not
+/// recorded unless a policy says so.)
+const BUILTIN: &str = "@id(\"builtin-admins\")\npermit (principal in Group::\"admins\", action, resource)\nunless { action == Action::\"record_input\" };\n";
 
 /// What a user asks to do. The names are the Cedar actions (`Action::"shell"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -74,11 +75,14 @@ pub enum Action {
     AdminLocks,
     /// Read the audit log, sign a checkpoint.
     Audit,
+    /// Not a permission: a policy that allows it on a session asks for that
+    /// session's input to be recorded (keystrokes hold passwords: off by default).
+    RecordInput,
 }
 
 impl Action {
     /// Every action.
-    pub const ALL: [Action; 15] = [
+    pub const ALL: [Action; 16] = [
         Action::List,
         Action::Shell,
         Action::Exec,
@@ -94,6 +98,7 @@ impl Action {
         Action::AdminPolicies,
         Action::AdminLocks,
         Action::Audit,
+        Action::RecordInput,
     ];
 
     /// The Cedar action's name.
@@ -114,6 +119,7 @@ impl Action {
             Action::AdminPolicies => "admin_policies",
             Action::AdminLocks => "admin_locks",
             Action::Audit => "audit",
+            Action::RecordInput => "record_input",
         }
     }
 

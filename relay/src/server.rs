@@ -461,14 +461,16 @@ impl Connection {
                 let shared = shared.clone();
                 async move {
                     let path = req.uri().path();
-                    let stream = path.starts_with("/v1/stream/");
+                    // The session stream upgrades only with a redeemed token, a join
+                    // only for an authenticated observer.
+                    let stream = path.starts_with("/v1/stream/")
+                        || (path.starts_with("/v1/sessions/") && path.ends_with("/join"));
                     let resp = match tokio::time::timeout(request_timeout, app.call(req)).await {
                         Ok(r) => r?,
                         Err(_) => timed_out(),
                     };
                     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
                         if stream {
-                            // The stream endpoint upgrades only with a redeemed token.
                             shared.authenticated();
                         }
                         shared.upgrading.notify_one();

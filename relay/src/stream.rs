@@ -24,6 +24,75 @@ use crate::store::{SessionRow, SessionSpec, Traffic};
 
 /// The client must send `Open` within this.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a forward channel's decision may wait for its audit row (the channel
+/// is refused after that, and the session's other channels are not held up more).
+const AUDIT_WAIT: Duration = Duration::from_secs(5);
+
+/// A forward session's open channels, for the audit row of each one's close.
+#[derive(Default)]
+struct Channels(std::collections::HashMap<u16, Channel>);
+
+struct Channel {
+    host: String,
+    port: u16,
+    opened: Instant,
+    to_dest: u64,
+    from_dest: u64,
+}
+
+impl Channels {
+    fn opened(&mut self, ch: u16, host: &str, port: u16) {
+        let c = Channel {
+            host: host.into(),
+            port,
+            opened: Instant::now(),
+            to_dest: 0,
+            from_dest: 0,
+        };
+        self.0.insert(ch, c);
+    }
+
+    /// Count a data frame's payload on its channel.
+    fn data(&mut self, ch: u16, n: usize, to_dest: bool) {
+        if let Some(c) = self.0.get_mut(&ch) {
+            *(if to_dest {
+                &mut c.to_dest
+            } else {
+                &mut c.from_dest
+            }) += n as u64;
+        }
+    }
+
+    /// The channel is over (`reason` empty: cleanly): its `forward.close` event.
+    fn closed(&mut self, ch: u16, reason: &str) -> Option<serde_json::Value> {
+        let c = self.0.remove(&ch)?;
+        Some(serde_json::json!({
+            "channel": ch,
+            "host": c.host,
+            "port": c.port,
+            "bytes_to_dest": c.to_dest,
+            "bytes_from_dest": c.from_dest,
+            "duration_ms": c.opened.elapsed().as_millis() as u64,
+            "reason": reason,
+        }))
+    }
+
+    /// What an agent's frame says of the channels: a channel's close (or its
+    /// refusal by the agent) as its event; its data counted.
+    fn agent_frame(&mut self, bytes: &[u8]) -> Option<serde_json::Value> {
+        match Frame::decode(bytes).ok()? {
+            Frame::Data { ch, data, .. } => {
+                self.data(ch, data.0.len(), false);
+                None
+            }
+            Frame::ChannelClose { ch, reason, .. } => self.closed(ch, reason),
+            Frame::ChannelReject { ch, reason, .. } => {
+                self.closed(ch, &format!("the agent refused: {reason}"))
+            }
+            _ => None,
+        }
+    }
+}
 
 /// Frames a client may send on its stream after `Open`.
 fn client_may_send(f: &Frame) -> bool {
@@ -103,7 +172,11 @@ async fn authorise_channel(
             "policies": d.policies,
             "policy_version": d.version,
         }));
-    state.audit.record(event).await.map_err(|e| e.to_string())?;
+    match tokio::time::timeout(AUDIT_WAIT, state.audit.record(event)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("the audit log is not answering: the channel is refused".into()),
+    }
     if d.allow {
         Ok(host)
     } else {
@@ -254,8 +327,9 @@ pub async fn serve(
     }
     // The recording, made before the agent hears of the session: one that cannot
     // be made refuses it (strict mode).
+    let asks_input = input_recorded(&state, &user, &target, &session, peer);
     let mut recorder = match recording_meta(&msg, &session, &user.name, &target.name) {
-        Some(meta) => match state.recordings.start(meta).await {
+        Some(meta) => match state.recordings.start(meta, asks_input).await {
             Ok(r) => r,
             Err(why) => {
                 refuse(
@@ -272,6 +346,11 @@ pub async fn serve(
         },
         None => Recorder::off(),
     };
+    if let Some(watch) = recorder.watch() {
+        registration.joinable(watch);
+    }
+    detail["recorded"] = recorder.active().into();
+    detail["input_recorded"] = (recorder.active() && recorder.records_input()).into();
     let start = Event::new(user.name.clone(), "session.start", session.id.clone())
         .from(peer)
         .detail(detail);
@@ -407,6 +486,8 @@ pub async fn serve(
     };
     let mut pace_in = session.rate.map(bucket);
     let mut pace_out = session.rate.map(bucket);
+    let mut channels = Channels::default();
+    let is_forward = session.kind == "forward";
     // A frame waiting for its direction's bucket; its source is not read meanwhile.
     let mut hold_in: Option<Routed> = None;
     let mut hold_out: Option<Routed> = None;
@@ -460,6 +541,13 @@ pub async fn serve(
                 close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
                 break Err(why);
             }
+            Some(line) = registration.notices.recv() => {
+                // Someone joined or left: the user hears of it.
+                let notice = encode(&Frame::Notice { sid: client_sid, message: &line });
+                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(notice.into()))).await {
+                    break Err(e.client(timers.reason(last_activity)));
+                }
+            }
             _ = registration.ended.changed() => {
                 // The agent is told first (below), then the client: a client that
                 // does not read must not delay the end of the processes.
@@ -473,6 +561,11 @@ pub async fn serve(
                 };
                 queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
                 traffic.bytes_out += routed.payload as u64;
+                if is_forward {
+                    if let Some(closed) = channels.agent_frame(&routed.bytes) {
+                        channel_closed(&state, &user.name, &session.id, peer, closed);
+                    }
+                }
                 // On record before the client has it.
                 if let Err(why) = recorder.agent_frame(&routed.bytes).await {
                     if !routed.last {
@@ -533,6 +626,7 @@ pub async fn serve(
                         match authorise_channel(&state, &user, &target, &session, peer, (host, port, ch)).await {
                             Ok(h) => {
                                 canonical = h;
+                                channels.opened(ch, &canonical, port);
                                 Frame::ChannelOpen { sid, ch, window, host: &canonical, port }
                             }
                             Err(reason) => {
@@ -573,6 +667,11 @@ pub async fn serve(
                     break Err("client protocol error".into());
                 }
                 traffic.bytes_in += out.payload as u64;
+                if is_forward {
+                    if let Ok(Frame::Data { ch, .. }) = Frame::decode(&out.bytes) {
+                        channels.data(ch, out.payload, true);
+                    }
+                }
                 if out.payload > 0 {
                     last_activity = Instant::now();
                     if pace_in.is_some() && ready(&pace_in) > Instant::now() {
@@ -615,6 +714,17 @@ pub async fn serve(
                     let _ = state.store.end_session(&session.id, why).await;
                 }
             }
+        }
+    }
+    // Channels still open end with the session.
+    let open: Vec<u16> = channels.0.keys().copied().collect();
+    for ch in open {
+        let why = outcome
+            .as_ref()
+            .err()
+            .map_or("the session ended", String::as_str);
+        if let Some(closed) = channels.closed(ch, why) {
+            channel_closed(&state, &user.name, &session.id, peer, closed);
         }
     }
     // On record before the client hears of the end: the bytes, and the reason when
@@ -673,6 +783,46 @@ pub async fn serve(
         }
     })
     .await;
+}
+
+/// Whether a policy asks for the session's input to be recorded (`record_input`).
+fn input_recorded(
+    state: &AppState,
+    user: &crate::store::UserRow,
+    target: &crate::policy::Target,
+    session: &SessionRow,
+    peer: std::net::IpAddr,
+) -> bool {
+    let owner = user.principal();
+    let r = Resource::Session {
+        id: &session.id,
+        owner: &owner,
+        agent: target,
+        kind: &session.kind,
+        run_as: &session.run_as,
+    };
+    let c = Circumstances::new(peer);
+    state.decide(user, Action::RecordInput, &r, &c).allow
+}
+
+/// A forward channel's close into the audit log, off the session's path (the
+/// channel is over either way; a row that cannot be written is logged).
+fn channel_closed(
+    state: &AppState,
+    user: &str,
+    session: &str,
+    peer: std::net::IpAddr,
+    detail: serde_json::Value,
+) {
+    let event = Event::new(user.to_string(), "forward.close", session.to_string())
+        .from(peer)
+        .detail(detail);
+    let audit = state.audit.clone();
+    tokio::spawn(async move {
+        if let Err(e) = audit.record(event).await {
+            warn!("forward channel close not in the audit log: {e}");
+        }
+    });
 }
 
 /// The recording's facts for a session whose `Open` is `open`; `None` for a kind

@@ -637,3 +637,194 @@ fn a_live_recording_reads_up_to_now_and_input_is_recorded_only_when_asked() {
     let s = ended(&env, "shell");
     finished(&env, s["id"].as_str().unwrap(), "cast");
 }
+
+/// Everything `pipe` gives, gathered on a thread.
+fn gather(mut pipe: impl Read + Send + 'static) -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let into = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    seen
+}
+
+/// Wait (10 s at most) until `seen` holds `text`.
+fn wait_for(seen: &std::sync::Mutex<Vec<u8>>, text: &str, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+        if now.contains(text) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never showed {text:?}: {now:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+const JOIN_POLICIES: &str = r#"
+@id("lab")
+permit (principal, action in [Action::"shell", Action::"exec"], resource);
+
+@id("own-sessions")
+permit (principal, action == Action::"sessions_list", resource)
+when { resource.owner == principal };
+
+@id("leads-watch")
+permit (principal in Group::"leads", action == Action::"observe", resource);
+
+@id("record-alice-keys")
+permit (principal == User::"alice", action == Action::"record_input", resource);
+"#;
+
+#[test]
+fn join_shows_the_screen_then_live_output_read_only_and_the_user_is_told() {
+    let policies = TempDir::new("join-policies");
+    std::fs::write(policies.0.join("team.cedar"), JOIN_POLICIES).unwrap();
+    let env = Env::start_with(&["--policies", policies.0.to_str().unwrap()]);
+    let data = env.data();
+    let alice = admin(&data, &["user", "add", "alice"]);
+    let dave = admin(&data, &["user", "add", "dave", "--group", "leads"]);
+    let carol = admin(&data, &["user", "add", "carol"]);
+    let as_user = |key: &str| {
+        let mut c = env.sesame();
+        c.env("SESAME_API_KEY", key);
+        c
+    };
+    let mut shell_cmd = as_user(&alice);
+    shell_cmd.args(["shell", "gw-01"]);
+    let (mut shell, mut typing) = tests::live_shell(shell_cmd, "echo ready");
+    let shell_out = gather(shell.stdout.take().unwrap());
+    let shell_err = gather(shell.stderr.take().unwrap());
+    writeln!(typing, "echo before-$((2+3))").unwrap();
+    wait_for(&shell_out, "before-5", "alice's shell");
+    let listed: Vec<Value> = serde_json::from_slice(
+        &as_user(&alice)
+            .args(["sessions", "ls", "--json"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+
+    // Without a policy: refused, word for word.
+    let out = as_user(&carol)
+        .args(["join", &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        text(&out).1,
+        format!("error: denied: carol may not observe on session {id} (no policy permits it)\n")
+    );
+
+    // A lead joins: the screen as it is (drawn from the recording), then live.
+    let mut watcher = as_user(&dave)
+        .args(["join", &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut keys = watcher.stdin.take().unwrap();
+    let seen = gather(watcher.stdout.take().unwrap());
+    let said = gather(watcher.stderr.take().unwrap());
+    wait_for(&seen, "before-5", "the observer's screen");
+    wait_for(
+        &shell_err,
+        "sesame: dave joined this session (read-only)",
+        "alice's terminal",
+    );
+    writeln!(typing, "echo after-$((3+4))").unwrap();
+    wait_for(&seen, "after-7", "the observer's live view");
+    // Read-only: what the observer types goes nowhere.
+    writeln!(keys, "echo from-dave").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    writeln!(typing, "echo still-alice").unwrap();
+    wait_for(&seen, "still-alice", "the observer's live view");
+    let alice_saw = String::from_utf8_lossy(&shell_out.lock().unwrap()).into_owned();
+    assert!(!alice_saw.contains("from-dave"), "{alice_saw}");
+    // Leaving (q): the user is told, and the observer reads why it stopped.
+    write!(keys, "q").unwrap();
+    assert!(watcher.wait().unwrap().success());
+    wait_for(&said, "sesame: you left", "the observer's stderr");
+    wait_for(
+        &shell_err,
+        "sesame: dave left this session",
+        "alice's terminal",
+    );
+
+    // A second observer sees the session end with its exit.
+    let mut second = as_user(&dave)
+        .args(["join", &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _keys2 = second.stdin.take().unwrap();
+    let seen2 = gather(second.stdout.take().unwrap());
+    let said2 = gather(second.stderr.take().unwrap());
+    wait_for(&seen2, "still-alice", "the second observer's screen");
+    writeln!(typing, "exit").unwrap();
+    assert!(shell.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+    wait_for(
+        &said2,
+        "sesame: the session ended: exit 0",
+        "the second observer's stderr",
+    );
+
+    // Over: nothing to join.
+    let out = as_user(&dave)
+        .args(["join", &id])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&out).1,
+        format!("error: session {id} is not running\n")
+    );
+
+    // In the audit log: two joins and two leaves by dave, carol's refusal; and a
+    // policy asked for alice's keystrokes to be recorded.
+    let log = String::from_utf8(ok(&env, &["audit", "export", "--since", "1h"])).unwrap();
+    let rows: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |event: &str| -> Vec<&Value> {
+        rows.iter()
+            .filter(|r| r["event"] == event && r["target"] == id.as_str())
+            .collect()
+    };
+    let joins = of("session.join");
+    assert_eq!(joins.len(), 2, "{joins:?}");
+    assert!(joins
+        .iter()
+        .all(|r| r["actor"] == "dave" && r["detail"]["owner"] == "alice"));
+    let leaves = of("session.leave");
+    assert_eq!(leaves.len(), 2, "{leaves:?}");
+    assert_eq!(leaves[0]["detail"]["why"], "the observer left");
+    assert_eq!(leaves[1]["detail"]["why"], "the session ended: exit 0");
+    let refused: Vec<&Value> = of("authz.decision")
+        .into_iter()
+        .filter(|r| r["actor"] == "carol")
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0]["detail"]["allow"], false);
+    let start = &of("session.start")[0];
+    assert_eq!(start["detail"]["input_recorded"], true, "{start}");
+    let cast = String::from_utf8(ok(&env, &["sessions", "export", &id])).unwrap();
+    assert!(cast.contains(r#""i", "echo after-$((3+4))\n"]"#), "{cast}");
+}

@@ -3,7 +3,7 @@
 use super::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// One protocol message. The variant order is the wire frame type (0..=20).
+/// One protocol message. The variant order is the wire frame type (0..=21).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame<'a> {
     /// 0: first frame in each direction: version and capabilities.
@@ -177,6 +177,14 @@ pub enum Frame<'a> {
         sid: u32,
         /// Bytes per second.
         rate: u32,
+    },
+    /// 21: relay -> client: a line for the session's user, not part of its output
+    /// (someone joined the session, or left it). Agents never see it.
+    Notice {
+        /// Session id.
+        sid: u32,
+        /// The line.
+        message: &'a str,
     },
 }
 

@@ -30,7 +30,7 @@ pub const MIN_MAX_FRAME: u32 = 512;
 /// Bytes of a `Data` frame that are not payload, at most (type, sid, ch, stream, len).
 pub const DATA_OVERHEAD: usize = 1 + 5 + 3 + 1 + 5;
 /// Number of frame types this version knows.
-pub const FRAME_TYPES: u32 = 21;
+pub const FRAME_TYPES: u32 = 22;
 
 impl<'a> Frame<'a> {
     /// Decode one frame occupying all of `buf`.
@@ -102,6 +102,7 @@ impl<'a> Frame<'a> {
             Frame::ChannelReject { .. } => 18,
             Frame::ChannelClose { .. } => 19,
             Frame::Limit { .. } => 20,
+            Frame::Notice { .. } => 21,
         }
     }
 
@@ -121,7 +122,8 @@ impl<'a> Frame<'a> {
             | Frame::ChannelAccept { sid, .. }
             | Frame::ChannelReject { sid, .. }
             | Frame::ChannelClose { sid, .. }
-            | Frame::Limit { sid, .. } => Some(sid),
+            | Frame::Limit { sid, .. }
+            | Frame::Notice { sid, .. } => Some(sid),
             Frame::Error { sid, .. } if sid != 0 => Some(sid),
             _ => None,
         }
@@ -146,7 +148,8 @@ impl<'a> Frame<'a> {
             | Frame::ChannelAccept { sid, .. }
             | Frame::ChannelReject { sid, .. }
             | Frame::ChannelClose { sid, .. }
-            | Frame::Limit { sid, .. } => *sid = new,
+            | Frame::Limit { sid, .. }
+            | Frame::Notice { sid, .. } => *sid = new,
             _ => {}
         }
         f

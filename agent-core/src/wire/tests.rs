@@ -153,7 +153,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
     // Leak to get 'static borrows: test-only, small.
     let bytes: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
     let text: &'static str = Box::leak(text.to_string().into_boxed_str());
-    match sel % 21 {
+    match sel % 22 {
         0 => Frame::Hello(Hello {
             version: b,
             max_frame: a,
@@ -255,7 +255,11 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
             ch: b,
             reason: text,
         },
-        _ => Frame::Limit { sid: a, rate: a },
+        20 => Frame::Limit { sid: a, rate: a },
+        _ => Frame::Notice {
+            sid: a,
+            message: text,
+        },
     }
 }
 

@@ -187,6 +187,7 @@ fn source_ip_and_admins() {
                 | Action::Observe
                 | Action::Replay
                 | Action::AdminKeys
+                | Action::RecordInput
         ) {
             continue;
         }
@@ -227,6 +228,19 @@ permit (principal in Group::"auditors", action in [Action::"sessions_list", Acti
     assert!(p.authorize(&eve, Action::Observe, &s, &c).allow);
     assert!(!p.authorize(&eve, Action::Terminate, &s, &c).allow);
     assert!(!p.authorize(&alice, Action::Observe, &s, &c).allow);
+    // Nobody's input is recorded unless a policy asks, admins' included.
+    let root = user("root", &["admins"]);
+    let of_root = Resource::Session {
+        id: "s-2",
+        owner: &root,
+        agent: &lab,
+        kind: "shell",
+        run_as: "root",
+    };
+    assert!(!p.authorize(&root, Action::RecordInput, &of_root, &c).allow);
+    let asks = "permit (principal, action == Action::\"record_input\", resource)\nwhen { resource.agent.hasTag(\"site\") };\n";
+    let p = Policies::load(&dir("input", &[("keys.cedar", asks)])).unwrap();
+    assert!(p.authorize(&root, Action::RecordInput, &of_root, &c).allow);
 }
 
 #[test]
@@ -330,9 +344,11 @@ fn every_action_builds_a_request_the_schema_accepts() {
             run_as: "deploy",
         };
         let resources = match a {
-            Action::SessionsList | Action::Terminate | Action::Observe | Action::Replay => {
-                vec![session]
-            }
+            Action::SessionsList
+            | Action::Terminate
+            | Action::Observe
+            | Action::Replay
+            | Action::RecordInput => vec![session],
             Action::AdminUsers => vec![Resource::Relay, Resource::Group("ops")],
             Action::AdminPolicies | Action::Audit => vec![Resource::Relay],
             Action::AdminKeys => vec![Resource::User(&alice)],

@@ -372,6 +372,16 @@ pub fn exit_json(exit: Exit) -> Value {
     }
 }
 
+/// How a session ended, in the words of its record: `exit 0`, `signal 9`,
+/// `aborted (3): REASON`.
+pub fn exit_line(exit: Exit, reason: &str) -> String {
+    match exit {
+        Exit::Code(c) => format!("exit {c}"),
+        Exit::Signal(s) => format!("signal {s}"),
+        Exit::Aborted(code) => format!("aborted ({}): {reason}", code.0),
+    }
+}
+
 /// Text a person reads: no control characters but tab, newline, carriage return,
 /// bell, backspace, form feed and escape (colours). Anything else (a stream of NULs,
 /// a binary file) is smaller as base64 than as JSON's `\u0000` escapes.

@@ -47,6 +47,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/sessions/{id}/recording", get(read))
         .route("/v1/recordings/grep", get(search))
+        .route("/v1/sessions/{id}/join", get(super::join::join))
 }
 
 fn bad(m: impl Into<String>) -> ApiError {

@@ -23,13 +23,18 @@
 //!   (`server::prune`); a live session's never are.
 //! - Files are the relay's alone: the directory is made 0700, files 0600.
 //!
+//! - Input is recorded when `[recordings] input = true`, or when a policy allows
+//!   the action `record_input` on the session (its owner as principal).
+//! - A live shell session can be joined read-only through its recording
+//!   (`join.rs`).
+//!
 //! ## Non-goals (for now)
-//! Input recording chosen by policy (a relay setting, `input`, for now); signing
-//! recordings themselves (their hash is in the signed audit chain).
+//! Signing recordings themselves (their hash is in the signed audit chain).
 
 pub mod format;
 pub mod grep;
 pub mod http;
+pub mod join;
 pub mod writer;
 
 use std::fs::File;
@@ -43,7 +48,7 @@ use tracing::warn;
 
 use crate::config::{self, RecordingMode};
 pub use format::{Event, KindMeta, Meta};
-pub use writer::{Finished, Recorder};
+pub use writer::{Finished, Joined, Recorder, Seen, Watch};
 
 /// A shell recording's suffix.
 pub const CAST: &str = "cast";
@@ -140,7 +145,10 @@ impl Recordings {
 
     /// Start recording a session: its file made and its header written before the
     /// agent hears of the session. An error is the session's refusal (strict mode).
-    pub async fn start(&self, meta: Meta) -> Result<Recorder, String> {
+    ///
+    /// Input is recorded when the relay's setting says so, or `input` (a policy
+    /// asked for it).
+    pub async fn start(&self, meta: Meta, input: bool) -> Result<Recorder, String> {
         let strict = match self.settings.mode {
             RecordingMode::Off => return Ok(Recorder::off()),
             RecordingMode::Strict => true,
@@ -164,9 +172,16 @@ impl Recordings {
         .unwrap_or_else(|e| Err(e.to_string()));
         match made {
             Ok(file) => {
-                let input = self.settings.input;
+                let input = input || self.settings.input;
                 let forward = meta.kind == KindMeta::Forward;
-                Ok(Recorder::start(file, path, enc, strict, input, forward))
+                let shell = matches!(meta.kind, KindMeta::Shell { .. });
+                Ok(Recorder::start(
+                    file,
+                    path,
+                    enc,
+                    strict,
+                    (input, forward, shell),
+                ))
             }
             Err(e) => {
                 let why = format!("recording unavailable: {e}");
@@ -380,4 +395,4 @@ fn whole_lines(file: &mut File) -> std::io::Result<u64> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

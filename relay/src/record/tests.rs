@@ -62,7 +62,7 @@ async fn a_recording_is_private_readable_live_up_to_whole_lines_then_compressed(
     let data = Dir::new("live");
     let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
     assert_eq!(r.dir(), data.0.join("recordings"));
-    let mut rec = r.start(shell("s-live")).await.unwrap();
+    let mut rec = r.start(shell("s-live"), false).await.unwrap();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(r.dir()), 0o700);
     let plain = r.dir().join("s-live.cast");
@@ -114,7 +114,7 @@ async fn a_recording_that_cannot_be_made_refuses_the_session_in_strict_mode_only
     // A file where the directory should be: root cannot write there either.
     std::fs::write(data.0.join("recordings"), b"").unwrap();
     let strict = Recordings::new(&data.0, &settings(RecordingMode::Strict));
-    let refused = strict.start(shell("s-1")).await.err().unwrap();
+    let refused = strict.start(shell("s-1"), false).await.err().unwrap();
     assert_eq!(
         refused,
         format!(
@@ -123,14 +123,14 @@ async fn a_recording_that_cannot_be_made_refuses_the_session_in_strict_mode_only
         )
     );
     let lenient = Recordings::new(&data.0, &settings(RecordingMode::BestEffort));
-    let rec = lenient.start(shell("s-2")).await.unwrap();
+    let rec = lenient.start(shell("s-2"), false).await.unwrap();
     assert!(!rec.active());
     assert_eq!(
         rec.finish(None).await.unwrap()["error"],
         refused.replace("s-1", "s-2")
     );
     let off = Recordings::new(&data.0, &settings(RecordingMode::Off));
-    let rec = off.start(shell("s-3")).await.unwrap();
+    let rec = off.start(shell("s-3"), false).await.unwrap();
     assert!(!rec.active());
     assert_eq!(rec.finish(None).await, None);
 }
@@ -295,4 +295,79 @@ fn frames_map_to_what_a_recording_keeps() {
             port: 5432
         })
     );
+}
+
+#[tokio::test]
+async fn a_join_meets_the_file_exactly_and_hears_the_end() {
+    let data = Dir::new("join-feed");
+    let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    let mut rec = r.start(shell("s-join"), false).await.unwrap();
+    let out = |s: &str| Event::Output {
+        stderr: false,
+        data: s.as_bytes().to_vec(),
+    };
+    rec.record(out("one\r\n")).await.unwrap();
+    rec.record(out("two\r\n")).await.unwrap();
+    // Joined at once, before the writer's next write: what came before is on disk.
+    let super::Joined {
+        path,
+        upto,
+        mut feed,
+    } = rec.watch().unwrap().join().await.unwrap();
+    let (cols, rows, drawn) = super::join::screen(&path, upto).unwrap();
+    assert_eq!((cols, rows), (80, 24));
+    assert!(drawn.contains("one") && drawn.contains("two"), "{drawn:?}");
+    rec.record(out("three\r\n")).await.unwrap();
+    rec.record(Event::Resize {
+        cols: 100,
+        rows: 30,
+    })
+    .await
+    .unwrap();
+    rec.finish(None).await.unwrap();
+    assert_eq!(
+        feed.recv().await,
+        Some(super::Seen::Output(b"three\r\n".to_vec()))
+    );
+    assert_eq!(feed.recv().await, Some(super::Seen::Resize(100, 30)));
+    assert_eq!(
+        feed.recv().await,
+        Some(super::Seen::End("the session ended".into()))
+    );
+    assert_eq!(feed.recv().await, None);
+    // Not a shell, or not recorded: nothing to join.
+    let off = Recordings::new(&data.0, &settings(RecordingMode::Off));
+    assert!(off
+        .start(shell("s-off"), false)
+        .await
+        .unwrap()
+        .watch()
+        .is_none());
+}
+
+#[tokio::test]
+async fn an_observer_that_falls_behind_is_dropped_and_the_session_goes_on() {
+    let data = Dir::new("join-slow");
+    let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    let mut rec = r.start(shell("s-slow"), false).await.unwrap();
+    let mut slow = rec.watch().unwrap().join().await.unwrap().feed;
+    let n = writer::OBSERVER_QUEUE + 10;
+    for i in 0..n {
+        let data = format!("{i}\r\n").into_bytes();
+        rec.record(Event::Output {
+            stderr: false,
+            data,
+        })
+        .await
+        .unwrap();
+    }
+    let end = rec.finish(None).await.unwrap();
+    assert!(end.get("sha256").is_some(), "{end}");
+    let mut got = 0;
+    while let Some(seen) = slow.recv().await {
+        assert!(matches!(seen, super::Seen::Output(_)), "{seen:?}");
+        got += 1;
+    }
+    // Its queue's worth, then closed without an end: it fell behind.
+    assert_eq!(got, writer::OBSERVER_QUEUE);
 }

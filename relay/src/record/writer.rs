@@ -9,6 +9,11 @@
 //! strict mode that ends the session with the reason (fail closed); in best-effort
 //! mode the session goes on unrecorded, with a warning. When the session ends, the
 //! file is gzipped (`ID.cast.gz`), and its SHA-256 goes to the audit log.
+//!
+//! A shell session's recording can be joined ([`Watch::join`]): the writer puts
+//! what it holds on disk and says where the file ends, then hands each later
+//! output and resize to the observer, so that the file up to there (the screen so
+//! far) and the feed after it (live) meet exactly, with nothing missed or twice.
 
 use std::fs::File;
 use std::io::Write;
@@ -32,8 +37,14 @@ pub const STALL: Duration = Duration::from_secs(5);
 /// meanwhile), so a chatty session costs ten writes a second, not one per frame.
 pub const WRITE_EVERY: Duration = Duration::from_millis(100);
 
+/// Events an observer may have waiting before it counts as fallen behind (and is
+/// dropped: the session itself never waits for an observer).
+pub const OBSERVER_QUEUE: usize = 1024;
+
 enum Msg {
     Event(Duration, Event),
+    /// Someone joins the session.
+    Join(oneshot::Sender<Result<Joined, String>>),
     /// The session never started: remove the file.
     Discard(oneshot::Sender<()>),
     /// The session ended at this time, for this reason if the relay ended it.
@@ -42,6 +53,48 @@ enum Msg {
         Option<String>,
         oneshot::Sender<Result<Finished, String>>,
     ),
+}
+
+/// What an observer of a session sees after it joined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    /// Output of the session.
+    Output(Vec<u8>),
+    /// The session's terminal changed size.
+    Resize(u16, u16),
+    /// The session ended, as said here; nothing follows.
+    End(String),
+}
+
+/// A joined session: its recording up to `upto` bytes is the past, `feed` the rest.
+/// A feed that closes without [`Seen::End`] fell behind.
+pub struct Joined {
+    /// The recording's file (still being written).
+    pub path: PathBuf,
+    /// Its length when the observer joined: whole lines, all on disk.
+    pub upto: u64,
+    /// What happens from then on.
+    pub feed: mpsc::Receiver<Seen>,
+}
+
+/// A handle to join a session's recording as it is written (see [`Recorder::watch`]).
+#[derive(Clone)]
+pub struct Watch(mpsc::UnboundedSender<Msg>);
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Watch")
+    }
+}
+
+impl Watch {
+    /// Join: the recording so far and a feed of what follows.
+    pub async fn join(&self) -> Result<Joined, String> {
+        let gone = || "the session's recording has ended".to_string();
+        let (done, joined) = oneshot::channel();
+        self.0.send(Msg::Join(done)).map_err(|_| gone())?;
+        joined.await.map_err(|_| gone())?
+    }
 }
 
 /// A finished recording.
@@ -61,6 +114,8 @@ pub struct Recorder {
     input: bool,
     /// A forward session (channels, not output).
     forward: bool,
+    /// A shell session (it can be joined).
+    shell: bool,
 }
 
 enum State {
@@ -87,6 +142,7 @@ impl Recorder {
             strict: false,
             input: false,
             forward: false,
+            shell: false,
         }
     }
 
@@ -97,19 +153,19 @@ impl Recorder {
             strict: false,
             input: false,
             forward: false,
+            shell: false,
         }
     }
 
     /// Start the writer task for `file` (created, its header written), whose path
     /// is `path`, encoding with `enc`; `input` is recorded, `forward` records
-    /// channels.
+    /// channels, a `shell` can be joined.
     pub fn start(
         file: File,
         path: PathBuf,
         enc: Encoder,
         strict: bool,
-        input: bool,
-        forward: bool,
+        (input, forward, shell): (bool, bool, bool),
     ) -> Recorder {
         let (tx, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(QUEUE_BYTES));
@@ -123,6 +179,7 @@ impl Recorder {
             room: room.clone(),
             fail,
             broken: None,
+            observers: Vec::new(),
         };
         tokio::spawn(writer.run(rx));
         Recorder {
@@ -135,7 +192,21 @@ impl Recorder {
             strict,
             input,
             forward,
+            shell,
         }
+    }
+
+    /// A handle to join the session, if it is a shell session being recorded.
+    pub fn watch(&self) -> Option<Watch> {
+        match &self.state {
+            State::Active(a) if self.shell => Some(Watch(a.tx.clone())),
+            _ => None,
+        }
+    }
+
+    /// Whether input is recorded.
+    pub fn records_input(&self) -> bool {
+        self.input
     }
 
     /// Whether events are being recorded.
@@ -287,6 +358,8 @@ struct Writer {
     room: Arc<Semaphore>,
     fail: watch::Sender<Option<String>>,
     broken: Option<String>,
+    /// Those who joined the session, fed each output and resize.
+    observers: Vec<mpsc::Sender<Seen>>,
 }
 
 impl Writer {
@@ -328,11 +401,21 @@ impl Writer {
                     }
                     Msg::Event(at, e) => {
                         released += cost(&e).min(QUEUE_BYTES);
+                        self.show(&e);
                         if self.broken.is_none() {
                             self.enc.push(at, e, &mut buf);
                         }
                     }
+                    Msg::Join(done) => {
+                        // Everything before the join on disk first: the observer
+                        // reads it from the file, and is fed only what follows.
+                        self.write(&mut buf).await;
+                        let _ = done.send(self.join());
+                    }
                     Msg::Finish(at, reason, done) => {
+                        let why = reason.as_deref().unwrap_or("the session ended");
+                        self.tell(Seen::End(why.to_string()));
+                        self.observers.clear();
                         self.enc.finish(at, reason.as_deref(), &mut buf);
                         finish = Some(done);
                     }
@@ -384,8 +467,49 @@ impl Writer {
         }
     }
 
+    /// A new observer: where the file ends now, and its feed.
+    fn join(&mut self) -> Result<Joined, String> {
+        if let Some(why) = &self.broken {
+            return Err(why.clone());
+        }
+        let file = self.file.as_ref().ok_or("the recording has stopped")?;
+        let upto = file
+            .metadata()
+            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?
+            .len();
+        let (tx, feed) = mpsc::channel(OBSERVER_QUEUE);
+        self.observers.push(tx);
+        Ok(Joined {
+            path: self.path.clone(),
+            upto,
+            feed,
+        })
+    }
+
+    /// Hand what observers see of `e` to each; one whose queue is full fell behind
+    /// and is dropped.
+    fn show(&mut self, e: &Event) {
+        if self.observers.is_empty() {
+            return;
+        }
+        let seen = match e {
+            Event::Output { data, .. } => Seen::Output(data.clone()),
+            Event::Resize { cols, rows } => Seen::Resize(*cols, *rows),
+            Event::Exit { exit, reason } => Seen::End(super::format::exit_line(*exit, reason)),
+            _ => return,
+        };
+        self.tell(seen);
+    }
+
+    fn tell(&mut self, seen: Seen) {
+        self.observers.retain(|o| o.try_send(seen.clone()).is_ok());
+    }
+
     fn broke(&mut self, why: String) {
         warn!("{why}");
+        // Observers see no more: say why.
+        self.tell(Seen::End(why.clone()));
+        self.observers.clear();
         self.broken = Some(why.clone());
         self.file = None;
         self.fail.send_replace(Some(why));

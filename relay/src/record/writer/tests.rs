@@ -36,7 +36,7 @@ async fn a_recording_is_on_disk_while_live_then_gzipped_with_its_hash() {
     let (enc, header) = exec_encoder();
     let mut f = File::create(&path).unwrap();
     f.write_all(&header).unwrap();
-    let mut rec = Recorder::start(f, path.clone(), enc, true, false, false);
+    let mut rec = Recorder::start(f, path.clone(), enc, true, (false, false, false));
     rec.record(out(b"first\n")).await.unwrap();
     // On disk within WRITE_EVERY, while the session goes on.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -76,7 +76,13 @@ fn full_disk() -> File {
 #[tokio::test]
 async fn a_failed_write_ends_a_strict_session_with_the_reason() {
     let (enc, _) = exec_encoder();
-    let mut rec = Recorder::start(full_disk(), "/dev/full".into(), enc, true, false, false);
+    let mut rec = Recorder::start(
+        full_disk(),
+        "/dev/full".into(),
+        enc,
+        true,
+        (false, false, false),
+    );
     rec.record(out(b"lost\n")).await.unwrap();
     let why = tokio::time::timeout(Duration::from_secs(5), rec.failed())
         .await
@@ -93,7 +99,13 @@ async fn a_failed_write_ends_a_strict_session_with_the_reason() {
 #[tokio::test]
 async fn a_failed_write_in_best_effort_mode_lets_the_session_go_on_unrecorded() {
     let (enc, _) = exec_encoder();
-    let mut rec = Recorder::start(full_disk(), "/dev/full".into(), enc, false, false, false);
+    let mut rec = Recorder::start(
+        full_disk(),
+        "/dev/full".into(),
+        enc,
+        false,
+        (false, false, false),
+    );
     rec.record(out(b"lost\n")).await.unwrap();
     // Best-effort: never a reason to end the session.
     let heard = tokio::time::timeout(Duration::from_millis(500), rec.failed()).await;
@@ -133,7 +145,7 @@ async fn a_writer_that_falls_behind_ends_a_strict_session() {
     let path = dir.0.join("s-1.exec.jsonl");
     File::create(&path).unwrap();
     let (enc, _) = exec_encoder();
-    let mut rec = Recorder::start(stuck, path, enc, true, false, false);
+    let mut rec = Recorder::start(stuck, path, enc, true, (false, false, false));
     let chunk = vec![b'x'; 60_000];
     let mut queued = 0usize;
     let why = loop {
