@@ -6,6 +6,10 @@
 //! | POST | `/v1/sessions` | bearer API key | `{target, kind}` -> `{session_id, stream_url, token, expires_at}` |
 //! | GET | `/v1/stream/{id}?token=` | one-use token | WebSocket: the session's frames |
 //! | GET | `/v1/agent` | Ed25519 in-band | WebSocket: an agent's connection |
+//! | GET | `/v1/sessions/{id}/join` | bearer API key | WebSocket: watch a live shell, read-only (`record/join.rs`) |
+//!
+//! Sessions, recordings, the audit log, policies and administration have their own
+//! routers (`sessions.rs`, `record/http.rs`, `audit/http.rs`, `admin.rs`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

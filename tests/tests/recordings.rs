@@ -334,6 +334,42 @@ fn a_forward_record_has_each_channels_destination_times_bytes_and_end() {
     assert_eq!(r["bytes_in"], 0);
     // No payload in the record.
     assert!(!record.contains("hello"));
+    // Each channel's open and close are in the audit log too.
+    let log = String::from_utf8(ok(&env, &["audit", "export", "--since", "1h"])).unwrap();
+    let rows: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|r: &Value| r["target"] == id)
+        .collect();
+    let closes: Vec<&Value> = rows
+        .iter()
+        .filter(|r| r["event"] == "forward.close")
+        .collect();
+    assert_eq!(closes.len(), 2, "{rows:?}");
+    let to = |port: u16| {
+        closes
+            .iter()
+            .find(|r| r["detail"]["port"] == port)
+            .unwrap_or_else(|| panic!("no forward.close to {port}: {closes:?}"))
+    };
+    let e = &to(echo_port)["detail"];
+    assert_eq!(
+        (e["bytes_to_dest"].clone(), e["bytes_from_dest"].clone()),
+        (5.into(), 5.into()),
+        "{e}"
+    );
+    let r = &to(closed_port)["detail"];
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("the agent refused: "),
+        "{r}"
+    );
+    assert_eq!(
+        rows.iter().filter(|r| r["event"] == "forward.open").count(),
+        2
+    );
 }
 
 #[test]
