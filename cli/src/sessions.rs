@@ -31,7 +31,8 @@ pub enum SessionsCmd {
         /// Session id (s-...).
         id: String,
     },
-    /// End a live session at once; its user is told who ended it and why.
+    /// End a session at once (a live one, or one not started yet); its user is
+    /// told who ended it and why.
     Terminate {
         /// Session id (s-...).
         id: String,
@@ -78,6 +79,10 @@ pub struct Session {
 #[derive(Debug, Deserialize)]
 struct Terminated {
     terminated: bool,
+    /// Its recorded exit; `None` when it was still ending (or the relay does not
+    /// say).
+    #[serde(default)]
+    exit: Option<String>,
 }
 
 /// Run a `sessions` command.
@@ -117,7 +122,10 @@ pub async fn run(relay: &Relay, cmd: SessionsCmd) -> anyhow::Result<()> {
             if !t.terminated {
                 anyhow::bail!("the relay did not terminate {id}");
             }
-            println!("terminated {id}");
+            match t.exit {
+                Some(exit) => println!("session {id} ended: {exit}"),
+                None => println!("session {id} is ending"),
+            }
         }
     }
     Ok(())

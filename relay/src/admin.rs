@@ -17,16 +17,22 @@
 //! Revoking a key ends the sessions opened with it; locking a user or an agent ends
 //! theirs; revoking an agent also disconnects it. Within a second: the sessions'
 //! tasks are told at once (`live`).
+//!
+//! Every change is in the audit log before it is made (`admin.*`; a change whose
+//! row cannot be written is not made), and then whether it was ([`RESULT`]).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use tracing::warn;
 
 use crate::api::{authenticate, target, AgentInfo, ApiError, AppState};
 use crate::audit::Event;
@@ -95,20 +101,57 @@ async fn on_relay(
     allowed(state, headers, peer, action, &Resource::Relay).await
 }
 
-/// Record an administrative change in the audit log, before it is made: a change
-/// whose row cannot be written is not made.
-async fn note(
-    state: &AppState,
-    caller: &Caller,
-    peer: SocketAddr,
-    event: &str,
-    target: &str,
-    detail: Value,
-) -> Result<(), ApiError> {
-    let e = Event::new(caller.user.name.clone(), event, target)
+/// The audit event that follows each administrative change, saying how it went.
+pub const RESULT: &str = "admin.result";
+
+/// An administrative change's row: `caller` from `peer` asks for `event` on `target`.
+fn intent(caller: &Caller, peer: SocketAddr, event: &str, target: &str, detail: Value) -> Event {
+    Event::new(caller.user.name.clone(), event, target)
         .from(peer.ip())
-        .detail(detail);
-    state.record(e).await.map(|_| ())
+        .detail(detail)
+}
+
+/// Make an administrative change: its `intent` in the audit log first (a change
+/// whose row cannot be written is not made), then the change, then its outcome
+/// ([`RESULT`] by the same actor on the same target, detail `{of: EVENT, ok,
+/// error}`). The outcome is best effort: a change made stays made when its outcome
+/// cannot be written (that is logged).
+async fn change<T>(
+    state: &AppState,
+    intent: Event,
+    work: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let (of, target) = (intent.event.clone(), intent.target.clone());
+    let mut outcome = intent.clone();
+    state.record(intent).await?;
+    let done = match work.await {
+        Ok(t) => Ok(t),
+        Err(e) => Err(message(e).await),
+    };
+    outcome.event = RESULT.into();
+    outcome.detail = match &done {
+        Ok(_) => json!({ "of": of, "ok": true }),
+        Err((_, m)) => json!({ "of": of, "ok": false, "error": m }),
+    };
+    if let Err(e) = state.audit.record(outcome).await {
+        warn!("the outcome of {of} on '{target}' is not in the audit log: {e}");
+    }
+    done.map_err(|(e, _)| e)
+}
+
+/// The error line `e` gives its caller, and `e` as it was. (`ApiError` keeps its
+/// message to itself: it is read back from the answer it makes.)
+async fn message(e: ApiError) -> (ApiError, String) {
+    let answer = e.into_response();
+    let status = answer.status();
+    let body = axum::body::to_bytes(answer.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let m = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error")?.as_str().map(String::from))
+        .unwrap_or_else(|| status.to_string());
+    (ApiError::new(status, m.clone()), m)
 }
 
 async fn user_named(state: &AppState, name: &str) -> Result<UserRow, ApiError> {
@@ -156,12 +199,15 @@ async fn add_user(
     let req = body(b)?;
     may_change_groups(&state, &caller, peer, &req.groups).await?;
     let detail = json!({ "groups": req.groups });
-    note(&state, &caller, peer, "admin.user.add", &req.name, detail).await?;
-    let (user, secret) = state
-        .store
-        .add_user(&req.name, &req.groups)
-        .await
-        .map_err(invalid)?;
+    let add = async {
+        state
+            .store
+            .add_user(&req.name, &req.groups)
+            .await
+            .map_err(invalid)
+    };
+    let asked = intent(&caller, peer, "admin.user.add", &req.name, detail);
+    let (user, secret) = change(&state, asked, add).await?;
     let key = state.store.keys(Some(&user)).await?;
     Ok(Json(json!({
         "user": user_json(&user),
@@ -217,12 +263,12 @@ async fn set_groups(
     may_change_groups(&state, &caller, peer, &changed).await?;
     let user = user_named(&state, &name).await?;
     let detail = json!({ "add": req.add, "remove": req.remove });
-    note(&state, &caller, peer, "admin.user.groups", &name, detail).await?;
-    state
-        .store
-        .set_groups(&user, &req.add, &req.remove)
-        .await
-        .map_err(invalid)?;
+    let set = async {
+        let set = state.store.set_groups(&user, &req.add, &req.remove).await;
+        set.map_err(invalid)
+    };
+    let asked = intent(&caller, peer, "admin.user.groups", &name, detail);
+    change(&state, asked, set).await?;
     Ok(Json(user_json(&user_named(&state, &name).await?)))
 }
 
@@ -243,12 +289,15 @@ async fn set_attr(
     let req = body(b)?;
     let user = user_named(&state, &name).await?;
     let detail = json!({ "key": req.key, "value": req.value });
-    note(&state, &caller, peer, "admin.user.attr", &name, detail).await?;
-    state
-        .store
-        .set_attr(&user, &req.key, req.value.as_deref())
-        .await
-        .map_err(invalid)?;
+    let set = async {
+        let set = state
+            .store
+            .set_attr(&user, &req.key, req.value.as_deref())
+            .await;
+        set.map_err(invalid)
+    };
+    let asked = intent(&caller, peer, "admin.user.attr", &name, detail);
+    change(&state, asked, set).await?;
     Ok(Json(user_json(&user_named(&state, &name).await?)))
 }
 
@@ -308,18 +357,18 @@ async fn add_key(
     let req = body(b)?;
     let (caller, owner) = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
     let detail = json!({ "name": req.name, "expires_in": req.expires_in });
-    note(&state, &caller, peer, "admin.key.add", &owner.name, detail).await?;
-    let expires_at = match &req.expires_in {
-        Some(d) => crate::config::parse_duration(d)
-            .map_err(bad)?
-            .map(|d| unix_now() + d.as_secs() as i64),
-        None => None,
+    let add = async {
+        let expires_at = match &req.expires_in {
+            Some(d) => crate::config::parse_duration(d)
+                .map_err(bad)?
+                .map(|d| unix_now() + d.as_secs() as i64),
+            None => None,
+        };
+        let added = state.store.add_key(&owner, &req.name, expires_at).await;
+        added.map_err(invalid)
     };
-    let (key, secret) = state
-        .store
-        .add_key(&owner, &req.name, expires_at)
-        .await
-        .map_err(invalid)?;
+    let asked = intent(&caller, peer, "admin.key.add", &owner.name, detail);
+    let (key, secret) = change(&state, asked, add).await?;
     Ok(Json(json!({ "key": key, "secret": secret.expose() })))
 }
 
@@ -338,25 +387,20 @@ async fn revoke_key(
     let req = body(b)?;
     let (caller, owner) = key_owner(&state, &headers, peer, req.user.as_deref()).await?;
     let detail = json!({ "key": req.key });
-    note(
-        &state,
-        &caller,
-        peer,
-        "admin.key.revoke",
-        &owner.name,
-        detail,
-    )
-    .await?;
-    let key = state
-        .store
-        .revoke_key(&owner, &req.key)
-        .await
-        .map_err(invalid)?;
-    let why = format!("API key '{}' of {} was revoked", key.name, owner.name);
-    let ended = state
-        .live
-        .end_where(|o| o.key_id.as_deref() == Some(key.id.as_str()), &why);
-    Ok(Json(json!({ "key": key, "ended_sessions": ended })))
+    let revoke = async {
+        let key = state
+            .store
+            .revoke_key(&owner, &req.key)
+            .await
+            .map_err(invalid)?;
+        let why = format!("API key '{}' of {} was revoked", key.name, owner.name);
+        let ended = state
+            .live
+            .end_where(|o| o.key_id.as_deref() == Some(key.id.as_str()), &why);
+        Ok(Json(json!({ "key": key, "ended_sessions": ended })))
+    };
+    let asked = intent(&caller, peer, "admin.key.revoke", &owner.name, detail);
+    change(&state, asked, revoke).await
 }
 
 async fn agents(
@@ -400,12 +444,15 @@ async fn add_agent(
     let caller = on_relay(&state, &headers, peer, Action::AdminAgents).await?;
     let req = body(b)?;
     let detail = json!({ "tags": req.tags });
-    note(&state, &caller, peer, "admin.agent.add", &req.name, detail).await?;
-    let (id, code) = state
-        .store
-        .add_agent(&req.name, &req.tags)
-        .await
-        .map_err(invalid)?;
+    let add = async {
+        state
+            .store
+            .add_agent(&req.name, &req.tags)
+            .await
+            .map_err(invalid)
+    };
+    let asked = intent(&caller, peer, "admin.agent.add", &req.name, detail);
+    let (id, code) = change(&state, asked, add).await?;
     Ok(Json(json!({ "id": id, "activation_code": code.expose() })))
 }
 
@@ -426,28 +473,23 @@ async fn revoke_agent(
     state
         .require(&caller.user, Action::AdminAgents, &Resource::Agent(&t), &c)
         .await?;
-    note(
-        &state,
-        &caller,
-        peer,
-        "admin.agent.revoke",
-        &agent.name,
-        json!({}),
-    )
-    .await?;
-    state.store.revoke_agent(&agent.id).await?;
-    let why = format!("agent {} was revoked by {}", agent.name, caller.user.name);
-    let ended = state.live.end_where(|o| o.agent_id == agent.id, &why);
-    let disconnected = match state.hub.get(&agent.id) {
-        Some(h) => {
-            h.kick.send_replace(Some(why));
-            true
-        }
-        None => false,
+    let revoke = async {
+        state.store.revoke_agent(&agent.id).await?;
+        let why = format!("agent {} was revoked by {}", agent.name, caller.user.name);
+        let ended = state.live.end_where(|o| o.agent_id == agent.id, &why);
+        let disconnected = match state.hub.get(&agent.id) {
+            Some(h) => {
+                h.kick.send_replace(Some(why));
+                true
+            }
+            None => false,
+        };
+        Ok(Json(
+            json!({ "ended_sessions": ended, "disconnected": disconnected }),
+        ))
     };
-    Ok(Json(
-        json!({ "ended_sessions": ended, "disconnected": disconnected }),
-    ))
+    let asked = intent(&caller, peer, "admin.agent.revoke", &agent.name, json!({}));
+    change(&state, asked, revoke).await
 }
 
 fn policy_json(state: &AppState) -> Value {
@@ -485,16 +527,9 @@ async fn reload(
     headers: HeaderMap,
 ) -> Answer {
     let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
-    note(
-        &state,
-        &caller,
-        peer,
-        "admin.policy.reload",
-        "policies",
-        json!({}),
-    )
-    .await?;
-    reload_as(&state, &caller.user.name).await
+    let reload = reload_as(&state, &caller.user.name);
+    let asked = intent(&caller, peer, "admin.policy.reload", "policies", json!({}));
+    change(&state, asked, reload).await
 }
 
 /// A policy file name: `NAME.cedar`, NAME of letters, digits, `-_.`.
@@ -585,8 +620,9 @@ async fn put_policy(
     let file = policy_file(&file)?;
     let sha256 = crate::secret::hash_hex(text.as_bytes());
     let detail = json!({ "bytes": text.len(), "sha256": sha256 });
-    note(&state, &caller, peer, "admin.policy.put", file, detail).await?;
-    change_file(&state, &caller.user.name, file, Some(text)).await
+    let put = change_file(&state, &caller.user.name, file, Some(text));
+    let asked = intent(&caller, peer, "admin.policy.put", file, detail);
+    change(&state, asked, put).await
 }
 
 async fn delete_policy(
@@ -597,16 +633,9 @@ async fn delete_policy(
 ) -> Answer {
     let caller = on_relay(&state, &headers, peer, Action::AdminPolicies).await?;
     let file = policy_file(&file)?;
-    note(
-        &state,
-        &caller,
-        peer,
-        "admin.policy.remove",
-        file,
-        json!({}),
-    )
-    .await?;
-    change_file(&state, &caller.user.name, file, None).await
+    let remove = change_file(&state, &caller.user.name, file, None);
+    let asked = intent(&caller, peer, "admin.policy.remove", file, json!({}));
+    change(&state, asked, remove).await
 }
 
 /// `admin_locks` on the user or agent a lock is about.
@@ -705,27 +734,30 @@ async fn add_lock(
     };
     let id = lock_allowed(&state, &caller, peer, kind, name).await?;
     let detail = json!({ "kind": kind, "reason": req.reason, "expires_at": expires_at });
-    note(&state, &caller, peer, "admin.lock.add", name, detail).await?;
-    let lock = state
-        .store
-        .add_lock(
-            kind,
-            &id,
-            name,
-            req.reason.trim(),
-            &caller.user.name,
-            expires_at,
-        )
-        .await?;
-    let why = lock.describe();
-    let ended = match kind {
-        LockTarget::User => state.live.end_where(|o| o.user_id == id, &why),
-        LockTarget::Agent => state.live.end_where(|o| o.agent_id == id, &why),
+    let add = async {
+        let lock = state
+            .store
+            .add_lock(
+                kind,
+                &id,
+                name,
+                req.reason.trim(),
+                &caller.user.name,
+                expires_at,
+            )
+            .await?;
+        let why = lock.describe();
+        let ended = match kind {
+            LockTarget::User => state.live.end_where(|o| o.user_id == id, &why),
+            LockTarget::Agent => state.live.end_where(|o| o.agent_id == id, &why),
+        };
+        Ok(Json(LockAdded {
+            lock,
+            ended_sessions: ended,
+        }))
     };
-    Ok(Json(LockAdded {
-        lock,
-        ended_sessions: ended,
-    }))
+    let asked = intent(&caller, peer, "admin.lock.add", name, detail);
+    change(&state, asked, add).await
 }
 
 async fn remove_lock(
@@ -748,7 +780,22 @@ async fn remove_lock(
     for l in &matching {
         lock_allowed(&state, &caller, peer, l.target, &l.name).await?;
     }
-    note(&state, &caller, peer, "admin.lock.remove", &what, json!({})).await?;
-    let removed = state.store.remove_locks(&what).await?;
+    let remove = async { Ok(state.store.remove_locks(&what).await?) };
+    let asked = intent(&caller, peer, "admin.lock.remove", &what, json!({}));
+    let removed = change(&state, asked, remove).await?;
     Ok(Json(json!({ "removed": removed })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_error_is_read_back_as_its_caller_reads_it_and_given_back_as_it_was() {
+        let (e, m) = message(ApiError::new(StatusCode::CONFLICT, "no lock 'x' in force")).await;
+        assert_eq!(m, "no lock 'x' in force");
+        let (e, again) = message(e).await;
+        assert_eq!(again, m);
+        assert_eq!(e.into_response().status(), StatusCode::CONFLICT);
+    }
 }

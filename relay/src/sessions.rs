@@ -9,11 +9,17 @@
 //! The listing holds the caller's own sessions, or with `all` everyone's, newest
 //! first; either way only those the caller may `sessions_list`: seeing even one's
 //! own sessions takes a policy (`when { resource.owner == principal }`). A terminate
-//! ends the session within a second (`live`), and its user reads
-//! `terminated by NAME: REASON`, which is also its recorded exit.
+//! ends a live session within a second (`live`), and its user reads
+//! `terminated by NAME: REASON`, which is also its recorded exit; the answer
+//! carries that exit once the session has ended (waited for up to [`SETTLE`]). A
+//! session whose stream has not opened is ended in the store at once, and its
+//! token opens nothing. A session that something else ended first (it ended on
+//! its own, a lock, another terminate) is a 409: `session s-... already ended
+//! (EXIT)`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -22,6 +28,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::api::{authenticate, target, ApiError, AppState};
@@ -255,9 +262,20 @@ pub struct Terminate {
 /// Answer of `POST /v1/sessions/{id}/terminate`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Terminated {
-    /// Always true: a session that is not live is a 409.
+    /// Always true: a session this did not end is a 409.
     pub terminated: bool,
+    /// Its exit as recorded once it ended (`terminated by alice: ...`, or how it
+    /// ended on its own at the same moment); `None` if it was still ending after
+    /// [`SETTLE`].
+    #[serde(default)]
+    pub exit: Option<String>,
 }
+
+/// How long a terminate waits for a live session to finish ending (its exit on
+/// record), and for one whose stream is opening to be live.
+pub const SETTLE: Duration = Duration::from_secs(2);
+/// How often it looks meanwhile.
+const POLL: Duration = Duration::from_millis(25);
 
 /// What the user of a session ended by `by` reads, and its recorded exit.
 fn termination(by: &str, reason: Option<&str>) -> Result<String, String> {
@@ -293,10 +311,9 @@ async fn terminate(
     let s = session_for(&state, &caller, peer, &id, Action::Terminate).await?;
     let why = termination(&caller.user.name, req.reason.as_deref()).map_err(bad)?;
     if !state.live.contains(&s.id) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("session {} is not running", s.id),
-        ));
+        if let Some(exit) = state.store.session_exit(&s.id).await? {
+            return Err(already_ended(&s.id, Some(&exit)));
+        }
     }
     // In the audit log before it is done, with who asked and why.
     let event =
@@ -304,14 +321,86 @@ async fn terminate(
             .from(peer.ip())
             .detail(serde_json::json!({ "reason": req.reason }));
     state.record(event).await?;
-    if !state.live.end(&s.id, &why) {
-        return Err(ApiError::new(
+    match end(&state, &s.id, &why).await? {
+        Ended::Here(exit) => {
+            info!(session = %s.id, user = %caller.user.name, "session ended: {why}");
+            Ok(Json(Terminated {
+                terminated: true,
+                exit,
+            }))
+        }
+        Ended::Before(exit) => Err(already_ended(&s.id, exit.as_deref())),
+        Ended::Starting => Err(ApiError::new(
             StatusCode::CONFLICT,
-            format!("session {} is not running", s.id),
-        ));
+            format!("session {} is still starting; try again", s.id),
+        )),
     }
-    info!(session = %s.id, user = %caller.user.name, "session ended: {why}");
-    Ok(Json(Terminated { terminated: true }))
+}
+
+/// How a terminate went.
+#[derive(Debug)]
+enum Ended {
+    /// This ended it; its recorded exit, unless it was still ending.
+    Here(Option<String>),
+    /// Something else had ended it (it ended on its own, a revoked key, a lock,
+    /// another terminate); its recorded exit, unless it was still ending.
+    Before(Option<String>),
+    /// Its stream was opening, and it was not live within [`SETTLE`].
+    Starting,
+}
+
+fn already_ended(id: &str, exit: Option<&str>) -> ApiError {
+    let m = match exit {
+        Some(exit) => format!("session {id} already ended ({exit})"),
+        None => format!("session {id} already ended"),
+    };
+    ApiError::new(StatusCode::CONFLICT, m)
+}
+
+/// End session `id` for `why`, whatever its stage: a live one through its task
+/// (then waited for, to read its exit), one whose stream has not opened in the
+/// store (its token then opens nothing), one whose stream is opening once it is
+/// live. Of two ends at once (another terminate, a lock, the session ending by
+/// itself) the first stands, and the other one learns so.
+async fn end(state: &AppState, id: &str, why: &str) -> Result<Ended, ApiError> {
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        if state.live.end(id, why) {
+            return Ok(Ended::Here(settled(state, id).await?));
+        }
+        if state.live.contains(id) {
+            // Ended by something else first, or live only since `end` looked.
+            if state.live.end(id, why) {
+                return Ok(Ended::Here(settled(state, id).await?));
+            }
+            return Ok(Ended::Before(settled(state, id).await?));
+        }
+        // Not live: its stream has not opened, is opening, or it is over (its end
+        // is on record before it leaves `live`).
+        if state.store.end_unstarted(id, why).await? {
+            return Ok(Ended::Here(Some(why.to_string())));
+        }
+        if let Some(exit) = state.store.session_exit(id).await? {
+            return Ok(Ended::Before(Some(exit)));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Ended::Starting);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The exit of a live session that is ending, once it has left `live` (its end is
+/// on record by then); `None` if it is still there after [`SETTLE`].
+async fn settled(state: &AppState, id: &str) -> Result<Option<String>, ApiError> {
+    let deadline = Instant::now() + SETTLE;
+    while state.live.contains(id) {
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(state.store.session_exit(id).await?)
 }
 
 /// The session `id`, once `caller` is allowed `action` on it (decided and recorded

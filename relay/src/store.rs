@@ -141,7 +141,7 @@ pub enum TokenError {
     /// The token was already used.
     #[error("session token was already used (tokens are single-use)")]
     Used,
-    /// The token is too old.
+    /// The token is too old, or its session ended before its stream opened.
     #[error("session token expired; create a new session")]
     Expired,
 }
@@ -433,7 +433,9 @@ impl Store {
         Ok((id, token, expires))
     }
 
-    /// Use a session's token up. Atomic: of two concurrent redeemers one wins.
+    /// Use a session's token up. Atomic: of two concurrent redeemers one wins. A
+    /// session that has ended (terminated before its stream opened) is refused as
+    /// [`TokenError::Expired`].
     pub async fn redeem_token(
         &self,
         session_id: &str,
@@ -443,6 +445,7 @@ impl Store {
         let row = sqlx::query(
             "UPDATE sessions SET token_used_at = ?
              WHERE id = ? AND token_hash = ? AND token_used_at IS NULL AND token_expires >= ?
+               AND ended_at IS NULL
              RETURNING id, agent_id, kind, user_id, rate, key_id, run_as, spec",
         )
         .bind(now)

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 use tests::{bin, text, Env, TempDir};
 
 /// `sesame audit tail --json -n N` as rows.
@@ -103,8 +103,13 @@ fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+    // An administrative change is on record before it is made, and then whether it
+    // was: a user added, then the same name refused.
+    for _ in 0..2 {
+        env.run(&["admin", "users", "add", "carol"], b"");
+    }
 
-    let log = rows(&env, 100);
+    let log = rows(&env, 200);
     let find = |event: &str, actor: &str| {
         log.iter()
             .find(|r| r["event"] == event && r["actor"] == actor)
@@ -136,6 +141,22 @@ fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
     assert_eq!(created["source_ip"], "127.0.0.1");
     assert_eq!(created["detail"]["agent"], "gw-01");
     assert_eq!(created["detail"]["run_as"], "sesame-user");
+    let changes: Vec<Value> = log
+        .iter()
+        .filter(|r| r["actor"] == "admin" && r["event"].as_str().unwrap().starts_with("admin."))
+        .map(|r| json!([r["event"], r["detail"]]))
+        .collect();
+    let of = "admin.user.add";
+    assert_eq!(
+        changes,
+        [
+            json!([of, {"groups": []}]),
+            json!(["admin.result", {"of": of, "ok": true}]),
+            json!([of, {"groups": []}]),
+            json!(["admin.result", {"of": of, "ok": false,
+                "error": "a user named 'carol' already exists"}]),
+        ]
+    );
     // Rows are numbered without gaps and chained.
     for pair in log.windows(2) {
         assert_eq!(

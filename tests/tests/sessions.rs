@@ -1,10 +1,12 @@
 //! Live and past sessions, end to end: `sesame sessions ls` shows what the policies
 //! let each user see, with bytes each way and exits; `sesame sessions terminate`
-//! ends a live shell within a second and its user reads who ended it and why.
+//! ends a live shell within a second and its user reads who ended it and why, ends
+//! a session whose stream never opened so that its token opens nothing, and of two
+//! terminates at once the second reads that the first ended it.
 
 use std::collections::HashMap;
 use std::io::Read;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -61,6 +63,17 @@ impl Team {
         let mut c = self.env.sesame();
         c.env("SESAME_API_KEY", &self.keys[user]);
         c
+    }
+
+    /// The client library as `user` (raw API calls and streams).
+    fn client(&self, user: &str) -> cli::client::Relay {
+        let config = cli::config::Config::load(
+            Some(format!("https://127.0.0.1:{}", self.env.relay.port)),
+            Some(self.keys[user].clone()),
+            Some(self.env.data().join("tls/ca.pem")),
+        )
+        .unwrap();
+        cli::client::Relay::new(&config).unwrap()
     }
 
     fn run(&self, user: &str, args: &[&str], stdin: &[u8]) -> Output {
@@ -290,7 +303,10 @@ fn terminate_ends_a_live_shell_within_a_second_and_its_user_reads_who_and_why() 
         "dave",
         &["sessions", "terminate", &id, "--reason", "incident 7"],
     );
-    assert_eq!(out, format!("terminated {id}\n"));
+    assert_eq!(
+        out,
+        format!("session {id} ended: terminated by dave: incident 7\n")
+    );
     let (status, took) = exits(&mut shell);
     let err = stderr_of(&mut shell);
     assert!(took < Duration::from_secs(1), "ended after {took:?}: {err}");
@@ -317,29 +333,122 @@ fn terminate_ends_a_live_shell_within_a_second_and_its_user_reads_who_and_why() 
         (&s["bytes_in"], &s["bytes_out"]),
         (&typed.into(), &6.into())
     );
-    // Once ended, it is not running; an unknown one is unknown.
+    // Once ended, it stays as it ended; an unknown one is unknown.
     assert_eq!(
-        t.refused("dave", &["sessions", "terminate", &id]),
-        format!("error: session {id} is not running")
+        t.refused("dave", &["sessions", "terminate", &id, "--reason", "again"]),
+        format!("error: session {id} already ended (terminated by dave: incident 7)")
     );
     assert_eq!(
         t.refused("dave", &["sessions", "terminate", "s-nope"]),
         "error: unknown session 's-nope'"
     );
 
-    // alice ends her own, giving no reason.
+    // alice ends her own, giving no reason, as dave ends it too: one of them ends
+    // it, the other reads who did, and so does she.
     let secs = format!("62.{}", std::process::id());
     let (mut shell, _stdin, id) = t.live_shell("alice", &secs);
+    let at_once = |user: &str, args: &[&str]| {
+        let mut c = t.sesame(user);
+        c.args(["sessions", "terminate", &id]).args(args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    let hers = at_once("alice", &[]);
+    let his = at_once("dave", &["--reason", "incident 9"]);
+    let (hers, his) = (
+        hers.wait_with_output().unwrap(),
+        his.wait_with_output().unwrap(),
+    );
+    let (winner, loser) = match (hers.status.success(), his.status.success()) {
+        (true, false) => ((hers, "terminated by alice"), his),
+        (false, true) => ((his, "terminated by dave: incident 9"), hers),
+        _ => panic!("not one success: {:?} {:?}", text(&hers), text(&his)),
+    };
+    let (won, exit) = winner;
+    assert_eq!(text(&won).0, format!("session {id} ended: {exit}\n"));
     assert_eq!(
-        t.ok("alice", &["sessions", "terminate", &id]),
-        format!("terminated {id}\n")
+        text(&loser).1,
+        format!("error: session {id} already ended ({exit})\n")
     );
     let (_, took) = exits(&mut shell);
     let err = stderr_of(&mut shell);
     assert!(took < Duration::from_secs(1), "ended after {took:?}: {err}");
-    assert_eq!(err, "error: session ended: terminated by alice\n");
+    assert_eq!(err, format!("error: session ended: {exit}\n"));
+    assert_eq!(row(&t.sessions("alice", &[]), &id)["exit"], exit);
+}
+
+#[test]
+fn terminate_ends_a_session_whose_stream_never_opened_and_its_token_opens_nothing() {
+    let t = Team::start();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let alice = t.client("alice");
+    let body = serde_json::json!({"target": "gw-01", "kind": "exec", "command": ["true"]});
+    let created: Value = rt
+        .block_on(alice.call("POST", "/v1/sessions", Some(body)))
+        .unwrap();
+    let id = created["session_id"].as_str().unwrap();
+    let s = row(&t.sessions("alice", &[]), id).clone();
     assert_eq!(
-        row(&t.sessions("alice", &[]), &id)["exit"],
-        "terminated by alice"
+        (&s["live"], &s["started_at"], &s["ended_at"]),
+        (&false.into(), &Value::Null, &Value::Null)
+    );
+
+    // dave ends it: at once, with who and why as its exit, though it never ran.
+    assert_eq!(
+        t.ok(
+            "dave",
+            &["sessions", "terminate", id, "--reason", "incident 8"]
+        ),
+        format!("session {id} ended: terminated by dave: incident 8\n")
+    );
+    let s = row(&t.sessions("alice", &[]), id).clone();
+    assert_eq!(s["exit"], "terminated by dave: incident 8");
+    assert_eq!(
+        (&s["live"], &s["started_at"]),
+        (&false.into(), &Value::Null)
+    );
+    assert!(s["ended_at"].is_i64(), "{s}");
+
+    // alice's token, never used, opens nothing now.
+    let (url, token) = (
+        created["stream_url"].as_str().unwrap(),
+        created["token"].as_str().unwrap(),
+    );
+    let Err(refused) = rt.block_on(alice.open_stream(url, token)) else {
+        panic!("the stream of an ended session opened");
+    };
+    // Refused as an expired token: the stream endpoint has no line of its own for a
+    // session ended before its stream opened (yet).
+    assert_eq!(
+        refused.to_string(),
+        "session token expired; create a new session"
+    );
+    assert_eq!(
+        row(&t.sessions("alice", &[]), id)["started_at"],
+        Value::Null
+    );
+
+    // A second terminate reads how it ended.
+    assert_eq!(
+        t.refused("alice", &["sessions", "terminate", id]),
+        format!("error: session {id} already ended (terminated by dave: incident 8)")
+    );
+    // The terminate is on record with who asked and why.
+    let log: Vec<Value> = t
+        .ok("admin", &["audit", "tail", "--json", "-n", "100"])
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let asked: Vec<&Value> = log
+        .iter()
+        .filter(|r| r["event"] == "session.terminate" && r["target"] == id)
+        .collect();
+    assert_eq!(asked.len(), 1, "{log:#?}");
+    assert_eq!(
+        (&asked[0]["actor"], &asked[0]["detail"]["reason"]),
+        (&"dave".into(), &"incident 8".into())
     );
 }

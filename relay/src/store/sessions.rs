@@ -1,6 +1,7 @@
-//! Sessions as listed (`GET /v1/sessions`), newest first, and the end of a session
-//! as its stream task records it: the payload it carried each way and, when
-//! something at the relay ended it (a terminate, a revoked key, a lock), why.
+//! Sessions as listed (`GET /v1/sessions`), newest first; the end of a session as
+//! its stream task records it: the payload it carried each way and, when something
+//! at the relay ended it (a terminate, a revoked key, a lock), why; and the end of
+//! one whose stream never opened (a terminate).
 
 use sqlx::Row;
 
@@ -111,6 +112,23 @@ impl Store {
             .collect())
     }
 
+    /// End a session whose stream has not opened (its token is unused) for `exit`,
+    /// unless it has ended. Its token then opens nothing: [`Store::redeem_token`]
+    /// takes only a session that has not ended, and of the two at once one wins.
+    /// Returns whether this ended it.
+    pub async fn end_unstarted(&self, id: &str, exit: &str) -> Result<bool, Error> {
+        let r = sqlx::query(
+            "UPDATE sessions SET ended_at = ?1, exit = ?2
+             WHERE id = ?3 AND ended_at IS NULL AND token_used_at IS NULL",
+        )
+        .bind(unix_now())
+        .bind(exit)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     /// Record, once, how much a session carried; and, when something at the relay
     /// ended it (`ended_by`: a terminate, a revoked key, a lock), that reason as its
     /// exit: it outranks whatever the agent answered when told to stop, whichever
@@ -144,7 +162,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::store::{NewSession, SessionSpec};
+    use crate::secret::Secret;
+    use crate::store::{NewSession, SessionSpec, TokenError};
 
     async fn store(tag: &str) -> (Store, std::path::PathBuf) {
         let dir =
@@ -153,7 +172,8 @@ mod tests {
         (Store::open(&dir).await.unwrap(), dir)
     }
 
-    async fn session(store: &Store, agent: &str, user: &str) -> String {
+    /// A session asked for, its stream not opened: its id and token.
+    async fn created(store: &Store, agent: &str, user: &str) -> (String, Secret) {
         let spec = SessionSpec::default();
         let (id, token, _) = store
             .create_session(&NewSession {
@@ -170,6 +190,12 @@ mod tests {
             })
             .await
             .unwrap();
+        (id, token)
+    }
+
+    /// A session whose stream opened.
+    async fn session(store: &Store, agent: &str, user: &str) -> String {
+        let (id, token) = created(store, agent, user).await;
         store.redeem_token(&id, &token).await.unwrap().unwrap();
         id
     }
@@ -261,6 +287,36 @@ mod tests {
         let s = listed(c).await;
         assert_eq!(s.exit.as_deref(), Some("exit 0"));
         assert_eq!(s.bytes_out, Some(100_000));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_session_ended_before_its_stream_opened_keeps_its_token_from_opening_it() {
+        let (store, dir) = store("unstarted").await;
+        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
+        let (alice, _) = store.add_user("alice", &[]).await.unwrap();
+        let (id, token) = created(&store, &agent, &alice.id).await;
+        assert!(store
+            .end_unstarted(&id, "terminated by root")
+            .await
+            .unwrap());
+        assert_eq!(
+            store.redeem_token(&id, &token).await.unwrap().unwrap_err(),
+            TokenError::Expired
+        );
+        // The first end stands.
+        assert!(!store.end_unstarted(&id, "terminated again").await.unwrap());
+        let page = store.sessions_page(None, None, 10).await.unwrap();
+        let (_, s) = page.iter().find(|(_, s)| s.id == id).unwrap();
+        assert_eq!(s.exit.as_deref(), Some("terminated by root"));
+        assert_eq!(s.started_at, None);
+        assert!(s.ended_at.is_some());
+
+        // One whose stream opened is not ended here: its task ends it.
+        let started = session(&store, &agent, &alice.id).await;
+        assert!(!store.end_unstarted(&started, "terminated").await.unwrap());
+        assert_eq!(store.session_exit(&started).await.unwrap(), None);
+        assert!(!store.end_unstarted("s-nope", "terminated").await.unwrap());
         let _ = std::fs::remove_dir_all(dir);
     }
 }
