@@ -775,7 +775,7 @@ async fn open_stream(
         Err(e) => {
             let status = match e {
                 TokenError::Invalid => StatusCode::UNAUTHORIZED,
-                TokenError::Used | TokenError::Expired => StatusCode::GONE,
+                TokenError::Used | TokenError::Expired | TokenError::Ended(_) => StatusCode::GONE,
             };
             return Err(ApiError::new(status, e.to_string()));
         }

@@ -133,7 +133,7 @@ pub enum ActivationError {
 }
 
 /// Why a session token was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     /// No such session or wrong token.
     #[error("invalid session token")]
@@ -141,9 +141,12 @@ pub enum TokenError {
     /// The token was already used.
     #[error("session token was already used (tokens are single-use)")]
     Used,
-    /// The token is too old, or its session ended before its stream opened.
+    /// The token is too old.
     #[error("session token expired; create a new session")]
     Expired,
+    /// The session was ended (terminated) before its stream opened.
+    #[error("the session was ended before its stream opened ({0}); create a new session")]
+    Ended(String),
 }
 
 /// The SQLite-backed store.
@@ -458,7 +461,8 @@ impl Store {
             return Ok(Ok(session_row(&r)));
         }
         let why = sqlx::query(
-            "SELECT token_used_at, token_expires FROM sessions WHERE id = ? AND token_hash = ?",
+            "SELECT token_used_at, token_expires, ended_at, exit FROM sessions
+             WHERE id = ? AND token_hash = ?",
         )
         .bind(session_id)
         .bind(token.hash())
@@ -467,6 +471,11 @@ impl Store {
         Ok(Err(match why {
             None => TokenError::Invalid,
             Some(r) if r.get::<Option<i64>, _>("token_used_at").is_some() => TokenError::Used,
+            Some(r) if r.get::<i64, _>("token_expires") < now => TokenError::Expired,
+            Some(r) if r.get::<Option<i64>, _>("ended_at").is_some() => TokenError::Ended(
+                r.get::<Option<String>, _>("exit")
+                    .unwrap_or_else(|| "ended".into()),
+            ),
             Some(_) => TokenError::Expired,
         }))
     }

@@ -420,11 +420,9 @@ fn terminate_ends_a_session_whose_stream_never_opened_and_its_token_opens_nothin
     let Err(refused) = rt.block_on(alice.open_stream(url, token)) else {
         panic!("the stream of an ended session opened");
     };
-    // Refused as an expired token: the stream endpoint has no line of its own for a
-    // session ended before its stream opened (yet).
     assert_eq!(
         refused.to_string(),
-        "session token expired; create a new session"
+        "the session was ended before its stream opened (terminated by dave: incident 8); create a new session"
     );
     assert_eq!(
         row(&t.sessions("alice", &[]), id)["started_at"],

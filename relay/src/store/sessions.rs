@@ -302,7 +302,7 @@ mod tests {
             .unwrap());
         assert_eq!(
             store.redeem_token(&id, &token).await.unwrap().unwrap_err(),
-            TokenError::Expired
+            TokenError::Ended("terminated by root".into())
         );
         // The first end stands.
         assert!(!store.end_unstarted(&id, "terminated again").await.unwrap());
