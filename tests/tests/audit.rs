@@ -256,3 +256,210 @@ fn reading_the_log_needs_the_audit_action() {
         "error: denied: bob may not audit on the relay (no policy permits it)"
     );
 }
+
+const SCENARIO_POLICIES: &str = r#"
+@id("alice-works")
+permit (
+  principal == User::"alice",
+  action in [Action::"list", Action::"shell", Action::"exec", Action::"forward", Action::"ssh_key_push"],
+  resource
+);
+
+@id("leads")
+permit (
+  principal in Group::"leads",
+  action in [Action::"sessions_list", Action::"terminate", Action::"replay"],
+  resource
+);
+"#;
+
+#[test]
+fn every_step_of_a_scenario_is_in_audit_tail_with_its_principal() {
+    use std::io::{Read, Write};
+    let policies = TempDir::new("scenario-policies");
+    std::fs::write(policies.0.join("team.cedar"), SCENARIO_POLICIES).unwrap();
+    let keys = TempDir::new("scenario-keys");
+    let env = Env::start_custom(
+        &["--policies", policies.0.to_str().unwrap()],
+        &[
+            bin("sesame-agent"),
+            "--authorized-keys".into(),
+            format!("{}/%u", keys.0.display()).into(),
+        ],
+    );
+    let data = env.data();
+    let alice = tests::admin(&data, &["user", "add", "alice"]);
+    let dave = tests::admin(&data, &["user", "add", "dave", "--group", "leads"]);
+    let as_user = |key: &str| {
+        let mut c = env.sesame();
+        c.env("SESAME_API_KEY", key).stdin(Stdio::null());
+        c
+    };
+    let ok = |mut c: Command| -> String {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{c:?}: {}", text(&out).1);
+        text(&out).0
+    };
+    let listed = |key: &str| -> Vec<Value> {
+        let mut c = as_user(key);
+        c.args(["sessions", "ls", "--all", "--json"]);
+        serde_json::from_str(&ok(c)).unwrap()
+    };
+
+    // Alice logs in (her key's first use), lists, opens a shell; dave ends it.
+    let mut c = as_user(&alice);
+    c.arg("ls");
+    assert!(ok(c).contains("gw-01"));
+    let mut c = as_user(&alice);
+    c.args(["shell", "gw-01"]);
+    let (mut shell, _typing) = tests::live_shell(c, "echo ready");
+    let shell_id = listed(&dave)
+        .iter()
+        .find(|s| s["kind"] == "shell" && s["live"] == true)
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .expect("alice's shell is listed");
+    let mut c = as_user(&dave);
+    c.args(["sessions", "terminate", &shell_id, "--reason", "drill"]);
+    ok(c);
+    assert!(!shell.wait().unwrap().success());
+
+    // A command, a forwarded connection and a key push of hers.
+    let mut c = as_user(&alice);
+    c.args(["exec", "gw-01", "--", "echo", "scenario"]);
+    assert_eq!(ok(c), "scenario\n");
+    let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        if let Ok((mut c, _)) = echo.accept() {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = c.read(&mut buf) {
+                let _ = c.write_all(&buf[..n]);
+            }
+        }
+    });
+    let mut fwd = as_user(&alice)
+        .args(["forward", "gw-01", &format!("0:127.0.0.1:{echo_port}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(fwd.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected forward output {line:?}"));
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.write_all(b"ping").unwrap();
+    let mut back = [0u8; 4];
+    conn.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"ping");
+    drop(conn);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = fwd.kill();
+    let _ = fwd.wait();
+    let key = keys.0.join("id_ed25519");
+    tests::sshd::keygen(&key);
+    let me = ok({
+        let mut c = Command::new("id");
+        c.arg("-un");
+        c
+    });
+    let mut c = as_user(&alice);
+    c.args([
+        "ssh-key",
+        "push",
+        "gw-01",
+        "--user",
+        me.trim(),
+        "--ttl",
+        "30",
+    ])
+    .arg(key.with_extension("pub"));
+    ok(c);
+
+    // Dave replays her command.
+    let exec_id = listed(&dave)
+        .iter()
+        .find(|s| s["kind"] == "exec")
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .unwrap();
+    let mut c = as_user(&dave);
+    c.args(["sessions", "export", &exec_id]);
+    assert!(ok(c).contains("scenario"));
+
+    // Every step is in `audit tail --json`, by whom it was done.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let log = loop {
+        let log = rows(&env, 1000);
+        if log.iter().any(|r| r["event"] == "forward.close") || Instant::now() > deadline {
+            break log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let by = |event: &str, actor: &str| -> Vec<&Value> {
+        log.iter()
+            .filter(|r| r["event"] == event && r["actor"] == actor)
+            .collect()
+    };
+    let one = |event: &str, actor: &str, what: &dyn Fn(&Value) -> bool| {
+        let found: Vec<&Value> = by(event, actor).into_iter().filter(|r| what(r)).collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{event} by {actor}: {found:#?}\nin {log:#?}"
+        );
+        found[0].clone()
+    };
+    for who in ["alice", "dave"] {
+        let login = one("auth.api", who, &|_| true);
+        assert_eq!(login["source_ip"], "127.0.0.1");
+    }
+    for kind in ["shell", "exec", "forward", "ssh-key"] {
+        let created = one("session.create", "alice", &|r| r["detail"]["kind"] == kind);
+        let id = created["target"].clone();
+        one("session.start", "alice", &|r| r["target"] == id);
+        one("session.end", "alice", &|r| r["target"] == id);
+        let allowed =
+            |r: &Value| r["detail"]["allow"] == true && r["detail"]["policies"][0] == "alice-works";
+        assert!(by("authz.decision", "alice").iter().any(|r| allowed(r)));
+    }
+    let end = one("session.end", "alice", &|r| {
+        r["target"] == shell_id.as_str()
+    });
+    assert_eq!(end["detail"]["exit"], "terminated by dave: drill");
+    one("session.terminate", "dave", &|r| {
+        r["target"] == shell_id.as_str() && r["detail"]["reason"] == "drill"
+    });
+    let open = one("forward.open", "alice", &|_| true);
+    assert_eq!(open["detail"]["port"], echo_port);
+    let close = one("forward.close", "alice", &|_| true);
+    assert_eq!(
+        (
+            &close["detail"]["bytes_to_dest"],
+            &close["detail"]["bytes_from_dest"]
+        ),
+        (&json!(4), &json!(4))
+    );
+    let push = one("session.start", "alice", &|r| {
+        r["detail"]["kind"] == "ssh-key"
+    });
+    assert_eq!(push["detail"]["ssh_user"], me.trim());
+    assert_eq!(push["detail"]["ttl"], 30);
+    assert!(push["detail"]["key"]
+        .as_str()
+        .unwrap()
+        .starts_with("ssh-ed25519 "));
+    one("recording.read", "dave", &|r| {
+        r["target"] == exec_id.as_str()
+    });
+    for action in ["terminate", "replay"] {
+        assert!(by("authz.decision", "dave")
+            .iter()
+            .any(|r| r["detail"]["action"] == action && r["detail"]["allow"] == true));
+    }
+}
