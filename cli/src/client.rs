@@ -262,8 +262,9 @@ impl Relay {
             .parse()
             .with_context(|| format!("bad stream URL '{url}'"))?;
         let (host, port) = host_port(&uri, 443)?;
-        self.websocket(&host, port, &format!("{url}?token={token}"), None)
-            .await
+        // This client shows `Notice` frames (someone joined the session).
+        let full = format!("{url}?token={token}&notices=true");
+        self.websocket(&host, port, &full, None).await
     }
 
     /// Open the API's WebSocket at `path` (joining a session), with the API key.

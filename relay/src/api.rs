@@ -752,6 +752,9 @@ fn judged(
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
     token: Option<String>,
+    /// The client knows `Notice` frames (someone joined or left its session).
+    #[serde(default)]
+    notices: bool,
 }
 
 async fn open_stream(
@@ -802,7 +805,9 @@ async fn open_stream(
         .max_frame_size(MAX_MESSAGE)
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
-        .on_upgrade(move |socket| crate::stream::serve(socket, state, session, agent, peer.ip())))
+        .on_upgrade(move |socket| {
+            crate::stream::serve(socket, state, session, agent, (peer.ip(), q.notices))
+        }))
 }
 
 async fn agent_socket(

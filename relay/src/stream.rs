@@ -175,7 +175,21 @@ async fn authorise_channel(
     match tokio::time::timeout(AUDIT_WAIT, state.audit.record(event)).await {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("the audit log is not answering: the channel is refused".into()),
+        Err(_) => {
+            // The row may still be written later: the refusal follows it.
+            let refused = Event::new(user.name.clone(), "forward.open", session.id.clone())
+                .from(peer)
+                .detail(serde_json::json!({
+                    "channel": ch,
+                    "host": host,
+                    "port": port,
+                    "allow": false,
+                    "reason": "the audit log did not answer in time",
+                }));
+            let audit = state.audit.clone();
+            tokio::spawn(async move { audit.record(refused).await });
+            return Err("the audit log is not answering: the channel is refused".into());
+        }
     }
     if d.allow {
         Ok(host)
@@ -184,13 +198,14 @@ async fn authorise_channel(
     }
 }
 
-/// Serve one client stream until the session ends or the client leaves.
+/// Serve one client stream until the session ends or the client leaves; `notices`:
+/// the client asked to be told when someone joins or leaves (`Notice` frames).
 pub async fn serve(
     socket: WebSocket,
     state: AppState,
     session: SessionRow,
     agent: Arc<AgentHandle>,
-    peer: std::net::IpAddr,
+    (peer, notices): (std::net::IpAddr, bool),
 ) {
     let (mut sink, mut stream) = socket.split();
 
@@ -346,9 +361,6 @@ pub async fn serve(
         },
         None => Recorder::off(),
     };
-    if let Some(watch) = recorder.watch() {
-        registration.joinable(watch);
-    }
     detail["recorded"] = recorder.active().into();
     detail["input_recorded"] = (recorder.active() && recorder.records_input()).into();
     let start = Event::new(user.name.clone(), "session.start", session.id.clone())
@@ -473,6 +485,10 @@ pub async fn serve(
         }
     }
     info!(session = %session.id, agent = %agent.name, kind = %session.kind, rate = ?session.rate, "session started");
+    // Started: from now on it can be joined.
+    if let Some(watch) = recorder.watch() {
+        registration.joinable(watch);
+    }
 
     // 3. Route until the session ends, pacing data in each direction.
     let origin = Instant::now();
@@ -487,6 +503,8 @@ pub async fn serve(
     let mut pace_in = session.rate.map(bucket);
     let mut pace_out = session.rate.map(bucket);
     let mut channels = Channels::default();
+    // Their `forward.close` rows being written, all in before `session.end`.
+    let mut closing: Vec<tokio::task::JoinHandle<()>> = Vec::new();
     let is_forward = session.kind == "forward";
     // A frame waiting for its direction's bucket; its source is not read meanwhile.
     let mut hold_in: Option<Routed> = None;
@@ -542,7 +560,11 @@ pub async fn serve(
                 break Err(why);
             }
             Some(line) = registration.notices.recv() => {
-                // Someone joined or left: the user hears of it.
+                // Someone joined or left: the user hears of it, if its client knows
+                // the frame (an older one would take it for a protocol error).
+                if !notices {
+                    continue;
+                }
                 let notice = encode(&Frame::Notice { sid: client_sid, message: &line });
                 if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(notice.into()))).await {
                     break Err(e.client(timers.reason(last_activity)));
@@ -563,7 +585,8 @@ pub async fn serve(
                 traffic.bytes_out += routed.payload as u64;
                 if is_forward {
                     if let Some(closed) = channels.agent_frame(&routed.bytes) {
-                        channel_closed(&state, &user.name, &session.id, peer, closed);
+                        closing.retain(|c| !c.is_finished());
+                        closing.push(channel_closed(&state, &user.name, &session.id, peer, closed));
                     }
                 }
                 // On record before the client has it.
@@ -623,7 +646,12 @@ pub async fn serve(
                 let canonical;
                 let frame = match frame {
                     Frame::ChannelOpen { sid, ch, window, host, port } => {
-                        match authorise_channel(&state, &user, &target, &session, peer, (host, port, ch)).await {
+                        let decided = if channels.0.contains_key(&ch) {
+                            Err(format!("channel {ch} is already open"))
+                        } else {
+                            authorise_channel(&state, &user, &target, &session, peer, (host, port, ch)).await
+                        };
+                        match decided {
                             Ok(h) => {
                                 canonical = h;
                                 channels.opened(ch, &canonical, port);
@@ -724,9 +752,16 @@ pub async fn serve(
             .err()
             .map_or("the session ended", String::as_str);
         if let Some(closed) = channels.closed(ch, why) {
-            channel_closed(&state, &user.name, &session.id, peer, closed);
+            closing.push(channel_closed(
+                &state,
+                &user.name,
+                &session.id,
+                peer,
+                closed,
+            ));
         }
     }
+    let _ = tokio::time::timeout(AUDIT_WAIT, futures_util::future::join_all(closing)).await;
     // On record before the client hears of the end: the bytes, and the reason when
     // someone ended it (a terminate, a revoked key, a lock). Then no longer live.
     let ended_by = match &outcome {
@@ -813,7 +848,7 @@ fn channel_closed(
     session: &str,
     peer: std::net::IpAddr,
     detail: serde_json::Value,
-) {
+) -> tokio::task::JoinHandle<()> {
     let event = Event::new(user.to_string(), "forward.close", session.to_string())
         .from(peer)
         .detail(detail);
@@ -822,7 +857,7 @@ fn channel_closed(
         if let Err(e) = audit.record(event).await {
             warn!("forward channel close not in the audit log: {e}");
         }
-    });
+    })
 }
 
 /// The recording's facts for a session whose `Open` is `open`; `None` for a kind

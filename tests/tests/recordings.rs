@@ -800,6 +800,36 @@ fn join_shows_the_screen_then_live_output_read_only_and_the_user_is_told() {
         "alice's terminal",
     );
 
+    // Locking the observer out ends its watch (not the session).
+    let mut locked = as_user(&dave)
+        .args(["join", &id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _keys3 = locked.stdin.take().unwrap();
+    let seen3 = gather(locked.stdout.take().unwrap());
+    let said3 = gather(locked.stderr.take().unwrap());
+    wait_for(&seen3, "still-alice", "the locked observer's screen");
+    ok(
+        &env,
+        &[
+            "admin",
+            "locks",
+            "add",
+            "--user",
+            "dave",
+            "--reason",
+            "audit-over",
+        ],
+    );
+    assert!(!locked.wait().unwrap().success());
+    wait_for(&said3, "audit-over", "the locked observer's stderr");
+    ok(&env, &["admin", "locks", "rm", "dave"]);
+    writeln!(typing, "echo unharmed").unwrap();
+    wait_for(&shell_out, "unharmed", "alice's shell");
+
     // A second observer sees the session end with its exit.
     let mut second = as_user(&dave)
         .args(["join", &id])
@@ -845,14 +875,18 @@ fn join_shows_the_screen_then_live_output_read_only_and_the_user_is_told() {
             .collect()
     };
     let joins = of("session.join");
-    assert_eq!(joins.len(), 2, "{joins:?}");
+    assert_eq!(joins.len(), 3, "{joins:?}");
     assert!(joins
         .iter()
         .all(|r| r["actor"] == "dave" && r["detail"]["owner"] == "alice"));
     let leaves = of("session.leave");
-    assert_eq!(leaves.len(), 2, "{leaves:?}");
+    assert_eq!(leaves.len(), 3, "{leaves:?}");
     assert_eq!(leaves[0]["detail"]["why"], "the observer left");
-    assert_eq!(leaves[1]["detail"]["why"], "the session ended: exit 0");
+    assert!(leaves[1]["detail"]["why"]
+        .as_str()
+        .unwrap()
+        .contains("audit-over"));
+    assert_eq!(leaves[2]["detail"]["why"], "the session ended: exit 0");
     let refused: Vec<&Value> = of("authz.decision")
         .into_iter()
         .filter(|r| r["actor"] == "carol")

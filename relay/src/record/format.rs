@@ -212,6 +212,11 @@ impl Utf8Carry {
         (buf, valid)
     }
 
+    /// What is held now: the start of a character whose rest has not come yet.
+    pub fn held(&self) -> &[u8] {
+        &self.held
+    }
+
     /// What is held at the end of the stream (an incomplete sequence, never valid).
     pub fn finish(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.held)
@@ -276,6 +281,15 @@ impl Encoder {
             KindMeta::Forward => Encoder::Forward(ForwardLog::default()),
         };
         (enc, line)
+    }
+
+    /// Output received but not written yet (a shell's character cut between two
+    /// frames), for someone who joins now.
+    pub fn held_output(&self) -> Vec<u8> {
+        match self {
+            Encoder::Cast(c) => [c.out.held(), c.err.held()].concat(),
+            _ => Vec::new(),
+        }
     }
 
     /// Append the lines of event `e`, which happened at `at`.

@@ -310,11 +310,11 @@ async fn a_join_meets_the_file_exactly_and_hears_the_end() {
     rec.record(out("two\r\n")).await.unwrap();
     // Joined at once, before the writer's next write: what came before is on disk.
     let super::Joined {
-        path,
+        file,
         upto,
         mut feed,
     } = rec.watch().unwrap().join().await.unwrap();
-    let (cols, rows, drawn) = super::join::screen(&path, upto).unwrap();
+    let (cols, rows, drawn) = super::join::screen(file, upto).unwrap();
     assert_eq!((cols, rows), (80, 24));
     assert!(drawn.contains("one") && drawn.contains("two"), "{drawn:?}");
     rec.record(out("three\r\n")).await.unwrap();
@@ -332,7 +332,7 @@ async fn a_join_meets_the_file_exactly_and_hears_the_end() {
     assert_eq!(feed.recv().await, Some(super::Seen::Resize(100, 30)));
     assert_eq!(
         feed.recv().await,
-        Some(super::Seen::End("the session ended".into()))
+        Some(super::Seen::End(None, "the session ended".into()))
     );
     assert_eq!(feed.recv().await, None);
     // Not a shell, or not recorded: nothing to join.

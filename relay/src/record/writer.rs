@@ -38,13 +38,18 @@ pub const STALL: Duration = Duration::from_secs(5);
 pub const WRITE_EVERY: Duration = Duration::from_millis(100);
 
 /// Events an observer may have waiting before it counts as fallen behind (and is
-/// dropped: the session itself never waits for an observer).
-pub const OBSERVER_QUEUE: usize = 1024;
+/// dropped: the session itself never waits for an observer). An event is one
+/// frame's output, 32 KiB at most.
+pub const OBSERVER_QUEUE: usize = 256;
+/// Observers one session may have at once.
+pub const MAX_OBSERVERS: usize = 8;
 
 enum Msg {
     Event(Duration, Event),
     /// Someone joins the session.
     Join(oneshot::Sender<Result<Joined, String>>),
+    /// The session side stopped recording (best-effort mode) for this reason.
+    Broke(String),
     /// The session never started: remove the file.
     Discard(oneshot::Sender<()>),
     /// The session ended at this time, for this reason if the relay ended it.
@@ -62,15 +67,18 @@ pub enum Seen {
     Output(Vec<u8>),
     /// The session's terminal changed size.
     Resize(u16, u16),
-    /// The session ended, as said here; nothing follows.
-    End(String),
+    /// The session ended (with its exit when the agent said), as said here;
+    /// nothing follows.
+    End(Option<agent_core::wire::Exit>, String),
 }
 
 /// A joined session: its recording up to `upto` bytes is the past, `feed` the rest.
-/// A feed that closes without [`Seen::End`] fell behind.
+/// A feed that closes without [`Seen::End`] fell behind, or the session ended
+/// while the feed was full.
 pub struct Joined {
-    /// The recording's file (still being written).
-    pub path: PathBuf,
+    /// The recording, open for reading (it stays readable when it is compressed
+    /// and removed meanwhile).
+    pub file: File,
     /// Its length when the observer joined: whole lines, all on disk.
     pub upto: u64,
     /// What happens from then on.
@@ -289,7 +297,7 @@ impl Recorder {
     }
 
     /// The recording broke for `why`: the session's end in strict mode, a warning
-    /// and no more recording otherwise.
+    /// and no more recording otherwise (observers are told, joins refused).
     fn broke(&mut self, why: String) -> Result<(), String> {
         if self.strict {
             return Err(why);
@@ -298,6 +306,7 @@ impl Recorder {
         let State::Active(a) = std::mem::replace(&mut self.state, State::Off) else {
             return Ok(());
         };
+        let _ = a.tx.send(Msg::Broke(why.clone()));
         self.state = State::Broken(why, Some(a));
         Ok(())
     }
@@ -406,15 +415,23 @@ impl Writer {
                             self.enc.push(at, e, &mut buf);
                         }
                     }
+                    Msg::Join(done) if finish.is_some() => {
+                        let _ = done.send(Err("the session has ended".into()));
+                    }
                     Msg::Join(done) => {
                         // Everything before the join on disk first: the observer
                         // reads it from the file, and is fed only what follows.
                         self.write(&mut buf).await;
                         let _ = done.send(self.join());
                     }
+                    Msg::Broke(why) => {
+                        if self.broken.is_none() {
+                            self.broke(why);
+                        }
+                    }
                     Msg::Finish(at, reason, done) => {
                         let why = reason.as_deref().unwrap_or("the session ended");
-                        self.tell(Seen::End(why.to_string()));
+                        self.tell(Seen::End(None, why.to_string()));
                         self.observers.clear();
                         self.enc.finish(at, reason.as_deref(), &mut buf);
                         finish = Some(done);
@@ -467,23 +484,27 @@ impl Writer {
         }
     }
 
-    /// A new observer: where the file ends now, and its feed.
+    /// A new observer: the file open for reading, where it ends now, and its feed
+    /// (first what the encoder holds back: the start of a cut character).
     fn join(&mut self) -> Result<Joined, String> {
         if let Some(why) = &self.broken {
             return Err(why.clone());
         }
-        let file = self.file.as_ref().ok_or("the recording has stopped")?;
-        let upto = file
-            .metadata()
-            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?
-            .len();
+        self.observers.retain(|o| !o.is_closed());
+        if self.observers.len() >= MAX_OBSERVERS {
+            return Err(format!("the session already has {MAX_OBSERVERS} observers"));
+        }
+        let cannot = |e: std::io::Error| format!("cannot read {}: {e}", self.path.display());
+        let written = self.file.as_ref().ok_or("the recording has stopped")?;
+        let upto = written.metadata().map_err(cannot)?.len();
+        let file = File::open(&self.path).map_err(cannot)?;
         let (tx, feed) = mpsc::channel(OBSERVER_QUEUE);
+        let held = self.enc.held_output();
+        if !held.is_empty() {
+            let _ = tx.try_send(Seen::Output(held));
+        }
         self.observers.push(tx);
-        Ok(Joined {
-            path: self.path.clone(),
-            upto,
-            feed,
-        })
+        Ok(Joined { file, upto, feed })
     }
 
     /// Hand what observers see of `e` to each; one whose queue is full fell behind
@@ -495,7 +516,9 @@ impl Writer {
         let seen = match e {
             Event::Output { data, .. } => Seen::Output(data.clone()),
             Event::Resize { cols, rows } => Seen::Resize(*cols, *rows),
-            Event::Exit { exit, reason } => Seen::End(super::format::exit_line(*exit, reason)),
+            Event::Exit { exit, reason } => {
+                Seen::End(Some(*exit), super::format::exit_line(*exit, reason))
+            }
             _ => return,
         };
         self.tell(seen);
@@ -508,7 +531,7 @@ impl Writer {
     fn broke(&mut self, why: String) {
         warn!("{why}");
         // Observers see no more: say why.
-        self.tell(Seen::End(why.clone()));
+        self.tell(Seen::End(None, why.clone()));
         self.observers.clear();
         self.broken = Some(why.clone());
         self.file = None;
