@@ -93,12 +93,15 @@ impl Live {
         }
     }
 
-    /// End every live session whose owner matches, with `reason`. Returns how many.
+    /// End every live session whose owner matches, with `reason`. Returns how many
+    /// matched, those already ending included: a session something else ended
+    /// first keeps its first reason (a lock right after a terminate does not
+    /// rewrite why the session ended).
     pub fn end_where(&self, matches: impl Fn(&Owner) -> bool, reason: &str) -> usize {
         let sessions = self.lock();
         let mut n = 0;
         for e in sessions.values().filter(|e| matches(&e.owner)) {
-            e.end.send_replace(Some(reason.to_string()));
+            end_first(e, reason);
             n += 1;
         }
         n
@@ -108,13 +111,7 @@ impl Live {
     /// live, or something else ended it first (the first reason stands).
     pub fn end(&self, session_id: &str, reason: &str) -> bool {
         match self.lock().get(session_id) {
-            Some(e) => e.end.send_if_modified(|why| {
-                let first = why.is_none();
-                if first {
-                    *why = Some(reason.to_string());
-                }
-                first
-            }),
+            Some(e) => end_first(e, reason),
             None => false,
         }
     }
@@ -150,6 +147,18 @@ impl Live {
     }
 }
 
+/// End a session with `reason` unless it was ended already (the first reason
+/// stands). Returns whether this ended it.
+fn end_first(e: &Entry, reason: &str) -> bool {
+    e.end.send_if_modified(|why| {
+        let first = why.is_none();
+        if first {
+            *why = Some(reason.to_string());
+        }
+        first
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,11 +183,18 @@ mod tests {
         );
         assert_eq!(a.ended.borrow().as_deref(), Some("key revoked"));
         assert_eq!(*b.ended.borrow(), None);
+        // s-1 and s-3 match; s-1 was ended first and keeps its reason.
         assert_eq!(live.end_where(|o| o.agent_id == "ag-1", "agent locked"), 2);
+        assert_eq!(a.ended.borrow().as_deref(), Some("key revoked"));
         assert_eq!(c.ended.borrow().as_deref(), Some("agent locked"));
         assert!(live.end("s-2", "terminated"));
         assert!(!live.end("s-2", "terminated again"), "the first end stands");
         assert_eq!(b.ended.borrow().as_deref(), Some("terminated"));
+        // A lock of the user right after the terminate: both of its sessions match,
+        // neither reason is overwritten.
+        assert_eq!(live.end_where(|o| o.user_id == "us-a", "user locked"), 2);
+        assert_eq!(b.ended.borrow().as_deref(), Some("terminated"));
+        assert_eq!(a.ended.borrow().as_deref(), Some("key revoked"));
         assert!(live.contains("s-2"));
         drop((a, b, c));
         assert!(live.is_empty());

@@ -10,6 +10,14 @@
 //!
 //! A policy's id is its `@id("...")` annotation, or `FILE:LINE` where it starts.
 //!
+//! `record_input` is not a permission but a wish: a policy that allows it on a
+//! session asks for that session's keystrokes to be recorded. It is decided only by
+//! the policies that name it in their action scope (`action == Action::"record_input"`
+//! or `action in [.., Action::"record_input"]`), so that a policy written for
+//! everything (`permit (principal == User::"bob", action, resource)`, the built-in
+//! admins policy) neither turns recording on (passwords are typed) nor, as a
+//! `forbid`, turns it off.
+//!
 //! Entities: `User::"name"` (in its `Group`s, tags = attributes), `Agent::"name"`
 //! (tags = the agent's tags), `Session::"s-..."`, `Relay::"relay"`. Only the
 //! entities a request names are built, so a decision costs the same with one agent
@@ -23,8 +31,8 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
 use cedar_policy::{
-    AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect, Entities, Entity,
-    EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request,
+    ActionConstraint, AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect,
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request,
     RestrictedExpression, Schema, ValidationMode, Validator,
 };
 use miette::Diagnostic;
@@ -37,10 +45,10 @@ pub const SCHEMA: &str = include_str!("../../docs/sesame.cedarschema");
 /// The built-in group whose members may do anything (today's `--admin`).
 pub const ADMINS: &str = "admins";
 
-/// The built-in policy that makes [`ADMINS`] administrators.
-/// (`record_input` is not a permission but a wish: admins' keystrokes are not
-/// recorded unless a policy says so.)
-const BUILTIN: &str = "@id(\"builtin-admins\")\npermit (principal in Group::\"admins\", action, resource)\nunless { action == Action::\"record_input\" };\n";
+/// The built-in policy that makes [`ADMINS`] administrators. (It does not name
+/// `record_input`, so admins' keystrokes are not recorded unless a policy says so.)
+const BUILTIN: &str =
+    "@id(\"builtin-admins\")\npermit (principal in Group::\"admins\", action, resource);\n";
 
 /// What a user asks to do. The names are the Cedar actions (`Action::"shell"`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -77,6 +85,7 @@ pub enum Action {
     Audit,
     /// Not a permission: a policy that allows it on a session asks for that
     /// session's input to be recorded (keystrokes hold passwords: off by default).
+    /// Only the policies that name it in their action scope decide it.
     RecordInput,
 }
 
@@ -388,6 +397,9 @@ pub fn quote_argv(argv: &[String]) -> String {
 #[derive(Debug)]
 pub struct Loaded {
     set: PolicySet,
+    /// The policies that name `record_input` in their action scope: the only ones
+    /// that decide it.
+    wishes: PolicySet,
     /// Counts up from 1 with each set that took effect in this run.
     pub version: u64,
     /// SHA-256 (hex) of the files, in name order, each as name, NUL, text, NUL.
@@ -498,9 +510,12 @@ impl Policies {
             Ok(r) => r,
             Err(e) => return denied(e),
         };
-        let response = self
-            .authorizer
-            .is_authorized(&request, &loaded.set, &entities);
+        let set = if action == Action::RecordInput {
+            &loaded.wishes
+        } else {
+            &loaded.set
+        };
+        let response = self.authorizer.is_authorized(&request, set, &entities);
         let d = response.diagnostics();
         let errors: Vec<String> = d.errors().map(|e| e.to_string()).collect();
         // A forbid that fails to evaluate is skipped by Cedar, which could let the
@@ -508,12 +523,7 @@ impl Policies {
         let mut broken_forbids: Vec<String> = d
             .errors()
             .map(|AuthorizationError::PolicyEvaluationError(e)| e.policy_id())
-            .filter(|id| {
-                loaded
-                    .set
-                    .policy(id)
-                    .is_some_and(|p| p.effect() == Effect::Forbid)
-            })
+            .filter(|id| set.policy(id).is_some_and(|p| p.effect() == Effect::Forbid))
             .map(|id| id.to_string())
             .collect();
         broken_forbids.sort_unstable();
@@ -684,14 +694,38 @@ fn compile(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
+    let wishes = names_record_input(&set);
     Ok(Loaded {
         set,
+        wishes,
         version,
         hash,
         loaded_at: unix_now(),
         files,
         ids,
     })
+}
+
+/// The policies of `set` that name `record_input` in their action scope
+/// (`action == Action::"record_input"`, `action in [.., Action::"record_input"]`).
+/// A policy whose action is unconstrained is left out: it was not written to ask
+/// for keystrokes.
+fn names_record_input(set: &PolicySet) -> PolicySet {
+    let wish = Action::RecordInput.uid();
+    let mut wishes = PolicySet::new();
+    for p in set.policies() {
+        let named = match p.action_constraint() {
+            ActionConstraint::Any => false,
+            ActionConstraint::Eq(a) => a == wish,
+            ActionConstraint::In(actions) => actions.contains(&wish),
+        };
+        if named {
+            wishes
+                .add(p.clone())
+                .expect("ids are unique in the set they come from");
+        }
+    }
+    wishes
 }
 
 fn uid(ty: &str, id: &str) -> EntityUid {

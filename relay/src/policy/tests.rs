@@ -243,6 +243,78 @@ permit (principal in Group::"auditors", action in [Action::"sessions_list", Acti
     assert!(p.authorize(&root, Action::RecordInput, &of_root, &c).allow);
 }
 
+/// Whether `who`'s shell on gw-01 has its input recorded under `text`, and the
+/// policies that decided it.
+fn records_input(tag: &str, text: &str, who: &Principal) -> (bool, Vec<String>) {
+    let p = Policies::load(&dir(tag, &[("p.cedar", text)])).unwrap();
+    let lab = agent("gw-01", "lab");
+    let s = Resource::Session {
+        id: "s-1",
+        owner: who,
+        agent: &lab,
+        kind: "shell",
+        run_as: "deploy",
+    };
+    let d = p.authorize(who, Action::RecordInput, &s, &from("127.0.0.1"));
+    (d.allow, d.policies)
+}
+
+#[test]
+fn record_input_is_decided_only_by_the_policies_that_name_it() {
+    let bob = user("bob", &["contractors"]);
+    // A policy written for everything bob does is no wish for his keystrokes.
+    let everything = "@id(\"bob-all\")\npermit (principal == User::\"bob\", action, resource);\n";
+    assert_eq!(records_input("in-any", everything, &bob), (false, vec![]));
+    // Still, it allows him everything else.
+    let p = Policies::load(&dir("in-any-shell", &[("p.cedar", everything)])).unwrap();
+    let lab = agent("gw-01", "lab");
+    let mut c = from("127.0.0.1");
+    c.run_as = "deploy".into();
+    assert!(
+        p.authorize(&bob, Action::Shell, &Resource::Agent(&lab), &c)
+            .allow
+    );
+
+    // Named alone, or in a list.
+    let named = "@id(\"keys\")\npermit (principal in Group::\"contractors\", action == Action::\"record_input\", resource);\n";
+    assert_eq!(
+        records_input("in-eq", named, &bob),
+        (true, vec!["keys".to_string()])
+    );
+    let listed = "@id(\"keys\")\npermit (principal, action in [Action::\"observe\", Action::\"record_input\"], resource)\nwhen { resource.kind == \"shell\" };\n";
+    assert_eq!(
+        records_input("in-list", listed, &bob),
+        (true, vec!["keys".to_string()])
+    );
+    // A list without it is not a wish.
+    let other =
+        "permit (principal, action in [Action::\"observe\", Action::\"replay\"], resource);\n";
+    assert_eq!(records_input("in-other", other, &bob), (false, vec![]));
+
+    // A forbid for everything does not turn a named permit off...
+    let no_bob = "@id(\"no-bob\")\nforbid (principal == User::\"bob\", action, resource);\n";
+    assert_eq!(
+        records_input("in-forbid-any", &format!("{named}{no_bob}"), &bob),
+        (true, vec!["keys".to_string()])
+    );
+    // ...a forbid that names record_input does.
+    let no_keys = "@id(\"no-keys\")\nforbid (principal == User::\"bob\", action in [Action::\"record_input\"], resource);\n";
+    assert_eq!(
+        records_input("in-forbid-named", &format!("{named}{no_keys}"), &bob),
+        (false, vec!["no-keys".to_string()])
+    );
+
+    // The built-in admins policy allows admins everything but asks for nothing.
+    let root = user("root", &[ADMINS]);
+    assert_eq!(records_input("in-admins", "", &root), (false, vec![]));
+    let p = Policies::load(&dir("in-admins-shell", &[])).unwrap();
+    let d = p.authorize(&root, Action::Shell, &Resource::Agent(&lab), &c);
+    assert_eq!(
+        (d.allow, d.policies),
+        (true, vec!["builtin-admins".to_string()])
+    );
+}
+
 #[test]
 fn a_bad_set_is_refused_with_file_and_line_and_the_old_one_stays() {
     let d = dir("bad", &[("ops.cedar", OPS)]);
