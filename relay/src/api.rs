@@ -697,7 +697,11 @@ async fn check_policy(
             let r = Resource::User(&p);
             judged(&state, &user, action, &r, &c)
         }
-        Action::SessionsList | Action::Terminate | Action::Observe | Action::Replay => {
+        Action::SessionsList
+        | Action::Terminate
+        | Action::Observe
+        | Action::Replay
+        | Action::RecordInput => {
             let id = name()?;
             let s = state
                 .store
@@ -710,6 +714,16 @@ async fn check_policy(
                 .await?
                 .map(|u| u.principal())
                 .unwrap_or_default();
+            if action == Action::RecordInput && owner.name != user.name {
+                // Decided for the session's owner only (it is their input).
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "record_input is decided for the session's owner: ask as {}",
+                        owner.name
+                    ),
+                ));
+            }
             let a = agent(s.agent_id.clone()).await?;
             let t = target(&a);
             let r = Resource::Session {

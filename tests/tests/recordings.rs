@@ -897,4 +897,30 @@ fn join_shows_the_screen_then_live_output_read_only_and_the_user_is_told() {
     assert_eq!(start["detail"]["input_recorded"], true, "{start}");
     let cast = String::from_utf8(ok(&env, &["sessions", "export", &id])).unwrap();
     assert!(cast.contains(r#""i", "echo after-$((3+4))\n"]"#), "{cast}");
+    // `policy check` says the same, for the session's owner only.
+    let check = |user: &str| {
+        let args = [
+            "policy",
+            "check",
+            "--user",
+            user,
+            "--action",
+            "record_input",
+            "--target",
+            &id,
+        ];
+        env.run(&args, b"")
+    };
+    let out = check("alice");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    assert!(
+        text(&out).0.contains("record-alice-keys"),
+        "{}",
+        text(&out).0
+    );
+    let out = check("dave");
+    assert_eq!(
+        text(&out).1,
+        "error: record_input is decided for the session's owner: ask as alice\n"
+    );
 }
