@@ -765,16 +765,21 @@ fn join_shows_the_screen_then_live_output_read_only_and_the_user_is_told() {
     );
 
     // A lead joins: the screen as it is (drawn from the recording), then live.
-    let mut watcher = as_user(&dave)
-        .args(["join", &id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut keys = watcher.stdin.take().unwrap();
-    let seen = gather(watcher.stdout.take().unwrap());
-    let said = gather(watcher.stderr.take().unwrap());
+    // `sesame join ID` as dave: the process, its keyboard, its stdout and stderr.
+    let join = || {
+        let mut child = as_user(&dave)
+            .args(["join", &id])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let keys = child.stdin.take().unwrap();
+        let seen = gather(child.stdout.take().unwrap());
+        let said = gather(child.stderr.take().unwrap());
+        (child, keys, seen, said)
+    };
+    let (mut watcher, mut keys, seen, said) = join();
     wait_for(&seen, "before-5", "the observer's screen");
     wait_for(
         &shell_err,
@@ -801,16 +806,7 @@ fn join_shows_the_screen_then_live_output_read_only_and_the_user_is_told() {
     );
 
     // Locking the observer out ends its watch (not the session).
-    let mut locked = as_user(&dave)
-        .args(["join", &id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _keys3 = locked.stdin.take().unwrap();
-    let seen3 = gather(locked.stdout.take().unwrap());
-    let said3 = gather(locked.stderr.take().unwrap());
+    let (mut locked, _keys3, seen3, said3) = join();
     wait_for(&seen3, "still-alice", "the locked observer's screen");
     ok(
         &env,
@@ -831,16 +827,7 @@ fn join_shows_the_screen_then_live_output_read_only_and_the_user_is_told() {
     wait_for(&shell_out, "unharmed", "alice's shell");
 
     // A second observer sees the session end with its exit.
-    let mut second = as_user(&dave)
-        .args(["join", &id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _keys2 = second.stdin.take().unwrap();
-    let seen2 = gather(second.stdout.take().unwrap());
-    let said2 = gather(second.stderr.take().unwrap());
+    let (mut second, _keys2, seen2, said2) = join();
     wait_for(&seen2, "still-alice", "the second observer's screen");
     writeln!(typing, "exit").unwrap();
     assert!(shell.wait().unwrap().success());
