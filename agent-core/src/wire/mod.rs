@@ -17,9 +17,11 @@
 
 mod bytes;
 mod frame;
+mod route;
 
 pub use bytes::Bytes;
 pub use frame::*;
+pub use route::{has_sid, rewrite_sid, SidHeader, SID_HEADER_MAX};
 
 use crate::error::{DecodeError, EncodeError};
 

@@ -288,3 +288,44 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// The relay's readdressing reads the same session id as the decoder and yields
+    /// the same frame for the new session, for every frame type.
+    #[test]
+    fn rewriting_the_sid_is_with_sid(
+        sel in any::<u8>(), a in any::<u32>(), b in any::<u16>(), c in any::<u64>(),
+        bytes in proptest::collection::vec(any::<u8>(), 0..300), text in ".{0,40}",
+        sid in any::<u32>(),
+    ) {
+        let f = frame_from(sel, a, b, c, &bytes, &text);
+        let mut buf = vec![0u8; f.buffer_len()];
+        f.encode(&mut buf).unwrap();
+        let Some(h) = SidHeader::read(&buf) else {
+            let is_error = matches!(f, Frame::Error { .. });
+            prop_assert!(f.sid().is_none() && !is_error);
+            return Ok(());
+        };
+        prop_assert_eq!(h.sid, f.sid().unwrap_or(0));
+        let again = match rewrite_sid(&mut buf, sid) {
+            Some(start) => buf[start..].to_vec(),
+            None => {
+                let mut header = [0u8; SID_HEADER_MAX];
+                let k = SidHeader { sid, ..h }.write(&mut header);
+                let mut v = header[..k].to_vec();
+                v.extend_from_slice(&buf[h.len..]);
+                v
+            }
+        };
+        prop_assert_eq!(Frame::decode(&again).unwrap(), f.with_sid(sid));
+    }
+
+    /// Whatever decodes, the header read without decoding names the same session.
+    #[test]
+    fn the_sid_header_agrees_with_the_decoder(msg in proptest::collection::vec(any::<u8>(), 0..64)) {
+        if let (Ok(f), Some(h)) = (Frame::decode(&msg), SidHeader::read(&msg)) {
+            prop_assert_eq!(h.sid, f.sid().unwrap_or(0));
+            prop_assert_eq!(h.frame_type, u32::from(f.frame_type()));
+        }
+    }
+}
