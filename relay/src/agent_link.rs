@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::AppState;
 use crate::audit::Event;
-use crate::hub::{AgentHandle, AGENT_QUEUE};
+use crate::hub::{AgentHandle, Routed, AGENT_QUEUE};
 use crate::secret::{random_bytes, Secret};
 use crate::store::AgentRow;
 
@@ -21,6 +21,8 @@ use crate::store::AgentRow;
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(1);
 /// An agent silent for this long is dead (it pings every 15 s).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Frames written to an agent link at most before a flush.
+const WRITE_BATCH: usize = 64;
 
 /// What an agent's handshake established.
 struct Authenticated {
@@ -56,10 +58,12 @@ pub fn relay_hello() -> Frame<'static> {
     })
 }
 
-async fn recv_binary(ws: &mut futures_util::stream::SplitStream<WebSocket>) -> Option<Vec<u8>> {
+async fn recv_binary(
+    ws: &mut futures_util::stream::SplitStream<WebSocket>,
+) -> Option<axum::body::Bytes> {
     loop {
         match ws.next().await? {
-            Ok(Message::Binary(b)) => return Some(b.to_vec()),
+            Ok(Message::Binary(b)) => return Some(b),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }
@@ -138,7 +142,7 @@ pub async fn serve(
             return;
         }
     };
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(AGENT_QUEUE);
+    let (tx, mut rx) = mpsc::channel::<axum::body::Bytes>(AGENT_QUEUE);
     let (handle, mut kicked) = state.hub.register(
         &agent.id,
         &agent.name,
@@ -173,8 +177,19 @@ pub async fn serve(
     info!(agent = %agent.name, id = %agent.id, %peer, max_sessions, max_frame, %default_account, "agent online");
 
     let writer = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if sink.send(Message::Binary(frame.into())).await.is_err() {
+        // What is queued goes out together, then one flush: frames that pile up while
+        // the link is busy (credit, small data) cost no write of their own.
+        'link: while let Some(frame) = rx.recv().await {
+            if sink.feed(Message::Binary(frame)).await.is_err() {
+                break;
+            }
+            for _ in 0..WRITE_BATCH {
+                let Ok(frame) = rx.try_recv() else { break };
+                if sink.feed(Message::Binary(frame)).await.is_err() {
+                    break 'link;
+                }
+            }
+            if sink.flush().await.is_err() {
                 break;
             }
         }
@@ -193,13 +208,13 @@ pub async fn serve(
             Ok(None) => break "connection closed".to_string(),
             Ok(Some(m)) => m,
         };
-        if let Err(e) = route_from_agent(&state, &handle, &msg).await {
+        if let Err(e) = route_from_agent(&state, &handle, msg).await {
             let f = encode(&Frame::Error {
                 sid: 0,
                 code: ErrorCode::PROTOCOL,
                 message: &e,
             });
-            let _ = handle.tx.try_send(f);
+            let _ = handle.tx.try_send(f.into());
             break e;
         }
     };
@@ -326,9 +341,9 @@ fn default_account(account: &str) -> Result<String, String> {
 async fn route_from_agent(
     state: &AppState,
     handle: &Arc<AgentHandle>,
-    msg: &[u8],
+    msg: axum::body::Bytes,
 ) -> Result<(), String> {
-    let frame = match Frame::decode_bounded(msg, wire::DEFAULT_MAX_FRAME as usize) {
+    let frame = match Frame::decode_bounded(&msg, wire::DEFAULT_MAX_FRAME as usize) {
         Ok(f) => f,
         Err(agent_core::DecodeError::UnknownFrame { frame_type }) => {
             debug!("skipping unknown frame type {frame_type}");
@@ -338,7 +353,7 @@ async fn route_from_agent(
     };
     match frame {
         Frame::Ping { nonce } => {
-            let _ = handle.tx.try_send(encode(&Frame::Pong { nonce }));
+            let _ = handle.tx.try_send(encode(&Frame::Pong { nonce }).into());
             Ok(())
         }
         Frame::Pong { .. } => Ok(()),
@@ -359,15 +374,20 @@ async fn route_from_agent(
             let Some(route) = handle.route(sid) else {
                 return Ok(()); // the client is gone; the agent learns from our Close
             };
-            if !route.push(&frame) {
+            // The frame goes on as it came, but for its session id.
+            let routed = Routed::of(&frame).readdress(msg, route.client_sid);
+            if !route.push_routed(routed) {
                 // The client cannot keep up (or left): end only this session. Dropping
                 // the route tells its stream task, which tells the client why.
                 handle.remove_route(sid);
-                let _ = handle.tx.try_send(encode(&Frame::Close {
-                    sid,
-                    exit: Exit::Aborted(ErrorCode::TERMINATED),
-                    reason: "client stream closed or too slow",
-                }));
+                let _ = handle.tx.try_send(
+                    encode(&Frame::Close {
+                        sid,
+                        exit: Exit::Aborted(ErrorCode::TERMINATED),
+                        reason: "client stream closed or too slow",
+                    })
+                    .into(),
+                );
                 let _ = state
                     .store
                     .end_session(&route.session_id, "client too slow: relay buffer full")

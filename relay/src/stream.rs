@@ -16,7 +16,7 @@ use tracing::{info, warn};
 use crate::agent_link::encode;
 use crate::api::AppState;
 use crate::audit::Event;
-use crate::hub::{AgentHandle, Route, Routed, MAX_WINDOW};
+use crate::hub::{AgentHandle, CreditGate, Route, Routed, MAX_WINDOW};
 use crate::live::Owner;
 use crate::policy::{self, Action, Circumstances, Resource};
 use crate::record::{self, KindMeta, Recorder};
@@ -79,12 +79,15 @@ impl Channels {
 
     /// What an agent's frame says of the channels: a channel's close (or its
     /// refusal by the agent) as its event; its data counted.
-    fn agent_frame(&mut self, bytes: &[u8]) -> Option<serde_json::Value> {
-        match Frame::decode(bytes).ok()? {
-            Frame::Data { ch, data, .. } => {
-                self.data(ch, data.0.len(), false);
-                None
-            }
+    fn agent_frame(&mut self, routed: &Routed) -> Option<serde_json::Value> {
+        if routed.payload > 0 {
+            self.data(routed.ch, routed.payload, false);
+            return None;
+        }
+        if !routed.ends_channel {
+            return None;
+        }
+        match Frame::decode(&routed.bytes).ok()? {
             Frame::ChannelClose { ch, reason, .. } => self.closed(ch, reason),
             Frame::ChannelReject { ch, reason, .. } => {
                 self.closed(ch, &format!("the agent refused: {reason}"))
@@ -401,8 +404,13 @@ pub async fn serve(
             return;
         }
     };
-    // Windows are clamped so that the agent's data in flight, and so this stream's
-    // queue, stay within the bound (see `hub::CLIENT_QUEUE_BYTES`).
+    // Windows are clamped when opened, and the credit that grows them goes through
+    // the gate, so that the agent's data in flight, and so this stream's queue, stay
+    // within the bound (see `hub::CreditGate` and `hub::CLIENT_QUEUE_BYTES`).
+    let mut gate = CreditGate::default();
+    if let Ok(Frame::Open { window, .. }) = Frame::decode(&msg) {
+        gate.open(0, window.min(MAX_WINDOW));
+    }
     let forward = |f: Frame| {
         let f = match f {
             // The account is the one the policies allowed, whatever the client
@@ -455,10 +463,13 @@ pub async fn serve(
     let mut opening = vec![first.bytes];
     if let Some(rate) = session.rate {
         // The agent paces its own output; the relay paces both directions below.
-        opening.push(encode(&Frame::Limit {
-            sid: agent_sid,
-            rate,
-        }));
+        opening.push(
+            encode(&Frame::Limit {
+                sid: agent_sid,
+                rate,
+            })
+            .into(),
+        );
     }
     for frame in opening {
         // No session timers yet: only the stall bound applies.
@@ -545,8 +556,15 @@ pub async fn serve(
                 if let Some(b) = pace_out.as_mut() {
                     b.consume(held.payload, clock());
                 }
-                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(held.bytes.into()))).await {
+                let (ch, payload) = (held.ch, held.payload);
+                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(held.bytes))).await {
                     break Err(e.client(timers.reason(last_activity)));
+                }
+                gate.delivered(ch, payload);
+                if let Err(e) = pass_credit(&mut gate, &agent, agent_sid, timers.at(last_activity), &mut registration.ended).await {
+                    let why = e.agent(timers.reason(last_activity));
+                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                    break Err(why);
                 }
             }
             _ = tokio::time::sleep_until(timers.at(last_activity)) => {
@@ -584,7 +602,7 @@ pub async fn serve(
                 queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
                 traffic.bytes_out += routed.payload as u64;
                 if is_forward {
-                    if let Some(closed) = channels.agent_frame(&routed.bytes) {
+                    if let Some(closed) = channels.agent_frame(&routed) {
                         closing.retain(|c| !c.is_finished());
                         closing.push(channel_closed(&state, &user.name, &session.id, peer, closed));
                     }
@@ -600,6 +618,10 @@ pub async fn serve(
                     last_frame = Some(routed.bytes);
                     break Ok(());
                 }
+                if routed.ends_channel {
+                    // The agent's last word on the channel: nothing more in flight.
+                    gate.close(routed.ch);
+                }
                 if routed.payload > 0 {
                     last_activity = Instant::now();
                     if pace_out.is_some() && ready(&pace_out) > Instant::now() {
@@ -610,8 +632,18 @@ pub async fn serve(
                         b.consume(routed.payload, clock());
                     }
                 }
-                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(routed.bytes.into()))).await {
+                let (ch, payload) = (routed.ch, routed.payload);
+                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(routed.bytes))).await {
                     break Err(e.client(timers.reason(last_activity)));
+                }
+                if payload > 0 {
+                    // Room for credit the client granted beyond the bounds, if any.
+                    gate.delivered(ch, payload);
+                    if let Err(e) = pass_credit(&mut gate, &agent, agent_sid, timers.at(last_activity), &mut registration.ended).await {
+                        let why = e.agent(timers.reason(last_activity));
+                        close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
+                        break Err(why);
+                    }
                 }
             }
             msg = stream.next(), if hold_in.is_none() => {
@@ -655,6 +687,7 @@ pub async fn serve(
                             Ok(h) => {
                                 canonical = h;
                                 channels.opened(ch, &canonical, port);
+                                let window = gate.open(ch, window.min(MAX_WINDOW));
                                 Frame::ChannelOpen { sid, ch, window, host: &canonical, port }
                             }
                             Err(reason) => {
@@ -685,7 +718,18 @@ pub async fn serve(
                     break Err(why);
                 }
                 let closes = matches!(frame, Frame::Close { .. });
-                let out = forward(frame);
+                let out = match frame {
+                    // Made again: the relay set its window and host.
+                    Frame::ChannelOpen { .. } => forward(frame),
+                    // Through the gate; as it came when all of it passes.
+                    Frame::Credit { sid, ch, bytes: granted } => match gate.credit(ch, granted) {
+                        0 => continue,
+                        n if n == granted => Routed::of(&frame).readdress(bytes, agent_sid),
+                        n => Routed::new(Frame::Credit { sid, ch, bytes: n }, agent_sid),
+                    },
+                    // As it came, but for its session id.
+                    _ => Routed::of(&frame).readdress(bytes, agent_sid),
+                };
                 if out.bytes.len() > agent.max_frame as usize {
                     // A frame over the agent's announced limit (a small device's, or a
                     // full frame made longer by the session id) would cost every session
@@ -695,10 +739,8 @@ pub async fn serve(
                     break Err("client protocol error".into());
                 }
                 traffic.bytes_in += out.payload as u64;
-                if is_forward {
-                    if let Ok(Frame::Data { ch, .. }) = Frame::decode(&out.bytes) {
-                        channels.data(ch, out.payload, true);
-                    }
+                if is_forward && out.payload > 0 {
+                    channels.data(out.ch, out.payload, true);
                 }
                 if out.payload > 0 {
                     last_activity = Instant::now();
@@ -734,7 +776,8 @@ pub async fn serve(
                     exit: Exit::Aborted(ErrorCode::TERMINATED),
                     reason: why,
                 });
-                let sent = tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close));
+                let sent =
+                    tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close.into()));
                 if sent.await.is_err() {
                     // The link takes nothing: forget the route here (it would hold its
                     // places until the link dies) and record the end ourselves.
@@ -800,7 +843,7 @@ pub async fn serve(
     }
     drop(registration);
     if let Some(last) = last_frame {
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(last.into()))).await;
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(last))).await;
     }
     if let (Err(why), Some(_)) = (&outcome, &ended_by) {
         // Ended by someone: now tell the client who and why.
@@ -919,6 +962,26 @@ async fn close_client(sink: &mut ClientSink, sid: u32, code: ErrorCode, reason: 
         reason,
     });
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(close.into()))).await;
+}
+
+/// Send the agent the credit the gate has room for now (see [`CreditGate`]), each
+/// write bounded as [`write_by`] bounds it.
+async fn pass_credit(
+    gate: &mut CreditGate,
+    agent: &AgentHandle,
+    agent_sid: u32,
+    timers: Instant,
+    ended: &mut Ended,
+) -> Result<(), WriteFailed> {
+    while let Some((ch, bytes)) = gate.poll_credit() {
+        let credit = encode(&Frame::Credit {
+            sid: agent_sid,
+            ch,
+            bytes,
+        });
+        write_by(timers, ended, agent.tx.send(credit.into())).await?;
+    }
+    Ok(())
 }
 
 /// How long one write to a peer may wait for it to read before the session ends.
