@@ -942,6 +942,30 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         }
     }
 
+    /// Whether the session of a handle is still in the table (once its `Close` or
+    /// `Reject` went out it is not, and the driver forgets it).
+    pub fn is_live(&self, session: SessionHandle) -> bool {
+        self.slots
+            .get(session.index as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.gen == session.gen)
+    }
+
+    /// Whether the channel of a handle is still open (a forward channel is gone once
+    /// its `ChannelClose` or `ChannelReject` went out).
+    pub fn is_channel_live(&self, channel: ChannelHandle) -> bool {
+        self.slots
+            .get(channel.session.index as usize)
+            .and_then(Option::as_ref)
+            .filter(|s| s.gen == channel.session.gen)
+            .is_some_and(|s| {
+                s.channels
+                    .iter()
+                    .flatten()
+                    .any(|c| c.ch == channel.ch && c.gen == channel.gen)
+            })
+    }
+
     /// Room in a channel's buffer for [`Agent::send_slice`] now (0 for a channel
     /// that takes no more output).
     pub fn send_room(&mut self, channel: ChannelHandle) -> usize {

@@ -164,14 +164,14 @@ mod tests {
             let s = if i % 2 == 0 { Stream::OUT } else { Stream::ERR };
             assert_eq!(r.write(s, b"x"), 1);
         }
-        let s = if RUNS % 2 == 0 {
+        let s = if RUNS.is_multiple_of(2) {
             Stream::OUT
         } else {
             Stream::ERR
         };
         assert_eq!(r.write(s, b"y"), 0, "no run left");
         // The same stream as the last run still fits.
-        let last = if RUNS % 2 == 0 {
+        let last = if RUNS.is_multiple_of(2) {
             Stream::ERR
         } else {
             Stream::OUT
