@@ -21,8 +21,8 @@
 //! generation: a stale handle (of a session that ended, whose place was reused)
 //! is refused ([`UseError::Stale`]), never applied to the new one.
 
-mod ring;
-mod slot;
+pub(crate) mod ring;
+pub(crate) mod slot;
 
 pub use ring::Buffer;
 

@@ -25,7 +25,7 @@ const RUNS: usize = 8;
 
 /// Bytes in arrival order, each run tagged with its stream.
 #[derive(Debug)]
-pub(super) struct Ring<B> {
+pub(crate) struct Ring<B> {
     buf: B,
     head: usize,
     len: usize,

@@ -34,7 +34,7 @@ pub(super) enum SlotState {
 
 /// Life of a channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum ChanState {
+pub(crate) enum ChanState {
     /// `ChannelOpen` received, the driver is connecting.
     Requested,
     /// Connected (its `ChannelAccept` may still be pending).
@@ -49,7 +49,7 @@ pub(super) enum ChanState {
 
 /// One direction-pair of flow control, half-close state and waiting output.
 #[derive(Debug)]
-pub(super) struct Channel<B> {
+pub(crate) struct Channel<B> {
     pub ch: u16,
     /// Generation: a handle of an earlier channel in this place does not match.
     pub gen: u32,
@@ -63,6 +63,9 @@ pub(super) struct Channel<B> {
     pub eof_sent: bool,
     /// The `ChannelAccept` still has to go out (forward channels only).
     pub accept_pending: bool,
+    /// This side ends the channel once both directions are done (the agent); the
+    /// other (a client) waits for its `ChannelClose`.
+    pub ends_itself: bool,
 }
 
 impl<B: Buffer> Channel<B> {
@@ -78,6 +81,7 @@ impl<B: Buffer> Channel<B> {
             finished: false,
             eof_sent: false,
             accept_pending: false,
+            ends_itself: true,
         }
     }
 
@@ -100,7 +104,7 @@ impl<B: Buffer> Channel<B> {
     /// The next frame of this channel, and whether the channel is free after it.
     /// `data` says whether output may go now (the session is accepted and within
     /// its rate), and how much at most.
-    fn next_frame(
+    pub(crate) fn next_frame(
         &mut self,
         sid: u32,
         out: &mut [u8],
@@ -164,7 +168,7 @@ impl<B: Buffer> Channel<B> {
             }
             // Both directions done: a forward channel is over (channel 0 ends with
             // its session).
-            if ch != 0 && drained && self.eof_sent && self.peer_eof {
+            if ch != 0 && self.ends_itself && drained && self.eof_sent && self.peer_eof {
                 self.state = ChanState::Closing(String::new());
             }
         }
