@@ -9,12 +9,15 @@
 //!   ([`agent_core::provision`]) over embassy-net TCP, speaks TLS 1.3 with
 //!   embedded-tls verifying the relay's certificate chain and name against the
 //!   pinned CA, upgrades to a WebSocket on `/v1/agent`, authenticates with the
-//!   device's Ed25519 key, serves sessions, and reconnects with jittered
-//!   exponential backoff (1 s to 60 s) when the relay or the network goes away.
+//!   device's Ed25519 key, serves sessions, and reconnects with the backoff of
+//!   every agent ([`agent_core::backoff::Backoff`]: 0.5 s doubling to 30 s,
+//!   jittered from the board's RNG) when the relay or the network goes away.
 //!   Each failure is one log line through [`console::Board::log`].
-//! - [`engine::Engine`] is the sans-I/O part: agent-core's `Agent` with a console
+//! - [`engine::Engine`] is the sans-I/O part: agent-core's `Agent` with a terminal
 //!   per session, [`engine::DEFAULT_SESSIONS`] (4) of them, announced in `Hello`
-//!   with `max_frame` [`engine::MAX_FRAME`], which the relay keeps to.
+//!   with `max_frame` [`engine::MAX_FRAME`], which the relay keeps to. agent-core
+//!   holds each session's output ([`engine::RING`] bytes) and decides when it ends;
+//!   a console writes into it a step at a time, so long output streams.
 //! - `shell` runs [`console::Console`]: a line editor with built-in commands
 //!   (`help`, `uptime`, `mem`, `net`, `sessions`, `echo`, `reboot`) and the
 //!   board's own ([`console::Board`]); `exec` runs one line and returns its output

@@ -6,6 +6,7 @@ use core::cell::RefCell;
 use core::fmt::{self, Write as _};
 use core::net::Ipv4Addr;
 
+use agent_core::backoff::Backoff;
 use agent_core::provision::Provision;
 use embassy_futures::select::{select, Either};
 use embassy_net::tcp::{TcpReader, TcpSocket, TcpWriter};
@@ -117,42 +118,24 @@ impl From<TlsError> for LinkError {
     }
 }
 
-/// Reconnect delays: doubling from `min` to `max`, with up to a quarter of jitter.
-#[derive(Clone, Copy)]
-pub struct Backoff {
-    /// First delay.
-    pub min: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            min: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Run the agent for ever: connect, serve sessions, and reconnect with backoff.
-/// `rng` must be a cryptographic RNG (TLS key shares, WebSocket masks).
+/// Run the agent for ever: connect, serve sessions, and reconnect after the waits of
+/// [`Backoff`] (0.5 s doubling to 30 s, jittered from `rng`; it starts over once the
+/// relay accepts the device). `rng` must be a cryptographic RNG (TLS key shares,
+/// WebSocket masks).
 pub async fn run<B: Board, R: RngCore + CryptoRng>(
     stack: Stack<'_>,
     prov: &Provision<'_>,
     board: &mut B,
     rng: &mut R,
     bufs: &mut Buffers,
-    backoff: Backoff,
 ) -> ! {
     let key = ed25519_dalek::SigningKey::from_bytes(&prov.seed());
-    let mut delay = backoff.min;
+    let mut backoff = Backoff::new();
     loop {
         if !stack.is_config_up() {
             board.log(format_args!("net: waiting for an address"));
             stack.wait_config_up().await;
         }
-        let started = Instant::now();
         let mut authenticated = false;
         let end = connect_and_serve::<_, _, DEFAULT_SESSIONS>(
             stack,
@@ -168,18 +151,15 @@ pub async fn run<B: Board, R: RngCore + CryptoRng>(
             board.log(format_args!("relay: rebooting on request"));
             board.request_reboot();
         }
-        // A connection that worked for a while starts the backoff over.
-        if authenticated && started.elapsed() > Duration::from_secs(30) {
-            delay = backoff.min;
+        if authenticated {
+            backoff.reset();
         }
-        let jitter = Duration::from_millis(rng.next_u32() as u64 % (delay.as_millis() / 4 + 1));
-        let wait = delay + jitter;
+        let wait = backoff.next(rng.next_u32());
         board.log(format_args!(
             "relay: {end}; retrying in {} ms",
             wait.as_millis()
         ));
-        Timer::after(wait).await;
-        delay = (delay * 2).min(backoff.max);
+        Timer::after(Duration::from_millis(wait.as_millis())).await;
     }
 }
 
