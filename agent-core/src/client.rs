@@ -339,14 +339,16 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         let _ = self.ctrl.push_back(Ctrl::Close(why));
     }
 
-    /// The next frame to send, written into `out` (which must hold a largest frame
-    /// of the stream, [`wire::DEFAULT_MAX_FRAME`]).
+    /// The next frame to send, written into `out`: frames are sized to it, up to a
+    /// largest frame of the stream ([`wire::DEFAULT_MAX_FRAME`]); it must hold at
+    /// least [`wire::MIN_MAX_FRAME`] bytes.
     pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, UseError> {
-        let needed = wire::DEFAULT_MAX_FRAME as usize;
+        let needed = wire::MIN_MAX_FRAME as usize;
         if out.len() < needed {
             return Err(UseError::BufferTooSmall { needed });
         }
-        let out = &mut out[..needed];
+        let size = out.len().min(wire::DEFAULT_MAX_FRAME as usize);
+        let out = &mut out[..size];
         let sid = self.sid;
         if let Some(c) = self.ctrl.pop_front() {
             let f = match &c {

@@ -992,19 +992,22 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         self.peer_max_frame() as usize
     }
 
-    /// The next frame to send, written into `out`, which must hold
-    /// [`Agent::max_frame`] bytes (else nothing is taken and the error says how
-    /// many). `Ok(None)` when there is nothing to send now.
+    /// The next frame to send, written into `out`. Frames are sized to `out` and to
+    /// the peer's limit ([`Agent::max_frame`]): a device may send smaller frames
+    /// than its peer accepts. `out` must hold at least [`wire::MIN_MAX_FRAME`] bytes,
+    /// which every control frame fits (else nothing is taken and the error says so).
+    /// `Ok(None)` when there is nothing to send now.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
         out: &mut [u8],
     ) -> Result<Option<usize>, UseError> {
-        let needed = self.max_frame().max(wire::MIN_MAX_FRAME as usize);
+        let needed = wire::MIN_MAX_FRAME as usize;
         if out.len() < needed {
             return Err(UseError::BufferTooSmall { needed });
         }
-        let out = &mut out[..needed];
+        let size = out.len().min(self.max_frame().max(needed));
+        let out = &mut out[..size];
         let len = self.next_frame(now, out);
         if len.is_some() {
             self.last_tx = now;

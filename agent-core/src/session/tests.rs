@@ -486,19 +486,34 @@ fn a_process_that_exits_with_output_waiting_for_credit_closes_once_it_is_out() {
 }
 
 #[test]
-fn a_transmit_buffer_smaller_than_a_frame_is_refused_not_dropped() {
+fn a_transmit_buffer_smaller_than_the_protocol_minimum_is_refused_not_dropped() {
     let mut s = Sim::ready();
     s.feed(Frame::Ping { nonce: 1 }).unwrap();
     let mut small = [0u8; 100];
     assert_eq!(
         s.agent.poll_transmit(s.now, &mut small),
-        Err(UseError::BufferTooSmall { needed: 4096 })
+        Err(UseError::BufferTooSmall { needed: 512 })
     );
     // Nothing was lost: the Pong is still there.
     assert_eq!(
         Frame::decode(&s.drain()[0]).unwrap(),
         Frame::Pong { nonce: 1 }
     );
+    // A buffer smaller than the peer accepts makes smaller Data frames.
+    s.open(1, 100_000);
+    s.agent.accept(s.h(1)).unwrap();
+    s.agent
+        .send_slice(s.h(1).main(), Stream::OUT, &[7; 1000])
+        .unwrap();
+    let mut buf = [0u8; 600];
+    let mut sizes = std::vec::Vec::new();
+    while let Some(n) = s.agent.poll_transmit(s.now, &mut buf).unwrap() {
+        if let Frame::Data { data, .. } = Frame::decode(&buf[..n]).unwrap() {
+            sizes.push(data.0.len());
+        }
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 1000);
+    assert!(sizes.iter().all(|&n| n <= 600), "{sizes:?}");
 }
 
 #[test]
