@@ -13,7 +13,7 @@
 use core::fmt::{self, Write};
 
 use agent_core::session::{auth_message, Agent, AgentConfig, Event, SessionHandle, UseError};
-use agent_core::wire::{self, features, ErrorCode, Exit, Frame, Kind, Stream};
+use agent_core::wire::{self, features, ErrorCode, Exit, Kind, Stream};
 use agent_core::Instant;
 use ed25519_dalek::{Signer, SigningKey};
 use heapless::String;
@@ -177,12 +177,6 @@ impl<'k, const N: usize> Engine<'k, N> {
 
     /// A complete binary message from the relay.
     pub fn on_message(&mut self, now: Instant, msg: &[u8], board: &mut dyn Board) {
-        let mut hello = [0u8; 32];
-        let msg = if self.agent.is_ready() {
-            msg
-        } else {
-            clamp_hello(msg, &mut hello).unwrap_or(msg)
-        };
         match self.agent.handle_frame(now, msg) {
             // `ev` borrows `msg`, not the engine.
             Ok(Some(ev)) => self.on_event(ev, board),
@@ -410,21 +404,6 @@ impl<'k, const N: usize> Engine<'k, N> {
                 }
             }
         }
-    }
-}
-
-/// The relay's `Hello` as announcing frames of at most [`MAX_FRAME`] bytes (else
-/// `None`: another frame, or one within it). agent-core writes frames up to the
-/// peer's limit and wants a transmit buffer that large (32 KiB from the relay); the
-/// device sends no frame larger than its own, which any peer accepts.
-fn clamp_hello<'b>(msg: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b [u8]> {
-    match Frame::decode(msg) {
-        Ok(Frame::Hello(mut h)) if h.max_frame > MAX_FRAME as u32 => {
-            h.max_frame = MAX_FRAME as u32;
-            let n = Frame::Hello(h).encode(buf).ok()?;
-            Some(&buf[..n])
-        }
-        _ => None,
     }
 }
 
