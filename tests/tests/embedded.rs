@@ -123,6 +123,26 @@ fn device_runs_exec_and_shell_sessions_within_its_capacity() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("board: {board:?}"));
     assert!(flash <= 256 * 1024, "flash budget exceeded: {board}");
+    // A kind of session the device does not announce is refused at the relay,
+    // before the device hears of it.
+    let key = env.dir.0.join("device-key.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake test\n").unwrap();
+    let push = env.run(
+        &[
+            "ssh-key",
+            "push",
+            "dev-1",
+            "--user",
+            "console",
+            key.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!push.status.success());
+    assert_eq!(
+        text(&push).1,
+        "error: target 'dev-1' does not offer ssh-key sessions\n"
+    );
 }
 
 #[test]
