@@ -91,12 +91,12 @@ enum State {
     Over,
 }
 
+/// A `ChannelOpen` to send.
 #[derive(Debug)]
-enum Ctrl {
-    Resize(u16, u16),
-    Signal(u8),
-    ChannelOpen(u16, u32, String<255>, u16),
-    Close(String<REASON_MAX>),
+struct OpenReq {
+    ch: u16,
+    host: String<255>,
+    port: u16,
 }
 
 /// One session, as its client sees it: up to `C` channels, each one's input
@@ -107,7 +107,13 @@ pub struct Client<const C: usize, B: Buffer> {
     window: u32,
     state: State,
     channels: [Option<Channel<B>>; C],
-    ctrl: Deque<Ctrl, 8>,
+    /// Channels asked for, their `ChannelOpen` not sent yet (one per free place).
+    opens: Deque<OpenReq, C>,
+    /// The latest terminal size, not sent yet (sizes in between do not matter).
+    resize: Option<(u16, u16)>,
+    signals: Deque<u8, 4>,
+    /// We ask the agent to end the session, for this reason.
+    close: Option<String<REASON_MAX>>,
     next_ch: u16,
     cursor: usize,
 }
@@ -121,7 +127,10 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             window,
             state: State::Opening,
             channels: [const { None }; C],
-            ctrl: Deque::new(),
+            opens: Deque::new(),
+            resize: None,
+            signals: Deque::new(),
+            close: None,
             next_ch: 1,
             cursor: 0,
         }
@@ -240,6 +249,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             Frame::ChannelReject {
                 ch, code, reason, ..
             } => {
+                if self.chan(ch).is_none() {
+                    return Ok(None);
+                }
                 self.free(ch);
                 Some(ClientEvent::ChannelRejected { ch, code, reason })
             }
@@ -262,11 +274,14 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         })
     }
 
-    /// Open a forward channel to `host:port`; returns its id (`ChannelOpen` goes
-    /// out with the next transmit).
+    /// Open a forward channel to `host:port` once the session is accepted; returns
+    /// its id (`ChannelOpen` goes out with the next transmit). [`UseError::NotNow`]
+    /// before the `Accept` or when every place is taken.
     pub fn open_channel(&mut self, host: &str, port: u16) -> Result<u16, UseError> {
-        if self.state == State::Over {
-            return Err(UseError::Finished);
+        match self.state {
+            State::Over => return Err(UseError::Finished),
+            State::Opening => return Err(UseError::NotNow),
+            State::Open => {}
         }
         let mut name = String::new();
         name.push_str(host).map_err(|_| UseError::NotNow)?;
@@ -281,8 +296,12 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             ch = ch.wrapping_add(1);
         }
         self.next_ch = ch.wrapping_add(1);
-        self.ctrl
-            .push_back(Ctrl::ChannelOpen(ch, self.window, name, port))
+        self.opens
+            .push_back(OpenReq {
+                ch,
+                host: name,
+                port,
+            })
             .map_err(|_| UseError::NotNow)?;
         let mut c = Channel::new(ch, 0, ChanState::Requested, 0, self.window);
         c.ends_itself = false;
@@ -293,8 +312,11 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     /// Input for a channel: as much of `data` as its buffer holds is taken; `0`
     /// means full (write the rest after transmitting).
     pub fn send_slice(&mut self, ch: u16, data: &[u8]) -> Result<usize, UseError> {
+        if self.state == State::Over {
+            return Err(UseError::Finished);
+        }
         let c = self.chan(ch).ok_or(UseError::Stale)?;
-        if c.finished {
+        if c.finished || !matches!(c.state, ChanState::Open | ChanState::Requested) {
             return Err(UseError::Finished);
         }
         Ok(c.out.write(Stream::OUT, data))
@@ -310,6 +332,10 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     /// The local side of a channel failed: it is aborted (`ChannelClose` with the
     /// reason), what waits dropped; the agent's answer frees it.
     pub fn close_channel(&mut self, ch: u16, reason: &str) -> Result<(), UseError> {
+        if ch == 0 {
+            // Channel 0 is the session's: end it with [`Client::close`].
+            return Err(UseError::NotNow);
+        }
         let c = self.chan(ch).ok_or(UseError::Stale)?;
         c.abort(clip(reason));
         Ok(())
@@ -322,21 +348,22 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         }
     }
 
-    /// The terminal changed size.
+    /// The terminal changed size (only the latest size not yet sent goes).
     pub fn resize(&mut self, cols: u16, rows: u16) {
-        let _ = self.ctrl.push_back(Ctrl::Resize(cols, rows));
+        self.resize = Some((cols, rows));
     }
 
-    /// Deliver `signal` to the session's processes.
-    pub fn signal(&mut self, signal: u8) {
-        let _ = self.ctrl.push_back(Ctrl::Signal(signal));
+    /// Deliver `signal` to the session's processes; [`UseError::NotNow`] when four
+    /// are waiting to be sent already.
+    pub fn signal(&mut self, signal: u8) -> Result<(), UseError> {
+        self.signals.push_back(signal).map_err(|_| UseError::NotNow)
     }
 
     /// Ask the agent to end the session, for `reason`; its `Close` answers.
     pub fn close(&mut self, reason: &str) {
         let mut why: String<REASON_MAX> = String::new();
         let _ = write!(why, "{}", clip::<REASON_MAX>(reason));
-        let _ = self.ctrl.push_back(Ctrl::Close(why));
+        self.close = Some(why);
     }
 
     /// The next frame to send, written into `out`: frames are sized to it, up to a
@@ -350,32 +377,35 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         let size = out.len().min(wire::DEFAULT_MAX_FRAME as usize);
         let out = &mut out[..size];
         let sid = self.sid;
-        if let Some(c) = self.ctrl.pop_front() {
-            let f = match &c {
-                Ctrl::Resize(cols, rows) => Frame::Resize {
-                    sid,
-                    cols: *cols,
-                    rows: *rows,
-                },
-                Ctrl::Signal(signal) => Frame::Signal {
-                    sid,
-                    signal: *signal,
-                },
-                Ctrl::ChannelOpen(ch, window, host, port) => Frame::ChannelOpen {
-                    sid,
-                    ch: *ch,
-                    window: *window,
-                    host: host.as_str(),
-                    port: *port,
-                },
-                Ctrl::Close(reason) => {
-                    self.state = State::Over;
-                    Frame::Close {
-                        sid,
-                        exit: Exit::Aborted(ErrorCode::TERMINATED),
-                        reason: reason.as_str(),
-                    }
-                }
+        if let Some(reason) = self.close.take() {
+            self.state = State::Over;
+            let f = Frame::Close {
+                sid,
+                exit: Exit::Aborted(ErrorCode::TERMINATED),
+                reason: reason.as_str(),
+            };
+            return Ok(f.encode(out).ok());
+        }
+        if self.state == State::Over {
+            return Ok(None); // nothing more after the end
+        }
+        let f = if let Some((cols, rows)) = self.resize.take() {
+            Some(Frame::Resize { sid, cols, rows })
+        } else {
+            self.signals
+                .pop_front()
+                .map(|signal| Frame::Signal { sid, signal })
+        };
+        if let Some(f) = f {
+            return Ok(f.encode(out).ok());
+        }
+        if let Some(o) = self.opens.pop_front() {
+            let f = Frame::ChannelOpen {
+                sid,
+                ch: o.ch,
+                window: self.window,
+                host: o.host.as_str(),
+                port: o.port,
             };
             return Ok(f.encode(out).ok());
         }

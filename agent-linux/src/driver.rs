@@ -238,6 +238,8 @@ struct Session {
     exit: Option<(Exit, &'static str)>,
     /// The driver stopped the work (the peer ended the session).
     stopped: bool,
+    /// The process was reaped: its process group id may name another now.
+    reaped: bool,
 }
 
 impl Session {
@@ -264,6 +266,7 @@ impl Session {
         }
         self.pending.clear();
         match &mut self.work {
+            Work::Process(_) if self.reaped => {}
             Work::Process(p) => p.terminate(),
             Work::Forward(chans) => {
                 for (_, c) in chans.drain() {
@@ -361,9 +364,6 @@ impl Conn<'_> {
         loop {
             self.pump();
             let now = self.now();
-            if self.out.len() < self.engine.max_frame() {
-                self.out.resize(self.engine.max_frame(), 0);
-            }
             let mut any = false;
             while let Some(n) = self
                 .engine
@@ -458,7 +458,7 @@ impl Conn<'_> {
                         p.drop_queue();
                     }
                 }
-                let _ = self.engine.close_channel(channel, "");
+                let _ = self.engine.close_channel(channel, "closed by the client");
             }
             Event::Resize {
                 session,
@@ -472,6 +472,7 @@ impl Conn<'_> {
             Event::Signal { session, signal } => {
                 if let Some(Session {
                     work: Work::Process(p),
+                    reaped: false,
                     ..
                 }) = self.sessions.get(&session)
                 {
@@ -603,14 +604,23 @@ impl Conn<'_> {
                 } else {
                     info!(sid, "forward session started");
                 }
-                let s = Session {
+                let mut s = Session {
                     work,
                     pending,
                     exit: None,
                     stopped: false,
+                    reaped: false,
                 };
+                if self.engine.accept(session).is_err() {
+                    // Ended by the peer while it started: stop it again at once.
+                    s.stop();
+                    let _ = self.engine.reject(
+                        session,
+                        ErrorCode::TERMINATED,
+                        "ended before it started",
+                    );
+                }
                 self.sessions.insert(session, s);
-                let _ = self.engine.accept(session);
             }
             Err((code, reason)) => {
                 warn!(sid, "{reason}");
@@ -629,8 +639,13 @@ impl Conn<'_> {
                     tokio::time::sleep(after + Duration::from_secs(1)).await;
                     let _ = tokio::task::spawn_blocking(move || sshkey::sweep(&path)).await;
                 });
-                let _ = self.engine.accept(session);
-                let _ = self.engine.exited(session, Exit::Code(0), &msg);
+                if self.engine.accept(session).is_ok() {
+                    let _ = self.engine.exited(session, Exit::Code(0), &msg);
+                } else {
+                    // Ended by the peer meanwhile: the key is in place (and expires).
+                    let why = "ended before it was answered (the key was pushed)";
+                    let _ = self.engine.reject(session, ErrorCode::TERMINATED, why);
+                }
             }
             Err((code, msg)) => {
                 warn!(sid = session.sid(), "ssh key refused: {msg}");
@@ -682,6 +697,7 @@ impl Conn<'_> {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     let why = if s.stopped { "terminated" } else { "" };
                     s.exit = Some((exit, why));
+                    s.reaped = true;
                 }
             }
             Msg::Dialed { channel, result } => {

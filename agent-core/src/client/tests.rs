@@ -194,6 +194,7 @@ fn forward_channels_open_carry_bytes_and_close_once_both_sides_are_done() {
         panic!("no Open");
     };
     p.agent.accept(session).unwrap();
+    p.run();
     let a = p.client.open_channel("db", 5432).unwrap();
     let b = p.client.open_channel("web", 80).unwrap();
     assert_ne!(a, b);
@@ -285,4 +286,48 @@ fn a_peer_beyond_our_window_is_a_protocol_error_and_junk_is_refused() {
         c.poll_transmit(&mut small),
         Err(UseError::BufferTooSmall { .. })
     ));
+}
+
+#[test]
+fn channels_wait_for_the_accept_and_nothing_is_sent_after_the_end() {
+    let mut c: Cli = Client::new(1, 100);
+    let mut out = std::vec![0u8; 1024];
+    c.open(Kind::Forward, "", &mut out).unwrap();
+    assert_eq!(c.open_channel("db", 1), Err(UseError::NotNow));
+    c.handle_frame(&frame(Frame::Accept { sid: 1, window: 0 }))
+        .unwrap();
+    let ch = c.open_channel("db", 1).unwrap();
+    assert_eq!(c.close_channel(0, "x"), Err(UseError::NotNow));
+    // Sizes coalesce to the latest.
+    c.resize(80, 24);
+    c.resize(100, 30);
+    for _ in 0..4 {
+        c.signal(2).unwrap();
+    }
+    assert_eq!(c.signal(2), Err(UseError::NotNow));
+    let mut sent = Vec::new();
+    while let Some(n) = c.poll_transmit(&mut out).unwrap() {
+        sent.push(std::format!("{:?}", Frame::decode(&out[..n]).unwrap()));
+    }
+    assert_eq!(sent[0], "Resize { sid: 1, cols: 100, rows: 30 }");
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    assert!(sent[5].starts_with("ChannelOpen"));
+    // A reject for a channel we do not have is ignored.
+    let stray = frame(Frame::ChannelReject {
+        sid: 1,
+        ch: 99,
+        code: ErrorCode::REFUSED,
+        reason: "",
+    });
+    assert_eq!(c.handle_frame(&stray), Ok(None));
+    // The Close goes before anything else, and nothing after it.
+    c.close("bye");
+    assert_eq!(c.send_slice(ch, b"x"), Ok(1));
+    let n = c.poll_transmit(&mut out).unwrap().unwrap();
+    assert!(matches!(
+        Frame::decode(&out[..n]).unwrap(),
+        Frame::Close { .. }
+    ));
+    assert_eq!(c.poll_transmit(&mut out), Ok(None));
+    assert_eq!(c.send_slice(ch, b"x"), Err(UseError::Finished));
 }

@@ -431,8 +431,10 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         };
         match frame {
             Frame::Ping { nonce } => {
-                self.push_ctrl(Ctrl::Pong(nonce))?;
-                return Ok(None);
+                return match self.push_ctrl(Ctrl::Pong(nonce)) {
+                    Ok(()) => Ok(None),
+                    Err(e) => Err(self.fail(e)),
+                };
             }
             Frame::Pong { .. } => return Ok(None),
             Frame::Error {
@@ -587,6 +589,17 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         let Some(slot) = self.slot_mut(sid) else {
             return Ok(None);
         };
+        let refused = match slot.state {
+            SlotState::Requested => Some("the session is not open yet"),
+            SlotState::Open if slot.exit.is_some() => Some("the session is ending"),
+            _ => None,
+        };
+        let forward = slot.forward;
+        if let Some(why) = refused.filter(|_| forward) {
+            let code = ErrorCode::UNREACHABLE;
+            self.push_ctrl(Ctrl::ChannelReject(sid, ch, code, truncate(why)))?;
+            return Ok(None);
+        }
         if !slot.accepts_input() {
             return Ok(None);
         }
@@ -685,7 +698,9 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 }))
             }
             Frame::Credit { sid, ch, bytes } => {
-                let Some(slot) = self.slot_mut(sid) else {
+                // Credit matters to a session that runs (or ends); one being
+                // refused or not yet answered sends nothing.
+                let Some(slot) = self.slot_mut(sid).filter(|s| s.accepted) else {
                     return Ok(None);
                 };
                 let forward = slot.forward;
@@ -718,6 +733,10 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 _ => Ok(None),
             },
             Frame::ChannelClose { sid, ch, .. } => match self.slot_mut(sid) {
+                // Channel 0 is its session's: it ends with `Close`, never alone.
+                Some(slot) if slot.accepts_input() && (ch == 0 || !slot.forward) => {
+                    Ok(slot.abort(ProtocolError::UnknownChannel { sid, ch }))
+                }
                 Some(slot) if slot.accepts_input() => {
                     let session = slot.handle();
                     match slot.chan(ch) {
@@ -801,9 +820,10 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         Ok(())
     }
 
-    /// The session started: tell the peer, announcing our receive window. Accepting
-    /// a session the peer ended meanwhile does nothing (the driver's [`Agent::reject`]
-    /// or [`Agent::exited`] answers it).
+    /// The session started: tell the peer, announcing our receive window. A session
+    /// the peer ended meanwhile ([`Event::Terminate`] came first) is not accepted:
+    /// [`UseError::Finished`], and the driver stops what it started and
+    /// [`Agent::reject`]s it.
     pub fn accept(&mut self, session: SessionHandle) -> Result<(), UseError> {
         let slot = self.slot_of(session)?;
         match slot.state {
@@ -812,7 +832,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 slot.accepted = true;
                 Ok(())
             }
-            SlotState::Terminating if !slot.accepted => Ok(()),
+            SlotState::Terminating if !slot.accepted => Err(UseError::Finished),
             _ => Err(UseError::NotNow),
         }
     }
@@ -978,6 +998,9 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
     /// The channel's output ended (its process closed the stream, its connection
     /// half-closed): `Eof` follows what waits.
     pub fn finish(&mut self, channel: ChannelHandle) -> Result<(), UseError> {
+        if !self.slot_of(channel.session)?.accepted {
+            return Err(UseError::NotNow);
+        }
         let chan = self.chan_of(channel)?;
         if chan.finished {
             return Err(UseError::Finished);

@@ -269,10 +269,13 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
     }
 
     /// The peer broke the protocol in this session: it ends, as aborted.
+    /// The driver hears of it once: later violations, or one on a session being
+    /// refused (whose driver has forgotten it), change nothing.
     pub fn abort<'a>(&mut self, error: ProtocolError) -> Option<Event<'a>> {
-        if self.aborted.is_none() {
-            self.aborted = Some(error);
+        if self.aborted.is_some() || matches!(self.state, SlotState::Rejecting(..)) {
+            return None;
         }
+        self.aborted = Some(error);
         self.state = SlotState::Terminating;
         Some(Event::Abort {
             session: self.handle(),

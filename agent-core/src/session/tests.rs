@@ -672,8 +672,8 @@ fn peer_close_before_the_driver_answers_ends_the_session_too() {
         .unwrap()
         .unwrap();
     assert_eq!(ev, "Terminate { sid: 1 }");
-    // A late accept does nothing; the driver's reject frees the slot.
-    s.agent.accept(s.h(1)).unwrap();
+    // A late accept is refused; the driver's reject frees the slot.
+    assert_eq!(s.agent.accept(s.h(1)), Err(UseError::Finished));
     assert!(s.drain().is_empty(), "no Accept for an ended session");
     s.agent
         .reject(s.h(1), ErrorCode::TERMINATED, "ended before it started")
@@ -1344,4 +1344,66 @@ mod bytes {
             prop_assert_eq!(sent, written);
         }
     }
+}
+
+#[test]
+fn a_peer_cannot_close_channel_0_alone_nor_leak_a_refused_slot_with_credit() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    s.agent.accept(s.h(1)).unwrap();
+    let _ = s.drain();
+    let ev = s
+        .feed(Frame::ChannelClose {
+            sid: 1,
+            ch: 0,
+            reason: "",
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        ev.starts_with("Abort { sid: 1, error: UnknownChannel"),
+        "{ev}"
+    );
+    // Told once: more junk on the session changes nothing.
+    assert_eq!(
+        s.feed(Frame::Credit {
+            sid: 1,
+            ch: 5,
+            bytes: 1
+        })
+        .unwrap(),
+        None
+    );
+    s.agent.exited(s.h(1), Exit::Signal(9), "").unwrap();
+    let out = s.drain();
+    assert!(matches!(
+        Frame::decode(out.last().unwrap()).unwrap(),
+        Frame::Close {
+            sid: 1,
+            exit: Exit::Aborted(ErrorCode::PROTOCOL),
+            ..
+        }
+    ));
+    assert_eq!(s.agent.session_count(), 0);
+    // A session being refused ignores credit: its Reject still goes and frees it.
+    s.open(2, 100);
+    s.agent.reject(s.h(2), ErrorCode::SPAWN, "no").unwrap();
+    assert_eq!(
+        s.feed(Frame::Credit {
+            sid: 2,
+            ch: 5,
+            bytes: 1
+        })
+        .unwrap(),
+        None
+    );
+    let out = s.drain();
+    assert!(matches!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Reject { sid: 2, .. }
+    ));
+    assert_eq!(s.agent.session_count(), 0);
+    // Nor can output end before the session was accepted.
+    s.open(3, 100);
+    assert_eq!(s.agent.finish(s.h(3).main()), Err(UseError::NotNow));
 }
