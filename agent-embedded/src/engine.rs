@@ -1,17 +1,19 @@
 //! The sessions of one relay connection, sans I/O: agent-core's engine plus a
-//! terminal per session ([`Terminal`]). The link ([`crate::link`]) feeds it
-//! WebSocket messages and timeouts and sends what it transmits; host tests drive it
-//! directly.
+//! terminal per shell or exec session ([`Terminal`]) and the pool of forwarded
+//! connections ([`crate::forward`]). The link ([`crate::link`]) feeds it WebSocket
+//! messages and timeouts and sends what it transmits; host tests drive it directly.
 //!
 //! agent-core owns every byte a session sends and decides when a session ends: a
 //! terminal writes its output into the session's channel a step at a time
 //! ([`STEP`]), each once the channel's buffer ([`RING`]) has room for a whole step,
 //! so a command's output streams however long it is; agent-core sends it within
 //! credit and rate, then `Eof` and `Close` once the work is over ([`Agent::exited`]).
-//! What stays here is routing: events to terminals, their output to the channels.
+//! What stays here is routing: events to terminals and connections, their output
+//! to the channels.
 
 use core::fmt::{self, Write};
 
+use agent_core::provision::ForwardRules;
 use agent_core::session::{auth_message, Agent, AgentConfig, Event, SessionHandle, UseError};
 use agent_core::wire::{self, features, ErrorCode, Exit, Kind, Stream};
 use agent_core::Instant;
@@ -19,6 +21,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use heapless::String;
 
 use crate::console::{Board, Output, Step, Stepped, Terminal, STEP};
+use crate::forward::{Forwarding, Ports};
 
 /// Sessions a device runs at once unless a board asks for another number.
 pub const DEFAULT_SESSIONS: usize = 4;
@@ -29,8 +32,12 @@ pub const MAX_FRAME: usize = 2048;
 pub const WINDOW: usize = 512;
 /// Longest console command line.
 pub const LINE: usize = 128;
-/// Each session's output buffer in agent-core: output waiting for credit.
+/// Each channel's output buffer in agent-core: output waiting for credit.
 pub const RING: usize = 1024;
+/// Channels of a session in agent-core's table: a forward session's connections
+/// (shell and exec use one). The pool ([`crate::forward::PORTS`]) caps them across
+/// sessions.
+pub const CHANNELS: usize = 2;
 /// The one account of a device: every session runs as the console. It is the default
 /// account the device names in `Auth`; `Open` may name it or leave the account empty,
 /// and any other is refused (the device does not announce `features::RUN_AS`).
@@ -63,8 +70,11 @@ impl fmt::Display for Failure {
     }
 }
 
+/// agent-core's engine as the device sizes it.
+pub(crate) type Core<const N: usize> = Agent<N, CHANNELS, [u8; RING]>;
+
 /// `args` formatted, cut at a character boundary where it stops fitting.
-fn clipped<const M: usize>(args: fmt::Arguments<'_>) -> String<M> {
+pub(crate) fn clipped<const M: usize>(args: fmt::Arguments<'_>) -> String<M> {
     struct Clip<const M: usize>(String<M>);
     impl<const M: usize> Write for Clip<M> {
         fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -79,10 +89,11 @@ fn clipped<const M: usize>(args: fmt::Arguments<'_>) -> String<M> {
     clip.0
 }
 
-/// A shell or exec session: its terminal.
+/// A session: a shell or exec's terminal, or a forward session's mark (its
+/// connections are in the pool).
 struct Session {
     handle: SessionHandle,
-    term: Terminal<LINE, WINDOW>,
+    term: Option<Terminal<LINE, WINDOW>>,
 }
 
 /// What the console's `net` and `sessions` commands report, and the reboot request,
@@ -123,8 +134,9 @@ impl Board for View<'_> {
 
 /// One relay connection's state. `N` is the session capacity announced in `Hello`.
 pub struct Engine<'k, const N: usize = DEFAULT_SESSIONS> {
-    agent: Agent<N, 1, [u8; RING]>,
+    agent: Core<N>,
     sessions: [Option<Session>; N],
+    ports: Ports<'k>,
     key: &'k SigningKey,
     agent_id: String<64>,
     failure: Option<Failure>,
@@ -134,17 +146,24 @@ pub struct Engine<'k, const N: usize = DEFAULT_SESSIONS> {
 }
 
 impl<'k, const N: usize> Engine<'k, N> {
-    /// A connection that has just been made; `Hello` is the first frame out.
-    pub fn new(key: &'k SigningKey, now: Instant) -> Self {
+    /// A connection that has just been made; `Hello` is the first frame out. With
+    /// `forward` rules (from the provisioning image) the device announces and serves
+    /// `forward` sessions.
+    pub fn new(key: &'k SigningKey, forward: Option<ForwardRules<'k>>, now: Instant) -> Self {
+        let mut kinds = features::SHELL | features::EXEC;
+        if forward.is_some() {
+            kinds |= features::FORWARD;
+        }
         let config = AgentConfig {
             max_frame: MAX_FRAME as u32,
             window: WINDOW as u32,
-            features: features::SHELL | features::EXEC,
+            features: kinds,
             ..AgentConfig::default()
         };
         Engine {
             agent: Agent::new(config, now),
             sessions: [const { None }; N],
+            ports: Ports::new(forward),
             key,
             agent_id: String::new(),
             failure: None,
@@ -162,6 +181,14 @@ impl<'k, const N: usize> Engine<'k, N> {
     /// included).
     pub fn open_sessions(&self) -> usize {
         self.agent.session_count()
+    }
+
+    /// The pool of forwarded connections with agent-core, for the link's ports.
+    pub fn forwarding(&mut self) -> Forwarding<'_, 'k, N> {
+        Forwarding {
+            ports: &mut self.ports,
+            agent: &mut self.agent,
+        }
     }
 
     /// Why the connection must end, once it must.
@@ -263,7 +290,19 @@ impl<'k, const N: usize> Engine<'k, N> {
                 account,
             } => return self.open(session, kind, account),
             Event::Data { channel, data } => {
-                let taken = self.session(channel.session()).map(|s| s.term.input(data));
+                match self.ports.input(channel, data) {
+                    Some(Ok(())) => return Ok(()),
+                    // agent-core holds the client to the window, which the port holds.
+                    Some(Err(())) => {
+                        self.ports.abort(channel);
+                        return self.agent.close_channel(channel, "input beyond the window");
+                    }
+                    None => {}
+                }
+                let taken = self
+                    .session(channel.session())
+                    .and_then(|s| s.term.as_mut())
+                    .map(|t| t.input(data));
                 match taken {
                     Some(Some(n)) => return self.agent.consumed(channel, n),
                     // agent-core holds the client to the window: a bug, which ends
@@ -276,13 +315,20 @@ impl<'k, const N: usize> Engine<'k, N> {
                 }
             }
             Event::Eof { channel } => {
-                if let Some(s) = self.session(channel.session()) {
-                    s.term.end_of_input();
+                if self.ports.eof(channel) {
+                    return Ok(());
+                }
+                if let Some(t) = self
+                    .session(channel.session())
+                    .and_then(|s| s.term.as_mut())
+                {
+                    t.end_of_input();
                 }
             }
             Event::Signal { session, signal } => {
-                if let Some(s) = self.session(session).filter(|_| signal == 2) {
-                    s.term.interrupt();
+                let term = self.session(session).and_then(|s| s.term.as_mut());
+                if let Some(t) = term.filter(|_| signal == 2) {
+                    t.interrupt();
                 }
             }
             Event::Terminate { session } => {
@@ -291,15 +337,16 @@ impl<'k, const N: usize> Engine<'k, N> {
             Event::Abort { session, error } => {
                 return self.end(session, Exit::Aborted(error.code()), "")
             }
-            // Forward sessions are refused (not announced): agent-core never opens a
-            // channel, but a refusal is the answer if it did.
-            Event::ChannelOpen { channel, .. } => {
-                let why = "this device does not forward ports";
-                return self
-                    .agent
-                    .reject_channel(channel, ErrorCode::UNSUPPORTED, why);
+            Event::ChannelOpen {
+                channel,
+                host,
+                port,
+            } => self.forwarding().open(channel, host, port),
+            Event::ChannelClose { channel } => {
+                // The link drops its connection when it next polls the port.
+                self.ports.abort(channel);
+                return self.agent.close_channel(channel, "");
             }
-            Event::ChannelClose { channel } => return self.agent.close_channel(channel, ""),
             Event::Resize { .. } => {}
             Event::PeerError { message, .. } => {
                 self.failure = Some(Failure::Relay(clipped(format_args!("{message}"))))
@@ -321,6 +368,7 @@ impl<'k, const N: usize> Engine<'k, N> {
             return Ok(());
         };
         *slot = None;
+        self.ports.end_session(h);
         self.agent.exited(h, exit, reason)
     }
 
@@ -342,8 +390,17 @@ impl<'k, const N: usize> Engine<'k, N> {
         let term = match kind {
             Kind::Shell { .. } => Terminal::shell(&mut out),
             Kind::Exec { argv } => Terminal::exec(wire::argv_iter(argv.0), &mut out),
-            Kind::Forward | Kind::SshKey { .. } => {
-                let why = "this device runs shell and exec sessions only";
+            // Its connections come with `ChannelOpen` (agent-core opens forward
+            // sessions only when the device announced them).
+            Kind::Forward => {
+                *free = Some(Session {
+                    handle: h,
+                    term: None,
+                });
+                return self.agent.accept(h);
+            }
+            Kind::SshKey { .. } => {
+                let why = "this device runs shell, exec and forward sessions only";
                 return self.agent.reject(h, ErrorCode::UNSUPPORTED, why);
             }
         };
@@ -351,7 +408,10 @@ impl<'k, const N: usize> Engine<'k, N> {
         // A new session's buffer is empty: the greeting (or the error) fits.
         self.agent
             .send_slice(h.main(), Stream::OUT, out.as_bytes())?;
-        *free = Some(Session { handle: h, term });
+        *free = Some(Session {
+            handle: h,
+            term: Some(term),
+        });
         Ok(())
     }
 
@@ -361,6 +421,9 @@ impl<'k, const N: usize> Engine<'k, N> {
         let open = self.agent.session_count();
         for slot in self.sessions.iter_mut() {
             let Some(s) = slot else { continue };
+            let Some(term) = s.term.as_mut() else {
+                continue;
+            };
             let main = s.handle.main();
             let mut view = View {
                 board: &mut *board,
@@ -375,7 +438,7 @@ impl<'k, const N: usize> Engine<'k, N> {
                     break;
                 }
                 let mut out: Output<STEP> = Output::default();
-                let Some(Stepped { ran, exit }) = s.term.step(&mut view, &mut out) else {
+                let Some(Stepped { ran, exit }) = term.step(&mut view, &mut out) else {
                     break;
                 };
                 // It fits: a whole step had room.
@@ -411,204 +474,8 @@ impl<'k, const N: usize> Engine<'k, N> {
 mod tests {
     extern crate std;
     use super::*;
-    use agent_core::wire::{Bytes, Frame, Hello};
-    use ed25519_dalek::{Signature, Verifier};
-    use std::string::String as S;
-    use std::vec::Vec as V;
-
-    #[derive(Default)]
-    struct TestBoard {
-        log: V<S>,
-        reboots: usize,
-    }
-
-    impl Board for TestBoard {
-        fn uptime_ms(&self) -> u64 {
-            61_500
-        }
-        fn memory(&self) -> (usize, usize) {
-            (1000, 4000)
-        }
-        fn network(&self, out: &mut dyn Write) -> fmt::Result {
-            out.write_str("lan9118 up")
-        }
-        fn sessions(&self) -> (usize, usize) {
-            (99, 99) // the engine answers this itself
-        }
-        fn request_reboot(&mut self) {
-            self.reboots += 1;
-        }
-        fn log(&mut self, line: fmt::Arguments<'_>) {
-            self.log.push(std::format!("{line}"));
-        }
-        /// `count N`: N numbered lines, 40 to a part (440 bytes).
-        fn command(&mut self, argv: &[&str], part: usize, out: &mut dyn Write) -> Option<Step> {
-            (argv[0] == "count").then(|| {
-                let n: usize = argv.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
-                for i in part * 40..((part + 1) * 40).min(n) {
-                    let _ = writeln!(out, "line {i:04}");
-                }
-                if (part + 1) * 40 < n {
-                    Step::More
-                } else {
-                    Step::Done(0)
-                }
-            })
-        }
-    }
-
-    /// What `count n` prints.
-    fn counted(n: usize) -> S {
-        (0..n).map(|i| std::format!("line {i:04}\r\n")).collect()
-    }
-
-    fn enc(f: Frame) -> V<u8> {
-        let mut b = std::vec![0u8; f.buffer_len()];
-        let n = f.encode(&mut b).unwrap();
-        b.truncate(n);
-        b
-    }
-
-    struct Rig {
-        engine: Engine<'static, 4>,
-        board: TestBoard,
-        now: Instant,
-    }
-
-    /// What the device sent, as (frame debug text, raw bytes).
-    type Sent = V<(S, V<u8>)>;
-
-    impl Rig {
-        fn key() -> &'static SigningKey {
-            std::boxed::Box::leak(std::boxed::Box::new(SigningKey::from_bytes(&[5; 32])))
-        }
-
-        /// Connected, authenticated as `dev-1`.
-        fn ready() -> Rig {
-            let key = Self::key();
-            let now = Instant(1000);
-            let mut rig = Rig {
-                engine: Engine::new(key, now),
-                board: TestBoard::default(),
-                now,
-            };
-            let hello = rig.drain();
-            match Frame::decode(&hello[0].1).unwrap() {
-                Frame::Hello(h) => {
-                    assert_eq!((h.max_sessions, h.max_frame), (4, MAX_FRAME as u32));
-                    assert_eq!(h.features, features::SHELL | features::EXEC);
-                }
-                f => panic!("expected Hello, got {f:?}"),
-            }
-            rig.feed(Frame::Hello(Hello {
-                version: agent_core::PROTOCOL_VERSION,
-                max_frame: 32 * 1024,
-                max_sessions: 0,
-                features: 0,
-            }));
-            let nonce = [9u8; 32];
-            rig.feed(Frame::Challenge {
-                nonce: Bytes(&nonce),
-            });
-            let auth = rig.drain();
-            match Frame::decode(&auth[0].1).unwrap() {
-                Frame::Auth(a) => {
-                    let mut buf = [0u8; 64];
-                    let m = auth_message(&nonce, &mut buf).unwrap();
-                    let sig = Signature::from_slice(a.signature.0).unwrap();
-                    key.verifying_key().verify(m, &sig).unwrap();
-                    assert_eq!(a.public_key.0, key.verifying_key().as_bytes());
-                    assert_eq!(a.activation, "");
-                    // The default account the relay's policies see: the console.
-                    assert_eq!(a.account, ACCOUNT);
-                }
-                f => panic!("expected Auth, got {f:?}"),
-            }
-            rig.feed(Frame::AuthOk { agent_id: "dev-1" });
-            assert_eq!(rig.engine.agent_id(), Some("dev-1"));
-            rig
-        }
-
-        fn feed(&mut self, f: Frame) {
-            let msg = enc(f);
-            self.engine.on_message(self.now, &msg, &mut self.board);
-        }
-
-        fn drain(&mut self) -> Sent {
-            let mut out = V::new();
-            let mut buf = [0u8; MAX_FRAME];
-            while let Some(n) = self
-                .engine
-                .poll_transmit(self.now, &mut buf, &mut self.board)
-            {
-                let text = std::format!("{:?}", Frame::decode(&buf[..n]).unwrap());
-                out.push((text, buf[..n].to_vec()));
-            }
-            let failure = self.engine.failure();
-            assert!(
-                !matches!(failure, Some(Failure::Internal(_))),
-                "{failure:?}"
-            );
-            out
-        }
-
-        fn open(&mut self, sid: u32, kind: Kind) {
-            self.open_as(sid, kind, "");
-        }
-
-        fn open_as(&mut self, sid: u32, kind: Kind, account: &str) {
-            self.feed(Frame::Open {
-                sid,
-                window: 64 * 1024,
-                kind,
-                account,
-            });
-        }
-
-        fn open_shell(&mut self, sid: u32) {
-            self.open(
-                sid,
-                Kind::Shell {
-                    term: "dumb",
-                    cols: 80,
-                    rows: 24,
-                },
-            );
-        }
-
-        fn exec(&mut self, sid: u32, argv: &[u8]) -> (S, S) {
-            self.open(sid, Kind::Exec { argv: Bytes(argv) });
-            let sent = self.drain();
-            (output(&sent, sid), last(&sent))
-        }
-
-        fn type_line(&mut self, sid: u32, line: &[u8]) -> S {
-            self.feed(Frame::Data {
-                sid,
-                ch: 0,
-                stream: Stream::OUT,
-                data: Bytes(line),
-            });
-            output(&self.drain(), sid)
-        }
-    }
-
-    /// The session's output bytes, as text.
-    fn output(sent: &Sent, sid: u32) -> S {
-        let mut out = V::new();
-        for (_, raw) in sent {
-            if let Frame::Data { sid: s, data, .. } = Frame::decode(raw).unwrap() {
-                if s == sid {
-                    out.extend_from_slice(data.0);
-                }
-            }
-        }
-        S::from_utf8(out).unwrap()
-    }
-
-    fn last(sent: &Sent) -> S {
-        sent.last().map(|(t, _)| t.clone()).unwrap_or_default()
-    }
+    use crate::rig::*;
+    use agent_core::wire::{Bytes, Frame};
 
     #[test]
     fn exec_returns_output_and_status() {

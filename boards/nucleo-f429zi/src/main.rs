@@ -111,7 +111,8 @@ async fn net_task(mut runner: Runner<'static, Device>) -> ! {
 }
 
 static PACKETS: ConstStaticCell<PacketQueue<4, 4>> = ConstStaticCell::new(PacketQueue::new());
-static NET: StaticCell<StackResources<4>> = StaticCell::new();
+/// Sockets for DHCP, DNS, the relay and the forwarded connections.
+static NET: StaticCell<StackResources<{ link::SOCKETS }>> = StaticCell::new();
 static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers::new());
 
 fn clocks() -> embassy_stm32::Config {

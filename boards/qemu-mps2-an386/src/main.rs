@@ -54,7 +54,8 @@ async fn net_task(mut runner: Runner<'static, lan9118::Lan9118>) -> ! {
 }
 
 static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers::new());
-static NET: StaticCell<StackResources<4>> = StaticCell::new();
+/// Sockets for DHCP, DNS, the relay and the forwarded connections.
+static NET: StaticCell<StackResources<{ link::SOCKETS }>> = StaticCell::new();
 
 fn fail(args: core::fmt::Arguments<'_>) -> ! {
     log!("error: {args}");
