@@ -149,6 +149,9 @@ impl<'k, const N: usize> Engine<'k, N> {
     /// A connection that has just been made; `Hello` is the first frame out. With
     /// `forward` rules (from the provisioning image) the device announces and serves
     /// `forward` sessions.
+    // Not inlined: agent-core's `Agent` is built in this frame and returned in
+    // place, never in a caller's larger frame (see `link::new_engine`).
+    #[inline(never)]
     pub fn new(key: &'k SigningKey, forward: Option<ForwardRules<'k>>, now: Instant) -> Self {
         let mut kinds = features::SHELL | features::EXEC;
         if forward.is_some() {

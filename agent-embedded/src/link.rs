@@ -379,9 +379,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         pong: Option<heapless::Vec<u8, 125>>,
         closing: bool,
     }
-    // Made in its cell: a large value moved into one may take its room twice in
-    // this future, which is static RAM.
-    let engine = RefCell::new(Engine::<N>::new(key, prov.forward, now_ms()));
+    let engine = new_engine::<N>(key, prov.forward);
     if let Some(cfg) = stack.config_v4() {
         let _ = write!(
             engine.borrow_mut().net,
@@ -558,6 +556,19 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         Either3::First(e) | Either3::Second(e) => e,
         Either3::Third(never) => match never {},
     }
+}
+
+/// The engine in its cell, made by a function of its own so that it is built in its
+/// place in the connection's future. Built here (with `RefCell::new(Engine::new(..))`)
+/// it took its ~17 KiB twice in the future, which is static RAM, and once more in
+/// the future's stack frame, which every path through the connection (the TLS
+/// handshake's deepest) pays.
+#[inline(never)]
+fn new_engine<'k, const N: usize>(
+    key: &'k ed25519_dalek::SigningKey,
+    rules: Option<agent_core::provision::ForwardRules<'k>>,
+) -> RefCell<Engine<'k, N>> {
+    RefCell::new(Engine::new(key, rules, now_ms()))
 }
 
 /// What parsing one buffered WebSocket frame asks of the receive loop.
