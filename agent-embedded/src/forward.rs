@@ -9,8 +9,8 @@
 //! `consumed`: a destination that does not read stalls its own client and nobody
 //! else. Output read from the socket goes into the channel's buffer as it has room:
 //! a client that does not read stalls its own destination. agent-core sends the
-//! `Eof` after the output ([`Agent::finish`]) and closes the channel once both
-//! directions are over.
+//! `Eof` after the output ([`agent_core::session::Agent::finish`]) and closes the
+//! channel once both directions are over.
 
 use core::fmt::Write as _;
 use core::net::Ipv4Addr;

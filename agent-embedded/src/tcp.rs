@@ -7,7 +7,7 @@
 //!
 //! The ports, the relay's reader and its writer are futures of one task: a port
 //! registers the task's waker with its socket and with the engine's news
-//! ([`Wakers::news`]), which the link wakes after every message from the relay and
+//! (`Wakers::news`), which the link wakes after every message from the relay and
 //! every frame sent.
 
 use core::cell::RefCell;
