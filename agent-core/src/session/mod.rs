@@ -1121,7 +1121,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
     }
 
     /// Time passed: send keepalives, detect a dead connection, let rate-limited output
-    /// go again (the driver retries [`Agent::send_data`] after this).
+    /// go again (output waiting in a channel goes out with the next transmit).
     pub fn handle_timeout(&mut self, now: Instant) {
         for slot in self.slots.iter_mut().flatten() {
             if slot.rate_blocked
