@@ -121,6 +121,18 @@ pub enum ProtocolError {
 }
 
 impl ProtocolError {
+    /// The code a session aborted for this error ends with (`Exit::Aborted`), the
+    /// same on every agent.
+    pub fn code(&self) -> crate::wire::ErrorCode {
+        use crate::wire::ErrorCode;
+        match self {
+            ProtocolError::FlowControl { .. } | ProtocolError::CreditOverflow { .. } => {
+                ErrorCode::FLOW_CONTROL
+            }
+            _ => ErrorCode::PROTOCOL,
+        }
+    }
+
     /// The session this error is scoped to, if it is not connection-wide.
     pub fn session(&self) -> Option<u32> {
         match *self {

@@ -16,6 +16,12 @@
 //!   by `handle_frame` itself, so that payloads stay borrowed from the receive buffer
 //!   and are never copied by the core.
 //! - Nothing here panics on any input from the network (see [`wire`]).
+//! - The engine owns every byte a session sends: drivers write output into a
+//!   channel's [`session::Buffer`] and report ends (`finish`, `exited`); the engine
+//!   decides what goes out and when a channel or session is over. The client side
+//!   of a session ([`client::Client`]) uses the same channel machinery.
+//! - Shared by every agent: the reconnect [`backoff::Backoff`], the error codes of
+//!   [`ProtocolError::code`], the authentication message ([`session::auth_message`]).
 //!
 //! ## Non-goals
 //! Cryptography (the driver signs the authentication challenge), TLS, WebSocket
@@ -24,6 +30,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backoff;
+pub mod client;
 pub mod error;
 pub mod flow;
 pub mod limits;

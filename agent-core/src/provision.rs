@@ -7,9 +7,15 @@
 //! "SESAMEPV" (8) | format version u16 | body length u32 | body | CRC-32 of body u32
 //! ```
 //!
-//! The body is [`Provision`] in postcard. Erased flash (all `0xFF`), a torn write
-//! and a foreign image are all told apart from a good image by the magic, the
-//! length and the CRC, and reported as [`ProvisionError`].
+//! The body is [`Provision`] in postcard. Format 2 appends the device's forwarding
+//! rules ([`ForwardRules`]) to the body of format 1; an image without them is
+//! written as format 1, byte for byte what earlier tools wrote, so that older
+//! firmware still reads it, and older firmware given rules it cannot honour says
+//! that the image is newer than it. Erased flash (all `0xFF`), a torn write and a
+//! foreign image are all told apart from a good image by the magic, the length and
+//! the CRC, and reported as [`ProvisionError`].
+
+use core::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
@@ -17,8 +23,9 @@ use crate::wire::Bytes;
 
 /// First bytes of every image.
 pub const MAGIC: &[u8; 8] = b"SESAMEPV";
-/// The image format this crate reads and writes.
-pub const FORMAT_VERSION: u16 = 1;
+/// The newest image format this crate reads and writes (1: no forwarding rules;
+/// 2: with [`ForwardRules`]).
+pub const FORMAT_VERSION: u16 = 2;
 /// Bytes around the body: magic, version, length, CRC.
 pub const OVERHEAD: usize = 8 + 2 + 4 + 4;
 
@@ -43,6 +50,207 @@ pub struct Provision<'a> {
     /// without a hardware RNG.
     #[serde(borrow)]
     pub entropy: Bytes<'a>,
+    /// Where `forward` sessions may connect; `None`: the device forwards nothing
+    /// (and does not announce `forward` sessions). Format 2 only.
+    #[serde(skip)]
+    pub forward: Option<ForwardRules<'a>>,
+}
+
+/// Where a device's `forward` sessions may connect: a destination is allowed when
+/// it matches an `allow` rule and no `deny` rule (deny wins). Each list is rules
+/// ([`Rule`]) separated by spaces, as the image carries them (postcard: two strings);
+/// [`Provision::decode`] refuses an image with a rule that does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardRules<'a> {
+    /// Destinations that may be reached.
+    pub allow: &'a str,
+    /// Destinations that may never be reached, even when allowed.
+    pub deny: &'a str,
+}
+
+/// One destination rule: `NET[/PREFIX][:PORTS]` (an IPv4 address or network) or
+/// `NAME[:PORTS]` (a host name as the client asks for it, compared without regard
+/// to case), PORTS a comma list of ports and ranges (`22,8000-8999`); without PORTS
+/// every port. A name rule matches the name asked for; the address it resolves to
+/// meets the address rules too, so a name cannot bring a denied address in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rule<'a> {
+    target: Target<'a>,
+    /// Checked by [`Rule::parse`]; empty: every port.
+    ports: &'a str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target<'a> {
+    Net { addr: u32, prefix: u8 },
+    Name(&'a str),
+}
+
+/// Why a destination rule does not parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RuleError {
+    /// Looks like an IPv4 address or network but is not one.
+    Address,
+    /// The prefix length is not 0 to 32.
+    Prefix,
+    /// Not a host name (letters, digits, `-` and `.`, at most 253 bytes).
+    Name,
+    /// The port list is not ports and ranges separated by commas.
+    Ports,
+    /// An IPv6 rule: devices speak IPv4 only.
+    Ipv6,
+}
+
+impl core::fmt::Display for RuleError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RuleError::Address => "not an IPv4 address or network",
+            RuleError::Prefix => "bad prefix length",
+            RuleError::Name => "not a host name",
+            RuleError::Ports => "bad port list",
+            RuleError::Ipv6 => "devices speak IPv4 only",
+        })
+    }
+}
+
+impl<'a> Rule<'a> {
+    /// Parse one rule.
+    pub fn parse(s: &'a str) -> Result<Rule<'a>, RuleError> {
+        if s.starts_with('[') || s.matches(':').count() > 1 {
+            return Err(RuleError::Ipv6);
+        }
+        let (target, ports) = s.split_once(':').unwrap_or((s, ""));
+        if s.contains(':') && ports.is_empty() {
+            return Err(RuleError::Ports);
+        }
+        for part in ports.split(',').filter(|_| !ports.is_empty()) {
+            port_range(part).ok_or(RuleError::Ports)?;
+        }
+        let target = if target
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
+        {
+            let (addr, prefix) = match target.split_once('/') {
+                Some((a, p)) => (a, Some(p)),
+                None => (target, None),
+            };
+            let addr: Ipv4Addr = addr.parse().map_err(|_| RuleError::Address)?;
+            let prefix = match prefix {
+                Some(p) => p
+                    .parse()
+                    .ok()
+                    .filter(|p| *p <= 32)
+                    .ok_or(RuleError::Prefix)?,
+                None => 32,
+            };
+            Target::Net {
+                addr: addr.to_bits(),
+                prefix,
+            }
+        } else {
+            let name = target.strip_suffix('.').unwrap_or(target);
+            let ok = !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|l| {
+                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                });
+            if !ok {
+                return Err(RuleError::Name);
+            }
+            Target::Name(name)
+        };
+        Ok(Rule { target, ports })
+    }
+
+    /// Whether the rule covers `port`.
+    fn covers(&self, port: u16) -> bool {
+        self.ports.is_empty()
+            || self
+                .ports
+                .split(',')
+                .filter_map(port_range)
+                .any(|(lo, hi)| (lo..=hi).contains(&port))
+    }
+
+    /// Whether the rule matches a destination asked for as `host`, at `addr` if known.
+    fn matches(&self, host: &str, addr: Option<Ipv4Addr>, port: u16) -> bool {
+        let target = match self.target {
+            Target::Net { addr: net, prefix } => addr.is_some_and(|a| {
+                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+                a.to_bits() & mask == net & mask
+            }),
+            Target::Name(name) => host
+                .strip_suffix('.')
+                .unwrap_or(host)
+                .eq_ignore_ascii_case(name),
+        };
+        target && self.covers(port)
+    }
+}
+
+/// `P` or `A-B` with `A <= B`.
+fn port_range(s: &str) -> Option<(u16, u16)> {
+    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+    let (lo, hi) = (lo.parse().ok()?, hi.parse().ok()?);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// What a device does with a destination ([`ForwardRules::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Connect.
+    Allow,
+    /// Refuse (`DENIED`).
+    Deny,
+    /// A host name that may be allowed: resolve it, then check again with its address.
+    Resolve,
+}
+
+impl<'a> ForwardRules<'a> {
+    /// The rules of a list, skipping any that does not parse (a decoded image has none).
+    pub fn rules(list: &'a str) -> impl Iterator<Item = Rule<'a>> {
+        list.split(' ')
+            .filter(|r| !r.is_empty())
+            .filter_map(|r| Rule::parse(r).ok())
+    }
+
+    /// Whether both lists parse.
+    pub fn valid(&self) -> bool {
+        [self.allow, self.deny].iter().all(|list| {
+            list.split(' ')
+                .filter(|r| !r.is_empty())
+                .all(|r| Rule::parse(r).is_ok())
+        })
+    }
+
+    /// Whether a destination asked for as `host:port` may be reached; `addr` is what
+    /// `host` resolved to (`None` before resolving; an IPv4 literal is its own
+    /// address). [`Verdict::Resolve`] only for a name that an address rule might allow.
+    pub fn check(&self, host: &str, addr: Option<Ipv4Addr>, port: u16) -> Verdict {
+        let addr = addr.or_else(|| host.parse().ok());
+        let hit = |list| Self::rules(list).any(|r: Rule<'_>| r.matches(host, addr, port));
+        if hit(self.deny) {
+            return Verdict::Deny;
+        }
+        if addr.is_some() {
+            return if hit(self.allow) {
+                Verdict::Allow
+            } else {
+                Verdict::Deny
+            };
+        }
+        // A name: it may be allowed by name, or by the address it resolves to.
+        let maybe = Self::rules(self.allow).any(|r| match r.target {
+            Target::Name(_) => r.matches(host, None, port),
+            Target::Net { .. } => r.covers(port),
+        });
+        if maybe {
+            Verdict::Resolve
+        } else {
+            Verdict::Deny
+        }
+    }
 }
 
 /// Why an image cannot be used.
@@ -91,11 +299,20 @@ impl<'a> Provision<'a> {
             return Err(ProvisionError::TooLarge);
         }
         let body_end = out.len() - 4;
-        let body_len = postcard::to_slice(self, &mut out[14..body_end])
+        let mut body_len = postcard::to_slice(self, &mut out[14..body_end])
             .map_err(|_| ProvisionError::TooLarge)?
             .len();
+        let version: u16 = match &self.forward {
+            None => 1,
+            Some(rules) => {
+                body_len += postcard::to_slice(rules, &mut out[14 + body_len..body_end])
+                    .map_err(|_| ProvisionError::TooLarge)?
+                    .len();
+                2
+            }
+        };
         out[..8].copy_from_slice(MAGIC);
-        out[8..10].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out[8..10].copy_from_slice(&version.to_le_bytes());
         out[10..14].copy_from_slice(&(body_len as u32).to_le_bytes());
         let crc = crc32(&out[14..14 + body_len]);
         out[14 + body_len..OVERHEAD + body_len].copy_from_slice(&crc.to_le_bytes());
@@ -108,7 +325,7 @@ impl<'a> Provision<'a> {
             return Err(ProvisionError::Missing);
         }
         let version = u16::from_le_bytes([region[8], region[9]]);
-        if version != FORMAT_VERSION {
+        if !(1..=FORMAT_VERSION).contains(&version) {
             return Err(ProvisionError::Version(version));
         }
         let len = u32::from_le_bytes([region[10], region[11], region[12], region[13]]) as usize;
@@ -120,8 +337,16 @@ impl<'a> Provision<'a> {
         if crc32(body) != u32::from_le_bytes([c[0], c[1], c[2], c[3]]) {
             return Err(ProvisionError::Corrupt);
         }
-        let (p, rest): (Provision, _) =
+        let (mut p, mut rest): (Provision, _) =
             postcard::take_from_bytes(body).map_err(|_| ProvisionError::Invalid)?;
+        if version >= 2 {
+            let (rules, after): (ForwardRules, _) =
+                postcard::take_from_bytes(rest).map_err(|_| ProvisionError::Invalid)?;
+            if !rules.valid() {
+                return Err(ProvisionError::Invalid);
+            }
+            (p.forward, rest) = (Some(rules), after);
+        }
         if !rest.is_empty()
             || p.key_seed.0.len() != 32
             || p.entropy.0.len() != 32
@@ -147,7 +372,9 @@ impl<'a> Provision<'a> {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
+    use std::string::ToString;
 
     fn sample() -> Provision<'static> {
         Provision {
@@ -158,7 +385,19 @@ mod tests {
             tls_name: "localhost",
             ca_der: Bytes(&[0x30, 0x82, 1, 2, 3]),
             entropy: Bytes(&[9; 32]),
+            forward: None,
         }
+    }
+
+    fn with_rules(allow: &'static str, deny: &'static str) -> Provision<'static> {
+        Provision {
+            forward: Some(ForwardRules { allow, deny }),
+            ..sample()
+        }
+    }
+
+    fn ip(s: &str) -> Option<Ipv4Addr> {
+        Some(s.parse().unwrap())
     }
 
     #[test]
@@ -182,12 +421,131 @@ mod tests {
         bad[20] ^= 1;
         assert_eq!(Provision::decode(&bad[..n]), Err(ProvisionError::Corrupt));
         let mut newer = buf;
-        newer[8] = 2;
-        assert_eq!(Provision::decode(&newer), Err(ProvisionError::Version(2)));
+        newer[8] = 3;
+        assert_eq!(Provision::decode(&newer), Err(ProvisionError::Version(3)));
         let mut short = sample();
         short.key_seed = Bytes(&[1; 31]);
         let n = short.encode(&mut buf).unwrap();
         assert_eq!(Provision::decode(&buf[..n]), Err(ProvisionError::Invalid));
+    }
+
+    #[test]
+    fn an_image_without_rules_is_format_1_as_before() {
+        let mut buf = [0u8; 512];
+        let n = sample().encode(&mut buf).unwrap();
+        // What the format-1 tool wrote, byte for byte: the seven fields and no more.
+        let body = [
+            &b"\x05dev-1\x20"[..],
+            &[7; 32],
+            b"\x0a10.0.2.100\xfb\x41\x09localhost\x05\x30\x82\x01\x02\x03\x20",
+            &[9; 32],
+        ]
+        .concat();
+        let want = [
+            &b"SESAMEPV\x01\x00"[..],
+            &(body.len() as u32).to_le_bytes(),
+            &body,
+            &crc32(&body).to_le_bytes(),
+        ]
+        .concat();
+        assert_eq!(&buf[..n], &want[..]);
+        assert_eq!(Provision::decode(&buf[..n]).unwrap().forward, None);
+    }
+
+    #[test]
+    fn rules_make_a_format_2_image_that_round_trips() {
+        let p = with_rules("10.0.2.0/24:80,8000-8999 plc.local", "10.0.2.100");
+        let mut buf = [0xFFu8; 512];
+        let n = p.encode(&mut buf).unwrap();
+        assert_eq!(&buf[8..10], &[2, 0]);
+        // The rules follow format 1's body: two postcard strings.
+        let tail = b"\x2210.0.2.0/24:80,8000-8999 plc.local\x0a10.0.2.100";
+        assert_eq!(&buf[n - 4 - tail.len()..n - 4], tail);
+        assert_eq!(Provision::decode(&buf).unwrap(), p);
+        // Firmware that reads format 1 only refuses it as newer ("provisioning image
+        // format 2 is newer than this firmware's 1"), as this one refuses format 3.
+        let mut newer = buf;
+        newer[8] = 3;
+        assert_eq!(Provision::decode(&newer), Err(ProvisionError::Version(3)));
+    }
+
+    #[test]
+    fn an_image_with_a_rule_that_does_not_parse_is_invalid() {
+        for bad in [
+            ("10.0.0.0/33", ""),
+            ("10.0.0.1", "host_name"),
+            ("[::1]:22", ""),
+        ] {
+            let p = with_rules(bad.0, bad.1);
+            let mut buf = [0u8; 512];
+            let n = p.encode(&mut buf).unwrap();
+            assert_eq!(
+                Provision::decode(&buf[..n]),
+                Err(ProvisionError::Invalid),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rules_parse_with_clear_errors() {
+        for good in [
+            "10.0.0.0/8",
+            "127.0.0.1:22,8000-8999",
+            "plc.local:502",
+            "Gateway-1.",
+            "0.0.0.0/0",
+        ] {
+            assert!(Rule::parse(good).is_ok(), "{good}");
+        }
+        for (bad, why) in [
+            ("10.0.0.0/33", "bad prefix length"),
+            ("10.0.0.256", "not an IPv4 address or network"),
+            ("10.0.0.1:", "bad port list"),
+            ("10.0.0.1:9-1", "bad port list"),
+            ("10.0.0.1:http", "bad port list"),
+            ("host_name", "not a host name"),
+            ("a..b", "not a host name"),
+            ("[fd00::/8]:443", "devices speak IPv4 only"),
+            ("::1", "devices speak IPv4 only"),
+        ] {
+            assert_eq!(Rule::parse(bad).unwrap_err().to_string(), why, "{bad}");
+        }
+    }
+
+    #[test]
+    fn deny_wins_and_names_meet_the_address_rules() {
+        let r = ForwardRules {
+            allow: "10.0.2.0/24:80,8000-8999 plc.local:502",
+            deny: "10.0.2.100 blocked.example",
+        };
+        assert_eq!(r.check("10.0.2.101", None, 80), Verdict::Allow);
+        assert_eq!(r.check("10.0.2.101", None, 8080), Verdict::Allow);
+        assert_eq!(r.check("10.0.2.101", None, 22), Verdict::Deny);
+        assert_eq!(r.check("10.0.2.100", None, 80), Verdict::Deny);
+        assert_eq!(r.check("10.0.3.1", None, 80), Verdict::Deny);
+        // A name allowed by name still meets the address rules once resolved.
+        assert_eq!(r.check("PLC.local.", None, 502), Verdict::Resolve);
+        assert_eq!(r.check("plc.local", ip("192.168.1.5"), 502), Verdict::Allow);
+        assert_eq!(r.check("plc.local", ip("10.0.2.100"), 502), Verdict::Deny);
+        assert_eq!(r.check("plc.local", None, 503), Verdict::Deny);
+        // A name the address rules might allow is resolved, then decided.
+        assert_eq!(r.check("web.example", None, 80), Verdict::Resolve);
+        assert_eq!(r.check("web.example", ip("10.0.2.7"), 80), Verdict::Allow);
+        assert_eq!(r.check("web.example", ip("8.8.8.8"), 80), Verdict::Deny);
+        assert_eq!(r.check("blocked.example", None, 80), Verdict::Deny);
+        // Nothing is allowed without an allow rule.
+        let none = ForwardRules {
+            allow: "",
+            deny: "",
+        };
+        assert_eq!(none.check("10.0.2.101", None, 80), Verdict::Deny);
+        assert_eq!(none.check("a.example", None, 80), Verdict::Deny);
+        let all = ForwardRules {
+            allow: "0.0.0.0/0",
+            deny: "",
+        };
+        assert_eq!(all.check("192.0.2.1", None, 1), Verdict::Allow);
     }
 
     #[test]

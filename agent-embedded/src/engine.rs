@@ -1,31 +1,50 @@
 //! The sessions of one relay connection, sans I/O: agent-core's engine plus a
-//! console per session. The link ([`crate::link`]) feeds it WebSocket messages and
-//! timeouts and sends what it transmits; host tests drive it directly.
+//! terminal per shell or exec session ([`Terminal`]) and the pool of forwarded
+//! connections ([`crate::forward`]). The link ([`crate::link`]) feeds it WebSocket
+//! messages and timeouts and sends what it transmits; host tests drive it directly.
+//!
+//! agent-core owns every byte a session sends and decides when a session ends: a
+//! terminal writes its output into the session's channel a step at a time
+//! ([`STEP`]), each once the channel's buffer ([`RING`]) has room for a whole step,
+//! so a command's output streams however long it is; agent-core sends it within
+//! credit and rate, then `Eof` and `Close` once the work is over ([`Agent::exited`]).
+//! What stays here is routing: events to terminals and connections, their output
+//! to the channels.
 
 use core::fmt::{self, Write};
 
-use agent_core::session::{auth_message, Agent, AgentConfig, Event, SendError};
+use agent_core::provision::ForwardRules;
+use agent_core::session::{auth_message, Agent, AgentConfig, Event, SessionHandle, UseError};
 use agent_core::wire::{self, features, ErrorCode, Exit, Kind, Stream};
 use agent_core::Instant;
 use ed25519_dalek::{Signer, SigningKey};
-use heapless::{String, Vec};
+use heapless::String;
 
-use crate::console::{Board, Console, Output};
+use crate::console::{Board, Output, Step, Stepped, Terminal, STEP};
+use crate::forward::{Forwarding, Ports};
 
 /// Sessions a device runs at once unless a board asks for another number.
 pub const DEFAULT_SESSIONS: usize = 4;
-/// Largest frame the device accepts, announced in `Hello` (the relay keeps to it).
+/// Largest frame the device accepts, announced in `Hello` (the relay keeps to it),
+/// and the largest it sends.
 pub const MAX_FRAME: usize = 2048;
 /// Bytes a client may send a session before the device returns credit.
 pub const WINDOW: usize = 512;
 /// Longest console command line.
 pub const LINE: usize = 128;
-/// Output one command may produce; more is cut.
-pub const OUT: usize = 1024;
+/// Each channel's output buffer in agent-core: output waiting for credit.
+pub const RING: usize = 1024;
+/// Channels of a session in agent-core's table: a forward session's connections
+/// (shell and exec use one). The pool ([`crate::forward::PORTS`]) caps them across
+/// sessions.
+pub const CHANNELS: usize = 2;
 /// The one account of a device: every session runs as the console. It is the default
 /// account the device names in `Auth`; `Open` may name it or leave the account empty,
 /// and any other is refused (the device does not announce `features::RUN_AS`).
 pub const ACCOUNT: &str = "console";
+/// Steps one session runs in one go: a board command that keeps asking for more
+/// parts without writing any holds up the others only this long.
+const STEPS: usize = 32;
 
 /// Why the connection has to end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +55,8 @@ pub enum Failure {
     Relay(String<128>),
     /// The relay broke the protocol.
     Protocol(String<128>),
+    /// This driver misused agent-core (a bug).
+    Internal(UseError),
 }
 
 impl fmt::Display for Failure {
@@ -44,12 +65,16 @@ impl fmt::Display for Failure {
             Failure::Lost => f.write_str("relay connection lost (no answer in time)"),
             Failure::Relay(m) => write!(f, "relay refused: {m}"),
             Failure::Protocol(m) => write!(f, "relay broke the protocol: {m}"),
+            Failure::Internal(e) => write!(f, "internal error: {e}"),
         }
     }
 }
 
+/// agent-core's engine as the device sizes it.
+pub(crate) type Core<const N: usize> = Agent<N, CHANNELS, [u8; RING]>;
+
 /// `args` formatted, cut at a character boundary where it stops fitting.
-fn clipped<const M: usize>(args: fmt::Arguments<'_>) -> String<M> {
+pub(crate) fn clipped<const M: usize>(args: fmt::Arguments<'_>) -> String<M> {
     struct Clip<const M: usize>(String<M>);
     impl<const M: usize> Write for Clip<M> {
         fn write_str(&mut self, s: &str) -> fmt::Result {
@@ -64,40 +89,11 @@ fn clipped<const M: usize>(args: fmt::Arguments<'_>) -> String<M> {
     clip.0
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Role {
-    Free,
-    Shell,
-    Exec,
-}
-
+/// A session: a shell or exec's terminal, or a forward session's mark (its
+/// connections are in the pool).
 struct Session {
-    sid: u32,
-    role: Role,
-    console: Console<LINE>,
-    out: Output<OUT>,
-    /// Bytes of `out` already sent.
-    sent: usize,
-    /// Input not yet run through the console (at most one window).
-    input: Vec<u8, WINDOW>,
-    /// End the session once output is sent (exit, end of input, exec done).
-    ending: bool,
-    status: i32,
-}
-
-impl Session {
-    fn free() -> Self {
-        Session {
-            sid: 0,
-            role: Role::Free,
-            console: Console::default(),
-            out: Output::default(),
-            sent: 0,
-            input: Vec::new(),
-            ending: false,
-            status: 0,
-        }
-    }
+    handle: SessionHandle,
+    term: Option<Terminal<LINE, WINDOW>>,
 }
 
 /// What the console's `net` and `sessions` commands report, and the reboot request,
@@ -128,8 +124,8 @@ impl Board for View<'_> {
         // The board reboots once the answer has left (see `Engine::take_reboot`).
         *self.reboot = true;
     }
-    fn command(&mut self, argv: &[&str], out: &mut dyn Write) -> Option<i32> {
-        self.board.command(argv, out)
+    fn command(&mut self, argv: &[&str], part: usize, out: &mut dyn Write) -> Option<Step> {
+        self.board.command(argv, part, out)
     }
     fn help(&self, out: &mut dyn Write) -> fmt::Result {
         self.board.help(out)
@@ -138,8 +134,9 @@ impl Board for View<'_> {
 
 /// One relay connection's state. `N` is the session capacity announced in `Hello`.
 pub struct Engine<'k, const N: usize = DEFAULT_SESSIONS> {
-    agent: Agent<N, 1>,
-    sessions: [Session; N],
+    agent: Core<N>,
+    sessions: [Option<Session>; N],
+    ports: Ports<'k>,
     key: &'k SigningKey,
     agent_id: String<64>,
     failure: Option<Failure>,
@@ -149,17 +146,27 @@ pub struct Engine<'k, const N: usize = DEFAULT_SESSIONS> {
 }
 
 impl<'k, const N: usize> Engine<'k, N> {
-    /// A connection that has just been made; `Hello` is the first frame out.
-    pub fn new(key: &'k SigningKey, now: Instant) -> Self {
+    /// A connection that has just been made; `Hello` is the first frame out. With
+    /// `forward` rules (from the provisioning image) the device announces and serves
+    /// `forward` sessions.
+    // Not inlined: agent-core's `Agent` is built in this frame and returned in
+    // place, never in a caller's larger frame (see `link::new_engine`).
+    #[inline(never)]
+    pub fn new(key: &'k SigningKey, forward: Option<ForwardRules<'k>>, now: Instant) -> Self {
+        let mut kinds = features::SHELL | features::EXEC;
+        if forward.is_some() {
+            kinds |= features::FORWARD;
+        }
         let config = AgentConfig {
             max_frame: MAX_FRAME as u32,
             window: WINDOW as u32,
-            features: features::SHELL | features::EXEC,
+            features: kinds,
             ..AgentConfig::default()
         };
         Engine {
             agent: Agent::new(config, now),
-            sessions: core::array::from_fn(|_| Session::free()),
+            sessions: [const { None }; N],
+            ports: Ports::new(forward),
             key,
             agent_id: String::new(),
             failure: None,
@@ -173,12 +180,18 @@ impl<'k, const N: usize> Engine<'k, N> {
         (!self.agent_id.is_empty()).then_some(self.agent_id.as_str())
     }
 
-    /// Sessions open now.
+    /// Sessions open now (those whose last output and `Close` are still on their way
+    /// included).
     pub fn open_sessions(&self) -> usize {
-        self.sessions
-            .iter()
-            .filter(|s| s.role != Role::Free)
-            .count()
+        self.agent.session_count()
+    }
+
+    /// The pool of forwarded connections with agent-core, for the link's ports.
+    pub fn forwarding(&mut self) -> Forwarding<'_, 'k, N> {
+        Forwarding {
+            ports: &mut self.ports,
+            agent: &mut self.agent,
+        }
     }
 
     /// Why the connection must end, once it must.
@@ -217,240 +230,244 @@ impl<'k, const N: usize> Engine<'k, N> {
         self.agent.poll_timeout()
     }
 
-    fn drain_events(&mut self, board: &mut dyn Board) {
-        while let Some(ev) = self.agent.poll_event() {
-            self.on_event(ev, board);
-        }
-    }
-
-    fn slot(&mut self, sid: u32) -> Option<&mut Session> {
-        self.sessions
-            .iter_mut()
-            .find(|s| s.role != Role::Free && s.sid == sid)
-    }
-
-    fn on_event(&mut self, ev: Event<'_>, board: &mut dyn Board) {
-        match ev {
-            Event::Challenge { nonce } => {
-                let mut buf = [0u8; 64];
-                match auth_message(nonce, &mut buf) {
-                    Some(m) => {
-                        let sig = self.key.sign(m).to_bytes();
-                        let public = self.key.verifying_key().to_bytes();
-                        // Every session of a device runs as the console: the
-                        // account the relay's policies decide on. A valid name, so
-                        // never refused (the rig's handshake checks it goes out).
-                        let _ = self.agent.authenticate(public, sig, "", ACCOUNT);
-                    }
-                    None => {
-                        let why = format_args!("challenge nonce has the wrong length");
-                        self.failure = Some(Failure::Relay(clipped(why)));
-                    }
-                }
-            }
-            Event::Authenticated { agent_id } => {
-                self.agent_id = agent_core::session::clip(agent_id);
-                board.log(format_args!("relay: authenticated as agent {agent_id}"));
-            }
-            Event::Open { sid, kind, account } => self.open(sid, kind, account, board),
-            Event::Data { sid, ch, data } => {
-                let Some(role) = self.slot(sid).map(|s| s.role) else {
-                    return;
-                };
-                if role != Role::Shell {
-                    // An exec command has no standard input.
-                    self.agent.consumed(sid, ch, data.len());
-                    return;
-                }
-                let full = self
-                    .slot(sid)
-                    .is_some_and(|s| s.input.extend_from_slice(data).is_err());
-                if full {
-                    // agent-core holds the peer to the window, so this is a bug: end
-                    // only this session.
-                    let why = "input beyond the window";
-                    self.end(sid, Exit::Aborted(ErrorCode::FLOW_CONTROL), why);
-                }
-            }
-            Event::Eof { sid, .. } => {
-                if let Some(s) = self.slot(sid) {
-                    s.ending = true;
-                }
-            }
-            Event::Signal { sid, signal } => {
-                // SIGINT abandons the line, as ^C would.
-                if signal == 2 {
-                    if let Some(s) = self.slot(sid) {
-                        if s.role == Role::Shell {
-                            let _ = s.input.push(0x03);
-                        }
-                    }
-                }
-            }
-            Event::Terminate { sid } => self.end(sid, Exit::Aborted(ErrorCode::TERMINATED), ""),
-            Event::Abort { sid, .. } => {
-                self.end(sid, Exit::Aborted(ErrorCode::PROTOCOL), "protocol error")
-            }
-            Event::ChannelOpen { sid, ch, .. } => self.agent.reject_channel(
-                sid,
-                ch,
-                ErrorCode::UNSUPPORTED,
-                "this device does not forward ports",
-            ),
-            Event::ChannelClose { sid, ch } => self.agent.close_channel(sid, ch, ""),
-            Event::Resize { .. } => {}
-            Event::PeerError { message, .. } => {
-                self.failure = Some(Failure::Relay(clipped(format_args!("{message}"))))
-            }
-            Event::ConnectionLost => self.failure = Some(Failure::Lost),
-        }
-    }
-
-    fn end(&mut self, sid: u32, exit: Exit, reason: &str) {
-        if let Some(s) = self.slot(sid) {
-            s.role = Role::Free;
-            self.agent.close(sid, exit, reason);
-        }
-    }
-
-    fn open(&mut self, sid: u32, kind: Kind<'_>, account: &str, board: &mut dyn Board) {
-        // A device has no accounts: its sessions all run as the console. Asking for
-        // another account is refused, never silently run as the console.
-        if !account.is_empty() && account != ACCOUNT {
-            self.agent.reject(
-                sid,
-                ErrorCode::DENIED,
-                "this device has no accounts; sessions run as 'console'",
-            );
-            return;
-        }
-        let open = self.open_sessions();
-        let Some(i) = self.sessions.iter().position(|s| s.role == Role::Free) else {
-            let why: String<64> = clipped(format_args!("device at capacity ({N} sessions)"));
-            self.agent.reject(sid, ErrorCode::SESSION_LIMIT, &why);
-            return;
-        };
-        let mut view = View {
-            board,
-            open: open + 1,
-            capacity: N,
-            net: &self.net,
-            reboot: &mut self.reboot,
-        };
-        let s = &mut self.sessions[i];
-        *s = Session::free();
-        s.sid = sid;
-        match kind {
-            Kind::Shell { .. } => {
-                s.role = Role::Shell;
-                s.console.start(&mut s.out);
-            }
-            Kind::Exec { argv } => {
-                s.role = Role::Exec;
-                let mut line: String<LINE> = String::new();
-                let mut fits = true;
-                for (i, arg) in wire::argv_iter(argv.0).enumerate() {
-                    let arg = core::str::from_utf8(arg).unwrap_or("\u{fffd}");
-                    fits &= (i == 0 || line.push(' ').is_ok()) && line.push_str(arg).is_ok();
-                }
-                s.status = if fits {
-                    Console::<LINE>::run_line(&line, &mut view, &mut s.out)
-                } else {
-                    let _ = writeln!(s.out, "error: command line longer than {LINE} bytes");
-                    2
-                };
-                s.ending = true;
-            }
-            Kind::Forward | Kind::SshKey { .. } => {
-                self.agent.reject(
-                    sid,
-                    ErrorCode::UNSUPPORTED,
-                    "this device runs shell and exec sessions only",
-                );
-                return;
-            }
-        }
-        self.agent.accept(sid);
-    }
-
     /// The next message to send to the relay, written into `out` (which holds
-    /// [`MAX_FRAME`] bytes): protocol frames first, then session output.
+    /// [`MAX_FRAME`] bytes). The consoles first write what they can into their
+    /// sessions' buffers, so call this until it returns `None`.
     pub fn poll_transmit(
         &mut self,
         now: Instant,
         out: &mut [u8],
         board: &mut dyn Board,
     ) -> Option<usize> {
-        loop {
-            if let Some(n) = self.agent.poll_transmit(now, out) {
-                return Some(n);
+        self.pump(board);
+        match self.agent.poll_transmit(now, out) {
+            Ok(len) => len,
+            Err(e) => {
+                self.failure = Some(Failure::Internal(e));
+                None
             }
-            let mut progressed = false;
-            let open = self.open_sessions();
-            for i in 0..N {
-                let s = &mut self.sessions[i];
-                if s.role == Role::Free {
-                    continue;
-                }
-                let pending = &s.out.as_bytes()[s.sent..];
-                if !pending.is_empty() {
-                    match self
-                        .agent
-                        .send_data(now, s.sid, 0, Stream::OUT, pending, out)
-                    {
-                        Ok((taken, len)) if taken > 0 => {
-                            s.sent += taken;
-                            if s.sent == s.out.as_bytes().len() {
-                                s.out.clear();
-                                s.sent = 0;
-                            }
-                            return Some(len);
-                        }
-                        // Out of credit or rate: a Credit frame or a timeout resumes.
-                        Ok(_) => continue,
-                        // The core has forgotten the session: free its slot.
-                        Err(SendError::UnknownSession) => {
-                            s.role = Role::Free;
-                            continue;
-                        }
-                        // Accept is still queued ahead of the output.
-                        Err(_) => continue,
+        }
+    }
+
+    fn drain_events(&mut self, board: &mut dyn Board) {
+        while let Some(ev) = self.agent.poll_event() {
+            self.on_event(ev, board);
+        }
+    }
+
+    fn session(&mut self, h: SessionHandle) -> Option<&mut Session> {
+        self.sessions.iter_mut().flatten().find(|s| s.handle == h)
+    }
+
+    fn on_event(&mut self, ev: Event<'_>, board: &mut dyn Board) {
+        if let Err(e) = self.handle(ev, board) {
+            // A misused core call is a bug of this driver: the connection ends and
+            // the link logs why (a clean reconnect beats a session in an unknown state).
+            self.failure.get_or_insert(Failure::Internal(e));
+        }
+    }
+
+    fn handle(&mut self, ev: Event<'_>, board: &mut dyn Board) -> Result<(), UseError> {
+        match ev {
+            Event::Challenge { nonce } => {
+                let mut buf = [0u8; 64];
+                let Some(m) = auth_message(nonce, &mut buf) else {
+                    let why = format_args!("challenge nonce has the wrong length");
+                    self.failure = Some(Failure::Relay(clipped(why)));
+                    return Ok(());
+                };
+                let sig = self.key.sign(m).to_bytes();
+                let public = self.key.verifying_key().to_bytes();
+                // Every session of a device runs as the console: the account the
+                // relay's policies decide on. A valid name, so never refused (the
+                // rig's handshake checks it goes out).
+                let _ = self.agent.authenticate(public, sig, "", ACCOUNT);
+            }
+            Event::Authenticated { agent_id } => {
+                self.agent_id = agent_core::session::clip(agent_id);
+                board.log(format_args!("relay: authenticated as agent {agent_id}"));
+            }
+            Event::Open {
+                session,
+                kind,
+                account,
+            } => return self.open(session, kind, account),
+            Event::Data { channel, data } => {
+                match self.ports.input(channel, data) {
+                    Some(Ok(())) => return Ok(()),
+                    // agent-core holds the client to the window, which the port holds.
+                    Some(Err(())) => {
+                        self.ports.abort(channel);
+                        return self.agent.close_channel(channel, "input beyond the window");
                     }
+                    None => {}
                 }
-                if s.role == Role::Shell && !s.input.is_empty() {
-                    // One line at a time, so its output fits before the next runs.
-                    let n = s
-                        .input
-                        .iter()
-                        .position(|&b| b == b'\r' || b == b'\n' || b == 0x03)
-                        .map_or(s.input.len(), |p| p + 1);
-                    let mut view = View {
-                        board: &mut *board,
-                        open,
-                        capacity: N,
-                        net: &self.net,
-                        reboot: &mut self.reboot,
-                    };
-                    let exit = s.console.input(&s.input[..n], &mut view, &mut s.out);
-                    let rest = s.input.len() - n;
-                    s.input.copy_within(n.., 0);
-                    s.input.truncate(rest);
-                    self.agent.consumed(s.sid, 0, n);
-                    if exit {
-                        s.ending = true;
-                        s.input.clear();
+                let taken = self
+                    .session(channel.session())
+                    .and_then(|s| s.term.as_mut())
+                    .map(|t| t.input(data));
+                match taken {
+                    Some(Some(n)) => return self.agent.consumed(channel, n),
+                    // agent-core holds the client to the window: a bug, which ends
+                    // only this session.
+                    Some(None) => {
+                        let exit = Exit::Aborted(ErrorCode::FLOW_CONTROL);
+                        return self.end(channel.session(), exit, "input beyond the window");
                     }
-                    progressed = true;
-                } else if s.ending && (s.role == Role::Exec || s.input.is_empty()) {
-                    let (sid, status) = (s.sid, s.status);
-                    s.role = Role::Free;
-                    self.agent.eof(sid, 0);
-                    self.agent.close(sid, Exit::Code(status), "");
-                    progressed = true;
+                    None => return self.agent.consumed(channel, data.len()),
                 }
             }
-            if !progressed {
-                return None;
+            Event::Eof { channel } => {
+                if self.ports.eof(channel) {
+                    return Ok(());
+                }
+                if let Some(t) = self
+                    .session(channel.session())
+                    .and_then(|s| s.term.as_mut())
+                {
+                    t.end_of_input();
+                }
+            }
+            Event::Signal { session, signal } => {
+                let term = self.session(session).and_then(|s| s.term.as_mut());
+                if let Some(t) = term.filter(|_| signal == 2) {
+                    t.interrupt();
+                }
+            }
+            Event::Terminate { session } => {
+                return self.end(session, Exit::Aborted(ErrorCode::TERMINATED), "")
+            }
+            Event::Abort { session, error } => {
+                return self.end(session, Exit::Aborted(error.code()), "")
+            }
+            Event::ChannelOpen {
+                channel,
+                host,
+                port,
+            } => self.forwarding().open(channel, host, port),
+            Event::ChannelClose { channel } => {
+                // The link drops its connection when it next polls the port.
+                self.ports.abort(channel);
+                return self.agent.close_channel(channel, "");
+            }
+            Event::Resize { .. } => {}
+            Event::PeerError { message, .. } => {
+                self.failure = Some(Failure::Relay(clipped(format_args!("{message}"))))
+            }
+            Event::ConnectionLost => self.failure = Some(Failure::Lost),
+        }
+        Ok(())
+    }
+
+    /// The session's work is over: its console goes, agent-core sends what waits
+    /// (unless the session was ended), then `Eof` and `Close`. A session whose work
+    /// was already over (its output still on its way) needs nothing more.
+    fn end(&mut self, h: SessionHandle, exit: Exit, reason: &str) -> Result<(), UseError> {
+        let Some(slot) = self
+            .sessions
+            .iter_mut()
+            .find(|s| s.as_ref().is_some_and(|s| s.handle == h))
+        else {
+            return Ok(());
+        };
+        *slot = None;
+        self.ports.end_session(h);
+        self.agent.exited(h, exit, reason)
+    }
+
+    fn open(&mut self, h: SessionHandle, kind: Kind<'_>, account: &str) -> Result<(), UseError> {
+        // A device has no accounts: its sessions all run as the console. Asking for
+        // another account is refused, never silently run as the console.
+        if !account.is_empty() && account != ACCOUNT {
+            let why = "this device has no accounts; sessions run as 'console'";
+            return self.agent.reject(h, ErrorCode::DENIED, why);
+        }
+        // agent-core refuses sessions beyond its table of `N`, the size of ours, and
+        // kinds not announced in `Hello`: neither reaches here.
+        let Some(free) = self.sessions.iter_mut().find(|s| s.is_none()) else {
+            return self
+                .agent
+                .reject(h, ErrorCode::SESSION_LIMIT, "device at capacity");
+        };
+        let mut out: Output<STEP> = Output::default();
+        let term = match kind {
+            Kind::Shell { .. } => Terminal::shell(&mut out),
+            Kind::Exec { argv } => Terminal::exec(wire::argv_iter(argv.0), &mut out),
+            // Its connections come with `ChannelOpen` (agent-core opens forward
+            // sessions only when the device announced them).
+            Kind::Forward => {
+                *free = Some(Session {
+                    handle: h,
+                    term: None,
+                });
+                return self.agent.accept(h);
+            }
+            Kind::SshKey { .. } => {
+                let why = "this device runs shell, exec and forward sessions only";
+                return self.agent.reject(h, ErrorCode::UNSUPPORTED, why);
+            }
+        };
+        self.agent.accept(h)?;
+        // A new session's buffer is empty: the greeting (or the error) fits.
+        self.agent
+            .send_slice(h.main(), Stream::OUT, out.as_bytes())?;
+        *free = Some(Session {
+            handle: h,
+            term: Some(term),
+        });
+        Ok(())
+    }
+
+    /// Let each console write a step into its session's channel while a whole step
+    /// fits. A session whose work is over ends here.
+    fn pump(&mut self, board: &mut dyn Board) {
+        let open = self.agent.session_count();
+        for slot in self.sessions.iter_mut() {
+            let Some(s) = slot else { continue };
+            let Some(term) = s.term.as_mut() else {
+                continue;
+            };
+            let main = s.handle.main();
+            let mut view = View {
+                board: &mut *board,
+                open,
+                capacity: N,
+                net: &self.net,
+                reboot: &mut self.reboot,
+            };
+            let mut end = None;
+            for _ in 0..STEPS {
+                if self.agent.send_room(main) < STEP {
+                    break;
+                }
+                let mut out: Output<STEP> = Output::default();
+                let Some(Stepped { ran, exit }) = term.step(&mut view, &mut out) else {
+                    break;
+                };
+                // It fits: a whole step had room.
+                let r = self.agent.consumed(main, ran).and_then(|()| {
+                    self.agent
+                        .send_slice(main, Stream::OUT, out.as_bytes())
+                        .map(drop)
+                });
+                if let Err(e) = r {
+                    self.failure.get_or_insert(Failure::Internal(e));
+                }
+                end = exit;
+                if end.is_some() {
+                    break;
+                }
+            }
+            if let Some(status) = end {
+                let h = s.handle;
+                *slot = None;
+                let r = self
+                    .agent
+                    .finish(main)
+                    .and_then(|()| self.agent.exited(h, Exit::Code(status), ""));
+                if let Err(e) = r {
+                    self.failure.get_or_insert(Failure::Internal(e));
+                }
             }
         }
     }
@@ -460,180 +477,8 @@ impl<'k, const N: usize> Engine<'k, N> {
 mod tests {
     extern crate std;
     use super::*;
-    use agent_core::wire::{Bytes, Frame, Hello};
-    use ed25519_dalek::{Signature, Verifier};
-    use std::string::String as S;
-    use std::vec::Vec as V;
-
-    #[derive(Default)]
-    struct TestBoard {
-        log: V<S>,
-        reboots: usize,
-    }
-
-    impl Board for TestBoard {
-        fn uptime_ms(&self) -> u64 {
-            61_500
-        }
-        fn memory(&self) -> (usize, usize) {
-            (1000, 4000)
-        }
-        fn network(&self, out: &mut dyn Write) -> fmt::Result {
-            out.write_str("lan9118 up")
-        }
-        fn sessions(&self) -> (usize, usize) {
-            (99, 99) // the engine answers this itself
-        }
-        fn request_reboot(&mut self) {
-            self.reboots += 1;
-        }
-        fn log(&mut self, line: fmt::Arguments<'_>) {
-            self.log.push(std::format!("{line}"));
-        }
-    }
-
-    fn enc(f: Frame) -> V<u8> {
-        let mut b = std::vec![0u8; f.buffer_len()];
-        let n = f.encode(&mut b).unwrap();
-        b.truncate(n);
-        b
-    }
-
-    struct Rig {
-        engine: Engine<'static, 4>,
-        board: TestBoard,
-        now: Instant,
-    }
-
-    /// What the device sent, as (frame debug text, raw bytes).
-    type Sent = V<(S, V<u8>)>;
-
-    impl Rig {
-        fn key() -> &'static SigningKey {
-            std::boxed::Box::leak(std::boxed::Box::new(SigningKey::from_bytes(&[5; 32])))
-        }
-
-        /// Connected, authenticated as `dev-1`.
-        fn ready() -> Rig {
-            let key = Self::key();
-            let now = Instant(1000);
-            let mut rig = Rig {
-                engine: Engine::new(key, now),
-                board: TestBoard::default(),
-                now,
-            };
-            let hello = rig.drain();
-            match Frame::decode(&hello[0].1).unwrap() {
-                Frame::Hello(h) => {
-                    assert_eq!((h.max_sessions, h.max_frame), (4, MAX_FRAME as u32));
-                    assert_eq!(h.features, features::SHELL | features::EXEC);
-                }
-                f => panic!("expected Hello, got {f:?}"),
-            }
-            rig.feed(Frame::Hello(Hello {
-                version: agent_core::PROTOCOL_VERSION,
-                max_frame: 32 * 1024,
-                max_sessions: 0,
-                features: 0,
-            }));
-            let nonce = [9u8; 32];
-            rig.feed(Frame::Challenge {
-                nonce: Bytes(&nonce),
-            });
-            let auth = rig.drain();
-            match Frame::decode(&auth[0].1).unwrap() {
-                Frame::Auth(a) => {
-                    let mut buf = [0u8; 64];
-                    let m = auth_message(&nonce, &mut buf).unwrap();
-                    let sig = Signature::from_slice(a.signature.0).unwrap();
-                    key.verifying_key().verify(m, &sig).unwrap();
-                    assert_eq!(a.public_key.0, key.verifying_key().as_bytes());
-                    assert_eq!(a.activation, "");
-                    // The default account the relay's policies see: the console.
-                    assert_eq!(a.account, ACCOUNT);
-                }
-                f => panic!("expected Auth, got {f:?}"),
-            }
-            rig.feed(Frame::AuthOk { agent_id: "dev-1" });
-            assert_eq!(rig.engine.agent_id(), Some("dev-1"));
-            rig
-        }
-
-        fn feed(&mut self, f: Frame) {
-            let msg = enc(f);
-            self.engine.on_message(self.now, &msg, &mut self.board);
-        }
-
-        fn drain(&mut self) -> Sent {
-            let mut out = V::new();
-            let mut buf = [0u8; MAX_FRAME];
-            while let Some(n) = self
-                .engine
-                .poll_transmit(self.now, &mut buf, &mut self.board)
-            {
-                let text = std::format!("{:?}", Frame::decode(&buf[..n]).unwrap());
-                out.push((text, buf[..n].to_vec()));
-            }
-            out
-        }
-
-        fn open(&mut self, sid: u32, kind: Kind) {
-            self.open_as(sid, kind, "");
-        }
-
-        fn open_as(&mut self, sid: u32, kind: Kind, account: &str) {
-            self.feed(Frame::Open {
-                sid,
-                window: 64 * 1024,
-                kind,
-                account,
-            });
-        }
-
-        fn open_shell(&mut self, sid: u32) {
-            self.open(
-                sid,
-                Kind::Shell {
-                    term: "dumb",
-                    cols: 80,
-                    rows: 24,
-                },
-            );
-        }
-
-        fn exec(&mut self, sid: u32, argv: &[u8]) -> (S, S) {
-            self.open(sid, Kind::Exec { argv: Bytes(argv) });
-            let sent = self.drain();
-            (output(&sent, sid), last(&sent))
-        }
-
-        fn type_line(&mut self, sid: u32, line: &[u8]) -> S {
-            self.feed(Frame::Data {
-                sid,
-                ch: 0,
-                stream: Stream::OUT,
-                data: Bytes(line),
-            });
-            output(&self.drain(), sid)
-        }
-    }
-
-    /// The session's output bytes, as text.
-    fn output(sent: &Sent, sid: u32) -> S {
-        let mut out = V::new();
-        for (_, raw) in sent {
-            if let Frame::Data { sid: s, data, .. } = Frame::decode(raw).unwrap() {
-                if s == sid {
-                    out.extend_from_slice(data.0);
-                }
-            }
-        }
-        S::from_utf8(out).unwrap()
-    }
-
-    fn last(sent: &Sent) -> S {
-        sent.last().map(|(t, _)| t.clone()).unwrap_or_default()
-    }
+    use crate::rig::*;
+    use agent_core::wire::{Bytes, Frame};
 
     #[test]
     fn exec_returns_output_and_status() {
@@ -848,5 +693,149 @@ mod tests {
         });
         let rest = output(&rig.drain(), 1);
         assert!(std::format!("{first}{rest}").ends_with("sesame> "));
+    }
+
+    #[test]
+    fn a_command_printing_more_than_1_kib_arrives_whole() {
+        let mut rig = Rig::ready();
+        // 300 lines: 3300 bytes, three times the session's buffer in agent-core.
+        let (out, end) = rig.exec(1, b"count\x00300\0");
+        assert_eq!(out.len(), 3300);
+        assert_eq!(out, counted(300));
+        assert!(end.contains("Close") && end.contains("Code(0)"), "{end}");
+        assert_eq!(rig.engine.open_sessions(), 0);
+    }
+
+    #[test]
+    fn long_output_streams_as_credit_comes() {
+        let mut rig = Rig::ready();
+        rig.feed(Frame::Open {
+            sid: 1,
+            window: 300,
+            kind: Kind::Exec {
+                argv: Bytes(b"count\x00200\0"),
+            },
+            account: "",
+        });
+        let mut got = output(&rig.drain(), 1);
+        assert_eq!(got.len(), 300, "no more than the window");
+        let mut end = S::new();
+        for _ in 0..20 {
+            rig.feed(Frame::Credit {
+                sid: 1,
+                ch: 0,
+                bytes: 300,
+            });
+            let sent = rig.drain();
+            let more = output(&sent, 1);
+            assert!(more.len() <= 300, "{}", more.len());
+            got += &more;
+            end = last(&sent);
+            if end.contains("Close") {
+                break;
+            }
+        }
+        assert_eq!(got, counted(200));
+        assert!(end.contains("Code(0)"), "{end}");
+    }
+
+    #[test]
+    fn a_shell_prompts_after_long_output_then_runs_what_was_typed_meanwhile() {
+        let mut rig = Rig::ready();
+        rig.open_shell(2);
+        rig.drain();
+        let out = rig.type_line(2, b"count 100\recho after\r");
+        let want = std::format!(
+            "count 100\r\n{}sesame> echo after\r\nafter\r\nsesame> ",
+            counted(100)
+        );
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn a_session_the_relay_ends_mid_output_stops() {
+        let mut rig = Rig::ready();
+        rig.feed(Frame::Open {
+            sid: 1,
+            window: 64,
+            kind: Kind::Exec {
+                argv: Bytes(b"count\x001000\0"),
+            },
+            account: "",
+        });
+        assert_eq!(output(&rig.drain(), 1).len(), 64);
+        rig.feed(Frame::Close {
+            sid: 1,
+            exit: Exit::Aborted(ErrorCode::TERMINATED),
+            reason: "",
+        });
+        let sent = rig.drain();
+        assert_eq!(output(&sent, 1), "", "nothing more after the end");
+        assert!(last(&sent).contains("Close"), "{sent:?}");
+        assert_eq!(rig.engine.open_sessions(), 0);
+        // The device is free for the next session.
+        assert_eq!(rig.exec(3, b"echo\0next\0").0, "next\r\n");
+
+        // Ended while its last output waits for credit, after the command finished.
+        rig.feed(Frame::Open {
+            sid: 5,
+            window: 2,
+            kind: Kind::Exec {
+                argv: Bytes(b"echo\0bye\0"),
+            },
+            account: "",
+        });
+        assert_eq!(output(&rig.drain(), 5), "by");
+        rig.feed(Frame::Close {
+            sid: 5,
+            exit: Exit::Aborted(ErrorCode::TERMINATED),
+            reason: "",
+        });
+        assert!(last(&rig.drain()).contains("Close"));
+        assert_eq!(rig.engine.failure(), None);
+        assert_eq!(rig.engine.open_sessions(), 0);
+    }
+
+    #[test]
+    fn ctrl_c_stops_long_output_and_the_shell_goes_on() {
+        for interrupt in [
+            Frame::Signal { sid: 1, signal: 2 },
+            Frame::Data {
+                sid: 1,
+                ch: 0,
+                stream: Stream::OUT,
+                data: Bytes(b"\x03"),
+            },
+        ] {
+            let mut rig = Rig::ready();
+            rig.feed(Frame::Open {
+                sid: 1,
+                window: 600,
+                kind: Kind::Shell {
+                    term: "dumb",
+                    cols: 80,
+                    rows: 24,
+                },
+                account: "",
+            });
+            rig.feed(Frame::Data {
+                sid: 1,
+                ch: 0,
+                stream: Stream::OUT,
+                data: Bytes(b"count 1000\r"),
+            });
+            assert_eq!(output(&rig.drain(), 1).len(), 600);
+            rig.feed(interrupt);
+            rig.feed(Frame::Credit {
+                sid: 1,
+                ch: 0,
+                bytes: 64 * 1024,
+            });
+            let rest = output(&rig.drain(), 1);
+            // What was already in agent-core's buffer still goes, then no more.
+            assert!(rest.len() < 2 * RING, "{}", rest.len());
+            assert!(rest.ends_with("^C\r\nsesame> "), "{rest:?}");
+            assert_eq!(rig.type_line(1, b"echo ok\r"), "echo ok\r\nok\r\nsesame> ");
+        }
     }
 }

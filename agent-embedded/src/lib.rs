@@ -9,21 +9,34 @@
 //!   ([`agent_core::provision`]) over embassy-net TCP, speaks TLS 1.3 with
 //!   embedded-tls verifying the relay's certificate chain and name against the
 //!   pinned CA, upgrades to a WebSocket on `/v1/agent`, authenticates with the
-//!   device's Ed25519 key, serves sessions, and reconnects with jittered
-//!   exponential backoff (1 s to 60 s) when the relay or the network goes away.
+//!   device's Ed25519 key, serves sessions, and reconnects with the backoff of
+//!   every agent ([`agent_core::backoff::Backoff`]: 0.5 s doubling to 30 s,
+//!   jittered from the board's RNG) when the relay or the network goes away.
 //!   Each failure is one log line through [`console::Board::log`].
-//! - [`engine::Engine`] is the sans-I/O part: agent-core's `Agent` with a console
-//!   per session, [`engine::DEFAULT_SESSIONS`] (4) of them, announced in `Hello`
-//!   with `max_frame` [`engine::MAX_FRAME`], which the relay keeps to.
+//! - [`engine::Engine`] is the sans-I/O part: agent-core's `Agent` with a terminal
+//!   per shell or exec session and the forwarding pool ([`forward`]),
+//!   [`engine::DEFAULT_SESSIONS`] (4) sessions, announced in `Hello`
+//!   with `max_frame` [`engine::MAX_FRAME`], which the relay keeps to. agent-core
+//!   holds each channel's output ([`engine::RING`] bytes) and decides when it ends;
+//!   a console writes into it a step at a time, so long output streams.
 //! - `shell` runs [`console::Console`]: a line editor with built-in commands
 //!   (`help`, `uptime`, `mem`, `net`, `sessions`, `echo`, `reboot`) and the
 //!   board's own ([`console::Board`]); `exec` runs one line and returns its output
-//!   and exit status (127 for an unknown command). Forward and ssh-key sessions are
-//!   refused as unsupported (not announced in `Hello`). A device has no accounts:
+//!   and exit status (127 for an unknown command).
+//! - `forward` sessions are served when the provisioning image has forwarding rules
+//!   ([`agent_core::provision::ForwardRules`]; then `Hello` announces them): each
+//!   connection is an embassy-net TCP connection from a pool of
+//!   [`forward::PORTS`] (2) with static buffers ([`tcp::PortBuffers`]), at most
+//!   [`engine::CHANNELS`] per session. A destination the rules deny is refused with
+//!   `ChannelReject(DENIED, "destination HOST:PORT is denied by the device's
+//!   forwarding policy")`, one beyond the pool with `CHANNEL_LIMIT`. Bytes go through
+//!   agent-core's channels both ways, within its credit ([`forward`]). Without rules,
+//!   forward sessions are refused at the relay (not announced); ssh-key sessions
+//!   always are. A device has no accounts:
 //!   sessions run as [`engine::ACCOUNT`] (`console`), the default account it names
 //!   in `Auth`, and an `Open` naming another account is refused (`DENIED`).
 //! - The relay must cap TLS records at 4 KiB ([`link::TLS_READ`]); the Sesame
-//!   relay does.
+//!   relay does. A board's embassy-net `StackResources` holds [`link::SOCKETS`].
 //! - Nothing panics on input from the network; a bad frame ends at most its session,
 //!   a protocol violation ends the connection (then it reconnects).
 #![no_std]
@@ -32,4 +45,9 @@
 
 pub mod console;
 pub mod engine;
+pub mod forward;
 pub mod link;
+pub mod tcp;
+
+#[cfg(test)]
+mod rig;

@@ -1,17 +1,18 @@
 //! The network side: embassy-net TCP, TLS 1.3 verified against the pinned CA
-//! (embedded-tls), the WebSocket to `/v1/agent` (embedded-websocket), and the
-//! [`Engine`] behind them; reconnects with backoff for ever.
+//! (embedded-tls), the WebSocket to `/v1/agent` (embedded-websocket), the
+//! [`Engine`] behind them and the forwarded connections beside them
+//! ([`crate::tcp`]); reconnects with backoff for ever.
 
 use core::cell::RefCell;
 use core::fmt::{self, Write as _};
 use core::net::Ipv4Addr;
 
+use agent_core::backoff::Backoff;
 use agent_core::provision::Provision;
-use embassy_futures::select::{select, Either};
+use embassy_futures::join::join_array;
+use embassy_futures::select::{select, select3, Either, Either3};
 use embassy_net::tcp::{TcpReader, TcpSocket, TcpWriter};
 use embassy_net::Stack;
-use embassy_sync::blocking_mutex::raw::NoopRawMutex;
-use embassy_sync::signal::Signal;
 use embassy_time::{with_timeout, Duration, Instant, Timer};
 use embedded_io_async::{ErrorType, Read, Write};
 use embedded_tls::pki::CertVerifier;
@@ -27,6 +28,8 @@ use rand_core::{CryptoRng, RngCore};
 
 use crate::console::Board;
 use crate::engine::{Engine, DEFAULT_SESSIONS, MAX_FRAME};
+use crate::forward::PORTS;
+use crate::tcp::{PortBuffers, Wakers};
 
 /// TLS record buffer for reading: one record of the relay's 4 KiB maximum plus
 /// header, tag and padding room (`relay::tls::MAX_RECORD`).
@@ -37,6 +40,9 @@ pub const TLS_WRITE: usize = MAX_FRAME + 256;
 pub const CERT_SIZE: usize = 2048;
 /// WebSocket header room around a frame.
 const WS_HEADER: usize = 14;
+/// Sockets the board's `StackResources` must hold: DHCP, DNS, the relay
+/// connection and the forwarding pool's [`PORTS`].
+pub const SOCKETS: usize = 3 + PORTS;
 
 /// Everything one connection needs, allocated once by the board (in a `static`).
 pub struct Buffers {
@@ -51,6 +57,8 @@ pub struct Buffers {
     /// One frame from the engine, then its WebSocket encoding.
     frame: [u8; MAX_FRAME],
     ws_tx: [u8; MAX_FRAME + WS_HEADER],
+    /// The forwarded connections' sockets.
+    ports: [PortBuffers; PORTS],
 }
 
 impl Buffers {
@@ -65,6 +73,7 @@ impl Buffers {
             msg: [0; MAX_FRAME],
             frame: [0; MAX_FRAME],
             ws_tx: [0; MAX_FRAME + WS_HEADER],
+            ports: [const { PortBuffers::new() }; PORTS],
         }
     }
 }
@@ -117,42 +126,31 @@ impl From<TlsError> for LinkError {
     }
 }
 
-/// Reconnect delays: doubling from `min` to `max`, with up to a quarter of jitter.
-#[derive(Clone, Copy)]
-pub struct Backoff {
-    /// First delay.
-    pub min: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Backoff {
-            min: Duration::from_secs(1),
-            max: Duration::from_secs(60),
-        }
-    }
-}
-
-/// Run the agent for ever: connect, serve sessions, and reconnect with backoff.
-/// `rng` must be a cryptographic RNG (TLS key shares, WebSocket masks).
+/// Run the agent for ever: connect, serve sessions, and reconnect after the waits of
+/// [`Backoff`] (0.5 s doubling to 30 s, jittered from `rng`; it starts over once the
+/// relay accepts the device). `rng` must be a cryptographic RNG (TLS key shares,
+/// WebSocket masks).
 pub async fn run<B: Board, R: RngCore + CryptoRng>(
     stack: Stack<'_>,
     prov: &Provision<'_>,
     board: &mut B,
     rng: &mut R,
     bufs: &mut Buffers,
-    backoff: Backoff,
 ) -> ! {
     let key = ed25519_dalek::SigningKey::from_bytes(&prov.seed());
-    let mut delay = backoff.min;
+    let mut backoff = Backoff::new();
+    match prov.forward {
+        Some(rules) => board.log(format_args!(
+            "forward: up to {PORTS} connections to [{}] except [{}]",
+            rules.allow, rules.deny
+        )),
+        None => board.log(format_args!("forward: off (no rules in the image)")),
+    }
     loop {
         if !stack.is_config_up() {
             board.log(format_args!("net: waiting for an address"));
             stack.wait_config_up().await;
         }
-        let started = Instant::now();
         let mut authenticated = false;
         let end = connect_and_serve::<_, _, DEFAULT_SESSIONS>(
             stack,
@@ -168,18 +166,15 @@ pub async fn run<B: Board, R: RngCore + CryptoRng>(
             board.log(format_args!("relay: rebooting on request"));
             board.request_reboot();
         }
-        // A connection that worked for a while starts the backoff over.
-        if authenticated && started.elapsed() > Duration::from_secs(30) {
-            delay = backoff.min;
+        if authenticated {
+            backoff.reset();
         }
-        let jitter = Duration::from_millis(rng.next_u32() as u64 % (delay.as_millis() / 4 + 1));
-        let wait = delay + jitter;
+        let wait = backoff.next(rng.next_u32());
         board.log(format_args!(
             "relay: {end}; retrying in {} ms",
             wait.as_millis()
         ));
-        Timer::after(wait).await;
-        delay = (delay * 2).min(backoff.max);
+        Timer::after(Duration::from_millis(wait.as_millis())).await;
     }
 }
 
@@ -296,6 +291,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         msg,
         frame,
         ws_tx,
+        ports,
     } = bufs;
     let ip = match resolve(stack, prov.relay_host).await {
         Ok(ip) => ip,
@@ -376,30 +372,31 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
     }
 
     // Sessions.
-    struct Shared<'e, 'w, B, R: RngCore, const N: usize> {
-        engine: Engine<'e, N>,
+    struct Shared<'w, B, R: RngCore> {
         board: &'w mut B,
         ws: WebSocketClient<&'w mut R>,
         /// A Ping's payload to answer.
         pong: Option<heapless::Vec<u8, 125>>,
         closing: bool,
     }
-    let mut engine = Engine::<N>::new(key, now_ms());
+    let engine = new_engine::<N>(key, prov.forward);
     if let Some(cfg) = stack.config_v4() {
         let _ = write!(
-            engine.net,
+            engine.borrow_mut().net,
             "ip {}, relay {}:{}",
-            cfg.address, prov.relay_host, prov.relay_port
+            cfg.address,
+            prov.relay_host,
+            prov.relay_port
         );
     }
     let shared = RefCell::new(Shared {
-        engine,
         board,
         ws,
         pong: None,
         closing: false,
     });
-    let wake: Signal<NoopRawMutex, ()> = Signal::new();
+    let wakers = Wakers::new();
+    let wake = &wakers.transmit;
 
     let receive = async {
         let mut msg_len = 0;
@@ -432,10 +429,12 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
                                 let len = core::mem::take(&mut msg_len);
                                 match res.message_type {
                                     WebSocketReceiveMessageType::Binary => {
-                                        st.engine.on_message(now_ms(), &msg[..len], &mut *st.board);
-                                        if st.engine.agent_id().is_some() {
+                                        let mut engine = engine.borrow_mut();
+                                        engine.on_message(now_ms(), &msg[..len], &mut *st.board);
+                                        if engine.agent_id().is_some() {
                                             *authenticated = true;
                                         }
+                                        wakers.news.wake();
                                         Step::Wake
                                     }
                                     WebSocketReceiveMessageType::Ping => {
@@ -495,9 +494,12 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
                         let pong = WebSocketSendMessageType::Pong;
                         (st.ws.write(pong, true, &p, &mut ws_tx[..]).ok(), false)
                     } else if let Some(n) =
-                        st.engine
+                        engine
+                            .borrow_mut()
                             .poll_transmit(now_ms(), &mut frame[..], &mut *st.board)
                     {
+                        // A channel's buffer may have room again.
+                        wakers.news.wake();
                         let binary = WebSocketSendMessageType::Binary;
                         (
                             st.ws.write(binary, true, &frame[..n], &mut ws_tx[..]).ok(),
@@ -522,11 +524,11 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
                 return LinkError::Tls(e);
             }
             let (deadline, reboot) = {
-                let mut st = shared.borrow_mut();
-                if let Some(f) = st.engine.failure() {
+                let mut engine = engine.borrow_mut();
+                if let Some(f) = engine.failure() {
                     return LinkError::Engine(f.clone());
                 }
-                (st.engine.poll_timeout(), st.engine.take_reboot())
+                (engine.poll_timeout(), engine.take_reboot())
             };
             if reboot {
                 // Let the answer reach the relay before the reset.
@@ -538,16 +540,35 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
                 None => Timer::after(Duration::from_secs(3600)),
             };
             if let Either::Second(()) = select(wake.wait(), timer).await {
-                let mut guard = shared.borrow_mut();
-                let st = &mut *guard;
-                st.engine.on_timeout(now_ms(), &mut *st.board);
+                let mut st = shared.borrow_mut();
+                engine.borrow_mut().on_timeout(now_ms(), &mut *st.board);
+                wakers.news.wake();
             }
         }
     };
 
-    match select(receive, send).await {
-        Either::First(e) | Either::Second(e) => e,
+    let mut i = 0;
+    let ports = join_array(ports.each_mut().map(|bufs| {
+        i += 1;
+        crate::tcp::serve(i - 1, stack, bufs, &engine, &wakers)
+    }));
+    match select3(receive, send, ports).await {
+        Either3::First(e) | Either3::Second(e) => e,
+        Either3::Third(never) => match never {},
     }
+}
+
+/// The engine in its cell, made by a function of its own so that it is built in its
+/// place in the connection's future. Built here (with `RefCell::new(Engine::new(..))`)
+/// it took its ~17 KiB twice in the future, which is static RAM, and once more in
+/// the future's stack frame, which every path through the connection (the TLS
+/// handshake's deepest) pays.
+#[inline(never)]
+fn new_engine<'k, const N: usize>(
+    key: &'k ed25519_dalek::SigningKey,
+    rules: Option<agent_core::provision::ForwardRules<'k>>,
+) -> RefCell<Engine<'k, N>> {
+    RefCell::new(Engine::new(key, rules, now_ms()))
 }
 
 /// What parsing one buffered WebSocket frame asks of the receive loop.

@@ -1,4 +1,9 @@
 //! The connection loop: dial, drive the core engine, run sessions, reconnect.
+//!
+//! The engine (agent-core) owns the protocol: every byte a session sends, its flow
+//! control, when channels and sessions end. What is here is I/O: processes and
+//! connections started and stopped, their output handed to the engine as its
+//! channel buffers have room, their input written out.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
@@ -6,7 +11,10 @@ use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use agent_core::session::{auth_message, Agent, AgentConfig, Event};
+use agent_core::backoff::Backoff;
+use agent_core::session::{
+    auth_message, Agent, AgentConfig, Buffer, ChannelHandle, Event, SessionHandle,
+};
 use agent_core::wire::{self, ErrorCode, Exit, Kind, Stream};
 use agent_core::Instant;
 use futures_util::{SinkExt, StreamExt};
@@ -121,6 +129,11 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
     let keys = ctx.keys.clone();
     tokio::task::spawn_blocking(move || sshkey::sweep_registered(&keys));
     let mut backoff = Backoff::new();
+    let random = || {
+        let mut r = [0u8; 4];
+        let _ = ring::rand::SystemRandom::new().fill(&mut r);
+        u32::from_le_bytes(r)
+    };
     loop {
         match target.connect().await {
             Ok(ws) => {
@@ -134,64 +147,60 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
             }
             Err(e) => warn!("{e}"),
         }
-        let wait = backoff.next();
+        let wait = Duration::from_millis(backoff.next(random()).as_millis());
         info!("reconnecting in {:.1} s", wait.as_secs_f64());
         tokio::time::sleep(wait).await;
     }
 }
 
-/// Exponential backoff from 0.5 s to 30 s, each wait drawn in [d/2, d].
-struct Backoff {
-    next: Duration,
+/// A channel's output buffer in the engine: on the heap, made when the channel
+/// opens and freed when it closes.
+pub struct HeapBuf(Box<[u8]>);
+
+/// Output a channel's buffer in the engine holds (more waits here, bounded by the
+/// reader's queue space).
+pub const CHANNEL_BUFFER: usize = 64 * 1024;
+
+impl Buffer for HeapBuf {
+    fn new() -> Self {
+        HeapBuf(vec![0u8; CHANNEL_BUFFER].into_boxed_slice())
+    }
 }
 
-impl Backoff {
-    const MIN: Duration = Duration::from_millis(500);
-    const MAX: Duration = Duration::from_secs(30);
-    fn new() -> Self {
-        Backoff { next: Self::MIN }
-    }
-    fn reset(&mut self) {
-        self.next = Self::MIN;
-    }
-    fn next(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (d * 2).min(Self::MAX);
-        let mut r = [0u8; 4];
-        let _ = ring::rand::SystemRandom::new().fill(&mut r);
-        let frac = u32::from_le_bytes(r) as f64 / u32::MAX as f64;
-        d.mul_f64(0.5 + 0.5 * frac)
+impl AsRef<[u8]> for HeapBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
     }
 }
+
+impl AsMut<[u8]> for HeapBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+type Engine = Agent<MAX_SESSIONS, MAX_CHANNELS, HeapBuf>;
 
 struct Outcome {
     authenticated: bool,
     reason: String,
 }
 
-/// Output of one channel waiting for credit.
-struct Out {
-    /// Incarnation of the channel id; messages of an older one are ignored.
-    token: u64,
+/// A channel's output read but not yet taken by the engine (its buffer was full).
+struct Pending {
     queue: VecDeque<(Stream, Vec<u8>, usize)>,
     /// Queue space shared with the task that reads the output.
     space: Arc<Semaphore>,
-    /// The source ended (connection FIN); `Eof` follows the queued output.
+    /// The source ended: `finish` once the queue is empty.
     ended: bool,
-    eof_sent: bool,
-    /// The peer half-closed its direction.
-    peer_eof: bool,
 }
 
-impl Out {
-    fn new(token: u64, space: Arc<Semaphore>) -> Self {
-        Out {
-            token,
+impl Pending {
+    fn new(space: Arc<Semaphore>) -> Self {
+        Pending {
             queue: VecDeque::new(),
             space,
             ended: false,
-            eof_sent: false,
-            peer_eof: false,
         }
     }
     fn drop_queue(&mut self) {
@@ -200,22 +209,17 @@ impl Out {
     }
 }
 
-/// A forward channel: connecting, or connected; with its incarnation token.
+/// A forward channel: connecting, or connected.
 enum Chan {
-    Dialing(AbortHandle, u64),
-    Connected(TcpChannel, u64),
+    Dialing(AbortHandle),
+    Connected(TcpChannel),
 }
 
 impl Chan {
     fn abort(&self) {
         match self {
-            Chan::Dialing(h, _) => h.abort(),
-            Chan::Connected(c, _) => c.abort(),
-        }
-    }
-    fn token(&self) -> u64 {
-        match self {
-            Chan::Dialing(_, t) | Chan::Connected(_, t) => *t,
+            Chan::Dialing(h) => h.abort(),
+            Chan::Connected(c) => c.abort(),
         }
     }
 }
@@ -223,28 +227,29 @@ impl Chan {
 /// What a session runs.
 enum Work {
     Process(Process),
-    Forward(HashMap<u16, Chan>),
+    Forward(HashMap<ChannelHandle, Chan>),
 }
 
-/// A running session and its queued output per channel.
+/// A running session: its work, and output waiting for room in the engine.
 struct Session {
     work: Work,
-    outs: HashMap<u16, Out>,
-    exit: Option<Exit>,
-    terminating: bool,
-    /// Set when the peer broke the protocol: the session closes as `Aborted(code)`
-    /// with this reason, whatever its process did when it was stopped.
-    aborted: Option<(ErrorCode, String)>,
+    pending: HashMap<ChannelHandle, Pending>,
+    /// The work is over: the engine hears of it once every pending output is in.
+    exit: Option<(Exit, &'static str)>,
+    /// The driver stopped the work (the peer ended the session).
+    stopped: bool,
+    /// The process was reaped: its process group id may name another now.
+    reaped: bool,
 }
 
 impl Session {
-    fn input(&self, ch: u16, input: Input) {
+    fn input(&self, channel: ChannelHandle, input: Input) {
         match &self.work {
-            Work::Process(p) if ch == 0 => {
+            Work::Process(p) if channel.ch() == 0 => {
                 let _ = p.input.send(input);
             }
             Work::Forward(chans) => {
-                if let Some(Chan::Connected(c, _)) = chans.get(&ch) {
+                if let Some(Chan::Connected(c)) = chans.get(&channel) {
                     let _ = c.input.send(input);
                 }
             }
@@ -252,20 +257,22 @@ impl Session {
         }
     }
 
+    /// Stop the work: output is no longer wanted; the engine closes the session
+    /// once the process is gone (a forward session has none to wait for).
     fn stop(&mut self) {
-        self.terminating = true;
-        for out in self.outs.values_mut() {
-            out.drop_queue();
+        self.stopped = true;
+        for p in self.pending.values_mut() {
+            p.drop_queue();
         }
+        self.pending.clear();
         match &mut self.work {
+            Work::Process(_) if self.reaped => {}
             Work::Process(p) => p.terminate(),
             Work::Forward(chans) => {
                 for (_, c) in chans.drain() {
                     c.abort();
                 }
-                self.outs.clear();
-                // A forward session has no process to wait for.
-                self.exit = Some(Exit::Aborted(ErrorCode::TERMINATED));
+                self.exit = Some((Exit::Aborted(ErrorCode::TERMINATED), "terminated"));
             }
         }
     }
@@ -282,33 +289,22 @@ enum Start {
     Exec { args: Vec<OsString> },
 }
 
-/// A shell or exec session whose account is being resolved (and the default account
-/// perhaps created) on a blocking thread.
-struct Starting {
-    /// Matches the resolution's answer: a session ended meanwhile and a new one under
-    /// the same `sid` must not take the old one's account.
-    token: u64,
-    start: Start,
-}
-
-/// What [`account::resolve`] answers, for the session `sid` of incarnation `token`.
-type Resolved = (u32, u64, Result<RunAs, RunAsError>);
+/// What [`account::resolve`] answers, for a session.
+type Resolved = (SessionHandle, Result<RunAs, RunAsError>);
 
 struct Conn<'a> {
-    engine: Agent<MAX_SESSIONS, MAX_CHANNELS>,
-    sessions: HashMap<u32, Session>,
+    engine: Box<Engine>,
+    sessions: HashMap<SessionHandle, Session>,
     tx: mpsc::UnboundedSender<Msg>,
     identity: &'a Identity,
     activation: &'a str,
     /// Where a pending activation code is kept; removed once the relay accepts us.
     code_file: &'a std::path::Path,
     ctx: &'a Context,
-    /// Incarnation counter for forward channels and starting sessions.
-    next_token: u64,
     /// `ssh-key` sessions whose file work runs on a blocking thread.
-    pushes: JoinSet<(u32, KeyPush)>,
+    pushes: JoinSet<(SessionHandle, KeyPush)>,
     /// Shell and exec sessions waiting for their account.
-    starting: HashMap<u32, Starting>,
+    starting: HashMap<SessionHandle, Start>,
     /// Their account resolutions, on blocking threads: a slow or hung `useradd` holds
     /// up only the sessions waiting for it.
     resolving: JoinSet<Resolved>,
@@ -322,88 +318,74 @@ impl Conn<'_> {
         Instant(self.origin.elapsed().as_millis() as u64)
     }
 
-    /// Send everything the engine and the output queues have to send.
+    /// Hand pending output to the engine as its buffers have room; tell it of ends
+    /// once everything before them is in.
+    fn pump(&mut self) {
+        for (&h, s) in self.sessions.iter_mut() {
+            for (&channel, p) in s.pending.iter_mut() {
+                while let Some((stream, data, off)) = p.queue.front_mut() {
+                    match self.engine.send_slice(channel, *stream, &data[*off..]) {
+                        Ok(0) => break,
+                        Ok(n) => {
+                            *off += n;
+                            p.space.add_permits(n);
+                            if *off == data.len() {
+                                p.queue.pop_front();
+                            }
+                        }
+                        Err(_) => {
+                            // The channel is gone: nobody wants its output.
+                            p.drop_queue();
+                            p.ended = false;
+                        }
+                    }
+                }
+                if p.queue.is_empty() && p.ended {
+                    p.ended = false;
+                    let _ = self.engine.finish(channel);
+                }
+            }
+            let all_in = s.pending.values().all(|p| p.queue.is_empty());
+            if all_in {
+                if let Some((exit, why)) = s.exit.take() {
+                    if self.engine.exited(h, exit, why).is_ok() {
+                        debug!(sid = h.sid(), ?exit, "session ended");
+                    }
+                    s.pending.clear();
+                }
+            }
+        }
+    }
+
+    /// Send everything the engine has to send, handing it more output as room
+    /// frees, then forget the sessions and channels it is done with.
     async fn flush(&mut self, sink: &mut Sink) -> Result<(), String> {
         let mut sent = false;
         loop {
+            self.pump();
             let now = self.now();
-            while let Some(n) = self.engine.poll_transmit(now, &mut self.out) {
+            let mut any = false;
+            while let Some(n) = self
+                .engine
+                .poll_transmit(now, &mut self.out)
+                .map_err(|e| e.to_string())?
+            {
                 feed(sink, &self.out[..n]).await?;
                 sent = true;
+                any = true;
             }
-            let mut progressed = false;
-            let mut finished = Vec::new();
-            for (&sid, s) in self.sessions.iter_mut() {
-                let mut closed = Vec::new();
-                for (&ch, out) in s.outs.iter_mut() {
-                    while let Some((stream, data, off)) = out.queue.front_mut() {
-                        match self.engine.send_data(
-                            now,
-                            sid,
-                            ch,
-                            *stream,
-                            &data[*off..],
-                            &mut self.out,
-                        ) {
-                            Ok((0, _)) => break,
-                            Ok((n, len)) => {
-                                feed(sink, &self.out[..len]).await?;
-                                sent = true;
-                                progressed = true;
-                                *off += n;
-                                out.space.add_permits(n);
-                                if *off == data.len() {
-                                    out.queue.pop_front();
-                                }
-                            }
-                            Err(e) => {
-                                debug!(sid, ch, "cannot send yet: {e}");
-                                break;
-                            }
-                        }
-                    }
-                    if out.queue.is_empty() && out.ended && !out.eof_sent {
-                        self.engine.eof(sid, ch);
-                        out.eof_sent = true;
-                        progressed = true;
-                    }
-                    if out.eof_sent && out.peer_eof {
-                        closed.push(ch);
-                    }
-                }
-                // Both directions of a connection are done: close the channel. The
-                // writer task finishes delivering what it holds, then closes the socket.
-                for ch in closed {
-                    s.outs.remove(&ch);
-                    if let Work::Forward(chans) = &mut s.work {
-                        chans.remove(&ch);
-                    }
-                    self.engine.close_channel(sid, ch, "");
-                    progressed = true;
-                }
-                let drained = s.outs.get(&0).is_none_or(|o| o.queue.is_empty());
-                if let (Some(exit), true) = (s.exit, drained) {
-                    finished.push((sid, exit));
-                }
-            }
-            for (sid, exit) in finished {
-                let (exit, reason) = match self.sessions.remove(&sid) {
-                    Some(Session {
-                        aborted: Some((code, reason)),
-                        ..
-                    }) => (Exit::Aborted(code), reason),
-                    Some(s) if s.terminating => (exit, "terminated".to_string()),
-                    _ => (exit, String::new()),
-                };
-                self.engine.eof(sid, 0);
-                self.engine.close(sid, exit, &reason);
-                progressed = true;
-                debug!(sid, ?exit, "session ended");
-            }
-            if !progressed {
+            if !any {
                 break;
             }
         }
+        let engine = &self.engine;
+        self.sessions.retain(|&h, s| {
+            if let Work::Forward(chans) = &mut s.work {
+                chans.retain(|&c, _| engine.is_channel_live(c));
+                s.pending.retain(|&c, _| engine.is_channel_live(c));
+            }
+            engine.is_live(h)
+        });
         if sent {
             sink.flush().await.map_err(|e| e.to_string())?;
         }
@@ -430,93 +412,84 @@ impl Conn<'_> {
                 }
                 info!("connected to the relay as agent {agent_id}");
             }
-            Event::Open { sid, kind, account } => self.open(sid, kind, account),
-            Event::Data { sid, ch, data } => {
-                if let Some(s) = self.sessions.get(&sid) {
-                    s.input(ch, Input::Data(data.to_vec()));
+            Event::Open {
+                session,
+                kind,
+                account,
+            } => self.open(session, kind, account),
+            Event::Data { channel, data } => {
+                if let Some(s) = self.sessions.get(&channel.session()) {
+                    s.input(channel, Input::Data(data.to_vec()));
                 }
             }
-            Event::Eof { sid, ch } => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.input(ch, Input::Eof);
-                    if let Some(out) = s.outs.get_mut(&ch) {
-                        out.peer_eof = true;
-                    }
+            Event::Eof { channel } => {
+                if let Some(s) = self.sessions.get(&channel.session()) {
+                    s.input(channel, Input::Eof);
                 }
             }
             Event::ChannelOpen {
-                sid,
-                ch,
+                channel,
                 host,
                 port,
             } => {
                 if let Some(Session {
                     work: Work::Forward(chans),
                     ..
-                }) = self.sessions.get_mut(&sid)
+                }) = self.sessions.get_mut(&channel.session())
                 {
-                    debug!(sid, ch, "connecting to {host}:{port}");
-                    self.next_token += 1;
-                    let token = self.next_token;
-                    let h = forward::dial(
-                        sid,
-                        ch,
-                        token,
-                        host.to_string(),
-                        port,
-                        self.ctx.policy.clone(),
-                        self.tx.clone(),
+                    debug!(
+                        sid = channel.session().sid(),
+                        ch = channel.ch(),
+                        "connecting to {host}:{port}"
                     );
-                    chans.insert(ch, Chan::Dialing(h, token));
+                    let (policy, tx) = (self.ctx.policy.clone(), self.tx.clone());
+                    let h = forward::dial(channel, host.to_string(), port, policy, tx);
+                    chans.insert(channel, Chan::Dialing(h));
                 }
             }
-            Event::ChannelClose { sid, ch } => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
+            Event::ChannelClose { channel } => {
+                if let Some(s) = self.sessions.get_mut(&channel.session()) {
                     if let Work::Forward(chans) = &mut s.work {
-                        if let Some(c) = chans.remove(&ch) {
+                        if let Some(c) = chans.remove(&channel) {
                             c.abort();
                         }
                     }
-                    if let Some(mut out) = s.outs.remove(&ch) {
-                        out.drop_queue();
+                    if let Some(mut p) = s.pending.remove(&channel) {
+                        p.drop_queue();
                     }
                 }
-                self.engine.close_channel(sid, ch, "closed by the client");
+                let _ = self.engine.close_channel(channel, "closed by the client");
             }
-            Event::Resize { sid, cols, rows } => {
-                if let Some(s) = self.sessions.get(&sid) {
-                    s.input(0, Input::Resize(cols, rows));
+            Event::Resize {
+                session,
+                cols,
+                rows,
+            } => {
+                if let Some(s) = self.sessions.get(&session) {
+                    s.input(session.main(), Input::Resize(cols, rows));
                 }
             }
-            Event::Signal { sid, signal } => {
+            Event::Signal { session, signal } => {
                 if let Some(Session {
                     work: Work::Process(p),
+                    reaped: false,
                     ..
-                }) = self.sessions.get(&sid)
+                }) = self.sessions.get(&session)
                 {
                     p.signal(signal as i32);
                 }
             }
-            Event::Terminate { sid } => {
-                if !self.cancel_start(sid, ErrorCode::TERMINATED, "ended before it started") {
-                    self.terminate(sid, "peer asked to end the session");
+            Event::Terminate { session } => {
+                if !self.cancel_start(session, ErrorCode::TERMINATED, "ended before it started") {
+                    self.terminate(session, "peer asked to end the session");
                 }
             }
-            Event::Abort { sid, error } => {
-                warn!(sid, "session aborted: {error}");
-                let code = match error {
-                    agent_core::ProtocolError::FlowControl { .. }
-                    | agent_core::ProtocolError::CreditOverflow { .. } => ErrorCode::FLOW_CONTROL,
-                    _ => ErrorCode::PROTOCOL,
-                };
+            Event::Abort { session, error } => {
+                warn!(sid = session.sid(), "session aborted: {error}");
                 let why = format!("protocol violation: {error}");
-                if self.cancel_start(sid, code, &why) {
-                    return None;
+                if !self.cancel_start(session, error.code(), &why) {
+                    self.terminate(session, "protocol violation");
                 }
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.aborted = Some((code, why));
-                }
-                self.terminate(sid, "protocol violation");
             }
             Event::PeerError { code, message } => {
                 error!("relay refused this agent: {message}");
@@ -528,23 +501,26 @@ impl Conn<'_> {
     }
 
     /// End a session still waiting for its account: it never starts. Whether it was one.
-    fn cancel_start(&mut self, sid: u32, code: ErrorCode, why: &str) -> bool {
-        if self.starting.remove(&sid).is_none() {
+    fn cancel_start(&mut self, session: SessionHandle, code: ErrorCode, why: &str) -> bool {
+        if self.starting.remove(&session).is_none() {
             return false;
         }
-        debug!(sid, "ended while its account was being resolved: {why}");
-        self.engine.reject(sid, code, why);
+        debug!(
+            sid = session.sid(),
+            "ended while its account was being resolved: {why}"
+        );
+        let _ = self.engine.reject(session, code, why);
         true
     }
 
-    fn terminate(&mut self, sid: u32, why: &str) {
-        if let Some(s) = self.sessions.get_mut(&sid) {
-            debug!(sid, "terminating: {why}");
+    fn terminate(&mut self, session: SessionHandle, why: &str) {
+        if let Some(s) = self.sessions.get_mut(&session) {
+            debug!(sid = session.sid(), "terminating: {why}");
             s.stop();
         }
     }
 
-    fn open(&mut self, sid: u32, kind: Kind<'_>, account: &str) {
+    fn open(&mut self, session: SessionHandle, kind: Kind<'_>, account: &str) {
         // Shell and exec sessions run as the account, resolved (and the default one
         // created) before anything is spawned: a refusal spawns nothing. That may block
         // (`useradd`), so it runs on a blocking thread and the session starts in
@@ -562,106 +538,118 @@ impl Conn<'_> {
                     .collect();
                 if !wire::argv_valid(argv.0) || args.is_empty() || args[0].is_empty() {
                     let refused = (ErrorCode::SPAWN, "exec needs a command".to_string());
-                    return self.started(sid, Err(refused), "");
+                    return self.started(session, Err(refused), "");
                 }
                 Start::Exec { args }
             }
-            Kind::Forward => return self.started(sid, Ok(Work::Forward(HashMap::new())), ""),
+            Kind::Forward => return self.started(session, Ok(Work::Forward(HashMap::new())), ""),
             Kind::SshKey { user, key, ttl } => {
                 let (keys, user, key) = (self.ctx.keys.clone(), user.to_string(), key.to_string());
                 self.pushes
-                    .spawn_blocking(move || (sid, sshkey::push(&keys, &user, &key, ttl)));
+                    .spawn_blocking(move || (session, sshkey::push(&keys, &user, &key, ttl)));
                 return;
             }
         };
-        self.next_token += 1;
-        let token = self.next_token;
         let (accounts, account) = (self.ctx.accounts.clone(), account.to_string());
         self.resolving.spawn_blocking(move || {
             // A panic must still answer the session, never leave it waiting.
             let resolved = std::panic::catch_unwind(|| account::resolve(&accounts, &account))
                 .unwrap_or_else(|_| Err(RunAsError::Internal(account.clone())));
-            (sid, token, resolved)
+            (session, resolved)
         });
-        self.starting.insert(sid, Starting { token, start });
+        self.starting.insert(session, start);
     }
 
     /// A session's account is resolved: start it as that account, or refuse it.
-    fn resolved(&mut self, sid: u32, token: u64, resolved: Result<RunAs, RunAsError>) {
-        if self.starting.get(&sid).is_none_or(|s| s.token != token) {
+    fn resolved(&mut self, session: SessionHandle, resolved: Result<RunAs, RunAsError>) {
+        let Some(start) = self.starting.remove(&session) else {
             return; // ended meanwhile (and already refused)
-        }
-        let Some(Starting { start, .. }) = self.starting.remove(&sid) else {
-            return;
         };
         let run_as = match resolved {
             Ok(run_as) => run_as,
-            Err(e) => return self.started(sid, Err((e.code(), e.to_string())), ""),
+            Err(e) => return self.started(session, Err((e.code(), e.to_string())), ""),
         };
         let tx = self.tx.clone();
         let spawned = match start {
             Start::Shell { term, cols, rows } => {
                 let profile = &self.ctx.accounts.profile;
-                process::spawn_shell(sid, &term, cols, rows, &run_as, profile, tx)
+                process::spawn_shell(session, &term, cols, rows, &run_as, profile, tx)
                     .map(Work::Process)
                     .map_err(|e| (ErrorCode::SPAWN, format!("cannot start a shell: {e}")))
             }
             Start::Exec { args } => {
                 let name = args[0].to_string_lossy().into_owned();
-                process::spawn_exec(sid, args, &run_as, tx)
+                process::spawn_exec(session, args, &run_as, tx)
                     .map(Work::Process)
                     .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
             }
         };
-        self.started(sid, spawned, &run_as.name);
+        self.started(session, spawned, &run_as.name);
     }
 
     /// Answer an `Open`: the session runs (as `account`, for a process), or is refused.
-    fn started(&mut self, sid: u32, spawned: Result<Work, (ErrorCode, String)>, account: &str) {
+    fn started(
+        &mut self,
+        session: SessionHandle,
+        spawned: Result<Work, (ErrorCode, String)>,
+        account: &str,
+    ) {
+        let sid = session.sid();
         match spawned {
             Ok(work) => {
-                let mut outs = HashMap::new();
+                let mut pending = HashMap::new();
                 if let Work::Process(p) = &work {
                     info!(sid, pgid = p.pgid, account, "session started");
-                    outs.insert(0, Out::new(0, p.space.clone()));
+                    pending.insert(session.main(), Pending::new(p.space.clone()));
                 } else {
                     info!(sid, "forward session started");
                 }
-                self.sessions.insert(
-                    sid,
-                    Session {
-                        work,
-                        outs,
-                        exit: None,
-                        terminating: false,
-                        aborted: None,
-                    },
-                );
-                self.engine.accept(sid);
+                let mut s = Session {
+                    work,
+                    pending,
+                    exit: None,
+                    stopped: false,
+                    reaped: false,
+                };
+                if self.engine.accept(session).is_err() {
+                    // Ended by the peer while it started: stop it again at once.
+                    s.stop();
+                    let _ = self.engine.reject(
+                        session,
+                        ErrorCode::TERMINATED,
+                        "ended before it started",
+                    );
+                }
+                self.sessions.insert(session, s);
             }
             Err((code, reason)) => {
                 warn!(sid, "{reason}");
-                self.engine.reject(sid, code, &reason);
+                let _ = self.engine.reject(session, code, &reason);
             }
         }
     }
 
     /// An `ssh-key` session's file work is done: answer it.
-    fn pushed(&mut self, sid: u32, result: KeyPush) {
+    fn pushed(&mut self, session: SessionHandle, result: KeyPush) {
         match result {
             Ok((msg, path, after)) => {
-                info!(sid, "pushed an SSH key: {msg}");
+                info!(sid = session.sid(), "pushed an SSH key: {msg}");
                 // The key also carries expiry-time=; this removes the line.
                 tokio::spawn(async move {
                     tokio::time::sleep(after + Duration::from_secs(1)).await;
                     let _ = tokio::task::spawn_blocking(move || sshkey::sweep(&path)).await;
                 });
-                self.engine.accept(sid);
-                self.engine.close(sid, Exit::Code(0), &msg);
+                if self.engine.accept(session).is_ok() {
+                    let _ = self.engine.exited(session, Exit::Code(0), &msg);
+                } else {
+                    // Ended by the peer meanwhile: the key is in place (and expires).
+                    let why = "ended before it was answered (the key was pushed)";
+                    let _ = self.engine.reject(session, ErrorCode::TERMINATED, why);
+                }
             }
             Err((code, msg)) => {
-                warn!(sid, "ssh key refused: {msg}");
-                self.engine.reject(sid, code, &msg);
+                warn!(sid = session.sid(), "ssh key refused: {msg}");
+                let _ = self.engine.reject(session, code, &msg);
             }
         }
     }
@@ -669,119 +657,94 @@ impl Conn<'_> {
     fn on_msg(&mut self, msg: Msg) {
         match msg {
             Msg::Output {
-                sid,
-                ch,
-                token,
+                channel,
                 stream,
                 data,
             } => {
-                // Gone, terminating or a stale incarnation: the output is not wanted
-                // (its queue space was closed or went with the channel).
-                let out = self
+                // Gone or stopped: the output is not wanted (its queue space was
+                // closed, or went with the channel).
+                let Some(p) = self
                     .sessions
-                    .get_mut(&sid)
-                    .filter(|s| !s.terminating)
-                    .and_then(|s| s.outs.get_mut(&ch))
-                    .filter(|o| o.token == token);
-                if let Some(out) = out {
-                    // Merge small reads into the previous chunk of the same stream, so
-                    // trickling output does not turn into a flood of tiny frames.
-                    match out.queue.back_mut() {
-                        Some((st, d, off))
-                            if *st == stream
-                                && *off == 0
-                                && d.len() + data.len() <= process::CHUNK =>
-                        {
-                            d.extend_from_slice(&data)
-                        }
-                        _ => out.queue.push_back((stream, data, 0)),
-                    }
-                }
-            }
-            Msg::OutputEnd { sid, ch, token } => {
-                if let Some(out) = self
-                    .sessions
-                    .get_mut(&sid)
-                    .and_then(|s| s.outs.get_mut(&ch))
-                    .filter(|o| o.token == token)
-                {
-                    out.ended = true;
-                }
-            }
-            Msg::Consumed { sid, ch, token, n } => {
-                let current = self
-                    .sessions
-                    .get(&sid)
-                    .and_then(|s| s.outs.get(&ch))
-                    .is_some_and(|o| o.token == token);
-                if current {
-                    self.engine.consumed(sid, ch, n);
-                }
-            }
-            Msg::Exited { sid, exit } => {
-                if let Some(s) = self.sessions.get_mut(&sid) {
-                    s.exit = Some(exit);
-                }
-            }
-            Msg::Dialed {
-                sid,
-                ch,
-                token,
-                result,
-            } => {
-                let wanted = self.sessions.get_mut(&sid).and_then(|s| match &mut s.work {
-                    Work::Forward(chans)
-                        if matches!(chans.get(&ch), Some(Chan::Dialing(_, t)) if *t == token) =>
+                    .get_mut(&channel.session())
+                    .and_then(|s| s.pending.get_mut(&channel))
+                else {
+                    return;
+                };
+                // Merge small reads into the previous chunk of the same stream, so
+                // trickling output does not turn into a flood of tiny frames.
+                match p.queue.back_mut() {
+                    Some((st, d, off))
+                        if *st == stream && *off == 0 && d.len() + data.len() <= process::CHUNK =>
                     {
-                        Some(s)
+                        d.extend_from_slice(&data)
                     }
-                    _ => None,
-                });
-                let Some(s) = wanted else {
-                    // The session or the channel went away meanwhile.
+                    _ => p.queue.push_back((stream, data, 0)),
+                }
+            }
+            Msg::OutputEnd { channel } => {
+                if let Some(p) = self
+                    .sessions
+                    .get_mut(&channel.session())
+                    .and_then(|s| s.pending.get_mut(&channel))
+                {
+                    p.ended = true;
+                }
+            }
+            Msg::Consumed { channel, n } => {
+                let _ = self.engine.consumed(channel, n);
+            }
+            Msg::Exited { session, exit } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    let why = if s.stopped { "terminated" } else { "" };
+                    s.exit = Some((exit, why));
+                    s.reaped = true;
+                }
+            }
+            Msg::Dialed { channel, result } => {
+                let s = self.sessions.get_mut(&channel.session());
+                let Some(Session {
+                    work: Work::Forward(chans),
+                    pending,
+                    ..
+                }) = s
+                else {
                     if let Ok(c) = result {
-                        c.abort();
+                        c.abort(); // the session went away meanwhile
                     }
                     return;
                 };
-                let Work::Forward(chans) = &mut s.work else {
+                if !matches!(chans.get(&channel), Some(Chan::Dialing(_))) {
+                    if let Ok(c) = result {
+                        c.abort(); // the channel went away meanwhile
+                    }
                     return;
-                };
+                }
                 match result {
                     Ok(c) => {
-                        s.outs.insert(ch, Out::new(token, c.space.clone()));
-                        chans.insert(ch, Chan::Connected(c, token));
-                        self.engine.accept_channel(sid, ch);
+                        pending.insert(channel, Pending::new(c.space.clone()));
+                        chans.insert(channel, Chan::Connected(c));
+                        let _ = self.engine.accept_channel(channel);
                     }
                     Err((code, reason)) => {
-                        debug!(sid, ch, "{reason}");
-                        chans.remove(&ch);
-                        self.engine.reject_channel(sid, ch, code, &reason);
+                        debug!(sid = channel.session().sid(), ch = channel.ch(), "{reason}");
+                        chans.remove(&channel);
+                        let _ = self.engine.reject_channel(channel, code, &reason);
                     }
                 }
             }
-            Msg::ChannelFailed {
-                sid,
-                ch,
-                token,
-                error,
-            } => {
-                let Some(s) = self.sessions.get_mut(&sid) else {
+            Msg::ChannelFailed { channel, error } => {
+                let Some(s) = self.sessions.get_mut(&channel.session()) else {
                     return;
                 };
-                let Work::Forward(chans) = &mut s.work else {
-                    return;
-                };
-                if chans.get(&ch).map(Chan::token) != Some(token) {
-                    return; // an older incarnation, already closed
+                if let Work::Forward(chans) = &mut s.work {
+                    if let Some(c) = chans.remove(&channel) {
+                        c.abort();
+                    }
                 }
-                if let Some(c) = chans.remove(&ch) {
-                    c.abort();
+                if let Some(mut p) = s.pending.remove(&channel) {
+                    p.drop_queue();
                 }
-                if let Some(mut out) = s.outs.remove(&ch) {
-                    out.drop_queue();
-                }
-                self.engine.close_channel(sid, ch, &error);
+                let _ = self.engine.close_channel(channel, &error);
             }
         }
     }
@@ -803,25 +766,22 @@ async fn serve(
     let (mut sink, mut stream) = ws.split();
     let (tx, mut rx) = mpsc::unbounded_channel();
     let origin = std::time::Instant::now();
+    let config = AgentConfig {
+        features: wire::features::SHELL
+            | wire::features::EXEC
+            | wire::features::FORWARD
+            | wire::features::SSH_KEY
+            | wire::features::RUN_AS,
+        ..AgentConfig::default()
+    };
     let mut conn = Conn {
-        engine: Agent::new(
-            AgentConfig {
-                features: wire::features::SHELL
-                    | wire::features::EXEC
-                    | wire::features::FORWARD
-                    | wire::features::SSH_KEY
-                    | wire::features::RUN_AS,
-                ..AgentConfig::default()
-            },
-            Instant(0),
-        ),
+        engine: Box::new(Agent::new(config, Instant(0))),
         sessions: HashMap::new(),
         tx,
         identity,
         activation,
         code_file,
         ctx,
-        next_token: 0,
         pushes: JoinSet::new(),
         starting: HashMap::new(),
         resolving: JoinSet::new(),
@@ -881,13 +841,13 @@ async fn serve(
                 }
             }
             Some(done) = conn.pushes.join_next(), if !conn.pushes.is_empty() => {
-                if let Ok((sid, result)) = done {
-                    conn.pushed(sid, result);
+                if let Ok((session, result)) = done {
+                    conn.pushed(session, result);
                 }
             }
             Some(done) = conn.resolving.join_next(), if !conn.resolving.is_empty() => {
-                if let Ok((sid, token, resolved)) = done {
-                    conn.resolved(sid, token, resolved);
+                if let Ok((session, resolved)) = done {
+                    conn.resolved(session, resolved);
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {

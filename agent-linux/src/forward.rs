@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::session::ChannelHandle;
 use agent_core::wire::{ErrorCode, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -39,9 +40,7 @@ impl TcpChannel {
 /// Resolve, check and dial `host:port` in the background; the outcome arrives as
 /// [`Msg::Dialed`].
 pub fn dial(
-    sid: u32,
-    ch: u16,
-    token: u64,
+    channel: ChannelHandle,
     host: String,
     port: u16,
     policy: Arc<DestPolicy>,
@@ -50,13 +49,8 @@ pub fn dial(
     let task = tokio::spawn(async move {
         let result = connect(&host, port, &policy)
             .await
-            .map(|stream| start(sid, ch, token, stream, tx.clone()));
-        let _ = tx.send(Msg::Dialed {
-            sid,
-            ch,
-            token,
-            result,
-        });
+            .map(|stream| start(channel, stream, tx.clone()));
+        let _ = tx.send(Msg::Dialed { channel, result });
     });
     task.abort_handle()
 }
@@ -120,13 +114,7 @@ async fn connect(
     Err((code, format!("cannot connect to {addr}: {e}")))
 }
 
-fn start(
-    sid: u32,
-    ch: u16,
-    token: u64,
-    stream: TcpStream,
-    tx: mpsc::UnboundedSender<Msg>,
-) -> TcpChannel {
+fn start(channel: ChannelHandle, stream: TcpStream, tx: mpsc::UnboundedSender<Msg>) -> TcpChannel {
     let (mut rd, mut wr) = stream.into_split();
     let space = Arc::new(Semaphore::new(QUEUE_SPACE));
     let (input, mut input_rx) = mpsc::unbounded_channel();
@@ -137,17 +125,13 @@ fn start(
                 Input::Data(d) => {
                     if let Err(e) = wr.write_all(&d).await {
                         let _ = txw.send(Msg::ChannelFailed {
-                            sid,
-                            ch,
-                            token,
+                            channel,
                             error: format!("write failed: {e}"),
                         });
                         return;
                     }
                     let _ = txw.send(Msg::Consumed {
-                        sid,
-                        ch,
-                        token,
+                        channel,
                         n: d.len(),
                     });
                 }
@@ -168,15 +152,13 @@ fn start(
             match rd.read(&mut buf[..reserved]).await {
                 Ok(0) => {
                     sp.add_permits(reserved);
-                    let _ = tx.send(Msg::OutputEnd { sid, ch, token });
+                    let _ = tx.send(Msg::OutputEnd { channel });
                     return;
                 }
                 Ok(n) => {
                     sp.add_permits(reserved - n);
                     let _ = tx.send(Msg::Output {
-                        sid,
-                        ch,
-                        token,
+                        channel,
                         stream: Stream::OUT,
                         data: buf[..n].to_vec(),
                     });
@@ -184,9 +166,7 @@ fn start(
                 Err(e) => {
                     sp.add_permits(reserved);
                     let _ = tx.send(Msg::ChannelFailed {
-                        sid,
-                        ch,
-                        token,
+                        channel,
                         error: format!("read failed: {e}"),
                     });
                     return;

@@ -14,6 +14,7 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
+use agent_core::session::{ChannelHandle, SessionHandle};
 use agent_core::wire::{Exit, Stream};
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,17 +33,15 @@ const EOF_REPEATS: u32 = 40;
 /// Largest single read of output: one full `Data` frame.
 pub const CHUNK: usize = 32 * 1024 - 64;
 
-/// What session tasks tell the driver.
+/// What session tasks tell the driver. Channels and sessions are named by the
+/// engine's handles: a message of one that ended is refused by the engine, never
+/// applied to another that took its place.
 #[derive(Debug)]
 pub enum Msg {
     /// Output read from a process or connection (queue space already reserved).
     Output {
-        /// Session.
-        sid: u32,
-        /// Channel (0 for a process).
-        ch: u16,
-        /// Which incarnation of the channel id (0 for a process).
-        token: u64,
+        /// The channel.
+        channel: ChannelHandle,
         /// stdout or stderr.
         stream: Stream,
         /// The bytes.
@@ -50,50 +49,34 @@ pub enum Msg {
     },
     /// A connection's output ended (it sent FIN); all its output was sent before.
     OutputEnd {
-        /// Session.
-        sid: u32,
-        /// Channel.
-        ch: u16,
-        /// Which incarnation of the channel id.
-        token: u64,
+        /// The channel.
+        channel: ChannelHandle,
     },
     /// Input bytes were written out (credit may flow back).
     Consumed {
-        /// Session.
-        sid: u32,
-        /// Channel (0 for a process).
-        ch: u16,
-        /// Which incarnation of the channel id (0 for a process).
-        token: u64,
+        /// The channel.
+        channel: ChannelHandle,
         /// How many.
         n: usize,
     },
     /// A forward channel's connection attempt finished.
     Dialed {
-        /// Session.
-        sid: u32,
-        /// Channel.
-        ch: u16,
-        /// Which incarnation of the channel id.
-        token: u64,
+        /// The channel.
+        channel: ChannelHandle,
         /// The connection, or why there is none.
         result: Result<crate::forward::TcpChannel, (agent_core::wire::ErrorCode, String)>,
     },
     /// A forward channel's connection failed after it was established.
     ChannelFailed {
-        /// Session.
-        sid: u32,
-        /// Channel.
-        ch: u16,
-        /// Which incarnation of the channel id.
-        token: u64,
+        /// The channel.
+        channel: ChannelHandle,
         /// What happened.
         error: String,
     },
     /// The process ended and all its output was read.
     Exited {
-        /// Session.
-        sid: u32,
+        /// The session.
+        session: SessionHandle,
         /// How it ended.
         exit: Exit,
     },
@@ -233,7 +216,7 @@ pub(crate) async fn reserve(space: &Arc<Semaphore>) -> Option<usize> {
 /// Start `argv` directly (no shell) in its own process group, with pipes, as
 /// `run_as`: its login environment (no `TERM`), in its home.
 pub fn spawn_exec(
-    sid: u32,
+    session: SessionHandle,
     argv: Vec<OsString>,
     run_as: &RunAs,
     tx: mpsc::UnboundedSender<Msg>,
@@ -245,13 +228,13 @@ pub fn spawn_exec(
         .env_clear()
         .envs(run_as.login_env(None, lang.as_deref()));
     let creds = run_as.credentials(&run_as.workdirs(None));
-    spawn_piped(sid, cmd, creds, tx)
+    spawn_piped(session, cmd, creds, tx)
 }
 
 /// Start `cmd` in its own process group with pipes: stdout and stderr apart, stdin
 /// closed at `Input::Eof`; `creds` taken before exec.
 fn spawn_piped(
-    sid: u32,
+    session: SessionHandle,
     mut cmd: std::process::Command,
     creds: Credentials,
     tx: mpsc::UnboundedSender<Msg>,
@@ -286,9 +269,7 @@ fn spawn_piped(
                         }
                     }
                     let _ = txi.send(Msg::Consumed {
-                        sid,
-                        ch: 0,
-                        token: 0,
+                        channel: session.main(),
                         n: d.len(),
                     });
                 }
@@ -331,9 +312,7 @@ fn spawn_piped(
                     break;
                 }
                 let _ = tx.send(Msg::Output {
-                    sid,
-                    ch: 0,
-                    token: 0,
+                    channel: session.main(),
                     stream,
                     data: buf[..n].to_vec(),
                 });
@@ -349,7 +328,7 @@ fn spawn_piped(
             let _ = r.await;
         }
         let _ = tx.send(Msg::Exited {
-            sid,
+            session,
             exit: exit_of(status),
         });
     });
@@ -415,7 +394,7 @@ fn give_terminal(slave: &std::os::fd::OwnedFd, uid: u32) -> io::Result<()> {
 /// Start the account's login shell on a new PTY of `cols` x `rows`, or on pipes if
 /// both are 0 (`Kind::PIPE_SHELL`), with the shell profile applied.
 pub fn spawn_shell(
-    sid: u32,
+    session: SessionHandle,
     term: &str,
     cols: u16,
     rows: u16,
@@ -425,7 +404,7 @@ pub fn spawn_shell(
 ) -> io::Result<Process> {
     if (cols, rows) == (0, 0) {
         let (cmd, creds) = login_command(run_as, None, profile);
-        return spawn_piped(sid, cmd, creds, tx);
+        return spawn_piped(session, cmd, creds, tx);
     }
     let (master, slave) = pty::open(cols, rows)?;
     if run_as.switch {
@@ -481,9 +460,7 @@ pub fn spawn_shell(
                     }
                     let _ = m.write_all(&d).await;
                     let _ = txi.send(Msg::Consumed {
-                        sid,
-                        ch: 0,
-                        token: 0,
+                        channel: session.main(),
                         n: d.len(),
                     });
                 }
@@ -534,9 +511,7 @@ pub fn spawn_shell(
                 break;
             }
             let _ = txr.send(Msg::Output {
-                sid,
-                ch: 0,
-                token: 0,
+                channel: session.main(),
                 stream: Stream::OUT,
                 data: buf[..n].to_vec(),
             });
@@ -548,7 +523,7 @@ pub fn spawn_shell(
         let _ = exited_tx.send(true);
         let _ = reader.await;
         let _ = tx.send(Msg::Exited {
-            sid,
+            session,
             exit: exit_of(status),
         });
     });

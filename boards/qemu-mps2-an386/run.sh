@@ -6,7 +6,7 @@
 # Builds the firmware if needed, provisions the device as the agent CODE names
 # (`sesame-relay device provision`, with the relay's --data-dir or
 # $SESAME_RELAY_DATA), and boots QEMU with networking restricted to the relay's
-# port. Exits when QEMU exits (Ctrl-A X when interactive). The relay binary is
+# port (and the --guestfwd ones). Exits when QEMU exits (Ctrl-A X when interactive). The relay binary is
 # $SESAME_RELAY_BIN, else sesame-relay on PATH, else built from this checkout.
 #
 # Options: --tls-name NAME  name to verify in the relay certificate [localhost for
@@ -14,11 +14,18 @@
 #          --data-dir DIR   the relay's data directory
 #          --image FILE     use (or keep) the provisioning image here; an existing
 #                           image is reused, since CODE can be used only once
+#          --allow-dest RULE, --deny-dest RULE
+#                           forwarding rules for a new image (repeatable; see
+#                           `sesame-relay device provision --help`)
+#          --guestfwd IP:PORT=HOST:PORT
+#                           the guest reaches HOST:PORT of this machine at IP:PORT
+#                           (repeatable; IP in 10.0.2.0/24, e.g. 10.0.2.101)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 relay="" ca="" code="" tls_name="" image="" data_dir="${SESAME_RELAY_DATA:-}"
+rules=() fwds=""
 
 die() { echo "run.sh: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
@@ -29,7 +36,16 @@ while [ $# -gt 0 ]; do
         --tls-name) tls_name=${2:-}; shift 2 ;;
         --data-dir) data_dir=${2:-}; shift 2 ;;
         --image) image=${2:-}; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --allow-dest|--deny-dest) rules+=("$1" "${2:-}"); shift 2 ;;
+        --guestfwd)
+            m=${2:-}; to=${m#*=}
+            case "$m" in
+                *=*:*) ;;
+                *) die "--guestfwd '$m': expected IP:PORT=HOST:PORT" ;;
+            esac
+            fwds+=",guestfwd=tcp:${m%%=*}-cmd:socat - TCP:${to}"
+            shift 2 ;;
+        -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
         *) die "unknown argument '$1' (see --help)" ;;
     esac
 done
@@ -79,14 +95,15 @@ if [ ! -s "$image" ]; then
         relay_bin=${CARGO_TARGET_DIR:-$root/target}/release/sesame-relay
     fi
     args=(device provision --activate "$code" --relay "10.0.2.100:$port"
-          --tls-name "$tls_name" --ca "$ca" --out "$image")
+          --tls-name "$tls_name" --ca "$ca" --out "$image" ${rules[@]+"${rules[@]}"})
     [ -n "$data_dir" ] && args+=(--data-dir "$data_dir")
     "$relay_bin" "${args[@]}" >&2
 fi
 
-# The guest reaches the relay at 10.0.2.100:PORT and nothing else (restrict=on).
+# The guest reaches the relay at 10.0.2.100:PORT, the --guestfwd addresses, and
+# nothing else (restrict=on).
 exec qemu-system-arm -M mps2-an386 -nographic \
     -semihosting-config enable=on,target=native \
     -kernel "$elf" \
     -device loader,file="$image",addr=0x000FF000,force-raw=on \
-    -nic "user,model=lan9118,restrict=on,guestfwd=tcp:10.0.2.100:$port-cmd:socat - TCP:$host:$port"
+    -nic "user,model=lan9118,restrict=on,guestfwd=tcp:10.0.2.100:$port-cmd:socat - TCP:$host:$port$fwds"

@@ -3,7 +3,8 @@
 
 use std::io::{IsTerminal, Read};
 
-use agent_core::flow::{RecvWindow, SendWindow};
+use agent_core::client::ClientEvent;
+use agent_core::flow::SendWindow;
 use agent_core::wire::{self, Bytes, ErrorCode, Exit, Frame, Kind, Stream};
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
@@ -157,6 +158,56 @@ pub async fn open(
     }
 }
 
+/// The client side of a shell or exec session, on agent-core's client: input waits
+/// in its channel buffer (the agent's credit decides what goes), output is checked
+/// against our window.
+type Session = agent_core::client::Client<1, InputBuf>;
+
+/// Input of a session waiting for the agent's credit (a typed line, a paste, a
+/// piped file): 64 KiB, on the heap.
+pub struct InputBuf(Box<[u8]>);
+
+impl agent_core::session::Buffer for InputBuf {
+    fn new() -> Self {
+        InputBuf(vec![0u8; 64 * 1024].into_boxed_slice())
+    }
+}
+
+impl AsRef<[u8]> for InputBuf {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for InputBuf {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+/// Send what the session has to send.
+async fn transmit(
+    session: &mut Session,
+    ws: &mut crate::client::Stream,
+    out: &mut [u8],
+    target: &str,
+) -> anyhow::Result<()> {
+    let mut sent = false;
+    while let Some(n) = session
+        .poll_transmit(out)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        ws.feed(Message::Binary(out[..n].to_vec().into()))
+            .await
+            .map_err(|e| lost_relay(target, Some(&e)))?;
+        sent = true;
+    }
+    if sent {
+        ws.flush().await.map_err(|e| lost_relay(target, Some(&e)))?;
+    }
+    Ok(())
+}
+
 /// Run a shell or exec session as `run_as`; returns the exit code for this process.
 pub async fn run(
     relay: &Relay,
@@ -180,16 +231,32 @@ pub async fn run(
         Request::Shell { pty: false } => Kind::PIPE_SHELL,
         Request::Exec(_) => Kind::Exec { argv: Bytes(&argv) },
     };
-    let (mut ws, mut send) = open(relay, target, run_as, kind).await?;
+    let created: Created = relay
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(create_body(target, run_as, &kind)),
+        )
+        .await?;
+    let mut ws = relay
+        .open_stream(&created.stream_url, &created.token)
+        .await?;
+    let mut session = Session::new(SID, WINDOW);
+    let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
+    // The relay puts in the account it authorised.
+    let n = session
+        .open(kind, "", &mut out)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ws.send(Message::Binary(out[..n].to_vec().into()))
+        .await
+        .context("cannot send the session request")?;
 
-    let _raw = if interactive {
-        Some(terminal::RawMode::enable().context("cannot put the terminal in raw mode")?)
-    } else {
-        None
-    };
-    let mut recv = RecvWindow::new(WINDOW);
+    // The terminal goes raw once the agent accepted (stdin is read from then on).
+    let mut accepted = false;
+    let mut raw = None;
     let mut stdin = stdin_reader();
     let mut stdin_open = true;
+    // Input the session's buffer could not take yet.
     let mut pending: Option<(Vec<u8>, usize)> = None;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
@@ -198,35 +265,16 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
-    let max_chunk = wire::max_data_len(wire::DEFAULT_MAX_FRAME);
 
     loop {
-        // Send what stdin gave us, as far as credit allows.
         if let Some((data, off)) = pending.as_mut() {
-            while *off < data.len() {
-                let n = send.take((data.len() - *off).min(max_chunk));
-                if n == 0 {
-                    break;
-                }
-                let f = Frame::Data {
-                    sid: SID,
-                    ch: 0,
-                    stream: Stream::OUT,
-                    data: Bytes(&data[*off..*off + n]),
-                };
-                ws.feed(encode(&f))
-                    .await
-                    .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
-                *off += n;
-            }
+            *off += session.send_slice(0, &data[*off..]).unwrap_or(data.len());
             if *off == data.len() {
                 pending = None;
             }
-            ws.flush()
-                .await
-                .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
         }
-        let want_stdin = stdin_open && pending.is_none();
+        transmit(&mut session, &mut ws, &mut out, target).await?;
+        let want_stdin = stdin_open && pending.is_none() && accepted;
         tokio::select! {
             msg = ws.next() => {
                 let bytes = match msg {
@@ -235,48 +283,51 @@ pub async fn run(
                     Some(Err(e)) => return Err(lost_relay(target, Some(&e))),
                     Some(Ok(_)) => continue,
                 };
-                match Frame::decode(&bytes) {
-                    Ok(Frame::Data { stream, data, .. }) => {
-                        if recv.on_data(data.0.len()).is_err() {
-                            bail!("the agent sent more than its credit");
+                let ev = session.handle_frame(&bytes).map_err(|e| match e {
+                    agent_core::ProtocolError::FlowControl { .. } => {
+                        anyhow::anyhow!("the agent sent more than its credit")
+                    }
+                    e => anyhow::anyhow!("malformed frame from the relay: {e}"),
+                })?;
+                match ev {
+                    Some(ClientEvent::Accepted) => {
+                        accepted = true;
+                        if interactive {
+                            raw = Some(terminal::RawMode::enable().context("cannot put the terminal in raw mode")?);
                         }
+                    }
+                    Some(ClientEvent::Rejected { reason, .. }) => bail!("{target}: {reason}"),
+                    Some(ClientEvent::Data { stream, data, .. }) => {
                         if stream == Stream::ERR {
-                            stderr.write_all(data.0).await?;
+                            stderr.write_all(data).await?;
                             stderr.flush().await?;
                         } else {
-                            stdout.write_all(data.0).await?;
+                            stdout.write_all(data).await?;
                             stdout.flush().await?;
                         }
-                        recv.consume(data.0.len());
-                        if let Some(bytes) = recv.credit_due() {
-                            // Best effort: the session may be ending; its last output is still read.
-                            let _ = ws.send(encode(&Frame::Credit { sid: SID, ch: 0, bytes })).await;
-                        }
+                        session.consumed(0, data.len());
                     }
-                    Ok(Frame::Credit { bytes, .. }) => {
-                        let _ = send.grant(bytes);
+                    Some(ClientEvent::Notice { message }) => {
+                        // Not the session's output: a line of its own, on stderr.
+                        let line = format!("\r\nsesame: {}\r\n", crate::terminal::printable(message));
+                        stderr.write_all(line.as_bytes()).await?;
+                        stderr.flush().await?;
                     }
-                    Ok(Frame::Close { exit, reason, .. }) => {
+                    Some(ClientEvent::Closed { exit, reason }) => {
                         stdout.flush().await?;
                         let _ = ws.close(None).await;
-                        drop(_raw);
+                        drop(raw);
+                        if !accepted {
+                            // Ended by the relay before the agent answered.
+                            bail!("{target}: {reason}");
+                        }
                         if let Exit::Aborted(code) = exit {
                             let why = if reason.is_empty() { describe(code) } else { reason.to_string() };
                             bail!("session ended: {why}");
                         }
                         return Ok(exit_code(exit));
                     }
-                    Ok(Frame::Error { message, .. }) => bail!("{message}"),
-                    Ok(Frame::Notice { message, .. }) => {
-                        // Not the session's output: a line of its own, on stderr.
-                        let line = format!("\r\nsesame: {}\r\n", crate::terminal::printable(message));
-                        stderr.write_all(line.as_bytes()).await?;
-                        stderr.flush().await?;
-                    }
-                    Ok(_) => {}
-                    // A newer relay may send frame types this client does not know.
-                    Err(agent_core::DecodeError::UnknownFrame { .. }) => {}
-                    Err(e) => bail!("malformed frame from the relay: {e}"),
+                    _ => {}
                 }
             }
             chunk = stdin.recv(), if want_stdin => {
@@ -284,25 +335,21 @@ pub async fn run(
                     Some(data) => pending = Some((data, 0)),
                     None => {
                         stdin_open = false;
-                        ws.send(encode(&Frame::Eof { sid: SID, ch: 0 })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
+                        let _ = session.finish(0);
                     }
                 }
             }
             _ = winch.recv() => {
                 if let Some((cols, rows)) = terminal::size() {
-                    ws.send(encode(&Frame::Resize { sid: SID, cols, rows })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
+                    session.resize(cols, rows);
                 }
             }
             _ = sigint.recv() => {
                 // Only reaches us when the terminal is not raw (exec, or piped input).
-                ws.send(encode(&Frame::Signal { sid: SID, signal: 2 })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
+                let _ = session.signal(2);
             }
-            _ = sigterm.recv() => {
-                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client terminated" })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
-            }
-            _ = sighup.recv() => {
-                ws.send(encode(&Frame::Close { sid: SID, exit: Exit::Aborted(ErrorCode::TERMINATED), reason: "client hung up" })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
-            }
+            _ = sigterm.recv() => session.close("client terminated"),
+            _ = sighup.recv() => session.close("client hung up"),
         }
     }
 }

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::wire::features as wire_features;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -508,6 +509,23 @@ async fn create_session(
             format!("target '{}' is offline ({when})", agent.name),
         ));
     };
+    // A kind the agent did not announce in its `Hello` (a device without forwarding,
+    // an agent that never pushes keys) is refused here, with a line of its own.
+    let needed = match req.kind.as_str() {
+        "shell" => wire_features::SHELL,
+        "exec" => wire_features::EXEC,
+        "forward" => wire_features::FORWARD,
+        _ => wire_features::SSH_KEY,
+    };
+    if live.features & needed == 0 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "target '{}' does not offer {} sessions",
+                agent.name, req.kind
+            ),
+        ));
+    }
     // Refuse before anything is spawned (the stream checks again, atomically).
     if let Err(limit) = live.check_capacity(state.config.limits.max_sessions) {
         return Err(ApiError::new(

@@ -151,6 +151,14 @@ enum DeviceCmd {
         /// Where to write the image (mode 0600: it holds the device's private key).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Let the device's forward sessions reach these destinations (repeatable):
+        /// NET[/PREFIX][:PORTS] or NAME[:PORTS], e.g. 10.0.0.0/8, 192.168.1.5:502,
+        /// plc.local:80,8000-8999. Without it the device forwards nothing.
+        #[arg(long = "allow-dest", value_name = "RULE")]
+        allow_dest: Vec<String>,
+        /// Never these destinations (repeatable; deny wins over allow).
+        #[arg(long = "deny-dest", value_name = "RULE")]
+        deny_dest: Vec<String>,
     },
 }
 
@@ -280,6 +288,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     tls_name,
                     ca,
                     out,
+                    allow_dest,
+                    deny_dest,
                 },
         } => {
             let store = open_store(&data_dir).await?;
@@ -288,6 +298,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 relay: &relay,
                 tls_name: tls_name.as_deref(),
                 ca_pem: &ca,
+                allow_dest: &allow_dest,
+                deny_dest: &deny_dest,
             };
             let (name, image) = relay::provision::provision(&store, &req).await?;
             write_private(&out, &image)

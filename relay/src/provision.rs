@@ -3,13 +3,14 @@
 //! The relay host makes the device's Ed25519 key with its own RNG, binds the public
 //! key to the agent that the activation code names (using the code up, as an agent's
 //! first connection would), and writes an [`agent_core::provision`] image holding the
-//! key, the agent's name, where to dial and the CA to pin. The activation code never
-//! reaches the device.
+//! key, the agent's name, where to dial, the CA to pin and, when given, where the
+//! device's `forward` sessions may connect. The activation code never reaches the
+//! device.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
 
-use agent_core::provision::Provision;
+use agent_core::provision::{ForwardRules, Provision, Rule};
 use agent_core::wire::Bytes;
 use ring::rand::SecureRandom;
 
@@ -29,6 +30,11 @@ pub struct Request<'a> {
     pub tls_name: Option<&'a str>,
     /// The CA certificate (PEM) to pin.
     pub ca_pem: &'a Path,
+    /// Destinations the device's `forward` sessions may reach
+    /// ([`agent_core::provision::Rule`]); none: the device does not forward.
+    pub allow_dest: &'a [String],
+    /// Destinations they may never reach (deny wins).
+    pub deny_dest: &'a [String],
 }
 
 /// Check the request, bind a fresh key to the agent and return `(agent name, image)`.
@@ -50,6 +56,26 @@ pub async fn provision(store: &Store, req: &Request<'_>) -> anyhow::Result<(Stri
     if tls_name.parse::<std::net::IpAddr>().is_ok() || tls_name.len() > 64 {
         anyhow::bail!("--tls-name '{tls_name}' must be a DNS name of at most 64 bytes");
     }
+    for (flag, rules) in [
+        ("--allow-dest", req.allow_dest),
+        ("--deny-dest", req.deny_dest),
+    ] {
+        for rule in rules {
+            if let Err(e) = Rule::parse(rule) {
+                anyhow::bail!("{flag} '{rule}': invalid destination rule: {e}");
+            }
+        }
+    }
+    if req.allow_dest.is_empty() && !req.deny_dest.is_empty() {
+        anyhow::bail!(
+            "--deny-dest needs --allow-dest: a device forwards only to the destinations its image allows"
+        );
+    }
+    let (allow, deny) = (req.allow_dest.join(" "), req.deny_dest.join(" "));
+    let forward = (!req.allow_dest.is_empty()).then_some(ForwardRules {
+        allow: &allow,
+        deny: &deny,
+    });
     let pem = std::fs::read(req.ca_pem)
         .map_err(|e| anyhow::anyhow!("CA file {}: {e}", req.ca_pem.display()))?;
     let ca = rustls_pemfile::certs(&mut &pem[..])
@@ -79,11 +105,14 @@ pub async fn provision(store: &Store, req: &Request<'_>) -> anyhow::Result<(Stri
         tls_name,
         ca_der: Bytes(&ca),
         entropy: Bytes(&entropy),
+        forward,
     };
     probe.encode(&mut image).map_err(|_| {
         anyhow::anyhow!(
-            "the image would exceed {MAX_IMAGE} bytes (CA certificate is {} bytes)",
-            ca.len()
+            "the image would exceed {MAX_IMAGE} bytes (CA certificate is {} bytes, \
+             forwarding rules {} bytes)",
+            ca.len(),
+            allow.len() + deny.len()
         )
     })?;
 
@@ -128,6 +157,8 @@ mod tests {
             relay: "10.0.2.100:8443",
             tls_name: Some("localhost"),
             ca_pem: &ca,
+            allow_dest: &[],
+            deny_dest: &[],
         };
         let (name, image) = provision(&store, &req).await.unwrap();
         assert_eq!(name, "dev-1");
@@ -136,6 +167,8 @@ mod tests {
             (p.agent_id, p.relay_host, p.relay_port, p.tls_name),
             ("dev-1", "10.0.2.100", 8443, "localhost")
         );
+        // No rules: the device forwards nothing, and the image is format 1.
+        assert_eq!((p.forward, &image[8..10]), (None, &[1u8, 0][..]));
         let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(p.key_seed.0).unwrap();
         let public = ring::signature::KeyPair::public_key(&pair).as_ref();
         let bound = store.agent_by_key(public).await.unwrap().unwrap();
@@ -154,6 +187,8 @@ mod tests {
             relay: "127.0.0.1:8443",
             tls_name: None,
             ca_pem: &ca,
+            allow_dest: &[],
+            deny_dest: &[],
         };
         let ip = provision(&store, &base).await.unwrap_err().to_string();
         assert!(ip.contains("--tls-name"), "{ip}");
@@ -193,5 +228,76 @@ mod tests {
         };
         let (_, image) = provision(&store, &ok).await.unwrap();
         assert_eq!(Provision::decode(&image).unwrap().tls_name, "relay.example");
+    }
+
+    #[tokio::test]
+    async fn forwarding_rules_are_checked_then_carried_in_the_image() {
+        let (dir, store) = store("rules").await;
+        let ca = ca_file(&dir);
+        let (_id, code) = store.add_agent("dev-3", &BTreeMap::new()).await.unwrap();
+        let allow = [
+            "10.0.2.0/24:80,8000-8999".to_string(),
+            "plc.local:502".into(),
+        ];
+        let deny = ["10.0.2.100".to_string()];
+        let base = Request {
+            code: code.expose(),
+            relay: "relay.example:443",
+            tls_name: None,
+            ca_pem: &ca,
+            allow_dest: &allow,
+            deny_dest: &deny,
+        };
+        let bad = ["10.0.0.0/33".to_string()];
+        let err = provision(
+            &store,
+            &Request {
+                allow_dest: &bad,
+                ..base
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "--allow-dest '10.0.0.0/33': invalid destination rule: bad prefix length"
+        );
+        let v6 = ["[fd00::1]:22".to_string()];
+        let err = provision(
+            &store,
+            &Request {
+                deny_dest: &v6,
+                ..base
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "--deny-dest '[fd00::1]:22': invalid destination rule: devices speak IPv4 only"
+        );
+        let err = provision(
+            &store,
+            &Request {
+                allow_dest: &[],
+                ..base
+            },
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(err.starts_with("--deny-dest needs --allow-dest"), "{err}");
+        // None of the refusals spent the code.
+        let (_, image) = provision(&store, &base).await.unwrap();
+        let p = Provision::decode(&image).unwrap();
+        assert_eq!(
+            p.forward,
+            Some(ForwardRules {
+                allow: "10.0.2.0/24:80,8000-8999 plc.local:502",
+                deny: "10.0.2.100",
+            })
+        );
     }
 }

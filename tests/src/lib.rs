@@ -179,6 +179,11 @@ pub fn admin(data: &Path, args: &[&str]) -> String {
 /// Boot the QEMU board with `run.sh`, provisioned with `code` and pinning `ca`;
 /// its UART log (and QEMU's messages) go to `DIR/qemu.log`.
 pub fn boot_device(dir: &Path, port: u16, code: &str, ca: &Path) -> Proc {
+    boot_device_with(dir, port, code, ca, &[])
+}
+
+/// [`boot_device`] with more `run.sh` options (forwarding rules, `--guestfwd`).
+pub fn boot_device_with(dir: &Path, port: u16, code: &str, ca: &Path, extra: &[String]) -> Proc {
     let run = Path::new(env!("CARGO_MANIFEST_DIR")).join("../boards/qemu-mps2-an386/run.sh");
     let log = dir.join("qemu.log");
     let out = std::fs::File::create(&log).unwrap();
@@ -190,6 +195,7 @@ pub fn boot_device(dir: &Path, port: u16, code: &str, ca: &Path) -> Proc {
         .arg(dir.join("relay"))
         .arg("--image")
         .arg(dir.join("device.img"))
+        .args(extra)
         .env("SESAME_RELAY_BIN", bin("sesame-relay"))
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
@@ -295,8 +301,13 @@ impl Env {
 
     /// Everything with the QEMU board (`boards/qemu-mps2-an386/run.sh`) as agent `dev-1`.
     pub fn start_device() -> Env {
+        Env::start_device_with(&[])
+    }
+
+    /// [`Env::start_device`] with more `run.sh` options.
+    pub fn start_device_with(run_sh: &[String]) -> Env {
         Env::start_launch(&[], "dev-1", |dir, port, code| {
-            boot_device(dir, port, code, &dir.join("relay/tls/ca.pem"))
+            boot_device_with(dir, port, code, &dir.join("relay/tls/ca.pem"), run_sh)
         })
     }
 

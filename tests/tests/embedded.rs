@@ -1,8 +1,10 @@
 //! The embedded agent: the QEMU mps2-an386 firmware against the real relay, used
-//! with the real `sesame` CLI. Needs `qemu-system-arm` and `socat` (tests/run-all.sh
-//! installs them and builds the firmware first).
+//! with the real `sesame` CLI, and forwarding through it to a server on the host.
+//! Needs `qemu-system-arm` and `socat` (tests/run-all.sh installs them and builds
+//! the firmware first).
 
-use std::io::Write;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -105,24 +107,35 @@ fn device_runs_exec_and_shell_sessions_within_its_capacity() {
     let again = env.run(&["exec", "dev-1", "--", "sessions"], b"");
     assert_eq!(text(&again).0, "1 of 4 sessions open\r\n");
 
-    // The RAM budget, after TLS, four sessions and all of the above: static RAM and
-    // the stack's high-water mark within 128 KiB.
-    let mem = text(&env.run(&["exec", "dev-1", "--", "mem"], b"")).0;
-    let used: usize = mem
-        .split_whitespace()
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("mem: {mem:?}"));
-    assert!(used <= 128 * 1024, "RAM budget exceeded: {mem}");
-    // And the flash budget: 256 KiB of the 1 MiB the link allows.
-    let board = text(&env.run(&["exec", "dev-1", "--", "board"], b"")).0;
-    let flash: usize = board
-        .split("flash ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("board: {board:?}"));
-    assert!(flash <= 256 * 1024, "flash budget exceeded: {board}");
+    // After TLS, four sessions and all of the above.
+    assert_budgets(&env);
+    // A kind of session the device does not announce is refused at the relay,
+    // before the device hears of it: forward without rules in its image, ssh-key
+    // always.
+    let fwd = env.run(&["forward", "dev-1", "0:10.0.2.2:80"], b"");
+    assert!(!fwd.status.success());
+    assert_eq!(
+        text(&fwd).1,
+        "error: target 'dev-1' does not offer forward sessions\n"
+    );
+    let key = env.dir.0.join("device-key.pub");
+    std::fs::write(&key, "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFake test\n").unwrap();
+    let push = env.run(
+        &[
+            "ssh-key",
+            "push",
+            "dev-1",
+            "--user",
+            "console",
+            key.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(!push.status.success());
+    assert_eq!(
+        text(&push).1,
+        "error: target 'dev-1' does not offer ssh-key sessions\n"
+    );
 }
 
 #[test]
@@ -193,6 +206,143 @@ fn device_refuses_a_relay_certificate_from_another_ca() {
     let ls = text(&env.run(&["ls"], b"")).0;
     let line = ls.lines().find(|l| l.starts_with("dev-1")).unwrap_or("");
     assert!(line.contains("offline"), "{ls}");
+}
+
+/// Body served for `/n` by the host's HTTP server: 8 KiB, deterministic, different
+/// per path.
+fn body(n: u32) -> Vec<u8> {
+    let mut x = n.wrapping_mul(2_654_435_761) | 1;
+    (0..8192)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+/// An HTTP/1.0 server on the host's loopback: `GET /n` answers `body(n)`.
+fn http_server() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => req.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let path = String::from_utf8_lossy(&req)
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or("/")
+                    .to_string();
+                let data = body(path.trim_start_matches('/').parse().unwrap_or(0));
+                let _ = write!(
+                    c,
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
+                    data.len()
+                );
+                let _ = c.write_all(&data);
+            });
+        }
+    });
+    port
+}
+
+/// `GET path` through a forwarded local port; the response body (empty when the
+/// connection was closed without an answer).
+fn get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
+    let mut c = TcpStream::connect(("127.0.0.1", port))?;
+    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(c, "GET {path} HTTP/1.0\r\n\r\n")?;
+    let mut resp = Vec::new();
+    c.read_to_end(&mut resp)?;
+    let at = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(resp.len());
+    Ok(resp.split_off(at))
+}
+
+/// The device's budgets from its own accounting: static RAM and the stack's
+/// high-water mark within 128 KiB (`mem`), flash within 256 KiB of the 1 MiB the
+/// link allows (`board`).
+fn assert_budgets(env: &Env) {
+    let mem = text(&env.run(&["exec", "dev-1", "--", "mem"], b"")).0;
+    let used: usize = mem
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("mem: {mem:?}"));
+    assert!(used <= 128 * 1024, "RAM budget exceeded: {mem}");
+    let board = text(&env.run(&["exec", "dev-1", "--", "board"], b"")).0;
+    let flash: usize = board
+        .split("flash ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("board: {board:?}"));
+    assert!(flash <= 256 * 1024, "flash budget exceeded: {board}");
+    eprintln!("device budgets: {}{}", mem.trim_end(), board.trim_end());
+}
+
+#[test]
+fn device_forwards_to_a_host_server_within_its_rules() {
+    let http = http_server();
+    // The guest reaches the host's server at 10.0.2.101:80 (a second slirp
+    // guestfwd); the image allows the guest's network but the relay's address.
+    let env = Env::start_device_with(&[
+        "--guestfwd".into(),
+        format!("10.0.2.101:80=127.0.0.1:{http}"),
+        "--allow-dest".into(),
+        "10.0.2.0/24".into(),
+        "--deny-dest".into(),
+        "10.0.2.100".into(),
+    ]);
+    let log = env.agent.log();
+    assert!(
+        log.contains("forward: up to 2 connections to [10.0.2.0/24] except [10.0.2.100]"),
+        "{log}"
+    );
+    let relay = format!("10.0.2.100:{}", env.relay.port);
+    let fwd = env.forward(&["0:10.0.2.101:80", &format!("0:{relay}"), "0:192.0.2.1:80"]);
+    for n in 1..=20 {
+        let got = get(fwd.ports[0], &format!("/{n}")).unwrap_or_else(|e| panic!("/{n}: {e}"));
+        assert!(got == body(n), "/{n}: {} bytes, not its body", got.len());
+    }
+    // Denied: the relay (deny wins over the allowed network) and an address outside
+    // the allowed network, each refused with its line.
+    for (port, dest) in [
+        (fwd.ports[1], relay.as_str()),
+        (fwd.ports[2], "192.0.2.1:80"),
+    ] {
+        assert_eq!(get(port, "/1").unwrap_or_default(), b"", "{dest}");
+        let line = format!(
+            "-> {dest} via dev-1: destination {dest} is denied by the device's forwarding policy\n"
+        );
+        wait_for_log(&fwd.proc, &line, 10);
+    }
+    // Both ends of a connection in one session: the device's two sockets at once.
+    let both: Vec<_> = [21u32, 22]
+        .into_iter()
+        .map(|n| {
+            let port = fwd.ports[0];
+            std::thread::spawn(move || (n, get(port, &format!("/{n}"))))
+        })
+        .collect();
+    for h in both {
+        let (n, got) = h.join().unwrap();
+        assert!(got.unwrap() == body(n), "/{n}");
+    }
+    assert_eq!(env.sessions(), 1, "all connections share one session");
+    assert_budgets(&env);
 }
 
 /// Wait until the device's log contains `needle`; returns the log.

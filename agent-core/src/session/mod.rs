@@ -9,10 +9,22 @@
 //! [`Agent::handle_frame`] and act on the returned [`Event`]; call
 //! [`Agent::handle_timeout`] when the instant from [`Agent::poll_timeout`] passes;
 //! after any input drain [`Agent::poll_transmit`], re-arm the timer from
-//! [`Agent::poll_timeout`] and drain [`Agent::poll_event`]. Output data goes out
-//! through [`Agent::send_data`], which spends credit and writes a `Data` frame.
+//! [`Agent::poll_timeout`] and drain [`Agent::poll_event`].
+//!
+//! The engine owns every byte a session sends. The driver writes a channel's output
+//! into it ([`Agent::send_slice`], which takes what fits in the channel's
+//! [`Buffer`]), says when that output ends ([`Agent::finish`]) and when the
+//! session's work is over ([`Agent::exited`]); `poll_transmit` sends the output
+//! within credit and rate, round-robin across sessions and channels, then the
+//! `Eof`, then the `ChannelClose` or `Close`. The engine decides when a channel and
+//! a session are over. Sessions and channels are named by handles that carry a
+//! generation: a stale handle (of a session that ended, whose place was reused)
+//! is refused ([`UseError::Stale`]), never applied to the new one.
 
-mod slot;
+pub(crate) mod ring;
+pub(crate) mod slot;
+
+pub use ring::Buffer;
 
 use core::fmt::Write as _;
 
@@ -64,6 +76,84 @@ impl Default for AgentConfig {
     }
 }
 
+/// A session of this connection, as the driver names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionHandle {
+    index: u16,
+    gen: u32,
+    sid: u32,
+}
+
+impl SessionHandle {
+    /// The session id on the wire (for logs).
+    pub fn sid(&self) -> u32 {
+        self.sid
+    }
+
+    /// Channel 0, the one of a shell or exec session.
+    pub fn main(self) -> ChannelHandle {
+        ChannelHandle {
+            session: self,
+            ch: 0,
+            gen: self.gen,
+        }
+    }
+}
+
+/// A channel of a session, as the driver names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelHandle {
+    session: SessionHandle,
+    ch: u16,
+    gen: u32,
+}
+
+impl ChannelHandle {
+    /// Its session.
+    pub fn session(&self) -> SessionHandle {
+        self.session
+    }
+
+    /// The channel id on the wire (for logs).
+    pub fn ch(&self) -> u16 {
+        self.ch
+    }
+}
+
+/// A call the engine cannot act on: the driver's mistake, never the peer's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UseError {
+    /// The session or channel is gone (it ended, and perhaps its place was reused).
+    Stale,
+    /// Not in a state that allows it (output before the session is accepted,
+    /// accepting a session twice).
+    NotNow,
+    /// Output after [`Agent::finish`] or [`Agent::exited`].
+    Finished,
+    /// The buffer handed to [`Agent::poll_transmit`] cannot hold a largest frame.
+    BufferTooSmall {
+        /// Bytes it must hold.
+        needed: usize,
+    },
+}
+
+impl core::fmt::Display for UseError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            UseError::Stale => f.write_str("the session or channel is gone"),
+            UseError::NotNow => f.write_str("not allowed in the session's state"),
+            UseError::Finished => f.write_str("output after its end"),
+            UseError::BufferTooSmall { needed } => {
+                write!(
+                    f,
+                    "transmit buffer too small (a frame may take {needed} bytes)"
+                )
+            }
+        }
+    }
+}
+
 /// What happened, as a result of a received frame or a timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event<'a> {
@@ -80,8 +170,8 @@ pub enum Event<'a> {
     },
     /// A session was requested: start it, then [`Agent::accept`] or [`Agent::reject`].
     Open {
-        /// Session id.
-        sid: u32,
+        /// The session.
+        session: SessionHandle,
         /// What to run.
         kind: Kind<'a>,
         /// The account to run it as (empty: the driver's default account); already
@@ -91,27 +181,21 @@ pub enum Event<'a> {
     },
     /// Input for a channel; call [`Agent::consumed`] once written out.
     Data {
-        /// Session id.
-        sid: u32,
-        /// Channel (0 for shell and exec).
-        ch: u16,
+        /// The channel (its session's [`SessionHandle::main`] for shell and exec).
+        channel: ChannelHandle,
         /// The bytes.
         data: &'a [u8],
     },
     /// The peer will send no more input on the channel.
     Eof {
-        /// Session id.
-        sid: u32,
-        /// Channel.
-        ch: u16,
+        /// The channel.
+        channel: ChannelHandle,
     },
     /// A forward session wants a connection to `host:port`: connect, then
     /// [`Agent::accept_channel`] or [`Agent::reject_channel`].
     ChannelOpen {
-        /// Session id.
-        sid: u32,
-        /// Channel.
-        ch: u16,
+        /// The channel.
+        channel: ChannelHandle,
         /// Destination host.
         host: &'a str,
         /// Destination port.
@@ -119,15 +203,13 @@ pub enum Event<'a> {
     },
     /// The peer aborted a channel: drop its connection, then [`Agent::close_channel`].
     ChannelClose {
-        /// Session id.
-        sid: u32,
-        /// Channel.
-        ch: u16,
+        /// The channel.
+        channel: ChannelHandle,
     },
     /// The terminal was resized.
     Resize {
-        /// Session id.
-        sid: u32,
+        /// The session.
+        session: SessionHandle,
         /// Columns.
         cols: u16,
         /// Rows.
@@ -135,24 +217,25 @@ pub enum Event<'a> {
     },
     /// Deliver a signal to the session's process group.
     Signal {
-        /// Session id.
-        sid: u32,
+        /// The session.
+        session: SessionHandle,
         /// Signal number.
         signal: u8,
     },
-    /// The peer asked to end the session: stop its processes, then [`Agent::close`]. It
+    /// The peer asked to end the session: stop its work, then [`Agent::exited`]. It
     /// may come for a session the driver has not answered yet (still starting it, e.g.
     /// on another thread): the driver drops what it was starting and calls
     /// [`Agent::reject`] (an [`Agent::accept`] then has no effect).
     Terminate {
-        /// Session id.
-        sid: u32,
+        /// The session.
+        session: SessionHandle,
     },
-    /// The peer broke the protocol within one session: stop it, then [`Agent::close`]
-    /// with `Exit::Aborted`. Other sessions are unaffected.
+    /// The peer broke the protocol within one session: stop its work, then
+    /// [`Agent::exited`]; the engine closes it as aborted, with the error's code.
+    /// Other sessions are unaffected.
     Abort {
-        /// Session id.
-        sid: u32,
+        /// The session.
+        session: SessionHandle,
         /// What the peer did.
         error: ProtocolError,
     },
@@ -165,20 +248,6 @@ pub enum Event<'a> {
     },
     /// Nothing was received for too long, or the handshake timed out: reconnect.
     ConnectionLost,
-}
-
-/// Why [`Agent::send_data`] could not send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SendError {
-    /// No such session (it was closed or never opened).
-    UnknownSession,
-    /// The session is not accepted yet, or its `Accept` is still to be transmitted.
-    NotOpen,
-    /// `eof` was already called on this session.
-    AfterEof,
-    /// The output buffer cannot hold even a one-byte `Data` frame.
-    BufferTooSmall,
 }
 
 /// Why [`Agent::authenticate`] sent nothing.
@@ -200,17 +269,6 @@ impl core::fmt::Display for AuthError {
                 wire::ACCOUNT_MAX
             ),
         }
-    }
-}
-
-impl core::fmt::Display for SendError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            SendError::UnknownSession => "unknown session",
-            SendError::NotOpen => "session not open",
-            SendError::AfterEof => "data after end-of-file",
-            SendError::BufferTooSmall => "output buffer too small",
-        })
     }
 }
 
@@ -268,12 +326,14 @@ enum Ctrl {
 }
 
 /// The agent side of one relay connection, with up to `N` sessions of up to `C`
-/// channels each.
+/// channels each, each channel's output waiting in a `B` (1 KiB by default).
 #[derive(Debug)]
-pub struct Agent<const N: usize, const C: usize = 1> {
+pub struct Agent<const N: usize, const C: usize = 1, B: Buffer = [u8; 1024]> {
     config: AgentConfig,
     conn: Conn,
-    slots: [Option<Slot<C>>; N],
+    slots: [Option<Slot<C, B>>; N],
+    /// The generation of the next session or channel.
+    next_gen: u32,
     ctrl: Deque<Ctrl, 8>,
     events: Deque<Event<'static>, 2>,
     started: Instant,
@@ -284,7 +344,7 @@ pub struct Agent<const N: usize, const C: usize = 1> {
     cursor: usize,
 }
 
-impl<const N: usize, const C: usize> Agent<N, C> {
+impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
     /// A new connection; its `Hello` is queued for `poll_transmit`.
     pub fn new(config: AgentConfig, now: Instant) -> Self {
         let mut ctrl = Deque::new();
@@ -293,6 +353,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
             config,
             conn: Conn::AwaitHello,
             slots: [const { None }; N],
+            next_gen: 0,
             ctrl,
             events: Deque::new(),
             started: now,
@@ -340,12 +401,40 @@ impl<const N: usize, const C: usize> Agent<N, C> {
             Ok(f) => f,
             // A newer peer may send frame types we do not know: skip them.
             Err(crate::DecodeError::UnknownFrame { .. }) => return Ok(None),
+            // A session request or end we cannot read (a newer `Kind` or `Exit`):
+            // only that session is refused or ended.
+            Err(e @ (crate::DecodeError::Malformed | crate::DecodeError::Truncated))
+                if self.is_ready() =>
+            {
+                return match wire::peek_session(msg) {
+                    Some((4, sid)) if self.slot_mut(sid).is_none() => {
+                        let mut why = String::new();
+                        let _ = why.push_str(
+                            "cannot read this session request (a newer kind of session?)",
+                        );
+                        self.push_ctrl(Ctrl::Reject(sid, ErrorCode::UNSUPPORTED, why))
+                            .map(|()| None)
+                            .map_err(|e| self.fail(e))
+                    }
+                    Some((11, sid)) => Ok(self.slot_mut(sid).and_then(|slot| {
+                        (slot.accepts_input() || slot.state == SlotState::Requested).then(|| {
+                            slot.state = SlotState::Terminating;
+                            Event::Terminate {
+                                session: slot.handle(),
+                            }
+                        })
+                    })),
+                    _ => Err(self.fail(e.into())),
+                };
+            }
             Err(e) => return Err(self.fail(e.into())),
         };
         match frame {
             Frame::Ping { nonce } => {
-                self.push_ctrl(Ctrl::Pong(nonce))?;
-                return Ok(None);
+                return match self.push_ctrl(Ctrl::Pong(nonce)) {
+                    Ok(()) => Ok(None),
+                    Err(e) => Err(self.fail(e)),
+                };
             }
             Frame::Pong { .. } => return Ok(None),
             Frame::Error {
@@ -410,12 +499,30 @@ impl<const N: usize, const C: usize> Agent<N, C> {
             .map_err(|_| ProtocolError::TooManyPending)
     }
 
-    fn slot_mut(&mut self, sid: u32) -> Option<&mut Slot<C>> {
+    fn slot_mut(&mut self, sid: u32) -> Option<&mut Slot<C, B>> {
         self.slots.iter_mut().flatten().find(|s| s.sid == sid)
     }
 
-    fn chan_mut(&mut self, sid: u32, ch: u16) -> Option<&mut Channel> {
-        self.slot_mut(sid)?.chan(ch)
+    /// The session of a handle, if it is still the one the handle names.
+    fn slot_of(&mut self, h: SessionHandle) -> Result<&mut Slot<C, B>, UseError> {
+        self.slots
+            .get_mut(h.index as usize)
+            .and_then(Option::as_mut)
+            .filter(|s| s.gen == h.gen)
+            .ok_or(UseError::Stale)
+    }
+
+    /// The channel of a handle, if it is still the one the handle names.
+    fn chan_of(&mut self, h: ChannelHandle) -> Result<&mut Channel<B>, UseError> {
+        self.slot_of(h.session)?
+            .chan(h.ch)
+            .filter(|c| c.gen == h.gen)
+            .ok_or(UseError::Stale)
+    }
+
+    fn gen(&mut self) -> u32 {
+        self.next_gen = self.next_gen.wrapping_add(1);
+        self.next_gen
     }
 
     fn open_session<'a>(
@@ -436,6 +543,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         };
         let forward = matches!(kind, Kind::Forward);
         let mut reason = String::new();
+        let free = self.slots.iter().position(Option::is_none);
         let code = if self.config.features & needed == 0 || (forward && C < 2) {
             let _ = reason.push_str("this agent does not support this kind of session");
             ErrorCode::UNSUPPORTED
@@ -446,9 +554,17 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 wire::ACCOUNT_MAX
             );
             ErrorCode::NO_SUCH_USER
-        } else if let Some(free) = self.slots.iter_mut().find(|s| s.is_none()) {
-            *free = Some(Slot::new(sid, forward, window, self.config.window));
-            return Ok(Some(Event::Open { sid, kind, account }));
+        } else if let Some(index) = free {
+            let gen = self.gen();
+            let (peer, ours) = (window, self.config.window);
+            let slot = Slot::new((sid, index as u16, gen), forward, peer, ours);
+            let session = slot.handle();
+            self.slots[index] = Some(slot);
+            return Ok(Some(Event::Open {
+                session,
+                kind,
+                account,
+            }));
         } else {
             let _ = write!(
                 reason,
@@ -469,9 +585,21 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         port: u16,
     ) -> Result<Option<Event<'a>>, ProtocolError> {
         let our_window = self.config.window;
+        let gen = self.gen();
         let Some(slot) = self.slot_mut(sid) else {
             return Ok(None);
         };
+        let refused = match slot.state {
+            SlotState::Requested => Some("the session is not open yet"),
+            SlotState::Open if slot.exit.is_some() => Some("the session is ending"),
+            _ => None,
+        };
+        let forward = slot.forward;
+        if let Some(why) = refused.filter(|_| forward) {
+            let code = ErrorCode::UNREACHABLE;
+            self.push_ctrl(Ctrl::ChannelReject(sid, ch, code, truncate(why)))?;
+            return Ok(None);
+        }
         if !slot.accepts_input() {
             return Ok(None);
         }
@@ -481,11 +609,17 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         if slot.chan(ch).is_some() {
             return Ok(slot.abort(ProtocolError::DuplicateChannel { sid, ch }));
         }
+        let session = slot.handle();
         if let Some(free) = slot.channels.iter_mut().find(|c| c.is_none()) {
-            *free = Some(Channel::new(ch, ChanState::Requested, window, our_window));
-            return Ok(Some(Event::ChannelOpen {
-                sid,
+            *free = Some(Channel::new(
                 ch,
+                gen,
+                ChanState::Requested,
+                window,
+                our_window,
+            ));
+            return Ok(Some(Event::ChannelOpen {
+                channel: ChannelHandle { session, ch, gen },
                 host,
                 port,
             }));
@@ -512,7 +646,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         match f {
             Frame::Limit { sid, rate } => {
                 if let Some(slot) = self.slot_mut(sid) {
-                    let window = slot.chan_ref(0).map_or(u32::MAX, |c| c.send.credit());
+                    let window = slot.chan(0).map_or(u32::MAX, |c| c.send.credit().max(1));
                     slot.bucket = (rate > 0)
                         .then(|| TokenBucket::new(rate, TokenBucket::burst_for(rate, window), now));
                     slot.rate_blocked = false;
@@ -539,7 +673,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 if !slot.accepts_input() {
                     return Ok(None);
                 }
-                let forward = slot.forward;
+                let (forward, session) = (slot.forward, slot.handle());
                 let Some(chan) = slot.chan(ch) else {
                     // A forward channel that just closed may still receive data.
                     return Ok(if forward {
@@ -557,14 +691,16 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 if chan.recv.on_data(data.0.len()).is_err() {
                     return Ok(slot.abort(ProtocolError::FlowControl { sid }));
                 }
+                let gen = chan.gen;
                 Ok(Some(Event::Data {
-                    sid,
-                    ch,
+                    channel: ChannelHandle { session, ch, gen },
                     data: data.0,
                 }))
             }
             Frame::Credit { sid, ch, bytes } => {
-                let Some(slot) = self.slot_mut(sid) else {
+                // Credit matters to a session that runs (or ends); one being
+                // refused or not yet answered sends nothing.
+                let Some(slot) = self.slot_mut(sid).filter(|s| s.accepted) else {
                     return Ok(None);
                 };
                 let forward = slot.forward;
@@ -581,31 +717,57 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 Ok(None)
             }
             Frame::Eof { sid, ch } => match self.slot_mut(sid) {
-                Some(slot) if slot.accepts_input() => match slot.chan(ch) {
-                    Some(chan) if chan.accepts_input() && !chan.peer_eof => {
-                        chan.peer_eof = true;
-                        Ok(Some(Event::Eof { sid, ch }))
+                Some(slot) if slot.accepts_input() => {
+                    let session = slot.handle();
+                    match slot.chan(ch) {
+                        Some(chan) if chan.accepts_input() && !chan.peer_eof => {
+                            chan.peer_eof = true;
+                            let gen = chan.gen;
+                            Ok(Some(Event::Eof {
+                                channel: ChannelHandle { session, ch, gen },
+                            }))
+                        }
+                        _ => Ok(None),
                     }
-                    _ => Ok(None),
-                },
+                }
                 _ => Ok(None),
             },
             Frame::ChannelClose { sid, ch, .. } => match self.slot_mut(sid) {
-                Some(slot) if slot.accepts_input() => match slot.chan(ch) {
-                    Some(chan) if matches!(chan.state, ChanState::Open | ChanState::Requested) => {
-                        chan.state = ChanState::Terminating;
-                        Ok(Some(Event::ChannelClose { sid, ch }))
+                // Channel 0 is its session's: it ends with `Close`, never alone.
+                Some(slot) if slot.accepts_input() && (ch == 0 || !slot.forward) => {
+                    Ok(slot.abort(ProtocolError::UnknownChannel { sid, ch }))
+                }
+                Some(slot) if slot.accepts_input() => {
+                    let session = slot.handle();
+                    match slot.chan(ch) {
+                        Some(chan)
+                            if matches!(chan.state, ChanState::Open | ChanState::Requested) =>
+                        {
+                            chan.state = ChanState::Terminating;
+                            chan.out.clear();
+                            let gen = chan.gen;
+                            Ok(Some(Event::ChannelClose {
+                                channel: ChannelHandle { session, ch, gen },
+                            }))
+                        }
+                        _ => Ok(None),
                     }
-                    _ => Ok(None),
-                },
+                }
                 _ => Ok(None),
             },
             Frame::Resize { sid, cols, rows } => match self.slot_mut(sid) {
-                Some(slot) if slot.accepts_input() => Ok(Some(Event::Resize { sid, cols, rows })),
+                Some(slot) if slot.accepts_input() => Ok(Some(Event::Resize {
+                    session: slot.handle(),
+                    cols,
+                    rows,
+                })),
                 _ => Ok(None),
             },
             Frame::Signal { sid, signal } => match self.slot_mut(sid) {
-                Some(slot) if slot.accepts_input() => Ok(Some(Event::Signal { sid, signal })),
+                Some(slot) if slot.accepts_input() => Ok(Some(Event::Signal {
+                    session: slot.handle(),
+                    signal,
+                })),
                 _ => Ok(None),
             },
             // A session still being started is ended too: the driver must not go on
@@ -613,7 +775,9 @@ impl<const N: usize, const C: usize> Agent<N, C> {
             Frame::Close { sid, .. } | Frame::Error { sid, .. } => match self.slot_mut(sid) {
                 Some(slot) if slot.accepts_input() || slot.state == SlotState::Requested => {
                     slot.state = SlotState::Terminating;
-                    Ok(Some(Event::Terminate { sid }))
+                    Ok(Some(Event::Terminate {
+                        session: slot.handle(),
+                    }))
                 }
                 _ => Ok(None),
             },
@@ -656,162 +820,225 @@ impl<const N: usize, const C: usize> Agent<N, C> {
         Ok(())
     }
 
-    /// The session started: tell the peer, announcing our receive window.
-    pub fn accept(&mut self, sid: u32) {
-        if let Some(slot) = self.slot_mut(sid) {
-            if slot.state == SlotState::Requested {
+    /// The session started: tell the peer, announcing our receive window. A session
+    /// the peer ended meanwhile ([`Event::Terminate`] came first) is not accepted:
+    /// [`UseError::Finished`], and the driver stops what it started and
+    /// [`Agent::reject`]s it.
+    pub fn accept(&mut self, session: SessionHandle) -> Result<(), UseError> {
+        let slot = self.slot_of(session)?;
+        match slot.state {
+            SlotState::Requested => {
                 slot.state = SlotState::Open;
                 slot.accepted = true;
+                Ok(())
             }
+            SlotState::Terminating if !slot.accepted => Err(UseError::Finished),
+            _ => Err(UseError::NotNow),
         }
     }
 
     /// The session could not start: tell the peer why and free the slot.
-    pub fn reject(&mut self, sid: u32, code: ErrorCode, reason: &str) {
-        if let Some(slot) = self.slot_mut(sid) {
-            slot.state = SlotState::Rejecting(code, truncate(reason));
+    pub fn reject(
+        &mut self,
+        session: SessionHandle,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), UseError> {
+        let slot = self.slot_of(session)?;
+        if slot.accepted {
+            return Err(UseError::NotNow);
         }
+        slot.state = SlotState::Rejecting(code, truncate(reason));
+        Ok(())
+    }
+
+    /// The session's work is over (its process exited, or it was stopped after
+    /// [`Event::Terminate`] or [`Event::Abort`]), with `exit` and, for the peer,
+    /// `reason` (may be empty). What waits is sent (unless the session was ended),
+    /// then channel 0's `Eof`, then `Close`, and the session is gone. Ending a
+    /// session that was never accepted rejects it instead.
+    pub fn exited(
+        &mut self,
+        session: SessionHandle,
+        exit: Exit,
+        reason: &str,
+    ) -> Result<(), UseError> {
+        let slot = self.slot_of(session)?;
+        if !slot.accepted {
+            let why = if reason.is_empty() {
+                "ended before it started"
+            } else {
+                reason
+            };
+            slot.state = SlotState::Rejecting(ErrorCode::SPAWN, truncate(why));
+            return Ok(());
+        }
+        if slot.exit.is_some() {
+            return Err(UseError::Finished);
+        }
+        slot.exit = Some((exit, truncate(reason)));
+        Ok(())
     }
 
     /// The channel's connection is up: tell the peer, announcing our receive window.
-    pub fn accept_channel(&mut self, sid: u32, ch: u16) {
-        if let Some(chan) = self.chan_mut(sid, ch) {
-            if chan.state == ChanState::Requested {
-                chan.state = ChanState::Open;
-                chan.accept_pending = true;
-            }
+    pub fn accept_channel(&mut self, channel: ChannelHandle) -> Result<(), UseError> {
+        let chan = self.chan_of(channel)?;
+        if chan.state != ChanState::Requested {
+            return Err(UseError::NotNow);
         }
+        chan.state = ChanState::Open;
+        chan.accept_pending = true;
+        Ok(())
     }
 
     /// The channel's connection failed: tell the peer why and free the channel.
-    pub fn reject_channel(&mut self, sid: u32, ch: u16, code: ErrorCode, reason: &str) {
-        if let Some(chan) = self.chan_mut(sid, ch) {
-            chan.state = ChanState::Rejecting(code, truncate(reason));
+    pub fn reject_channel(
+        &mut self,
+        channel: ChannelHandle,
+        code: ErrorCode,
+        reason: &str,
+    ) -> Result<(), UseError> {
+        let chan = self.chan_of(channel)?;
+        if chan.state != ChanState::Requested {
+            return Err(UseError::NotNow);
         }
+        chan.state = ChanState::Rejecting(code, truncate(reason));
+        Ok(())
     }
 
-    /// The channel is over (both directions done, or its connection failed): a
-    /// `ChannelClose` is queued after any pending credit and `Eof`. Closing a channel
-    /// that was never accepted rejects it instead.
-    pub fn close_channel(&mut self, sid: u32, ch: u16, reason: &str) {
-        if let Some(chan) = self.chan_mut(sid, ch) {
-            chan.state = if chan.state == ChanState::Requested {
-                ChanState::Rejecting(ErrorCode::UNREACHABLE, truncate(reason))
-            } else {
-                ChanState::Closing(truncate(reason))
-            };
+    /// The channel's connection is gone (it failed, or the peer aborted the channel
+    /// with [`Event::ChannelClose`]): what waits is dropped and a `ChannelClose`
+    /// with `reason` goes out. A channel that is over by itself (both directions
+    /// ended) needs no call: the engine closes it. Closing one never accepted
+    /// rejects it instead.
+    pub fn close_channel(&mut self, channel: ChannelHandle, reason: &str) -> Result<(), UseError> {
+        if channel.ch == 0 {
+            return Err(UseError::NotNow);
         }
+        let chan = self.chan_of(channel)?;
+        match chan.state {
+            ChanState::Requested => {
+                chan.state = ChanState::Rejecting(ErrorCode::UNREACHABLE, truncate(reason))
+            }
+            ChanState::Open | ChanState::Terminating => chan.abort(truncate(reason)),
+            _ => return Err(UseError::NotNow),
+        }
+        Ok(())
     }
 
     /// The driver wrote `n` bytes of a channel's input out; credit flows back.
-    pub fn consumed(&mut self, sid: u32, ch: u16, n: usize) {
-        if let Some(chan) = self.chan_mut(sid, ch) {
-            chan.recv.consume(n);
-        }
+    pub fn consumed(&mut self, channel: ChannelHandle, n: usize) -> Result<(), UseError> {
+        self.chan_of(channel)?.recv.consume(n);
+        Ok(())
     }
 
-    /// A channel's output ended (half-close towards the peer).
-    pub fn eof(&mut self, sid: u32, ch: u16) {
-        if let Some(chan) = self.chan_mut(sid, ch) {
-            if !chan.eof_sent {
-                chan.eof_sent = true;
-                chan.eof_pending = true;
-            }
-        }
-    }
-
-    /// The session ended; a `Close` with `exit` is queued (after any pending
-    /// `Accept`, credit and `Eof`) and the slot freed once sent. Closing a session
-    /// that was never accepted rejects it instead.
-    pub fn close(&mut self, sid: u32, exit: Exit, reason: &str) {
-        if let Some(slot) = self.slot_mut(sid) {
-            slot.state = if slot.accepted {
-                SlotState::Closing(exit, truncate(reason))
-            } else {
-                SlotState::Rejecting(ErrorCode::SPAWN, truncate(reason))
-            };
-        }
-    }
-
-    /// Credit available for output on a channel (0 if none, or unknown).
-    pub fn send_credit(&self, sid: u32, ch: u16) -> u32 {
-        self.slots
-            .iter()
-            .flatten()
-            .find(|s| s.sid == sid)
-            .and_then(|s| s.chan_ref(ch))
-            .map_or(0, |c| c.send.credit())
-    }
-
-    /// Write a `Data` frame with as much of `data` as credit, the session's rate limit
-    /// and `out` allow. Returns `(payload bytes taken, frame length)`; `(0, 0)` when out
-    /// of credit or of rate (then [`Agent::poll_timeout`] says when to try again).
-    pub fn send_data(
+    /// Output of a channel: as much of `data` as its buffer holds now is taken
+    /// (and sent by [`Agent::poll_transmit`]); returns how much. `0` means the
+    /// buffer is full: write the rest after transmitting. Output of a channel whose
+    /// peer is gone is taken and dropped.
+    pub fn send_slice(
         &mut self,
-        now: Instant,
-        sid: u32,
-        ch: u16,
+        channel: ChannelHandle,
         stream: Stream,
         data: &[u8],
+    ) -> Result<usize, UseError> {
+        let slot = self.slot_of(channel.session)?;
+        if slot.exit.is_some() {
+            return Err(UseError::Finished);
+        }
+        let ended = slot.state == SlotState::Terminating;
+        let chan = slot
+            .chan(channel.ch)
+            .filter(|c| c.gen == channel.gen)
+            .ok_or(UseError::Stale)?;
+        if chan.finished {
+            return Err(UseError::Finished);
+        }
+        match chan.state {
+            ChanState::Open if !ended => Ok(chan.out.write(stream, data)),
+            ChanState::Requested => Err(UseError::NotNow),
+            // The peer ended it: nobody wants the bytes any more.
+            _ => Ok(data.len()),
+        }
+    }
+
+    /// Whether the session of a handle is still in the table (once its `Close` or
+    /// `Reject` went out it is not, and the driver forgets it).
+    pub fn is_live(&self, session: SessionHandle) -> bool {
+        self.slots
+            .get(session.index as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|s| s.gen == session.gen)
+    }
+
+    /// Whether the channel of a handle is still open (a forward channel is gone once
+    /// its `ChannelClose` or `ChannelReject` went out).
+    pub fn is_channel_live(&self, channel: ChannelHandle) -> bool {
+        self.slots
+            .get(channel.session.index as usize)
+            .and_then(Option::as_ref)
+            .filter(|s| s.gen == channel.session.gen)
+            .is_some_and(|s| {
+                s.channels
+                    .iter()
+                    .flatten()
+                    .any(|c| c.ch == channel.ch && c.gen == channel.gen)
+            })
+    }
+
+    /// Room in a channel's buffer for [`Agent::send_slice`] now (0 for a channel
+    /// that takes no more output).
+    pub fn send_room(&mut self, channel: ChannelHandle) -> usize {
+        match self.chan_of(channel) {
+            Ok(c) if c.takes_output() => c.out.free(),
+            _ => 0,
+        }
+    }
+
+    /// The channel's output ended (its process closed the stream, its connection
+    /// half-closed): `Eof` follows what waits.
+    pub fn finish(&mut self, channel: ChannelHandle) -> Result<(), UseError> {
+        if !self.slot_of(channel.session)?.accepted {
+            return Err(UseError::NotNow);
+        }
+        let chan = self.chan_of(channel)?;
+        if chan.finished {
+            return Err(UseError::Finished);
+        }
+        chan.finished = true;
+        Ok(())
+    }
+
+    /// The largest frame the engine may write: the peer's limit (or the smallest any
+    /// peer has, before `Hello`).
+    pub fn max_frame(&self) -> usize {
+        self.peer_max_frame() as usize
+    }
+
+    /// The next frame to send, written into `out`. Frames are sized to `out` and to
+    /// the peer's limit ([`Agent::max_frame`]): a device may send smaller frames
+    /// than its peer accepts. `out` must hold at least [`wire::MIN_MAX_FRAME`] bytes,
+    /// which every control frame fits (else nothing is taken and the error says so).
+    /// `Ok(None)` when there is nothing to send now.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
         out: &mut [u8],
-    ) -> Result<(usize, usize), SendError> {
-        let limit = (self.peer_max_frame() as usize).min(out.len());
-        let max_payload = wire::max_data_len(limit as u32);
-        if max_payload == 0 {
-            return Err(SendError::BufferTooSmall);
+    ) -> Result<Option<usize>, UseError> {
+        let needed = wire::MIN_MAX_FRAME as usize;
+        if out.len() < needed {
+            return Err(UseError::BufferTooSmall { needed });
         }
-        let slot = self.slot_mut(sid).ok_or(SendError::UnknownSession)?;
-        let running = matches!(slot.state, SlotState::Open | SlotState::Terminating);
-        if !running || !slot.accept_sent {
-            return Err(SendError::NotOpen);
+        let size = out.len().min(self.max_frame().max(needed));
+        let out = &mut out[..size];
+        let len = self.next_frame(now, out);
+        if len.is_some() {
+            self.last_tx = now;
         }
-        let mut want = data.len().min(max_payload);
-        if let Some(bucket) = slot.bucket.as_mut() {
-            let avail = bucket.available(now);
-            if avail < want {
-                slot.rate_blocked = true;
-                want = avail;
-            }
-        }
-        let chan = slot.chan(ch).ok_or(SendError::UnknownSession)?;
-        if !chan.may_send() {
-            return Err(SendError::NotOpen);
-        }
-        if chan.eof_sent {
-            return Err(SendError::AfterEof);
-        }
-        let n = chan.send.take(want);
-        if n == 0 {
-            return Ok((0, 0));
-        }
-        if let Some(bucket) = slot.bucket.as_mut() {
-            bucket.consume(n, now);
-        }
-        let chan = slot.chan(ch).ok_or(SendError::UnknownSession)?;
-        let frame = Frame::Data {
-            sid,
-            ch,
-            stream,
-            data: Bytes(&data[..n]),
-        };
-        match frame.encode(out) {
-            Ok(len) => Ok((n, len)),
-            Err(_) => {
-                chan.send.give_back(n);
-                Err(SendError::BufferTooSmall)
-            }
-        }
+        Ok(len)
     }
 
-    /// The next frame to send, written into `out` (which must hold `max_frame` bytes).
-    #[must_use]
-    pub fn poll_transmit(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
-        let len = self.next_frame(out)?;
-        self.last_tx = now;
-        Some(len)
-    }
-
-    fn next_frame(&mut self, out: &mut [u8]) -> Option<usize> {
+    fn next_frame(&mut self, now: Instant, out: &mut [u8]) -> Option<usize> {
         if let Some(c) = self.ctrl.pop_front() {
             let frame = match &c {
                 Ctrl::Hello => Frame::Hello(Hello {
@@ -839,6 +1066,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                     message,
                 },
             };
+            // Control frames are short: they always fit a largest frame.
             return frame.encode(out).ok();
         }
         if let Conn::AwaitAuthOk { auth, .. } = &mut self.conn {
@@ -852,12 +1080,13 @@ impl<const N: usize, const C: usize> Agent<N, C> {
                 return frame.encode(out).ok();
             }
         }
+        let max_payload = wire::max_data_len(out.len() as u32);
         for i in 0..N {
             let idx = (self.cursor + i) % N;
             let Some(slot) = self.slots[idx].as_mut() else {
                 continue;
             };
-            if let Some((len, free)) = slot.next_frame(out) {
+            if let Some((len, free)) = slot.next_frame(now, out, max_payload) {
                 if free {
                     self.slots[idx] = None;
                 }
@@ -892,7 +1121,7 @@ impl<const N: usize, const C: usize> Agent<N, C> {
     }
 
     /// Time passed: send keepalives, detect a dead connection, let rate-limited output
-    /// go again (the driver retries [`Agent::send_data`] after this).
+    /// go again (output waiting in a channel goes out with the next transmit).
     pub fn handle_timeout(&mut self, now: Instant) {
         for slot in self.slots.iter_mut().flatten() {
             if slot.rate_blocked

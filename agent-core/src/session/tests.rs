@@ -4,11 +4,88 @@ use super::*;
 use crate::wire::{Bytes, Frame, Hello, Kind, Stream};
 
 extern crate std;
+use std::collections::BTreeMap;
 use std::vec::Vec;
 
 struct Sim {
     agent: Agent<2>,
     now: Instant,
+    /// The sessions the engine opened, by wire id.
+    handles: BTreeMap<u32, SessionHandle>,
+}
+
+/// An event as a string with wire ids (handles are opaque), payloads as lengths.
+fn describe(e: &Event) -> std::string::String {
+    match *e {
+        Event::Open {
+            session,
+            kind,
+            account,
+        } => {
+            std::format!(
+                "Open {{ sid: {}, kind: {kind:?}, account: {account:?} }}",
+                session.sid()
+            )
+        }
+        Event::Data { channel, data } => std::format!(
+            "Data {{ sid: {}, ch: {}, len: {} }}",
+            channel.session().sid(),
+            channel.ch(),
+            data.len()
+        ),
+        Event::Eof { channel } => {
+            std::format!(
+                "Eof {{ sid: {}, ch: {} }}",
+                channel.session().sid(),
+                channel.ch()
+            )
+        }
+        Event::ChannelOpen {
+            channel,
+            host,
+            port,
+        } => std::format!(
+            "ChannelOpen {{ sid: {}, ch: {}, host: {host:?}, port: {port} }}",
+            channel.session().sid(),
+            channel.ch()
+        ),
+        Event::ChannelClose { channel } => std::format!(
+            "ChannelClose {{ sid: {}, ch: {} }}",
+            channel.session().sid(),
+            channel.ch()
+        ),
+        Event::Terminate { session } => std::format!("Terminate {{ sid: {} }}", session.sid()),
+        Event::Abort { session, error } => {
+            std::format!("Abort {{ sid: {}, error: {error:?} }}", session.sid())
+        }
+        Event::Resize {
+            session,
+            cols,
+            rows,
+        } => {
+            std::format!(
+                "Resize {{ sid: {}, cols: {cols}, rows: {rows} }}",
+                session.sid()
+            )
+        }
+        Event::Signal { session, signal } => {
+            std::format!("Signal {{ sid: {}, signal: {signal} }}", session.sid())
+        }
+        ref e => std::format!("{e:?}"),
+    }
+}
+
+/// Every frame `agent` wants to send now.
+fn drain_all<const N: usize, const C: usize, B: Buffer>(
+    agent: &mut Agent<N, C, B>,
+    now: Instant,
+) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = std::vec![0u8; agent.max_frame()];
+    while let Some(n) = agent.poll_transmit(now, &mut buf).unwrap() {
+        out.push(buf[..n].to_vec());
+    }
+    out
 }
 
 fn enc(f: Frame) -> Vec<u8> {
@@ -23,28 +100,35 @@ impl Sim {
         Sim {
             agent: Agent::new(AgentConfig::default(), now),
             now,
+            handles: BTreeMap::new(),
         }
     }
-    /// Everything the agent wants to send now, decoded to owned debug strings and raw.
+    /// Everything the agent wants to send now.
     fn drain(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 1024];
-        while let Some(n) = self.agent.poll_transmit(self.now, &mut buf) {
-            out.push(buf[..n].to_vec());
-        }
-        out
+        drain_all(&mut self.agent, self.now)
     }
     fn feed(&mut self, f: Frame) -> Result<Option<std::string::String>, ProtocolError> {
         let msg = enc(f);
-        self.agent.handle_frame(self.now, &msg).map(|e| {
-            e.map(|e| match e {
-                // Keep payloads out of assertion messages.
-                Event::Data { sid, ch, data } => {
-                    std::format!("Data {{ sid: {sid}, ch: {ch}, len: {} }}", data.len())
-                }
-                e => std::format!("{e:?}"),
+        let ev = self.agent.handle_frame(self.now, &msg)?;
+        if let Some(Event::Open { session, .. }) = ev {
+            self.handles.insert(session.sid(), session);
+        }
+        Ok(ev.as_ref().map(describe))
+    }
+    /// The handle of session `sid`.
+    fn h(&self, sid: u32) -> SessionHandle {
+        self.handles[&sid]
+    }
+    /// Payload of every `Data` frame in `frames`, concatenated.
+    fn data_of(frames: &[Vec<u8>]) -> Vec<u8> {
+        frames
+            .iter()
+            .filter_map(|m| match Frame::decode(m).unwrap() {
+                Frame::Data { data, .. } => Some(data.0.to_vec()),
+                _ => None,
             })
-        })
+            .flatten()
+            .collect()
     }
     fn ready() -> Self {
         let mut s = Sim::new();
@@ -134,15 +218,20 @@ fn session_limit_rejects_with_reason_and_spawns_nothing() {
         f => panic!("expected Reject, got {f:?}"),
     }
     // Closing one frees its slot for the next open.
-    s.agent.accept(1);
-    s.agent.close(1, Exit::Code(0), "");
+    s.agent.accept(s.h(1)).unwrap();
+    s.agent.exited(s.h(1), Exit::Code(0), "").unwrap();
     let out = s.drain();
     assert!(matches!(
         Frame::decode(&out[0]).unwrap(),
         Frame::Accept { sid: 1, .. }
     ));
-    assert!(matches!(
+    assert_eq!(
         Frame::decode(&out[1]).unwrap(),
+        Frame::Eof { sid: 1, ch: 0 },
+        "the process's output ended with it"
+    );
+    assert!(matches!(
+        Frame::decode(&out[2]).unwrap(),
         Frame::Close {
             sid: 1,
             exit: Exit::Code(0),
@@ -150,7 +239,16 @@ fn session_limit_rejects_with_reason_and_spawns_nothing() {
         }
     ));
     assert_eq!(s.agent.session_count(), 1);
+    // Its handle is stale now, even when the place is taken again.
+    let old = s.h(1);
     assert!(s.open(4, 100).unwrap().starts_with("Open"));
+    assert_eq!(s.agent.accept(old), Err(UseError::Stale));
+    assert_eq!(
+        s.agent.send_slice(old.main(), Stream::OUT, b"x"),
+        Err(UseError::Stale)
+    );
+    assert_eq!(s.agent.exited(old, Exit::Code(1), ""), Err(UseError::Stale));
+    assert_eq!(s.agent.session_count(), 2);
 }
 
 #[test]
@@ -186,13 +284,10 @@ fn open_hands_the_account_to_the_driver() {
         kind: Kind::PIPE_SHELL,
         account: "deploy",
     });
+    let ev = s.agent.handle_frame(s.now, &msg).unwrap().unwrap();
     assert_eq!(
-        s.agent.handle_frame(s.now, &msg),
-        Ok(Some(Event::Open {
-            sid: 1,
-            kind: Kind::PIPE_SHELL,
-            account: "deploy"
-        }))
+        describe(&ev),
+        "Open { sid: 1, kind: Shell { term: \"\", cols: 0, rows: 0 }, account: \"deploy\" }"
     );
 }
 
@@ -288,41 +383,137 @@ fn a_peer_of_another_protocol_version_is_refused_at_hello() {
 fn sender_respects_peer_credit() {
     let mut s = Sim::ready();
     s.open(1, 10);
-    let mut out = [0u8; 256];
+    let out = s.h(1).main();
     assert_eq!(
-        s.agent.send_data(s.now, 1, 0, Stream::OUT, b"x", &mut out),
-        Err(SendError::NotOpen),
-        "no data before Accept is transmitted"
+        s.agent.send_slice(out, Stream::OUT, b"x"),
+        Ok(1),
+        "output may wait before the session is accepted"
     );
-    s.agent.accept(1);
-    let _ = s.drain();
-    let (n, len) = s
-        .agent
-        .send_data(s.now, 1, 0, Stream::OUT, &[b'a'; 25], &mut out)
-        .unwrap();
-    assert_eq!(n, 10, "only the granted window");
-    assert!(
-        matches!(Frame::decode(&out[..len]).unwrap(), Frame::Data { data, .. } if data.0.len() == 10)
-    );
-    assert_eq!(
-        s.agent
-            .send_data(s.now, 1, 0, Stream::OUT, b"a", &mut out)
-            .unwrap(),
-        (0, 0)
-    );
+    assert!(s.drain().is_empty(), "nothing goes before Accept");
+    s.agent.accept(s.h(1)).unwrap();
+    assert_eq!(s.agent.send_slice(out, Stream::OUT, &[b'a'; 24]), Ok(24));
+    let frames = s.drain();
+    assert!(matches!(
+        Frame::decode(&frames[0]).unwrap(),
+        Frame::Accept { sid: 1, .. }
+    ));
+    assert_eq!(Sim::data_of(&frames).len(), 10, "only the granted window");
+    assert!(s.drain().is_empty(), "the rest waits for credit");
     s.feed(Frame::Credit {
         sid: 1,
         ch: 0,
         bytes: 4,
     })
     .unwrap();
+    assert_eq!(Sim::data_of(&s.drain()), b"aaaa");
+    // The buffer holds 1 KiB: beyond that the driver waits.
+    let room = s.agent.send_room(out);
+    assert_eq!(room, 1024 - 11);
     assert_eq!(
-        s.agent
-            .send_data(s.now, 1, 0, Stream::OUT, &[b'a'; 25], &mut out)
-            .unwrap()
-            .0,
-        4
+        s.agent.send_slice(out, Stream::OUT, &[b'b'; 2000]),
+        Ok(room)
     );
+    assert_eq!(s.agent.send_slice(out, Stream::OUT, b"c"), Ok(0));
+}
+
+#[test]
+fn output_goes_in_order_then_eof_then_close_and_nothing_after() {
+    let mut s = Sim::ready();
+    s.open(1, 100_000);
+    let (h, out) = (s.h(1), s.h(1).main());
+    s.agent.accept(h).unwrap();
+    s.agent.send_slice(out, Stream::OUT, b"one ").unwrap();
+    s.agent.send_slice(out, Stream::ERR, b"two ").unwrap();
+    s.agent.send_slice(out, Stream::OUT, b"three").unwrap();
+    s.agent.exited(h, Exit::Code(3), "").unwrap();
+    assert_eq!(
+        s.agent.send_slice(out, Stream::OUT, b"late"),
+        Err(UseError::Finished)
+    );
+    assert_eq!(
+        s.agent.exited(h, Exit::Code(4), ""),
+        Err(UseError::Finished)
+    );
+    let raw = s.drain();
+    let frames: Vec<Frame> = raw.iter().map(|m| Frame::decode(m).unwrap()).collect();
+    let shown: Vec<std::string::String> = frames.iter().map(|f| std::format!("{f:?}")).collect();
+    assert_eq!(shown.len(), 6, "{shown:#?}");
+    assert!(
+        matches!(frames[1], Frame::Data { stream: Stream::OUT, data, .. } if data.0 == b"one ")
+    );
+    assert!(
+        matches!(frames[2], Frame::Data { stream: Stream::ERR, data, .. } if data.0 == b"two ")
+    );
+    assert!(
+        matches!(frames[3], Frame::Data { stream: Stream::OUT, data, .. } if data.0 == b"three")
+    );
+    assert_eq!(frames[4], Frame::Eof { sid: 1, ch: 0 });
+    assert_eq!(
+        frames[5],
+        Frame::Close {
+            sid: 1,
+            exit: Exit::Code(3),
+            reason: ""
+        }
+    );
+    assert_eq!(s.agent.session_count(), 0);
+}
+
+#[test]
+fn a_process_that_exits_with_output_waiting_for_credit_closes_once_it_is_out() {
+    let mut s = Sim::ready();
+    s.open(1, 4);
+    let h = s.h(1);
+    s.agent.accept(h).unwrap();
+    s.agent
+        .send_slice(h.main(), Stream::OUT, b"12345678")
+        .unwrap();
+    s.agent.exited(h, Exit::Code(0), "").unwrap();
+    assert_eq!(Sim::data_of(&s.drain()), b"1234");
+    assert_eq!(s.agent.session_count(), 1, "not closed with output waiting");
+    s.feed(Frame::Credit {
+        sid: 1,
+        ch: 0,
+        bytes: 100,
+    })
+    .unwrap();
+    let frames = s.drain();
+    assert_eq!(Sim::data_of(&frames), b"5678");
+    assert!(matches!(
+        Frame::decode(frames.last().unwrap()).unwrap(),
+        Frame::Close { sid: 1, .. }
+    ));
+}
+
+#[test]
+fn a_transmit_buffer_smaller_than_the_protocol_minimum_is_refused_not_dropped() {
+    let mut s = Sim::ready();
+    s.feed(Frame::Ping { nonce: 1 }).unwrap();
+    let mut small = [0u8; 100];
+    assert_eq!(
+        s.agent.poll_transmit(s.now, &mut small),
+        Err(UseError::BufferTooSmall { needed: 512 })
+    );
+    // Nothing was lost: the Pong is still there.
+    assert_eq!(
+        Frame::decode(&s.drain()[0]).unwrap(),
+        Frame::Pong { nonce: 1 }
+    );
+    // A buffer smaller than the peer accepts makes smaller Data frames.
+    s.open(1, 100_000);
+    s.agent.accept(s.h(1)).unwrap();
+    s.agent
+        .send_slice(s.h(1).main(), Stream::OUT, &[7; 1000])
+        .unwrap();
+    let mut buf = [0u8; 600];
+    let mut sizes = std::vec::Vec::new();
+    while let Some(n) = s.agent.poll_transmit(s.now, &mut buf).unwrap() {
+        if let Frame::Data { data, .. } = Frame::decode(&buf[..n]).unwrap() {
+            sizes.push(data.0.len());
+        }
+    }
+    assert_eq!(sizes.iter().sum::<usize>(), 1000);
+    assert!(sizes.iter().all(|&n| n <= 600), "{sizes:?}");
 }
 
 #[test]
@@ -330,8 +521,8 @@ fn flow_violation_aborts_only_that_session() {
     let mut s = Sim::ready();
     s.open(1, 100);
     s.open(2, 100);
-    s.agent.accept(1);
-    s.agent.accept(2);
+    s.agent.accept(s.h(1)).unwrap();
+    s.agent.accept(s.h(2)).unwrap();
     let _ = s.drain();
     let big = std::vec![0u8; 30_000];
     let data = Frame::Data {
@@ -369,13 +560,24 @@ fn flow_violation_aborts_only_that_session() {
         None
     );
     assert!(!s.agent.is_closed());
+    // The driver stops it; the engine closes it as aborted, with the code.
+    s.agent.exited(s.h(1), Exit::Signal(9), "").unwrap();
+    let closed = s.drain();
+    assert_eq!(
+        Frame::decode(closed.last().unwrap()).unwrap(),
+        Frame::Close {
+            sid: 1,
+            exit: Exit::Aborted(ErrorCode::FLOW_CONTROL),
+            reason: "protocol violation: session 1: peer sent more data than its credit"
+        }
+    );
 }
 
 #[test]
 fn consumed_input_returns_credit() {
     let mut s = Sim::ready();
     s.open(1, 100);
-    s.agent.accept(1);
+    s.agent.accept(s.h(1)).unwrap();
     let _ = s.drain();
     let chunk = std::vec![1u8; 20_000];
     s.feed(Frame::Data {
@@ -385,7 +587,7 @@ fn consumed_input_returns_credit() {
         data: Bytes(&chunk),
     })
     .unwrap();
-    s.agent.consumed(1, 0, 20_000);
+    s.agent.consumed(s.h(1).main(), 20_000).unwrap();
     let out = s.drain();
     assert_eq!(
         Frame::decode(&out[0]).unwrap(),
@@ -401,10 +603,10 @@ fn consumed_input_returns_credit() {
 fn eof_is_sent_before_close_and_data_after_eof_refused() {
     let mut s = Sim::ready();
     s.open(1, 100);
-    s.agent.accept(1);
+    s.agent.accept(s.h(1)).unwrap();
     let _ = s.drain();
-    s.agent.eof(1, 0);
-    s.agent.close(1, Exit::Signal(9), "killed");
+    s.agent.finish(s.h(1).main()).unwrap();
+    s.agent.exited(s.h(1), Exit::Signal(9), "killed").unwrap();
     let out = s.drain();
     assert_eq!(
         Frame::decode(&out[0]).unwrap(),
@@ -425,7 +627,7 @@ fn eof_is_sent_before_close_and_data_after_eof_refused() {
 fn peer_close_asks_driver_to_terminate() {
     let mut s = Sim::ready();
     s.open(1, 100);
-    s.agent.accept(1);
+    s.agent.accept(s.h(1)).unwrap();
     let ev = s
         .feed(Frame::Close {
             sid: 1,
@@ -435,6 +637,24 @@ fn peer_close_asks_driver_to_terminate() {
         .unwrap()
         .unwrap();
     assert_eq!(ev, "Terminate { sid: 1 }");
+    // Output waiting is dropped: the peer does not want it. The Close says so.
+    s.agent
+        .send_slice(s.h(1).main(), Stream::OUT, b"unwanted")
+        .unwrap();
+    s.agent
+        .exited(s.h(1), Exit::Signal(15), "terminated")
+        .unwrap();
+    let out = s.drain();
+    assert_eq!(Sim::data_of(&out), b"", "{out:?}");
+    assert_eq!(
+        Frame::decode(out.last().unwrap()).unwrap(),
+        Frame::Close {
+            sid: 1,
+            exit: Exit::Signal(15),
+            reason: "terminated"
+        }
+    );
+    assert_eq!(s.agent.session_count(), 0);
 }
 
 #[test]
@@ -452,11 +672,12 @@ fn peer_close_before_the_driver_answers_ends_the_session_too() {
         .unwrap()
         .unwrap();
     assert_eq!(ev, "Terminate { sid: 1 }");
-    // A late accept does nothing; the driver's reject frees the slot.
-    s.agent.accept(1);
+    // A late accept is refused; the driver's reject frees the slot.
+    assert_eq!(s.agent.accept(s.h(1)), Err(UseError::Finished));
     assert!(s.drain().is_empty(), "no Accept for an ended session");
     s.agent
-        .reject(1, ErrorCode::TERMINATED, "ended before it started");
+        .reject(s.h(1), ErrorCode::TERMINATED, "ended before it started")
+        .unwrap();
     let out = s.drain();
     assert_eq!(out.len(), 1);
     assert!(matches!(
@@ -525,6 +746,52 @@ fn ping_answered_with_pong_and_unknown_frames_skipped() {
 }
 
 #[test]
+fn a_session_request_that_cannot_be_read_is_refused_alone() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    // Open (4), sid 9, window 1, then a kind this version does not know (9).
+    assert_eq!(
+        s.agent.handle_frame(s.now, &[0x04, 0x09, 0x01, 0x09, 0x00]),
+        Ok(None)
+    );
+    let out = s.drain();
+    assert_eq!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Reject {
+            sid: 9,
+            code: ErrorCode::UNSUPPORTED,
+            reason: "cannot read this session request (a newer kind of session?)"
+        }
+    );
+    // A Close with an exit this version cannot read still ends its session.
+    assert_eq!(
+        s.agent
+            .handle_frame(s.now, &[0x0b, 0x01, 0x07, 0x00, 0x00])
+            .unwrap()
+            .as_ref()
+            .map(describe)
+            .as_deref(),
+        Some("Terminate { sid: 1 }")
+    );
+    assert!(s.agent.is_ready(), "the connection goes on");
+}
+
+#[test]
+fn a_newer_hello_with_more_fields_is_understood() {
+    let mut s = Sim::new();
+    let _ = s.drain();
+    let mut hello = enc(Frame::Hello(Hello {
+        version: crate::PROTOCOL_VERSION,
+        max_frame: 4096,
+        max_sessions: 0,
+        features: 0,
+    }));
+    hello.extend_from_slice(&[0x05, 0x01]);
+    assert_eq!(s.agent.handle_frame(s.now, &hello), Ok(None));
+    assert!(!s.agent.is_closed());
+}
+
+#[test]
 fn garbage_closes_connection_with_error() {
     let mut s = Sim::ready();
     let r = s.agent.handle_frame(s.now, &[0x07, 0x01]);
@@ -536,6 +803,8 @@ fn garbage_closes_connection_with_error() {
 struct Fwd {
     agent: Agent<2, 3>,
     now: Instant,
+    session: SessionHandle,
+    chans: BTreeMap<u16, ChannelHandle>,
 }
 
 impl Fwd {
@@ -546,8 +815,7 @@ impl Fwd {
             ..AgentConfig::default()
         };
         let mut agent = Agent::new(config, now);
-        let mut buf = [0u8; 256];
-        while agent.poll_transmit(now, &mut buf).is_some() {}
+        let _ = drain_all(&mut agent, now);
         let hello = enc(Frame::Hello(Hello {
             version: crate::PROTOCOL_VERSION,
             max_frame: 4096,
@@ -565,27 +833,31 @@ impl Fwd {
             )
             .unwrap();
         agent.authenticate([1; 32], [2; 64], "", "root").unwrap();
-        while agent.poll_transmit(now, &mut buf).is_some() {}
+        let _ = drain_all(&mut agent, now);
         agent
             .handle_frame(now, &enc(Frame::AuthOk { agent_id: "a" }))
             .unwrap();
-        let mut f = Fwd { agent, now };
-        let _ = f.drain();
         let msg = enc(Frame::Open {
             sid: 1,
             window: 1000,
             kind: Kind::Forward,
             account: "",
         });
-        assert!(matches!(
-            f.agent.handle_frame(now, &msg),
+        let session = match agent.handle_frame(now, &msg) {
             Ok(Some(Event::Open {
-                sid: 1,
+                session,
                 kind: Kind::Forward,
-                account: ""
-            }))
-        ));
-        f.agent.accept(1);
+                account: "",
+            })) => session,
+            other => panic!("expected Open, got {other:?}"),
+        };
+        let mut f = Fwd {
+            agent,
+            now,
+            session,
+            chans: BTreeMap::new(),
+        };
+        f.agent.accept(session).unwrap();
         let out = f.drain();
         assert!(matches!(
             Frame::decode(&out[0]).unwrap(),
@@ -594,12 +866,10 @@ impl Fwd {
         f
     }
     fn drain(&mut self) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut buf = [0u8; 1024];
-        while let Some(n) = self.agent.poll_transmit(self.now, &mut buf) {
-            out.push(buf[..n].to_vec());
-        }
-        out
+        drain_all(&mut self.agent, self.now)
+    }
+    fn c(&self, ch: u16) -> ChannelHandle {
+        self.chans[&ch]
     }
     fn open_ch(&mut self, ch: u16, window: u32) -> bool {
         let msg = enc(Frame::ChannelOpen {
@@ -611,11 +881,13 @@ impl Fwd {
         });
         match self.agent.handle_frame(self.now, &msg).unwrap() {
             Some(Event::ChannelOpen {
-                sid: 1,
-                ch: c,
+                channel,
                 host: "127.0.0.1",
                 port: 80,
-            }) => c == ch,
+            }) if channel.ch() == ch && channel.session() == self.session => {
+                self.chans.insert(ch, channel);
+                true
+            }
             _ => false,
         }
     }
@@ -626,8 +898,8 @@ fn forward_channels_have_independent_credit() {
     let mut f = Fwd::ready();
     assert!(f.open_ch(1, 10));
     assert!(f.open_ch(2, 10));
-    f.agent.accept_channel(1, 1);
-    f.agent.accept_channel(1, 2);
+    f.agent.accept_channel(f.c(1)).unwrap();
+    f.agent.accept_channel(f.c(2)).unwrap();
     let out = f.drain();
     assert_eq!(
         Frame::decode(&out[0]).unwrap(),
@@ -645,28 +917,20 @@ fn forward_channels_have_independent_credit() {
             window: 64 * 1024
         }
     );
-    let mut buf = [0u8; 256];
     // Channel 1 spends all its credit and stalls; channel 2 is unaffected.
-    assert_eq!(
-        f.agent
-            .send_data(f.now, 1, 1, Stream::OUT, &[1; 50], &mut buf)
-            .unwrap()
-            .0,
-        10
-    );
-    assert_eq!(
-        f.agent
-            .send_data(f.now, 1, 1, Stream::OUT, &[1; 50], &mut buf)
-            .unwrap(),
-        (0, 0)
-    );
-    assert_eq!(
-        f.agent
-            .send_data(f.now, 1, 2, Stream::OUT, &[1; 50], &mut buf)
-            .unwrap()
-            .0,
-        10
-    );
+    f.agent.send_slice(f.c(1), Stream::OUT, &[1; 50]).unwrap();
+    f.agent.send_slice(f.c(2), Stream::OUT, &[2; 50]).unwrap();
+    let raw = f.drain();
+    let sent: Vec<Frame> = raw.iter().map(|m| Frame::decode(m).unwrap()).collect();
+    let per = |ch: u16| -> usize {
+        sent.iter()
+            .map(|fr| match fr {
+                Frame::Data { ch: c, data, .. } if *c == ch => data.0.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!((per(1), per(2)), (10, 10));
     f.agent
         .handle_frame(
             f.now,
@@ -677,8 +941,8 @@ fn forward_channels_have_independent_credit() {
             }),
         )
         .unwrap();
-    assert_eq!(f.agent.send_credit(1, 1), 5);
-    assert_eq!(f.agent.send_credit(1, 2), 0);
+    let more = f.drain();
+    assert_eq!(Sim::data_of(&more), [1; 5]);
     // Input is delivered per channel.
     let msg = enc(Frame::Data {
         sid: 1,
@@ -690,8 +954,7 @@ fn forward_channels_have_independent_credit() {
     assert_eq!(
         ev,
         Some(Event::Data {
-            sid: 1,
-            ch: 2,
+            channel: f.c(2),
             data: b"hi"
         })
     );
@@ -702,7 +965,9 @@ fn channel_beyond_capacity_is_rejected_and_the_session_goes_on() {
     let mut f = Fwd::ready();
     for ch in 1..=3 {
         assert!(f.open_ch(ch, 10));
-        f.agent.accept_channel(1, ch);
+        if ch < 3 {
+            f.agent.accept_channel(f.c(ch)).unwrap();
+        }
     }
     assert!(!f.open_ch(4, 10), "no event for the refused channel");
     let out = f.drain();
@@ -721,7 +986,8 @@ fn channel_beyond_capacity_is_rejected_and_the_session_goes_on() {
     );
     // A failed connection frees its channel; the id can be used again.
     f.agent
-        .reject_channel(1, 3, ErrorCode::REFUSED, "connection refused");
+        .reject_channel(f.c(3), ErrorCode::REFUSED, "connection refused")
+        .unwrap();
     let out = f.drain();
     assert_eq!(
         Frame::decode(&out[0]).unwrap(),
@@ -737,28 +1003,33 @@ fn channel_beyond_capacity_is_rejected_and_the_session_goes_on() {
 }
 
 #[test]
-fn channel_half_close_then_close_and_peer_abort() {
+fn a_channel_closes_by_itself_once_both_directions_ended_and_a_peer_abort_drops_its_output() {
     let mut f = Fwd::ready();
     assert!(f.open_ch(1, 100));
-    f.agent.accept_channel(1, 1);
+    f.agent.accept_channel(f.c(1)).unwrap();
     let _ = f.drain();
     let msg = enc(Frame::Eof { sid: 1, ch: 1 });
     let ev = f.agent.handle_frame(f.now, &msg).unwrap();
-    assert_eq!(ev, Some(Event::Eof { sid: 1, ch: 1 }));
-    f.agent.eof(1, 1);
-    f.agent.close_channel(1, 1, "");
-    let out = f.drain();
+    assert_eq!(ev, Some(Event::Eof { channel: f.c(1) }));
+    f.agent.send_slice(f.c(1), Stream::OUT, b"bye").unwrap();
+    f.agent.finish(f.c(1)).unwrap();
+    let raw = f.drain();
+    let out: Vec<Frame> = raw.iter().map(|m| Frame::decode(m).unwrap()).collect();
+    let shown: Vec<std::string::String> = out.iter().map(|x| std::format!("{x:?}")).collect();
+    assert_eq!(shown.len(), 3, "{shown:#?}");
+    assert!(matches!(out[0], Frame::Data { ch: 1, data, .. } if data.0 == b"bye"));
+    assert_eq!(out[1], Frame::Eof { sid: 1, ch: 1 });
     assert_eq!(
-        Frame::decode(&out[0]).unwrap(),
-        Frame::Eof { sid: 1, ch: 1 }
-    );
-    assert_eq!(
-        Frame::decode(&out[1]).unwrap(),
+        out[2],
         Frame::ChannelClose {
             sid: 1,
             ch: 1,
             reason: ""
         }
+    );
+    assert_eq!(
+        f.agent.send_slice(f.c(1), Stream::OUT, b"x"),
+        Err(UseError::Stale)
     );
     // Late data for the closed channel is ignored, not an error.
     let late = enc(Frame::Data {
@@ -768,16 +1039,68 @@ fn channel_half_close_then_close_and_peer_abort() {
         data: Bytes(b"x"),
     });
     assert_eq!(f.agent.handle_frame(f.now, &late), Ok(None));
-    // The peer aborts another channel.
+    // The peer aborts another channel: what waits is dropped, the driver's close
+    // answers.
     assert!(f.open_ch(2, 100));
-    f.agent.accept_channel(1, 2);
+    f.agent.accept_channel(f.c(2)).unwrap();
+    let _ = f.drain();
+    f.agent.send_slice(f.c(2), Stream::OUT, &[9; 500]).unwrap();
     let msg = enc(Frame::ChannelClose {
         sid: 1,
         ch: 2,
         reason: "",
     });
     let ev = f.agent.handle_frame(f.now, &msg).unwrap();
-    assert_eq!(ev, Some(Event::ChannelClose { sid: 1, ch: 2 }));
+    assert_eq!(ev, Some(Event::ChannelClose { channel: f.c(2) }));
+    f.agent.close_channel(f.c(2), "").unwrap();
+    let out = f.drain();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::ChannelClose {
+            sid: 1,
+            ch: 2,
+            reason: ""
+        }
+    );
+    // A connection that fails ends its channel with the reason, output dropped.
+    assert!(f.open_ch(3, 100));
+    f.agent.accept_channel(f.c(3)).unwrap();
+    f.agent.send_slice(f.c(3), Stream::OUT, b"lost").unwrap();
+    f.agent.close_channel(f.c(3), "connection reset").unwrap();
+    let out = f.drain();
+    assert_eq!(
+        Frame::decode(out.last().unwrap()).unwrap(),
+        Frame::ChannelClose {
+            sid: 1,
+            ch: 3,
+            reason: "connection reset"
+        }
+    );
+    assert_eq!(Sim::data_of(&out), b"");
+    // The session ends: its channels go with it.
+    assert!(f.open_ch(1, 100));
+    f.agent.accept_channel(f.c(1)).unwrap();
+    let close = enc(Frame::Close {
+        sid: 1,
+        exit: Exit::Code(0),
+        reason: "",
+    });
+    let ev = f.agent.handle_frame(f.now, &close).unwrap();
+    assert!(matches!(ev, Some(Event::Terminate { .. })));
+    f.agent
+        .exited(
+            f.session,
+            Exit::Aborted(ErrorCode::TERMINATED),
+            "terminated",
+        )
+        .unwrap();
+    let out = f.drain();
+    assert!(matches!(
+        Frame::decode(out.last().unwrap()).unwrap(),
+        Frame::Close { sid: 1, .. }
+    ));
+    assert_eq!(f.agent.session_count(), 0);
 }
 
 #[test]
@@ -791,8 +1114,10 @@ fn channel_open_on_an_exec_session_aborts_that_session() {
         },
         account: "",
     });
-    f.agent.handle_frame(f.now, &msg).unwrap();
-    f.agent.accept(2);
+    let Some(Event::Open { session, .. }) = f.agent.handle_frame(f.now, &msg).unwrap() else {
+        panic!("expected Open");
+    };
+    f.agent.accept(session).unwrap();
     let msg = enc(Frame::ChannelOpen {
         sid: 2,
         ch: 1,
@@ -801,7 +1126,7 @@ fn channel_open_on_an_exec_session_aborts_that_session() {
         port: 1,
     });
     let ev = f.agent.handle_frame(f.now, &msg).unwrap();
-    assert!(matches!(ev, Some(Event::Abort { sid: 2, .. })));
+    assert!(matches!(ev, Some(Event::Abort { session: s, .. }) if s == session));
     assert!(f.open_ch(1, 10), "the forward session is untouched");
 }
 
@@ -837,7 +1162,9 @@ fn limit_frame_paces_output_at_the_configured_rate() {
         },
         account: "",
     });
-    s.agent.handle_frame(s.now, &msg).unwrap();
+    let Some(Event::Open { session, .. }) = s.agent.handle_frame(s.now, &msg).unwrap() else {
+        panic!("expected Open");
+    };
     s.agent
         .handle_frame(
             s.now,
@@ -847,39 +1174,39 @@ fn limit_frame_paces_output_at_the_configured_rate() {
             }),
         )
         .unwrap();
-    s.agent.accept(1);
+    s.agent.accept(session).unwrap();
     let _ = s.drain();
     let start = s.now;
-    let mut out = [0u8; 4096];
     let mut sent = 0usize;
-    // A driver with endless output: send whenever allowed, sleep until poll_timeout.
+    // A driver with endless output: keep the buffer full, send what the engine
+    // lets go, sleep until poll_timeout.
     while s.now < start + Duration::from_secs(10) {
-        let (n, _) = s
+        while s
             .agent
-            .send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out)
-            .unwrap();
+            .send_slice(session.main(), Stream::OUT, &[0u8; 512])
+            .unwrap()
+            > 0
+        {}
+        let n = Sim::data_of(&s.drain()).len();
         sent += n;
         if n == 0 {
             let t = s.agent.poll_timeout().unwrap();
             assert!(t > s.now, "timer must move forward");
             s.now = t;
             s.agent.handle_timeout(s.now);
-            let _ = s.drain();
         }
     }
-    // 10 s at 25 000 B/s, plus at most the initial bucket (5 000 B).
-    assert!((250_000..=255_000 + 4000).contains(&sent), "sent {sent}");
+    // 10 s at 25 000 B/s, plus at most the initial bucket (5 000 B) and a wake-up.
+    assert!((250_000..=255_000 + 4096).contains(&sent), "sent {sent}");
     // Lifting the limit (rate 0) lets output go at credit speed again.
     s.agent
         .handle_frame(s.now, &enc(Frame::Limit { sid: 1, rate: 0 }))
         .unwrap();
-    assert_eq!(
-        s.agent
-            .send_data(s.now, 1, 0, Stream::OUT, &[0u8; 4000], &mut out)
-            .unwrap()
-            .0,
-        4000
-    );
+    let _ = s.drain();
+    s.agent
+        .send_slice(session.main(), Stream::OUT, &[0u8; 1000])
+        .unwrap();
+    assert!(Sim::data_of(&s.drain()).len() >= 1000);
 }
 
 mod strings {
@@ -932,10 +1259,12 @@ mod strings {
             s.drain();
             let _ = s.feed(Frame::AuthOk { agent_id: &text });
             let _ = s.feed(Frame::Open { sid: 1, window: 4096, kind: Kind::Exec { argv: Bytes(b"true\0") }, account: &text });
-            s.agent.reject(1, ErrorCode::SPAWN, &text);
-            s.agent.close(1, Exit::Code(0), &text);
-            s.agent.reject_channel(1, 0, ErrorCode::UNREACHABLE, &text);
-            s.agent.close_channel(1, 0, &text);
+            if let Some(&h) = s.handles.get(&1) {
+                let _ = s.agent.reject(h, ErrorCode::SPAWN, &text);
+                let _ = s.agent.exited(h, Exit::Code(0), &text);
+                let _ = s.agent.reject_channel(h.main(), ErrorCode::UNREACHABLE, &text);
+                let _ = s.agent.close_channel(h.main(), &text);
+            }
             s.drain();
             let _ = s.feed(Frame::Error { sid: 0, code: ErrorCode::PROTOCOL, message: &text });
             let clipped: heapless::String<64> = clip(&text);
@@ -943,4 +1272,138 @@ mod strings {
             prop_assert!(clipped.len() > 64 - 4 || clipped.len() == text.len());
         }
     }
+}
+
+mod bytes {
+    //! Whatever the driver writes and the peer grants, in any sizes and order, what
+    //! goes out is exactly what was written, in order, within credit.
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn output_is_sent_whole_in_order_within_credit(
+            writes in proptest::collection::vec((0usize..3000, any::<bool>()), 1..40),
+            grants in proptest::collection::vec(0u32..5000, 1..40),
+            window in 0u32..4000,
+        ) {
+            let mut s = Sim::ready();
+            s.open(1, window);
+            let h = s.h(1);
+            s.agent.accept(h).unwrap();
+            let mut written: Vec<(Stream, u8)> = Vec::new();
+            let mut sent: Vec<(Stream, u8)> = Vec::new();
+            let mut credit = i64::from(window);
+            let mut next = 0u8;
+            let mut grants = grants.into_iter();
+            for (len, err) in writes {
+                let stream = if err { Stream::ERR } else { Stream::OUT };
+                let data: Vec<u8> = (0..len).map(|i| next.wrapping_add(i as u8)).collect();
+                let mut off = 0;
+                // Write all of it, sending and granting as the buffer fills.
+                while off < data.len() {
+                    let n = s.agent.send_slice(h.main(), stream, &data[off..]).unwrap();
+                    written.extend(data[off..off + n].iter().map(|b| (stream, *b)));
+                    off += n;
+                    for m in s.drain() {
+                        if let Frame::Data { stream, data, .. } = Frame::decode(&m).unwrap() {
+                            credit -= data.0.len() as i64;
+                            prop_assert!(credit >= 0, "beyond credit");
+                            sent.extend(data.0.iter().map(|b| (stream, *b)));
+                        }
+                    }
+                    if n == 0 {
+                        let g = grants.next().unwrap_or(4096).max(1);
+                        credit += i64::from(g);
+                        s.feed(Frame::Credit { sid: 1, ch: 0, bytes: g }).unwrap();
+                    }
+                }
+                next = next.wrapping_add(len as u8);
+            }
+            s.agent.exited(h, Exit::Code(0), "").unwrap();
+            loop {
+                let frames = s.drain();
+                let mut closed = false;
+                for m in &frames {
+                    match Frame::decode(m).unwrap() {
+                        Frame::Data { stream, data, .. } => {
+                            credit -= data.0.len() as i64;
+                            prop_assert!(credit >= 0, "beyond credit");
+                            sent.extend(data.0.iter().map(|b| (stream, *b)));
+                        }
+                        Frame::Close { .. } => closed = true,
+                        _ => {}
+                    }
+                }
+                if closed {
+                    break;
+                }
+                credit += 4096;
+                s.feed(Frame::Credit { sid: 1, ch: 0, bytes: 4096 }).unwrap();
+            }
+            prop_assert_eq!(sent, written);
+        }
+    }
+}
+
+#[test]
+fn a_peer_cannot_close_channel_0_alone_nor_leak_a_refused_slot_with_credit() {
+    let mut s = Sim::ready();
+    s.open(1, 100);
+    s.agent.accept(s.h(1)).unwrap();
+    let _ = s.drain();
+    let ev = s
+        .feed(Frame::ChannelClose {
+            sid: 1,
+            ch: 0,
+            reason: "",
+        })
+        .unwrap()
+        .unwrap();
+    assert!(
+        ev.starts_with("Abort { sid: 1, error: UnknownChannel"),
+        "{ev}"
+    );
+    // Told once: more junk on the session changes nothing.
+    assert_eq!(
+        s.feed(Frame::Credit {
+            sid: 1,
+            ch: 5,
+            bytes: 1
+        })
+        .unwrap(),
+        None
+    );
+    s.agent.exited(s.h(1), Exit::Signal(9), "").unwrap();
+    let out = s.drain();
+    assert!(matches!(
+        Frame::decode(out.last().unwrap()).unwrap(),
+        Frame::Close {
+            sid: 1,
+            exit: Exit::Aborted(ErrorCode::PROTOCOL),
+            ..
+        }
+    ));
+    assert_eq!(s.agent.session_count(), 0);
+    // A session being refused ignores credit: its Reject still goes and frees it.
+    s.open(2, 100);
+    s.agent.reject(s.h(2), ErrorCode::SPAWN, "no").unwrap();
+    assert_eq!(
+        s.feed(Frame::Credit {
+            sid: 2,
+            ch: 5,
+            bytes: 1
+        })
+        .unwrap(),
+        None
+    );
+    let out = s.drain();
+    assert!(matches!(
+        Frame::decode(&out[0]).unwrap(),
+        Frame::Reject { sid: 2, .. }
+    ));
+    assert_eq!(s.agent.session_count(), 0);
+    // Nor can output end before the session was accepted.
+    s.open(3, 100);
+    assert_eq!(s.agent.finish(s.h(3).main()), Err(UseError::NotNow));
 }

@@ -32,7 +32,35 @@ pub const MIN_MAX_FRAME: u32 = 512;
 /// Bytes of a `Data` frame that are not payload, at most (type, sid, ch, stream, len).
 pub const DATA_OVERHEAD: usize = 1 + 5 + 3 + 1 + 5;
 /// Number of frame types this version knows.
-pub const FRAME_TYPES: u32 = 22;
+pub const FRAME_TYPES: u32 = FRAME_NAMES.len() as u32;
+
+/// The frame types, by number: the one table that [`Frame::frame_type`], the
+/// decoder's "unknown frame type" and `docs/protocol.md` (checked by a test) agree
+/// with. A new frame is appended here and to [`Frame`], never inserted.
+pub const FRAME_NAMES: [&str; 22] = [
+    "Hello",
+    "Challenge",
+    "Auth",
+    "AuthOk",
+    "Open",
+    "Accept",
+    "Reject",
+    "Data",
+    "Credit",
+    "Resize",
+    "Eof",
+    "Close",
+    "Signal",
+    "Ping",
+    "Pong",
+    "Error",
+    "ChannelOpen",
+    "ChannelAccept",
+    "ChannelReject",
+    "ChannelClose",
+    "Limit",
+    "Notice",
+];
 
 impl<'a> Frame<'a> {
     /// Decode one frame occupying all of `buf`.
@@ -46,6 +74,8 @@ impl<'a> Frame<'a> {
         }
         match postcard::take_from_bytes::<Frame<'a>>(buf) {
             Ok((frame, [])) => Ok(frame),
+            // A newer peer's `Hello` may carry fields appended after ours.
+            Ok((frame @ Frame::Hello(_), _)) => Ok(frame),
             Ok(_) => Err(DecodeError::TrailingBytes),
             Err(postcard::Error::DeserializeUnexpectedEnd) => Err(DecodeError::Truncated),
             Err(_) => Err(DecodeError::Malformed),
@@ -161,6 +191,16 @@ impl<'a> Frame<'a> {
 /// Largest payload a `Data` frame may carry under a `max_frame` limit.
 pub const fn max_data_len(max_frame: u32) -> usize {
     (max_frame as usize).saturating_sub(DATA_OVERHEAD)
+}
+
+/// The frame type and session id at the start of a session-scoped frame that does
+/// not decode (a newer peer's `Kind` or `Exit`), so that only that session is
+/// refused: `None` when even those cannot be read.
+pub fn peek_session(buf: &[u8]) -> Option<(u32, u32)> {
+    let ty = read_varint_u32(buf)?;
+    let skip = buf.iter().take(5).position(|b| b & 0x80 == 0)? + 1;
+    let sid = read_varint_u32(buf.get(skip..)?)?;
+    Some((ty, sid))
 }
 
 fn read_varint_u32(buf: &[u8]) -> Option<u32> {

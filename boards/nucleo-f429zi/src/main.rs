@@ -16,7 +16,7 @@ use core::fmt::{self, Write as _};
 
 use agent_core::provision::Provision;
 use agent_embedded::console::{Board, Mac};
-use agent_embedded::link::{self, Backoff, Buffers};
+use agent_embedded::link::{self, Buffers};
 use embassy_executor::Spawner;
 use embassy_net::{Runner, StackResources};
 use embassy_stm32::bind_interrupts;
@@ -111,7 +111,8 @@ async fn net_task(mut runner: Runner<'static, Device>) -> ! {
 }
 
 static PACKETS: ConstStaticCell<PacketQueue<4, 4>> = ConstStaticCell::new(PacketQueue::new());
-static NET: StaticCell<StackResources<4>> = StaticCell::new();
+/// Sockets for DHCP, DNS, the relay and the forwarded connections.
+static NET: StaticCell<StackResources<{ link::SOCKETS }>> = StaticCell::new();
 static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers::new());
 
 fn clocks() -> embassy_stm32::Config {
@@ -207,15 +208,7 @@ async fn main(spawner: Spawner) {
     spawner.spawn(net_task(runner).unwrap());
 
     let mut board = Nucleo { mac };
-    link::run(
-        stack,
-        &prov,
-        &mut board,
-        &mut rng,
-        BUFFERS.take(),
-        Backoff::default(),
-    )
-    .await
+    link::run(stack, &prov, &mut board, &mut rng, BUFFERS.take()).await
 }
 
 #[panic_handler]

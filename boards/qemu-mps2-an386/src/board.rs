@@ -2,7 +2,7 @@
 
 use core::fmt::{self, Write};
 
-use agent_embedded::console::{Board, Mac};
+use agent_embedded::console::{Board, Mac, Step};
 
 use crate::{lan9118, log, mem};
 
@@ -31,7 +31,7 @@ impl Board for Qemu {
         log!("{line}");
     }
 
-    fn command(&mut self, argv: &[&str], out: &mut dyn Write) -> Option<i32> {
+    fn command(&mut self, argv: &[&str], _part: usize, out: &mut dyn Write) -> Option<Step> {
         match argv[0] {
             "board" => {
                 let _ = writeln!(
@@ -44,7 +44,7 @@ impl Board for Qemu {
                     mem::static_bytes(),
                     mem::stack_high_water()
                 );
-                Some(0)
+                Some(Step::Done(0))
             }
             _ => None,
         }

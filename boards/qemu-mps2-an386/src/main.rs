@@ -22,7 +22,7 @@ mod time;
 mod uart;
 
 use agent_core::provision::Provision;
-use agent_embedded::link::{self, Backoff, Buffers};
+use agent_embedded::link::{self, Buffers};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use cortex_m_rt::{entry, exception};
@@ -54,7 +54,8 @@ async fn net_task(mut runner: Runner<'static, lan9118::Lan9118>) -> ! {
 }
 
 static BUFFERS: ConstStaticCell<Buffers> = ConstStaticCell::new(Buffers::new());
-static NET: StaticCell<StackResources<4>> = StaticCell::new();
+/// Sockets for DHCP, DNS, the relay and the forwarded connections.
+static NET: StaticCell<StackResources<{ link::SOCKETS }>> = StaticCell::new();
 
 fn fail(args: core::fmt::Arguments<'_>) -> ! {
     log!("error: {args}");
@@ -154,15 +155,7 @@ async fn agent(spawner: Spawner) {
     let mut rng = ChaCha20Rng::from_seed(seed);
 
     let mut board = board::Qemu;
-    link::run(
-        stack,
-        &prov,
-        &mut board,
-        &mut rng,
-        BUFFERS.take(),
-        Backoff::default(),
-    )
-    .await
+    link::run(stack, &prov, &mut board, &mut rng, BUFFERS.take()).await
 }
 
 /// XOR `v` into the seed, at a place that depends on `v`.

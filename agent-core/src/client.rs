@@ -1,0 +1,431 @@
+//! The client side of one session, sans I/O: what the CLI (and later the browser,
+//! compiled to WebAssembly) speaks on a session stream.
+//!
+//! A [`Client`] is one session on one stream: it writes the `Open`, then holds the
+//! session's channels with the same machinery as the agent's engine (a [`Buffer`]
+//! of output per channel, credit each way, `Eof`), so that what the user types or a
+//! local connection sends goes out within the agent's credit, and what the agent
+//! sends is checked against ours. Same contract as [`crate::session::Agent`]: feed
+//! received messages to [`Client::handle_frame`], act on the event, drain
+//! [`Client::poll_transmit`]; write input with [`Client::send_slice`], report what
+//! was written out with [`Client::consumed`].
+
+use core::fmt::Write as _;
+
+use heapless::{Deque, String};
+
+use crate::error::ProtocolError;
+use crate::session::ring::Buffer;
+use crate::session::slot::{ChanState, Channel};
+use crate::session::{clip, UseError, REASON_MAX};
+use crate::wire::{self, ErrorCode, Exit, Frame, Kind, Stream};
+
+/// What the agent (or the relay) said, for the driver to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientEvent<'a> {
+    /// The session runs.
+    Accepted,
+    /// The session was refused; nothing more comes.
+    Rejected {
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for a person.
+        reason: &'a str,
+    },
+    /// Output of a channel; call [`Client::consumed`] once written out.
+    Data {
+        /// Channel (0 for shell and exec).
+        ch: u16,
+        /// stdout or stderr.
+        stream: Stream,
+        /// The bytes.
+        data: &'a [u8],
+    },
+    /// The agent's output on a channel ended.
+    Eof {
+        /// Channel.
+        ch: u16,
+    },
+    /// A forward channel is connected.
+    ChannelAccepted {
+        /// Channel.
+        ch: u16,
+    },
+    /// A forward channel could not be connected; it is gone.
+    ChannelRejected {
+        /// Channel.
+        ch: u16,
+        /// Why, as a code.
+        code: ErrorCode,
+        /// Why, for a person.
+        reason: &'a str,
+    },
+    /// A forward channel is over (empty reason: cleanly); it is gone.
+    ChannelClosed {
+        /// Channel.
+        ch: u16,
+        /// Why, if not cleanly.
+        reason: &'a str,
+    },
+    /// A line for the user from the relay (someone joined the session).
+    Notice {
+        /// The line.
+        message: &'a str,
+    },
+    /// The session ended; nothing more comes.
+    Closed {
+        /// How.
+        exit: Exit,
+        /// Why, for a person (may be empty).
+        reason: &'a str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// `Open` written, no answer yet.
+    Opening,
+    /// Accepted.
+    Open,
+    /// Over (closed, rejected, or we asked to end it).
+    Over,
+}
+
+/// A `ChannelOpen` to send.
+#[derive(Debug)]
+struct OpenReq {
+    ch: u16,
+    host: String<255>,
+    port: u16,
+}
+
+/// One session, as its client sees it: up to `C` channels, each one's input
+/// waiting in a `B`.
+#[derive(Debug)]
+pub struct Client<const C: usize, B: Buffer> {
+    sid: u32,
+    window: u32,
+    state: State,
+    channels: [Option<Channel<B>>; C],
+    /// Channels asked for, their `ChannelOpen` not sent yet (one per free place).
+    opens: Deque<OpenReq, C>,
+    /// The latest terminal size, not sent yet (sizes in between do not matter).
+    resize: Option<(u16, u16)>,
+    signals: Deque<u8, 4>,
+    /// We ask the agent to end the session, for this reason.
+    close: Option<String<REASON_MAX>>,
+    next_ch: u16,
+    cursor: usize,
+}
+
+impl<const C: usize, B: Buffer> Client<C, B> {
+    /// A session with id `sid` on its stream, receiving up to `window` bytes per
+    /// channel before it returns credit. Write its `Open` with [`Client::open`].
+    pub fn new(sid: u32, window: u32) -> Self {
+        Client {
+            sid,
+            window,
+            state: State::Opening,
+            channels: [const { None }; C],
+            opens: Deque::new(),
+            resize: None,
+            signals: Deque::new(),
+            close: None,
+            next_ch: 1,
+            cursor: 0,
+        }
+    }
+
+    /// Write the session's `Open` for `kind` as `account` (empty: the agent's default)
+    /// into `out`; returns its length. Shell and exec sessions get channel 0.
+    pub fn open(
+        &mut self,
+        kind: Kind<'_>,
+        account: &str,
+        out: &mut [u8],
+    ) -> Result<usize, UseError> {
+        let f = Frame::Open {
+            sid: self.sid,
+            window: self.window,
+            kind,
+            account,
+        };
+        let n = f
+            .encode(out)
+            .map_err(
+                |crate::EncodeError::BufferTooSmall { needed }| UseError::BufferTooSmall { needed },
+            )?;
+        if !matches!(kind, Kind::Forward) {
+            // Its send window comes with the `Accept`.
+            self.channels[0] = Some(Channel::new(0, 0, ChanState::Requested, 0, self.window));
+        }
+        Ok(n)
+    }
+
+    /// Whether the session is over (closed or refused).
+    pub fn is_over(&self) -> bool {
+        self.state == State::Over
+    }
+
+    fn chan(&mut self, ch: u16) -> Option<&mut Channel<B>> {
+        self.channels.iter_mut().flatten().find(|c| c.ch == ch)
+    }
+
+    fn free(&mut self, ch: u16) {
+        for c in self.channels.iter_mut() {
+            if c.as_ref().is_some_and(|c| c.ch == ch) {
+                *c = None;
+            }
+        }
+    }
+
+    /// Feed one message from the stream.
+    pub fn handle_frame<'a>(
+        &mut self,
+        msg: &'a [u8],
+    ) -> Result<Option<ClientEvent<'a>>, ProtocolError> {
+        let frame = match Frame::decode(msg) {
+            Ok(f) => f,
+            // A newer relay may send frame types this client does not know.
+            Err(crate::DecodeError::UnknownFrame { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let sid = self.sid;
+        Ok(match frame {
+            Frame::Accept { window, .. } if self.state == State::Opening => {
+                self.state = State::Open;
+                if let Some(c) = self.chan(0) {
+                    c.state = ChanState::Open;
+                    c.send = crate::flow::SendWindow::new(window);
+                }
+                Some(ClientEvent::Accepted)
+            }
+            Frame::Reject { code, reason, .. } => {
+                self.state = State::Over;
+                Some(ClientEvent::Rejected { code, reason })
+            }
+            Frame::Close { exit, reason, .. } => {
+                self.state = State::Over;
+                Some(ClientEvent::Closed { exit, reason })
+            }
+            Frame::Data {
+                ch, stream, data, ..
+            } => {
+                let Some(c) = self.chan(ch) else {
+                    return Ok(None); // a channel that just ended
+                };
+                if c.recv.on_data(data.0.len()).is_err() {
+                    return Err(ProtocolError::FlowControl { sid });
+                }
+                Some(ClientEvent::Data {
+                    ch,
+                    stream,
+                    data: data.0,
+                })
+            }
+            Frame::Credit { ch, bytes, .. } => {
+                if let Some(c) = self.chan(ch) {
+                    c.send
+                        .grant(bytes)
+                        .map_err(|_| ProtocolError::CreditOverflow { sid })?;
+                }
+                None
+            }
+            Frame::Eof { ch, .. } => {
+                let c = self.chan(ch).filter(|c| !c.peer_eof);
+                c.map(|c| {
+                    c.peer_eof = true;
+                    ClientEvent::Eof { ch }
+                })
+            }
+            Frame::ChannelAccept { ch, window, .. } => match self.chan(ch) {
+                Some(c) if c.state == ChanState::Requested => {
+                    c.state = ChanState::Open;
+                    c.send = crate::flow::SendWindow::new(window);
+                    Some(ClientEvent::ChannelAccepted { ch })
+                }
+                _ => None,
+            },
+            Frame::ChannelReject {
+                ch, code, reason, ..
+            } => {
+                if self.chan(ch).is_none() {
+                    return Ok(None);
+                }
+                self.free(ch);
+                Some(ClientEvent::ChannelRejected { ch, code, reason })
+            }
+            Frame::ChannelClose { ch, reason, .. } => {
+                if self.chan(ch).is_none() {
+                    return Ok(None); // the answer to our own abort
+                }
+                self.free(ch);
+                Some(ClientEvent::ChannelClosed { ch, reason })
+            }
+            Frame::Notice { message, .. } => Some(ClientEvent::Notice { message }),
+            Frame::Error { message, .. } => {
+                self.state = State::Over;
+                Some(ClientEvent::Closed {
+                    exit: Exit::Aborted(ErrorCode::PROTOCOL),
+                    reason: message,
+                })
+            }
+            _ => None,
+        })
+    }
+
+    /// Open a forward channel to `host:port` once the session is accepted; returns
+    /// its id (`ChannelOpen` goes out with the next transmit). [`UseError::NotNow`]
+    /// before the `Accept` or when every place is taken.
+    pub fn open_channel(&mut self, host: &str, port: u16) -> Result<u16, UseError> {
+        match self.state {
+            State::Over => return Err(UseError::Finished),
+            State::Opening => return Err(UseError::NotNow),
+            State::Open => {}
+        }
+        let mut name = String::new();
+        name.push_str(host).map_err(|_| UseError::NotNow)?;
+        let free = self
+            .channels
+            .iter()
+            .position(Option::is_none)
+            .ok_or(UseError::NotNow)?;
+        // The next id not in use (ids wrap; 0 is the session's own channel).
+        let mut ch = self.next_ch;
+        while ch == 0 || self.channels.iter().flatten().any(|c| c.ch == ch) {
+            ch = ch.wrapping_add(1);
+        }
+        self.next_ch = ch.wrapping_add(1);
+        self.opens
+            .push_back(OpenReq {
+                ch,
+                host: name,
+                port,
+            })
+            .map_err(|_| UseError::NotNow)?;
+        let mut c = Channel::new(ch, 0, ChanState::Requested, 0, self.window);
+        c.ends_itself = false;
+        self.channels[free] = Some(c);
+        Ok(ch)
+    }
+
+    /// Input for a channel: as much of `data` as its buffer holds is taken; `0`
+    /// means full (write the rest after transmitting).
+    pub fn send_slice(&mut self, ch: u16, data: &[u8]) -> Result<usize, UseError> {
+        if self.state == State::Over {
+            return Err(UseError::Finished);
+        }
+        let c = self.chan(ch).ok_or(UseError::Stale)?;
+        if c.finished || !matches!(c.state, ChanState::Open | ChanState::Requested) {
+            return Err(UseError::Finished);
+        }
+        Ok(c.out.write(Stream::OUT, data))
+    }
+
+    /// The channel's input ended: `Eof` follows what waits.
+    pub fn finish(&mut self, ch: u16) -> Result<(), UseError> {
+        let c = self.chan(ch).ok_or(UseError::Stale)?;
+        c.finished = true;
+        Ok(())
+    }
+
+    /// The local side of a channel failed: it is aborted (`ChannelClose` with the
+    /// reason), what waits dropped; the agent's answer frees it.
+    pub fn close_channel(&mut self, ch: u16, reason: &str) -> Result<(), UseError> {
+        if ch == 0 {
+            // Channel 0 is the session's: end it with [`Client::close`].
+            return Err(UseError::NotNow);
+        }
+        let c = self.chan(ch).ok_or(UseError::Stale)?;
+        c.abort(clip(reason));
+        Ok(())
+    }
+
+    /// `n` bytes of a channel's output were written out: credit flows back.
+    pub fn consumed(&mut self, ch: u16, n: usize) {
+        if let Some(c) = self.chan(ch) {
+            c.recv.consume(n);
+        }
+    }
+
+    /// The terminal changed size (only the latest size not yet sent goes).
+    pub fn resize(&mut self, cols: u16, rows: u16) {
+        self.resize = Some((cols, rows));
+    }
+
+    /// Deliver `signal` to the session's processes; [`UseError::NotNow`] when four
+    /// are waiting to be sent already.
+    pub fn signal(&mut self, signal: u8) -> Result<(), UseError> {
+        self.signals.push_back(signal).map_err(|_| UseError::NotNow)
+    }
+
+    /// Ask the agent to end the session, for `reason`; its `Close` answers.
+    pub fn close(&mut self, reason: &str) {
+        let mut why: String<REASON_MAX> = String::new();
+        let _ = write!(why, "{}", clip::<REASON_MAX>(reason));
+        self.close = Some(why);
+    }
+
+    /// The next frame to send, written into `out`: frames are sized to it, up to a
+    /// largest frame of the stream ([`wire::DEFAULT_MAX_FRAME`]); it must hold at
+    /// least [`wire::MIN_MAX_FRAME`] bytes.
+    pub fn poll_transmit(&mut self, out: &mut [u8]) -> Result<Option<usize>, UseError> {
+        let needed = wire::MIN_MAX_FRAME as usize;
+        if out.len() < needed {
+            return Err(UseError::BufferTooSmall { needed });
+        }
+        let size = out.len().min(wire::DEFAULT_MAX_FRAME as usize);
+        let out = &mut out[..size];
+        let sid = self.sid;
+        if let Some(reason) = self.close.take() {
+            self.state = State::Over;
+            let f = Frame::Close {
+                sid,
+                exit: Exit::Aborted(ErrorCode::TERMINATED),
+                reason: reason.as_str(),
+            };
+            return Ok(f.encode(out).ok());
+        }
+        if self.state == State::Over {
+            return Ok(None); // nothing more after the end
+        }
+        let f = if let Some((cols, rows)) = self.resize.take() {
+            Some(Frame::Resize { sid, cols, rows })
+        } else {
+            self.signals
+                .pop_front()
+                .map(|signal| Frame::Signal { sid, signal })
+        };
+        if let Some(f) = f {
+            return Ok(f.encode(out).ok());
+        }
+        if let Some(o) = self.opens.pop_front() {
+            let f = Frame::ChannelOpen {
+                sid,
+                ch: o.ch,
+                window: self.window,
+                host: o.host.as_str(),
+                port: o.port,
+            };
+            return Ok(f.encode(out).ok());
+        }
+        let max = wire::max_data_len(out.len() as u32);
+        for i in 0..C {
+            let idx = (self.cursor + i) % C;
+            let Some(c) = self.channels[idx].as_mut() else {
+                continue;
+            };
+            if let Some((len, free, _)) = c.next_frame(sid, out, max) {
+                if free {
+                    self.channels[idx] = None;
+                }
+                self.cursor = (idx + 1) % C;
+                return Ok(Some(len));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests;

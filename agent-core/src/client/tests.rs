@@ -1,0 +1,333 @@
+//! A client and an agent engine talking through a transparent relay, in memory:
+//! every byte each side writes reaches the other's driver, in order, within
+//! credit, and the ends are what the drivers said.
+
+use super::*;
+use crate::session::{Agent, AgentConfig, ChannelHandle, Event, SessionHandle};
+use crate::Instant;
+
+extern crate std;
+use std::vec::Vec;
+
+type Engine = Agent<2, 4, [u8; 256]>;
+type Cli = Client<4, [u8; 256]>;
+
+struct Pair {
+    agent: Engine,
+    client: Cli,
+    now: Instant,
+    /// What the agent's driver got: (channel, bytes), and its session.
+    agent_got: Vec<(u16, Vec<u8>)>,
+    session: Option<SessionHandle>,
+    channels: Vec<ChannelHandle>,
+    /// What the client's driver got.
+    client_got: Vec<(u16, Vec<u8>)>,
+    client_events: Vec<std::string::String>,
+    agent_events: Vec<std::string::String>,
+}
+
+fn frame(f: Frame) -> Vec<u8> {
+    let mut b = std::vec![0u8; f.buffer_len()];
+    f.encode(&mut b).unwrap();
+    b
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let now = Instant(0);
+        let config = AgentConfig {
+            features: wire::features::EXEC | wire::features::FORWARD,
+            window: 300,
+            ..AgentConfig::default()
+        };
+        let mut agent: Engine = Agent::new(config, now);
+        let mut buf = std::vec![0u8; 32 * 1024];
+        while agent.poll_transmit(now, &mut buf).unwrap().is_some() {}
+        let hello = frame(Frame::Hello(wire::Hello {
+            version: crate::PROTOCOL_VERSION,
+            max_frame: 32 * 1024,
+            max_sessions: 0,
+            features: 0,
+        }));
+        agent.handle_frame(now, &hello).unwrap();
+        let nonce = [1u8; 32];
+        agent
+            .handle_frame(
+                now,
+                &frame(Frame::Challenge {
+                    nonce: wire::Bytes(&nonce),
+                }),
+            )
+            .unwrap();
+        agent.authenticate([0; 32], [0; 64], "", "root").unwrap();
+        while agent.poll_transmit(now, &mut buf).unwrap().is_some() {}
+        agent
+            .handle_frame(now, &frame(Frame::AuthOk { agent_id: "a" }))
+            .unwrap();
+        Pair {
+            agent,
+            client: Client::new(7, 200),
+            now,
+            agent_got: Vec::new(),
+            session: None,
+            channels: Vec::new(),
+            client_got: Vec::new(),
+            client_events: Vec::new(),
+            agent_events: Vec::new(),
+        }
+    }
+
+    /// Carry frames both ways until neither side has anything to send; each driver
+    /// writes out (and reports as consumed) everything it receives.
+    fn run(&mut self) {
+        let mut buf = std::vec![0u8; 32 * 1024];
+        loop {
+            let mut moved = false;
+            while let Some(n) = self.client.poll_transmit(&mut buf).unwrap() {
+                moved = true;
+                let msg = buf[..n].to_vec();
+                match self.agent.handle_frame(self.now, &msg).unwrap() {
+                    Some(Event::Open { session, .. }) => {
+                        self.session = Some(session);
+                        self.agent.accept(session).unwrap();
+                    }
+                    Some(Event::Data { channel, data }) => {
+                        self.agent_got.push((channel.ch(), data.to_vec()));
+                        self.agent.consumed(channel, data.len()).unwrap();
+                    }
+                    Some(Event::ChannelOpen { channel, .. }) => {
+                        self.channels.push(channel);
+                        self.agent.accept_channel(channel).unwrap();
+                    }
+                    Some(e) => self.agent_events.push(std::format!("{e:?}")),
+                    None => {}
+                }
+            }
+            while let Some(n) = self.agent.poll_transmit(self.now, &mut buf).unwrap() {
+                moved = true;
+                let msg = buf[..n].to_vec();
+                match self.client.handle_frame(&msg).unwrap() {
+                    Some(ClientEvent::Data { ch, data, .. }) => {
+                        self.client_got.push((ch, data.to_vec()));
+                        self.client.consumed(ch, data.len());
+                    }
+                    Some(e) => self.client_events.push(std::format!("{e:?}")),
+                    None => {}
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+}
+
+fn joined(got: &[(u16, Vec<u8>)], ch: u16) -> Vec<u8> {
+    got.iter()
+        .filter(|(c, _)| *c == ch)
+        .flat_map(|(_, d)| d.clone())
+        .collect()
+}
+
+#[test]
+fn an_exec_session_carries_input_and_output_whole_and_ends_with_the_exit() {
+    let mut p = Pair::new();
+    let mut open = std::vec![0u8; 256];
+    let n = p
+        .client
+        .open(
+            Kind::Exec {
+                argv: wire::Bytes(b"cat\0"),
+            },
+            "",
+            &mut open,
+        )
+        .unwrap();
+    let msg = open[..n].to_vec();
+    let Some(Event::Open { session, .. }) = p.agent.handle_frame(p.now, &msg).unwrap() else {
+        panic!("no Open");
+    };
+    p.session = Some(session);
+    p.agent.accept(session).unwrap();
+    // 5 000 bytes each way through 256-byte buffers and 200/300-byte windows.
+    let input: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+    let output: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+    let (mut i, mut o) = (0, 0);
+    while i < input.len() || o < output.len() {
+        i += p.client.send_slice(0, &input[i..]).unwrap();
+        o += p
+            .agent
+            .send_slice(session.main(), Stream::OUT, &output[o..])
+            .unwrap();
+        p.run();
+    }
+    p.client.finish(0).unwrap();
+    p.run();
+    assert!(
+        p.agent_events.iter().any(|e| e.starts_with("Eof")),
+        "{:?}",
+        p.agent_events
+    );
+    p.agent.exited(session, Exit::Code(3), "").unwrap();
+    p.run();
+    assert_eq!(joined(&p.agent_got, 0), input);
+    assert_eq!(joined(&p.client_got, 0), output);
+    assert_eq!(
+        p.client_events,
+        [
+            "Accepted",
+            "Eof { ch: 0 }",
+            "Closed { exit: Code(3), reason: \"\" }"
+        ]
+    );
+    assert!(p.client.is_over());
+    assert_eq!(p.agent.session_count(), 0);
+}
+
+#[test]
+fn forward_channels_open_carry_bytes_and_close_once_both_sides_are_done() {
+    let mut p = Pair::new();
+    let mut open = std::vec![0u8; 256];
+    let n = p.client.open(Kind::Forward, "", &mut open).unwrap();
+    let msg = open[..n].to_vec();
+    let Some(Event::Open { session, .. }) = p.agent.handle_frame(p.now, &msg).unwrap() else {
+        panic!("no Open");
+    };
+    p.agent.accept(session).unwrap();
+    p.run();
+    let a = p.client.open_channel("db", 5432).unwrap();
+    let b = p.client.open_channel("web", 80).unwrap();
+    assert_ne!(a, b);
+    p.run();
+    assert_eq!(p.channels.len(), 2);
+    assert!(
+        p.client_events
+            .iter()
+            .filter(|e| e.starts_with("ChannelAccepted"))
+            .count()
+            == 2
+    );
+    let (ca, cb) = (p.channels[0], p.channels[1]);
+    let up: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+    let (mut sent, mut back) = (0, 0);
+    while sent < up.len() || back < up.len() {
+        sent += p.client.send_slice(a, &up[sent..]).unwrap();
+        back += p.agent.send_slice(cb, Stream::OUT, &up[back..]).unwrap();
+        p.run();
+    }
+    assert_eq!(joined(&p.agent_got, a), up);
+    assert_eq!(joined(&p.client_got, b), up);
+    // Channel a: both sides finish; the agent closes it, the client hears of it.
+    p.client.finish(a).unwrap();
+    p.agent.finish(ca).unwrap();
+    p.run();
+    assert!(
+        p.client_events
+            .iter()
+            .any(|e| e == &std::format!("ChannelClosed {{ ch: {a}, reason: \"\" }}")),
+        "{:?}",
+        p.client_events
+    );
+    assert!(!p.agent.is_channel_live(ca));
+    // Channel b: the client's local side fails; it is aborted.
+    p.client.close_channel(b, "local read failed").unwrap();
+    p.run();
+    assert!(
+        p.agent_events.iter().any(|e| e.starts_with("ChannelClose")),
+        "{:?}",
+        p.agent_events
+    );
+    p.agent.close_channel(cb, "").unwrap();
+    p.run();
+    assert!(!p.agent.is_channel_live(cb));
+    // The client ends the session.
+    p.client.close("done");
+    p.run();
+    assert!(p.agent_events.iter().any(|e| e.starts_with("Terminate")));
+    p.agent
+        .exited(session, Exit::Aborted(ErrorCode::TERMINATED), "terminated")
+        .unwrap();
+    p.run();
+    assert_eq!(p.agent.session_count(), 0);
+}
+
+#[test]
+fn a_peer_beyond_our_window_is_a_protocol_error_and_junk_is_refused() {
+    let mut c: Cli = Client::new(1, 10);
+    let mut out = std::vec![0u8; 64];
+    c.open(
+        Kind::Exec {
+            argv: wire::Bytes(b"x\0"),
+        },
+        "",
+        &mut out,
+    )
+    .unwrap();
+    c.handle_frame(&frame(Frame::Accept { sid: 1, window: 5 }))
+        .unwrap();
+    let big = frame(Frame::Data {
+        sid: 1,
+        ch: 0,
+        stream: Stream::OUT,
+        data: wire::Bytes(&[0; 11]),
+    });
+    assert_eq!(
+        c.handle_frame(&big),
+        Err(ProtocolError::FlowControl { sid: 1 })
+    );
+    assert!(c.handle_frame(&[0x07, 0x01]).is_err());
+    assert_eq!(
+        c.handle_frame(&[0x30, 0x00]),
+        Ok(None),
+        "unknown frame types are skipped"
+    );
+    let mut small = [0u8; 10];
+    assert!(matches!(
+        c.poll_transmit(&mut small),
+        Err(UseError::BufferTooSmall { .. })
+    ));
+}
+
+#[test]
+fn channels_wait_for_the_accept_and_nothing_is_sent_after_the_end() {
+    let mut c: Cli = Client::new(1, 100);
+    let mut out = std::vec![0u8; 1024];
+    c.open(Kind::Forward, "", &mut out).unwrap();
+    assert_eq!(c.open_channel("db", 1), Err(UseError::NotNow));
+    c.handle_frame(&frame(Frame::Accept { sid: 1, window: 0 }))
+        .unwrap();
+    let ch = c.open_channel("db", 1).unwrap();
+    assert_eq!(c.close_channel(0, "x"), Err(UseError::NotNow));
+    // Sizes coalesce to the latest.
+    c.resize(80, 24);
+    c.resize(100, 30);
+    for _ in 0..4 {
+        c.signal(2).unwrap();
+    }
+    assert_eq!(c.signal(2), Err(UseError::NotNow));
+    let mut sent = Vec::new();
+    while let Some(n) = c.poll_transmit(&mut out).unwrap() {
+        sent.push(std::format!("{:?}", Frame::decode(&out[..n]).unwrap()));
+    }
+    assert_eq!(sent[0], "Resize { sid: 1, cols: 100, rows: 30 }");
+    assert_eq!(sent.len(), 6, "{sent:?}");
+    assert!(sent[5].starts_with("ChannelOpen"));
+    // A reject for a channel we do not have is ignored.
+    let stray = frame(Frame::ChannelReject {
+        sid: 1,
+        ch: 99,
+        code: ErrorCode::REFUSED,
+        reason: "",
+    });
+    assert_eq!(c.handle_frame(&stray), Ok(None));
+    // The Close goes before anything else, and nothing after it.
+    c.close("bye");
+    assert_eq!(c.send_slice(ch, b"x"), Ok(1));
+    let n = c.poll_transmit(&mut out).unwrap().unwrap();
+    assert!(matches!(
+        Frame::decode(&out[..n]).unwrap(),
+        Frame::Close { .. }
+    ));
+    assert_eq!(c.poll_transmit(&mut out), Ok(None));
+    assert_eq!(c.send_slice(ch, b"x"), Err(UseError::Finished));
+}
