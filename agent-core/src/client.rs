@@ -105,6 +105,8 @@ struct OpenReq {
 pub struct Client<const C: usize, B: Buffer> {
     sid: u32,
     window: u32,
+    /// The most a channel's receive window grows to.
+    max_window: u32,
     state: State,
     channels: [Option<Channel<B>>; C],
     /// Channels asked for, their `ChannelOpen` not sent yet (one per free place).
@@ -125,6 +127,7 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         Client {
             sid,
             window,
+            max_window: window,
             state: State::Opening,
             channels: [const { None }; C],
             opens: Deque::new(),
@@ -134,6 +137,13 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             next_ch: 1,
             cursor: 0,
         }
+    }
+
+    /// Let each channel's receive window grow, with the credit returned, up to
+    /// `max` bytes (see [`crate::flow::RecvWindow::growing`]).
+    pub fn growing(mut self, max: u32) -> Self {
+        self.max_window = max;
+        self
     }
 
     /// Write the session's `Open` for `kind` as `account` (empty: the agent's default)
@@ -157,7 +167,8 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             )?;
         if !matches!(kind, Kind::Forward) {
             // Its send window comes with the `Accept`.
-            self.channels[0] = Some(Channel::new(0, 0, ChanState::Requested, 0, self.window));
+            let ours = (self.window, self.max_window);
+            self.channels[0] = Some(Channel::new(0, 0, ChanState::Requested, 0, ours));
         }
         Ok(n)
     }
@@ -303,7 +314,8 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 port,
             })
             .map_err(|_| UseError::NotNow)?;
-        let mut c = Channel::new(ch, 0, ChanState::Requested, 0, self.window);
+        let ours = (self.window, self.max_window);
+        let mut c = Channel::new(ch, 0, ChanState::Requested, 0, ours);
         c.ends_itself = false;
         self.channels[free] = Some(c);
         Ok(ch)

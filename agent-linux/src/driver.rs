@@ -181,6 +181,9 @@ impl AsMut<[u8]> for HeapBuf {
 
 type Engine = Agent<MAX_SESSIONS, MAX_CHANNELS, HeapBuf>;
 
+/// The most a channel's input window grows to (it starts at 64 KiB).
+pub const MAX_INPUT_WINDOW: u32 = 1 << 20;
+
 struct Outcome {
     authenticated: bool,
     reason: String,
@@ -772,6 +775,10 @@ async fn serve(
             | wire::features::FORWARD
             | wire::features::SSH_KEY
             | wire::features::RUN_AS,
+        // A channel's input window grows with the credit returned (an upload through
+        // a forward at the bandwidth-delay product); what a client may have in
+        // flight, and so queue here, per channel.
+        max_window: MAX_INPUT_WINDOW,
         ..AgentConfig::default()
     };
     let mut conn = Conn {

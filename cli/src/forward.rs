@@ -28,7 +28,7 @@ const CH_WINDOW: u32 = 256 * 1024;
 /// flight (`hub::MAX_GROWN_WINDOW`) and holds back what a client grants beyond it; it
 /// is also the most this process holds of one connection's data when the local
 /// program reads slowly.
-const CH_MAX_WINDOW: u32 = 4 * 1024 * 1024;
+pub const CH_MAX_WINDOW: u32 = 4 * 1024 * 1024;
 /// Bytes of a local connection's input held here waiting for credit.
 const SPACE: usize = 256 * 1024;
 /// Largest read from a local connection: a full `Data` frame.

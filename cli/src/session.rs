@@ -241,7 +241,7 @@ pub async fn run(
     let mut ws = relay
         .open_stream(&created.stream_url, &created.token)
         .await?;
-    let mut session = Session::new(SID, WINDOW);
+    let mut session = Session::new(SID, WINDOW).growing(crate::forward::CH_MAX_WINDOW);
     let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
     // The relay puts in the account it authorised.
     let n = session

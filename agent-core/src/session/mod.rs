@@ -51,8 +51,13 @@ const RATE_WAKE_BYTES: usize = 4096;
 pub struct AgentConfig {
     /// Largest frame this side accepts (announced in `Hello`).
     pub max_frame: u32,
-    /// Receive window per channel, in bytes.
+    /// Receive window per channel, in bytes, announced when it opens.
     pub window: u32,
+    /// The most a channel's receive window grows to, with the credit the engine
+    /// returns as the driver writes input out ([`crate::flow::RecvWindow::growing`]);
+    /// `window` or less: it does not grow. What the peer may have in flight, and so
+    /// what waits in the driver's input queues, per channel.
+    pub max_window: u32,
     /// Send a `Ping` after this long without sending anything.
     pub keepalive: Duration,
     /// Declare the connection dead after this long without receiving anything.
@@ -68,6 +73,7 @@ impl Default for AgentConfig {
         AgentConfig {
             max_frame: wire::DEFAULT_MAX_FRAME,
             window: 64 * 1024,
+            max_window: 64 * 1024,
             keepalive: Duration::from_secs(15),
             dead_after: Duration::from_secs(45),
             handshake_timeout: Duration::from_secs(20),
@@ -556,7 +562,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             ErrorCode::NO_SUCH_USER
         } else if let Some(index) = free {
             let gen = self.gen();
-            let (peer, ours) = (window, self.config.window);
+            let (peer, ours) = (window, (self.config.window, self.config.max_window));
             let slot = Slot::new((sid, index as u16, gen), forward, peer, ours);
             let session = slot.handle();
             self.slots[index] = Some(slot);
@@ -584,7 +590,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         host: &'a str,
         port: u16,
     ) -> Result<Option<Event<'a>>, ProtocolError> {
-        let our_window = self.config.window;
+        let our_window = (self.config.window, self.config.max_window);
         let gen = self.gen();
         let Some(slot) = self.slot_mut(sid) else {
             return Ok(None);

@@ -69,13 +69,20 @@ pub(crate) struct Channel<B> {
 }
 
 impl<B: Buffer> Channel<B> {
-    pub fn new(ch: u16, gen: u32, state: ChanState, peer_window: u32, our_window: u32) -> Self {
+    /// `our_window`: the window announced, and the most it may grow to.
+    pub fn new(
+        ch: u16,
+        gen: u32,
+        state: ChanState,
+        peer_window: u32,
+        our_window: (u32, u32),
+    ) -> Self {
         Channel {
             ch,
             gen,
             state,
             send: SendWindow::new(peer_window),
-            recv: RecvWindow::new(our_window),
+            recv: RecvWindow::growing(our_window.0, our_window.1),
             out: Ring::new(),
             peer_eof: false,
             finished: false,
@@ -219,7 +226,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         (sid, index, gen): (u32, u16, u32),
         forward: bool,
         peer_window: u32,
-        our_window: u32,
+        our_window: (u32, u32),
     ) -> Self {
         let mut channels = [const { None }; C];
         if !forward {
