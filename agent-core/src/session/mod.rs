@@ -55,7 +55,7 @@ pub struct AgentConfig {
     pub window: u32,
     /// The most a channel's receive window grows to, with the credit the engine
     /// returns as the driver writes input out ([`crate::flow::RecvWindow::growing`]);
-    /// `window` or less: it does not grow. What the peer may have in flight, and so
+    /// `window` or less (0, the default): it does not grow. What the peer may have in flight, and so
     /// what waits in the driver's input queues, per channel.
     pub max_window: u32,
     /// Send a `Ping` after this long without sending anything.
@@ -73,7 +73,7 @@ impl Default for AgentConfig {
         AgentConfig {
             max_frame: wire::DEFAULT_MAX_FRAME,
             window: 64 * 1024,
-            max_window: 64 * 1024,
+            max_window: 0,
             keepalive: Duration::from_secs(15),
             dead_after: Duration::from_secs(45),
             handshake_timeout: Duration::from_secs(20),
