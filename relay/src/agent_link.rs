@@ -337,6 +337,15 @@ fn default_account(account: &str) -> Result<String, String> {
     Err(format!("agent sent an invalid default account: {why}"))
 }
 
+/// The session of a `Close` that does not decode (a newer `Exit` variant), if `msg`
+/// is one.
+fn unreadable_close(msg: &[u8]) -> Option<u32> {
+    match wire::peek_session(msg) {
+        Some((11, sid)) => Some(sid),
+        _ => None,
+    }
+}
+
 /// Route one frame from the agent. `Err` is a connection-level protocol violation.
 async fn route_from_agent(
     state: &AppState,
@@ -349,7 +358,24 @@ async fn route_from_agent(
             debug!("skipping unknown frame type {frame_type}");
             return Ok(());
         }
-        Err(e) => return Err(format!("malformed frame from agent: {e}")),
+        Err(e) => {
+            // A newer agent's `Close` with an exit this relay cannot read ends that
+            // session, with what can be said; anything else malformed ends the link.
+            let Some(sid) = unreadable_close(&msg) else {
+                return Err(format!("malformed frame from agent: {e}"));
+            };
+            if let Some(route) = handle.remove_route(sid) {
+                let why = "the agent ended the session with an exit status this relay cannot read";
+                let _ = state.store.end_session(&route.session_id, why).await;
+                let close = Frame::Close {
+                    sid,
+                    exit: Exit::Aborted(ErrorCode::PROTOCOL),
+                    reason: why,
+                };
+                let _ = route.push(&close);
+            }
+            return Ok(());
+        }
     };
     match frame {
         Frame::Ping { nonce } => {
@@ -423,6 +449,18 @@ async fn route_from_agent(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_close_with_an_unknown_exit_names_its_session() {
+        // Close (11), sid 300, an exit variant this version does not know (7).
+        assert_eq!(
+            super::unreadable_close(&[0x0b, 0xac, 0x02, 0x07, 0x00]),
+            Some(300)
+        );
+        // Another frame type, or no session id at all: not one.
+        assert_eq!(super::unreadable_close(&[0x07, 0x01, 0x09]), None);
+        assert_eq!(super::unreadable_close(&[0x0b]), None);
+    }
+
     use super::*;
 
     #[test]
