@@ -400,20 +400,39 @@ pub async fn push_key(
         bail!("the key file must hold exactly one public key line");
     }
     // The key's user is the session's account.
-    let (mut ws, _) = open(relay, target, None, Kind::SshKey { user, key, ttl }).await?;
+    let kind = Kind::SshKey { user, key, ttl };
+    let created: Created = relay
+        .call(
+            "POST",
+            "/v1/sessions",
+            Some(create_body(target, None, &kind)),
+        )
+        .await?;
+    let mut ws = relay
+        .open_stream(&created.stream_url, &created.token)
+        .await?;
+    let mut session = Session::new(SID, WINDOW);
+    let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
+    let n = session
+        .open(kind, "", &mut out)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ws.send(Message::Binary(out[..n].to_vec().into()))
+        .await
+        .context("cannot send the key request")?;
     loop {
         let bytes = match ws.next().await {
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(_)) => continue,
             _ => bail!("the relay closed the session stream before the agent answered"),
         };
-        match Frame::decode(&bytes) {
-            Ok(Frame::Close {
+        match session.handle_frame(&bytes) {
+            Ok(Some(ClientEvent::Closed {
                 exit: Exit::Code(0),
                 reason,
-                ..
-            }) => return Ok(reason.to_string()),
-            Ok(Frame::Close { reason, .. }) => bail!("{target}: {reason}"),
+            })) => return Ok(reason.to_string()),
+            Ok(Some(ClientEvent::Closed { reason, .. } | ClientEvent::Rejected { reason, .. })) => {
+                bail!("{target}: {reason}")
+            }
             Ok(_) => continue,
             Err(e) => bail!("malformed frame from the relay: {e}"),
         }
