@@ -113,6 +113,38 @@ pub fn create_body(target: &str, run_as: Option<&str>, kind: &Kind<'_>) -> serde
 }
 
 /// Create a session of `kind` on `target` as `run_as` (`None`: the agent's default
+/// account) and open its stream.
+async fn create(
+    relay: &Relay,
+    target: &str,
+    run_as: Option<&str>,
+    kind: &Kind<'_>,
+) -> anyhow::Result<crate::client::Stream> {
+    let body = create_body(target, run_as, kind);
+    let created: Created = relay.call("POST", "/v1/sessions", Some(body)).await?;
+    relay.open_stream(&created.stream_url, &created.token).await
+}
+
+/// Create a session of `kind` and send its `Open` as `session`'s.
+async fn start(
+    relay: &Relay,
+    (target, run_as): (&str, Option<&str>),
+    kind: Kind<'_>,
+    session: &mut Session,
+    out: &mut [u8],
+) -> anyhow::Result<crate::client::Stream> {
+    let mut ws = create(relay, target, run_as, &kind).await?;
+    // The relay puts in the account it authorised.
+    let n = session
+        .open(kind, "", out)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    ws.send(Message::Binary(out[..n].to_vec().into()))
+        .await
+        .context("cannot send the session request")?;
+    Ok(ws)
+}
+
+/// Create a session of `kind` on `target` as `run_as` (`None`: the agent's default
 /// account), open its stream and send `Open`; returns the stream and the agent's
 /// window once it accepted.
 pub async fn open(
@@ -121,16 +153,7 @@ pub async fn open(
     run_as: Option<&str>,
     kind: Kind<'_>,
 ) -> anyhow::Result<(crate::client::Stream, SendWindow)> {
-    let created: Created = relay
-        .call(
-            "POST",
-            "/v1/sessions",
-            Some(create_body(target, run_as, &kind)),
-        )
-        .await?;
-    let mut ws = relay
-        .open_stream(&created.stream_url, &created.token)
-        .await?;
+    let mut ws = create(relay, target, run_as, &kind).await?;
     // The relay puts in the account it authorised.
     ws.send(encode(&Frame::Open {
         sid: SID,
@@ -231,25 +254,9 @@ pub async fn run(
         Request::Shell { pty: false } => Kind::PIPE_SHELL,
         Request::Exec(_) => Kind::Exec { argv: Bytes(&argv) },
     };
-    let created: Created = relay
-        .call(
-            "POST",
-            "/v1/sessions",
-            Some(create_body(target, run_as, &kind)),
-        )
-        .await?;
-    let mut ws = relay
-        .open_stream(&created.stream_url, &created.token)
-        .await?;
     let mut session = Session::new(SID, WINDOW).growing(crate::forward::CH_MAX_WINDOW);
     let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
-    // The relay puts in the account it authorised.
-    let n = session
-        .open(kind, "", &mut out)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    ws.send(Message::Binary(out[..n].to_vec().into()))
-        .await
-        .context("cannot send the session request")?;
+    let mut ws = start(relay, (target, run_as), kind, &mut session, &mut out).await?;
 
     // The terminal goes raw once the agent accepted (stdin is read from then on).
     let mut accepted = false;
@@ -401,24 +408,9 @@ pub async fn push_key(
     }
     // The key's user is the session's account.
     let kind = Kind::SshKey { user, key, ttl };
-    let created: Created = relay
-        .call(
-            "POST",
-            "/v1/sessions",
-            Some(create_body(target, None, &kind)),
-        )
-        .await?;
-    let mut ws = relay
-        .open_stream(&created.stream_url, &created.token)
-        .await?;
     let mut session = Session::new(SID, WINDOW);
     let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
-    let n = session
-        .open(kind, "", &mut out)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    ws.send(Message::Binary(out[..n].to_vec().into()))
-        .await
-        .context("cannot send the key request")?;
+    let mut ws = start(relay, (target, None), kind, &mut session, &mut out).await?;
     loop {
         let bytes = match ws.next().await {
             Some(Ok(Message::Binary(b))) => b,
