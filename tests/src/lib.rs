@@ -7,6 +7,7 @@
 //! The binaries must be built first (`cargo build --workspace --bins`, same profile):
 //! they are looked up next to the test executable.
 
+pub mod http;
 pub mod pty;
 pub mod sshd;
 

@@ -3,8 +3,7 @@
 //! Needs `qemu-system-arm` and `socat` (tests/run-all.sh installs them and builds
 //! the firmware first).
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -211,64 +210,18 @@ fn device_refuses_a_relay_certificate_from_another_ca() {
 /// Body served for `/n` by the host's HTTP server: 8 KiB, deterministic, different
 /// per path.
 fn body(n: u32) -> Vec<u8> {
-    let mut x = n.wrapping_mul(2_654_435_761) | 1;
-    (0..8192)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    tests::http::body_of(n, 8192)
 }
 
 /// An HTTP/1.0 server on the host's loopback: `GET /n` answers `body(n)`.
 fn http_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for mut c in l.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match c.read(&mut buf) {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => req.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let path = String::from_utf8_lossy(&req)
-                    .split_whitespace()
-                    .nth(1)
-                    .unwrap_or("/")
-                    .to_string();
-                let data = body(path.trim_start_matches('/').parse().unwrap_or(0));
-                let _ = write!(
-                    c,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
-                    data.len()
-                );
-                let _ = c.write_all(&data);
-            });
-        }
-    });
-    port
+    tests::http::server(|n| body(n.parse().unwrap_or(0)))
 }
 
 /// `GET path` through a forwarded local port; the response body (empty when the
 /// connection was closed without an answer).
 fn get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
-    let mut c = TcpStream::connect(("127.0.0.1", port))?;
-    c.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(c, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut resp = Vec::new();
-    c.read_to_end(&mut resp)?;
-    let at = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .unwrap_or(resp.len());
-    Ok(resp.split_off(at))
+    tests::http::get(port, path, Duration::from_secs(30))
 }
 
 /// The device's budgets from its own accounting: static RAM and the stack's

@@ -4,76 +4,26 @@
 //! not hold up the rest.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::time::Duration;
 
 use tests::{bin, text, Env};
 
 /// Body served for `/n`: deterministic, different per path, 20-120 KB.
 fn body(n: u32) -> Vec<u8> {
-    let len = 20_000 + (n as usize * 7919) % 100_000;
-    let mut x = n.wrapping_mul(2_654_435_761) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
+    tests::http::body_of(n, 20_000 + (n as usize * 7919) % 100_000)
 }
 
 /// A small HTTP/1.0 server: `GET /n` answers `body(n)`, `GET /big` 16 MB.
 fn http_server() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            std::thread::spawn(move || serve(conn));
-        }
-    });
-    port
-}
-
-fn serve(mut c: TcpStream) {
-    let mut req = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
-        match c.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => req.extend_from_slice(&buf[..n]),
-        }
-    }
-    let path = String::from_utf8_lossy(&req)
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("/")
-        .to_string();
-    let data = if path == "/big" {
-        vec![b'x'; 16 << 20]
-    } else {
-        body(path.trim_start_matches('/').parse().unwrap_or(0))
-    };
-    let _ = write!(
-        c,
-        "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n",
-        data.len()
-    );
-    let _ = c.write_all(&data);
+    tests::http::server(|path| match path {
+        "big" => vec![b'x'; 16 << 20],
+        n => body(n.parse().unwrap_or(0)),
+    })
 }
 
 fn get(port: u16, path: &str) -> std::io::Result<Vec<u8>> {
-    let mut c = TcpStream::connect(("127.0.0.1", port))?;
-    c.set_read_timeout(Some(Duration::from_secs(60)))?;
-    write!(c, "GET {path} HTTP/1.0\r\n\r\n")?;
-    let mut resp = Vec::new();
-    c.read_to_end(&mut resp)?;
-    let at = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 4)
-        .unwrap_or(resp.len());
-    Ok(resp.split_off(at))
+    tests::http::get(port, path, Duration::from_secs(60))
 }
 
 #[test]
