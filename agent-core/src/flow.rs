@@ -95,6 +95,11 @@ impl RecvWindow {
     pub const fn max(&self) -> u32 {
         self.max
     }
+    /// Let the window grow to `max` from now on (never below the window it has): a
+    /// receiver sharing a memory budget between windows lowers it when others grew.
+    pub fn set_max(&mut self, max: u32) {
+        self.max = max.max(self.window);
+    }
     /// Account for `n` received bytes. Errors if the peer exceeded its credit.
     pub fn on_data(&mut self, n: usize) -> Result<(), FlowViolation> {
         let n = u32::try_from(n).map_err(|_| FlowViolation)?;
@@ -220,6 +225,25 @@ mod tests {
             "at the maximum: what was consumed"
         );
         assert_eq!(r.window(), 350);
+    }
+
+    #[test]
+    fn a_lowered_maximum_stops_growth_but_never_shrinks_the_window() {
+        let mut r = RecvWindow::growing(100, 1000);
+        r.on_data(100).unwrap();
+        r.consume(100);
+        assert_eq!(r.credit_due(), Some(200));
+        r.set_max(150);
+        assert_eq!(r.max(), 200, "not below the window it has");
+        r.on_data(200).unwrap();
+        r.consume(200);
+        assert_eq!(r.credit_due(), Some(200));
+        assert_eq!(r.window(), 200);
+        r.set_max(300);
+        r.on_data(200).unwrap();
+        r.consume(200);
+        assert_eq!(r.credit_due(), Some(300));
+        assert_eq!(r.window(), 300);
     }
 
     #[test]

@@ -29,6 +29,11 @@ const CH_WINDOW: u32 = 256 * 1024;
 /// is also the most this process holds of one connection's data when the local
 /// program reads slowly.
 pub const CH_MAX_WINDOW: u32 = 4 * 1024 * 1024;
+/// What the windows of all of a session's channels may grow to together: what the
+/// relay lets a stream have in flight (`hub::SESSION_WINDOW`, 64 channels at its
+/// 256 KiB clamp), so that even a relay that passes all credit on holds no more for
+/// this client than it always could.
+const SESSION_MAX_WINDOW: u32 = 64 * CH_WINDOW;
 /// Bytes of a local connection's input held here waiting for credit.
 const SPACE: usize = 256 * 1024;
 /// Largest read from a local connection: a full `Data` frame.
@@ -489,8 +494,13 @@ pub async fn run(
                         }
                     }
                     Ev::Written(ch, n) => {
+                        // Growth shares the session's budget with the other channels.
+                        let all: u64 = chans.values().map(|c| u64::from(c.recv.window())).sum();
                         if let Some(c) = chans.get_mut(&ch) {
                             c.recv.consume(n);
+                            let others = all - u64::from(c.recv.window());
+                            let room = u64::from(SESSION_MAX_WINDOW).saturating_sub(others);
+                            c.recv.set_max(CH_MAX_WINDOW.min(room as u32));
                             if let Some(bytes) = c.recv.credit_due() {
                                 // Best effort, as in a shell session.
                                 let _ = ws.send(encode(&Frame::Credit { sid: SID, ch, bytes })).await;

@@ -88,7 +88,7 @@ const CASES: [Case; 4] = [
 ];
 
 /// Runs of each case on each path; the median is reported.
-const RUNS: usize = 3;
+const RUNS: usize = 5;
 
 /// The target server. Each connection starts with one byte: `D` and a big-endian
 /// u64 N (the server writes N bytes, then closes), or `U` (the server reads to EOF,

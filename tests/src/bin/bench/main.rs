@@ -4,7 +4,7 @@
 //! - `rate`: achieved rate of 1 and of 20 concurrent sessions at 200 kbit/s;
 //! - `throughput`: forwarded TCP, limit off, target-to-client and client-to-target,
 //!   one stream and 4 in parallel: Sesame vs direct loopback vs OpenSSH `ssh -L`
-//!   through an sshd the bench starts (needs root); median of 3 runs, and the CPU
+//!   through an sshd the bench starts (needs root); median of 5 runs, and the CPU
 //!   each tunnel's processes used;
 //! - `latency`: 1-byte echo through a shell's PTY in raw mode, Sesame vs `ssh -tt`;
 //! - `setup`: `sesame exec TARGET -- true` vs `ssh host true`, median of 20;
