@@ -345,9 +345,13 @@ pub async fn serve(
     }
     // The recording, made before the agent hears of the session: one that cannot
     // be made refuses it (strict mode).
-    let asks_input = input_recorded(&state, &user, &target, &session, peer);
     let mut recorder = match recording_meta(&msg, &session, &user.name, &target.name) {
-        Some(meta) => match state.recordings.start(meta, asks_input).await {
+        // (Input is asked of the policies only for a session that is recorded.)
+        Some(meta) => match state
+            .recordings
+            .start(meta, input_recorded(&state, &user, &target, &session, peer))
+            .await
+        {
             Ok(r) => r,
             Err(why) => {
                 refuse(
