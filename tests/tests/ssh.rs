@@ -164,12 +164,21 @@ fn sesame_ssh_logs_in_with_no_key_set_up() {
 #[ignore = "needs root and openssh-server; run by tests/run-all.sh"]
 fn pushed_key_stops_working_after_its_ttl() {
     let (env, sshd, key) = setup();
-    assert!(push(&env, &key, 2).status.success());
+    // Long enough that the first login fits in it on a busy 2-core CI machine (a
+    // 2 s key once expired before ssh got in), short enough to wait out.
+    const TTL: u32 = 8;
+    let pushed = std::time::Instant::now();
+    assert!(push(&env, &key, TTL).status.success());
+    let out = ssh(&env, &sshd, &key, &["true", "&&", "echo", "in"]);
     assert_eq!(
-        text(&ssh(&env, &sshd, &key, &["true", "&&", "echo", "in"])).0,
-        "in\n"
+        text(&out).0,
+        "in\n",
+        "first login, {:?} after the push: {}",
+        pushed.elapsed(),
+        text(&out).1
     );
-    std::thread::sleep(Duration::from_millis(3500));
+    let expired = Duration::from_secs(u64::from(TTL)) + Duration::from_millis(1500);
+    std::thread::sleep(expired.saturating_sub(pushed.elapsed()));
     let out = ssh(&env, &sshd, &key, &["echo", "in"]);
     assert_ne!(out.status.code(), Some(0), "the expired key still logs in");
     assert!(
@@ -177,8 +186,16 @@ fn pushed_key_stops_working_after_its_ttl() {
         "{}",
         text(&out).1
     );
-    // The agent also removed the line.
-    let keys = std::fs::read_to_string(sshd.keys.join("root")).unwrap_or_default();
+    // The agent also removes the line, a second after the expiry.
+    let read = || std::fs::read_to_string(sshd.keys.join("root")).unwrap_or_default();
+    let mut keys = read();
+    for _ in 0..50 {
+        if !keys.contains("sesame:") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        keys = read();
+    }
     assert!(
         !keys.contains("sesame:"),
         "expired line left behind: {keys}"
