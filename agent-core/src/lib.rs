@@ -21,7 +21,9 @@
 //!   decides what goes out and when a channel or session is over. The client side
 //!   of a session ([`client::Client`]) uses the same channel machinery.
 //! - Shared by every agent: the reconnect [`backoff::Backoff`], the error codes of
-//!   [`ProtocolError::code`], the authentication message ([`session::auth_message`]).
+//!   [`ProtocolError::code`], the authentication message ([`session::auth_message`],
+//!   [`session::Agent::answer_challenge`]), why a connection ends ([`session::Failure`]),
+//!   the destination rules of forward sessions ([`dest`]).
 //!
 //! ## Non-goals
 //! Cryptography (the driver signs the authentication challenge), TLS, WebSocket
@@ -32,6 +34,7 @@
 
 pub mod backoff;
 pub mod client;
+pub mod dest;
 pub mod error;
 pub mod flow;
 pub mod limits;

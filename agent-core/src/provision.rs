@@ -15,11 +15,14 @@
 //! foreign image are all told apart from a good image by the magic, the length and
 //! the CRC, and reported as [`ProvisionError`].
 
-use core::net::Ipv4Addr;
+use core::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dest::{self, Grammar, Rules};
 use crate::wire::Bytes;
+
+pub use crate::dest::{RuleError, Verdict};
 
 /// First bytes of every image.
 pub const MAGIC: &[u8; 8] = b"SESAMEPV";
@@ -68,188 +71,35 @@ pub struct ForwardRules<'a> {
     pub deny: &'a str,
 }
 
-/// One destination rule: `NET[/PREFIX][:PORTS]` (an IPv4 address or network) or
-/// `NAME[:PORTS]` (a host name as the client asks for it, compared without regard
-/// to case), PORTS a comma list of ports and ranges (`22,8000-8999`); without PORTS
-/// every port. A name rule matches the name asked for; the address it resolves to
-/// meets the address rules too, so a name cannot bring a denied address in.
+/// One rule of a device's lists: an IPv4 network or a host name, with ports
+/// ([`crate::dest`] has the syntax; an IPv6 rule is [`RuleError::Ipv6`]: devices
+/// speak IPv4 only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rule<'a> {
-    target: Target<'a>,
-    /// Checked by [`Rule::parse`]; empty: every port.
-    ports: &'a str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target<'a> {
-    Net { addr: u32, prefix: u8 },
-    Name(&'a str),
-}
-
-/// Why a destination rule does not parse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum RuleError {
-    /// Looks like an IPv4 address or network but is not one.
-    Address,
-    /// The prefix length is not 0 to 32.
-    Prefix,
-    /// Not a host name (letters, digits, `-` and `.`, at most 253 bytes).
-    Name,
-    /// The port list is not ports and ranges separated by commas.
-    Ports,
-    /// An IPv6 rule: devices speak IPv4 only.
-    Ipv6,
-}
-
-impl core::fmt::Display for RuleError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(match self {
-            RuleError::Address => "not an IPv4 address or network",
-            RuleError::Prefix => "bad prefix length",
-            RuleError::Name => "not a host name",
-            RuleError::Ports => "bad port list",
-            RuleError::Ipv6 => "devices speak IPv4 only",
-        })
-    }
-}
+pub struct Rule<'a>(pub dest::Rule<'a>);
 
 impl<'a> Rule<'a> {
-    /// Parse one rule.
+    /// Parse one rule of a device's grammar ([`Grammar::DEVICE`]).
     pub fn parse(s: &'a str) -> Result<Rule<'a>, RuleError> {
-        if s.starts_with('[') || s.matches(':').count() > 1 {
-            return Err(RuleError::Ipv6);
-        }
-        let (target, ports) = s.split_once(':').unwrap_or((s, ""));
-        if s.contains(':') && ports.is_empty() {
-            return Err(RuleError::Ports);
-        }
-        for part in ports.split(',').filter(|_| !ports.is_empty()) {
-            port_range(part).ok_or(RuleError::Ports)?;
-        }
-        let target = if target
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/')
-        {
-            let (addr, prefix) = match target.split_once('/') {
-                Some((a, p)) => (a, Some(p)),
-                None => (target, None),
-            };
-            let addr: Ipv4Addr = addr.parse().map_err(|_| RuleError::Address)?;
-            let prefix = match prefix {
-                Some(p) => p
-                    .parse()
-                    .ok()
-                    .filter(|p| *p <= 32)
-                    .ok_or(RuleError::Prefix)?,
-                None => 32,
-            };
-            Target::Net {
-                addr: addr.to_bits(),
-                prefix,
-            }
-        } else {
-            let name = target.strip_suffix('.').unwrap_or(target);
-            let ok = !name.is_empty()
-                && name.len() <= 253
-                && name.split('.').all(|l| {
-                    !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                });
-            if !ok {
-                return Err(RuleError::Name);
-            }
-            Target::Name(name)
-        };
-        Ok(Rule { target, ports })
+        dest::Rule::parse(s, Grammar::DEVICE).map(Rule)
     }
-
-    /// Whether the rule covers `port`.
-    fn covers(&self, port: u16) -> bool {
-        self.ports.is_empty()
-            || self
-                .ports
-                .split(',')
-                .filter_map(port_range)
-                .any(|(lo, hi)| (lo..=hi).contains(&port))
-    }
-
-    /// Whether the rule matches a destination asked for as `host`, at `addr` if known.
-    fn matches(&self, host: &str, addr: Option<Ipv4Addr>, port: u16) -> bool {
-        let target = match self.target {
-            Target::Net { addr: net, prefix } => addr.is_some_and(|a| {
-                let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-                a.to_bits() & mask == net & mask
-            }),
-            Target::Name(name) => host
-                .strip_suffix('.')
-                .unwrap_or(host)
-                .eq_ignore_ascii_case(name),
-        };
-        target && self.covers(port)
-    }
-}
-
-/// `P` or `A-B` with `A <= B`.
-fn port_range(s: &str) -> Option<(u16, u16)> {
-    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-    let (lo, hi) = (lo.parse().ok()?, hi.parse().ok()?);
-    (lo <= hi).then_some((lo, hi))
-}
-
-/// What a device does with a destination ([`ForwardRules::check`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// Connect.
-    Allow,
-    /// Refuse (`DENIED`).
-    Deny,
-    /// A host name that may be allowed: resolve it, then check again with its address.
-    Resolve,
 }
 
 impl<'a> ForwardRules<'a> {
-    /// The rules of a list, skipping any that does not parse (a decoded image has none).
-    pub fn rules(list: &'a str) -> impl Iterator<Item = Rule<'a>> {
-        list.split(' ')
-            .filter(|r| !r.is_empty())
-            .filter_map(|r| Rule::parse(r).ok())
+    /// The lists as [`crate::dest::Rules`] of a device's grammar.
+    pub fn rules(&self) -> Rules<'a> {
+        Rules::new(self.allow, self.deny, Grammar::DEVICE)
     }
 
     /// Whether both lists parse.
     pub fn valid(&self) -> bool {
-        [self.allow, self.deny].iter().all(|list| {
-            list.split(' ')
-                .filter(|r| !r.is_empty())
-                .all(|r| Rule::parse(r).is_ok())
-        })
+        self.rules().valid()
     }
 
     /// Whether a destination asked for as `host:port` may be reached; `addr` is what
     /// `host` resolved to (`None` before resolving; an IPv4 literal is its own
     /// address). [`Verdict::Resolve`] only for a name that an address rule might allow.
     pub fn check(&self, host: &str, addr: Option<Ipv4Addr>, port: u16) -> Verdict {
-        let addr = addr.or_else(|| host.parse().ok());
-        let hit = |list| Self::rules(list).any(|r: Rule<'_>| r.matches(host, addr, port));
-        if hit(self.deny) {
-            return Verdict::Deny;
-        }
-        if addr.is_some() {
-            return if hit(self.allow) {
-                Verdict::Allow
-            } else {
-                Verdict::Deny
-            };
-        }
-        // A name: it may be allowed by name, or by the address it resolves to.
-        let maybe = Self::rules(self.allow).any(|r| match r.target {
-            Target::Name(_) => r.matches(host, None, port),
-            Target::Net { .. } => r.covers(port),
-        });
-        if maybe {
-            Verdict::Resolve
-        } else {
-            Verdict::Deny
-        }
+        self.rules().check(host, addr.map(IpAddr::V4), port)
     }
 }
 

@@ -7,98 +7,31 @@
 //! credentials.
 //! Host names are resolved first and every resolved address is checked, so a name
 //! cannot smuggle a denied address in. Addresses are checked as what connecting to
-//! them reaches ([`canonical`]): `0.0.0.0` is this host, `::ffff:10.0.0.1` is an IPv4
+//! them reaches ([`agent_core::dest::canonical`]): `0.0.0.0` is this host, `::ffff:10.0.0.1` is an IPv4
 //! address, so neither spelling slips past a rule written for the other.
+//! The matching is agent-core's ([`agent_core::dest`]), shared with the device; what
+//! is here is the Linux agent's lists: from its command line, every address allowed
+//! without an allow rule, the metadata addresses denied.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::ops::RangeInclusive;
+use std::net::IpAddr;
 use std::str::FromStr;
 
-/// One network and its ports.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    addr: IpAddr,
-    prefix: u8,
-    ports: Vec<RangeInclusive<u16>>,
-}
+use agent_core::dest::{Grammar, Rules};
 
-impl Rule {
-    fn matches(&self, ip: IpAddr, port: u16) -> bool {
-        let in_net = match (self.addr, ip) {
-            (IpAddr::V4(n), IpAddr::V4(a)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(n) & mask == u32::from(a) & mask
-            }
-            (IpAddr::V6(n), IpAddr::V6(a)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(n) & mask == u128::from(a) & mask
-            }
-            _ => false,
-        };
-        in_net && (self.ports.is_empty() || self.ports.iter().any(|r| r.contains(&port)))
-    }
-}
+/// One network and its ports (agent-core's [`agent_core::dest`] syntax, IPv4 and
+/// IPv6, no host names), as given on the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule(String);
 
 impl FromStr for Rule {
     type Err = String;
     /// `NET[/PREFIX][:PORTS]`, PORTS a comma list of ports and ranges (`22,8000-8999`);
     /// IPv6 with ports in brackets: `[fd00::/8]:443`.
     fn from_str(s: &str) -> Result<Rule, String> {
-        let bad = |why: &str| format!("invalid destination rule '{s}': {why}");
-        let (net, ports) = if let Some(rest) = s.strip_prefix('[') {
-            let (net, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
-            (net, after.strip_prefix(':'))
-        } else if s.matches(':').count() == 1 {
-            let (n, p) = s.split_once(':').unwrap_or((s, ""));
-            (n, Some(p))
-        } else {
-            (s, None)
-        };
-        let (addr, prefix) = match net.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (net, None),
-        };
-        let addr: IpAddr = addr
-            .parse()
-            .map_err(|_| bad("not an IP address or network"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|p| *p <= max)
-                .ok_or_else(|| bad("bad prefix length"))?,
-            None => max,
-        };
-        let mut list = Vec::new();
-        for part in ports.unwrap_or("").split(',').filter(|p| !p.is_empty()) {
-            let range = match part.split_once('-') {
-                Some((a, b)) => a.parse().ok().zip(b.parse().ok()).map(|(a, b)| a..=b),
-                None => part.parse().ok().map(|p| p..=p),
-            };
-            list.push(
-                range
-                    .filter(|r| r.start() <= r.end())
-                    .ok_or_else(|| bad("bad port list"))?,
-            );
+        match agent_core::dest::Rule::parse(s, Grammar::ADDRESSES) {
+            Ok(_) => Ok(Rule(s.to_string())),
+            Err(e) => Err(format!("invalid destination rule '{s}': {e}")),
         }
-        // A rule written for IPv4-mapped addresses is the IPv4 rule, as destinations are.
-        let (addr, prefix) = match addr {
-            IpAddr::V6(v6) if prefix >= 96 => match v6.to_ipv4_mapped() {
-                Some(v4) => (IpAddr::V4(v4), prefix - 96),
-                None => (addr, prefix),
-            },
-            _ => (addr, prefix),
-        };
-        Ok(Rule {
-            addr,
-            prefix,
-            ports: list,
-        })
     }
 }
 
@@ -114,29 +47,11 @@ pub const METADATA: &[&str] = &[
     "168.63.129.16",
 ];
 
-/// The address a connection to `ip` reaches, for policy purposes: IPv4-mapped
-/// (`::ffff:a.b.c.d`) and IPv4-compatible (`::a.b.c.d`) addresses are the IPv4
-/// address, and the unspecified addresses (`0.0.0.0`, `::`) are loopback, which is
-/// where Linux connects them.
-pub fn canonical(ip: IpAddr) -> IpAddr {
-    let ip = match ip {
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        // ::1 is IPv6 loopback, not the IPv4-compatible 0.0.0.1.
-        IpAddr::V6(v6) if v6.is_loopback() => ip,
-        IpAddr::V6(v6) => v6.to_ipv4().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    };
-    match ip {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        ip => ip,
-    }
-}
-
-/// The agent's forwarding policy.
+/// The agent's forwarding policy: its lists, as agent-core's [`Rules`] read them.
 #[derive(Debug, Clone)]
 pub struct DestPolicy {
-    allow: Vec<Rule>,
-    deny: Vec<Rule>,
+    allow: String,
+    deny: String,
 }
 
 impl Default for DestPolicy {
@@ -146,22 +61,28 @@ impl Default for DestPolicy {
 }
 
 impl DestPolicy {
-    /// A policy from allow and deny rules; `allow_metadata` lifts the default denial
-    /// of the cloud metadata addresses ([`METADATA`]).
-    pub fn new(allow: Vec<Rule>, mut deny: Vec<Rule>, allow_metadata: bool) -> Self {
-        if !allow_metadata {
-            for m in METADATA {
-                deny.push(m.parse().expect("valid built-in rule"));
-            }
+    /// A policy from allow and deny rules (no allow rule: every address is allowed);
+    /// `allow_metadata` lifts the default denial of the cloud metadata addresses
+    /// ([`METADATA`]).
+    pub fn new(allow: Vec<Rule>, deny: Vec<Rule>, allow_metadata: bool) -> Self {
+        let join = |rules: Vec<Rule>| rules.into_iter().map(|r| r.0).collect::<Vec<_>>();
+        let mut allow = join(allow);
+        if allow.is_empty() {
+            allow = vec!["0.0.0.0/0".into(), "::/0".into()];
         }
-        DestPolicy { allow, deny }
+        let mut deny = join(deny);
+        if !allow_metadata {
+            deny.extend(METADATA.iter().map(|m| m.to_string()));
+        }
+        DestPolicy {
+            allow: allow.join(" "),
+            deny: deny.join(" "),
+        }
     }
 
     /// Whether `ip:port` may be reached.
     pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
-        let ip = canonical(ip);
-        let allowed = self.allow.is_empty() || self.allow.iter().any(|r| r.matches(ip, port));
-        allowed && !self.deny.iter().any(|r| r.matches(ip, port))
+        Rules::new(&self.allow, &self.deny, Grammar::ADDRESSES).allows(ip, port)
     }
 }
 
@@ -223,14 +144,7 @@ mod tests {
 
     #[test]
     fn other_spellings_of_an_address_meet_its_rules() {
-        assert_eq!(canonical(ip("0.0.0.0")), ip("127.0.0.1"));
-        assert_eq!(canonical(ip("::")), ip("::1"));
-        assert_eq!(canonical(ip("::1")), ip("::1"));
-        assert_eq!(canonical(ip("::ffff:127.0.0.1")), ip("127.0.0.1"));
-        assert_eq!(canonical(ip("::ffff:0.0.0.0")), ip("127.0.0.1"));
-        assert_eq!(canonical(ip("::10.1.2.3")), ip("10.1.2.3"));
-        assert_eq!(canonical(ip("2001:db8::1")), ip("2001:db8::1"));
-
+        // How each spelling is read is agent-core's (`dest::canonical`, tested there).
         let deny = |rules: &[&str]| {
             let rules = rules.iter().map(|r| r.parse().unwrap()).collect();
             DestPolicy::new(vec![], rules, false)
