@@ -21,9 +21,11 @@
 //! generation: a stale handle (of a session that ended, whose place was reused)
 //! is refused ([`UseError::Stale`]), never applied to the new one.
 
+mod failure;
 pub(crate) mod ring;
 pub(crate) mod slot;
 
+pub use failure::{Failure, MESSAGE_MAX};
 pub use ring::Buffer;
 
 use core::fmt::Write as _;
@@ -264,6 +266,8 @@ pub enum AuthError {
     /// ([`wire::account_valid`]); it is never clipped, since a prefix may name
     /// another account.
     Account,
+    /// The challenge's nonce is not [`NONCE_LEN`] bytes ([`Agent::answer_challenge`]).
+    Nonce,
 }
 
 impl core::fmt::Display for AuthError {
@@ -274,6 +278,7 @@ impl core::fmt::Display for AuthError {
                 "the default account must be an account name (at most {} bytes of letters, digits, . _ - @ $)",
                 wire::ACCOUNT_MAX
             ),
+            AuthError::Nonce => write!(f, "the challenge's nonce is not {NONCE_LEN} bytes"),
         }
     }
 }
@@ -824,6 +829,22 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             };
         }
         Ok(())
+    }
+
+    /// Answer [`Event::Challenge`]: `sign` signs [`auth_message`] of its `nonce` with
+    /// the key whose public half is `public_key`, then [`Agent::authenticate`] as
+    /// there. A nonce of another length is never signed ([`AuthError::Nonce`]).
+    pub fn answer_challenge(
+        &mut self,
+        nonce: &[u8],
+        public_key: [u8; 32],
+        sign: impl FnOnce(&[u8]) -> [u8; 64],
+        activation: &str,
+        account: &str,
+    ) -> Result<(), AuthError> {
+        let mut buf = [0u8; 64];
+        let message = auth_message(nonce, &mut buf).ok_or(AuthError::Nonce)?;
+        self.authenticate(public_key, sign(message), activation, account)
     }
 
     /// The session started: tell the peer, announcing our receive window. A session
