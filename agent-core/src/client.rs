@@ -9,6 +9,11 @@
 //! received messages to [`Client::handle_frame`], act on the event, drain
 //! [`Client::poll_transmit`]; write input with [`Client::send_slice`], report what
 //! was written out with [`Client::consumed`].
+//!
+//! Receive windows may grow with the credit returned ([`Client::growing`]), each up
+//! to a maximum and, if the driver says so, all of a session's channels together up
+//! to a total ([`Client::sharing`]): what the driver can afford to hold of data it
+//! has not written out yet.
 
 use core::fmt::Write as _;
 
@@ -60,7 +65,8 @@ pub enum ClientEvent<'a> {
         /// Why, for a person.
         reason: &'a str,
     },
-    /// A forward channel is over (empty reason: cleanly); it is gone.
+    /// A forward channel is over (empty reason: cleanly), or the agent answered our
+    /// [`Client::close_channel`]; it is gone.
     ChannelClosed {
         /// Channel.
         ch: u16,
@@ -107,6 +113,8 @@ pub struct Client<const C: usize, B: Buffer> {
     window: u32,
     /// The most a channel's receive window grows to.
     max_window: u32,
+    /// The most all channels' receive windows grow to together, if bounded.
+    total_window: Option<u32>,
     state: State,
     channels: [Option<Channel<B>>; C],
     /// Channels asked for, their `ChannelOpen` not sent yet (one per free place).
@@ -128,6 +136,7 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             sid,
             window,
             max_window: window,
+            total_window: None,
             state: State::Opening,
             channels: [const { None }; C],
             opens: Deque::new(),
@@ -143,6 +152,15 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     /// `max` bytes (see [`crate::flow::RecvWindow::growing`]).
     pub fn growing(mut self, max: u32) -> Self {
         self.max_window = max;
+        self
+    }
+
+    /// Let the receive windows of all channels grow to `total` bytes together at
+    /// most: a channel's window grows only into what the others leave (it never
+    /// shrinks; a window of `window` bytes is always granted, so a session with many
+    /// channels may hold more than `total` without growing).
+    pub fn sharing(mut self, total: u32) -> Self {
+        self.total_window = Some(total);
         self
     }
 
@@ -222,8 +240,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             Frame::Data {
                 ch, stream, data, ..
             } => {
-                let Some(c) = self.chan(ch) else {
-                    return Ok(None); // a channel that just ended
+                // A channel that just ended, or that we aborted: dropped.
+                let Some(c) = self.chan(ch).filter(|c| c.state == ChanState::Open) else {
+                    return Ok(None);
                 };
                 if c.recv.on_data(data.0.len()).is_err() {
                     return Err(ProtocolError::FlowControl { sid });
@@ -243,7 +262,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 None
             }
             Frame::Eof { ch, .. } => {
-                let c = self.chan(ch).filter(|c| !c.peer_eof);
+                let c = self
+                    .chan(ch)
+                    .filter(|c| c.state == ChanState::Open && !c.peer_eof);
                 c.map(|c| {
                     c.peer_eof = true;
                     ClientEvent::Eof { ch }
@@ -267,8 +288,10 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 Some(ClientEvent::ChannelRejected { ch, code, reason })
             }
             Frame::ChannelClose { ch, reason, .. } => {
+                // The agent's end of a channel, or its answer to our abort (our own
+                // `ChannelClose` may still wait to go: the channel is over anyway).
                 if self.chan(ch).is_none() {
-                    return Ok(None); // the answer to our own abort
+                    return Ok(None);
                 }
                 self.free(ch);
                 Some(ClientEvent::ChannelClosed { ch, reason })
@@ -342,7 +365,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     }
 
     /// The local side of a channel failed: it is aborted (`ChannelClose` with the
-    /// reason), what waits dropped; the agent's answer frees it.
+    /// reason), what waits dropped, nothing more delivered; the agent's answer frees
+    /// it ([`ClientEvent::ChannelClosed`]), so that its id is not reused before the
+    /// agent is done with it.
     pub fn close_channel(&mut self, ch: u16, reason: &str) -> Result<(), UseError> {
         if ch == 0 {
             // Channel 0 is the session's: end it with [`Client::close`].
@@ -353,9 +378,10 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         Ok(())
     }
 
-    /// `n` bytes of a channel's output were written out: credit flows back.
+    /// `n` bytes of a channel's output were written out: credit flows back (none
+    /// for a channel that is ending).
     pub fn consumed(&mut self, ch: u16, n: usize) {
-        if let Some(c) = self.chan(ch) {
+        if let Some(c) = self.chan(ch).filter(|c| c.state == ChanState::Open) {
             c.recv.consume(n);
         }
     }
@@ -422,14 +448,32 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             return Ok(f.encode(out).ok());
         }
         let max = wire::max_data_len(out.len() as u32);
+        // One frame goes per call, so at most one window grows: the others' sum
+        // taken once holds for each channel visited.
+        let all: u64 = match self.total_window {
+            Some(_) => self
+                .channels
+                .iter()
+                .flatten()
+                .map(|c| u64::from(c.recv.window()))
+                .sum(),
+            None => 0,
+        };
         for i in 0..C {
             let idx = (self.cursor + i) % C;
             let Some(c) = self.channels[idx].as_mut() else {
                 continue;
             };
+            if let Some(total) = self.total_window {
+                let others = all - u64::from(c.recv.window());
+                let room = u64::from(total).saturating_sub(others);
+                c.recv.set_max(self.max_window.min(room as u32));
+            }
             if let Some((len, free, _)) = c.next_frame(sid, out, max) {
                 if free {
-                    self.channels[idx] = None;
+                    // Our `ChannelClose` went: the channel waits, silent, for the
+                    // agent's answer (a client never ends a channel otherwise).
+                    c.state = ChanState::Terminating;
                 }
                 self.cursor = (idx + 1) % C;
                 return Ok(Some(len));

@@ -237,9 +237,16 @@ fn forward_channels_open_carry_bytes_and_close_once_both_sides_are_done() {
         "{:?}",
         p.agent_events
     );
+    // Its place and id are held until the agent answers.
+    assert!(p.client.chan(b).is_some());
     p.agent.close_channel(cb, "").unwrap();
     p.run();
     assert!(!p.agent.is_channel_live(cb));
+    assert!(p.client.chan(b).is_none());
+    assert_eq!(
+        p.client_events.last().map(std::string::String::as_str),
+        Some(std::format!("ChannelClosed {{ ch: {b}, reason: \"\" }}").as_str())
+    );
     // The client ends the session.
     p.client.close("done");
     p.run();
@@ -330,4 +337,115 @@ fn channels_wait_for_the_accept_and_nothing_is_sent_after_the_end() {
     ));
     assert_eq!(c.poll_transmit(&mut out), Ok(None));
     assert_eq!(c.send_slice(ch, b"x"), Err(UseError::Finished));
+}
+
+/// A forward client of windows 100 growing to 400, 300 for all channels together,
+/// accepted, with channels `n` channels open and accepted.
+fn sharing(n: u16) -> (Client<3, [u8; 16]>, Vec<u16>) {
+    let mut c = Client::new(1, 100).growing(400).sharing(300);
+    let mut out = std::vec![0u8; 1024];
+    c.open(Kind::Forward, "", &mut out).unwrap();
+    c.handle_frame(&frame(Frame::Accept { sid: 1, window: 0 }))
+        .unwrap();
+    let chs: Vec<u16> = (0..n).map(|_| c.open_channel("db", 1).unwrap()).collect();
+    while c.poll_transmit(&mut out).unwrap().is_some() {}
+    for &ch in &chs {
+        c.handle_frame(&frame(Frame::ChannelAccept {
+            sid: 1,
+            ch,
+            window: 100,
+        }))
+        .unwrap();
+    }
+    (c, chs)
+}
+
+/// `n` bytes arrive on `ch` and are written out; the credit it returns.
+fn receive(c: &mut Client<3, [u8; 16]>, ch: u16, n: usize) -> Vec<u32> {
+    let data = std::vec![0u8; n];
+    let f = frame(Frame::Data {
+        sid: 1,
+        ch,
+        stream: Stream::OUT,
+        data: wire::Bytes(&data),
+    });
+    assert!(matches!(
+        c.handle_frame(&f),
+        Ok(Some(ClientEvent::Data { .. }))
+    ));
+    c.consumed(ch, n);
+    let mut out = std::vec![0u8; 1024];
+    let mut credit = Vec::new();
+    while let Some(len) = c.poll_transmit(&mut out).unwrap() {
+        if let Ok(Frame::Credit { bytes, .. }) = Frame::decode(&out[..len]) {
+            credit.push(bytes);
+        }
+    }
+    credit
+}
+
+#[test]
+fn windows_grow_into_what_the_other_channels_leave_of_the_total() {
+    let (mut c, chs) = sharing(2);
+    let (a, b) = (chs[0], chs[1]);
+    // a doubles to 200 (b holds 100 of the 300), then may not grow further.
+    assert_eq!(receive(&mut c, a, 100), [200]);
+    assert_eq!(receive(&mut c, a, 200), [200]);
+    // b has no room left: it keeps its 100.
+    assert_eq!(receive(&mut c, b, 100), [100]);
+    // Once b is gone, a grows into the whole total, and never past it.
+    let close = frame(Frame::ChannelClose {
+        sid: 1,
+        ch: b,
+        reason: "",
+    });
+    c.handle_frame(&close).unwrap();
+    assert_eq!(receive(&mut c, a, 200), [300]);
+    assert_eq!(receive(&mut c, a, 300), [300]);
+    assert_eq!(c.chan(a).map(|c| c.recv.window()), Some(300));
+}
+
+#[test]
+fn an_aborted_channel_delivers_nothing_more_and_waits_for_the_answer() {
+    let (mut c, chs) = sharing(3);
+    let a = chs[0];
+    assert_eq!(c.send_slice(a, b"unsent"), Ok(6));
+    c.close_channel(a, "local write failed").unwrap();
+    let mut out = std::vec![0u8; 1024];
+    let n = c.poll_transmit(&mut out).unwrap().unwrap();
+    assert_eq!(
+        Frame::decode(&out[..n]).unwrap(),
+        Frame::ChannelClose {
+            sid: 1,
+            ch: a,
+            reason: "local write failed"
+        },
+        "what waited is dropped"
+    );
+    assert_eq!(c.poll_transmit(&mut out), Ok(None), "nothing after it");
+    // Data and Eof the agent sent before it heard of it are not delivered.
+    let data = frame(Frame::Data {
+        sid: 1,
+        ch: a,
+        stream: Stream::OUT,
+        data: wire::Bytes(b"late"),
+    });
+    assert_eq!(c.handle_frame(&data), Ok(None));
+    assert_eq!(
+        c.handle_frame(&frame(Frame::Eof { sid: 1, ch: a })),
+        Ok(None)
+    );
+    assert_eq!(c.send_slice(a, b"x"), Err(UseError::Finished));
+    // Every place is taken until the agent answers; then a is free.
+    assert_eq!(c.open_channel("db", 1), Err(UseError::NotNow));
+    let answer = frame(Frame::ChannelClose {
+        sid: 1,
+        ch: a,
+        reason: "",
+    });
+    assert_eq!(
+        c.handle_frame(&answer),
+        Ok(Some(ClientEvent::ChannelClosed { ch: a, reason: "" }))
+    );
+    assert!(c.open_channel("db", 1).is_ok());
 }
