@@ -1,296 +1,45 @@
-//! The connection loop: dial, drive the core engine, run sessions, reconnect.
+//! One relay connection's loop: the engine (agent-core) fed with what the relay
+//! sends, what sessions' tasks report and the timer; what it transmits sent.
 //!
-//! The engine (agent-core) owns the protocol: every byte a session sends, its flow
-//! control, when channels and sessions end. What is here is I/O: processes and
-//! connections started and stopped, their output handed to the engine as its
-//! channel buffers have room, their input written out.
+//! The engine owns the protocol: every byte a session sends, its flow control, when
+//! channels and sessions end. What is here is routing: the engine's events to the
+//! sessions' I/O ([`crate::session`]), the tasks' messages ([`Msg`]) to the sessions
+//! and the engine, and the answers of work done off the loop (account resolution,
+//! key pushes) to the engine.
 
-use std::collections::{HashMap, VecDeque};
-use std::ffi::OsString;
-use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::collections::HashMap;
 use std::time::Duration;
 
-use agent_core::backoff::Backoff;
-use agent_core::session::{
-    auth_message, Agent, AgentConfig, Buffer, ChannelHandle, Event, SessionHandle,
-};
-use agent_core::wire::{self, ErrorCode, Exit, Kind, Stream};
+use agent_core::session::{Agent, AgentConfig, Event, Failure, SessionHandle};
+use agent_core::wire::{self, ErrorCode, Exit, Kind};
 use agent_core::Instant;
 use futures_util::{SinkExt, StreamExt};
-use ring::rand::SecureRandom;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_tungstenite::tungstenite::Message;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 
-use std::sync::Arc;
-
-use tokio::sync::Semaphore;
-use tokio::task::{AbortHandle, JoinSet};
-
-use crate::account::{self, AccountConfig, RunAs, RunAsError};
-use crate::connect::{RelaySocket, RelayTarget};
-use crate::forward::{self, TcpChannel};
+use crate::account::{self, RunAs, RunAsError};
+use crate::agent::Context;
+use crate::connect::RelaySocket;
 use crate::identity::Identity;
-use crate::policy::DestPolicy;
-use crate::process::{self, Input, Msg, Process};
-use crate::sshkey::{self, KeyConfig};
-use crate::{MAX_CHANNELS, MAX_SESSIONS};
-
-/// What sessions need from the agent's configuration.
-struct Context {
-    policy: Arc<DestPolicy>,
-    keys: KeyConfig,
-    accounts: Arc<AccountConfig>,
-    /// The account of a session that names none, announced in `Auth`.
-    default_account: String,
-}
-
-/// How the agent was started.
-#[derive(Debug, Clone)]
-pub struct AgentOptions {
-    /// `wss://host:port` of the relay.
-    pub relay: String,
-    /// CA certificate(s) that sign the relay's certificate.
-    pub ca: PathBuf,
-    /// Where the identity key lives.
-    pub state_dir: PathBuf,
-    /// One-time activation code (first run).
-    pub activate: Option<String>,
-    /// Destinations forward sessions may reach.
-    pub policy: crate::policy::DestPolicy,
-    /// Where pushed SSH keys go (`%h/.ssh/authorized_keys` by default).
-    pub authorized_keys: String,
-    /// The default account, its sudo, and the shell profile.
-    pub accounts: AccountConfig,
-}
-
-/// Why the agent cannot start at all (a reconnect would not help).
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    /// The identity key could not be loaded or made.
-    #[error(transparent)]
-    Identity(#[from] crate::identity::IdentityError),
-    /// The relay URL or CA is unusable.
-    #[error(transparent)]
-    Target(#[from] crate::connect::ConnectError),
-    /// First run without an activation code.
-    #[error("no identity in {0}: run once with --activate CODE (from `sesame-relay agent add`)")]
-    NotActivated(String),
-    /// The default account cannot be named to the relay.
-    #[error("the default account '{0}' is not an account name the relay accepts (at most 64 bytes of letters, digits, . _ - @ $, not starting with -)")]
-    DefaultAccount(String),
-}
-
-/// Run forever: connect, serve, and reconnect with jittered exponential backoff.
-pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
-    let target = RelayTarget::new(&opts.relay, &opts.ca)?;
-    // A code given at install time waits in the state directory until it is used.
-    let code_file = opts.state_dir.join(crate::install::ACTIVATION_FILE);
-    let mut activation = match &opts.activate {
-        Some(code) => code.trim().to_string(),
-        None => std::fs::read_to_string(&code_file)
-            .map(|c| c.trim().to_string())
-            .unwrap_or_default(),
-    };
-    let identity_exists = opts.state_dir.join("identity.pk8").exists();
-    if activation.is_empty() && !identity_exists {
-        return Err(StartError::NotActivated(
-            opts.state_dir.display().to_string(),
-        ));
-    }
-    // The relay's policies decide on this account for sessions that name none, so it
-    // must be the one they really run as, and it goes to the relay whole.
-    let default_account = account::default_name(&opts.accounts);
-    if !wire::account_valid(&default_account) || default_account.is_empty() {
-        return Err(StartError::DefaultAccount(default_account));
-    }
-    let identity = Identity::load_or_create(&opts.state_dir)?;
-    let ctx = Context {
-        policy: Arc::new(opts.policy.clone()),
-        keys: KeyConfig {
-            pattern: opts.authorized_keys.clone(),
-            state_dir: opts.state_dir.clone(),
-        },
-        accounts: Arc::new(opts.accounts.clone()),
-        default_account,
-    };
-    if rustix::process::geteuid().is_root() {
-        let accounts = ctx.accounts.clone();
-        tokio::task::spawn_blocking(move || account::sync_sudo(&accounts));
-    } else {
-        let me = &ctx.default_account;
-        info!("not running as root: every session runs as '{me}', other accounts are refused");
-        if opts.accounts.default_sudo {
-            warn!("--default-account-sudo ignored: the agent does not run as root");
-        }
-    }
-    // Off the runtime thread: the files belong to local users (see `sshkey`).
-    let keys = ctx.keys.clone();
-    tokio::task::spawn_blocking(move || sshkey::sweep_registered(&keys));
-    let mut backoff = Backoff::new();
-    let random = || {
-        let mut r = [0u8; 4];
-        let _ = ring::rand::SystemRandom::new().fill(&mut r);
-        u32::from_le_bytes(r)
-    };
-    loop {
-        match target.connect().await {
-            Ok(ws) => {
-                let outcome = serve(ws, &identity, &activation, &code_file, &ctx).await;
-                if outcome.authenticated {
-                    backoff.reset();
-                    // The key is registered now; the code is spent.
-                    activation.clear();
-                }
-                warn!("disconnected from {}: {}", target.addr(), outcome.reason);
-            }
-            Err(e) => warn!("{e}"),
-        }
-        let wait = Duration::from_millis(backoff.next(random()).as_millis());
-        info!("reconnecting in {:.1} s", wait.as_secs_f64());
-        tokio::time::sleep(wait).await;
-    }
-}
-
-/// A channel's output buffer in the engine: on the heap, made when the channel
-/// opens and freed when it closes.
-pub struct HeapBuf(Box<[u8]>);
-
-/// Output a channel's buffer in the engine holds (more waits here, bounded by the
-/// reader's queue space).
-pub const CHANNEL_BUFFER: usize = 64 * 1024;
-
-impl Buffer for HeapBuf {
-    fn new() -> Self {
-        HeapBuf(vec![0u8; CHANNEL_BUFFER].into_boxed_slice())
-    }
-}
-
-impl AsRef<[u8]> for HeapBuf {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl AsMut<[u8]> for HeapBuf {
-    fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.0
-    }
-}
-
-type Engine = Agent<MAX_SESSIONS, MAX_CHANNELS, HeapBuf>;
+use crate::output::Engine;
+use crate::process::{Input, Msg, Start};
+use crate::session::{Session, Work};
+use crate::sshkey::{self, KeyPush};
 
 /// The most a channel's input window grows to (it starts at 64 KiB).
 pub const MAX_INPUT_WINDOW: u32 = 1 << 20;
 
-struct Outcome {
-    authenticated: bool,
-    reason: String,
-}
-
-/// A channel's output read but not yet taken by the engine (its buffer was full).
-struct Pending {
-    queue: VecDeque<(Stream, Vec<u8>, usize)>,
-    /// Queue space shared with the task that reads the output.
-    space: Arc<Semaphore>,
-    /// The source ended: `finish` once the queue is empty.
-    ended: bool,
-}
-
-impl Pending {
-    fn new(space: Arc<Semaphore>) -> Self {
-        Pending {
-            queue: VecDeque::new(),
-            space,
-            ended: false,
-        }
-    }
-    fn drop_queue(&mut self) {
-        let queued: usize = self.queue.drain(..).map(|(_, d, off)| d.len() - off).sum();
-        self.space.add_permits(queued);
-    }
-}
-
-/// A forward channel: connecting, or connected.
-enum Chan {
-    Dialing(AbortHandle),
-    Connected(TcpChannel),
-}
-
-impl Chan {
-    fn abort(&self) {
-        match self {
-            Chan::Dialing(h) => h.abort(),
-            Chan::Connected(c) => c.abort(),
-        }
-    }
-}
-
-/// What a session runs.
-enum Work {
-    Process(Process),
-    Forward(HashMap<ChannelHandle, Chan>),
-}
-
-/// A running session: its work, and output waiting for room in the engine.
-struct Session {
-    work: Work,
-    pending: HashMap<ChannelHandle, Pending>,
-    /// The work is over: the engine hears of it once every pending output is in.
-    exit: Option<(Exit, &'static str)>,
-    /// The driver stopped the work (the peer ended the session).
-    stopped: bool,
-    /// The process was reaped: its process group id may name another now.
-    reaped: bool,
-}
-
-impl Session {
-    fn input(&self, channel: ChannelHandle, input: Input) {
-        match &self.work {
-            Work::Process(p) if channel.ch() == 0 => {
-                let _ = p.input.send(input);
-            }
-            Work::Forward(chans) => {
-                if let Some(Chan::Connected(c)) = chans.get(&channel) {
-                    let _ = c.input.send(input);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Stop the work: output is no longer wanted; the engine closes the session
-    /// once the process is gone (a forward session has none to wait for).
-    fn stop(&mut self) {
-        self.stopped = true;
-        for p in self.pending.values_mut() {
-            p.drop_queue();
-        }
-        self.pending.clear();
-        match &mut self.work {
-            Work::Process(_) if self.reaped => {}
-            Work::Process(p) => p.terminate(),
-            Work::Forward(chans) => {
-                for (_, c) in chans.drain() {
-                    c.abort();
-                }
-                self.exit = Some((Exit::Aborted(ErrorCode::TERMINATED), "terminated"));
-            }
-        }
-    }
+/// How a connection ended.
+pub(crate) struct Outcome {
+    /// The relay accepted the agent (the activation code, if any, is spent).
+    pub(crate) authenticated: bool,
+    /// Why it ended, for the log.
+    pub(crate) reason: String,
 }
 
 type Sink = futures_util::stream::SplitSink<RelaySocket, Message>;
-
-/// What [`sshkey::push`] answers.
-type KeyPush = Result<(String, PathBuf, Duration), (ErrorCode, String)>;
-
-/// What a shell or exec session runs once its account is resolved.
-enum Start {
-    Shell { term: String, cols: u16, rows: u16 },
-    Exec { args: Vec<OsString> },
-}
 
 /// What [`account::resolve`] answers, for a session.
 type Resolved = (SessionHandle, Result<RunAs, RunAsError>);
@@ -317,47 +66,15 @@ struct Conn<'a> {
 }
 
 impl Conn<'_> {
-    fn now(&self) -> Instant {
-        Instant(self.origin.elapsed().as_millis() as u64)
+    /// Act on a running session's I/O, if it is still running.
+    fn with(&mut self, h: SessionHandle, f: impl FnOnce(&mut Session)) {
+        if let Some(s) = self.sessions.get_mut(&h) {
+            f(s);
+        }
     }
 
-    /// Hand pending output to the engine as its buffers have room; tell it of ends
-    /// once everything before them is in.
-    fn pump(&mut self) {
-        for (&h, s) in self.sessions.iter_mut() {
-            for (&channel, p) in s.pending.iter_mut() {
-                while let Some((stream, data, off)) = p.queue.front_mut() {
-                    match self.engine.send_slice(channel, *stream, &data[*off..]) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            *off += n;
-                            p.space.add_permits(n);
-                            if *off == data.len() {
-                                p.queue.pop_front();
-                            }
-                        }
-                        Err(_) => {
-                            // The channel is gone: nobody wants its output.
-                            p.drop_queue();
-                            p.ended = false;
-                        }
-                    }
-                }
-                if p.queue.is_empty() && p.ended {
-                    p.ended = false;
-                    let _ = self.engine.finish(channel);
-                }
-            }
-            let all_in = s.pending.values().all(|p| p.queue.is_empty());
-            if all_in {
-                if let Some((exit, why)) = s.exit.take() {
-                    if self.engine.exited(h, exit, why).is_ok() {
-                        debug!(sid = h.sid(), ?exit, "session ended");
-                    }
-                    s.pending.clear();
-                }
-            }
-        }
+    fn now(&self) -> Instant {
+        Instant(self.origin.elapsed().as_millis() as u64)
     }
 
     /// Send everything the engine has to send, handing it more output as room
@@ -365,7 +82,9 @@ impl Conn<'_> {
     async fn flush(&mut self, sink: &mut Sink) -> Result<(), String> {
         let mut sent = false;
         loop {
-            self.pump();
+            for (&h, s) in self.sessions.iter_mut() {
+                s.pump(&mut self.engine, h);
+            }
             let now = self.now();
             let mut any = false;
             while let Some(n) = self
@@ -383,10 +102,7 @@ impl Conn<'_> {
         }
         let engine = &self.engine;
         self.sessions.retain(|&h, s| {
-            if let Work::Forward(chans) = &mut s.work {
-                chans.retain(|&c, _| engine.is_channel_live(c));
-                s.pending.retain(|&c, _| engine.is_channel_live(c));
-            }
+            s.forget_closed(engine);
             engine.is_live(h)
         });
         if sent {
@@ -395,17 +111,16 @@ impl Conn<'_> {
         Ok(())
     }
 
-    fn on_event(&mut self, ev: Event<'_>) -> Option<String> {
+    fn on_event(&mut self, ev: Event<'_>) -> Option<Failure> {
         match ev {
             Event::Challenge { nonce } => {
-                let mut buf = [0u8; 64];
-                if let Some(msg) = auth_message(nonce, &mut buf) {
-                    let sig = self.identity.sign(msg);
-                    let key = self.identity.public_key();
-                    let account = &self.ctx.default_account;
-                    if let Err(e) = self.engine.authenticate(key, sig, self.activation, account) {
-                        return Some(format!("{e}: '{account}'"));
-                    }
+                let (id, account) = (self.identity, &self.ctx.default_account);
+                let (key, sign) = (id.public_key(), |m: &[u8]| id.sign(m));
+                let answer =
+                    self.engine
+                        .answer_challenge(nonce, key, sign, self.activation, account);
+                if let Err(e) = answer {
+                    return Some(Failure::Auth(e));
                 }
             }
             Event::Authenticated { agent_id } => {
@@ -421,104 +136,55 @@ impl Conn<'_> {
                 account,
             } => self.open(session, kind, account),
             Event::Data { channel, data } => {
-                if let Some(s) = self.sessions.get(&channel.session()) {
-                    s.input(channel, Input::Data(data.to_vec()));
-                }
+                let data = Input::Data(data.to_vec());
+                self.with(channel.session(), |s| s.input(channel, data))
             }
             Event::Eof { channel } => {
-                if let Some(s) = self.sessions.get(&channel.session()) {
-                    s.input(channel, Input::Eof);
-                }
+                self.with(channel.session(), |s| s.input(channel, Input::Eof))
             }
             Event::ChannelOpen {
                 channel,
                 host,
                 port,
             } => {
-                if let Some(Session {
-                    work: Work::Forward(chans),
-                    ..
-                }) = self.sessions.get_mut(&channel.session())
-                {
-                    debug!(
-                        sid = channel.session().sid(),
-                        ch = channel.ch(),
-                        "connecting to {host}:{port}"
-                    );
-                    let (policy, tx) = (self.ctx.policy.clone(), self.tx.clone());
-                    let h = forward::dial(channel, host.to_string(), port, policy, tx);
-                    chans.insert(channel, Chan::Dialing(h));
-                }
+                let (policy, tx) = (self.ctx.policy.clone(), self.tx.clone());
+                self.with(channel.session(), |s| {
+                    s.dial(channel, host, port, policy, tx)
+                })
             }
             Event::ChannelClose { channel } => {
-                if let Some(s) = self.sessions.get_mut(&channel.session()) {
-                    if let Work::Forward(chans) = &mut s.work {
-                        if let Some(c) = chans.remove(&channel) {
-                            c.abort();
-                        }
-                    }
-                    if let Some(mut p) = s.pending.remove(&channel) {
-                        p.drop_queue();
-                    }
-                }
+                self.with(channel.session(), |s| s.drop_channel(channel));
                 let _ = self.engine.close_channel(channel, "closed by the client");
             }
             Event::Resize {
-                session,
+                session: h,
                 cols,
                 rows,
-            } => {
-                if let Some(s) = self.sessions.get(&session) {
-                    s.input(session.main(), Input::Resize(cols, rows));
-                }
+            } => self.with(h, |s| s.input(h.main(), Input::Resize(cols, rows))),
+            Event::Signal { session: h, signal } => self.with(h, |s| s.signal(signal)),
+            Event::Terminate { session: h } => {
+                self.end(h, ErrorCode::TERMINATED, "peer asked to end the session")
             }
-            Event::Signal { session, signal } => {
-                if let Some(Session {
-                    work: Work::Process(p),
-                    reaped: false,
-                    ..
-                }) = self.sessions.get(&session)
-                {
-                    p.signal(signal as i32);
-                }
+            Event::Abort { session: h, error } => {
+                warn!(sid = h.sid(), "session aborted: {error}");
+                self.end(h, error.code(), &format!("protocol violation: {error}"));
             }
-            Event::Terminate { session } => {
-                if !self.cancel_start(session, ErrorCode::TERMINATED, "ended before it started") {
-                    self.terminate(session, "peer asked to end the session");
-                }
-            }
-            Event::Abort { session, error } => {
-                warn!(sid = session.sid(), "session aborted: {error}");
-                let why = format!("protocol violation: {error}");
-                if !self.cancel_start(session, error.code(), &why) {
-                    self.terminate(session, "protocol violation");
-                }
-            }
-            Event::PeerError { code, message } => {
+            ev @ Event::PeerError { message, .. } => {
                 error!("relay refused this agent: {message}");
-                return Some(format!("relay error {}: {message}", code.0));
+                return Failure::of(&ev);
             }
-            Event::ConnectionLost => return Some("relay stopped answering".into()),
+            Event::ConnectionLost => return Some(Failure::Lost),
         }
         None
     }
 
-    /// End a session still waiting for its account: it never starts. Whether it was one.
-    fn cancel_start(&mut self, session: SessionHandle, code: ErrorCode, why: &str) -> bool {
-        if self.starting.remove(&session).is_none() {
-            return false;
-        }
-        debug!(
-            sid = session.sid(),
-            "ended while its account was being resolved: {why}"
-        );
-        let _ = self.engine.reject(session, code, why);
-        true
-    }
-
-    fn terminate(&mut self, session: SessionHandle, why: &str) {
-        if let Some(s) = self.sessions.get_mut(&session) {
-            debug!(sid = session.sid(), "terminating: {why}");
+    /// The peer ended a session: one still waiting for its account never starts
+    /// (refused with `code`), a running one is stopped.
+    fn end(&mut self, session: SessionHandle, code: ErrorCode, why: &str) {
+        if self.starting.remove(&session).is_some() {
+            let _ = self.engine.reject(session, code, why);
+        } else if let Some(s) = self.sessions.get_mut(&session) {
+            tracing::debug!(sid = session.sid(), "terminating: {why}");
             s.stop();
         }
     }
@@ -535,16 +201,10 @@ impl Conn<'_> {
                 cols,
                 rows,
             },
-            Kind::Exec { argv } => {
-                let args: Vec<OsString> = wire::argv_iter(argv.0)
-                    .map(|a| OsString::from_vec(a.to_vec()))
-                    .collect();
-                if !wire::argv_valid(argv.0) || args.is_empty() || args[0].is_empty() {
-                    let refused = (ErrorCode::SPAWN, "exec needs a command".to_string());
-                    return self.started(session, Err(refused), "");
-                }
-                Start::Exec { args }
-            }
+            Kind::Exec { argv } => match Start::exec(argv.0) {
+                Ok(start) => start,
+                Err(refused) => return self.started(session, Err(refused), ""),
+            },
             Kind::Forward => return self.started(session, Ok(Work::Forward(HashMap::new())), ""),
             Kind::SshKey { user, key, ttl } => {
                 let (keys, user, key) = (self.ctx.keys.clone(), user.to_string(), key.to_string());
@@ -568,26 +228,15 @@ impl Conn<'_> {
         let Some(start) = self.starting.remove(&session) else {
             return; // ended meanwhile (and already refused)
         };
-        let run_as = match resolved {
-            Ok(run_as) => run_as,
-            Err(e) => return self.started(session, Err((e.code(), e.to_string())), ""),
-        };
-        let tx = self.tx.clone();
-        let spawned = match start {
-            Start::Shell { term, cols, rows } => {
-                let profile = &self.ctx.accounts.profile;
-                process::spawn_shell(session, &term, cols, rows, &run_as, profile, tx)
-                    .map(Work::Process)
-                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot start a shell: {e}")))
+        let spawned = match resolved {
+            Ok(run_as) => {
+                let (profile, tx) = (&self.ctx.accounts.profile, self.tx.clone());
+                let spawned = start.spawn(session, &run_as, profile, tx);
+                return self.started(session, spawned.map(Work::Process), &run_as.name);
             }
-            Start::Exec { args } => {
-                let name = args[0].to_string_lossy().into_owned();
-                process::spawn_exec(session, args, &run_as, tx)
-                    .map(Work::Process)
-                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
-            }
+            Err(e) => Err((e.code(), e.to_string())),
         };
-        self.started(session, spawned, &run_as.name);
+        self.started(session, spawned, "");
     }
 
     /// Answer an `Open`: the session runs (as `account`, for a process), or is refused.
@@ -600,28 +249,16 @@ impl Conn<'_> {
         let sid = session.sid();
         match spawned {
             Ok(work) => {
-                let mut pending = HashMap::new();
-                if let Work::Process(p) = &work {
-                    info!(sid, pgid = p.pgid, account, "session started");
-                    pending.insert(session.main(), Pending::new(p.space.clone()));
-                } else {
-                    info!(sid, "forward session started");
+                match &work {
+                    Work::Process(p) => info!(sid, pgid = p.pgid, account, "session started"),
+                    Work::Forward(_) => info!(sid, "forward session started"),
                 }
-                let mut s = Session {
-                    work,
-                    pending,
-                    exit: None,
-                    stopped: false,
-                    reaped: false,
-                };
+                let mut s = Session::new(session, work);
                 if self.engine.accept(session).is_err() {
                     // Ended by the peer while it started: stop it again at once.
                     s.stop();
-                    let _ = self.engine.reject(
-                        session,
-                        ErrorCode::TERMINATED,
-                        "ended before it started",
-                    );
+                    let why = "ended before it started";
+                    let _ = self.engine.reject(session, ErrorCode::TERMINATED, why);
                 }
                 self.sessions.insert(session, s);
             }
@@ -637,11 +274,7 @@ impl Conn<'_> {
         match result {
             Ok((msg, path, after)) => {
                 info!(sid = session.sid(), "pushed an SSH key: {msg}");
-                // The key also carries expiry-time=; this removes the line.
-                tokio::spawn(async move {
-                    tokio::time::sleep(after + Duration::from_secs(1)).await;
-                    let _ = tokio::task::spawn_blocking(move || sshkey::sweep(&path)).await;
-                });
+                sshkey::expire_later(path, after);
                 if self.engine.accept(session).is_ok() {
                     let _ = self.engine.exited(session, Exit::Code(0), &msg);
                 } else {
@@ -663,91 +296,25 @@ impl Conn<'_> {
                 channel,
                 stream,
                 data,
-            } => {
-                // Gone or stopped: the output is not wanted (its queue space was
-                // closed, or went with the channel).
-                let Some(p) = self
-                    .sessions
-                    .get_mut(&channel.session())
-                    .and_then(|s| s.pending.get_mut(&channel))
-                else {
-                    return;
-                };
-                // Merge small reads into the previous chunk of the same stream, so
-                // trickling output does not turn into a flood of tiny frames.
-                match p.queue.back_mut() {
-                    Some((st, d, off))
-                        if *st == stream && *off == 0 && d.len() + data.len() <= process::CHUNK =>
-                    {
-                        d.extend_from_slice(&data)
-                    }
-                    _ => p.queue.push_back((stream, data, 0)),
-                }
-            }
-            Msg::OutputEnd { channel } => {
-                if let Some(p) = self
-                    .sessions
-                    .get_mut(&channel.session())
-                    .and_then(|s| s.pending.get_mut(&channel))
-                {
-                    p.ended = true;
-                }
-            }
+            } => self.with(channel.session(), |s| s.output(channel, stream, data)),
+            Msg::OutputEnd { channel } => self.with(channel.session(), |s| s.output_end(channel)),
             Msg::Consumed { channel, n } => {
                 let _ = self.engine.consumed(channel, n);
             }
-            Msg::Exited { session, exit } => {
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    let why = if s.stopped { "terminated" } else { "" };
-                    s.exit = Some((exit, why));
-                    s.reaped = true;
-                }
-            }
-            Msg::Dialed { channel, result } => {
-                let s = self.sessions.get_mut(&channel.session());
-                let Some(Session {
-                    work: Work::Forward(chans),
-                    pending,
-                    ..
-                }) = s
-                else {
+            Msg::Exited { session: h, exit } => self.with(h, |s| s.exited(exit)),
+            Msg::Dialed { channel, result } => match self.sessions.get_mut(&channel.session()) {
+                Some(s) => s.dialed(&mut self.engine, channel, result),
+                None => {
                     if let Ok(c) = result {
                         c.abort(); // the session went away meanwhile
                     }
-                    return;
-                };
-                if !matches!(chans.get(&channel), Some(Chan::Dialing(_))) {
-                    if let Ok(c) = result {
-                        c.abort(); // the channel went away meanwhile
-                    }
-                    return;
                 }
-                match result {
-                    Ok(c) => {
-                        pending.insert(channel, Pending::new(c.space.clone()));
-                        chans.insert(channel, Chan::Connected(c));
-                        let _ = self.engine.accept_channel(channel);
-                    }
-                    Err((code, reason)) => {
-                        debug!(sid = channel.session().sid(), ch = channel.ch(), "{reason}");
-                        chans.remove(&channel);
-                        let _ = self.engine.reject_channel(channel, code, &reason);
-                    }
-                }
-            }
+            },
             Msg::ChannelFailed { channel, error } => {
-                let Some(s) = self.sessions.get_mut(&channel.session()) else {
-                    return;
-                };
-                if let Work::Forward(chans) = &mut s.work {
-                    if let Some(c) = chans.remove(&channel) {
-                        c.abort();
-                    }
+                if let Some(s) = self.sessions.get_mut(&channel.session()) {
+                    s.drop_channel(channel);
+                    let _ = self.engine.close_channel(channel, &error);
                 }
-                if let Some(mut p) = s.pending.remove(&channel) {
-                    p.drop_queue();
-                }
-                let _ = self.engine.close_channel(channel, &error);
             }
         }
     }
@@ -759,7 +326,8 @@ async fn feed(sink: &mut Sink, bytes: &[u8]) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-async fn serve(
+/// Serve one relay connection until it ends.
+pub(crate) async fn serve(
     ws: RelaySocket,
     identity: &Identity,
     activation: &str,
@@ -801,8 +369,8 @@ async fn serve(
             break format!("send failed: {e}");
         }
         if let Some(ev) = conn.engine.poll_event() {
-            if let Some(r) = conn.on_event(ev) {
-                break r;
+            if let Some(f) = conn.on_event(ev) {
+                break f.to_string();
             }
             continue;
         }
@@ -826,15 +394,14 @@ async fn serve(
                 match conn.engine.handle_frame(now, &bytes) {
                     Ok(Some(ev)) => {
                         // The event borrows `bytes`; handle it before the next read.
-                        let ev: Event<'_> = ev;
-                        if let Some(r) = conn.on_event(ev) {
-                            break r;
+                        if let Some(f) = conn.on_event(ev) {
+                            break f.to_string();
                         }
                     }
                     Ok(None) => {}
                     Err(e) => {
                         let _ = conn.flush(&mut sink).await; // the Error frame
-                        break format!("relay broke the protocol: {e}");
+                        break Failure::Protocol(e).to_string();
                     }
                 }
             }

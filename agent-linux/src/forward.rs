@@ -37,6 +37,24 @@ impl TcpChannel {
     }
 }
 
+/// A forward channel: connecting, or connected.
+pub enum Chan {
+    /// Resolving and connecting.
+    Dialing(AbortHandle),
+    /// Connected: bytes flow.
+    Connected(TcpChannel),
+}
+
+impl Chan {
+    /// Drop the attempt or the connection at once.
+    pub fn abort(&self) {
+        match self {
+            Chan::Dialing(h) => h.abort(),
+            Chan::Connected(c) => c.abort(),
+        }
+    }
+}
+
 /// Resolve, check and dial `host:port` in the background; the outcome arrives as
 /// [`Msg::Dialed`].
 pub fn dial(

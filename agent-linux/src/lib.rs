@@ -24,18 +24,21 @@
 //! Resuming sessions across reconnects.
 
 pub mod account;
+pub mod agent;
 pub mod connect;
 pub mod driver;
 pub mod forward;
 pub mod identity;
 pub mod install;
+pub mod output;
 pub mod passwd;
 pub mod policy;
 pub mod process;
 pub mod pty;
+pub mod session;
 pub mod sshkey;
 
-pub use driver::{run, AgentOptions};
+pub use agent::{run, AgentOptions};
 
 /// Sessions this agent runs at once (advertised to the relay in `Hello`).
 pub const MAX_SESSIONS: usize = 20;

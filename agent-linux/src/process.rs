@@ -15,7 +15,7 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 
 use agent_core::session::{ChannelHandle, SessionHandle};
-use agent_core::wire::{Exit, Stream};
+use agent_core::wire::{self, ErrorCode, Exit, Stream};
 use rustix::process::{Pid, Signal};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -126,6 +126,60 @@ impl Process {
                 let _ = rustix::process::kill_process_group(pid, Signal::KILL);
             }
         });
+    }
+}
+
+/// What a shell or exec session runs, from its `Open`, once its account is resolved.
+pub enum Start {
+    /// A login shell on a terminal of this size.
+    Shell {
+        /// `TERM`.
+        term: String,
+        /// Columns.
+        cols: u16,
+        /// Rows.
+        rows: u16,
+    },
+    /// A command, run directly.
+    Exec {
+        /// The command and its arguments.
+        args: Vec<OsString>,
+    },
+}
+
+impl Start {
+    /// An exec session's command from its `Open`'s argv (NUL-terminated strings):
+    /// refused (`SPAWN`) without one.
+    pub fn exec(argv: &[u8]) -> Result<Start, (ErrorCode, String)> {
+        let args: Vec<OsString> = wire::argv_iter(argv)
+            .map(|a| OsString::from_vec(a.to_vec()))
+            .collect();
+        if !wire::argv_valid(argv) || args.is_empty() || args[0].is_empty() {
+            return Err((ErrorCode::SPAWN, "exec needs a command".to_string()));
+        }
+        Ok(Start::Exec { args })
+    }
+
+    /// Start it as `run_as` (a shell with `profile`); `Err` says why not, for the
+    /// session's `Reject`.
+    pub fn spawn(
+        self,
+        session: SessionHandle,
+        run_as: &RunAs,
+        profile: &Profile,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Result<Process, (ErrorCode, String)> {
+        match self {
+            Start::Shell { term, cols, rows } => {
+                spawn_shell(session, &term, cols, rows, run_as, profile, tx)
+                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot start a shell: {e}")))
+            }
+            Start::Exec { args } => {
+                let name = args[0].to_string_lossy().into_owned();
+                spawn_exec(session, args, run_as, tx)
+                    .map_err(|e| (ErrorCode::SPAWN, format!("cannot run '{name}': {e}")))
+            }
+        }
     }
 }
 

@@ -293,14 +293,22 @@ pub fn sweep_registered(config: &KeyConfig) {
     }
 }
 
+/// What [`push`] answers: the message for the user, the file and the key's lifetime;
+/// or the refusal.
+pub type KeyPush = Result<(String, PathBuf, Duration), (ErrorCode, String)>;
+
+/// Remove the key from `path` once its lifetime `after` is over (it also carries
+/// `expiry-time=`, which OpenSSH honours; this removes the line).
+pub fn expire_later(path: PathBuf, after: Duration) {
+    tokio::spawn(async move {
+        tokio::time::sleep(after + Duration::from_secs(1)).await;
+        let _ = tokio::task::spawn_blocking(move || sweep(&path)).await;
+    });
+}
+
 /// Make `key` valid for `user` for `ttl` seconds. Returns the message for the user,
 /// and the file and expiry to sweep later.
-pub fn push(
-    config: &KeyConfig,
-    user: &str,
-    key: &str,
-    ttl: u32,
-) -> Result<(String, PathBuf, Duration), (ErrorCode, String)> {
+pub fn push(config: &KeyConfig, user: &str, key: &str, ttl: u32) -> KeyPush {
     if ttl == 0 || ttl > MAX_TTL {
         return Err((
             ErrorCode::DENIED,
