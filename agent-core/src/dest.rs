@@ -177,12 +177,9 @@ fn net(s: &str, grammar: Grammar) -> Result<Target<'static>, RuleError> {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr: IpAddr = addr.parse().map_err(|_| RuleError::Address {
+    let addr = address(addr, grammar).ok_or(RuleError::Address {
         ipv4_only: !grammar.ipv6,
     })?;
-    if addr.is_ipv6() && !grammar.ipv6 {
-        return Err(RuleError::Ipv6);
-    }
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
         Some(p) => p
@@ -200,6 +197,15 @@ fn net(s: &str, grammar: Grammar) -> Result<Target<'static>, RuleError> {
         _ => (addr, prefix),
     };
     Ok(Target::Net { addr, prefix })
+}
+
+/// An address literal of `grammar` (a device's firmware then carries no IPv6 parser).
+fn address(s: &str, grammar: Grammar) -> Option<IpAddr> {
+    if grammar.ipv6 {
+        s.parse().ok()
+    } else {
+        s.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
+    }
 }
 
 fn in_net(net: IpAddr, prefix: u8, addr: IpAddr) -> bool {
@@ -295,7 +301,7 @@ impl<'a> Rules<'a> {
     /// `host` resolved to (`None` before resolving; an address literal is its own
     /// address). [`Verdict::Resolve`] only for a name that an address rule might allow.
     pub fn check(&self, host: &str, addr: Option<IpAddr>, port: u16) -> Verdict {
-        let addr = addr.or_else(|| host.parse().ok()).map(canonical);
+        let addr = addr.or_else(|| address(host, self.grammar)).map(canonical);
         let hit = |list| self.rules(list).any(|r| r.matches(host, addr, port));
         if hit(self.deny) {
             return Verdict::Deny;

@@ -14,7 +14,7 @@
 //!   jittered from the board's RNG) when the relay or the network goes away.
 //!   Each failure is one log line through [`console::Board::log`].
 //! - [`engine::Engine`] is the sans-I/O part: agent-core's `Agent` with a terminal
-//!   per shell or exec session and the forwarding pool ([`forward`]),
+//!   per shell or exec session (`terminals`) and the forwarding pool ([`forward`]),
 //!   [`engine::DEFAULT_SESSIONS`] (4) sessions, announced in `Hello`
 //!   with `max_frame` [`engine::MAX_FRAME`], which the relay keeps to. agent-core
 //!   holds each channel's output ([`engine::RING`] bytes) and decides when it ends;
@@ -48,6 +48,7 @@ pub mod engine;
 pub mod forward;
 pub mod link;
 pub mod tcp;
+mod terminals;
 
 #[cfg(test)]
 mod rig;
