@@ -5,8 +5,8 @@
 //! client asks for it, compared without regard to case), PORTS a comma list of
 //! ports and ranges (`22,8000-8999`); without PORTS every port. Which of these an
 //! agent takes is its [`Grammar`]: a device's provisioning image holds IPv4
-//! networks and names ([`Grammar::DEVICE`]), the Linux agent's command line IPv4 and
-//! IPv6 networks ([`Grammar::ADDRESSES`]), as it checks every address a name
+//! networks and names ([`Device`]), the Linux agent's command line IPv4 and
+//! IPv6 networks ([`Addresses`]), as it checks every address a name
 //! resolves to.
 //!
 //! [`Rules`] decides on a destination: it is allowed when it matches an `allow` rule
@@ -22,27 +22,32 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-/// Which rules a list may hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Grammar {
+/// Which rules a list may hold. A type, so that a grammar without IPv6 leaves the
+/// IPv6 parser out of a device's firmware (1.6 KiB of flash).
+pub trait Grammar {
     /// Host name rules (else every rule is a network).
-    pub names: bool,
+    const NAMES: bool;
     /// IPv6 networks (else an IPv6 rule is [`RuleError::Ipv6`]).
-    pub ipv6: bool,
+    const IPV6: bool;
 }
 
-impl Grammar {
-    /// A device's: IPv4 networks and host names (a device speaks IPv4 only).
-    pub const DEVICE: Grammar = Grammar {
-        names: true,
-        ipv6: false,
-    };
-    /// IPv4 and IPv6 networks, no names: an agent that resolves every name and
-    /// checks each address (the Linux agent).
-    pub const ADDRESSES: Grammar = Grammar {
-        names: false,
-        ipv6: true,
-    };
+/// A device's grammar: IPv4 networks and host names (a device speaks IPv4 only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Device;
+
+impl Grammar for Device {
+    const NAMES: bool = true;
+    const IPV6: bool = false;
+}
+
+/// IPv4 and IPv6 networks, no names: the grammar of an agent that resolves every
+/// name and checks each address (the Linux agent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Addresses;
+
+impl Grammar for Addresses {
+    const NAMES: bool = false;
+    const IPV6: bool = true;
 }
 
 /// One destination rule (see the [module](self) for its syntax).
@@ -96,10 +101,10 @@ impl core::fmt::Display for RuleError {
 }
 
 impl<'a> Rule<'a> {
-    /// Parse one rule of `grammar`.
-    pub fn parse(s: &'a str, grammar: Grammar) -> Result<Rule<'a>, RuleError> {
+    /// Parse one rule of grammar `G`.
+    pub fn parse<G: Grammar>(s: &'a str) -> Result<Rule<'a>, RuleError> {
         let ipv6 = s.starts_with('[') || s.matches(':').count() > 1;
-        if ipv6 && !grammar.ipv6 {
+        if ipv6 && !G::IPV6 {
             return Err(RuleError::Ipv6);
         }
         let (target, ports) = if let Some(rest) = s.strip_prefix('[') {
@@ -122,12 +127,12 @@ impl<'a> Rule<'a> {
             }
         }
         let address = ipv6
-            || !grammar.names
+            || !G::NAMES
             || target
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b == b'.' || b == b'/');
         let target = if address {
-            net(target, grammar)?
+            net::<G>(target)?
         } else {
             let name = target.strip_suffix('.').unwrap_or(target);
             let ok = !name.is_empty()
@@ -172,13 +177,13 @@ impl<'a> Rule<'a> {
 
 /// `ADDR[/PREFIX]`; a rule written for IPv4-mapped addresses is the IPv4 rule, as
 /// destinations are ([`canonical`]).
-fn net(s: &str, grammar: Grammar) -> Result<Target<'static>, RuleError> {
+fn net<G: Grammar>(s: &str) -> Result<Target<'static>, RuleError> {
     let (addr, prefix) = match s.split_once('/') {
         Some((a, p)) => (a, Some(p)),
         None => (s, None),
     };
-    let addr = address(addr, grammar).ok_or(RuleError::Address {
-        ipv4_only: !grammar.ipv6,
+    let addr = address::<G>(addr).ok_or(RuleError::Address {
+        ipv4_only: !G::IPV6,
     })?;
     let max = if addr.is_ipv4() { 32 } else { 128 };
     let prefix = match prefix {
@@ -200,8 +205,8 @@ fn net(s: &str, grammar: Grammar) -> Result<Target<'static>, RuleError> {
 }
 
 /// An address literal of `grammar` (a device's firmware then carries no IPv6 parser).
-fn address(s: &str, grammar: Grammar) -> Option<IpAddr> {
-    if grammar.ipv6 {
+fn address<G: Grammar>(s: &str) -> Option<IpAddr> {
+    if G::IPV6 {
         s.parse().ok()
     } else {
         s.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
@@ -258,30 +263,29 @@ pub enum Verdict {
     Resolve,
 }
 
-/// An allow list and a deny list of one grammar, each rules separated by spaces.
+/// An allow list and a deny list of grammar `G`, each rules separated by spaces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Rules<'a> {
+pub struct Rules<'a, G> {
     allow: &'a str,
     deny: &'a str,
-    grammar: Grammar,
+    grammar: core::marker::PhantomData<G>,
 }
 
-impl<'a> Rules<'a> {
+impl<'a, G: Grammar> Rules<'a, G> {
     /// The lists; nothing is allowed without an allow rule.
-    pub fn new(allow: &'a str, deny: &'a str, grammar: Grammar) -> Self {
+    pub fn new(allow: &'a str, deny: &'a str) -> Self {
         Rules {
             allow,
             deny,
-            grammar,
+            grammar: core::marker::PhantomData,
         }
     }
 
     /// The rules of a list, skipping any that does not parse (see [`Rules::valid`]).
     fn rules(&self, list: &'a str) -> impl Iterator<Item = Rule<'a>> {
-        let grammar = self.grammar;
         list.split(' ')
             .filter(|r| !r.is_empty())
-            .filter_map(move |r| Rule::parse(r, grammar).ok())
+            .filter_map(|r| Rule::parse::<G>(r).ok())
     }
 
     /// The first rule of either list that does not parse, and why.
@@ -289,7 +293,7 @@ impl<'a> Rules<'a> {
         [self.allow, self.deny]
             .into_iter()
             .flat_map(|list| list.split(' ').filter(|r| !r.is_empty()))
-            .find_map(|r| Rule::parse(r, self.grammar).err().map(|e| (r, e)))
+            .find_map(|r| Rule::parse::<G>(r).err().map(|e| (r, e)))
     }
 
     /// Whether both lists parse.
@@ -301,7 +305,7 @@ impl<'a> Rules<'a> {
     /// `host` resolved to (`None` before resolving; an address literal is its own
     /// address). [`Verdict::Resolve`] only for a name that an address rule might allow.
     pub fn check(&self, host: &str, addr: Option<IpAddr>, port: u16) -> Verdict {
-        let addr = addr.or_else(|| address(host, self.grammar)).map(canonical);
+        let addr = addr.or_else(|| address::<G>(host)).map(canonical);
         let hit = |list| self.rules(list).any(|r| r.matches(host, addr, port));
         if hit(self.deny) {
             return Verdict::Deny;
@@ -362,7 +366,7 @@ mod tests {
             "::1",
             "::ffff:10.0.0.0/104",
         ] {
-            assert!(Rule::parse(good, Grammar::ADDRESSES).is_ok(), "{good}");
+            assert!(Rule::parse::<Addresses>(good).is_ok(), "{good}");
         }
         for (bad, why) in [
             ("10.0.0.0/33", "bad prefix length"),
@@ -373,24 +377,21 @@ mod tests {
             ("[::1]x", "bad port list"),
             ("[::1:22", "missing ']'"),
         ] {
-            let e = Rule::parse(bad, Grammar::ADDRESSES).unwrap_err();
+            let e = Rule::parse::<Addresses>(bad).unwrap_err();
             assert_eq!(e.to_string(), why, "{bad}");
         }
         assert_eq!(
-            Rule::parse("plc.local:502", Grammar::DEVICE).map(|r| r.target),
+            Rule::parse::<Device>("plc.local:502").map(|r| r.target),
             Ok(Target::Name("plc.local"))
         );
-        assert_eq!(
-            Rule::parse("[fd00::1]:22", Grammar::DEVICE),
-            Err(RuleError::Ipv6)
-        );
+        assert_eq!(Rule::parse::<Device>("[fd00::1]:22"), Err(RuleError::Ipv6));
     }
 
     #[test]
     fn a_mapped_rule_is_the_ipv4_rule() {
-        let r = Rules::new("", "::ffff:10.0.0.0/104", Grammar::ADDRESSES);
+        let r = Rules::<Addresses>::new("", "::ffff:10.0.0.0/104");
         assert!(r.invalid().is_none());
-        let all = Rules::new("0.0.0.0/0 ::/0", "::ffff:10.0.0.0/104", Grammar::ADDRESSES);
+        let all = Rules::<Addresses>::new("0.0.0.0/0 ::/0", "::ffff:10.0.0.0/104");
         assert!(!all.allows(ip("10.9.9.9"), 22));
         assert!(!all.allows(ip("::ffff:10.9.9.9"), 22));
         assert!(all.allows(ip("11.0.0.1"), 22));
@@ -399,7 +400,7 @@ mod tests {
 
     #[test]
     fn an_invalid_rule_is_named() {
-        let r = Rules::new("10.0.0.0/8 10.0.0.0/33", "", Grammar::DEVICE);
+        let r = Rules::<Device>::new("10.0.0.0/8 10.0.0.0/33", "");
         assert_eq!(r.invalid(), Some(("10.0.0.0/33", RuleError::Prefix)));
         assert!(!r.valid());
     }

@@ -19,7 +19,7 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::dest::{self, Grammar, Rules};
+use crate::dest::{self, Device, Rules};
 use crate::wire::Bytes;
 
 pub use crate::dest::{RuleError, Verdict};
@@ -78,16 +78,16 @@ pub struct ForwardRules<'a> {
 pub struct Rule<'a>(pub dest::Rule<'a>);
 
 impl<'a> Rule<'a> {
-    /// Parse one rule of a device's grammar ([`Grammar::DEVICE`]).
+    /// Parse one rule of a device's grammar ([`Device`]).
     pub fn parse(s: &'a str) -> Result<Rule<'a>, RuleError> {
-        dest::Rule::parse(s, Grammar::DEVICE).map(Rule)
+        dest::Rule::parse::<Device>(s).map(Rule)
     }
 }
 
 impl<'a> ForwardRules<'a> {
     /// The lists as [`crate::dest::Rules`] of a device's grammar.
-    pub fn rules(&self) -> Rules<'a> {
-        Rules::new(self.allow, self.deny, Grammar::DEVICE)
+    pub fn rules(&self) -> Rules<'a, Device> {
+        Rules::new(self.allow, self.deny)
     }
 
     /// Whether both lists parse.

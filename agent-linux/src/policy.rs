@@ -16,7 +16,7 @@
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use agent_core::dest::{Grammar, Rules};
+use agent_core::dest::{Addresses, Rules};
 
 /// One network and its ports (agent-core's [`agent_core::dest`] syntax, IPv4 and
 /// IPv6, no host names), as given on the command line.
@@ -28,7 +28,7 @@ impl FromStr for Rule {
     /// `NET[/PREFIX][:PORTS]`, PORTS a comma list of ports and ranges (`22,8000-8999`);
     /// IPv6 with ports in brackets: `[fd00::/8]:443`.
     fn from_str(s: &str) -> Result<Rule, String> {
-        match agent_core::dest::Rule::parse(s, Grammar::ADDRESSES) {
+        match agent_core::dest::Rule::parse::<Addresses>(s) {
             Ok(_) => Ok(Rule(s.to_string())),
             Err(e) => Err(format!("invalid destination rule '{s}': {e}")),
         }
@@ -82,7 +82,7 @@ impl DestPolicy {
 
     /// Whether `ip:port` may be reached.
     pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
-        Rules::new(&self.allow, &self.deny, Grammar::ADDRESSES).allows(ip, port)
+        Rules::<Addresses>::new(&self.allow, &self.deny).allows(ip, port)
     }
 }
 
