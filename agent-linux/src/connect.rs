@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::ServerName;
+use tokio::io::BufReader;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -13,7 +14,11 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::WebSocketStream;
 
 /// The agent's WebSocket to the relay.
-pub type RelaySocket = WebSocketStream<TlsStream<TcpStream>>;
+pub type RelaySocket = WebSocketStream<TlsStream<BufReader<TcpStream>>>;
+
+/// Bytes read from the relay's socket at once. rustls reads at most 4 KiB per
+/// `read` into an emptied buffer, so without this a 16 KiB record took 4 `recv`.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +134,7 @@ impl RelayTarget {
         tcp.set_nodelay(true).ok();
         let name = ServerName::try_from(self.host.clone())
             .map_err(|_| ConnectError::Url(format!("wss://{addr}")))?;
+        let tcp = BufReader::with_capacity(READ_BUFFER, tcp);
         let tls = TlsConnector::from(self.tls.clone())
             .connect(name, tcp)
             .await

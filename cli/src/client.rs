@@ -11,6 +11,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use serde::de::DeserializeOwned;
+use tokio::io::BufReader;
 use tokio::net::{lookup_host, TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
@@ -21,7 +22,11 @@ use tokio_tungstenite::WebSocketStream;
 use crate::config::Config;
 
 /// A session stream.
-pub type Stream = WebSocketStream<TlsStream<TcpStream>>;
+pub type Stream = WebSocketStream<TlsStream<BufReader<TcpStream>>>;
+
+/// Bytes read from the relay's socket at once. rustls reads at most 4 KiB per
+/// `read` into an emptied buffer, so without this a 16 KiB record took 4 `recv`.
+const READ_BUFFER: usize = 64 * 1024;
 
 /// A connection-capable handle on the relay.
 pub struct Relay {
@@ -167,7 +172,7 @@ impl Relay {
         })
     }
 
-    async fn dial(&self, host: &str, port: u16) -> anyhow::Result<TlsStream<TcpStream>> {
+    async fn dial(&self, host: &str, port: u16) -> anyhow::Result<TlsStream<BufReader<TcpStream>>> {
         let addr = format!("{host}:{port}");
         let tcp = tokio::time::timeout(Duration::from_secs(15), connect(host, port, self.bind))
             .await
@@ -179,6 +184,7 @@ impl Relay {
         tcp.set_nodelay(true).ok();
         let name = ServerName::try_from(host.to_string())
             .map_err(|_| anyhow!("invalid relay host name '{host}'"))?;
+        let tcp = BufReader::with_capacity(READ_BUFFER, tcp);
         self.tls.connect(name, tcp).await.map_err(|e| {
             anyhow!(
                 "TLS with the relay at {addr} failed: {e} (is SESAME_CA set to the relay's CA?)"

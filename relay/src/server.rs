@@ -27,10 +27,11 @@ use std::time::Duration;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::BufReader;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use tokio_rustls::TlsAcceptor;
+use tokio_rustls::LazyConfigAcceptor;
 use tower_service::Service;
 use tracing::{debug, info, warn};
 
@@ -47,6 +48,8 @@ use crate::Error;
 
 /// How often ended sessions past their retention are deleted while serving.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Bytes read from a connection's socket at once, under TLS.
+const READ_BUFFER: usize = 32 * 1024;
 /// Pause after a failed `accept` (EMFILE and friends) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -72,7 +75,7 @@ pub struct ServerConfig {
 /// A bound relay, ready to run.
 pub struct Server {
     listener: TcpListener,
-    acceptor: TlsAcceptor,
+    tls: tls::Configs,
     state: AppState,
     admission: Arc<Admission>,
     /// CA certificate that clients should trust (when self-signed).
@@ -125,13 +128,13 @@ impl Server {
                 (files.cert, files.key, Some(files.ca))
             }
         };
-        let tls = tls::server_config(&cert, &key)?;
+        let tls = tls::server_configs(&cert, &key)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::io(config.listen.to_string(), e))?;
         Ok(Server {
             listener,
-            acceptor: TlsAcceptor::from(tls),
+            tls,
             admission: Arc::new(Admission::new(&config.limits.connections)),
             state: AppState {
                 store,
@@ -218,7 +221,7 @@ impl Server {
             };
             let conn = Connection {
                 peer,
-                acceptor: self.acceptor.clone(),
+                tls: self.tls.clone(),
                 app: app.clone(),
                 limits: limits.clone(),
                 accepted: Instant::now(),
@@ -414,7 +417,7 @@ impl Admitted {
 /// An accepted TCP connection, to be served.
 struct Connection {
     peer: SocketAddr,
-    acceptor: TlsAcceptor,
+    tls: tls::Configs,
     app: axum::Router,
     limits: Connections,
     accepted: Instant,
@@ -426,7 +429,7 @@ impl Connection {
     async fn serve(self, tcp: TcpStream, permit: Permit) {
         let Connection {
             peer,
-            acceptor,
+            tls,
             app,
             limits,
             accepted,
@@ -438,7 +441,16 @@ impl Connection {
             upgrading: Notify::new(),
         });
         let first_deadline = accepted + limits.handshake_timeout;
-        let tls = match tokio::time::timeout_at(first_deadline, acceptor.accept(tcp)).await {
+        // The record size is chosen from the ClientHello (`tls::Configs::choose`).
+        // rustls reads at most 4 KiB per `read` into an emptied buffer: a buffer under
+        // it takes what the socket holds (up to several records) in one `recv`.
+        let tcp = BufReader::with_capacity(READ_BUFFER, tcp);
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
+            let config = tls.choose(&start.client_hello());
+            start.into_stream(config).await
+        };
+        let tls = match tokio::time::timeout_at(first_deadline, handshake).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
                 debug!(%peer, "TLS handshake failed: {e}");
