@@ -1,13 +1,18 @@
 //! `sesame forward` and `sesame proxy`: one `forward` session, one channel per local
 //! connection (or one channel on stdin/stdout), each with its own credit in both
 //! directions, so a stalled connection never holds up the others.
+//!
+//! The session speaks through agent-core's client ([`Client`]): it holds each
+//! connection's input until the agent's credit lets it go, checks what the agent
+//! sends against our windows and grows them. This module moves bytes between the
+//! local sockets and it, a task reading and one writing each connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use agent_core::flow::{RecvWindow, SendWindow};
-use agent_core::wire::{self, Bytes, ErrorCode, Exit, Frame, Kind, Stream};
+use agent_core::client::{Client, ClientEvent};
+use agent_core::wire::{self, Exit, Kind};
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -17,7 +22,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::Relay;
-use crate::session::{self, encode, SID};
+use crate::session::{self, lost_relay, InputBuf, SID};
 
 /// Bytes a channel can take from the agent before returning credit, at first (the
 /// relay clamps larger ones).
@@ -34,12 +39,25 @@ pub const CH_MAX_WINDOW: u32 = 4 * 1024 * 1024;
 /// 256 KiB clamp), so that even a relay that passes all credit on holds no more for
 /// this client than it always could.
 const SESSION_MAX_WINDOW: u32 = 64 * CH_WINDOW;
-/// Bytes of a local connection's input held here waiting for credit.
-const SPACE: usize = 256 * 1024;
+/// Connections one session carries at once: a Linux agent's channel table holds as
+/// many (`agent_linux::MAX_CHANNELS`), and the relay's bound on a stream counts them.
+const CHANNELS: usize = 64;
 /// Largest read from a local connection: a full `Data` frame.
 const CHUNK: usize = wire::max_data_len(wire::DEFAULT_MAX_FRAME);
+/// Bytes of a local connection's input the session holds for the agent's credit:
+/// eight whole reads (about 256 KiB), so that the reads of a bulk transfer wrap with
+/// the buffer, not inside it, and each goes out as one full frame.
+const INPUT: usize = 8 * CHUNK;
+/// Bytes read from a local connection ahead of what the session holds.
+const READ_AHEAD: usize = 2 * CHUNK;
+/// Largest frame sent.
+const FRAME: usize = wire::DEFAULT_MAX_FRAME as usize;
 /// Buffers kept for reuse, at most (4 MiB of full frames).
 const POOLED_BUFFERS: usize = 128;
+
+/// The forward session: up to [`CHANNELS`] connections, each one's input waiting in
+/// [`INPUT`] bytes.
+type Session = Client<CHANNELS, InputBuf<INPUT>>;
 
 /// Buffers of connection data and frames for reuse (at most [`POOLED_BUFFERS`]).
 /// Allocating one for each frame is not free: when a channel's queue drains, the
@@ -48,23 +66,16 @@ const POOLED_BUFFERS: usize = 128;
 /// copies themselves).
 static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 
-/// A buffer from [`BUFFERS`], back to it when dropped.
+/// A buffer from [`BUFFERS`] with room for a largest frame, back to it when
+/// dropped. Its length and bytes are what its last user left (clear it, or resize
+/// it: only bytes beyond its length are zeroed).
 struct Pooled(Vec<u8>);
 
 impl Pooled {
-    /// An empty buffer, reused if there is one.
+    /// A buffer, reused if there is one.
     fn take() -> Pooled {
         let reused = BUFFERS.lock().ok().and_then(|mut p| p.pop());
-        Pooled(reused.unwrap_or_default())
-    }
-
-    /// `f` encoded into a pooled buffer, as a WebSocket message.
-    fn frame(f: &Frame) -> Message {
-        let mut buf = Pooled::take();
-        buf.0.resize(f.buffer_len(), 0);
-        let n = f.encode(&mut buf.0).unwrap_or(0);
-        buf.0.truncate(n);
-        Message::Binary(tokio_tungstenite::tungstenite::Bytes::from_owner(buf))
+        Pooled(reused.unwrap_or_else(|| Vec::with_capacity(FRAME)))
     }
 }
 
@@ -76,11 +87,10 @@ impl AsRef<[u8]> for Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() > wire::DEFAULT_MAX_FRAME as usize {
+        let buf = std::mem::take(&mut self.0);
+        if buf.capacity() != FRAME {
             return;
         }
-        buf.clear();
         if let Ok(mut pool) = BUFFERS.lock() {
             if pool.len() < POOLED_BUFFERS {
                 pool.push(buf);
@@ -146,6 +156,9 @@ impl std::str::FromStr for Spec {
         if host.is_empty() {
             return Err(bad("empty host"));
         }
+        if host.len() > 255 {
+            return Err(bad("host name longer than 255 bytes"));
+        }
         Ok(Spec {
             bind: SocketAddr::new(ip, lport),
             host: host.to_string(),
@@ -167,26 +180,50 @@ enum Ev {
     Failed(u16, String),
 }
 
+/// The local side of a channel: its connection's tasks and the input read ahead.
 struct Chan {
     label: String,
-    accepted: bool,
     /// We asked the agent to drop it; waiting for its `ChannelClose`.
     closing: bool,
-    send: SendWindow,
-    recv: RecvWindow,
+    /// Input read, not yet taken by the session (at most [`READ_AHEAD`] bytes).
     pending: VecDeque<(Pooled, usize)>,
     space: Arc<Semaphore>,
     writer: Option<mpsc::UnboundedSender<WriteCmd>>,
     writer_task: JoinHandle<()>,
     reader_task: AbortHandle,
+    /// The local connection's input ended.
     local_eof: bool,
-    eof_sent: bool,
 }
 
 impl Chan {
-    fn abort(&self) {
+    fn abort(&mut self) {
         self.reader_task.abort();
         self.writer_task.abort();
+        self.pending.clear();
+    }
+
+    /// Hand the input read so far to the session, as far as channel `ch`'s buffer
+    /// there takes it; then its end, once all of it is there.
+    fn feed(&mut self, session: &mut Session, ch: u16) {
+        while let Some((data, off)) = self.pending.front_mut() {
+            let n = match session.send_slice(ch, &data.0[*off..]) {
+                Ok(0) => return,
+                Ok(n) => n,
+                // The channel is ending: what it did not send no longer matters.
+                Err(_) => {
+                    self.pending.clear();
+                    return;
+                }
+            };
+            *off += n;
+            self.space.add_permits(n);
+            if *off == data.0.len() {
+                self.pending.pop_front();
+            }
+        }
+        if self.local_eof {
+            let _ = session.finish(ch);
+        }
     }
 }
 
@@ -197,7 +234,7 @@ fn start_chan(
     mut wr: impl AsyncWrite + Unpin + Send + 'static,
     ev: &mpsc::UnboundedSender<Ev>,
 ) -> Chan {
-    let space = Arc::new(Semaphore::new(SPACE));
+    let space = Arc::new(Semaphore::new(READ_AHEAD));
     let (wtx, mut wrx) = mpsc::unbounded_channel::<WriteCmd>();
     let evw = ev.clone();
     let writer_task = tokio::spawn(async move {
@@ -228,9 +265,9 @@ fn start_chan(
                 return;
             };
             permit.forget();
-            // Read straight into the buffer that travels on (no zeroing, no copy).
+            // Read straight into the buffer that travels on (no zeroing).
             let mut buf = Pooled::take();
-            buf.0.reserve(CHUNK);
+            buf.0.clear();
             match (&mut rd).take(CHUNK as u64).read_buf(&mut buf.0).await {
                 Ok(0) => {
                     sp.add_permits(CHUNK);
@@ -250,18 +287,44 @@ fn start_chan(
     });
     Chan {
         label,
-        accepted: false,
         closing: false,
-        send: SendWindow::new(0),
-        recv: RecvWindow::growing(CH_WINDOW, CH_MAX_WINDOW),
         pending: VecDeque::new(),
         space,
         writer: Some(wtx),
         writer_task,
         reader_task: reader.abort_handle(),
         local_eof: false,
-        eof_sent: false,
     }
+}
+
+/// Send what the session has to send, each frame written straight into the pooled
+/// buffer that the WebSocket message then owns.
+async fn transmit(
+    session: &mut Session,
+    ws: &mut crate::client::Stream,
+    target: &str,
+) -> anyhow::Result<()> {
+    let mut sent = false;
+    loop {
+        let mut buf = Pooled::take();
+        buf.0.resize(FRAME, 0);
+        let Some(n) = session
+            .poll_transmit(&mut buf.0)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        else {
+            break;
+        };
+        buf.0.truncate(n);
+        let msg = Message::Binary(tokio_tungstenite::tungstenite::Bytes::from_owner(buf));
+        ws.feed(msg)
+            .await
+            .map_err(|e| lost_relay(target, Some(&e)))?;
+        sent = true;
+    }
+    if sent {
+        ws.flush().await.map_err(|e| lost_relay(target, Some(&e)))?;
+    }
+    Ok(())
 }
 
 /// What the session serves.
@@ -296,10 +359,11 @@ pub async fn run(
             specs.push((spec.clone(), l));
         }
     }
-    let (mut ws, _) = session::open(relay, target, run_as, Kind::Forward).await?;
+    let mut session = Session::new(SID, CH_WINDOW)
+        .growing(CH_MAX_WINDOW)
+        .sharing(SESSION_MAX_WINDOW);
+    let mut ws = session::open(relay, (target, run_as), Kind::Forward, &mut session).await?;
     let mut chans: HashMap<u16, Chan> = HashMap::new();
-    let mut next_ch: u16 = 1;
-    let max_chunk = wire::max_data_len(wire::DEFAULT_MAX_FRAME);
 
     let mut dests = Vec::new();
     for (idx, (spec, listener)) in specs.into_iter().enumerate() {
@@ -330,84 +394,50 @@ pub async fn run(
     }
     let stdio = matches!(mode, Mode::Stdio { .. });
     if let Mode::Stdio { host, port } = &mode {
-        let chan = start_chan(
-            1,
-            format!("{host}:{port}"),
-            tokio::io::stdin(),
-            tokio::io::stdout(),
-            &ev_tx,
-        );
-        chans.insert(1, chan);
-        next_ch = 2;
-        ws.send(encode(&Frame::ChannelOpen {
-            sid: SID,
-            ch: 1,
-            window: CH_WINDOW,
-            host,
-            port: *port,
-        }))
-        .await?;
+        if host.len() > 255 {
+            bail!("cannot forward to {host}:{port}: the host name is longer than 255 bytes");
+        }
+        let ch = session
+            .open_channel(host, *port)
+            .map_err(|e| anyhow::anyhow!("cannot forward to {host}:{port}: {e}"))?;
+        let (rd, wr) = (tokio::io::stdin(), tokio::io::stdout());
+        chans.insert(ch, start_chan(ch, format!("{host}:{port}"), rd, wr, &ev_tx));
     }
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
     loop {
-        // Move queued local input out as far as each channel's credit allows.
-        let mut sent = false;
-        for (&ch, c) in chans.iter_mut().filter(|(_, c)| c.accepted && !c.closing) {
-            while let Some((data, off)) = c.pending.front_mut() {
-                let data = &data.0;
-                let n = c.send.take((data.len() - *off).min(max_chunk));
-                if n == 0 {
-                    break;
-                }
-                let f = Frame::Data {
-                    sid: SID,
-                    ch,
-                    stream: Stream::OUT,
-                    data: Bytes(&data[*off..*off + n]),
-                };
-                ws.feed(Pooled::frame(&f))
-                    .await
-                    .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
-                sent = true;
-                *off += n;
-                c.space.add_permits(n);
-                if *off == data.len() {
-                    c.pending.pop_front();
-                }
-            }
-            if c.pending.is_empty() && c.local_eof && !c.eof_sent {
-                ws.feed(encode(&Frame::Eof { sid: SID, ch }))
-                    .await
-                    .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
-                c.eof_sent = true;
-                sent = true;
-            }
+        for (&ch, c) in chans.iter_mut().filter(|(_, c)| !c.closing) {
+            c.feed(&mut session, ch);
         }
-        if sent {
-            ws.flush()
-                .await
-                .map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
-        }
+        transmit(&mut session, &mut ws, target).await?;
         tokio::select! {
             msg = ws.next() => {
                 let bytes = match msg {
                     Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => return Err(crate::session::lost_relay(target, None)),
-                    Some(Err(e)) => return Err(crate::session::lost_relay(target, Some(&e))),
+                    Some(Ok(Message::Close(_))) | None => return Err(lost_relay(target, None)),
+                    Some(Err(e)) => return Err(lost_relay(target, Some(&e))),
                     Some(Ok(_)) => continue,
                 };
-                match Frame::decode(&bytes) {
-                    Ok(Frame::ChannelAccept { ch, window, .. }) => {
-                        if let Some(c) = chans.get_mut(&ch) {
-                            c.accepted = true;
-                            c.send = SendWindow::new(window);
+                match session.handle_frame(&bytes).map_err(session::protocol_error)? {
+                    Some(ClientEvent::Data { ch, data, .. }) => {
+                        if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
+                            // A copy: a slice of the message would keep the
+                            // WebSocket reader from reusing its buffer.
+                            let mut copy = Pooled::take();
+                            copy.0.clear();
+                            copy.0.extend_from_slice(data);
+                            let _ = w.send(WriteCmd::Data(copy));
                         }
                     }
-                    Ok(Frame::ChannelReject { ch, code, reason, .. }) => {
-                        if let Some(c) = chans.remove(&ch) {
+                    Some(ClientEvent::Eof { ch }) => {
+                        if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
+                            let _ = w.send(WriteCmd::Eof);
+                        }
+                    }
+                    Some(ClientEvent::ChannelRejected { ch, code, reason }) => {
+                        if let Some(mut c) = chans.remove(&ch) {
                             c.abort();
                             let why = if reason.is_empty() { session::describe(code) } else { reason.to_string() };
                             if stdio {
@@ -416,31 +446,7 @@ pub async fn run(
                             eprintln!("error: {} via {target}: {why}", c.label);
                         }
                     }
-                    Ok(Frame::Data { ch, data, .. }) => {
-                        if let Some(c) = chans.get_mut(&ch) {
-                            if c.recv.on_data(data.0.len()).is_err() {
-                                bail!("the agent sent more than its credit on {}", c.label);
-                            }
-                            if let Some(w) = &c.writer {
-                                // A copy: a slice of the message would keep the
-                                // WebSocket reader from reusing its buffer.
-                                let mut copy = Pooled::take();
-                                copy.0.extend_from_slice(data.0);
-                                let _ = w.send(WriteCmd::Data(copy));
-                            }
-                        }
-                    }
-                    Ok(Frame::Credit { ch, bytes, .. }) => {
-                        if let Some(c) = chans.get_mut(&ch) {
-                            let _ = c.send.grant(bytes);
-                        }
-                    }
-                    Ok(Frame::Eof { ch, .. }) => {
-                        if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
-                            let _ = w.send(WriteCmd::Eof);
-                        }
-                    }
-                    Ok(Frame::ChannelClose { ch, reason, .. }) => {
+                    Some(ClientEvent::ChannelClosed { ch, reason }) => {
                         if let Some(mut c) = chans.remove(&ch) {
                             c.reader_task.abort();
                             // Let the writer deliver what it holds, then close the socket.
@@ -454,15 +460,18 @@ pub async fn run(
                             }
                         }
                     }
-                    Ok(Frame::Close { exit, reason, .. }) => {
+                    Some(ClientEvent::Closed { exit, reason }) => {
                         let why = match exit {
                             Exit::Aborted(code) if reason.is_empty() => session::describe(code),
                             _ => reason.to_string(),
                         };
                         bail!("session ended: {why}");
                     }
-                    Ok(_) => {}
-                    Err(e) => bail!("malformed frame from the relay: {e}"),
+                    Some(ClientEvent::Rejected { reason, .. }) => bail!("{target}: {reason}"),
+                    Some(ClientEvent::Notice { message }) => {
+                        eprintln!("sesame: {}", crate::terminal::printable(message));
+                    }
+                    Some(ClientEvent::Accepted | ClientEvent::ChannelAccepted { .. }) | None => {}
                 }
             }
             ev = ev_rx.recv() => {
@@ -470,21 +479,20 @@ pub async fn run(
                 match ev {
                     Ev::Accepted(idx, stream, peer) => {
                         let dest = &dests[idx];
-                        let mut tries = 0;
-                        while chans.contains_key(&next_ch) || next_ch == 0 {
-                            next_ch = next_ch.wrapping_add(1);
-                            tries += 1;
-                            if tries > u16::MAX as usize { break; }
-                        }
-                        let ch = next_ch;
-                        next_ch = next_ch.wrapping_add(1);
-                        let (rd, wr) = stream.into_split();
                         let label = format!("{peer} -> {}:{}", dest.host, dest.port);
-                        chans.insert(ch, start_chan(ch, label, rd, wr, &ev_tx));
-                        ws.send(encode(&Frame::ChannelOpen { sid: SID, ch, window: CH_WINDOW, host: &dest.host, port: dest.port })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
+                        match session.open_channel(&dest.host, dest.port) {
+                            Ok(ch) => {
+                                let (rd, wr) = stream.into_split();
+                                chans.insert(ch, start_chan(ch, label, rd, wr, &ev_tx));
+                            }
+                            // Every place is taken: the connection is closed at once.
+                            Err(_) => eprintln!(
+                                "error: {label} via {target}: channel limit reached ({CHANNELS} connections in this session)"
+                            ),
+                        }
                     }
                     Ev::Read(ch, data) => {
-                        if let Some(c) = chans.get_mut(&ch) {
+                        if let Some(c) = chans.get_mut(&ch).filter(|c| !c.closing) {
                             c.pending.push_back((data, 0));
                         }
                     }
@@ -493,27 +501,13 @@ pub async fn run(
                             c.local_eof = true;
                         }
                     }
-                    Ev::Written(ch, n) => {
-                        // Growth shares the session's budget with the other channels.
-                        let all: u64 = chans.values().map(|c| u64::from(c.recv.window())).sum();
-                        if let Some(c) = chans.get_mut(&ch) {
-                            c.recv.consume(n);
-                            let others = all - u64::from(c.recv.window());
-                            let room = u64::from(SESSION_MAX_WINDOW).saturating_sub(others);
-                            c.recv.set_max(CH_MAX_WINDOW.min(room as u32));
-                            if let Some(bytes) = c.recv.credit_due() {
-                                // Best effort, as in a shell session.
-                                let _ = ws.send(encode(&Frame::Credit { sid: SID, ch, bytes })).await;
-                            }
-                        }
-                    }
+                    // Credit goes back (the window grows, within the session's total).
+                    Ev::Written(ch, n) => session.consumed(ch, n),
                     Ev::Failed(ch, error) => {
-                        if let Some(c) = chans.get_mut(&ch) {
-                            if !c.closing {
-                                c.closing = true;
-                                c.abort();
-                                ws.send(encode(&Frame::ChannelClose { sid: SID, ch, reason: &error })).await.map_err(|e| crate::session::lost_relay(target, Some(&e)))?;
-                            }
+                        if let Some(c) = chans.get_mut(&ch).filter(|c| !c.closing) {
+                            c.closing = true;
+                            c.abort();
+                            let _ = session.close_channel(ch, &error);
                         }
                     }
                 }
@@ -522,13 +516,8 @@ pub async fn run(
             _ = sigterm.recv() => break,
         }
     }
-    let _ = ws
-        .send(encode(&Frame::Close {
-            sid: SID,
-            exit: Exit::Aborted(ErrorCode::TERMINATED),
-            reason: "client stopped forwarding",
-        }))
-        .await;
+    session.close("client stopped forwarding");
+    let _ = transmit(&mut session, &mut ws, target).await;
     let _ = ws.close(None).await;
     Ok(0)
 }
@@ -551,5 +540,8 @@ mod tests {
         assert!("8080:host".parse::<Spec>().is_err());
         assert!("x:host:80".parse::<Spec>().is_err());
         assert!("80:host:0".parse::<Spec>().is_err());
+        assert!(format!("80:{}:80", "h".repeat(256))
+            .parse::<Spec>()
+            .is_err());
     }
 }

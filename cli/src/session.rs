@@ -3,8 +3,8 @@
 
 use std::io::{IsTerminal, Read};
 
-use agent_core::client::ClientEvent;
-use agent_core::flow::SendWindow;
+use agent_core::client::{Client, ClientEvent};
+use agent_core::session::Buffer;
 use agent_core::wire::{self, Bytes, ErrorCode, Exit, Frame, Kind, Stream};
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
@@ -126,11 +126,11 @@ async fn create(
 }
 
 /// Create a session of `kind` and send its `Open` as `session`'s.
-async fn start(
+async fn start<const C: usize, B: Buffer>(
     relay: &Relay,
     (target, run_as): (&str, Option<&str>),
     kind: Kind<'_>,
-    session: &mut Session,
+    session: &mut Client<C, B>,
     out: &mut [u8],
 ) -> anyhow::Result<crate::client::Stream> {
     let mut ws = create(relay, target, run_as, &kind).await?;
@@ -145,64 +145,68 @@ async fn start(
 }
 
 /// Create a session of `kind` on `target` as `run_as` (`None`: the agent's default
-/// account), open its stream and send `Open`; returns the stream and the agent's
-/// window once it accepted.
-pub async fn open(
+/// account), send its `Open` as `session`'s and wait for the agent's `Accept`;
+/// returns the stream of the running session.
+pub async fn open<const C: usize, B: Buffer>(
     relay: &Relay,
-    target: &str,
-    run_as: Option<&str>,
+    (target, run_as): (&str, Option<&str>),
     kind: Kind<'_>,
-) -> anyhow::Result<(crate::client::Stream, SendWindow)> {
-    let mut ws = create(relay, target, run_as, &kind).await?;
-    // The relay puts in the account it authorised.
-    ws.send(encode(&Frame::Open {
-        sid: SID,
-        window: WINDOW,
-        kind,
-        account: "",
-    }))
-    .await
-    .context("cannot send the session request")?;
+    session: &mut Client<C, B>,
+) -> anyhow::Result<crate::client::Stream> {
+    let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
+    let mut ws = start(relay, (target, run_as), kind, session, &mut out).await?;
     loop {
-        let msg = ws.next().await;
-        let bytes = match msg {
+        let bytes = match ws.next().await {
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(Message::Close(_))) | None => bail!("the relay closed the session stream"),
             Some(Err(e)) => bail!("session stream failed: {e}"),
             Some(Ok(_)) => continue,
         };
-        match Frame::decode(&bytes) {
-            Ok(Frame::Accept { window, .. }) => return Ok((ws, SendWindow::new(window))),
-            Ok(Frame::Reject { reason, .. }) => bail!("{target}: {reason}"),
-            Ok(Frame::Close { reason, .. }) => bail!("{target}: {reason}"),
-            Ok(_) => continue,
-            Err(e) => bail!("malformed frame from the relay: {e}"),
+        match session.handle_frame(&bytes).map_err(protocol_error)? {
+            Some(ClientEvent::Accepted) => return Ok(ws),
+            Some(ClientEvent::Rejected { reason, .. } | ClientEvent::Closed { reason, .. }) => {
+                bail!("{target}: {reason}")
+            }
+            _ => continue,
         }
+    }
+}
+
+/// What the agent (or the relay) did wrong on a session stream, in the user's words.
+pub fn protocol_error(e: agent_core::ProtocolError) -> anyhow::Error {
+    use agent_core::ProtocolError;
+    match e {
+        ProtocolError::Decode(e) => anyhow::anyhow!("malformed frame from the relay: {e}"),
+        ProtocolError::FlowControl { .. } => {
+            anyhow::anyhow!("the agent sent more than its credit")
+        }
+        e => anyhow::anyhow!("the agent broke the protocol: {e}"),
     }
 }
 
 /// The client side of a shell or exec session, on agent-core's client: input waits
 /// in its channel buffer (the agent's credit decides what goes), output is checked
 /// against our window.
-type Session = agent_core::client::Client<1, InputBuf>;
+type Session = Client<1, InputBuf<{ 64 * 1024 }>>;
 
-/// Input of a session waiting for the agent's credit (a typed line, a paste, a
-/// piped file): 64 KiB, on the heap.
-pub struct InputBuf(Box<[u8]>);
+/// Input of a channel waiting for the agent's credit (a typed line, a paste, a piped
+/// file, a forwarded connection's bytes): `N` bytes on the heap, for as long as the
+/// channel lives.
+pub struct InputBuf<const N: usize>(Box<[u8]>);
 
-impl agent_core::session::Buffer for InputBuf {
+impl<const N: usize> Buffer for InputBuf<N> {
     fn new() -> Self {
-        InputBuf(vec![0u8; 64 * 1024].into_boxed_slice())
+        InputBuf(vec![0u8; N].into_boxed_slice())
     }
 }
 
-impl AsRef<[u8]> for InputBuf {
+impl<const N: usize> AsRef<[u8]> for InputBuf<N> {
     fn as_ref(&self) -> &[u8] {
         &self.0
     }
 }
 
-impl AsMut<[u8]> for InputBuf {
+impl<const N: usize> AsMut<[u8]> for InputBuf<N> {
     fn as_mut(&mut self) -> &mut [u8] {
         &mut self.0
     }
@@ -290,12 +294,7 @@ pub async fn run(
                     Some(Err(e)) => return Err(lost_relay(target, Some(&e))),
                     Some(Ok(_)) => continue,
                 };
-                let ev = session.handle_frame(&bytes).map_err(|e| match e {
-                    agent_core::ProtocolError::FlowControl { .. } => {
-                        anyhow::anyhow!("the agent sent more than its credit")
-                    }
-                    e => anyhow::anyhow!("malformed frame from the relay: {e}"),
-                })?;
+                let ev = session.handle_frame(&bytes).map_err(protocol_error)?;
                 match ev {
                     Some(ClientEvent::Accepted) => {
                         accepted = true;

@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use agent_core::flow::RecvWindow;
-use agent_core::wire::{Bytes, Frame, Kind};
+use agent_core::client::{Client, ClientEvent};
+use agent_core::wire::{self, Bytes, Kind};
 use futures_util::{SinkExt, StreamExt};
 use tests::{admin, start_agent_with, Env};
 use tokio_tungstenite::tungstenite::Message;
@@ -70,30 +70,41 @@ async fn session(
     let kind = Kind::Exec {
         argv: Bytes(b"cat\0/dev/zero\0"),
     };
-    let (mut ws, _) = cli::session::open(&relay, &target, None, kind).await?;
+    // No input is sent: its buffer holds nothing.
+    let mut session: Client<1, [u8; 16]> = Client::new(cli::session::SID, cli::session::WINDOW);
+    let mut ws = cli::session::open(&relay, (&target, None), kind, &mut session).await?;
     drop(opening);
-    let mut recv = RecvWindow::new(cli::session::WINDOW);
+    // It sends only credit and its `Close`: the smallest buffer a frame may need.
+    let mut out = vec![0u8; wire::MIN_MAX_FRAME as usize];
     while !done.load(Ordering::Relaxed) {
         let msg = tokio::time::timeout(Duration::from_secs(1), ws.next()).await;
         let Ok(Some(Ok(Message::Binary(b)))) = msg else {
             continue;
         };
-        if let Ok(Frame::Data { data, .. }) = Frame::decode(&b) {
-            let n = data.0.len();
-            if measuring.load(Ordering::Relaxed) {
-                counted.fetch_add(n as u64, Ordering::Relaxed);
+        match session
+            .handle_frame(&b)
+            .map_err(cli::session::protocol_error)?
+        {
+            Some(ClientEvent::Data { data, .. }) => {
+                let n = data.len();
+                if measuring.load(Ordering::Relaxed) {
+                    counted.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                session.consumed(0, n);
             }
-            let _ = recv.on_data(n);
-            recv.consume(n);
-            if let Some(bytes) = recv.credit_due() {
-                ws.send(cli::session::encode(&Frame::Credit {
-                    sid: cli::session::SID,
-                    ch: 0,
-                    bytes,
-                }))
-                .await?;
-            }
+            Some(ClientEvent::Closed { reason, .. }) => anyhow::bail!("session ended: {reason}"),
+            _ => {}
         }
+        while let Some(n) = session
+            .poll_transmit(&mut out)
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        {
+            ws.send(Message::Binary(out[..n].to_vec().into())).await?;
+        }
+    }
+    session.close("bench done");
+    if let Ok(Some(n)) = session.poll_transmit(&mut out) {
+        let _ = ws.send(Message::Binary(out[..n].to_vec().into())).await;
     }
     let _ = ws.close(None).await;
     Ok(())
