@@ -7,16 +7,18 @@
 //!   and decisions per second on one thread; and a whole listing (`list` for every
 //!   agent, what `sesame ls` costs the relay for one user).
 //! - The relay's session setup, `POST /v1/sessions` to the agent's `Accept` for an
-//!   exec of `true` (`Env::raw_exec`: a fresh client, its two TLS connections), on a
-//!   relay with only the built-in admins policy for an admin, and on one with the 100
-//!   policies for a user of the group `ops` whom one of them allows; in turns.
+//!   exec of `true` (a fresh client, its two TLS connections, the session on
+//!   agent-core's `Client`), on a relay with only the built-in admins policy for an
+//!   admin, and on one with the 100 policies for a user of the group `ops` whom one
+//!   of them allows; in turns.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent_core::wire::Frame;
+use agent_core::client::{Client, ClientEvent};
+use agent_core::wire::{Bytes, Kind};
 use futures_util::StreamExt;
 use relay::policy::{Action, Circumstances, Policies, Principal, Resource, Target};
 use tests::{Env, TempDir};
@@ -548,11 +550,18 @@ fn decisions(rows: &mut Vec<Row>) {
 /// is then read to its end, so that none piles up on the agent.
 async fn setup_once(env: &Env) -> Duration {
     let t = Instant::now();
-    let (mut ws, _) = env.raw_exec(b"true\0", 65536).await;
+    let relay = env.client();
+    let kind = Kind::Exec {
+        argv: Bytes(b"true\0"),
+    };
+    let mut session: Client<1, [u8; 16]> = Client::new(cli::session::SID, 65536);
+    let mut ws = cli::session::open(&relay, (&env.target, None), kind, &mut session)
+        .await
+        .unwrap();
     let took = t.elapsed();
     while let Some(Ok(m)) = ws.next().await {
         if let Message::Binary(b) = m {
-            if matches!(Frame::decode(&b), Ok(Frame::Close { .. })) {
+            if let Ok(Some(ClientEvent::Closed { .. })) = session.handle_frame(&b) {
                 break;
             }
         }
