@@ -6,6 +6,11 @@
 //! stream (`/v1/stream/{id}?token=...`) with a one-use, short-lived token; the relay
 //! routes that stream's frames to the agent's connection, rewriting session ids.
 //!
+//! What the relay decides about a session's frames (checks, window clamping, credit,
+//! pacing, idle and maximum-duration timers, when and how it ends) is sans-IO, in
+//! `hub::session`, tested with a client and an agent engine on a virtual clock; the
+//! stream task (`stream`) moves bytes and awaits policies, recordings and the audit log.
+//!
 //! ## Contract
 //! - Every secret (API keys, activation codes, session tokens) is stored as a SHA-256
 //!   hash and never logged.

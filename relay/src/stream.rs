@@ -5,8 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use agent_core::limits::TokenBucket;
-use agent_core::wire::{self, ErrorCode, Exit, Frame, Kind, DEFAULT_MAX_FRAME};
+use agent_core::wire::{self, ErrorCode, Exit, Frame, Kind};
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -16,101 +15,18 @@ use tracing::{info, warn};
 use crate::agent_link::encode;
 use crate::api::AppState;
 use crate::audit::Event;
-use crate::hub::{AgentHandle, CreditGate, Route, Routed, MAX_WINDOW};
+use crate::hub::session::{self, human};
+use crate::hub::{AgentHandle, Route, Routed};
 use crate::live::Owner;
 use crate::policy::{self, Action, Circumstances, Resource};
 use crate::record::{self, KindMeta, Recorder};
-use crate::store::{SessionRow, SessionSpec, Traffic};
+use crate::store::{SessionRow, SessionSpec};
 
 /// The client must send `Open` within this.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a forward channel's decision may wait for its audit row (the channel
 /// is refused after that, and the session's other channels are not held up more).
 const AUDIT_WAIT: Duration = Duration::from_secs(5);
-
-/// A forward session's open channels, for the audit row of each one's close.
-#[derive(Default)]
-struct Channels(std::collections::HashMap<u16, Channel>);
-
-struct Channel {
-    host: String,
-    port: u16,
-    opened: Instant,
-    to_dest: u64,
-    from_dest: u64,
-}
-
-impl Channels {
-    fn opened(&mut self, ch: u16, host: &str, port: u16) {
-        let c = Channel {
-            host: host.into(),
-            port,
-            opened: Instant::now(),
-            to_dest: 0,
-            from_dest: 0,
-        };
-        self.0.insert(ch, c);
-    }
-
-    /// Count a data frame's payload on its channel.
-    fn data(&mut self, ch: u16, n: usize, to_dest: bool) {
-        if let Some(c) = self.0.get_mut(&ch) {
-            *(if to_dest {
-                &mut c.to_dest
-            } else {
-                &mut c.from_dest
-            }) += n as u64;
-        }
-    }
-
-    /// The channel is over (`reason` empty: cleanly): its `forward.close` event.
-    fn closed(&mut self, ch: u16, reason: &str) -> Option<serde_json::Value> {
-        let c = self.0.remove(&ch)?;
-        Some(serde_json::json!({
-            "channel": ch,
-            "host": c.host,
-            "port": c.port,
-            "bytes_to_dest": c.to_dest,
-            "bytes_from_dest": c.from_dest,
-            "duration_ms": c.opened.elapsed().as_millis() as u64,
-            "reason": reason,
-        }))
-    }
-
-    /// What an agent's frame says of the channels: a channel's close (or its
-    /// refusal by the agent) as its event; its data counted.
-    fn agent_frame(&mut self, routed: &Routed) -> Option<serde_json::Value> {
-        if routed.payload > 0 {
-            self.data(routed.ch, routed.payload, false);
-            return None;
-        }
-        if !routed.ends_channel {
-            return None;
-        }
-        match Frame::decode(&routed.bytes).ok()? {
-            Frame::ChannelClose { ch, reason, .. } => self.closed(ch, reason),
-            Frame::ChannelReject { ch, reason, .. } => {
-                self.closed(ch, &format!("the agent refused: {reason}"))
-            }
-            _ => None,
-        }
-    }
-}
-
-/// Frames a client may send on its stream after `Open`.
-fn client_may_send(f: &Frame) -> bool {
-    matches!(
-        f,
-        Frame::Data { .. }
-            | Frame::Credit { .. }
-            | Frame::Resize { .. }
-            | Frame::Eof { .. }
-            | Frame::Close { .. }
-            | Frame::Signal { .. }
-            | Frame::ChannelOpen { .. }
-            | Frame::ChannelClose { .. }
-    )
-}
 
 /// The API's name of a session kind.
 pub fn kind_name(k: &Kind) -> &'static str {
@@ -408,74 +324,30 @@ pub async fn serve(
             return;
         }
     };
-    // Windows are clamped when opened, and the credit that grows them goes through
-    // the gate, so that the agent's data in flight, and so this stream's queue, stay
-    // within the bound (see `hub::CreditGate` and `hub::CLIENT_QUEUE_BYTES`).
-    let mut gate = CreditGate::default();
-    if let Ok(Frame::Open { window, .. }) = Frame::decode(&msg) {
-        gate.open(0, window.min(MAX_WINDOW));
-    }
-    let forward = |f: Frame| {
-        let f = match f {
-            // The account is the one the policies allowed, whatever the client
-            // wrote: named in full, the agent's default included.
-            Frame::Open {
-                sid, window, kind, ..
-            } => Frame::Open {
-                sid,
-                window: window.min(MAX_WINDOW),
-                kind,
-                account: &session.run_as,
-            },
-            Frame::ChannelOpen {
-                sid,
-                ch,
-                window,
-                host,
-                port,
-            } => Frame::ChannelOpen {
-                sid,
-                ch,
-                window: window.min(MAX_WINDOW),
-                host,
-                port,
-            },
-            f => f,
-        };
-        Routed::new(f, agent_sid)
+    // From here on the session's decisions are the hub's (`hub::session`); this task
+    // moves bytes, awaits the policies, the recording and the audit log, and bounds
+    // every write.
+    let config = session::Config {
+        client_sid,
+        agent_sid,
+        agent_max_frame: agent.max_frame,
+        rate: session.rate,
+        idle: limits.idle_timeout,
+        max: limits.max_duration,
+        notices,
     };
-    let first = forward(Frame::decode(&msg).expect("decoded above"));
-    if first.bytes.len() > agent.max_frame as usize {
-        agent.remove_route(agent_sid);
-        recorder.discard().await;
-        let reason = format!(
-            "Open frame of {} bytes is larger than the agent accepts ({} bytes)",
-            first.bytes.len(),
-            agent.max_frame
-        );
-        refuse(
-            &mut sink,
-            &state,
-            &session.id,
-            client_sid,
-            ErrorCode::PROTOCOL,
-            &reason,
-        )
-        .await;
-        return;
-    }
-    let mut opening = vec![first.bytes];
-    if let Some(rate) = session.rate {
-        // The agent paces its own output; the relay paces both directions below.
-        opening.push(
-            encode(&Frame::Limit {
-                sid: agent_sid,
-                rate,
-            })
-            .into(),
-        );
-    }
-    for frame in opening {
+    let open = Frame::decode(&msg).expect("decoded above");
+    let mut hub = match session::Session::new(config, &open, &session.run_as, now()) {
+        Ok(hub) => hub,
+        Err(reason) => {
+            agent.remove_route(agent_sid);
+            recorder.discard().await;
+            let code = ErrorCode::PROTOCOL;
+            refuse(&mut sink, &state, &session.id, client_sid, code, &reason).await;
+            return;
+        }
+    };
+    while let Some(frame) = hub.poll_agent(now()) {
         // No session timers yet: only the stall bound applies.
         let no_timers = Instant::now() + 2 * WRITE_STALL;
         if let Err(failed) =
@@ -487,15 +359,8 @@ pub async fn serve(
                 WriteFailed::Gone => "the agent disconnected".to_string(),
                 stalled => stalled.agent(String::new()),
             };
-            refuse(
-                &mut sink,
-                &state,
-                &session.id,
-                client_sid,
-                ErrorCode::AGENT_GONE,
-                &reason,
-            )
-            .await;
+            let code = ErrorCode::AGENT_GONE;
+            refuse(&mut sink, &state, &session.id, client_sid, code, &reason).await;
             return;
         }
     }
@@ -505,306 +370,154 @@ pub async fn serve(
         registration.joinable(watch);
     }
 
-    // 3. Route until the session ends, pacing data in each direction.
-    let origin = Instant::now();
-    let clock = || agent_core::Instant(origin.elapsed().as_millis() as u64);
-    let bucket = |rate: u32| {
-        TokenBucket::new(
-            rate,
-            TokenBucket::burst_for(rate, DEFAULT_MAX_FRAME),
-            clock(),
-        )
-    };
-    let mut pace_in = session.rate.map(bucket);
-    let mut pace_out = session.rate.map(bucket);
-    let mut channels = Channels::default();
+    // 3. Route until the session ends.
     // Their `forward.close` rows being written, all in before `session.end`.
     let mut closing: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    let is_forward = session.kind == "forward";
-    // A frame waiting for its direction's bucket; its source is not read meanwhile.
-    let mut hold_in: Option<Routed> = None;
-    let mut hold_out: Option<Routed> = None;
-    let mut last_activity = Instant::now();
-    let started = Instant::now();
-    let timers = Timers {
-        idle: limits.idle_timeout,
-        max: limits.max_duration,
-        started,
-    };
-    let ready = |b: &Option<TokenBucket>| {
-        b.as_ref()
-            .map_or(started, |b| origin + Duration::from_millis(b.ready_at(1).0))
-    };
-    let mut client_closed_session = false;
-    // Payload carried each way, recorded once when the session ends.
-    let mut traffic = Traffic::default();
-    // The agent's last frame (its Close or Reject), sent once the end is on record.
-    let mut last_frame = None;
-    let outcome: Result<(), String> = loop {
-        // A peer that does not read must not hold the session past its timers, nor
-        // for long at all: every write below is bounded by `write_by`.
+    let end = loop {
+        // What the hub has to write, each write bounded by `write_by`: a peer that
+        // does not read must not hold the session past its timers, nor for long.
+        let deadline = Instant::from_std(hub.timers_at());
+        while let Some(frame) = hub.poll_agent(now()) {
+            if let Some(why) = record_client_frame(&mut recorder, &frame).await {
+                hub.abort(why, true);
+                break;
+            }
+            if let Err(e) = write_by(deadline, &mut registration.ended, agent.tx.send(frame)).await
+            {
+                hub.abort(e.agent(hub.timer_reason()), true);
+                break;
+            }
+        }
+        while let Some(routed) = hub.poll_client(now()) {
+            // On record before the client has it.
+            if let Err(why) = recorder.agent_frame(&routed.bytes).await {
+                hub.abort(why, true);
+                break;
+            }
+            let send = sink.send(Message::Binary(routed.bytes));
+            if let Err(e) = write_by(deadline, &mut registration.ended, send).await {
+                hub.abort(e.client(hub.timer_reason()), false);
+                break;
+            }
+        }
+        while let Some(event) = hub.poll_event() {
+            match event {
+                session::Event::Decide {
+                    ch,
+                    host,
+                    port,
+                    refused,
+                } if !hub.is_over() => {
+                    // Authorised before the agent hears of the channel, for its
+                    // destination in canonical form, which is what the agent gets.
+                    let decided = match refused {
+                        Some(why) => Err(why),
+                        None => {
+                            let channel = (host.as_str(), port, ch);
+                            authorise_channel(&state, &user, &target, &session, peer, channel).await
+                        }
+                    };
+                    if let Err(reason) = &decided {
+                        let denied = record::Event::ChannelDenied {
+                            ch,
+                            host,
+                            port,
+                            reason: reason.clone(),
+                        };
+                        if let Err(why) = recorder.record(denied).await {
+                            hub.abort(why, true);
+                        }
+                    }
+                    hub.decided(decided, now());
+                }
+                session::Event::Decide { .. } => {}
+                session::Event::ChannelClosed(closed) => {
+                    closing.retain(|c| !c.is_finished());
+                    let detail = closed.detail();
+                    closing.push(channel_closed(
+                        &state,
+                        &user.name,
+                        &session.id,
+                        peer,
+                        detail,
+                    ));
+                }
+            }
+        }
+        if let Some(end) = hub.poll_end() {
+            break end;
+        }
         tokio::select! {
-            _ = tokio::time::sleep_until(ready(&pace_in)), if hold_in.is_some() => {
-                let held = hold_in.take().expect("held");
-                if let Some(b) = pace_in.as_mut() {
-                    b.consume(held.payload, clock());
-                }
-                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, agent.tx.send(held.bytes)).await {
-                    let why = e.agent(timers.reason(last_activity));
-                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                    break Err(why);
-                }
-            }
-            _ = tokio::time::sleep_until(ready(&pace_out)), if hold_out.is_some() => {
-                let held = hold_out.take().expect("held");
-                if let Some(b) = pace_out.as_mut() {
-                    b.consume(held.payload, clock());
-                }
-                let (ch, payload) = (held.ch, held.payload);
-                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(held.bytes))).await {
-                    break Err(e.client(timers.reason(last_activity)));
-                }
-                gate.delivered(ch, payload);
-                if let Err(e) = pass_credit(&mut gate, &agent, agent_sid, timers.at(last_activity), &mut registration.ended).await {
-                    let why = e.agent(timers.reason(last_activity));
-                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                    break Err(why);
-                }
-            }
-            _ = tokio::time::sleep_until(timers.at(last_activity)) => {
-                let why = timers.reason(last_activity);
-                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                break Err(why);
+            _ = tokio::time::sleep_until(Instant::from_std(hub.poll_timeout())) => {
+                hub.handle_timeout(now());
             }
             why = recorder.failed() => {
                 // The recording broke (strict mode): the session cannot go on.
-                close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                break Err(why);
+                hub.abort(why, true);
             }
-            Some(line) = registration.notices.recv() => {
-                // Someone joined or left: the user hears of it, if its client knows
-                // the frame (an older one would take it for a protocol error).
-                if !notices {
-                    continue;
-                }
-                let notice = encode(&Frame::Notice { sid: client_sid, message: &line });
-                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(notice.into()))).await {
-                    break Err(e.client(timers.reason(last_activity)));
-                }
-            }
+            Some(line) = registration.notices.recv() => hub.notice(&line),
             _ = registration.ended.changed() => {
                 // The agent is told first (below), then the client: a client that
                 // does not read must not delay the end of the processes.
-                break Err(registration.ended.borrow().clone().unwrap_or_default());
+                hub.abort(registration.ended.borrow().clone().unwrap_or_default(), false);
             }
-            out = rx.recv(), if hold_out.is_none() => {
-                let Some(routed) = out else {
-                    let why = "client too slow: relay buffer full";
-                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, why).await;
-                    break Err(why.into());
-                };
-                queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
-                traffic.bytes_out += routed.payload as u64;
-                if is_forward {
-                    if let Some(closed) = channels.agent_frame(&routed) {
-                        closing.retain(|c| !c.is_finished());
-                        closing.push(channel_closed(&state, &user.name, &session.id, peer, closed));
-                    }
+            out = rx.recv(), if hub.wants_agent_input() => match out {
+                Some(routed) => {
+                    queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
+                    hub.handle_agent(routed, now());
                 }
-                // On record before the client has it.
-                if let Err(why) = recorder.agent_frame(&routed.bytes).await {
-                    if !routed.last {
-                        close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                        break Err(why);
-                    }
+                None => hub.abort("client too slow: relay buffer full".into(), true),
+            },
+            msg = stream.next(), if hub.wants_client_input() => match msg {
+                Some(Ok(Message::Binary(b))) => hub.handle_client(b, now()),
+                Some(Ok(Message::Close(_))) | None => hub.abort("client went away".into(), false),
+                Some(Err(e)) => {
+                    // Oversized messages land here: say so before hanging up.
+                    hub.protocol_error(format!("bad message on the session stream: {e}"));
                 }
-                if routed.last {
-                    last_frame = Some(routed.bytes);
-                    break Ok(());
-                }
-                if routed.ends_channel {
-                    // The agent's last word on the channel: nothing more in flight.
-                    gate.close(routed.ch);
-                }
-                if routed.payload > 0 {
-                    last_activity = Instant::now();
-                    if pace_out.is_some() && ready(&pace_out) > Instant::now() {
-                        hold_out = Some(routed);
-                        continue;
-                    }
-                    if let Some(b) = pace_out.as_mut() {
-                        b.consume(routed.payload, clock());
-                    }
-                }
-                let (ch, payload) = (routed.ch, routed.payload);
-                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, sink.send(Message::Binary(routed.bytes))).await {
-                    break Err(e.client(timers.reason(last_activity)));
-                }
-                if payload > 0 {
-                    // Room for credit the client granted beyond the bounds, if any.
-                    gate.delivered(ch, payload);
-                    if let Err(e) = pass_credit(&mut gate, &agent, agent_sid, timers.at(last_activity), &mut registration.ended).await {
-                        let why = e.agent(timers.reason(last_activity));
-                        close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                        break Err(why);
-                    }
-                }
-            }
-            msg = stream.next(), if hold_in.is_none() => {
-                let bytes = match msg {
-                    Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => break Err("client went away".into()),
-                    Some(Err(e)) => {
-                        // Oversized messages land here: say so before hanging up.
-                        let e = format!("bad message on the session stream: {e}");
-                        close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
-                        break Err("client protocol error".into());
-                    }
-                    Some(Ok(_)) => continue,
-                };
-                let frame = match Frame::decode_bounded(&bytes, DEFAULT_MAX_FRAME as usize) {
-                    Ok(f) if client_may_send(&f) => f,
-                    // A newer client may send frame types we do not know: skip them.
-                    Err(agent_core::DecodeError::UnknownFrame { .. }) => continue,
-                    Ok(f) => {
-                        let e = format!("frame type {} is not allowed on a session stream", f.frame_type());
-                        close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
-                        break Err("client protocol error".into());
-                    }
-                    Err(e) => {
-                        let e = format!("malformed frame: {e}");
-                        close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
-                        break Err("client protocol error".into());
-                    }
-                };
-                // Each channel is authorised here, before the agent hears of it, for
-                // its destination in canonical form, which is what the agent gets.
-                let canonical;
-                let frame = match frame {
-                    Frame::ChannelOpen { sid, ch, window, host, port } => {
-                        let decided = if channels.0.contains_key(&ch) {
-                            Err(format!("channel {ch} is already open"))
-                        } else {
-                            authorise_channel(&state, &user, &target, &session, peer, (host, port, ch)).await
-                        };
-                        match decided {
-                            Ok(h) => {
-                                canonical = h;
-                                channels.opened(ch, &canonical, port);
-                                let window = gate.open(ch, window.min(MAX_WINDOW));
-                                Frame::ChannelOpen { sid, ch, window, host: &canonical, port }
-                            }
-                            Err(reason) => {
-                                let denied = record::Event::ChannelDenied { ch, host: host.into(), port, reason: reason.clone() };
-                                if let Err(why) = recorder.record(denied).await {
-                                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                                    break Err(why);
-                                }
-                                let reject = encode(&Frame::ChannelReject {
-                                    sid: client_sid,
-                                    ch,
-                                    code: ErrorCode::DENIED,
-                                    reason: &reason,
-                                });
-                                let send = sink.send(Message::Binary(reject.into()));
-                                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, send).await {
-                                    break Err(e.client(timers.reason(last_activity)));
-                                }
-                                continue;
-                            }
-                        }
-                    }
-                    f => f,
-                };
-                // On record before the agent has it.
-                if let Err(why) = recorder.client_frame(&frame).await {
-                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                    break Err(why);
-                }
-                let closes = matches!(frame, Frame::Close { .. });
-                let out = match frame {
-                    // Made again: the relay set its window and host.
-                    Frame::ChannelOpen { .. } => forward(frame),
-                    // Through the gate; as it came when all of it passes.
-                    Frame::Credit { sid, ch, bytes: granted } => match gate.credit(ch, granted) {
-                        0 => continue,
-                        n if n == granted => Routed::of(&frame).readdress(bytes, agent_sid),
-                        n => Routed::new(Frame::Credit { sid, ch, bytes: n }, agent_sid),
-                    },
-                    // As it came, but for its session id.
-                    _ => Routed::of(&frame).readdress(bytes, agent_sid),
-                };
-                if out.bytes.len() > agent.max_frame as usize {
-                    // A frame over the agent's announced limit (a small device's, or a
-                    // full frame made longer by the session id) would cost every session
-                    // on the link: end only this one.
-                    let e = format!("frame too large for the agent ({} > {} bytes)", out.bytes.len(), agent.max_frame);
-                    close_client(&mut sink, client_sid, ErrorCode::PROTOCOL, &e).await;
-                    break Err("client protocol error".into());
-                }
-                traffic.bytes_in += out.payload as u64;
-                if is_forward && out.payload > 0 {
-                    channels.data(out.ch, out.payload, true);
-                }
-                if out.payload > 0 {
-                    last_activity = Instant::now();
-                    if pace_in.is_some() && ready(&pace_in) > Instant::now() {
-                        hold_in = Some(out);
-                        continue;
-                    }
-                    if let Some(b) = pace_in.as_mut() {
-                        b.consume(out.payload, clock());
-                    }
-                }
-                if let Err(e) = write_by(timers.at(last_activity), &mut registration.ended, agent.tx.send(out.bytes)).await {
-                    let why = e.agent(timers.reason(last_activity));
-                    close_client(&mut sink, client_sid, ErrorCode::TERMINATED, &why).await;
-                    break Err(why);
-                }
-                if closes {
-                    // Only once the agent has it: else the end path below asks it.
-                    client_closed_session = true;
-                }
-            }
+                Some(Ok(_)) => {}
+            },
         }
     };
+    let session::End {
+        outcome,
+        last_frame,
+        tell_client,
+        tell_agent,
+    } = end;
+    if let Some(close) = tell_client {
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(close))).await;
+    }
     match &outcome {
         Ok(()) => info!(session = %session.id, "session ended"),
-        Err(why) => {
-            warn!(session = %session.id, "session stream ended: {why}");
-            if !client_closed_session {
-                // Ask the agent to stop the session; its Close frees the route. Waited
-                // for (bounded) so that a busy link cannot drop it.
-                let close = encode(&Frame::Close {
-                    sid: agent_sid,
-                    exit: Exit::Aborted(ErrorCode::TERMINATED),
-                    reason: why,
-                });
-                let sent =
-                    tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close.into()));
-                if sent.await.is_err() {
-                    // The link takes nothing: forget the route here (it would hold its
-                    // places until the link dies) and record the end ourselves.
-                    agent.remove_route(agent_sid);
-                    let _ = state.store.end_session(&session.id, why).await;
-                }
-            }
+        Err(why) => warn!(session = %session.id, "session stream ended: {why}"),
+    }
+    if let (Some(close), Err(why)) = (tell_agent, &outcome) {
+        // Ask the agent to stop the session; its Close frees the route. Waited for
+        // (bounded) so that a busy link cannot drop it.
+        let sent = tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close));
+        if sent.await.is_err() {
+            // The link takes nothing: forget the route here (it would hold its places
+            // until the link dies) and record the end ourselves.
+            agent.remove_route(agent_sid);
+            let _ = state.store.end_session(&session.id, why).await;
         }
     }
     // Channels still open end with the session.
-    let open: Vec<u16> = channels.0.keys().copied().collect();
-    for ch in open {
-        let why = outcome
-            .as_ref()
-            .err()
-            .map_or("the session ended", String::as_str);
-        if let Some(closed) = channels.closed(ch, why) {
+    let why = outcome
+        .as_ref()
+        .err()
+        .map_or("the session ended", String::as_str);
+    hub.close_channels(why, now());
+    while let Some(event) = hub.poll_event() {
+        if let session::Event::ChannelClosed(closed) = event {
+            let detail = closed.detail();
             closing.push(channel_closed(
                 &state,
                 &user.name,
                 &session.id,
                 peer,
-                closed,
+                detail,
             ));
         }
     }
@@ -815,6 +528,7 @@ pub async fn serve(
         Err(_) => registration.ended.borrow().clone(),
         Ok(()) => None,
     };
+    let traffic = hub.traffic();
     let _ = state
         .store
         .session_finished(&session.id, ended_by.as_deref(), traffic)
@@ -825,6 +539,10 @@ pub async fn serve(
         // was on record: this is why it ended (the first end recorded stands).
         let _ = state.store.end_session(&session.id, why).await;
         exit = Some(why.clone());
+    }
+    if let Some(last) = &last_frame {
+        // The agent's last word (its exit) in the recording too.
+        let _ = recorder.agent_frame(last).await;
     }
     // The recording's last lines, compressed, and its hash into the audit chain.
     let recording = recorder
@@ -865,6 +583,18 @@ pub async fn serve(
         }
     })
     .await;
+}
+
+/// The relay's clock for the hub: tokio's, which tests may pause.
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+/// Record a frame from the client on its way to the agent; `Some`: the recording
+/// broke (strict mode), which ends the session.
+async fn record_client_frame(recorder: &mut Recorder, bytes: &[u8]) -> Option<String> {
+    let frame = Frame::decode(bytes).ok()?;
+    recorder.client_frame(&frame).await.err()
 }
 
 /// Whether a policy asks for the session's input to be recorded (`record_input`).
@@ -968,62 +698,10 @@ async fn close_client(sink: &mut ClientSink, sid: u32, code: ErrorCode, reason: 
     let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(close.into()))).await;
 }
 
-/// Send the agent the credit the gate has room for now (see [`CreditGate`]), each
-/// write bounded as [`write_by`] bounds it.
-async fn pass_credit(
-    gate: &mut CreditGate,
-    agent: &AgentHandle,
-    agent_sid: u32,
-    timers: Instant,
-    ended: &mut Ended,
-) -> Result<(), WriteFailed> {
-    while let Some((ch, bytes)) = gate.poll_credit() {
-        let credit = encode(&Frame::Credit {
-            sid: agent_sid,
-            ch,
-            bytes,
-        });
-        write_by(timers, ended, agent.tx.send(credit.into())).await?;
-    }
-    Ok(())
-}
-
 /// How long one write to a peer may wait for it to read before the session ends.
 const WRITE_STALL: Duration = Duration::from_secs(60);
 /// How long the goodbyes to a client (its `Close`, the WebSocket close) may take.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-
-/// The session's idle and maximum-duration timers.
-struct Timers {
-    idle: Option<Duration>,
-    max: Option<Duration>,
-    started: Instant,
-}
-
-impl Timers {
-    /// When they fire, the last input or output having been at `last_activity`.
-    fn at(&self, last_activity: Instant) -> Instant {
-        let never = self.started + Duration::from_secs(100 * 365 * 86400);
-        let idle_at = self.idle.map_or(never, |d| last_activity + d);
-        let max_at = self.max.map_or(never, |d| self.started + d);
-        idle_at.min(max_at)
-    }
-
-    /// Why the session ends when they fire.
-    fn reason(&self, last_activity: Instant) -> String {
-        let idle_first = match (self.idle, self.max) {
-            (Some(idle), Some(max)) => last_activity + idle <= self.started + max,
-            (idle, _) => idle.is_some(),
-        };
-        if idle_first {
-            let idle = human(self.idle.unwrap_or_default());
-            format!("idle timeout: no input or output for {idle}")
-        } else {
-            let max = human(self.max.unwrap_or_default());
-            format!("maximum session duration of {max} reached")
-        }
-    }
-}
 
 /// Why a bounded write failed.
 enum WriteFailed {
@@ -1093,18 +771,6 @@ impl WriteFailed {
     }
 }
 
-/// `20m`, `2s`, `1h30m`.
-fn human(d: Duration) -> String {
-    let s = d.as_secs();
-    match (s / 3600, s % 3600 / 60, s % 60) {
-        (0, 0, s) => format!("{s}s"),
-        (0, m, 0) => format!("{m}m"),
-        (0, m, s) => format!("{m}m{s}s"),
-        (h, 0, 0) => format!("{h}h"),
-        (h, m, _) => format!("{h}h{m}m"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1150,22 +816,5 @@ mod tests {
             Err(WriteFailed::Ended(why)) if why == "key revoked"
         ));
         assert_eq!(Instant::now(), at);
-    }
-
-    #[test]
-    fn timers_fire_at_the_earlier_of_idle_and_maximum_and_say_which() {
-        let started = Instant::now();
-        let t = Timers {
-            idle: Some(Duration::from_secs(60)),
-            max: Some(Duration::from_secs(90)),
-            started,
-        };
-        assert_eq!(t.at(started), started + Duration::from_secs(60));
-        assert_eq!(t.reason(started), "idle timeout: no input or output for 1m");
-        let late = started + Duration::from_secs(50);
-        assert_eq!(t.at(late), started + Duration::from_secs(90));
-        assert_eq!(t.reason(late), "maximum session duration of 1m30s reached");
-        let idle_only = Timers { max: None, ..t };
-        assert_eq!(idle_only.at(late), late + Duration::from_secs(60));
     }
 }

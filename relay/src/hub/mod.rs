@@ -11,6 +11,7 @@ use tokio::sync::{mpsc, watch};
 use crate::agent_link::encode;
 
 mod credit;
+pub mod session;
 pub use credit::CreditGate;
 
 /// Frames queued towards one agent connection, at most (shared by its sessions).

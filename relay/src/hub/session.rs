@@ -1,0 +1,623 @@
+//! One client stream's session at the relay, sans-IO: what the relay does with each
+//! frame between a client and an agent, apart from moving it.
+//!
+//! The stream task (`crate::stream`) owns the sockets and the awaits; this owns the
+//! decisions: it checks and readdresses the client's frames, clamps the windows they
+//! announce, passes the client's credit through the [`CreditGate`], paces both
+//! directions at the session's rate, runs the idle and maximum-duration timers, keeps
+//! the forward channels' accounts for the audit log, and decides when and how the
+//! session ends. Time is a parameter (`now`, never going backwards); nothing here
+//! awaits, reads a clock or touches a socket, so tests drive it with a client and an
+//! agent engine on a virtual clock (`tests.rs`).
+//!
+//! The contract, as quinn-proto's `Connection`: feed it what arrives
+//! ([`Session::handle_client`], [`Session::handle_agent`], [`Session::handle_timeout`],
+//! [`Session::decided`], [`Session::notice`], [`Session::abort`]); then drain
+//! [`Session::poll_agent`] and [`Session::poll_client`] (frames to write, in order),
+//! [`Session::poll_event`] (decisions to make, audit rows to write), check
+//! [`Session::poll_end`], and sleep until [`Session::poll_timeout`]. Read from a peer
+//! only while [`Session::wants_client_input`] / [`Session::wants_agent_input`] say so:
+//! that is the backpressure (a paced or undelivered frame stops its source).
+//!
+//! Hooks: a forward channel is decided outside (policies and the audit log await), as
+//! [`Event::Decide`] out and [`Session::decided`] in; a frame is recorded by the task
+//! when it takes it from `poll_*`, before it writes it, so the record never lags
+//! behind what a peer has.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use agent_core::limits::TokenBucket;
+use agent_core::wire::{ErrorCode, Exit, Frame, DEFAULT_MAX_FRAME};
+use axum::body::Bytes;
+
+use super::{CreditGate, Routed, MAX_WINDOW};
+use crate::store::Traffic;
+
+/// What the relay knows of a session when its stream starts.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The session id the client uses on its stream.
+    pub client_sid: u32,
+    /// The session id the relay reserved on the agent's link.
+    pub agent_sid: u32,
+    /// The largest frame the agent accepts (its `Hello`).
+    pub agent_max_frame: u32,
+    /// Bytes per second each way, if the session is rate limited.
+    pub rate: Option<u32>,
+    /// No input or output for this long ends the session.
+    pub idle: Option<Duration>,
+    /// The session ends this long after it started.
+    pub max: Option<Duration>,
+    /// The client asked to hear of observers joining (`Notice` frames).
+    pub notices: bool,
+}
+
+/// What the stream task is asked to do besides writing frames.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    /// Decide forward channel `ch` to `host:port` and answer with
+    /// [`Session::decided`]; already `refused` when the relay knows the answer (the
+    /// channel id is in use), which still goes on record as a denial. No client
+    /// input is taken meanwhile.
+    Decide {
+        ch: u16,
+        host: String,
+        port: u16,
+        refused: Option<String>,
+    },
+    /// A forward channel ended: its `forward.close` row for the audit log.
+    ChannelClosed(ChannelRecord),
+}
+
+/// A forward channel's account, for its `forward.close` row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRecord {
+    pub ch: u16,
+    pub host: String,
+    pub port: u16,
+    pub bytes_to_dest: u64,
+    pub bytes_from_dest: u64,
+    pub duration: Duration,
+    /// Empty: closed cleanly.
+    pub reason: String,
+}
+
+impl ChannelRecord {
+    /// The row's detail.
+    pub fn detail(&self) -> serde_json::Value {
+        serde_json::json!({
+            "channel": self.ch,
+            "host": self.host,
+            "port": self.port,
+            "bytes_to_dest": self.bytes_to_dest,
+            "bytes_from_dest": self.bytes_from_dest,
+            "duration_ms": self.duration.as_millis() as u64,
+            "reason": self.reason,
+        })
+    }
+}
+
+/// How a session ended, once [`Session::poll_end`] says so.
+#[derive(Debug)]
+pub struct End {
+    /// `Ok`: the agent ended it (its `Close` or `Reject` is `last_frame`); `Err`:
+    /// why the relay ended it.
+    pub outcome: Result<(), String>,
+    /// The agent's last frame, for the client once the end is on record.
+    pub last_frame: Option<Bytes>,
+    /// A `Close` to send the client now (best effort), naming why; `None` when the
+    /// client is gone, or is told later (see [`Session::abort`]).
+    pub tell_client: Option<Bytes>,
+    /// A `Close` to send the agent, unless it ended the session or already has the
+    /// client's.
+    pub tell_agent: Option<Bytes>,
+}
+
+/// One forward channel, open or being decided.
+struct Channel {
+    host: String,
+    port: u16,
+    opened: Instant,
+    to_dest: u64,
+    from_dest: u64,
+}
+
+/// A channel open waiting for its decision.
+struct Deciding {
+    ch: u16,
+    window: u32,
+    port: u16,
+}
+
+/// See the module docs.
+pub struct Session {
+    cfg: Config,
+    gate: CreditGate,
+    /// Pacing towards the agent and towards the client.
+    pace_in: Option<TokenBucket>,
+    pace_out: Option<TokenBucket>,
+    /// The buckets' clock starts here.
+    origin: Instant,
+    started: Instant,
+    last_activity: Instant,
+    to_agent: VecDeque<Routed>,
+    to_client: VecDeque<Routed>,
+    channels: HashMap<u16, Channel>,
+    deciding: Option<Deciding>,
+    events: VecDeque<Event>,
+    end: Option<End>,
+    /// It ended (its [`End`] may have been taken).
+    over: bool,
+    /// The agent has the client's `Close`.
+    client_closed: bool,
+    traffic: Traffic,
+}
+
+impl Session {
+    /// A session whose client sent `open` (checked against what was authorised by
+    /// the caller), to run as `account`: the agent's `Open`, with the window clamped
+    /// to [`MAX_WINDOW`] and the account the policies allowed, and its rate, wait in
+    /// [`Session::poll_agent`]. `Err`: a refusal for the client.
+    pub fn new(cfg: Config, open: &Frame, account: &str, now: Instant) -> Result<Session, String> {
+        let Frame::Open {
+            sid, window, kind, ..
+        } = *open
+        else {
+            return Err("the first frame on a stream must be Open".into());
+        };
+        let mut gate = CreditGate::default();
+        let window = gate.open(0, window.min(MAX_WINDOW));
+        let first = Routed::new(
+            Frame::Open {
+                sid,
+                window,
+                kind,
+                account,
+            },
+            cfg.agent_sid,
+        );
+        if first.bytes.len() > cfg.agent_max_frame as usize {
+            return Err(format!(
+                "Open frame of {} bytes is larger than the agent accepts ({} bytes)",
+                first.bytes.len(),
+                cfg.agent_max_frame
+            ));
+        }
+        let mut to_agent = VecDeque::from([first]);
+        if let Some(rate) = cfg.rate {
+            // The agent paces its own output; the relay paces both directions.
+            let sid = cfg.agent_sid;
+            to_agent.push_back(Routed::new(Frame::Limit { sid, rate }, sid));
+        }
+        let bucket = |rate: u32| {
+            let burst = TokenBucket::burst_for(rate, DEFAULT_MAX_FRAME);
+            TokenBucket::new(rate, burst, agent_core::Instant(0))
+        };
+        Ok(Session {
+            pace_in: cfg.rate.map(bucket),
+            pace_out: cfg.rate.map(bucket),
+            cfg,
+            gate,
+            origin: now,
+            started: now,
+            last_activity: now,
+            to_agent,
+            to_client: VecDeque::new(),
+            channels: HashMap::new(),
+            deciding: None,
+            events: VecDeque::new(),
+            end: None,
+            over: false,
+            client_closed: false,
+            traffic: Traffic::default(),
+        })
+    }
+
+    /// A message from the client's stream.
+    pub fn handle_client(&mut self, bytes: Bytes, now: Instant) {
+        if self.over {
+            return;
+        }
+        let frame = match Frame::decode_bounded(&bytes, DEFAULT_MAX_FRAME as usize) {
+            Ok(f) if client_may_send(&f) => f,
+            // A newer client may send frame types we do not know: skip them.
+            Err(agent_core::DecodeError::UnknownFrame { .. }) => return,
+            Ok(f) => {
+                let e = format!(
+                    "frame type {} is not allowed on a session stream",
+                    f.frame_type()
+                );
+                return self.protocol_error(e);
+            }
+            Err(e) => return self.protocol_error(format!("malformed frame: {e}")),
+        };
+        let out = match frame {
+            Frame::ChannelOpen {
+                ch,
+                window,
+                host,
+                port,
+                ..
+            } => {
+                let refused = (self.channels.contains_key(&ch))
+                    .then(|| format!("channel {ch} is already open"));
+                self.deciding = Some(Deciding { ch, window, port });
+                let host = host.into();
+                self.events.push_back(Event::Decide {
+                    ch,
+                    host,
+                    port,
+                    refused,
+                });
+                return;
+            }
+            // Through the gate; as it came when all of it passes.
+            Frame::Credit {
+                sid,
+                ch,
+                bytes: granted,
+            } => match self.gate.credit(ch, granted) {
+                0 => return,
+                n if n == granted => Routed::of(&frame).readdress(bytes, self.cfg.agent_sid),
+                n => Routed::new(Frame::Credit { sid, ch, bytes: n }, self.cfg.agent_sid),
+            },
+            // As it came, but for its session id.
+            _ => Routed::of(&frame).readdress(bytes, self.cfg.agent_sid),
+        };
+        self.queue_for_agent(out, now);
+    }
+
+    /// The decision on the channel of the last [`Event::Decide`]: its host in
+    /// canonical form (what the agent gets), or the refusal the client gets.
+    pub fn decided(&mut self, decision: Result<String, String>, now: Instant) {
+        let Some(d) = self.deciding.take() else {
+            return;
+        };
+        if self.over {
+            return;
+        }
+        match decision {
+            Ok(host) => {
+                let window = self.gate.open(d.ch, d.window.min(MAX_WINDOW));
+                let open = Routed::new(
+                    Frame::ChannelOpen {
+                        sid: self.cfg.agent_sid,
+                        ch: d.ch,
+                        window,
+                        host: &host,
+                        port: d.port,
+                    },
+                    self.cfg.agent_sid,
+                );
+                self.channels.insert(
+                    d.ch,
+                    Channel {
+                        host,
+                        port: d.port,
+                        opened: now,
+                        to_dest: 0,
+                        from_dest: 0,
+                    },
+                );
+                self.queue_for_agent(open, now);
+            }
+            Err(reason) => {
+                let reject = Frame::ChannelReject {
+                    sid: self.cfg.client_sid,
+                    ch: d.ch,
+                    code: ErrorCode::DENIED,
+                    reason: &reason,
+                };
+                self.to_client
+                    .push_back(Routed::new(reject, self.cfg.client_sid));
+            }
+        }
+    }
+
+    /// Queue a frame for the agent, unless it is over the agent's limit.
+    fn queue_for_agent(&mut self, out: Routed, now: Instant) {
+        if out.bytes.len() > self.cfg.agent_max_frame as usize {
+            // A frame over the agent's announced limit (a small device's, or a full
+            // frame made longer by the session id) would cost every session on the
+            // link: end only this one.
+            let e = format!(
+                "frame too large for the agent ({} > {} bytes)",
+                out.bytes.len(),
+                self.cfg.agent_max_frame
+            );
+            return self.protocol_error(e);
+        }
+        self.traffic.bytes_in += out.payload as u64;
+        if out.payload > 0 {
+            if let Some(c) = self.channels.get_mut(&out.ch) {
+                c.to_dest += out.payload as u64;
+            }
+            self.last_activity = now;
+        }
+        self.to_agent.push_back(out);
+    }
+
+    /// A frame from the agent for this session, addressed to the client already (see
+    /// `agent_link`).
+    pub fn handle_agent(&mut self, routed: Routed, now: Instant) {
+        if self.over {
+            return;
+        }
+        self.traffic.bytes_out += routed.payload as u64;
+        if routed.payload > 0 {
+            if let Some(c) = self.channels.get_mut(&routed.ch) {
+                c.from_dest += routed.payload as u64;
+            }
+            self.last_activity = now;
+        } else if routed.ends_channel {
+            // The agent's last word on the channel: nothing more in flight.
+            self.gate.close(routed.ch);
+            let reason = match Frame::decode(&routed.bytes) {
+                Ok(Frame::ChannelClose { reason, .. }) => reason.to_string(),
+                Ok(Frame::ChannelReject { reason, .. }) => {
+                    format!("the agent refused: {reason}")
+                }
+                _ => String::new(),
+            };
+            self.channel_over(routed.ch, reason, now);
+        }
+        self.to_client.push_back(routed);
+    }
+
+    /// A forward channel is over: its account goes to the audit log.
+    fn channel_over(&mut self, ch: u16, reason: String, now: Instant) {
+        if let Some(c) = self.channels.remove(&ch) {
+            self.events.push_back(Event::ChannelClosed(ChannelRecord {
+                ch,
+                host: c.host,
+                port: c.port,
+                bytes_to_dest: c.to_dest,
+                bytes_from_dest: c.from_dest,
+                duration: now.saturating_duration_since(c.opened),
+                reason,
+            }));
+        }
+    }
+
+    /// Someone joined or left: the user hears of it, if its client knows the frame
+    /// (an older one would take it for a protocol error).
+    pub fn notice(&mut self, line: &str) {
+        if self.cfg.notices && !self.over {
+            let notice = Frame::Notice {
+                sid: self.cfg.client_sid,
+                message: line,
+            };
+            self.to_client
+                .push_back(Routed::new(notice, self.cfg.client_sid));
+        }
+    }
+
+    /// The session's timers, as of `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if !self.over && now >= self.timers_at() {
+            let why = self.timer_reason();
+            self.abort(why, true);
+        }
+    }
+
+    /// End the session for `why` (the client went away, a write failed, the recording
+    /// broke, someone ended it). `tell_client`: send the client a `Close` saying why
+    /// now; else it is gone, or the caller tells it once the end is on record.
+    pub fn abort(&mut self, why: String, tell_client: bool) {
+        let code = ErrorCode::TERMINATED;
+        self.finish(Err(why.clone()), tell_client.then_some((code, why)), None);
+    }
+
+    /// The client broke the protocol: it hears why, the record says so.
+    pub fn protocol_error(&mut self, e: String) {
+        let outcome = Err("client protocol error".to_string());
+        self.finish(outcome, Some((ErrorCode::PROTOCOL, e)), None);
+    }
+
+    fn finish(
+        &mut self,
+        outcome: Result<(), String>,
+        client: Option<(ErrorCode, String)>,
+        last_frame: Option<Bytes>,
+    ) {
+        if self.over {
+            return;
+        }
+        self.over = true;
+        let close = |sid, code, reason: &str| -> Bytes {
+            crate::agent_link::encode(&Frame::Close {
+                sid,
+                exit: Exit::Aborted(code),
+                reason,
+            })
+            .into()
+        };
+        let tell_agent = match &outcome {
+            Err(why) if !self.client_closed => {
+                Some(close(self.cfg.agent_sid, ErrorCode::TERMINATED, why))
+            }
+            _ => None,
+        };
+        let tell_client = client.map(|(code, why)| close(self.cfg.client_sid, code, &why));
+        self.to_agent.clear();
+        self.to_client.clear();
+        self.deciding = None;
+        self.end = Some(End {
+            outcome,
+            last_frame,
+            tell_client,
+            tell_agent,
+        });
+    }
+
+    /// The next frame for the agent, if any may go at `now`. It counts as written: a
+    /// write that fails ends the session ([`Session::abort`]).
+    #[must_use]
+    pub fn poll_agent(&mut self, now: Instant) -> Option<Bytes> {
+        let head = self.to_agent.front()?;
+        if !ready(&mut self.pace_in, self.origin, head.payload, now) {
+            return None;
+        }
+        let out = self.to_agent.pop_front()?;
+        if out.last {
+            // Only once the agent has it: else the end asks it to stop.
+            self.client_closed = true;
+        }
+        Some(out.bytes)
+    }
+
+    /// The next frame for the client, if any may go at `now`, with what it carries
+    /// (for the recording). The agent's `Close` or `Reject` is not one: it ends the
+    /// session ([`Session::poll_end`]).
+    #[must_use]
+    pub fn poll_client(&mut self, now: Instant) -> Option<Routed> {
+        let head = self.to_client.front()?;
+        if !ready(&mut self.pace_out, self.origin, head.payload, now) {
+            return None;
+        }
+        let out = self.to_client.pop_front()?;
+        if out.last {
+            self.finish(Ok(()), None, Some(out.bytes));
+            return None;
+        }
+        if out.payload > 0 {
+            // Room for credit the client granted beyond the bounds, if any.
+            self.gate.delivered(out.ch, out.payload);
+            while let Some((ch, bytes)) = self.gate.poll_credit() {
+                let sid = self.cfg.agent_sid;
+                self.to_agent
+                    .push_back(Routed::new(Frame::Credit { sid, ch, bytes }, sid));
+            }
+        }
+        Some(out)
+    }
+
+    /// A decision to make or a row to write.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// How the session ended, once it has (given once): then nothing more comes out
+    /// of `poll_agent` and `poll_client`, and nothing goes in.
+    #[must_use]
+    pub fn poll_end(&mut self) -> Option<End> {
+        self.end.take()
+    }
+
+    /// It has ended.
+    pub fn is_over(&self) -> bool {
+        self.over
+    }
+
+    /// When to call [`Session::handle_timeout`] or poll again (a paced frame).
+    #[must_use]
+    pub fn poll_timeout(&self) -> Instant {
+        let mut at = self.timers_at();
+        for (q, b) in [
+            (&self.to_agent, &self.pace_in),
+            (&self.to_client, &self.pace_out),
+        ] {
+            if let (Some(head), Some(b)) = (q.front(), b) {
+                if head.payload > 0 {
+                    at = at.min(self.origin + Duration::from_millis(b.ready_at(1).0));
+                }
+            }
+        }
+        at
+    }
+
+    /// Take a message from the client now: nothing waits to go to the agent, and no
+    /// channel is being decided.
+    pub fn wants_client_input(&self) -> bool {
+        !self.over && self.to_agent.is_empty() && self.deciding.is_none()
+    }
+
+    /// Take a frame from the agent now: nothing waits to go to the client.
+    pub fn wants_agent_input(&self) -> bool {
+        !self.over && self.to_client.is_empty()
+    }
+
+    /// When the timers fire, as things stand (the idle timer moves with traffic).
+    pub fn timers_at(&self) -> Instant {
+        let never = self.started + Duration::from_secs(100 * 365 * 86400);
+        let idle_at = self.cfg.idle.map_or(never, |d| self.last_activity + d);
+        let max_at = self.cfg.max.map_or(never, |d| self.started + d);
+        idle_at.min(max_at)
+    }
+
+    /// Why the session ends when the timers fire.
+    pub fn timer_reason(&self) -> String {
+        let (idle, max) = (self.cfg.idle, self.cfg.max);
+        let idle_first = match (idle, max) {
+            (Some(idle), Some(max)) => self.last_activity + idle <= self.started + max,
+            (idle, _) => idle.is_some(),
+        };
+        if idle_first {
+            let idle = human(idle.unwrap_or_default());
+            format!("idle timeout: no input or output for {idle}")
+        } else {
+            let max = human(max.unwrap_or_default());
+            format!("maximum session duration of {max} reached")
+        }
+    }
+
+    /// Payload carried each way so far (counted as it arrives).
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// The channels still open end with the session, for `why`: their rows come out
+    /// of [`Session::poll_event`].
+    pub fn close_channels(&mut self, why: &str, now: Instant) {
+        let open: Vec<u16> = self.channels.keys().copied().collect();
+        for ch in open {
+            self.channel_over(ch, why.to_string(), now);
+        }
+    }
+}
+
+/// Whether a frame of `payload` bytes may go through `bucket` at `now`; if so it is
+/// spent. Frames without payload are never held.
+fn ready(bucket: &mut Option<TokenBucket>, origin: Instant, payload: usize, now: Instant) -> bool {
+    let Some(b) = bucket.as_mut().filter(|_| payload > 0) else {
+        return true;
+    };
+    let t = agent_core::Instant(now.saturating_duration_since(origin).as_millis() as u64);
+    if b.ready_at(1) > t {
+        return false;
+    }
+    b.consume(payload, t);
+    true
+}
+
+/// Frames a client may send on its stream after `Open`.
+fn client_may_send(f: &Frame) -> bool {
+    matches!(
+        f,
+        Frame::Data { .. }
+            | Frame::Credit { .. }
+            | Frame::Resize { .. }
+            | Frame::Eof { .. }
+            | Frame::Close { .. }
+            | Frame::Signal { .. }
+            | Frame::ChannelOpen { .. }
+            | Frame::ChannelClose { .. }
+    )
+}
+
+/// `20m`, `2s`, `1h30m`.
+pub fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match (s / 3600, s % 3600 / 60, s % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, 0) => format!("{m}m"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, 0, 0) => format!("{h}h"),
+        (h, m, _) => format!("{h}h{m}m"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
