@@ -40,6 +40,8 @@ pub mod flow;
 pub mod limits;
 pub mod provision;
 pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod time;
 pub mod wire;
 

@@ -9,12 +9,12 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use agent_core::client::{Client, ClientEvent};
 use agent_core::wire::{self, Exit, Kind};
 use anyhow::{bail, Context};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
@@ -22,7 +22,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::Relay;
-use crate::session::{self, lost_relay, InputBuf, SID};
+use crate::session::{self, lost_relay, transmit, InputBuf, Pooled, SID};
 
 /// Bytes a channel can take from the agent before returning credit, at first (the
 /// relay clamps larger ones).
@@ -50,54 +50,9 @@ const CHUNK: usize = wire::max_data_len(wire::DEFAULT_MAX_FRAME);
 const INPUT: usize = 8 * CHUNK;
 /// Bytes read from a local connection ahead of what the session holds.
 const READ_AHEAD: usize = 2 * CHUNK;
-/// Largest frame sent.
-const FRAME: usize = wire::DEFAULT_MAX_FRAME as usize;
-/// Buffers kept for reuse, at most (4 MiB of full frames).
-const POOLED_BUFFERS: usize = 128;
-
 /// The forward session: up to [`CHANNELS`] connections, each one's input waiting in
 /// [`INPUT`] bytes.
 type Session = Client<CHANNELS, InputBuf<INPUT>>;
-
-/// Buffers of connection data and frames for reuse (at most [`POOLED_BUFFERS`]).
-/// Allocating one for each frame is not free: when a channel's queue drains, the
-/// allocator hands the memory back to the kernel and the next burst faults every page
-/// in again (measured: 40 000 page faults a second at 300 MB/s, more time than the
-/// copies themselves).
-static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-/// A buffer from [`BUFFERS`] with room for a largest frame, back to it when
-/// dropped. Its length and bytes are what its last user left (clear it, or resize
-/// it: only bytes beyond its length are zeroed).
-struct Pooled(Vec<u8>);
-
-impl Pooled {
-    /// A buffer, reused if there is one.
-    fn take() -> Pooled {
-        let reused = BUFFERS.lock().ok().and_then(|mut p| p.pop());
-        Pooled(reused.unwrap_or_else(|| Vec::with_capacity(FRAME)))
-    }
-}
-
-impl AsRef<[u8]> for Pooled {
-    fn as_ref(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl Drop for Pooled {
-    fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.0);
-        if buf.capacity() != FRAME {
-            return;
-        }
-        if let Ok(mut pool) = BUFFERS.lock() {
-            if pool.len() < POOLED_BUFFERS {
-                pool.push(buf);
-            }
-        }
-    }
-}
 
 /// `[BIND:]LPORT:HOST:PORT`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,36 +250,6 @@ fn start_chan(
         reader_task: reader.abort_handle(),
         local_eof: false,
     }
-}
-
-/// Send what the session has to send, each frame written straight into the pooled
-/// buffer that the WebSocket message then owns.
-async fn transmit(
-    session: &mut Session,
-    ws: &mut crate::client::Stream,
-    target: &str,
-) -> anyhow::Result<()> {
-    let mut sent = false;
-    loop {
-        let mut buf = Pooled::take();
-        buf.0.resize(FRAME, 0);
-        let Some(n) = session
-            .poll_transmit(&mut buf.0)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-        else {
-            break;
-        };
-        buf.0.truncate(n);
-        let msg = Message::Binary(tokio_tungstenite::tungstenite::Bytes::from_owner(buf));
-        ws.feed(msg)
-            .await
-            .map_err(|e| lost_relay(target, Some(&e)))?;
-        sent = true;
-    }
-    if sent {
-        ws.flush().await.map_err(|e| lost_relay(target, Some(&e)))?;
-    }
-    Ok(())
 }
 
 /// What the session serves.

@@ -373,6 +373,9 @@ pub async fn serve(
     // 3. Route until the session ends.
     // Their `forward.close` rows being written, all in before `session.end`.
     let mut closing: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+    let closed_row = |closed: session::ChannelRecord| {
+        channel_closed(&state, &user.name, &session.id, peer, closed.detail())
+    };
     let end = loop {
         // What the hub has to write, each write bounded by `write_by`: a peer that
         // does not read must not hold the session past its timers, nor for long.
@@ -433,14 +436,7 @@ pub async fn serve(
                 session::Event::Decide { .. } => {}
                 session::Event::ChannelClosed(closed) => {
                     closing.retain(|c| !c.is_finished());
-                    let detail = closed.detail();
-                    closing.push(channel_closed(
-                        &state,
-                        &user.name,
-                        &session.id,
-                        peer,
-                        detail,
-                    ));
+                    closing.push(closed_row(closed));
                 }
             }
         }
@@ -511,14 +507,7 @@ pub async fn serve(
     hub.close_channels(why, now());
     while let Some(event) = hub.poll_event() {
         if let session::Event::ChannelClosed(closed) = event {
-            let detail = closed.detail();
-            closing.push(channel_closed(
-                &state,
-                &user.name,
-                &session.id,
-                peer,
-                detail,
-            ));
+            closing.push(closed_row(closed));
         }
     }
     let _ = tokio::time::timeout(AUDIT_WAIT, futures_util::future::join_all(closing)).await;

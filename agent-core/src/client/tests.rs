@@ -40,30 +40,7 @@ impl Pair {
             window: 300,
             ..AgentConfig::default()
         };
-        let mut agent: Engine = Agent::new(config, now);
-        let mut buf = std::vec![0u8; 32 * 1024];
-        while agent.poll_transmit(now, &mut buf).unwrap().is_some() {}
-        let hello = frame(Frame::Hello(wire::Hello {
-            version: crate::PROTOCOL_VERSION,
-            max_frame: 32 * 1024,
-            max_sessions: 0,
-            features: 0,
-        }));
-        agent.handle_frame(now, &hello).unwrap();
-        let nonce = [1u8; 32];
-        agent
-            .handle_frame(
-                now,
-                &frame(Frame::Challenge {
-                    nonce: wire::Bytes(&nonce),
-                }),
-            )
-            .unwrap();
-        agent.authenticate([0; 32], [0; 64], "", "root").unwrap();
-        while agent.poll_transmit(now, &mut buf).unwrap().is_some() {}
-        agent
-            .handle_frame(now, &frame(Frame::AuthOk { agent_id: "a" }))
-            .unwrap();
+        let agent: Engine = crate::testing::authenticated(config, now);
         Pair {
             agent,
             client: Client::new(7, 200),

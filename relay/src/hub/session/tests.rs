@@ -152,26 +152,8 @@ impl World {
             window: 16 * 1024,
             ..AgentConfig::default()
         };
-        let mut agent: Engine = Agent::new(agent_config, t);
+        let agent: Engine = agent_core::testing::authenticated(agent_config, t);
         let mut buf = vec![0u8; 8192];
-        while agent.poll_transmit(t, &mut buf).unwrap().is_some() {}
-        let hello = encode(Frame::Hello(wire::Hello {
-            version: agent_core::PROTOCOL_VERSION,
-            max_frame: 32 * 1024,
-            max_sessions: 0,
-            features: 0,
-        }));
-        agent.handle_frame(t, &hello).unwrap();
-        let nonce = [1u8; 32];
-        let challenge = encode(Frame::Challenge {
-            nonce: wire::Bytes(&nonce),
-        });
-        agent.handle_frame(t, &challenge).unwrap();
-        agent.authenticate([0; 32], [0; 64], "", "root").unwrap();
-        while agent.poll_transmit(t, &mut buf).unwrap().is_some() {}
-        agent
-            .handle_frame(t, &encode(Frame::AuthOk { agent_id: "a" }))
-            .unwrap();
 
         let mut client: Cli = Client::new(CLIENT_SID, 64 * 1024);
         let n = client.open(kind, "", &mut buf).unwrap();
