@@ -360,6 +360,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     /// The channel's input ended: `Eof` follows what waits.
     pub fn finish(&mut self, ch: u16) -> Result<(), UseError> {
         let c = self.chan(ch).ok_or(UseError::Stale)?;
+        if !matches!(c.state, ChanState::Open | ChanState::Requested) {
+            return Err(UseError::Finished);
+        }
         c.finished = true;
         Ok(())
     }
@@ -374,6 +377,10 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             return Err(UseError::NotNow);
         }
         let c = self.chan(ch).ok_or(UseError::Stale)?;
+        if !matches!(c.state, ChanState::Open | ChanState::Requested) {
+            // Aborted already (or ending): one `ChannelClose` is enough.
+            return Err(UseError::Finished);
+        }
         c.abort(clip(reason));
         Ok(())
     }

@@ -305,6 +305,11 @@ impl<'a, G: Grammar> Rules<'a, G> {
     /// `host` resolved to (`None` before resolving; an address literal is its own
     /// address). [`Verdict::Resolve`] only for a name that an address rule might allow.
     pub fn check(&self, host: &str, addr: Option<IpAddr>, port: u16) -> Verdict {
+        if !G::IPV6 && addr.is_none() && host.contains(':') {
+            // An IPv6 literal this grammar cannot read (`::ffff:10.0.0.1` included):
+            // refused as such, never sent to a resolver as a name.
+            return Verdict::Deny;
+        }
         let addr = addr.or_else(|| address::<G>(host)).map(canonical);
         let hit = |list| self.rules(list).any(|r| r.matches(host, addr, port));
         if hit(self.deny) {
@@ -396,6 +401,22 @@ mod tests {
         assert!(!all.allows(ip("::ffff:10.9.9.9"), 22));
         assert!(all.allows(ip("11.0.0.1"), 22));
         assert!(all.allows(ip("2001:db8::1"), 22));
+    }
+
+    #[test]
+    fn a_device_checks_this_host_as_loopback_and_refuses_ipv6_literals() {
+        let r = Rules::<Device>::new("0.0.0.0/0", "127.0.0.0/8 10.0.2.100");
+        assert_eq!(r.check("0.0.0.0", None, 80), Verdict::Deny);
+        assert_eq!(r.check("10.0.2.15", None, 80), Verdict::Allow);
+        for literal in [
+            "::ffff:10.0.2.100",
+            "::ffff:169.254.169.254",
+            "::1",
+            "[::1]",
+        ] {
+            assert_eq!(r.check(literal, None, 80), Verdict::Deny, "{literal}");
+        }
+        assert_eq!(r.check("example.com", None, 80), Verdict::Resolve);
     }
 
     #[test]

@@ -36,8 +36,11 @@ const CH_WINDOW: u32 = 256 * 1024;
 pub const CH_MAX_WINDOW: u32 = 4 * 1024 * 1024;
 /// What the windows of all of a session's channels may grow to together: what the
 /// relay lets a stream have in flight (`hub::SESSION_WINDOW`, 64 channels at its
-/// 256 KiB clamp), so that even a relay that passes all credit on holds no more for
-/// this client than it always could.
+/// 256 KiB clamp). Growth stops there, but a channel opened later still gets its
+/// initial window, so grown windows plus many new channels may reach about twice this
+/// (a few channels at 4 MiB, the rest at 256 KiB); the relay's credit gate keeps
+/// what is in flight within `hub::SESSION_WINDOW` whatever the client grants. A
+/// reserve for every free place would stop a lone connection from growing at all.
 const SESSION_MAX_WINDOW: u32 = 64 * CH_WINDOW;
 /// Connections one session carries at once: a Linux agent's channel table holds as
 /// many (`agent_linux::MAX_CHANNELS`), and the relay's bound on a stream counts them.
@@ -127,17 +130,24 @@ enum WriteCmd {
     Eof,
 }
 
+/// A local connection's channel id and serial: ids are reused (after 65 535 opens,
+/// or as soon as a channel is free), so events from a connection's tasks, which may
+/// come after its channel closed, name the connection too.
+type Conn = (u16, u64);
+
 enum Ev {
     Accepted(usize, tokio::net::TcpStream, SocketAddr),
-    Read(u16, Pooled),
-    ReadEnd(u16),
-    Written(u16, usize),
-    Failed(u16, String),
+    Read(Conn, Pooled),
+    ReadEnd(Conn),
+    Written(Conn, usize),
+    Failed(Conn, String),
 }
 
 /// The local side of a channel: its connection's tasks and the input read ahead.
 struct Chan {
     label: String,
+    /// Which connection this is (see [`Conn`]).
+    serial: u64,
     /// We asked the agent to drop it; waiting for its `ChannelClose`.
     closing: bool,
     /// Input read, not yet taken by the session (at most [`READ_AHEAD`] bytes).
@@ -183,7 +193,7 @@ impl Chan {
 }
 
 fn start_chan(
-    ch: u16,
+    (ch, serial): Conn,
     label: String,
     mut rd: impl AsyncRead + Unpin + Send + 'static,
     mut wr: impl AsyncWrite + Unpin + Send + 'static,
@@ -201,10 +211,11 @@ fn start_chan(
                         wr.flush().await
                     };
                     if let Err(e) = r.await {
-                        let _ = evw.send(Ev::Failed(ch, format!("local write failed: {e}")));
+                        let e = format!("local write failed: {e}");
+                        let _ = evw.send(Ev::Failed((ch, serial), e));
                         return;
                     }
-                    let _ = evw.send(Ev::Written(ch, d.0.len()));
+                    let _ = evw.send(Ev::Written((ch, serial), d.0.len()));
                 }
                 WriteCmd::Eof => {
                     let _ = wr.shutdown().await;
@@ -226,15 +237,16 @@ fn start_chan(
             match (&mut rd).take(CHUNK as u64).read_buf(&mut buf.0).await {
                 Ok(0) => {
                     sp.add_permits(CHUNK);
-                    let _ = evr.send(Ev::ReadEnd(ch));
+                    let _ = evr.send(Ev::ReadEnd((ch, serial)));
                     return;
                 }
                 Ok(n) => {
                     sp.add_permits(CHUNK - n);
-                    let _ = evr.send(Ev::Read(ch, buf));
+                    let _ = evr.send(Ev::Read((ch, serial), buf));
                 }
                 Err(e) => {
-                    let _ = evr.send(Ev::Failed(ch, format!("local read failed: {e}")));
+                    let e = format!("local read failed: {e}");
+                    let _ = evr.send(Ev::Failed((ch, serial), e));
                     return;
                 }
             }
@@ -242,6 +254,7 @@ fn start_chan(
     });
     Chan {
         label,
+        serial,
         closing: false,
         pending: VecDeque::new(),
         space,
@@ -289,6 +302,8 @@ pub async fn run(
         .sharing(SESSION_MAX_WINDOW);
     let mut ws = session::open(relay, (target, run_as), Kind::Forward, &mut session).await?;
     let mut chans: HashMap<u16, Chan> = HashMap::new();
+    // The last connection's serial (see [`Conn`]).
+    let mut serial: u64 = 0;
 
     let mut dests = Vec::new();
     for (idx, (spec, listener)) in specs.into_iter().enumerate() {
@@ -326,7 +341,9 @@ pub async fn run(
             .open_channel(host, *port)
             .map_err(|e| anyhow::anyhow!("cannot forward to {host}:{port}: {e}"))?;
         let (rd, wr) = (tokio::io::stdin(), tokio::io::stdout());
-        chans.insert(ch, start_chan(ch, format!("{host}:{port}"), rd, wr, &ev_tx));
+        serial += 1;
+        let label = format!("{host}:{port}");
+        chans.insert(ch, start_chan((ch, serial), label, rd, wr, &ev_tx));
     }
     use tokio::signal::unix::{signal, SignalKind};
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -408,7 +425,8 @@ pub async fn run(
                         match session.open_channel(&dest.host, dest.port) {
                             Ok(ch) => {
                                 let (rd, wr) = stream.into_split();
-                                chans.insert(ch, start_chan(ch, label, rd, wr, &ev_tx));
+                                serial += 1;
+                                chans.insert(ch, start_chan((ch, serial), label, rd, wr, &ev_tx));
                             }
                             // Every place is taken: the connection is closed at once.
                             Err(_) => eprintln!(
@@ -416,20 +434,25 @@ pub async fn run(
                             ),
                         }
                     }
-                    Ev::Read(ch, data) => {
-                        if let Some(c) = chans.get_mut(&ch).filter(|c| !c.closing) {
+                    Ev::Read((ch, n), data) => {
+                        if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n && !c.closing) {
                             c.pending.push_back((data, 0));
                         }
                     }
-                    Ev::ReadEnd(ch) => {
-                        if let Some(c) = chans.get_mut(&ch) {
+                    Ev::ReadEnd((ch, n)) => {
+                        if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n) {
                             c.local_eof = true;
                         }
                     }
-                    // Credit goes back (the window grows, within the session's total).
-                    Ev::Written(ch, n) => session.consumed(ch, n),
-                    Ev::Failed(ch, error) => {
-                        if let Some(c) = chans.get_mut(&ch).filter(|c| !c.closing) {
+                    // Credit goes back (the window grows, within the session's total);
+                    // not for a connection whose channel closed (its id may be another's).
+                    Ev::Written((ch, n), bytes) => {
+                        if chans.get(&ch).is_some_and(|c| c.serial == n) {
+                            session.consumed(ch, bytes);
+                        }
+                    }
+                    Ev::Failed((ch, n), error) => {
+                        if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n && !c.closing) {
                             c.closing = true;
                             c.abort();
                             let _ = session.close_channel(ch, &error);

@@ -426,3 +426,24 @@ fn an_aborted_channel_delivers_nothing_more_and_waits_for_the_answer() {
     );
     assert!(c.open_channel("db", 1).is_ok());
 }
+
+#[test]
+fn a_channel_is_aborted_once_and_an_aborted_channel_cannot_finish() {
+    let mut c: Cli = Client::new(1, 100);
+    let mut out = std::vec![0u8; 1024];
+    c.open(Kind::Forward, "", &mut out).unwrap();
+    c.handle_frame(&frame(Frame::Accept { sid: 1, window: 0 }))
+        .unwrap();
+    let ch = c.open_channel("db", 1).unwrap();
+    c.close_channel(ch, "first").unwrap();
+    assert_eq!(c.close_channel(ch, "again"), Err(UseError::Finished));
+    assert_eq!(c.finish(ch), Err(UseError::Finished));
+    let mut closes = 0;
+    while let Some(n) = c.poll_transmit(&mut out).unwrap() {
+        closes += usize::from(matches!(
+            Frame::decode(&out[..n]).unwrap(),
+            Frame::ChannelClose { .. }
+        ));
+    }
+    assert_eq!(closes, 1);
+}
