@@ -391,13 +391,19 @@ pub async fn serve(
                 break;
             }
         }
-        while let Some(routed) = hub.poll_client(now()) {
-            // On record before the client has it.
-            if let Err(why) = recorder.agent_frame(&routed.bytes).await {
-                hub.abort(why, true);
-                break;
-            }
-            let send = sink.send(Message::Binary(routed.bytes));
+        while let Some(out) = hub.poll_client(now()) {
+            let bytes = match out {
+                session::ToClient::Agent(routed) => {
+                    // On record before the client has it.
+                    if let Err(why) = recorder.agent_frame(&routed.bytes).await {
+                        hub.abort(why, true);
+                        break;
+                    }
+                    routed.bytes
+                }
+                session::ToClient::Relay(bytes) => bytes,
+            };
+            let send = sink.send(Message::Binary(bytes));
             if let Err(e) = write_by(deadline, &mut registration.ended, send).await {
                 hub.abort(e.client(hub.timer_reason()), false);
                 break;
@@ -481,6 +487,10 @@ pub async fn serve(
         tell_client,
         tell_agent,
     } = end;
+    if let Some(last) = &last_frame {
+        // The agent's last word (its exit) in the recording, when it came.
+        let _ = recorder.agent_frame(last).await;
+    }
     if let Some(close) = tell_client {
         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(close))).await;
     }
@@ -528,10 +538,6 @@ pub async fn serve(
         // was on record: this is why it ended (the first end recorded stands).
         let _ = state.store.end_session(&session.id, why).await;
         exit = Some(why.clone());
-    }
-    if let Some(last) = &last_frame {
-        // The agent's last word (its exit) in the recording too.
-        let _ = recorder.agent_frame(last).await;
     }
     // The recording's last lines, compressed, and its hash into the audit chain.
     let recording = recorder

@@ -15,9 +15,13 @@
 //! [`Session::decided`], [`Session::notice`], [`Session::abort`]); then drain
 //! [`Session::poll_agent`] and [`Session::poll_client`] (frames to write, in order),
 //! [`Session::poll_event`] (decisions to make, audit rows to write), check
-//! [`Session::poll_end`], and sleep until [`Session::poll_timeout`]. Read from a peer
-//! only while [`Session::wants_client_input`] / [`Session::wants_agent_input`] say so:
-//! that is the backpressure (a paced or undelivered frame stops its source).
+//! [`Session::poll_end`], and sleep until [`Session::poll_timeout`], which is already
+//! past when anything is ready to go (an answer to `decided`, credit released by a
+//! delivery): so a driver that drains once and then sleeps misses nothing. Read from
+//! a peer only while [`Session::wants_client_input`] / [`Session::wants_agent_input`]
+//! say so: that is the backpressure (a paced or undelivered frame stops its source).
+//! Frames the relay makes itself (credit the gate releases, notices, a channel's
+//! refusal) go ahead of the peers' frames and are never paced.
 //!
 //! Hooks: a forward channel is decided outside (policies and the audit log await), as
 //! [`Event::Decide`] out and [`Session::decided`] in; a frame is recorded by the task
@@ -109,12 +113,21 @@ pub struct End {
     /// A `Close` to send the client now (best effort), naming why; `None` when the
     /// client is gone, or is told later (see [`Session::abort`]).
     pub tell_client: Option<Bytes>,
-    /// A `Close` to send the agent, unless it ended the session or already has the
-    /// client's.
+    /// A `Close` to send the agent when the relay ended the session (`None`: the
+    /// agent did).
     pub tell_agent: Option<Bytes>,
 }
 
-/// One forward channel, open or being decided.
+/// A frame for the client, from [`Session::poll_client`].
+#[derive(Debug)]
+pub enum ToClient {
+    /// The agent's: on record before the client has it.
+    Agent(Routed),
+    /// The relay's own (a notice, a channel's refusal): not the agent's words.
+    Relay(Bytes),
+}
+
+/// One open forward channel.
 struct Channel {
     host: String,
     port: u16,
@@ -141,16 +154,19 @@ pub struct Session {
     origin: Instant,
     started: Instant,
     last_activity: Instant,
+    /// The client's frames for the agent, in order, paced.
     to_agent: VecDeque<Routed>,
+    /// The agent's frames for the client, in order, paced.
     to_client: VecDeque<Routed>,
+    /// Frames the relay makes (gate credit; a notice, a channel's refusal): first.
+    own_to_agent: VecDeque<Bytes>,
+    own_to_client: VecDeque<Bytes>,
     channels: HashMap<u16, Channel>,
     deciding: Option<Deciding>,
     events: VecDeque<Event>,
     end: Option<End>,
     /// It ended (its [`End`] may have been taken).
     over: bool,
-    /// The agent has the client's `Close`.
-    client_closed: bool,
     traffic: Traffic,
 }
 
@@ -204,18 +220,20 @@ impl Session {
             last_activity: now,
             to_agent,
             to_client: VecDeque::new(),
+            own_to_agent: VecDeque::new(),
+            own_to_client: VecDeque::new(),
             channels: HashMap::new(),
             deciding: None,
             events: VecDeque::new(),
             end: None,
             over: false,
-            client_closed: false,
             traffic: Traffic::default(),
         })
     }
 
     /// A message from the client's stream.
     pub fn handle_client(&mut self, bytes: Bytes, now: Instant) {
+        debug_assert!(self.deciding.is_none(), "client input while deciding");
         if self.over {
             return;
         }
@@ -309,8 +327,8 @@ impl Session {
                     code: ErrorCode::DENIED,
                     reason: &reason,
                 };
-                self.to_client
-                    .push_back(Routed::new(reject, self.cfg.client_sid));
+                let reject = Routed::new(reject, self.cfg.client_sid);
+                self.own_to_client.push_back(reject.bytes);
             }
         }
     }
@@ -388,8 +406,8 @@ impl Session {
                 sid: self.cfg.client_sid,
                 message: line,
             };
-            self.to_client
-                .push_back(Routed::new(notice, self.cfg.client_sid));
+            let notice = Routed::new(notice, self.cfg.client_sid);
+            self.own_to_client.push_back(notice.bytes);
         }
     }
 
@@ -433,15 +451,18 @@ impl Session {
             })
             .into()
         };
-        let tell_agent = match &outcome {
-            Err(why) if !self.client_closed => {
-                Some(close(self.cfg.agent_sid, ErrorCode::TERMINATED, why))
-            }
-            _ => None,
-        };
+        // Also when the client's `Close` was handed out: its write may have failed, and
+        // the agent ignores a `Close` for a session it is already ending (ids on a link
+        // are not reused, so it cannot reach another session).
+        let tell_agent = outcome
+            .as_ref()
+            .err()
+            .map(|why| close(self.cfg.agent_sid, ErrorCode::TERMINATED, why));
         let tell_client = client.map(|(code, why)| close(self.cfg.client_sid, code, &why));
         self.to_agent.clear();
         self.to_client.clear();
+        self.own_to_agent.clear();
+        self.own_to_client.clear();
         self.deciding = None;
         self.end = Some(End {
             outcome,
@@ -451,27 +472,28 @@ impl Session {
         });
     }
 
-    /// The next frame for the agent, if any may go at `now`. It counts as written: a
-    /// write that fails ends the session ([`Session::abort`]).
+    /// The next frame for the agent, if any may go at `now`. A write that fails ends
+    /// the session ([`Session::abort`]).
     #[must_use]
     pub fn poll_agent(&mut self, now: Instant) -> Option<Bytes> {
+        if let Some(own) = self.own_to_agent.pop_front() {
+            return Some(own);
+        }
         let head = self.to_agent.front()?;
         if !ready(&mut self.pace_in, self.origin, head.payload, now) {
             return None;
         }
-        let out = self.to_agent.pop_front()?;
-        if out.last {
-            // Only once the agent has it: else the end asks it to stop.
-            self.client_closed = true;
-        }
-        Some(out.bytes)
+        self.to_agent.pop_front().map(|r| r.bytes)
     }
 
-    /// The next frame for the client, if any may go at `now`, with what it carries
-    /// (for the recording). The agent's `Close` or `Reject` is not one: it ends the
-    /// session ([`Session::poll_end`]).
+    /// The next frame for the client, if any may go at `now`: the agent's (to record
+    /// before it is written) or the relay's own. The agent's `Close` or `Reject` is not
+    /// one: it ends the session ([`Session::poll_end`]).
     #[must_use]
-    pub fn poll_client(&mut self, now: Instant) -> Option<Routed> {
+    pub fn poll_client(&mut self, now: Instant) -> Option<ToClient> {
+        if let Some(own) = self.own_to_client.pop_front() {
+            return Some(ToClient::Relay(own));
+        }
         let head = self.to_client.front()?;
         if !ready(&mut self.pace_out, self.origin, head.payload, now) {
             return None;
@@ -486,11 +508,11 @@ impl Session {
             self.gate.delivered(out.ch, out.payload);
             while let Some((ch, bytes)) = self.gate.poll_credit() {
                 let sid = self.cfg.agent_sid;
-                self.to_agent
-                    .push_back(Routed::new(Frame::Credit { sid, ch, bytes }, sid));
+                let credit = Routed::new(Frame::Credit { sid, ch, bytes }, sid);
+                self.own_to_agent.push_back(credit.bytes);
             }
         }
-        Some(out)
+        Some(ToClient::Agent(out))
     }
 
     /// A decision to make or a row to write.
@@ -511,9 +533,23 @@ impl Session {
         self.over
     }
 
-    /// When to call [`Session::handle_timeout`] or poll again (a paced frame).
+    /// When to call [`Session::handle_timeout`] or poll again: a paced frame's time,
+    /// or already past (the session's start) when a frame, an event or the end is
+    /// ready now.
     #[must_use]
     pub fn poll_timeout(&self) -> Instant {
+        let unpaced = |q: &VecDeque<Routed>, b: &Option<TokenBucket>| {
+            q.front().is_some_and(|r| r.payload == 0 || b.is_none())
+        };
+        if !self.own_to_agent.is_empty()
+            || !self.own_to_client.is_empty()
+            || !self.events.is_empty()
+            || self.end.is_some()
+            || unpaced(&self.to_agent, &self.pace_in)
+            || unpaced(&self.to_client, &self.pace_out)
+        {
+            return self.started;
+        }
         let mut at = self.timers_at();
         for (q, b) in [
             (&self.to_agent, &self.pace_in),
@@ -528,13 +564,13 @@ impl Session {
         at
     }
 
-    /// Take a message from the client now: nothing waits to go to the agent, and no
-    /// channel is being decided.
+    /// Take a message from the client now: none of its frames waits to go to the
+    /// agent, and no channel is being decided.
     pub fn wants_client_input(&self) -> bool {
         !self.over && self.to_agent.is_empty() && self.deciding.is_none()
     }
 
-    /// Take a frame from the agent now: nothing waits to go to the client.
+    /// Take a frame from the agent now: none of its frames waits to go to the client.
     pub fn wants_agent_input(&self) -> bool {
         !self.over && self.to_client.is_empty()
     }

@@ -118,6 +118,8 @@ struct World {
     hub_events: Vec<Event>,
     end: Option<End>,
     ended_at: Option<Instant>,
+    /// Frames the relay made for the client.
+    relay_frames: usize,
     /// A peer that broke off (protocol error), and why.
     broken: Vec<String>,
 }
@@ -180,6 +182,7 @@ impl World {
             hub_events: Vec::new(),
             end: None,
             ended_at: None,
+            relay_frames: 0,
             broken: Vec::new(),
         }
     }
@@ -203,6 +206,23 @@ impl World {
         let mut buf = vec![0u8; 4096];
         let at = self.agent_now(t0);
 
+        // The client reads.
+        while let Some(msg) = self.h2c.due(self.now) {
+            moved = true;
+            match self.client.handle_frame(&msg) {
+                Ok(Some(ClientEvent::Data { ch, data, .. })) => {
+                    self.client_got.push((ch, data.to_vec()));
+                    self.client.consumed(ch, data.len());
+                }
+                Ok(Some(e)) => self.client_events.push(format!("{e:?}")),
+                Ok(None) => {}
+                Err(e) => {
+                    // The CLI says why and leaves: its stream closes.
+                    self.broken.push(format!("client: {e:?}"));
+                    self.hub.abort("client went away".into(), false);
+                }
+            }
+        }
         // The client writes.
         while let Some(n) = self.client.poll_transmit(&mut buf).unwrap() {
             self.c2h.send(self.now, buf[..n].to_vec(), f, &mut self.rng);
@@ -243,8 +263,15 @@ impl World {
             self.h2a.send(self.now, b.to_vec(), f, &mut self.rng);
             moved = true;
         }
-        while let Some(r) = self.hub.poll_client(self.now) {
-            self.h2c.send(self.now, r.bytes.to_vec(), f, &mut self.rng);
+        while let Some(out) = self.hub.poll_client(self.now) {
+            let bytes = match out {
+                ToClient::Agent(r) => r.bytes,
+                ToClient::Relay(b) => {
+                    self.relay_frames += 1;
+                    b
+                }
+            };
+            self.h2c.send(self.now, bytes.to_vec(), f, &mut self.rng);
             moved = true;
         }
         while let Some(e) = self.hub.poll_event() {
@@ -326,23 +353,6 @@ impl World {
             moved = true;
         }
 
-        // The client reads.
-        while let Some(msg) = self.h2c.due(self.now) {
-            moved = true;
-            match self.client.handle_frame(&msg) {
-                Ok(Some(ClientEvent::Data { ch, data, .. })) => {
-                    self.client_got.push((ch, data.to_vec()));
-                    self.client.consumed(ch, data.len());
-                }
-                Ok(Some(e)) => self.client_events.push(format!("{e:?}")),
-                Ok(None) => {}
-                Err(e) => {
-                    // The CLI says why and leaves: its stream closes.
-                    self.broken.push(format!("client: {e:?}"));
-                    self.hub.abort("client went away".into(), false);
-                }
-            }
-        }
         moved
     }
 
@@ -350,7 +360,7 @@ impl World {
         match e {
             AgentEvent::Open { session, .. } => {
                 self.agent.accept(session).unwrap();
-                let preamble: Vec<u8> = (0..PREAMBLE).map(|i| (i % 251) as u8).collect();
+                let preamble = preamble();
                 self.pending.push((session.main(), preamble));
             }
             AgentEvent::Data { channel, data } => {
@@ -383,29 +393,41 @@ impl World {
         }
     }
 
-    /// Run until nothing moves and no timer is due before `limit` from now.
+    /// Run for `limit` of virtual time, as the drivers run: each party acts when
+    /// something arrives that it reads, or at its own timeout, and the hub is read
+    /// only while it wants input. So a hub that leaves a frame waiting with no
+    /// timeout to wake its driver stalls here as it would in the relay.
     fn run_for(&mut self, limit: Duration, t0: Instant) {
         let stop = self.now + limit;
-        while self.now < stop {
-            if self.step(t0) {
-                continue;
-            }
+        let mut same_time = 0;
+        loop {
+            self.step(t0);
+            let hub = !self.hub.is_over() || self.end.is_none();
             let next = [
-                self.c2h.next_at(),
+                self.c2h.next_at().filter(|_| self.hub.wants_client_input()),
+                self.a2h.next_at().filter(|_| self.hub.wants_agent_input()),
                 self.h2a.next_at(),
-                self.a2h.next_at(),
                 self.h2c.next_at(),
-                Some(self.hub.poll_timeout()),
+                Some(self.hub.poll_timeout()).filter(|_| hub),
                 self.agent
                     .poll_timeout()
                     .map(|t| t0 + Duration::from_millis(t.0)),
             ]
             .into_iter()
             .flatten()
-            .filter(|t| *t > self.now)
             .min()
             .unwrap_or(stop);
-            self.now = next.min(stop).max(self.now + Duration::from_millis(1));
+            if next <= self.now {
+                same_time += 1;
+                assert!(same_time < 10_000, "livelock at {:?}", self.now - t0);
+                continue;
+            }
+            same_time = 0;
+            if next >= stop {
+                self.now = stop;
+                return;
+            }
+            self.now = next;
         }
     }
 
@@ -415,6 +437,20 @@ impl World {
             .flat_map(|(_, d)| d.clone())
             .collect()
     }
+}
+
+/// What the agent writes first: no two frames of it alike (an order check can trust
+/// a frame's bytes).
+fn preamble() -> Vec<u8> {
+    let mut x = 0x2545_f491_u32;
+    (0..PREAMBLE)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
 }
 
 fn exec() -> Kind<'static> {
@@ -440,7 +476,7 @@ fn an_exec_session_through_the_hub_carries_everything_and_ends_with_its_exit() {
     feed(&mut w, t0, 0, &input);
     w.client.finish(0).unwrap();
     w.run_for(Duration::from_secs(5), t0);
-    let mut expected: Vec<u8> = (0..PREAMBLE).map(|i| (i % 251) as u8).collect();
+    let mut expected = preamble();
     expected.extend_from_slice(&input);
     assert_eq!(World::got(&w.agent_got, 0), input);
     assert_eq!(World::got(&w.client_got, 0), expected);
@@ -535,6 +571,12 @@ fn an_idle_session_ends_at_its_timer_and_both_peers_hear_why() {
     assert_eq!(
         end.outcome,
         Err("idle timeout: no input or output for 30s".into())
+    );
+    // 30 s after the preamble's last byte reached the hub, not later.
+    let ended = w.ended_at.unwrap() - t0;
+    assert!(
+        ended >= IDLE && ended <= IDLE + Duration::from_millis(100),
+        "{ended:?}"
     );
     assert!(
         w.client_events
@@ -663,7 +705,6 @@ fn over_lossy_reordering_links_nothing_is_invented_and_every_session_ends() {
                 w.client_events
             );
         }
-        assert!(w.hub.is_over(), "seed {seed}");
         if faults.reorder == 0 {
             // And in the order it sent them.
             let mut sent = w.agent_frames.iter();
@@ -676,4 +717,140 @@ fn over_lossy_reordering_links_nothing_is_invented_and_every_session_ends() {
     // Both ends were seen: lossy sessions that still finished, and stuck ones that
     // the idle timer ended.
     assert!(tally[0] > 0 && tally[1] > 0, "{tally:?}");
+}
+
+#[test]
+fn a_reused_channel_id_is_refused_by_the_relay_and_the_open_channel_goes_on() {
+    let mut w = World::new(Kind::Forward, config(None), Faults::default(), 6);
+    let t0 = w.now;
+    w.run_for(Duration::from_millis(100), t0);
+    let a = w.client.open_channel("db.internal", 5432).unwrap();
+    w.run_for(Duration::from_millis(100), t0);
+    // A client that reuses an open channel's id, written by hand.
+    let again = encode(Frame::ChannelOpen {
+        sid: CLIENT_SID,
+        ch: a,
+        window: 1000,
+        host: "other",
+        port: 1,
+    });
+    w.c2h.send(w.now, again, Faults::default(), &mut w.rng);
+    w.run_for(Duration::from_millis(100), t0);
+    assert!(
+        w.client_events
+            .iter()
+            .any(|e| e.contains("is already open")),
+        "{:?}",
+        w.client_events
+    );
+    assert_eq!(
+        w.relay_frames, 1,
+        "the refusal is the relay's, not the agent's"
+    );
+    assert!(w.end.is_none());
+    // The channel that was open is still the hub's, with its destination.
+    w.client.close("done");
+    w.run_for(Duration::from_secs(1), t0);
+    let closed: Vec<_> = w
+        .hub_events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ChannelClosed(c) => Some((c.ch, c.host.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(closed, [(a, "db.internal")]);
+}
+
+#[test]
+fn notices_reach_a_client_that_asked_for_them_ahead_of_paced_output() {
+    let mut w = World::new(exec(), config(Some(5_000)), Faults::default(), 7);
+    let t0 = w.now;
+    w.run_for(Duration::from_millis(300), t0);
+    let before = World::got(&w.client_got, 0).len();
+    assert!(before < PREAMBLE, "the rate holds the preamble back");
+    w.hub.notice("carol joined (read-only)");
+    w.run_for(Duration::from_millis(10), t0);
+    assert!(
+        w.client_events.iter().any(|e| e.contains("carol joined")),
+        "{:?}",
+        w.client_events
+    );
+    let mut quiet = World::new(
+        exec(),
+        Config {
+            notices: false,
+            ..config(None)
+        },
+        Faults::default(),
+        7,
+    );
+    quiet.hub.notice("carol joined (read-only)");
+    quiet.run_for(Duration::from_millis(100), t0);
+    assert!(!quiet.client_events.iter().any(|e| e.contains("carol")));
+}
+
+#[test]
+fn the_maximum_duration_ends_a_busy_session() {
+    let cfg = Config {
+        max: Some(Duration::from_secs(2)),
+        ..config(None)
+    };
+    let mut w = World::new(exec(), cfg, Faults::default(), 8);
+    let t0 = w.now;
+    for _ in 0..30 {
+        let _ = w.client.send_slice(0, b"still here");
+        w.run_for(Duration::from_millis(100), t0);
+    }
+    let end = w.end.as_ref().expect("ended");
+    assert_eq!(
+        end.outcome,
+        Err("maximum session duration of 2s reached".into())
+    );
+    assert_eq!(w.ended_at.unwrap() - t0, Duration::from_secs(2));
+    assert_eq!(w.agent.session_count(), 0);
+}
+
+#[test]
+fn a_session_the_relay_ends_after_the_clients_close_still_tells_the_agent() {
+    let mut hub = Session::new(config(None), &exec_open(), "root", Instant::now()).unwrap();
+    let now = Instant::now();
+    while hub.poll_agent(now).is_some() {}
+    let close = encode(Frame::Close {
+        sid: CLIENT_SID,
+        exit: Exit::Aborted(wire::ErrorCode::TERMINATED),
+        reason: "bye",
+    });
+    hub.handle_client(close.into(), now);
+    assert!(hub.poll_agent(now).is_some(), "the client's Close goes on");
+    // Its write failed: the relay ends the session, and the agent must hear of it.
+    hub.abort("agent went away".into(), true);
+    let end = hub.poll_end().unwrap();
+    let told = Frame::decode(end.tell_agent.as_ref().expect("a Close for the agent")).unwrap();
+    assert!(
+        matches!(told, Frame::Close { sid: AGENT_SID, .. }),
+        "{told:?}"
+    );
+    let told = Frame::decode(end.tell_client.as_ref().unwrap()).unwrap();
+    assert!(
+        matches!(
+            told,
+            Frame::Close {
+                sid: CLIENT_SID,
+                reason: "agent went away",
+                ..
+            }
+        ),
+        "{told:?}"
+    );
+    assert!(hub.poll_agent(now).is_none() && hub.poll_client(now).is_none());
+}
+
+fn exec_open() -> Frame<'static> {
+    Frame::Open {
+        sid: CLIENT_SID,
+        window: 1000,
+        kind: exec(),
+        account: "",
+    }
 }
