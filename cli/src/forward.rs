@@ -350,10 +350,16 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate())?;
 
     loop {
-        for (&ch, c) in chans.iter_mut().filter(|(_, c)| !c.closing) {
-            c.feed(&mut session, ch);
+        // Input goes in as room comes free, until nothing more moves (see `transmit`).
+        loop {
+            for (&ch, c) in chans.iter_mut().filter(|(_, c)| !c.closing) {
+                c.feed(&mut session, ch);
+            }
+            let sent = transmit(&mut session, &mut ws, target).await?;
+            if !sent || chans.values().all(|c| c.closing || c.pending.is_empty()) {
+                break;
+            }
         }
-        transmit(&mut session, &mut ws, target).await?;
         tokio::select! {
             msg = ws.next() => {
                 let bytes = match msg {

@@ -259,12 +259,15 @@ impl Drop for Pooled {
 }
 
 /// Send what a session has to send, each frame written straight into a pooled
-/// buffer that the WebSocket message then owns; then flush.
+/// buffer that the WebSocket message then owns; then flush. `true`: something went,
+/// so its buffers have room again (input waiting for room must be offered again
+/// before the caller sleeps: the agent returns credit only for a quarter of its
+/// window, or when the window is used up, so input left waiting can stall both).
 pub(crate) async fn transmit<const N: usize, B: Buffer>(
     session: &mut Client<N, B>,
     ws: &mut crate::client::Stream,
     target: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<bool> {
     let mut sent = false;
     loop {
         let mut buf = Pooled::take();
@@ -285,7 +288,7 @@ pub(crate) async fn transmit<const N: usize, B: Buffer>(
     if sent {
         ws.flush().await.map_err(|e| lost_relay(target, Some(&e)))?;
     }
-    Ok(())
+    Ok(sent)
 }
 
 /// Run a shell or exec session as `run_as`; returns the exit code for this process.
@@ -331,13 +334,18 @@ pub async fn run(
     let mut sighup = signal(SignalKind::hangup())?;
 
     loop {
-        if let Some((data, off)) = pending.as_mut() {
-            *off += session.send_slice(0, &data[*off..]).unwrap_or(data.len());
-            if *off == data.len() {
-                pending = None;
+        loop {
+            if let Some((data, off)) = pending.as_mut() {
+                *off += session.send_slice(0, &data[*off..]).unwrap_or(data.len());
+                if *off == data.len() {
+                    pending = None;
+                }
+            }
+            let sent = transmit(&mut session, &mut ws, target).await?;
+            if !sent || pending.is_none() {
+                break;
             }
         }
-        transmit(&mut session, &mut ws, target).await?;
         let want_stdin = stdin_open && pending.is_none() && accepted;
         tokio::select! {
             msg = ws.next() => {

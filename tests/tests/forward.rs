@@ -1,7 +1,7 @@
 //! `sesame forward` and `sesame proxy` against a local HTTP server: many concurrent
 //! connections in one session with every body verified, per-connection errors that
-//! leave the others alone, the destination policy, and a stalled connection that does
-//! not hold up the rest.
+//! leave the others alone, the destination policy, a stalled connection that does
+//! not hold up the rest, and uploads far beyond every window.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -118,6 +118,58 @@ fn a_stalled_connection_does_not_hold_up_the_others() {
         "stalled response was cut: {} bytes",
         all.len()
     );
+}
+
+/// A server that reads a connection to its end and answers with the byte count and
+/// a checksum of what it read.
+fn counting_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let (mut n, mut sum) = (0u64, 0u64);
+                while let Ok(k) = c.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    for &b in &buf[..k] {
+                        sum = sum.wrapping_mul(31).wrapping_add(u64::from(b));
+                    }
+                    n += k as u64;
+                }
+                let _ = c.write_all(format!("{n} {sum}").as_bytes());
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn uploads_far_beyond_every_window_arrive_whole() {
+    // 40 MB up, three times in a row: the agent's window grows to 1 MiB and returns
+    // credit a quarter at a time, so the CLI must keep offering its input as room
+    // comes free (it once stopped at about 8 MB, waiting for credit that waited
+    // for it).
+    let env = Env::start();
+    let port = counting_server();
+    let fwd = env.forward(&[&format!("0:127.0.0.1:{port}")]);
+    let data: Vec<u8> = (0..40u32 << 20).map(|i| (i ^ (i >> 11)) as u8).collect();
+    let mut sum = 0u64;
+    for &b in &data {
+        sum = sum.wrapping_mul(31).wrapping_add(u64::from(b));
+    }
+    for round in 0..3 {
+        let mut c = TcpStream::connect(("127.0.0.1", fwd.ports[0])).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        c.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+        c.write_all(&data).unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, format!("{} {sum}", data.len()), "round {round}");
+    }
 }
 
 #[test]
