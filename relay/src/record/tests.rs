@@ -371,3 +371,28 @@ async fn an_observer_that_falls_behind_is_dropped_and_the_session_goes_on() {
     // Its queue's worth, then closed without an end: it fell behind.
     assert_eq!(got, writer::OBSERVER_QUEUE);
 }
+
+#[tokio::test]
+async fn a_session_that_ends_soon_after_output_is_not_held_for_the_write_tick() {
+    let data = Dir::new("prompt-end");
+    let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    let mut rec = r.start(shell("s-prompt"), false).await.unwrap();
+    let out = |s: &str| Event::Output {
+        stderr: false,
+        data: s.as_bytes().to_vec(),
+    };
+    // The first line is written at once; the next starts a gathering until the
+    // writer's tick, and the end comes during it, as an exec's exit does.
+    rec.record(out("up 0d 00:00:01\r\n")).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    rec.record(out("done\r\n")).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    let t = std::time::Instant::now();
+    assert!(rec.finish(None).await.is_some());
+    let took = t.elapsed();
+    assert!(
+        took < writer::WRITE_EVERY * 3 / 4,
+        "finishing waited {took:?} for the writer's {:?} tick",
+        writer::WRITE_EVERY
+    );
+}

@@ -393,7 +393,24 @@ impl Writer {
             let since = last_write.elapsed();
             let finishing = batch.iter().any(|m| matches!(m, Msg::Finish(..)));
             if since < WRITE_EVERY && !finishing {
-                tokio::time::sleep(WRITE_EVERY - since).await;
+                // Gather until the tick, but not past the session's end (or a join
+                // or discard): a session that ends waits for its recording, and its
+                // user for that (a 20-byte exec ended 100 ms late).
+                let tick = tokio::time::sleep(WRITE_EVERY - since);
+                tokio::pin!(tick);
+                loop {
+                    tokio::select! {
+                        _ = &mut tick => break,
+                        m = rx.recv() => {
+                            let Some(m) = m else { break };
+                            let now = matches!(m, Msg::Finish(..) | Msg::Discard(..) | Msg::Join(..));
+                            batch.push(m);
+                            if now {
+                                break;
+                            }
+                        }
+                    }
+                }
                 while let Ok(m) = rx.try_recv() {
                     batch.push(m);
                 }
