@@ -51,7 +51,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 /// Bytes read from a connection's socket at once, under TLS: one largest TLS record
 /// (16 KiB of data, 256 bytes of AEAD expansion, a 5-byte header) and a little, so a
 /// record is read with one `recv`. Every connection holds one (a relay holds
-/// thousands): 32 KiB cost 26 MiB more at 1000 sessions (`bench -- scale`).
+/// thousands): at 1000 sessions 32 KiB cost about 25 MiB over none, 17 KiB about
+/// 17 MiB (`bench -- scale`).
 const READ_BUFFER: usize = 17 * 1024;
 /// Pause after a failed `accept` (EMFILE and friends) instead of spinning.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

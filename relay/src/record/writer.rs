@@ -391,8 +391,10 @@ impl Writer {
             }
             // Let a chatty session's frames gather into one write.
             let since = last_write.elapsed();
-            let finishing = batch.iter().any(|m| matches!(m, Msg::Finish(..)));
-            if since < WRITE_EVERY && !finishing {
+            let urgent = batch
+                .iter()
+                .any(|m| matches!(m, Msg::Finish(..) | Msg::Discard(..) | Msg::Join(..)));
+            if since < WRITE_EVERY && !urgent {
                 // Gather until the tick, but not past the session's end (or a join
                 // or discard): a session that ends waits for its recording, and its
                 // user for that (a 20-byte exec ended 100 ms late).
