@@ -150,8 +150,7 @@ pub struct Session {
     /// Pacing towards the agent and towards the client.
     pace_in: Option<TokenBucket>,
     pace_out: Option<TokenBucket>,
-    /// The buckets' clock starts here.
-    origin: Instant,
+    /// When it started: the timers' and the buckets' clocks count from here.
     started: Instant,
     last_activity: Instant,
     /// The client's frames for the agent, in order, paced.
@@ -215,7 +214,6 @@ impl Session {
             pace_out: cfg.rate.map(bucket),
             cfg,
             gate,
-            origin: now,
             started: now,
             last_activity: now,
             to_agent,
@@ -480,7 +478,7 @@ impl Session {
             return Some(own);
         }
         let head = self.to_agent.front()?;
-        if !ready(&mut self.pace_in, self.origin, head.payload, now) {
+        if !ready(&mut self.pace_in, self.started, head.payload, now) {
             return None;
         }
         self.to_agent.pop_front().map(|r| r.bytes)
@@ -495,7 +493,7 @@ impl Session {
             return Some(ToClient::Relay(own));
         }
         let head = self.to_client.front()?;
-        if !ready(&mut self.pace_out, self.origin, head.payload, now) {
+        if !ready(&mut self.pace_out, self.started, head.payload, now) {
             return None;
         }
         let out = self.to_client.pop_front()?;
@@ -557,7 +555,7 @@ impl Session {
         ] {
             if let (Some(head), Some(b)) = (q.front(), b) {
                 if head.payload > 0 {
-                    at = at.min(self.origin + Duration::from_millis(b.ready_at(1).0));
+                    at = at.min(self.started + Duration::from_millis(b.ready_at(1).0));
                 }
             }
         }

@@ -60,6 +60,13 @@ enum Msg {
     ),
 }
 
+impl Msg {
+    /// Someone waits on it: the writer does not hold it for its tick.
+    fn urgent(&self) -> bool {
+        matches!(self, Msg::Finish(..) | Msg::Discard(..) | Msg::Join(..))
+    }
+}
+
 /// What an observer of a session sees after it joined.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
@@ -391,9 +398,7 @@ impl Writer {
             }
             // Let a chatty session's frames gather into one write.
             let since = last_write.elapsed();
-            let urgent = batch
-                .iter()
-                .any(|m| matches!(m, Msg::Finish(..) | Msg::Discard(..) | Msg::Join(..)));
+            let urgent = batch.iter().any(Msg::urgent);
             if since < WRITE_EVERY && !urgent {
                 // Gather until the tick, but not past the session's end (or a join
                 // or discard): a session that ends waits for its recording, and its
@@ -405,7 +410,7 @@ impl Writer {
                         _ = &mut tick => break,
                         m = rx.recv() => {
                             let Some(m) = m else { break };
-                            let now = matches!(m, Msg::Finish(..) | Msg::Discard(..) | Msg::Join(..));
+                            let now = m.urgent();
                             batch.push(m);
                             if now {
                                 break;
