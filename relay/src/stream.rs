@@ -588,6 +588,10 @@ fn now() -> std::time::Instant {
 /// Record a frame from the client on its way to the agent; `Some`: the recording
 /// broke (strict mode), which ends the session.
 async fn record_client_frame(recorder: &mut Recorder, bytes: &[u8]) -> Option<String> {
+    if !recorder.active() {
+        // Not decoded again for nothing (the hub read it once already).
+        return None;
+    }
     let frame = Frame::decode(bytes).ok()?;
     recorder.client_frame(&frame).await.err()
 }
