@@ -73,6 +73,20 @@ pub enum ClientEvent<'a> {
         /// Why, if not cleanly.
         reason: &'a str,
     },
+    /// The session is resumable: it survives a cut of the stream (reconnect with
+    /// `token` within `hold` seconds and call [`Client::reattach`]) or of the
+    /// agent's link. A new token comes after every resume.
+    Resumable {
+        /// Seconds a side may be away before the session ends.
+        hold: u32,
+        /// What resumes it on a new stream.
+        token: &'a str,
+    },
+    /// The relay asked where this side stands: the agent's link is away, or this
+    /// is a new stream. Nothing is sent until [`ClientEvent::Resumed`].
+    Suspended,
+    /// The session goes on: what was lost is being sent again, both ways.
+    Resumed,
     /// A line for the user from the relay (someone joined the session).
     Notice {
         /// The line.
@@ -126,6 +140,12 @@ pub struct Client<const C: usize, B: Buffer> {
     close: Option<String<REASON_MAX>>,
     next_ch: u16,
     cursor: usize,
+    /// Resumable, held this many seconds by the relay.
+    hold: Option<u32>,
+    /// Nothing goes but our `Resume`, until the agent's comes.
+    suspended: bool,
+    /// Our `Resume`s to send, one per `Suspend`.
+    answer_due: u32,
 }
 
 impl<const C: usize, B: Buffer> Client<C, B> {
@@ -145,7 +165,33 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             close: None,
             next_ch: 1,
             cursor: 0,
+            hold: None,
+            suspended: false,
+            answer_due: 0,
         }
+    }
+
+    /// Whether the relay made the session resumable.
+    pub fn is_resumable(&self) -> bool {
+        self.hold.is_some()
+    }
+
+    /// Whether the session waits for a resume (nothing is sent meanwhile; input
+    /// still waits in the channel buffers while they have room).
+    pub fn is_suspended(&self) -> bool {
+        self.suspended
+    }
+
+    /// The stream is new (the old one was cut): the session waits for the relay's
+    /// `Suspend`, answers where it stands, and goes on once the agent's `Resume`
+    /// comes. [`UseError::NotNow`] if the session is not resumable.
+    pub fn reattach(&mut self) -> Result<(), UseError> {
+        if self.hold.is_none() || self.state != State::Open {
+            return Err(UseError::NotNow);
+        }
+        self.suspended = true;
+        self.answer_due = 0;
+        Ok(())
     }
 
     /// Let each channel's receive window grow, with the credit returned, up to
@@ -239,19 +285,50 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             }
             Frame::Data {
                 ch, stream, data, ..
-            } => {
-                // A channel that just ended, or that we aborted: dropped.
-                let Some(c) = self.chan(ch).filter(|c| c.state == ChanState::Open) else {
-                    return Ok(None);
-                };
-                if c.recv.on_data(data.0.len()).is_err() {
-                    return Err(ProtocolError::FlowControl { sid });
+            } => self.data(ch, stream, None, data.0)?,
+            Frame::DataAt {
+                ch,
+                stream,
+                offset,
+                data,
+                ..
+            } => self.data(ch, stream, Some(offset), data.0)?,
+            // Shell and exec sessions (channel 0) only.
+            Frame::Resumable { hold, token, .. } if self.state != State::Over => {
+                match self.chan(0) {
+                    Some(c) => {
+                        c.resumable = true;
+                        self.hold = Some(hold);
+                        Some(ClientEvent::Resumable { hold, token })
+                    }
+                    None => None,
                 }
-                Some(ClientEvent::Data {
-                    ch,
-                    stream,
-                    data: data.0,
-                })
+            }
+            Frame::Suspend { .. } if self.hold.is_some() && self.state == State::Open => {
+                self.suspended = true;
+                self.answer_due = self.answer_due.saturating_add(1);
+                Some(ClientEvent::Suspended)
+            }
+            Frame::Resume {
+                ch,
+                offset,
+                limit,
+                eof,
+                ..
+            } if self.suspended && self.answer_due == 0 => {
+                self.suspended = false;
+                self.chan(ch)
+                    .ok_or(())
+                    .and_then(|c| c.resume_from(offset, limit, eof))
+                    .map_err(|()| ProtocolError::ResumeOffset { sid })?;
+                Some(ClientEvent::Resumed)
+            }
+            Frame::Ack { ch, offset, .. } => {
+                if let Some(c) = self.chan(ch) {
+                    c.on_ack(offset)
+                        .map_err(|()| ProtocolError::ResumeOffset { sid })?;
+                }
+                None
             }
             Frame::Credit { ch, bytes, .. } => {
                 if let Some(c) = self.chan(ch) {
@@ -306,6 +383,27 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             }
             _ => None,
         })
+    }
+
+    /// Output of a channel, as `Data` (no offset) or `DataAt`: what was not received
+    /// before, checked against our window.
+    fn data<'a>(
+        &mut self,
+        ch: u16,
+        stream: Stream,
+        offset: Option<u64>,
+        data: &'a [u8],
+    ) -> Result<Option<ClientEvent<'a>>, ProtocolError> {
+        let sid = self.sid;
+        // A channel that just ended, or that we aborted: dropped.
+        let Some(c) = self.chan(ch).filter(|c| c.state == ChanState::Open) else {
+            return Ok(None);
+        };
+        match c.receive(offset, data) {
+            Ok(Some(data)) => Ok(Some(ClientEvent::Data { ch, stream, data })),
+            Ok(None) => Ok(None),
+            Err(_) => Err(ProtocolError::FlowControl { sid }),
+        }
     }
 
     /// Open a forward channel to `host:port` once the session is accepted; returns
@@ -433,6 +531,23 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         }
         if self.state == State::Over {
             return Ok(None); // nothing more after the end
+        }
+        if self.suspended {
+            if self.answer_due == 0 {
+                return Ok(None);
+            }
+            self.answer_due -= 1;
+            let Some((offset, limit, eof)) = self.chan(0).map(|c| c.resume_point()) else {
+                return Ok(None);
+            };
+            let f = Frame::Resume {
+                sid,
+                ch: 0,
+                offset,
+                limit,
+                eof,
+            };
+            return Ok(f.encode(out).ok());
         }
         let f = if let Some((cols, rows)) = self.resize.take() {
             Some(Frame::Resize { sid, cols, rows })

@@ -118,6 +118,13 @@ pub enum ProtocolError {
     },
     /// The peer queued more control replies than the engine can hold.
     TooManyPending,
+    /// A resumable session's peer acknowledged bytes never sent, or resumes from
+    /// an offset this side no longer holds (or never sent): the stream cannot go on
+    /// without a gap.
+    ResumeOffset {
+        /// The session.
+        sid: u32,
+    },
 }
 
 impl ProtocolError {
@@ -140,7 +147,8 @@ impl ProtocolError {
             | ProtocolError::CreditOverflow { sid }
             | ProtocolError::UnknownChannel { sid, .. }
             | ProtocolError::DuplicateChannel { sid, .. }
-            | ProtocolError::DataAfterEof { sid } => Some(sid),
+            | ProtocolError::DataAfterEof { sid }
+            | ProtocolError::ResumeOffset { sid } => Some(sid),
             _ => None,
         }
     }
@@ -183,6 +191,10 @@ impl fmt::Display for ProtocolError {
                 write!(f, "session {sid}: data after end-of-file")
             }
             ProtocolError::TooManyPending => write!(f, "too many unanswered requests"),
+            ProtocolError::ResumeOffset { sid } => write!(
+                f,
+                "session {sid}: the peer acknowledged or resumed from bytes this side does not hold"
+            ),
         }
     }
 }

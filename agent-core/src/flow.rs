@@ -91,6 +91,10 @@ impl RecvWindow {
     pub const fn window(&self) -> u32 {
         self.window
     }
+    /// Bytes the peer may still send without new credit.
+    pub const fn remaining(&self) -> u32 {
+        self.remaining
+    }
     /// The most the window may grow to.
     pub const fn max(&self) -> u32 {
         self.max

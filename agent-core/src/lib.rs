@@ -42,6 +42,9 @@ pub mod provision;
 pub mod session;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
+
+#[cfg(test)]
+mod resume_tests;
 pub mod time;
 pub mod wire;
 

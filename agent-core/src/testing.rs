@@ -15,18 +15,31 @@ pub fn authenticated<const N: usize, const C: usize, B: Buffer>(
     now: Instant,
 ) -> Agent<N, C, B> {
     let mut agent = Agent::new(config, now);
+    handshake(&mut agent, now);
+    agent
+}
+
+/// Bring `agent` (new, or after [`Agent::reconnect`]) through the handshake at
+/// `now`, with nothing left to send but what its sessions have.
+///
+/// # Panics
+/// If the engine does not take the handshake.
+pub fn handshake<const N: usize, const C: usize, B: Buffer>(
+    agent: &mut Agent<N, C, B>,
+    now: Instant,
+) {
     let mut out = [0u8; 1024];
     let mut drain = |agent: &mut Agent<N, C, B>| {
         while agent.poll_transmit(now, &mut out).unwrap().is_some() {}
     };
-    drain(&mut agent);
+    drain(agent);
     let feed = |agent: &mut Agent<N, C, B>, f: Frame| {
         let mut buf = [0u8; 256];
         let n = f.encode(&mut buf).unwrap();
         agent.handle_frame(now, &buf[..n]).unwrap();
     };
     feed(
-        &mut agent,
+        agent,
         Frame::Hello(wire::Hello {
             version: crate::PROTOCOL_VERSION,
             max_frame: 32 * 1024,
@@ -36,7 +49,7 @@ pub fn authenticated<const N: usize, const C: usize, B: Buffer>(
     );
     let nonce = [1u8; 32];
     feed(
-        &mut agent,
+        agent,
         Frame::Challenge {
             nonce: wire::Bytes(&nonce),
         },
@@ -44,7 +57,6 @@ pub fn authenticated<const N: usize, const C: usize, B: Buffer>(
     agent
         .answer_challenge(&nonce, [0; 32], |_| [0; 64], "", "root")
         .unwrap();
-    drain(&mut agent);
-    feed(&mut agent, Frame::AuthOk { agent_id: "a" });
-    agent
+    drain(agent);
+    feed(agent, Frame::AuthOk { agent_id: "a" });
 }

@@ -94,6 +94,31 @@ fn every_frame() -> Vec<Frame<'static>> {
             sid: 1,
             message: "",
         },
+        Frame::Resumable {
+            sid: 1,
+            hold: 1,
+            token: "",
+        },
+        Frame::Suspend { sid: 1 },
+        Frame::Resume {
+            sid: 1,
+            ch: 0,
+            offset: 0,
+            limit: 0,
+            eof: false,
+        },
+        Frame::Ack {
+            sid: 1,
+            ch: 0,
+            offset: 0,
+        },
+        Frame::DataAt {
+            sid: 1,
+            ch: 0,
+            stream: Stream::OUT,
+            offset: 0,
+            data: Bytes(b"x"),
+        },
     ]
 }
 

@@ -416,6 +416,8 @@ pub async fn run(
                         bail!("session ended: {why}");
                     }
                     Some(ClientEvent::Rejected { reason, .. }) => bail!("{target}: {reason}"),
+                    // The relay does not make forward sessions resumable (yet).
+                    Some(ClientEvent::Resumable { .. } | ClientEvent::Suspended | ClientEvent::Resumed) => {}
                     Some(ClientEvent::Notice { message }) => {
                         eprintln!("sesame: {}", crate::terminal::printable(message));
                     }

@@ -334,6 +334,8 @@ enum Ctrl {
     Reject(u32, ErrorCode, String<REASON_MAX>),
     ChannelReject(u32, u16, ErrorCode, String<REASON_MAX>),
     Error(ErrorCode, &'static str),
+    /// A `Suspend` for a session this agent does not have: its `Close`.
+    Gone(u32),
 }
 
 /// The agent side of one relay connection, with up to `N` sessions of up to `C`
@@ -353,6 +355,12 @@ pub struct Agent<const N: usize, const C: usize = 1, B: Buffer = [u8; 1024]> {
     ping_seq: u64,
     /// Round-robin start for fairness among sessions in `poll_transmit`.
     cursor: usize,
+    /// How the latest resumable sessions ended: their `Close` is sent again if the
+    /// relay asks for one after a cut that may have lost it.
+    ended: Deque<(u32, Exit), N>,
+    /// `Resumable`s for sessions whose `Open` has not come yet (the relay sends
+    /// each first, so that nothing of its session goes out before it is resumable).
+    resumable_next: Deque<(u32, u32), N>,
 }
 
 impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
@@ -372,6 +380,8 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             last_tx: now,
             ping_seq: 0,
             cursor: 0,
+            ended: Deque::new(),
+            resumable_next: Deque::new(),
         }
     }
 
@@ -430,6 +440,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                     Some((11, sid)) => Ok(self.slot_mut(sid).and_then(|slot| {
                         (slot.accepts_input() || slot.state == SlotState::Requested).then(|| {
                             slot.state = SlotState::Terminating;
+                            slot.end_suspension();
                             Event::Terminate {
                                 session: slot.handle(),
                             }
@@ -546,6 +557,8 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         if self.slot_mut(sid).is_some() {
             return Err(ProtocolError::DuplicateSession { sid });
         }
+        // The id is in use again: the old session's end is no longer asked for.
+        let _ = take_matching(&mut self.ended, sid);
         let needed = match kind {
             Kind::Shell { .. } => wire::features::SHELL,
             Kind::Exec { .. } => wire::features::EXEC,
@@ -568,7 +581,10 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         } else if let Some(index) = free {
             let gen = self.gen();
             let (peer, ours) = (window, (self.config.window, self.config.max_window));
-            let slot = Slot::new((sid, index as u16, gen), forward, peer, ours);
+            let mut slot = Slot::new((sid, index as u16, gen), forward, peer, ours);
+            if let Some(hold) = take_matching(&mut self.resumable_next, sid) {
+                slot.make_resumable(hold);
+            }
             let session = slot.handle();
             self.slots[index] = Some(slot);
             return Ok(Some(Event::Open {
@@ -649,6 +665,51 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         Ok(None)
     }
 
+    /// `Data` (no offset: it follows what came) or `DataAt` for a channel.
+    fn data_frame<'a>(
+        &mut self,
+        sid: u32,
+        ch: u16,
+        offset: Option<u64>,
+        data: &'a [u8],
+    ) -> Option<Event<'a>> {
+        // Late data for a session that already ended is dropped.
+        let slot = self.slot_mut(sid)?;
+        if !slot.accepts_input() {
+            return None;
+        }
+        let (forward, session) = (slot.forward, slot.handle());
+        let Some(chan) = slot.chan(ch) else {
+            // A forward channel that just closed may still receive data.
+            return if forward {
+                None
+            } else {
+                slot.abort(ProtocolError::UnknownChannel { sid, ch })
+            };
+        };
+        if !chan.accepts_input() {
+            return None;
+        }
+        let past = offset.is_none_or(|o| {
+            o.checked_add(data.len() as u64)
+                .is_none_or(|end| end > chan.received)
+        });
+        if chan.peer_eof && past {
+            return slot.abort(ProtocolError::DataAfterEof { sid });
+        }
+        match chan.receive(offset, data) {
+            Ok(Some(data)) => {
+                let gen = chan.gen;
+                Some(Event::Data {
+                    channel: ChannelHandle { session, ch, gen },
+                    data,
+                })
+            }
+            Ok(None) => None,
+            Err(_) => slot.abort(ProtocolError::FlowControl { sid }),
+        }
+    }
+
     fn session_frame<'a>(
         &mut self,
         now: Instant,
@@ -677,36 +738,52 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 host,
                 port,
             } => self.open_channel(sid, ch, window, host, port),
-            Frame::Data { sid, ch, data, .. } => {
-                let Some(slot) = self.slot_mut(sid) else {
-                    return Ok(None); // late data for a session that already ended
-                };
-                if !slot.accepts_input() {
+            Frame::Data { sid, ch, data, .. } => Ok(self.data_frame(sid, ch, None, data.0)),
+            Frame::DataAt {
+                sid,
+                ch,
+                offset,
+                data,
+                ..
+            } => Ok(self.data_frame(sid, ch, Some(offset), data.0)),
+            Frame::Resumable { sid, hold, .. } => {
+                match self.slot_mut(sid) {
+                    Some(slot) => slot.make_resumable(hold),
+                    None => {
+                        if self.resumable_next.is_full() {
+                            self.resumable_next.pop_front();
+                        }
+                        let _ = self.resumable_next.push_back((sid, hold));
+                    }
+                }
+                Ok(None)
+            }
+            Frame::Suspend { sid } => {
+                if !self.slot_mut(sid).is_some_and(|slot| slot.suspend(now)) {
+                    // The relay remembers a session this agent no longer has (it
+                    // ended while the link was down, or the agent restarted), or one
+                    // that cannot be held: say it is over.
+                    self.push_ctrl(Ctrl::Gone(sid))?;
+                }
+                Ok(None)
+            }
+            Frame::Resume {
+                sid,
+                ch,
+                offset,
+                limit,
+                eof,
+            } => Ok(self
+                .slot_mut(sid)
+                .and_then(|slot| slot.resume(ch, offset, limit, eof))),
+            Frame::Ack { sid, ch, offset } => {
+                let Some(slot) = self.slot_mut(sid).filter(|s| s.accepted) else {
                     return Ok(None);
-                }
-                let (forward, session) = (slot.forward, slot.handle());
-                let Some(chan) = slot.chan(ch) else {
-                    // A forward channel that just closed may still receive data.
-                    return Ok(if forward {
-                        None
-                    } else {
-                        slot.abort(ProtocolError::UnknownChannel { sid, ch })
-                    });
                 };
-                if !chan.accepts_input() {
-                    return Ok(None);
+                match slot.chan(ch).map(|c| c.on_ack(offset)) {
+                    Some(Err(())) => Ok(slot.abort(ProtocolError::ResumeOffset { sid })),
+                    _ => Ok(None),
                 }
-                if chan.peer_eof {
-                    return Ok(slot.abort(ProtocolError::DataAfterEof { sid }));
-                }
-                if chan.recv.on_data(data.0.len()).is_err() {
-                    return Ok(slot.abort(ProtocolError::FlowControl { sid }));
-                }
-                let gen = chan.gen;
-                Ok(Some(Event::Data {
-                    channel: ChannelHandle { session, ch, gen },
-                    data: data.0,
-                }))
             }
             Frame::Credit { sid, ch, bytes } => {
                 // Credit matters to a session that runs (or ends); one being
@@ -786,6 +863,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             Frame::Close { sid, .. } | Frame::Error { sid, .. } => match self.slot_mut(sid) {
                 Some(slot) if slot.accepts_input() || slot.state == SlotState::Requested => {
                     slot.state = SlotState::Terminating;
+                    slot.end_suspension();
                     Ok(Some(Event::Terminate {
                         session: slot.handle(),
                     }))
@@ -876,7 +954,17 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             return Err(UseError::NotNow);
         }
         slot.state = SlotState::Rejecting(code, truncate(reason));
+        self.forget_detached(session);
         Ok(())
+    }
+
+    /// A session whose connection is gone for good frees its place as soon as its
+    /// work is over: nobody hears of its end.
+    fn forget_detached(&mut self, session: SessionHandle) {
+        let place = &mut self.slots[session.index as usize];
+        if place.as_ref().is_some_and(Slot::finished_detached) {
+            *place = None;
+        }
     }
 
     /// The session's work is over (its process exited, or it was stopped after
@@ -898,12 +986,14 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 reason
             };
             slot.state = SlotState::Rejecting(ErrorCode::SPAWN, truncate(why));
+            self.forget_detached(session);
             return Ok(());
         }
         if slot.exit.is_some() {
             return Err(UseError::Finished);
         }
         slot.exit = Some((exit, truncate(reason)));
+        self.forget_detached(session);
         Ok(())
     }
 
@@ -1092,6 +1182,18 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                     code: *code,
                     message,
                 },
+                Ctrl::Gone(sid) => match self.ended.iter().find(|(s, _)| s == sid) {
+                    Some(&(sid, exit)) => Frame::Close {
+                        sid,
+                        exit,
+                        reason: "",
+                    },
+                    None => Frame::Close {
+                        sid: *sid,
+                        exit: Exit::Aborted(ErrorCode::AGENT_GONE),
+                        reason: "the session is no longer on this agent",
+                    },
+                },
             };
             // Control frames are short: they always fit a largest frame.
             return frame.encode(out).ok();
@@ -1107,6 +1209,9 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 return frame.encode(out).ok();
             }
         }
+        if !self.is_ready() {
+            return None;
+        }
         let max_payload = wire::max_data_len(out.len() as u32);
         for i in 0..N {
             let idx = (self.cursor + i) % N;
@@ -1115,6 +1220,12 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             };
             if let Some((len, free)) = slot.next_frame(now, out, max_payload) {
                 if free {
+                    if let (Some(_), Some(exit)) = (slot.hold, slot.closed_with) {
+                        if self.ended.is_full() {
+                            self.ended.pop_front();
+                        }
+                        let _ = self.ended.push_back((slot.sid, exit));
+                    }
                     self.slots[idx] = None;
                 }
                 self.cursor = (idx + 1) % N;
@@ -1125,10 +1236,11 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
     }
 
     /// When [`Agent::handle_timeout`] should be called next (keepalive, dead peer,
-    /// handshake, or rate-limited output that may go again).
+    /// handshake, rate-limited output that may go again, or the end of a suspended
+    /// session's hold).
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        match self.conn {
+        let conn = match self.conn {
             Conn::Closed => None,
             Conn::Ready { .. } => {
                 let keepalive = (self.last_tx + self.config.keepalive)
@@ -1144,19 +1256,39 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 Some(rate.map_or(keepalive, |r| r.min(keepalive)))
             }
             _ => Some(self.started + self.config.handshake_timeout),
+        };
+        let hold = self
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(Slot::hold_until)
+            .min();
+        match (conn, hold) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
     /// Time passed: send keepalives, detect a dead connection, let rate-limited output
-    /// go again (output waiting in a channel goes out with the next transmit).
+    /// go again (output waiting in a channel goes out with the next transmit), end
+    /// the suspended sessions whose hold is over ([`Event::Terminate`]).
     pub fn handle_timeout(&mut self, now: Instant) {
-        for slot in self.slots.iter_mut().flatten() {
+        for place in self.slots.iter_mut() {
+            let Some(slot) = place.as_mut() else {
+                continue;
+            };
             if slot.rate_blocked
                 && slot
                     .bucket
                     .is_some_and(|b| b.ready_at(RATE_WAKE_BYTES) <= now)
             {
                 slot.rate_blocked = false;
+            }
+            if slot.hold_until().is_some_and(|t| t <= now) {
+                slot.detach();
+                if slot.finished_detached() {
+                    *place = None;
+                }
             }
         }
         match self.conn {
@@ -1182,11 +1314,66 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         let _ = self.events.push_back(Event::ConnectionLost);
     }
 
-    /// The next event not caused by a received frame (timeouts).
+    /// The connection is gone; a new one starts now, its `Hello` queued as by
+    /// [`Agent::new`]. A resumable session stays, suspended, for its hold time: its
+    /// output is kept (the driver may still write while there is room) and goes
+    /// again from where the peer stands once the relay resumes it on the new
+    /// connection. Every other session ends: [`Agent::poll_event`] says
+    /// [`Event::Terminate`] for each one the driver runs, and its end goes nowhere.
+    pub fn reconnect(&mut self, now: Instant) {
+        self.conn = Conn::AwaitHello;
+        self.ctrl.clear();
+        let _ = self.ctrl.push_back(Ctrl::Hello);
+        self.events.clear();
+        self.resumable_next.clear();
+        self.started = now;
+        self.last_rx = now;
+        self.last_tx = now;
+        for place in self.slots.iter_mut() {
+            let Some(slot) = place.as_mut() else {
+                continue;
+            };
+            if slot.holds() {
+                slot.suspend(now);
+                // Its answer waits for the relay's own `Suspend` on the new link.
+                slot.answer_due = 0;
+            } else {
+                slot.detach();
+                if slot.finished_detached() {
+                    *place = None;
+                }
+            }
+        }
+    }
+
+    /// The next event not caused by a received frame (timeouts, a lost connection).
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event<'static>> {
-        self.events.pop_front()
+        if let Some(e) = self.events.pop_front() {
+            return Some(e);
+        }
+        let slot = self.slots.iter_mut().flatten().find(|s| s.tell_terminate)?;
+        slot.tell_terminate = false;
+        Some(Event::Terminate {
+            session: slot.handle(),
+        })
     }
+}
+
+/// Remove the entry for `sid` from `list`, if any, keeping the others in order.
+fn take_matching<T: Copy, const K: usize>(list: &mut Deque<(u32, T), K>, sid: u32) -> Option<T> {
+    let i = list.iter().position(|(s, _)| *s == sid)?;
+    let mut kept = Deque::new();
+    let mut found = None;
+    for (j, &(s, v)) in list.iter().enumerate() {
+        if j == i {
+            found = Some(v);
+        } else {
+            let _ = kept.push_back((s, v));
+        }
+    }
+    *list = kept;
+    found
 }
 
 fn truncate(s: &str) -> String<REASON_MAX> {

@@ -1,5 +1,9 @@
 //! A channel's output waiting to be sent: a byte ring over storage the caller
 //! chooses ([`Buffer`]), with the stream (stdout or stderr) of each run of bytes.
+//!
+//! The ring holds, from its head, the bytes sent but not yet acknowledged (a
+//! resumable channel keeps them to send again after a resume; any other channel
+//! releases them as they go), then the bytes not sent yet.
 
 use heapless::Deque;
 
@@ -29,6 +33,9 @@ pub(crate) struct Ring<B> {
     buf: B,
     head: usize,
     len: usize,
+    /// Of the `len` bytes from `head`, how many went out (waiting for their
+    /// acknowledgement).
+    sent: usize,
     runs: Deque<(Stream, usize), RUNS>,
 }
 
@@ -38,6 +45,7 @@ impl<B: Buffer> Ring<B> {
             buf: B::new(),
             head: 0,
             len: 0,
+            sent: 0,
             runs: Deque::new(),
         }
     }
@@ -46,8 +54,19 @@ impl<B: Buffer> Ring<B> {
         self.buf.as_ref().len()
     }
 
+    /// Nothing waits, sent or not.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Bytes not sent yet.
+    pub fn unsent(&self) -> usize {
+        self.len - self.sent
+    }
+
+    /// Bytes sent and not yet released.
+    pub fn sent(&self) -> usize {
+        self.sent
     }
 
     /// Room for more.
@@ -79,37 +98,64 @@ impl<B: Buffer> Ring<B> {
         n
     }
 
-    /// The oldest run's stream and its bytes that are contiguous in storage (the
-    /// rest follows on the next call once these are consumed).
+    /// The stream of the oldest bytes not sent yet, and as many of them as are
+    /// contiguous in storage and of that one stream (the rest follows on the next
+    /// call once these are marked sent).
     pub fn front(&self) -> Option<(Stream, &[u8])> {
-        let &(stream, run) = self.runs.front()?;
+        let mut skip = self.sent;
+        let (stream, left) = self.runs.iter().find_map(|&(s, run)| {
+            if skip < run {
+                Some((s, run - skip))
+            } else {
+                skip -= run;
+                None
+            }
+        })?;
         let cap = self.capacity();
-        let n = run.min(cap - self.head);
-        Some((stream, &self.buf.as_ref()[self.head..self.head + n]))
+        let start = (self.head + self.sent) % cap;
+        let n = left.min(cap - start);
+        Some((stream, &self.buf.as_ref()[start..start + n]))
     }
 
-    /// `n` bytes of the oldest run were sent.
-    pub fn consume(&mut self, n: usize) {
-        let Some((_, run)) = self.runs.front_mut() else {
-            return;
-        };
-        let n = n.min(*run);
-        *run -= n;
-        if *run == 0 {
-            self.runs.pop_front();
-        }
+    /// `n` bytes from [`Ring::front`] went out; they stay until released.
+    pub fn mark_sent(&mut self, n: usize) {
+        self.sent = (self.sent + n).min(self.len);
+    }
+
+    /// The oldest `n` sent bytes are done with (acknowledged, or not kept): their
+    /// room is free again. At most what was sent is released.
+    pub fn release(&mut self, n: usize) {
+        let mut n = n.min(self.sent);
+        self.sent -= n;
         self.len -= n;
         self.head = if self.len == 0 {
             0
         } else {
             (self.head + n) % self.capacity()
         };
+        while n > 0 {
+            let Some((_, run)) = self.runs.front_mut() else {
+                break;
+            };
+            let k = n.min(*run);
+            *run -= k;
+            n -= k;
+            if *run == 0 {
+                self.runs.pop_front();
+            }
+        }
+    }
+
+    /// Everything sent and not released is to go again (a resume).
+    pub fn rewind(&mut self) {
+        self.sent = 0;
     }
 
     /// Forget what waits (the channel ended abruptly).
     pub fn clear(&mut self) {
         self.head = 0;
         self.len = 0;
+        self.sent = 0;
         self.runs.clear();
     }
 }
@@ -126,7 +172,8 @@ mod tests {
         while let Some((s, b)) = r.front() {
             let n = b.len().min(max);
             out.push((s, b[..n].to_vec()));
-            r.consume(n);
+            r.mark_sent(n);
+            r.release(n);
         }
         out
     }
@@ -140,7 +187,8 @@ mod tests {
         r.write(Stream::OUT, b"abcdef");
         let (_, b) = r.front().unwrap();
         assert_eq!(b, b"abcdef");
-        r.consume(5);
+        r.mark_sent(5);
+        r.release(5);
         // Wraps: 3 free at the end, then the start.
         assert_eq!(r.write(Stream::ERR, b"0123456"), 7);
         assert_eq!(r.free(), 0);
@@ -179,5 +227,31 @@ mod tests {
         assert_eq!(r.write(last, b"z"), 1);
         r.clear();
         assert!(r.is_empty() && r.front().is_none() && r.free() == 64);
+    }
+
+    #[test]
+    fn sent_bytes_stay_until_released_and_go_again_after_a_rewind() {
+        let mut r: Ring<[u8; 8]> = Ring::new();
+        r.write(Stream::OUT, b"abc");
+        r.write(Stream::ERR, b"de");
+        r.mark_sent(3);
+        assert_eq!(r.front(), Some((Stream::ERR, &b"de"[..])));
+        r.mark_sent(2);
+        assert_eq!((r.front(), r.sent(), r.unsent(), r.free()), (None, 5, 0, 3));
+        // The peer had only "ab": "c" then "de" go again, with their streams.
+        r.release(2);
+        r.rewind();
+        assert_eq!(r.front(), Some((Stream::OUT, &b"c"[..])));
+        r.mark_sent(1);
+        assert_eq!(r.front(), Some((Stream::ERR, &b"de"[..])));
+        // A release across runs, then wrapping writes.
+        r.mark_sent(2);
+        r.release(3);
+        assert!(r.is_empty());
+        assert_eq!(r.write(Stream::OUT, b"12345678"), 8);
+        r.mark_sent(6);
+        r.release(4);
+        r.rewind();
+        assert_eq!(drain(&mut r, 100), [(Stream::OUT, b"5678".to_vec())]);
     }
 }

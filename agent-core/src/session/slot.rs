@@ -66,6 +66,16 @@ pub(crate) struct Channel<B> {
     /// This side ends the channel once both directions are done (the agent); the
     /// other (a client) waits for its `ChannelClose`.
     pub ends_itself: bool,
+    /// Output goes as `DataAt`, kept until the peer's `Ack`; received bytes are
+    /// acknowledged (the session is resumable).
+    pub resumable: bool,
+    /// Offset of the oldest output kept (everything before it is acknowledged, or
+    /// was not kept).
+    pub acked: u64,
+    /// Bytes received from the peer, in all.
+    pub received: u64,
+    /// The offset of the last `Ack` sent.
+    ack_sent: u64,
 }
 
 impl<B: Buffer> Channel<B> {
@@ -89,7 +99,77 @@ impl<B: Buffer> Channel<B> {
             eof_sent: false,
             accept_pending: false,
             ends_itself: true,
+            resumable: false,
+            acked: 0,
+            received: 0,
+            ack_sent: 0,
         }
+    }
+
+    /// Offset of the next output byte to send.
+    pub fn send_offset(&self) -> u64 {
+        self.acked + self.out.sent() as u64
+    }
+
+    /// Bytes of the peer's at `offset` (a `DataAt`; `None`: a `Data`, which follows
+    /// what came before): the part not received yet, checked against the window.
+    /// `None` for a duplicate, or for bytes past a gap (a frame was lost: the
+    /// session resumes before anything more is delivered on this channel).
+    pub fn receive<'d>(
+        &mut self,
+        offset: Option<u64>,
+        data: &'d [u8],
+    ) -> Result<Option<&'d [u8]>, crate::flow::FlowViolation> {
+        let at = offset.unwrap_or(self.received);
+        let Some(skip) = self.received.checked_sub(at) else {
+            return Ok(None);
+        };
+        let Some(new) = usize::try_from(skip).ok().and_then(|s| data.get(s..)) else {
+            return Ok(None);
+        };
+        if new.is_empty() && !data.is_empty() {
+            return Ok(None);
+        }
+        self.recv.on_data(new.len())?;
+        self.received += new.len() as u64;
+        Ok(Some(new))
+    }
+
+    /// The peer received everything before `offset`: forget it. `Err` if that is
+    /// more than was sent.
+    pub fn on_ack(&mut self, offset: u64) -> Result<(), ()> {
+        if offset > self.send_offset() {
+            return Err(());
+        }
+        if let Some(n) = offset.checked_sub(self.acked) {
+            self.out.release(n as usize);
+            self.acked = offset;
+        }
+        Ok(())
+    }
+
+    /// The peer's `Resume`: send again from `offset` (what it received), within
+    /// `limit`, and its `Eof` again if it did not see it. `Err` if this side no
+    /// longer holds the bytes from `offset`, never sent them, or `limit` is below.
+    pub fn resume_from(&mut self, offset: u64, limit: u64, eof: bool) -> Result<(), ()> {
+        if offset < self.acked || offset > self.send_offset() || limit < offset {
+            return Err(());
+        }
+        self.out.release((offset - self.acked) as usize);
+        self.acked = offset;
+        self.out.rewind();
+        self.send = SendWindow::new(u32::try_from(limit - offset).unwrap_or(u32::MAX));
+        if !eof {
+            self.eof_sent = false;
+        }
+        Ok(())
+    }
+
+    /// This side's `Resume` values: bytes received, the offset the peer may send
+    /// up to, and whether its `Eof` came.
+    pub fn resume_point(&self) -> (u64, u64, bool) {
+        let limit = self.received + u64::from(self.recv.remaining());
+        (self.received, limit, self.peer_eof)
     }
 
     /// Whether frames from the peer are still delivered to the driver.
@@ -143,19 +223,50 @@ impl<B: Buffer> Channel<B> {
             let f = Frame::Credit { sid, ch, bytes };
             return f.encode(out).ok().map(|n| (n, false, 0));
         }
+        if self.resumable && self.received > self.ack_sent {
+            self.ack_sent = self.received;
+            let f = Frame::Ack {
+                sid,
+                ch,
+                offset: self.received,
+            };
+            return f.encode(out).ok().map(|n| (n, false, 0));
+        }
+        // A `DataAt` carries its offset too.
+        let data = if self.resumable {
+            data.min(out.len().saturating_sub(crate::wire::DATA_AT_OVERHEAD))
+        } else {
+            data
+        };
         if data > 0 && !self.accept_pending {
+            let offset = self.send_offset();
             if let Some((stream, bytes)) = self.out.front() {
                 let n = self.send.take(bytes.len().min(data));
                 if n > 0 {
-                    let f = Frame::Data {
-                        sid,
-                        ch,
-                        stream,
-                        data: Bytes(&bytes[..n]),
+                    let data = Bytes(&bytes[..n]);
+                    let f = if self.resumable {
+                        Frame::DataAt {
+                            sid,
+                            ch,
+                            stream,
+                            offset,
+                            data,
+                        }
+                    } else {
+                        Frame::Data {
+                            sid,
+                            ch,
+                            stream,
+                            data,
+                        }
                     };
                     return match f.encode(out) {
                         Ok(len) => {
-                            self.out.consume(n);
+                            self.out.mark_sent(n);
+                            if !self.resumable {
+                                self.out.release(n);
+                                self.acked += n as u64;
+                            }
                             Some((len, false, n))
                         }
                         Err(_) => {
@@ -166,9 +277,11 @@ impl<B: Buffer> Channel<B> {
                 }
             }
         }
+        // All sent (an `Eof` may follow); all acknowledged (the channel may end).
+        let sent = self.out.unsent() == 0;
         let drained = self.out.is_empty();
         if self.state == ChanState::Open {
-            if drained && self.finished && !self.eof_sent {
+            if sent && self.finished && !self.eof_sent {
                 self.eof_sent = true;
                 let f = Frame::Eof { sid, ch };
                 return f.encode(out).ok().map(|n| (n, false, 0));
@@ -219,6 +332,22 @@ pub(super) struct Slot<const C: usize, B> {
     pub aborted: Option<ProtocolError>,
     /// Round-robin start among channels.
     cursor: usize,
+    /// Seconds the session is held while its link (or its client) is away: it is
+    /// resumable.
+    pub hold: Option<u32>,
+    /// Nothing goes out but the `Resume` answering the relay's `Suspend`, until
+    /// the peer's `Resume` comes.
+    pub suspended: bool,
+    /// `Resume`s to send, one per `Suspend`.
+    pub answer_due: u32,
+    /// Since when the link or the peer is away (the hold counts from here).
+    pub away_since: Option<Instant>,
+    /// Its connection is gone for good: it ends, and nobody hears of the end.
+    pub detached: bool,
+    /// The driver has to hear [`super::Event::Terminate`] for it.
+    pub tell_terminate: bool,
+    /// The exit its `Close` carried, once sent.
+    pub closed_with: Option<Exit>,
 }
 
 impl<const C: usize, B: Buffer> Slot<C, B> {
@@ -254,6 +383,91 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             exit: None,
             aborted: None,
             cursor: 0,
+            hold: None,
+            suspended: false,
+            answer_due: 0,
+            away_since: None,
+            detached: false,
+            tell_terminate: false,
+            closed_with: None,
+        }
+    }
+
+    /// The relay made the session resumable, held for `hold` seconds when away.
+    /// Shell and exec sessions only: a forward session's channels come and go, and
+    /// are not resumed (yet).
+    pub fn make_resumable(&mut self, hold: u32) {
+        if self.forward || self.detached {
+            return;
+        }
+        self.hold = Some(hold);
+        for c in self.channels.iter_mut().flatten() {
+            c.resumable = true;
+        }
+    }
+
+    /// Whether it stays through a lost connection: resumable, running, and its
+    /// `Accept` went out (the relay knows it runs).
+    pub fn holds(&self) -> bool {
+        self.hold.is_some() && self.accept_sent && self.state == SlotState::Open && !self.detached
+    }
+
+    /// The relay's `Suspend`: hold on, and say where this side stands. `false` for
+    /// a session that does not hold (not resumable, ending, or not running yet):
+    /// it answers as one that is gone.
+    pub fn suspend(&mut self, now: Instant) -> bool {
+        if !self.holds() {
+            return false;
+        }
+        self.suspended = true;
+        self.answer_due = self.answer_due.saturating_add(1);
+        self.away_since.get_or_insert(now);
+        true
+    }
+
+    /// It ends while suspended (the peer asked, or broke the protocol): its end
+    /// goes out as soon as it is over, not after the hold.
+    pub fn end_suspension(&mut self) {
+        self.suspended = false;
+        self.answer_due = 0;
+        self.away_since = None;
+    }
+
+    /// When its hold is over, while it is away.
+    pub fn hold_until(&self) -> Option<Instant> {
+        let hold = crate::time::Duration::from_secs(u64::from(self.hold?));
+        self.away_since.filter(|_| !self.detached).map(|t| t + hold)
+    }
+
+    /// Its connection is gone for good (it was not resumable, or its hold is
+    /// over): the driver stops it, and its end goes nowhere.
+    pub fn detach(&mut self) {
+        self.detached = true;
+        self.suspended = false;
+        self.away_since = None;
+        if matches!(self.state, SlotState::Requested | SlotState::Open) && self.exit.is_none() {
+            self.state = SlotState::Terminating;
+            self.tell_terminate = true;
+        }
+    }
+
+    /// Whether its place can go now (detached, and its work is over).
+    pub fn finished_detached(&self) -> bool {
+        self.detached && (matches!(self.state, SlotState::Rejecting(..)) || self.exit.is_some())
+    }
+
+    /// The peer's `Resume`: send again from where it stands, and go on.
+    pub fn resume<'a>(&mut self, ch: u16, offset: u64, limit: u64, eof: bool) -> Option<Event<'a>> {
+        if !self.suspended || self.answer_due > 0 {
+            return None;
+        }
+        self.suspended = false;
+        self.away_since = None;
+        let sid = self.sid;
+        match self.chan(ch).map(|c| c.resume_from(offset, limit, eof)) {
+            Some(Ok(())) => None,
+            // A channel it does not have cannot go on from anywhere.
+            _ => self.abort(ProtocolError::ResumeOffset { sid }),
         }
     }
 
@@ -284,6 +498,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         }
         self.aborted = Some(error);
         self.state = SlotState::Terminating;
+        self.end_suspension();
         Some(Event::Abort {
             session: self.handle(),
             error,
@@ -312,6 +527,24 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         max_payload: usize,
     ) -> Option<(usize, bool)> {
         let sid = self.sid;
+        if self.detached {
+            return None;
+        }
+        if self.suspended {
+            if self.answer_due == 0 {
+                return None;
+            }
+            let (offset, limit, eof) = self.chan(0)?.resume_point();
+            self.answer_due -= 1;
+            let f = Frame::Resume {
+                sid,
+                ch: 0,
+                offset,
+                limit,
+                eof,
+            };
+            return f.encode(out).ok().map(|len| (len, false));
+        }
         if self.accepted && !self.accept_sent {
             self.accept_sent = true;
             let window = self
@@ -411,6 +644,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             exit,
             reason: why.as_str(),
         };
+        self.closed_with = Some(exit);
         f.encode(out).ok().map(|len| (len, true))
     }
 }

@@ -3,7 +3,7 @@
 use super::Bytes;
 use serde::{Deserialize, Serialize};
 
-/// One protocol message. The variant order is the wire frame type (0..=21).
+/// One protocol message. The variant order is the wire frame type (0..=26).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Frame<'a> {
     /// 0: first frame in each direction: version and capabilities.
@@ -186,6 +186,67 @@ pub enum Frame<'a> {
         /// The line.
         message: &'a str,
     },
+    /// 22: relay -> agent and client: the session survives a cut of either link (or
+    /// a restart of the relay) for `hold` seconds, and its channel 0 carries
+    /// [`Frame::DataAt`] and [`Frame::Ack`] instead of `Data` (feature
+    /// [`features::RESUME`]). To a client, `token` resumes the session on a new
+    /// stream (it changes with every resume); to an agent it is empty.
+    Resumable {
+        /// Session id.
+        sid: u32,
+        /// Seconds a side may be away before the session ends.
+        hold: u32,
+        /// The resume token (client only).
+        token: &'a str,
+    },
+    /// 23: relay -> agent or client: the other side is away, or this side came back
+    /// on a new connection. Send nothing more on the session and answer with
+    /// [`Frame::Resume`]; go on when the peer's `Resume` arrives.
+    Suspend {
+        /// Session id.
+        sid: u32,
+    },
+    /// 24: where this side stands on a channel, answering a `Suspend`; the relay
+    /// passes it to the peer once both sides answered. The peer sends again from
+    /// `offset`, within `limit`.
+    Resume {
+        /// Session id.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+        /// Bytes of the channel received from the peer, in all.
+        offset: u64,
+        /// The peer may send up to this offset (received plus the credit left).
+        limit: u64,
+        /// The peer's `Eof` was received.
+        eof: bool,
+    },
+    /// 25: the sender has received `offset` bytes of the channel in all: the peer
+    /// may forget them (it keeps what is not acknowledged, to send again after a
+    /// resume). Cumulative; the relay passes it on, never makes one.
+    Ack {
+        /// Session id.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+        /// Bytes received in all.
+        offset: u64,
+    },
+    /// 26: `Data` of a resumable session: the bytes at `offset` of the channel's
+    /// stream in this direction (both streams of a channel count together).
+    DataAt {
+        /// Session id.
+        sid: u32,
+        /// Channel.
+        ch: u16,
+        /// Which stream of the channel.
+        stream: Stream,
+        /// Where in the channel's bytes `data` starts.
+        offset: u64,
+        /// The bytes.
+        #[serde(borrow)]
+        data: Bytes<'a>,
+    },
 }
 
 /// Version and capabilities, sent first by each side.
@@ -214,6 +275,9 @@ pub mod features {
     /// Sessions run as the account named in `Open` ("run-as accounts"); an agent
     /// without it has no accounts of its own to choose from.
     pub const RUN_AS: u32 = 1 << 4;
+    /// Resumable sessions (frames 22-26): the agent keeps a session whose link
+    /// drops, and resends what was not acknowledged when it comes back.
+    pub const RESUME: u32 = 1 << 5;
 }
 
 /// Agent authentication: Ed25519 over `AUTH_CONTEXT || nonce`.

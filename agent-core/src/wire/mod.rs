@@ -31,13 +31,15 @@ pub const DEFAULT_MAX_FRAME: u32 = 32 * 1024;
 pub const MIN_MAX_FRAME: u32 = 512;
 /// Bytes of a `Data` frame that are not payload, at most (type, sid, ch, stream, len).
 pub const DATA_OVERHEAD: usize = 1 + 5 + 3 + 1 + 5;
+/// Bytes of a `DataAt` frame that are not payload, at most (its offset on top).
+pub const DATA_AT_OVERHEAD: usize = DATA_OVERHEAD + 10;
 /// Number of frame types this version knows.
 pub const FRAME_TYPES: u32 = FRAME_NAMES.len() as u32;
 
 /// The frame types, by number: the one table that [`Frame::frame_type`], the
 /// decoder's "unknown frame type" and `docs/protocol.md` (checked by a test) agree
 /// with. A new frame is appended here and to [`Frame`], never inserted.
-pub const FRAME_NAMES: [&str; 22] = [
+pub const FRAME_NAMES: [&str; 27] = [
     "Hello",
     "Challenge",
     "Auth",
@@ -60,6 +62,11 @@ pub const FRAME_NAMES: [&str; 22] = [
     "ChannelClose",
     "Limit",
     "Notice",
+    "Resumable",
+    "Suspend",
+    "Resume",
+    "Ack",
+    "DataAt",
 ];
 
 impl<'a> Frame<'a> {
@@ -135,6 +142,11 @@ impl<'a> Frame<'a> {
             Frame::ChannelClose { .. } => 19,
             Frame::Limit { .. } => 20,
             Frame::Notice { .. } => 21,
+            Frame::Resumable { .. } => 22,
+            Frame::Suspend { .. } => 23,
+            Frame::Resume { .. } => 24,
+            Frame::Ack { .. } => 25,
+            Frame::DataAt { .. } => 26,
         }
     }
 
@@ -155,7 +167,12 @@ impl<'a> Frame<'a> {
             | Frame::ChannelReject { sid, .. }
             | Frame::ChannelClose { sid, .. }
             | Frame::Limit { sid, .. }
-            | Frame::Notice { sid, .. } => Some(sid),
+            | Frame::Notice { sid, .. }
+            | Frame::Resumable { sid, .. }
+            | Frame::Suspend { sid }
+            | Frame::Resume { sid, .. }
+            | Frame::Ack { sid, .. }
+            | Frame::DataAt { sid, .. } => Some(sid),
             Frame::Error { sid, .. } if sid != 0 => Some(sid),
             _ => None,
         }
@@ -181,7 +198,12 @@ impl<'a> Frame<'a> {
             | Frame::ChannelReject { sid, .. }
             | Frame::ChannelClose { sid, .. }
             | Frame::Limit { sid, .. }
-            | Frame::Notice { sid, .. } => *sid = new,
+            | Frame::Notice { sid, .. }
+            | Frame::Resumable { sid, .. }
+            | Frame::Suspend { sid }
+            | Frame::Resume { sid, .. }
+            | Frame::Ack { sid, .. }
+            | Frame::DataAt { sid, .. } => *sid = new,
             _ => {}
         }
         f

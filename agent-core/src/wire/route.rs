@@ -28,7 +28,7 @@ pub struct SidHeader {
 /// `Challenge`, `Auth`, `AuthOk`, `Ping` and `Pong`. (`Error` carries one too; 0
 /// there means the whole connection.)
 pub const fn has_sid(frame_type: u32) -> bool {
-    matches!(frame_type, 4..=12 | 15..=21)
+    matches!(frame_type, 4..=12 | 15..=26)
 }
 
 impl SidHeader {

@@ -153,7 +153,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
     // Leak to get 'static borrows: test-only, small.
     let bytes: &'static [u8] = Box::leak(bytes.to_vec().into_boxed_slice());
     let text: &'static str = Box::leak(text.to_string().into_boxed_str());
-    match sel % 22 {
+    match sel % 27 {
         0 => Frame::Hello(Hello {
             version: b,
             max_frame: a,
@@ -256,6 +256,31 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
             reason: text,
         },
         20 => Frame::Limit { sid: a, rate: a },
+        22 => Frame::Resumable {
+            sid: a,
+            hold: a,
+            token: text,
+        },
+        23 => Frame::Suspend { sid: a },
+        24 => Frame::Resume {
+            sid: a,
+            ch: b,
+            offset: c,
+            limit: c.wrapping_add(u64::from(a)),
+            eof: a.is_multiple_of(2),
+        },
+        25 => Frame::Ack {
+            sid: a,
+            ch: b,
+            offset: c,
+        },
+        26 => Frame::DataAt {
+            sid: a,
+            ch: b,
+            stream: Stream(b as u8),
+            offset: c,
+            data: Bytes(bytes),
+        },
         _ => Frame::Notice {
             sid: a,
             message: text,

@@ -98,8 +98,10 @@ impl Routed {
     /// [`Routed::readdress`]).
     pub fn of(frame: &Frame) -> Routed {
         let (payload, ch) = match *frame {
-            Frame::Data { data, ch, .. } => (data.0.len(), ch),
+            Frame::Data { data, ch, .. } | Frame::DataAt { data, ch, .. } => (data.0.len(), ch),
             Frame::Credit { ch, .. }
+            | Frame::Ack { ch, .. }
+            | Frame::Resume { ch, .. }
             | Frame::Eof { ch, .. }
             | Frame::ChannelOpen { ch, .. }
             | Frame::ChannelAccept { ch, .. }
