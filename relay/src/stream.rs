@@ -335,6 +335,7 @@ pub async fn serve(
         idle: limits.idle_timeout,
         max: limits.max_duration,
         notices,
+        resume: None,
     };
     let open = Frame::decode(&msg).expect("decoded above");
     let mut hub = match session::Session::new(config, &open, &session.run_as, now()) {

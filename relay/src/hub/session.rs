@@ -23,6 +23,13 @@
 //! Frames the relay makes itself (credit the gate releases, notices, a channel's
 //! refusal) go ahead of the peers' frames and are never paced.
 //!
+//! A resumable session (`Config::resume`, `docs/protocol.md` section 8) outlives
+//! its sides' connections: the driver says when one goes ([`Session::agent_lost`],
+//! [`Session::client_lost`]) and comes back ([`Session::agent_back`],
+//! [`Session::client_back`]); the hub sends the `Suspend`s, drops what a side sent
+//! before it answered, hands each side the other's `Resume` (the agent's limit within
+//! the credit gate), and ends the session when a side stays away for the hold.
+//!
 //! Hooks: a forward channel is decided outside (policies and the audit log await), as
 //! [`Event::Decide`] out and [`Session::decided`] in; a frame is recorded by the task
 //! when it takes it from `poll_*`, before it writes it, so the record never lags
@@ -55,6 +62,9 @@ pub struct Config {
     pub max: Option<Duration>,
     /// The client asked to hear of observers joining (`Notice` frames).
     pub notices: bool,
+    /// Resumable (the agent and the client both can): how long a side may be away,
+    /// and the client's resume token (`docs/protocol.md`, section 8).
+    pub resume: Option<(Duration, String)>,
 }
 
 /// What the stream task is asked to do besides writing frames.
@@ -167,6 +177,56 @@ pub struct Session {
     /// It ended (its [`End`] may have been taken).
     over: bool,
     traffic: Traffic,
+    /// Where a resumable session stands in a resume.
+    resume: Option<Resume>,
+}
+
+/// A resumable session's sides, and whether it waits for them (section 8).
+struct Resume {
+    hold: Duration,
+    client: Side,
+    agent: Side,
+    /// Since when a side is away, or the two have not exchanged their `Resume`s.
+    suspended: Option<Instant>,
+}
+
+/// One side of a resume.
+#[derive(Default)]
+struct Side {
+    /// Its connection is up.
+    connected: bool,
+    /// `Suspend`s sent to it, not answered yet.
+    asked: u32,
+    /// Its `Resume`, answering the latest `Suspend`.
+    answer: Option<(u64, u64, bool)>,
+    /// Since when it is away.
+    away_since: Option<Instant>,
+}
+
+impl Side {
+    fn connected() -> Side {
+        Side {
+            connected: true,
+            ..Side::default()
+        }
+    }
+
+    /// What it says while asked where it stands: its `Resume` answers.
+    fn take_answer(&mut self, f: &Frame) {
+        if let Frame::Resume {
+            ch: 0,
+            offset,
+            limit,
+            eof,
+            ..
+        } = *f
+        {
+            self.asked -= 1;
+            if self.asked == 0 {
+                self.answer = Some((offset, limit, eof));
+            }
+        }
+    }
 }
 
 impl Session {
@@ -200,6 +260,30 @@ impl Session {
             ));
         }
         let mut to_agent = VecDeque::from([first]);
+        let mut own_to_client = VecDeque::new();
+        let resume = cfg.resume.as_ref().map(|(hold, token)| {
+            // Resumable from its first byte: the agent hears it before the `Open`,
+            // the client before the agent's `Accept`.
+            let secs = u32::try_from(hold.as_secs()).unwrap_or(u32::MAX);
+            let to_agent_frame = Frame::Resumable {
+                sid: cfg.agent_sid,
+                hold: secs,
+                token: "",
+            };
+            to_agent.push_front(Routed::new(to_agent_frame, cfg.agent_sid));
+            let to_client_frame = Frame::Resumable {
+                sid: cfg.client_sid,
+                hold: secs,
+                token,
+            };
+            own_to_client.push_back(Routed::new(to_client_frame, cfg.client_sid).bytes);
+            Resume {
+                hold: *hold,
+                client: Side::connected(),
+                agent: Side::connected(),
+                suspended: None,
+            }
+        });
         if let Some(rate) = cfg.rate {
             // The agent paces its own output; the relay paces both directions.
             let sid = cfg.agent_sid;
@@ -219,14 +303,132 @@ impl Session {
             to_agent,
             to_client: VecDeque::new(),
             own_to_agent: VecDeque::new(),
-            own_to_client: VecDeque::new(),
+            own_to_client,
             channels: HashMap::new(),
             deciding: None,
             events: VecDeque::new(),
             end: None,
             over: false,
             traffic: Traffic::default(),
+            resume,
         })
+    }
+
+    /// Whether the session survives its sides going away for a while.
+    pub fn is_resumable(&self) -> bool {
+        self.resume.is_some()
+    }
+
+    /// Whether it waits for a side to come back or to say where it stands.
+    pub fn is_suspended(&self) -> bool {
+        self.resume.as_ref().is_some_and(|r| r.suspended.is_some())
+    }
+
+    /// The agent's link dropped. A resumable session waits for it (its client is
+    /// asked where it stands); any other ends.
+    pub fn agent_lost(&mut self, now: Instant) {
+        if self.over {
+            return;
+        }
+        let Some(r) = self.resume.as_mut() else {
+            return self.abort("the agent disconnected".into(), true);
+        };
+        r.agent = Side::default();
+        r.agent.away_since = Some(now);
+        r.suspended.get_or_insert(now);
+        // What waited for the old link is sent again by the client after the resume.
+        self.to_agent.clear();
+        self.own_to_agent.clear();
+        Self::ask(&mut r.client, &mut self.own_to_client, self.cfg.client_sid);
+    }
+
+    /// The client's stream dropped: the agent is asked where it stands, and the
+    /// session waits for the client to come back with its token.
+    pub fn client_lost(&mut self, now: Instant) {
+        if self.over {
+            return;
+        }
+        let Some(r) = self.resume.as_mut() else {
+            return self.abort("client went away".into(), false);
+        };
+        r.client = Side::default();
+        r.client.away_since = Some(now);
+        r.suspended.get_or_insert(now);
+        self.to_client.clear();
+        self.own_to_client.clear();
+        Self::ask(&mut r.agent, &mut self.own_to_agent, self.cfg.agent_sid);
+    }
+
+    /// The agent is back on a new link (the route is on it again): it is asked
+    /// where it stands.
+    pub fn agent_back(&mut self) {
+        if let Some(r) = self.resume.as_mut().filter(|r| !r.agent.connected) {
+            r.agent = Side::connected();
+            Self::ask(&mut r.agent, &mut self.own_to_agent, self.cfg.agent_sid);
+        }
+    }
+
+    /// The client is back on a new stream, with the session's token: it is asked
+    /// where it stands. `token` is the new one it is given (the old one is spent).
+    pub fn client_back(&mut self, token: &str) {
+        let sid = self.cfg.client_sid;
+        if let Some(r) = self.resume.as_mut().filter(|r| !r.client.connected) {
+            r.client = Side::connected();
+            let secs = u32::try_from(r.hold.as_secs()).unwrap_or(u32::MAX);
+            let resumable = Frame::Resumable {
+                sid,
+                hold: secs,
+                token,
+            };
+            self.own_to_client
+                .push_back(Routed::new(resumable, sid).bytes);
+            Self::ask(&mut r.client, &mut self.own_to_client, sid);
+        }
+    }
+
+    /// A `Suspend` to a side that is connected.
+    fn ask(side: &mut Side, queue: &mut VecDeque<Bytes>, sid: u32) {
+        if side.connected {
+            side.asked += 1;
+            side.answer = None;
+            queue.push_back(Routed::new(Frame::Suspend { sid }, sid).bytes);
+        }
+    }
+
+    /// Both sides are there and said where they stand: each hears the other, the
+    /// agent within the bounds of the credit gate.
+    fn exchange(&mut self) {
+        let Some(r) = self.resume.as_mut().filter(|r| r.suspended.is_some()) else {
+            return;
+        };
+        if !(r.agent.connected && r.client.connected && r.agent.asked == 0 && r.client.asked == 0) {
+            return;
+        }
+        let (Some(a), Some(c)) = (r.agent.answer.take(), r.client.answer.take()) else {
+            return;
+        };
+        r.suspended = None;
+        r.agent.away_since = None;
+        r.client.away_since = None;
+        // Nothing of the agent's is in flight any more: the gate starts again from
+        // what the client can take.
+        let room = u32::try_from(c.1.saturating_sub(c.0)).unwrap_or(u32::MAX);
+        let passed = self.gate.open(0, room);
+        let (client_sid, agent_sid) = (self.cfg.client_sid, self.cfg.agent_sid);
+        let resume = |sid, (offset, limit, eof): (u64, u64, bool)| {
+            let f = Frame::Resume {
+                sid,
+                ch: 0,
+                offset,
+                limit,
+                eof,
+            };
+            Routed::new(f, sid).bytes
+        };
+        self.own_to_client.push_back(resume(client_sid, a));
+        let limit = c.0.saturating_add(u64::from(passed));
+        self.own_to_agent
+            .push_back(resume(agent_sid, (c.0, limit, c.2)));
     }
 
     /// A message from the client's stream.
@@ -235,8 +437,9 @@ impl Session {
         if self.over {
             return;
         }
+        let resumable = self.resume.is_some();
         let frame = match Frame::decode_bounded(&bytes, DEFAULT_MAX_FRAME as usize) {
-            Ok(f) if client_may_send(&f) => f,
+            Ok(f) if client_may_send(&f) || (resumable && resume_frame(&f)) => f,
             // A newer client may send frame types we do not know: skip them.
             Err(agent_core::DecodeError::UnknownFrame { .. }) => return,
             Ok(f) => {
@@ -248,6 +451,21 @@ impl Session {
             }
             Err(e) => return self.protocol_error(format!("malformed frame: {e}")),
         };
+        if let Some(r) = self.resume.as_mut() {
+            if r.suspended.is_some() && matches!(frame, Frame::Close { .. }) {
+                // The user gave up waiting.
+                return self.abort("the client ended the session".into(), false);
+            }
+            if r.client.asked > 0 {
+                // Sent before it knew of the `Suspend`: stale, but for its answer.
+                r.client.take_answer(&frame);
+                return self.exchange();
+            } else if r.suspended.is_some() {
+                return;
+            } else if matches!(frame, Frame::Resume { .. }) {
+                return self.protocol_error("a Resume that answers no Suspend".into());
+            }
+        }
         let out = match frame {
             Frame::ChannelOpen {
                 ch,
@@ -359,6 +577,24 @@ impl Session {
     pub fn handle_agent(&mut self, routed: Routed, now: Instant) {
         if self.over {
             return;
+        }
+        if let Some(r) = self.resume.as_mut() {
+            // An agent's end stands whenever it comes (a `Close` may answer a
+            // `Suspend`: the session ended while a side was away).
+            if r.suspended.is_some() && !routed.last {
+                if r.agent.asked > 0 {
+                    if let Ok(f) = Frame::decode(&routed.bytes) {
+                        r.agent.take_answer(&f);
+                    }
+                    self.exchange();
+                }
+                return;
+            }
+            if r.suspended.is_some() && !r.client.connected {
+                // Its end waits for nobody: on record now; the client hears it
+                // when it comes back.
+                return self.finish(Ok(()), None, Some(routed.bytes));
+            }
         }
         self.traffic.bytes_out += routed.payload as u64;
         if routed.payload > 0 {
@@ -578,11 +814,30 @@ impl Session {
         let never = self.started + Duration::from_secs(100 * 365 * 86400);
         let idle_at = self.cfg.idle.map_or(never, |d| self.last_activity + d);
         let max_at = self.cfg.max.map_or(never, |d| self.started + d);
-        idle_at.min(max_at)
+        idle_at.min(max_at).min(self.hold_at().unwrap_or(never))
+    }
+
+    /// When the side that is away has been away for the hold.
+    fn hold_at(&self) -> Option<Instant> {
+        let r = self.resume.as_ref()?;
+        [&r.agent, &r.client]
+            .iter()
+            .filter_map(|s| s.away_since)
+            .min()
+            .map(|t| t + r.hold)
     }
 
     /// Why the session ends when the timers fire.
     pub fn timer_reason(&self) -> String {
+        if let (Some(at), Some(r)) = (self.hold_at(), self.resume.as_ref()) {
+            if at <= self.timers_at() {
+                let who = match r.agent.away_since {
+                    Some(a) if r.client.away_since.is_none_or(|c| a <= c) => "the agent was",
+                    _ => "the client was",
+                };
+                return format!("{who} unreachable for {}", human(r.hold));
+            }
+        }
         let (idle, max) = (self.cfg.idle, self.cfg.max);
         let idle_first = match (idle, max) {
             (Some(idle), Some(max)) => self.last_activity + idle <= self.started + max,
@@ -624,6 +879,15 @@ fn ready(bucket: &mut Option<TokenBucket>, origin: Instant, payload: usize, now:
     }
     b.consume(payload, t);
     true
+}
+
+/// Frames a client may send on a resumable session's stream besides those of
+/// [`client_may_send`].
+fn resume_frame(f: &Frame) -> bool {
+    matches!(
+        f,
+        Frame::Resume { .. } | Frame::Ack { .. } | Frame::DataAt { .. }
+    )
 }
 
 /// Frames a client may send on its stream after `Open`.

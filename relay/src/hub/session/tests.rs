@@ -122,6 +122,9 @@ struct World {
     relay_frames: usize,
     /// A peer that broke off (protocol error), and why.
     broken: Vec<String>,
+    /// The agent's link and the client's stream are up (a cut one carries nothing).
+    agent_up: bool,
+    client_up: bool,
 }
 
 fn encode(f: Frame) -> Vec<u8> {
@@ -139,6 +142,7 @@ fn config(rate: Option<u32>) -> Config {
         idle: Some(IDLE),
         max: Some(Duration::from_secs(3600)),
         notices: true,
+        resume: None,
     }
 }
 
@@ -184,6 +188,8 @@ impl World {
             ended_at: None,
             relay_frames: 0,
             broken: Vec::new(),
+            agent_up: true,
+            client_up: true,
         }
     }
 
@@ -199,8 +205,55 @@ impl World {
         agent_core::Instant(self.now.duration_since(t0).as_millis() as u64)
     }
 
+    /// The agent's link is cut: what was on it is lost, and it carries nothing until
+    /// [`World::agent_back`].
+    fn cut_agent(&mut self) {
+        self.agent_up = false;
+        self.cut_links();
+        self.hub.agent_lost(self.now);
+    }
+
+    /// The agent connects again and authenticates; its route is on the new link.
+    fn agent_back(&mut self, t0: Instant) {
+        let at = self.agent_now(t0);
+        self.agent.reconnect(at);
+        agent_core::testing::handshake(&mut self.agent, at);
+        self.agent_up = true;
+        self.hub.agent_back();
+    }
+
+    fn cut_client(&mut self) {
+        self.client_up = false;
+        self.cut_links();
+        self.hub.client_lost(self.now);
+    }
+
+    /// The client opens a new stream with its token.
+    fn client_back(&mut self) {
+        self.client.reattach().unwrap();
+        self.client_up = true;
+        self.hub.client_back("token-2");
+    }
+
+    fn cut_links(&mut self) {
+        if !self.agent_up {
+            self.a2h = Link::default();
+            self.h2a = Link::default();
+        }
+        if !self.client_up {
+            self.c2h = Link::default();
+            self.h2c = Link::default();
+        }
+    }
+
     /// Run everything that can happen at `now`; `true` if anything did.
     fn step(&mut self, t0: Instant) -> bool {
+        let moved = self.step_links(t0);
+        self.cut_links();
+        moved
+    }
+
+    fn step_links(&mut self, t0: Instant) -> bool {
         let mut moved = false;
         let f = self.faults();
         let mut buf = vec![0u8; 4096];
@@ -846,4 +899,94 @@ fn exec_open() -> Frame<'static> {
         kind: exec(),
         account: "",
     }
+}
+
+#[test]
+fn a_resumable_session_survives_cuts_of_either_link_with_nothing_lost_or_repeated() {
+    for seed in 1..6 {
+        let mut cfg = config(None);
+        cfg.resume = Some((Duration::from_secs(600), "token".into()));
+        let faults = Faults {
+            jitter_ms: 15,
+            ..Faults::default()
+        };
+        let mut w = World::new(exec(), cfg, faults, seed);
+        w.faults_until = w.now + Duration::from_secs(3600);
+        let t0 = w.now;
+        let input: Vec<u8> = (0..100_000u32)
+            .map(|i| (i * 7 + seed as u32) as u8)
+            .collect();
+        for (i, piece) in input.chunks(10_000).enumerate() {
+            feed(&mut w, t0, 0, piece);
+            let wait = Duration::from_millis(w.rng.below(3000));
+            match i % 4 {
+                0 => {
+                    w.cut_agent();
+                    w.run_for(wait, t0);
+                    w.agent_back(t0);
+                }
+                1 => {
+                    w.cut_client();
+                    w.run_for(wait, t0);
+                    w.client_back();
+                }
+                2 => {
+                    // Both at once, as when the relay restarts.
+                    w.cut_agent();
+                    w.cut_client();
+                    w.run_for(wait, t0);
+                    w.client_back();
+                    w.agent_back(t0);
+                }
+                _ => {}
+            }
+        }
+        w.client.finish(0).unwrap();
+        w.run_for(Duration::from_secs(20), t0);
+        let mut expected = preamble();
+        expected.extend_from_slice(&input);
+        assert!(w.broken.is_empty(), "seed {seed}: {:?}", w.broken);
+        assert_eq!(World::got(&w.agent_got, 0), input, "seed {seed}: input");
+        assert_eq!(
+            World::got(&w.client_got, 0),
+            expected,
+            "seed {seed}: output"
+        );
+        assert_eq!(
+            w.client_events.last().unwrap(),
+            "Closed { exit: Code(0), reason: \"\" }",
+            "seed {seed}"
+        );
+        let resumed = w.client_events.iter().filter(|e| *e == "Resumed").count();
+        assert!(resumed >= 7, "seed {seed}: {resumed} resumes");
+        assert!(w
+            .client_events
+            .contains(&"Resumable { hold: 600, token: \"token-2\" }".to_string()));
+        assert_eq!(w.end.as_ref().unwrap().outcome, Ok(()), "seed {seed}");
+        assert_eq!(w.agent.session_count(), 0);
+    }
+}
+
+#[test]
+fn a_side_away_longer_than_the_hold_ends_the_session_saying_who() {
+    let mut cfg = config(None);
+    cfg.resume = Some((Duration::from_secs(60), "token".into()));
+    cfg.idle = None;
+    let mut w = World::new(exec(), cfg, Faults::default(), 3);
+    let t0 = w.now;
+    w.run_for(Duration::from_secs(1), t0);
+    w.cut_agent();
+    w.run_for(Duration::from_secs(59), t0);
+    assert!(w.end.is_none(), "still held");
+    w.run_for(Duration::from_secs(2), t0);
+    let end = w.end.as_ref().expect("ended after the hold");
+    assert_eq!(
+        end.outcome,
+        Err("the agent was unreachable for 1m".to_string())
+    );
+    assert!(w
+        .client_events
+        .last()
+        .unwrap()
+        .contains("the agent was unreachable for 1m"));
 }
