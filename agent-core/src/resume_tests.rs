@@ -144,9 +144,11 @@ impl Sim {
                         from.answer = Some(msg);
                     }
                 }
-                Ok(Frame::Close { .. }) if from_agent && from.asked == 1 => {
-                    from.asked = 0;
-                    from.answer = Some(msg);
+                Ok(Frame::Close { .. }) if from_agent => {
+                    from.asked -= 1;
+                    if from.asked == 0 {
+                        from.answer = Some(msg);
+                    }
                 }
                 _ => {}
             }
@@ -309,7 +311,7 @@ impl Sim {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// Whatever is cut, and when: each side receives a prefix of what the other
     /// sent, and once the links are back, everything, exactly once, and the exit.

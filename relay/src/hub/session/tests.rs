@@ -903,7 +903,7 @@ fn exec_open() -> Frame<'static> {
 
 #[test]
 fn a_resumable_session_survives_cuts_of_either_link_with_nothing_lost_or_repeated() {
-    for seed in 1..6 {
+    for seed in 1..20 {
         let mut cfg = config(None);
         cfg.resume = Some((Duration::from_secs(600), "token".into()));
         let faults = Faults {
