@@ -1,6 +1,7 @@
 //! Starting the agent: its options, identity and default account checked once, then
 //! one relay connection after another ([`crate::driver`]), with the reconnect
-//! backoff of every agent.
+//! backoff of every agent. The sessions ([`crate::state`]) live across connections:
+//! while the agent connects again, the ones the engine holds keep running.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -13,10 +14,11 @@ use tracing::{info, warn};
 
 use crate::account::{self, AccountConfig};
 use crate::connect::RelayTarget;
-use crate::driver::serve;
+use crate::driver::{engine_config, serve};
 use crate::identity::Identity;
 use crate::policy::DestPolicy;
 use crate::sshkey::{self, KeyConfig};
+use crate::state::AgentState;
 
 /// What sessions need from the agent's configuration.
 pub(crate) struct Context {
@@ -115,10 +117,12 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
         let _ = ring::rand::SystemRandom::new().fill(&mut r);
         u32::from_le_bytes(r)
     };
+    let mut state = AgentState::new(&ctx, engine_config());
     loop {
-        match target.connect().await {
+        // Sessions held through a lost link go on while the agent is away.
+        match state.idle(target.connect()).await {
             Ok(ws) => {
-                let outcome = serve(ws, &identity, &activation, &code_file, &ctx).await;
+                let outcome = serve(ws, &mut state, &identity, &activation, &code_file).await;
                 if outcome.authenticated {
                     backoff.reset();
                     // The key is registered now; the code is spent.
@@ -130,6 +134,6 @@ pub async fn run(opts: AgentOptions) -> Result<(), StartError> {
         }
         let wait = Duration::from_millis(backoff.next(random()).as_millis());
         info!("reconnecting in {:.1} s", wait.as_secs_f64());
-        tokio::time::sleep(wait).await;
+        state.idle(tokio::time::sleep(wait)).await;
     }
 }

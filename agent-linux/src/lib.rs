@@ -12,16 +12,17 @@
 //!   backoff (0.5 s doubling to 30 s).
 //! - Output of a session waits for the client's credit; a slow client slows only its
 //!   own session (its process blocks on a full pipe).
-//! - Ending a session (client request, protocol violation, lost connection) kills the
-//!   session's whole process group.
+//! - Ending a session (client request, protocol violation, lost connection, past its
+//!   hold for a resumable one) kills the session's whole process group.
+//! - Sessions live across relay connections ([`state`]): when the link drops, a
+//!   resumable session is held for its hold time (its process runs, its output
+//!   waits in the engine until it is full), to go on once the relay resumes it on the
+//!   next connection (`docs/protocol.md` §8); any other session ends at once.
 //!
 //! - Forward sessions reach only destinations the [`policy::DestPolicy`] allows; each
 //!   connection is a channel with its own credit.
 //! - SSH keys pushed through `ssh-key` sessions carry OpenSSH's `expiry-time=` and are
 //!   also removed by the agent when they expire.
-//!
-//! ## Non-goals (for now)
-//! Resuming sessions across reconnects.
 
 pub mod account;
 pub mod agent;
@@ -37,6 +38,7 @@ pub mod process;
 pub mod pty;
 pub mod session;
 pub mod sshkey;
+pub mod state;
 
 pub use agent::{run, AgentOptions};
 
