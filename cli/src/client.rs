@@ -264,13 +264,45 @@ impl Relay {
 
     /// Open a session stream at `url` (`wss://...`) with its one-use token.
     pub async fn open_stream(&self, url: &str, token: &str) -> anyhow::Result<Stream> {
+        self.first_stream(url, token, false).await
+    }
+
+    /// [`Relay::open_stream`], asking for the session to be resumable if the agent
+    /// can (shell and exec sessions, docs/protocol.md §8).
+    pub async fn open_resumable_stream(&self, url: &str, token: &str) -> anyhow::Result<Stream> {
+        self.first_stream(url, token, true).await
+    }
+
+    async fn first_stream(&self, url: &str, token: &str, resume: bool) -> anyhow::Result<Stream> {
+        // This client shows `Notice` frames (someone joined the session).
+        let resume = resume.then_some("true");
+        let q = query(&[
+            ("token", Some(token)),
+            ("notices", Some("true")),
+            ("resume", resume),
+        ]);
+        Ok(self.stream_at(url, &q).await?)
+    }
+
+    /// Open a new stream for the resumable session at `url` (its first stream's URL)
+    /// with the latest token the relay gave for it; a refusal keeps its status, so
+    /// that the caller can tell a session that is over from a relay that is away.
+    pub async fn resume_stream(&self, url: &str, token: &str) -> Result<Stream, StreamError> {
+        let q = query(&[
+            ("resume_token", Some(token)),
+            ("notices", Some("true")),
+            ("resume", Some("true")),
+        ]);
+        self.stream_at(url, &q).await
+    }
+
+    async fn stream_at(&self, url: &str, query: &str) -> Result<Stream, StreamError> {
         let uri: Uri = url
             .parse()
-            .with_context(|| format!("bad stream URL '{url}'"))?;
-        let (host, port) = host_port(&uri, 443)?;
-        // This client shows `Notice` frames (someone joined the session).
-        let full = format!("{url}?token={token}&notices=true");
-        self.websocket(&host, port, &full, None).await
+            .map_err(|_| StreamError::Failed(anyhow!("bad stream URL '{url}'")))?;
+        let (host, port) = host_port(&uri, 443).map_err(StreamError::Failed)?;
+        self.websocket(&host, port, &format!("{url}{query}"), None)
+            .await
     }
 
     /// Open the API's WebSocket at `path` (joining a session), with the API key.
@@ -282,8 +314,9 @@ impl Relay {
         };
         let url = format!("wss://{host}{path}");
         let key = format!("Bearer {}", self.api_key);
-        self.websocket(&self.host, self.port, &url, Some(&key))
-            .await
+        Ok(self
+            .websocket(&self.host, self.port, &url, Some(&key))
+            .await?)
     }
 
     async fn websocket(
@@ -292,37 +325,89 @@ impl Relay {
         port: u16,
         url: &str,
         authorization: Option<&str>,
-    ) -> anyhow::Result<Stream> {
+    ) -> Result<Stream, StreamError> {
         use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let tls = self.dial(host, port).await?;
+        let tls = self.dial(host, port).await.map_err(StreamError::Failed)?;
         let mut ws_config = WebSocketConfig::default();
         ws_config.max_message_size = Some(agent_core::wire::DEFAULT_MAX_FRAME as usize + 1024);
         ws_config.max_frame_size = ws_config.max_message_size;
         // tungstenite's 128 KiB defaults are far more than one frame needs.
         ws_config.read_buffer_size = 16 * 1024;
         ws_config.write_buffer_size = 16 * 1024;
+        // Not the whole URL: its query holds the session's token.
+        let path = url.split('?').next().unwrap_or(url);
         let mut req = url
             .into_client_request()
-            .with_context(|| format!("bad stream URL '{url}'"))?;
+            .map_err(|_| StreamError::Failed(anyhow!("bad stream URL '{path}'")))?;
         if let Some(a) = authorization {
-            req.headers_mut()
-                .insert("authorization", a.parse().context("bad API key")?);
+            let a = a
+                .parse()
+                .map_err(|_| StreamError::Failed(anyhow!("bad API key")))?;
+            req.headers_mut().insert("authorization", a);
         }
         match tokio_tungstenite::client_async_with_config(req, tls, Some(ws_config)).await {
             Ok((ws, _)) => Ok(ws),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
-                let msg = resp
+                let status = resp.status();
+                let message = resp
                     .body()
                     .as_ref()
                     .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
                     .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(String::from))
-                    .unwrap_or_else(|| format!("relay answered {}", resp.status()));
-                bail!("{msg}")
+                    .unwrap_or_else(|| format!("relay answered {status}"));
+                Err(StreamError::Refused {
+                    status: status.as_u16(),
+                    message,
+                })
             }
-            Err(e) => bail!("cannot open the session stream: {e}"),
+            Err(e) => Err(StreamError::Failed(anyhow!(
+                "cannot open the session stream: {e}"
+            ))),
         }
     }
 }
+
+/// Why a WebSocket to the relay could not be opened.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The relay answered the upgrade with an HTTP error: its status, and its
+    /// `error` message (or the status in words).
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The relay's reason.
+        message: String,
+    },
+    /// No answer: the relay could not be reached, TLS failed, or the connection
+    /// broke during the upgrade.
+    Failed(anyhow::Error),
+}
+
+impl StreamError {
+    /// Whether trying again later may succeed: the relay was away, restarting or
+    /// busy (no answer, 408, 409, 425, 429, 5xx), rather than refusing for good (a
+    /// bad token, a session that is over, a lock).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StreamError::Failed(_) => true,
+            StreamError::Refused { status, .. } => {
+                matches!(status, 408 | 409 | 425 | 429) || *status >= 500
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StreamError::Refused { message, .. } => f.write_str(message),
+            StreamError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+// No `source`: the message says it all (`error: {e:#}` would repeat it).
+impl std::error::Error for StreamError {}
 
 #[cfg(test)]
 mod tests {
@@ -338,5 +423,24 @@ mod tests {
             "?user=bob%20smith"
         );
         assert_eq!(query(&[("a", Some("1")), ("b", Some("2"))]), "?a=1&b=2");
+    }
+
+    #[test]
+    fn a_relay_that_is_away_or_restarting_is_tried_again() {
+        for status in [409, 503, 502, 429] {
+            let e = StreamError::Refused {
+                status,
+                message: String::new(),
+            };
+            assert!(e.is_transient(), "{status}");
+        }
+        for status in [400, 401, 403, 404, 410] {
+            let e = StreamError::Refused {
+                status,
+                message: String::new(),
+            };
+            assert!(!e.is_transient(), "{status}");
+        }
+        assert!(StreamError::Failed(anyhow!("connection refused")).is_transient());
     }
 }

@@ -12,9 +12,10 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::client::Relay;
+use crate::resume::Link;
 use crate::terminal;
 
 /// Bytes the CLI can take from the agent before returning credit.
@@ -114,27 +115,35 @@ pub fn create_body(target: &str, run_as: Option<&str>, kind: &Kind<'_>) -> serde
 }
 
 /// Create a session of `kind` on `target` as `run_as` (`None`: the agent's default
-/// account) and open its stream.
+/// account) and open its stream, resumable if `resume` and the relay can; returns
+/// the stream and its URL (which resumes the session too).
 async fn create(
     relay: &Relay,
     target: &str,
     run_as: Option<&str>,
-    kind: &Kind<'_>,
-) -> anyhow::Result<crate::client::Stream> {
+    (kind, resume): (&Kind<'_>, bool),
+) -> anyhow::Result<(crate::client::Stream, String)> {
     let body = create_body(target, run_as, kind);
     let created: Created = relay.call("POST", "/v1/sessions", Some(body)).await?;
-    relay.open_stream(&created.stream_url, &created.token).await
+    let (url, token) = (&created.stream_url, &created.token);
+    let ws = if resume {
+        relay.open_resumable_stream(url, token).await?
+    } else {
+        relay.open_stream(url, token).await?
+    };
+    Ok((ws, created.stream_url))
 }
 
-/// Create a session of `kind` and send its `Open` as `session`'s.
+/// Create a session of `kind` (asking for it to be resumable if `resume`) and send
+/// its `Open` as `session`'s; returns the stream and its URL.
 async fn start<const C: usize, B: Buffer>(
     relay: &Relay,
     (target, run_as): (&str, Option<&str>),
-    kind: Kind<'_>,
+    (kind, resume): (Kind<'_>, bool),
     session: &mut Client<C, B>,
     out: &mut [u8],
-) -> anyhow::Result<crate::client::Stream> {
-    let mut ws = create(relay, target, run_as, &kind).await?;
+) -> anyhow::Result<(crate::client::Stream, String)> {
+    let (mut ws, url) = create(relay, target, run_as, (&kind, resume)).await?;
     // The relay puts in the account it authorised.
     let n = session
         .open(kind, "", out)
@@ -142,7 +151,7 @@ async fn start<const C: usize, B: Buffer>(
     ws.send(Message::Binary(out[..n].to_vec().into()))
         .await
         .context("cannot send the session request")?;
-    Ok(ws)
+    Ok((ws, url))
 }
 
 /// Create a session of `kind` on `target` as `run_as` (`None`: the agent's default
@@ -155,7 +164,7 @@ pub async fn open<const C: usize, B: Buffer>(
     session: &mut Client<C, B>,
 ) -> anyhow::Result<crate::client::Stream> {
     let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
-    let mut ws = start(relay, (target, run_as), kind, session, &mut out).await?;
+    let (mut ws, _) = start(relay, (target, run_as), (kind, false), session, &mut out).await?;
     loop {
         let bytes = match ws.next().await {
             Some(Ok(Message::Binary(b))) => b,
@@ -268,6 +277,17 @@ pub(crate) async fn transmit<const N: usize, B: Buffer>(
     ws: &mut crate::client::Stream,
     target: &str,
 ) -> anyhow::Result<bool> {
+    send_pending(session, ws)
+        .await?
+        .map_err(|e| lost_relay(target, Some(&e)))
+}
+
+/// [`transmit`], with a failed stream told apart (`Ok(Err(..))`) from a misused
+/// session: a resumable session survives the first.
+pub(crate) async fn send_pending<const N: usize, B: Buffer>(
+    session: &mut Client<N, B>,
+    ws: &mut crate::client::Stream,
+) -> anyhow::Result<Result<bool, WsError>> {
     let mut sent = false;
     loop {
         let mut buf = Pooled::take();
@@ -280,18 +300,22 @@ pub(crate) async fn transmit<const N: usize, B: Buffer>(
         };
         buf.0.truncate(n);
         let msg = Message::Binary(tokio_tungstenite::tungstenite::Bytes::from_owner(buf));
-        ws.feed(msg)
-            .await
-            .map_err(|e| lost_relay(target, Some(&e)))?;
+        if let Err(e) = ws.feed(msg).await {
+            return Ok(Err(e));
+        }
         sent = true;
     }
     if sent {
-        ws.flush().await.map_err(|e| lost_relay(target, Some(&e)))?;
+        if let Err(e) = ws.flush().await {
+            return Ok(Err(e));
+        }
     }
-    Ok(sent)
+    Ok(Ok(sent))
 }
 
 /// Run a shell or exec session as `run_as`; returns the exit code for this process.
+/// If the relay made the session resumable, a failed stream is replaced and the
+/// session goes on ([`Link`]).
 pub async fn run(
     relay: &Relay,
     target: &str,
@@ -316,7 +340,16 @@ pub async fn run(
     };
     let mut session = Session::new(SID, WINDOW).growing(crate::forward::CH_MAX_WINDOW);
     let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
-    let mut ws = start(relay, (target, run_as), kind, &mut session, &mut out).await?;
+    let (ws, url) = start(
+        relay,
+        (target, run_as),
+        (kind, true),
+        &mut session,
+        &mut out,
+    )
+    .await?;
+    // The stream, replaced if it fails and the session is resumable.
+    let mut link = Link::new(relay, target, url, ws);
 
     // The terminal goes raw once the agent accepted (stdin is read from then on).
     let mut accepted = false;
@@ -341,20 +374,15 @@ pub async fn run(
                     pending = None;
                 }
             }
-            let sent = transmit(&mut session, &mut ws, target).await?;
+            let sent = link.transmit(&mut session).await?;
             if !sent || pending.is_none() {
                 break;
             }
         }
         let want_stdin = stdin_open && pending.is_none() && accepted;
         tokio::select! {
-            msg = ws.next() => {
-                let bytes = match msg {
-                    Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => return Err(lost_relay(target, None)),
-                    Some(Err(e)) => return Err(lost_relay(target, Some(&e))),
-                    Some(Ok(_)) => continue,
-                };
+            msg = link.recv(&mut session) => {
+                let bytes = msg?;
                 let ev = session.handle_frame(&bytes).map_err(protocol_error)?;
                 match ev {
                     Some(ClientEvent::Accepted) => {
@@ -362,9 +390,20 @@ pub async fn run(
                         if interactive {
                             raw = Some(terminal::RawMode::enable().context("cannot put the terminal in raw mode")?);
                         }
+                        link.accepted(raw.is_some());
                     }
                     Some(ClientEvent::Rejected { reason, .. }) => bail!("{target}: {reason}"),
+                    Some(ClientEvent::Resumable { hold, token }) => link.resumable(hold, token),
+                    Some(ClientEvent::Suspended) => link.suspended(),
+                    Some(ClientEvent::Resumed) => {
+                        link.resumed();
+                        // A resize in the outage may have been lost with the stream.
+                        if let Some((cols, rows)) = terminal::size() {
+                            session.resize(cols, rows);
+                        }
+                    }
                     Some(ClientEvent::Data { stream, data, .. }) => {
+                        link.output(data);
                         if stream == Stream::ERR {
                             stderr.write_all(data).await?;
                             stderr.flush().await?;
@@ -377,12 +416,13 @@ pub async fn run(
                     Some(ClientEvent::Notice { message }) => {
                         // Not the session's output: a line of its own, on stderr.
                         let line = format!("\r\nsesame: {}\r\n", crate::terminal::printable(message));
+                        link.output(b"\n");
                         stderr.write_all(line.as_bytes()).await?;
                         stderr.flush().await?;
                     }
                     Some(ClientEvent::Closed { exit, reason }) => {
                         stdout.flush().await?;
-                        let _ = ws.close(None).await;
+                        link.close().await;
                         drop(raw);
                         if !accepted {
                             // Ended by the relay before the agent answered.
@@ -415,8 +455,20 @@ pub async fn run(
                 // Only reaches us when the terminal is not raw (exec, or piped input).
                 let _ = session.signal(2);
             }
-            _ = sigterm.recv() => session.close("client terminated"),
-            _ = sighup.recv() => session.close("client hung up"),
+            // While the stream is down the session's end cannot be sent: the relay
+            // ends it after its hold.
+            _ = sigterm.recv() => {
+                if link.is_down() {
+                    return Err(link.abandoned("terminated"));
+                }
+                session.close("client terminated");
+            }
+            _ = sighup.recv() => {
+                if link.is_down() {
+                    return Err(link.abandoned("hung up"));
+                }
+                session.close("client hung up");
+            }
         }
     }
 }
@@ -470,7 +522,7 @@ pub async fn push_key(
     let kind = Kind::SshKey { user, key, ttl };
     let mut session = Session::new(SID, WINDOW);
     let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
-    let mut ws = start(relay, (target, None), kind, &mut session, &mut out).await?;
+    let (mut ws, _) = start(relay, (target, None), (kind, false), &mut session, &mut out).await?;
     loop {
         let bytes = match ws.next().await {
             Some(Ok(Message::Binary(b))) => b,
