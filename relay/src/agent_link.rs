@@ -54,7 +54,8 @@ pub fn relay_hello() -> Frame<'static> {
         features: wire::features::SHELL
             | wire::features::EXEC
             | wire::features::FORWARD
-            | wire::features::SSH_KEY,
+            | wire::features::SSH_KEY
+            | wire::features::RESUME,
     })
 }
 
@@ -157,7 +158,7 @@ pub async fn serve(
     // the hub (a revocation from here on kicks it).
     if !matches!(state.store.agent_revoked(&agent.id).await, Ok(None)) {
         warn!(agent = %agent.name, %peer, "agent refused: agent '{}' was revoked", agent.name);
-        state.hub.unregister(&handle);
+        let _ = state.hub.unregister(&handle);
         return;
     }
     let online = Event::new(
@@ -170,7 +171,7 @@ pub async fn serve(
     if let Err(e) = state.audit.record(online).await {
         // Fail closed: an agent whose connection is not in the log serves nothing.
         warn!(agent = %agent.name, "{e}");
-        state.hub.unregister(&handle);
+        let _ = state.hub.unregister(&handle);
         return;
     }
     let _ = state.store.touch_agent(&agent.id).await;
@@ -229,9 +230,9 @@ pub async fn serve(
     if let Err(e) = state.audit.record(offline).await {
         warn!(agent = %agent.name, "{e}");
     }
-    state.hub.unregister(&handle);
-    // Each end on record before the client hears of it.
-    for route in handle.take_routes() {
+    // Resumable sessions wait for the agent's next connection; the others end,
+    // each end on record before the client hears of it.
+    for route in state.hub.unregister(&handle) {
         let _ = state
             .store
             .end_session(&route.session_id, "agent disconnected")
@@ -391,6 +392,9 @@ async fn route_from_agent(
         }
         Frame::Accept { sid, .. }
         | Frame::Data { sid, .. }
+        | Frame::DataAt { sid, .. }
+        | Frame::Ack { sid, .. }
+        | Frame::Resume { sid, .. }
         | Frame::Credit { sid, .. }
         | Frame::Eof { sid, .. }
         | Frame::ChannelAccept { sid, .. }

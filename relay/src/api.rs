@@ -787,6 +787,11 @@ pub struct StreamQuery {
     /// The client knows `Notice` frames (someone joined or left its session).
     #[serde(default)]
     notices: bool,
+    /// The client can resume its session (`docs/protocol.md`, section 8).
+    #[serde(default)]
+    resume: bool,
+    /// It comes back to a resumable session with its latest resume token.
+    resume_token: Option<String>,
 }
 
 async fn open_stream(
@@ -796,6 +801,9 @@ async fn open_stream(
     Query(q): Query<StreamQuery>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    if let Some(token) = q.resume_token {
+        return resume_stream(state, peer, &id, Secret::from_string(token), ws).await;
+    }
     let token = q
         .token
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "missing session token"))?;
@@ -838,7 +846,52 @@ async fn open_stream(
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
         .on_upgrade(move |socket| {
-            crate::stream::serve(socket, state, session, agent, (peer.ip(), q.notices))
+            let client = (peer.ip(), q.notices, q.resume);
+            crate::stream::serve(socket, state, session, agent, client)
+        }))
+}
+
+/// A client comes back to a resumable session with its resume token: the new stream
+/// goes to the session's task, which spends the token.
+async fn resume_stream(
+    state: AppState,
+    peer: SocketAddr,
+    id: &str,
+    token: Secret,
+    ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let ws = ws.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let (owner, to) =
+        match state.live.resume(id, &token) {
+            Ok(found) => found,
+            Err(crate::live::ResumeRefused::BadToken) => return Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "not this session's resume token (it was used, or the session is not resumable)",
+            )),
+            Err(crate::live::ResumeRefused::NotLive) => {
+                let why = match state.store.session_exit(id).await {
+                    Ok(Some(exit)) => format!("the session ended: {exit}"),
+                    _ => "the session is over".to_string(),
+                };
+                return Err(ApiError::new(StatusCode::GONE, why));
+            }
+        };
+    // Locked or revoked meanwhile: the session ends with that reason anyway.
+    let key_refused = match &owner.key_id {
+        Some(k) => state.store.key_refusal(k).await?.map(|e| e.to_string()),
+        None => None,
+    };
+    if let Some(why) = key_refused.or(state.locked(&owner.user_id, Some(&owner.agent_id)).await?) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, why));
+    }
+    let peer = peer.ip();
+    Ok(ws
+        .max_message_size(MAX_MESSAGE)
+        .max_frame_size(MAX_MESSAGE)
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        .on_upgrade(move |socket| async move {
+            let _ = to.send(crate::live::Resumed { socket, peer });
         }))
 }
 

@@ -7,6 +7,8 @@
 //! max_sessions = 1000           # the whole relay ("region")
 //! idle_timeout = "20m"          # no input or output for this long ends a session
 //! max_duration = "none"         # e.g. "8h"
+//! resume_window = "10m"         # a shell or exec session survives its client or
+//!                               # its agent being away this long; "none": not at all
 //!
 //! [agents.gw-01]                # per-agent override
 //! rate = "unlimited"
@@ -120,6 +122,7 @@ struct FileLimits {
     max_sessions: Option<usize>,
     idle_timeout: Option<String>,
     max_duration: Option<String>,
+    resume_window: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -268,6 +271,9 @@ pub struct Limits {
     pub idle_timeout: Option<Duration>,
     /// A session ends after this long, whatever it does.
     pub max_duration: Option<Duration>,
+    /// A resumable session survives a side being away this long (`None`: sessions
+    /// are not resumable).
+    pub resume_window: Option<Duration>,
     /// Per-agent rate overrides, by agent name.
     pub agent_rates: BTreeMap<String, Rate>,
     /// Per-user rate overrides, by user name (they win over the agent's).
@@ -288,6 +294,7 @@ impl Default for Limits {
             max_sessions: 1000,
             idle_timeout: Some(Duration::from_secs(20 * 60)),
             max_duration: None,
+            resume_window: Some(Duration::from_secs(10 * 60)),
             agent_rates: BTreeMap::new(),
             user_rates: BTreeMap::new(),
             connections: Connections::default(),
@@ -335,6 +342,9 @@ impl Limits {
         }
         if let Some(d) = &file.limits.max_duration {
             l.max_duration = parse_duration(d)?;
+        }
+        if let Some(d) = &file.limits.resume_window {
+            l.resume_window = parse_duration(d)?;
         }
         let (c, fc) = (&mut l.connections, &file.connections);
         if let Some(n) = fc.max_unauthenticated {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, watch};
 
 use crate::record::Watch;
+use crate::secret::Secret;
 
 /// Who a live session belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,26 @@ struct Entry {
     notices: mpsc::UnboundedSender<String>,
     /// Its recording, to be joined (a shell session being recorded).
     watch: Option<Watch>,
+    /// A resumable session's: the hash of its resume token, and where a new stream
+    /// goes.
+    resume: Option<(String, mpsc::UnboundedSender<Resumed>)>,
+}
+
+/// A client that came back to a resumable session with its token: its new stream.
+pub struct Resumed {
+    /// The WebSocket, upgraded.
+    pub socket: axum::extract::ws::WebSocket,
+    /// Where it comes from.
+    pub peer: std::net::IpAddr,
+}
+
+/// Why a resume token was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResumeRefused {
+    /// The session is not live (it ended, or never ran on this relay).
+    NotLive,
+    /// The session is not resumable, or the token is not its latest one.
+    BadToken,
 }
 
 /// The live sessions, by session id.
@@ -52,9 +73,21 @@ pub struct Registration {
     pub ended: watch::Receiver<Option<String>>,
     /// Lines for the session's user (someone joined or left).
     pub notices: mpsc::UnboundedReceiver<String>,
+    /// New streams of a resumable session ([`Registration::resumable`]).
+    pub resumed: mpsc::UnboundedReceiver<Resumed>,
+    resumed_tx: mpsc::UnboundedSender<Resumed>,
 }
 
 impl Registration {
+    /// The session can be resumed with `token` (its hash is kept); returns the token.
+    pub fn resumable(&self) -> Secret {
+        let token = Secret::generate("rt_");
+        if let Some(e) = self.live.lock().get_mut(&self.id) {
+            e.resume = Some((token.hash(), self.resumed_tx.clone()));
+        }
+        token
+    }
+
     /// The session can be joined through its recording's `watch`.
     pub fn joinable(&self, watch: Watch) {
         if let Some(e) = self.live.lock().get_mut(&self.id) {
@@ -78,11 +111,13 @@ impl Live {
     pub fn register(self: &Arc<Self>, session_id: &str, owner: Owner) -> Registration {
         let (end, ended) = watch::channel(None);
         let (tell, notices) = mpsc::unbounded_channel();
+        let (resumed_tx, resumed) = mpsc::unbounded_channel();
         let entry = Entry {
             owner,
             end,
             notices: tell,
             watch: None,
+            resume: None,
         };
         self.lock().insert(session_id.to_string(), entry);
         Registration {
@@ -90,6 +125,27 @@ impl Live {
             id: session_id.to_string(),
             ended,
             notices,
+            resumed,
+            resumed_tx,
+        }
+    }
+
+    /// A client presents `token` to resume a session: if it is the session's latest
+    /// token, the owner (to check for locks and revocations) and where the new
+    /// stream goes. The session's task spends the token when it takes the stream
+    /// ([`Registration::resumable`] makes the next one): a stream that never arrives
+    /// (a failed upgrade) costs the client nothing.
+    pub fn resume(
+        &self,
+        session_id: &str,
+        token: &Secret,
+    ) -> Result<(Owner, mpsc::UnboundedSender<Resumed>), ResumeRefused> {
+        let sessions = self.lock();
+        let e = sessions.get(session_id).ok_or(ResumeRefused::NotLive)?;
+        match &e.resume {
+            // Hashes of random tokens: comparing them tells nothing of the token.
+            Some((hash, to)) if *hash == token.hash() => Ok((e.owner.clone(), to.clone())),
+            _ => Err(ResumeRefused::BadToken),
         }
     }
 

@@ -16,7 +16,7 @@ use crate::agent_link::encode;
 use crate::api::AppState;
 use crate::audit::Event;
 use crate::hub::session::{self, human};
-use crate::hub::{AgentHandle, Route, Routed};
+use crate::hub::{AgentHandle, LinkChange, Route, Routed};
 use crate::live::Owner;
 use crate::policy::{self, Action, Circumstances, Resource};
 use crate::record::{self, KindMeta, Recorder};
@@ -124,7 +124,7 @@ pub async fn serve(
     state: AppState,
     session: SessionRow,
     agent: Arc<AgentHandle>,
-    (peer, notices): (std::net::IpAddr, bool),
+    (peer, notices, resume): (std::net::IpAddr, bool, bool),
 ) {
     let (mut sink, mut stream) = socket.split();
 
@@ -308,11 +308,19 @@ pub async fn serve(
     let limits = &state.config.limits;
     let (tx, mut rx) = mpsc::unbounded_channel::<Routed>();
     let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    // Resumable when the client and the agent can, for a shell or an exec.
+    let hold = limits.resume_window.filter(|_| {
+        resume
+            && agent.features & wire::features::RESUME != 0
+            && matches!(session.kind.as_str(), "shell" | "exec")
+    });
+    let (link, mut link_changes) = mpsc::unbounded_channel();
     let route = Route {
         client_sid,
         session_id: session.id.clone(),
         tx,
         queued: queued.clone(),
+        link: hold.map(|_| link),
     };
     let agent_sid = match agent.open_route(route, limits.max_sessions) {
         Ok(sid) => sid,
@@ -335,13 +343,13 @@ pub async fn serve(
         idle: limits.idle_timeout,
         max: limits.max_duration,
         notices,
-        resume: None,
+        resume: hold.map(|h| (h, registration.resumable().expose().to_string())),
     };
     let open = Frame::decode(&msg).expect("decoded above");
     let mut hub = match session::Session::new(config, &open, &session.run_as, now()) {
         Ok(hub) => hub,
         Err(reason) => {
-            agent.remove_route(agent_sid);
+            state.hub.forget_route(&agent, agent_sid);
             recorder.discard().await;
             let code = ErrorCode::PROTOCOL;
             refuse(&mut sink, &state, &session.id, client_sid, code, &reason).await;
@@ -354,7 +362,7 @@ pub async fn serve(
         if let Err(failed) =
             write_by(no_timers, &mut registration.ended, agent.tx.send(frame)).await
         {
-            agent.remove_route(agent_sid);
+            state.hub.forget_route(&agent, agent_sid);
             recorder.discard().await;
             let reason = match failed {
                 WriteFailed::Gone => "the agent disconnected".to_string(),
@@ -377,6 +385,9 @@ pub async fn serve(
     let closed_row = |closed: session::ChannelRecord| {
         channel_closed(&state, &user.name, &session.id, peer, closed.detail())
     };
+    // A resumable session's sides come and go (`hub::session`).
+    let mut agent = agent;
+    let (mut client_up, mut agent_up) = (true, true);
     let end = loop {
         // What the hub has to write, each write bounded by `write_by`: a peer that
         // does not read must not hold the session past its timers, nor for long.
@@ -386,10 +397,17 @@ pub async fn serve(
                 hub.abort(why, true);
                 break;
             }
-            if let Err(e) = write_by(deadline, &mut registration.ended, agent.tx.send(frame)).await
-            {
-                hub.abort(e.agent(hub.timer_reason()), true);
-                break;
+            if !agent_up {
+                continue;
+            }
+            match write_by(deadline, &mut registration.ended, agent.tx.send(frame)).await {
+                Ok(()) => {}
+                // The link is gone: a resumable session hears so from the hub.
+                Err(WriteFailed::Gone) if hub.is_resumable() => agent_up = false,
+                Err(e) => {
+                    hub.abort(e.agent(hub.timer_reason()), true);
+                    break;
+                }
             }
         }
         while let Some(out) = hub.poll_client(now()) {
@@ -404,10 +422,20 @@ pub async fn serve(
                 }
                 session::ToClient::Relay(bytes) => bytes,
             };
+            if !client_up {
+                continue;
+            }
             let send = sink.send(Message::Binary(bytes));
-            if let Err(e) = write_by(deadline, &mut registration.ended, send).await {
-                hub.abort(e.client(hub.timer_reason()), false);
-                break;
+            match write_by(deadline, &mut registration.ended, send).await {
+                Ok(()) => {}
+                Err(WriteFailed::Gone) if hub.is_resumable() => {
+                    client_up = false;
+                    hub.client_lost(now());
+                }
+                Err(e) => {
+                    hub.abort(e.client(hub.timer_reason()), false);
+                    break;
+                }
             }
         }
         while let Some(event) = hub.poll_event() {
@@ -471,9 +499,42 @@ pub async fn serve(
                 }
                 None => hub.abort("client too slow: relay buffer full".into(), true),
             },
-            msg = stream.next(), if hub.wants_client_input() => match msg {
+            Some(change) = link_changes.recv() => match change {
+                LinkChange::Lost => {
+                    agent_up = false;
+                    hub.agent_lost(now());
+                }
+                LinkChange::Back(handle) => {
+                    agent = handle;
+                    agent_up = true;
+                    hub.agent_back();
+                }
+            },
+            Some(back) = registration.resumed.recv() => {
+                // The client is back on a new stream (a second one replaces the
+                // first: the latest tab wins). Its token is spent; the next goes out.
+                if client_up {
+                    hub.client_lost(now());
+                }
+                let (new_sink, new_stream) = back.socket.split();
+                (sink, stream) = (new_sink, new_stream);
+                client_up = true;
+                let token = registration.resumable();
+                hub.client_back(token.expose());
+                info!(session = %session.id, peer = %back.peer, "client resumed the session");
+            }
+            msg = stream.next(), if client_up && hub.wants_client_input() => match msg {
                 Some(Ok(Message::Binary(b))) => hub.handle_client(b, now()),
-                Some(Ok(Message::Close(_))) | None => hub.abort("client went away".into(), false),
+                Some(Ok(Message::Close(_))) => hub.abort("client went away".into(), false),
+                None if hub.is_resumable() => {
+                    client_up = false;
+                    hub.client_lost(now());
+                }
+                None => hub.abort("client went away".into(), false),
+                Some(Err(_)) if hub.is_resumable() => {
+                    client_up = false;
+                    hub.client_lost(now());
+                }
                 Some(Err(e)) => {
                     // Oversized messages land here: say so before hanging up.
                     hub.protocol_error(format!("bad message on the session stream: {e}"));
@@ -503,10 +564,10 @@ pub async fn serve(
         // Ask the agent to stop the session; its Close frees the route. Waited for
         // (bounded) so that a busy link cannot drop it.
         let sent = tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close));
-        if sent.await.is_err() {
+        if !agent_up || !matches!(sent.await, Ok(Ok(()))) {
             // The link takes nothing: forget the route here (it would hold its places
             // until the link dies) and record the end ourselves.
-            agent.remove_route(agent_sid);
+            state.hub.forget_route(&agent, agent_sid);
             let _ = state.store.end_session(&session.id, why).await;
         }
     }

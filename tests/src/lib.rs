@@ -8,6 +8,7 @@
 //! they are looked up next to the test executable.
 
 pub mod http;
+pub mod proxy;
 pub mod pty;
 pub mod sshd;
 

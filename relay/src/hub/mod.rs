@@ -47,6 +47,18 @@ pub struct Route {
     pub tx: mpsc::UnboundedSender<Routed>,
     /// Bytes (with [`FRAME_COST`] each) in `tx` not yet taken by the stream task.
     pub queued: Arc<AtomicUsize>,
+    /// A resumable session's: told when the agent's link goes and comes back (the
+    /// route then waits in the [`Hub`] for the agent's next connection).
+    pub link: Option<mpsc::UnboundedSender<LinkChange>>,
+}
+
+/// What happened to the agent link of a resumable session's route.
+#[derive(Debug)]
+pub enum LinkChange {
+    /// The link dropped: the route waits for the agent to come back.
+    Lost,
+    /// The agent is back on this connection, the route on it with the same id.
+    Back(Arc<AgentHandle>),
 }
 
 impl Route {
@@ -353,23 +365,38 @@ impl AgentHandle {
         self.routes.lock().unwrap().remove(&sid).map(|(r, _)| r)
     }
 
-    /// Forget every route (the connection ended).
-    pub fn take_routes(&self) -> Vec<Route> {
-        self.routes
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, (r, _))| r)
-            .collect()
+    /// Take a resumable session's route from an earlier connection, with its id
+    /// and its place; its stream task hears that the agent is back on this one.
+    fn adopt(self: &Arc<Self>, sid: u32, route: Route, slot: RelaySlot) {
+        let link = route.link.clone();
+        self.routes.lock().unwrap().insert(sid, (route, slot));
+        self.next_sid
+            .fetch_max(sid.wrapping_add(1), Ordering::Relaxed);
+        if let Some(link) = link {
+            let _ = link.send(LinkChange::Back(self.clone()));
+        }
     }
 }
 
 /// The registry of online agents.
 #[derive(Debug, Default)]
 pub struct Hub {
-    agents: Mutex<HashMap<String, Arc<AgentHandle>>>,
+    agents: Mutex<Agents>,
     conn_seq: AtomicU64,
     total: Arc<AtomicUsize>,
+}
+
+/// The online agents, and what waits for each one's next connection.
+#[derive(Debug, Default)]
+struct Agents {
+    online: HashMap<String, Arc<AgentHandle>>,
+    /// Routes of resumable sessions whose agent link dropped, by agent id, with
+    /// their places on the relay.
+    held: HashMap<String, Vec<(u32, Route, RelaySlot)>>,
+    /// The next session id to use on each agent's links: ids go on from one
+    /// connection to the next, so a new session never takes the id of one the
+    /// agent still holds.
+    next_sid: HashMap<String, u32>,
 }
 
 impl Hub {
@@ -388,6 +415,8 @@ impl Hub {
         tx: mpsc::Sender<Bytes>,
     ) -> (Arc<AgentHandle>, watch::Receiver<Option<String>>) {
         let (kick, kicked) = watch::channel(None);
+        let mut agents = self.agents.lock().unwrap();
+        let first_sid = agents.next_sid.get(id).copied().unwrap_or(1);
         let handle = Arc::new(AgentHandle {
             id: id.to_string(),
             name: name.to_string(),
@@ -399,27 +428,62 @@ impl Hub {
             tx,
             kick,
             routes: Mutex::new(HashMap::new()),
-            next_sid: AtomicU32::new(1),
+            next_sid: AtomicU32::new(first_sid),
             total: self.total.clone(),
         });
-        if let Some(old) = self
-            .agents
-            .lock()
-            .unwrap()
-            .insert(id.to_string(), handle.clone())
-        {
+        if let Some(old) = agents.online.insert(id.to_string(), handle.clone()) {
             old.kick
                 .send_replace(Some("replaced by a newer connection".into()));
+        }
+        // Resumable sessions waiting for this agent go on on this connection.
+        for (sid, route, slot) in agents.held.remove(id).unwrap_or_default() {
+            handle.adopt(sid, route, slot);
         }
         (handle, kicked)
     }
 
-    /// Remove a connection, unless a newer one of the same agent replaced it.
-    pub fn unregister(&self, handle: &AgentHandle) {
+    /// Remove a connection, unless a newer one of the same agent replaced it, and
+    /// take its routes: those of sessions that are not resumable are returned (they
+    /// end); resumable ones are told the link is lost and wait for the agent's next
+    /// connection (at once, if one is already up).
+    pub fn unregister(&self, handle: &AgentHandle) -> Vec<Route> {
         let mut agents = self.agents.lock().unwrap();
-        if agents.get(&handle.id).map(|h| h.conn_id) == Some(handle.conn_id) {
-            agents.remove(&handle.id);
+        let next = handle.next_sid.load(Ordering::Relaxed);
+        let stored = agents.next_sid.entry(handle.id.clone()).or_insert(1);
+        *stored = (*stored).max(next);
+        if agents.online.get(&handle.id).map(|h| h.conn_id) == Some(handle.conn_id) {
+            agents.online.remove(&handle.id);
         }
+        let newer = agents.online.get(&handle.id).cloned();
+        let mut ending = Vec::new();
+        let drained: Vec<_> = handle.routes.lock().unwrap().drain().collect();
+        for (sid, (route, slot)) in drained {
+            let Some(link) = route.link.clone() else {
+                ending.push(route);
+                continue;
+            };
+            let _ = link.send(LinkChange::Lost);
+            match &newer {
+                Some(h) => h.adopt(sid, route, slot),
+                None => agents
+                    .held
+                    .entry(handle.id.clone())
+                    .or_default()
+                    .push((sid, route, slot)),
+            }
+        }
+        ending
+    }
+
+    /// A resumable session is over: forget its route wherever it is (on `handle`,
+    /// or waiting for the agent).
+    pub fn forget_route(&self, handle: &AgentHandle, sid: u32) {
+        let mut agents = self.agents.lock().unwrap();
+        if let Some(held) = agents.held.get_mut(&handle.id) {
+            held.retain(|(s, _, _)| *s != sid);
+        }
+        drop(agents);
+        handle.remove_route(sid);
     }
 
     /// Sessions routed through the whole relay now.
@@ -429,7 +493,7 @@ impl Hub {
 
     /// The connection of an online agent.
     pub fn get(&self, id: &str) -> Option<Arc<AgentHandle>> {
-        self.agents.lock().unwrap().get(id).cloned()
+        self.agents.lock().unwrap().online.get(id).cloned()
     }
 }
 
@@ -444,6 +508,7 @@ mod tests {
             session_id: "s".into(),
             tx,
             queued: Arc::default(),
+            link: None,
         };
         (route, rx)
     }
@@ -530,17 +595,54 @@ mod tests {
         for _ in 0..5 {
             a.open_route(route().0, 10).unwrap();
         }
-        assert_eq!(a.take_routes().len(), 5);
+        assert_eq!(hub.unregister(&a).len(), 5);
         assert_eq!(hub.total_sessions(), 0);
 
-        // A handle dropped with routes still in it (its task ended) frees them too.
+        // The places go with the routes, whoever holds the handle.
         let b = agent(&hub, "b", 20);
         for _ in 0..4 {
             b.open_route(route().0, 10).unwrap();
         }
         assert_eq!(hub.total_sessions(), 4);
-        hub.unregister(&b);
-        drop(b);
+        let ended = hub.unregister(&b);
+        assert_eq!(hub.total_sessions(), 0);
+        drop((ended, b));
+    }
+
+    #[test]
+    fn a_resumable_route_waits_for_the_agents_next_connection_and_keeps_its_id() {
+        let hub = Hub::default();
+        let a = agent(&hub, "a", 20);
+        let (mut held, _rx) = route();
+        let (link, mut changes) = mpsc::unbounded_channel();
+        held.link = Some(link);
+        let sid = a.open_route(held, 10).unwrap();
+        let plain = a.open_route(route().0, 10).unwrap();
+        assert_eq!(hub.unregister(&a).len(), 1, "the plain session ends");
+        assert!(matches!(changes.try_recv(), Ok(LinkChange::Lost)));
+        assert_eq!(hub.total_sessions(), 1, "the held one keeps its place");
+
+        let b = agent(&hub, "a", 20);
+        match changes.try_recv() {
+            Ok(LinkChange::Back(h)) => assert_eq!(h.conn_id, b.conn_id),
+            other => panic!("{other:?}"),
+        }
+        assert!(b.route(sid).is_some(), "same id on the new link");
+        // Ids go on: a new session never takes one the agent may still hold.
+        let next = b.open_route(route().0, 10).unwrap();
+        assert!(next > sid.max(plain), "{next}");
+        hub.forget_route(&b, sid);
+        assert!(b.route(sid).is_none());
+        assert_eq!(hub.total_sessions(), 1);
+
+        // Held while the agent is away, forgotten there too.
+        let (mut held, _rx) = route();
+        let (link, _changes) = mpsc::unbounded_channel();
+        held.link = Some(link);
+        let sid = b.open_route(held, 10).unwrap();
+        let _ = hub.unregister(&b);
+        assert_eq!(hub.total_sessions(), 1);
+        hub.forget_route(&b, sid);
         assert_eq!(hub.total_sessions(), 0);
     }
 }

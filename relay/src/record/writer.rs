@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use agent_core::wire::Frame;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch, Semaphore, TryAcquireError};
 use tokio::time::Instant;
@@ -131,6 +132,38 @@ pub struct Recorder {
     forward: bool,
     /// A shell session (it can be joined).
     shell: bool,
+    /// Bytes of channel 0 recorded each way (output, input): a resumable
+    /// session's `DataAt` sent again after a resume is recorded once.
+    recorded: (u64, u64),
+}
+
+/// The part of a channel-0 `Data` or `DataAt` not recorded yet, as a `Data`
+/// frame, with `at` (what was recorded of that direction) moved past it.
+fn unrecorded<'a>(f: Frame<'a>, at: &mut u64) -> Option<Frame<'a>> {
+    match f {
+        Frame::DataAt {
+            sid,
+            ch: 0,
+            stream,
+            offset,
+            data,
+        } => {
+            let skip = usize::try_from(at.saturating_sub(offset)).unwrap_or(usize::MAX);
+            let new = data.0.get(skip..).filter(|d| !d.is_empty())?;
+            *at = offset.saturating_add(data.0.len() as u64).max(*at);
+            Some(Frame::Data {
+                sid,
+                ch: 0,
+                stream,
+                data: agent_core::wire::Bytes(new),
+            })
+        }
+        Frame::Data { ch: 0, data, .. } => {
+            *at += data.0.len() as u64;
+            Some(f)
+        }
+        other => Some(other),
+    }
 }
 
 enum State {
@@ -158,6 +191,7 @@ impl Recorder {
             input: false,
             forward: false,
             shell: false,
+            recorded: (0, 0),
         }
     }
 
@@ -169,6 +203,7 @@ impl Recorder {
             input: false,
             forward: false,
             shell: false,
+            recorded: (0, 0),
         }
     }
 
@@ -208,6 +243,7 @@ impl Recorder {
             input,
             forward,
             shell,
+            recorded: (0, 0),
         }
     }
 
@@ -237,6 +273,9 @@ impl Recorder {
         let Ok(f) = agent_core::wire::Frame::decode(bytes) else {
             return Ok(());
         };
+        let Some(f) = unrecorded(f, &mut self.recorded.0) else {
+            return Ok(());
+        };
         match super::agent_event(&f, self.forward) {
             Some(e) => self.record(e).await,
             None => Ok(()),
@@ -248,7 +287,10 @@ impl Recorder {
         if !self.active() {
             return Ok(());
         }
-        match super::client_event(f, self.input, self.forward) {
+        let Some(f) = unrecorded(*f, &mut self.recorded.1) else {
+            return Ok(());
+        };
+        match super::client_event(&f, self.input, self.forward) {
             Some(e) => self.record(e).await,
             None => Ok(()),
         }

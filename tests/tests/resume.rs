@@ -1,0 +1,243 @@
+//! Resumable sessions end to end (`docs/protocol.md`, section 8): the agent's link
+//! and the client's stream cut for real (a proxy on loopback resets their TCP
+//! connections and refuses new ones for a while), the same session going on with
+//! nothing lost or repeated either way.
+
+use std::io::{Read, Write};
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tests::proxy::CutProxy;
+use tests::{start_agent, text, Env};
+
+/// A relay, and an agent that reaches it through a proxy the test can cut.
+fn env_with_agent_behind_proxy(relay_flags: &[&str]) -> (Env, CutProxy) {
+    let mut proxy = None;
+    let env = Env::start_launch(relay_flags, "gw-01", |dir, port, code| {
+        let p = CutProxy::start(port);
+        let agent = start_agent(dir, "agent", p.port, Some(code));
+        proxy = Some(p);
+        agent
+    });
+    (env, proxy.expect("the agent was started"))
+}
+
+/// Output that takes about 4 s to come, in 40 bursts: a cut lands in its middle.
+const SLOW_OUTPUT: &str =
+    "for i in $(seq 0 39); do seq $((i*10000)) $((i*10000+9999)); sleep 0.1; done";
+
+fn expected_slow_output() -> Vec<u8> {
+    Command::new("sh")
+        .args(["-c", SLOW_OUTPUT.replace("sleep 0.1", "true").as_str()])
+        .output()
+        .unwrap()
+        .stdout
+}
+
+/// Read a child's stdout on a thread, counting what came so far.
+fn collect(
+    mut out: std::process::ChildStdout,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            c.store(all.len(), Ordering::Relaxed);
+        }
+        all
+    });
+    (count, reader)
+}
+
+fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_exec_goes_on_through_cuts_of_the_agents_link_with_nothing_lost_or_repeated() {
+    let (env, proxy) = env_with_agent_behind_proxy(&[]);
+    let expected = expected_slow_output();
+    let mut child = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", SLOW_OUTPUT])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (got, reader) = collect(child.stdout.take().unwrap());
+    for (cut_at, down_for) in [(200_000, 1500), (1_200_000, 2500)] {
+        wait_for("output before the cut", 30, || {
+            got.load(Ordering::Relaxed) >= cut_at
+        });
+        let before = proxy.accepted.load(Ordering::Relaxed);
+        proxy.cut(true);
+        std::thread::sleep(Duration::from_millis(down_for));
+        proxy.restore();
+        wait_for("the agent to come back", 30, || {
+            proxy.accepted.load(Ordering::Relaxed) > before
+        });
+    }
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert_eq!(out.len(), expected.len(), "stderr: {err}");
+    assert!(out == expected, "the output differs");
+    let relay_log = std::fs::read_to_string(&env.relay.proc.log).unwrap();
+    assert!(
+        relay_log.matches("agent offline").count() >= 2,
+        "the link was not cut twice: {relay_log}"
+    );
+    eprintln!("the client printed: {err}");
+}
+
+#[test]
+fn an_exec_goes_on_through_cuts_of_the_clients_stream_and_input_arrives_once() {
+    let env = Env::start();
+    let proxy = CutProxy::start(env.relay.port);
+    let mut sesame = env.sesame();
+    sesame.env("SESAME_RELAY", format!("https://127.0.0.1:{}", proxy.port));
+    let mut child = sesame
+        .args(["exec", "gw-01", "--", "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let (got, reader) = collect(child.stdout.take().unwrap());
+    let mut sent = Vec::new();
+    let mut line = |i: usize, stdin: &mut std::process::ChildStdin| {
+        let l = format!("line {i} {}\n", "x".repeat(i % 97));
+        stdin.write_all(l.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+        sent.extend_from_slice(l.as_bytes());
+    };
+    for i in 0..100 {
+        line(i, &mut stdin);
+    }
+    wait_for("the first lines back", 30, || {
+        got.load(Ordering::Relaxed) > 0
+    });
+    for round in 0..2 {
+        let before = proxy.accepted.load(Ordering::Relaxed);
+        proxy.cut(true);
+        // Typed while the stream is down: delivered once, after the resume.
+        for i in 0..100 {
+            line(1000 * (round + 1) + i, &mut stdin);
+        }
+        std::thread::sleep(Duration::from_millis(1500));
+        proxy.restore();
+        wait_for("the client to come back", 30, || {
+            proxy.accepted.load(Ordering::Relaxed) > before
+        });
+        for i in 0..100 {
+            line(1000 * (round + 1) + 500 + i, &mut stdin);
+        }
+    }
+    drop(stdin);
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        String::from_utf8_lossy(&sent)
+    );
+    assert!(err.contains("reconnect"), "no status line: {err}");
+}
+
+/// A relay with `window` as its resume window, and an agent behind a proxy; an
+/// exec that prints `start` and then waits; the agent's link cut and kept down.
+/// Returns what the client printed and how long after the cut it ended.
+fn cut_for_good(window: &str) -> (std::process::Output, Duration) {
+    let cfg = std::env::temp_dir().join(format!(
+        "sesame-resume-{}-{window}.toml",
+        std::process::id()
+    ));
+    let toml = format!("[limits]\nrate = \"unlimited\"\nresume_window = \"{window}\"\n");
+    std::fs::write(&cfg, toml).unwrap();
+    let (env, proxy) = env_with_agent_behind_proxy(&["--config", cfg.to_str().unwrap()]);
+    let mut child = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", "echo start; sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (got, reader) = collect(child.stdout.take().unwrap());
+    wait_for("start", 30, || got.load(Ordering::Relaxed) >= 6);
+    proxy.cut(true);
+    let cut = Instant::now();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let status = child.wait().unwrap();
+    let took = cut.elapsed();
+    let stdout = reader.join().unwrap();
+    let _ = std::fs::remove_file(&cfg);
+    let out = std::process::Output {
+        status,
+        stdout,
+        stderr: err.into_bytes(),
+    };
+    (out, took)
+}
+
+#[test]
+fn a_session_whose_agent_stays_away_past_the_window_ends_saying_so() {
+    let (out, took) = cut_for_good("3s");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "start\n");
+    assert!(
+        stderr.contains("error: session ended: the agent was unreachable for 3s"),
+        "{stderr}"
+    );
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        took >= Duration::from_millis(2900),
+        "ended too soon: {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "ended too late: {took:?}");
+}
+
+#[test]
+fn without_a_resume_window_a_cut_ends_the_session_at_once_as_before() {
+    let (out, took) = cut_for_good("none");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "start\n");
+    assert!(stderr.contains("the agent disconnected"), "{stderr}");
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
