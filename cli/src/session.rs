@@ -366,6 +366,7 @@ pub async fn run(
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
+    let result: anyhow::Result<i32> = async {
     loop {
         loop {
             if let Some((data, off)) = pending.as_mut() {
@@ -471,6 +472,16 @@ pub async fn run(
             }
         }
     }
+    }
+    .await;
+    if result.is_err() && !session.is_over() && !link.is_down() {
+        // Leaving for a reason of our own (stdout closed, a bad frame): the session
+        // ends now, rather than waiting for a resume that will not come.
+        session.close("client went away");
+        let _ = link.transmit(&mut session).await;
+        link.close().await;
+    }
+    result
 }
 
 /// The relay went away in the middle of the session on `target` (`e` says how, if

@@ -869,11 +869,9 @@ async fn resume_stream(
                 "not this session's resume token (it was used, or the session is not resumable)",
             )),
             Err(crate::live::ResumeRefused::NotLive) => {
-                let why = match state.store.session_exit(id).await {
-                    Ok(Some(exit)) => format!("the session ended: {exit}"),
-                    _ => "the session is over".to_string(),
-                };
-                return Err(ApiError::new(StatusCode::GONE, why));
+                // Its end is not told to whoever asks: `sesame sessions ls` says it
+                // to those who may see it.
+                return Err(ApiError::new(StatusCode::GONE, "the session is over"));
             }
         };
     // Locked or revoked meanwhile: the session ends with that reason anyway.

@@ -28,9 +28,11 @@ struct Entry {
     notices: mpsc::UnboundedSender<String>,
     /// Its recording, to be joined (a shell session being recorded).
     watch: Option<Watch>,
-    /// A resumable session's: the hash of its resume token, and where a new stream
-    /// goes.
-    resume: Option<(String, mpsc::UnboundedSender<Resumed>)>,
+    /// A resumable session's: the hashes of its resume token and of the one before
+    /// it (good until a resume with the new one is done: a stream cut before the
+    /// client read its new token must not cost it the session), and where a new
+    /// stream goes.
+    resume: Option<(String, Option<String>, mpsc::UnboundedSender<Resumed>)>,
 }
 
 /// A client that came back to a resumable session with its token: its new stream.
@@ -83,9 +85,30 @@ impl Registration {
     pub fn resumable(&self) -> Secret {
         let token = Secret::generate("rt_");
         if let Some(e) = self.live.lock().get_mut(&self.id) {
-            e.resume = Some((token.hash(), self.resumed_tx.clone()));
+            let previous = e.resume.take().map(|(current, _, _)| current);
+            e.resume = Some((token.hash(), previous, self.resumed_tx.clone()));
         }
         token
+    }
+
+    /// A resume with the latest token is done: the one before it is no longer good.
+    pub fn confirm_token(&self) {
+        if let Some((_, previous, _)) = self
+            .live
+            .lock()
+            .get_mut(&self.id)
+            .and_then(|e| e.resume.as_mut())
+        {
+            *previous = None;
+        }
+    }
+
+    /// The session can be resumed with the token whose hash is `hash` (a session a
+    /// restarted relay takes up).
+    pub fn resumable_by(&self, hash: String) {
+        if let Some(e) = self.live.lock().get_mut(&self.id) {
+            e.resume = Some((hash, None, self.resumed_tx.clone()));
+        }
     }
 
     /// The session can be joined through its recording's `watch`.
@@ -142,9 +165,14 @@ impl Live {
     ) -> Result<(Owner, mpsc::UnboundedSender<Resumed>), ResumeRefused> {
         let sessions = self.lock();
         let e = sessions.get(session_id).ok_or(ResumeRefused::NotLive)?;
+        let presented = token.hash();
         match &e.resume {
             // Hashes of random tokens: comparing them tells nothing of the token.
-            Some((hash, to)) if *hash == token.hash() => Ok((e.owner.clone(), to.clone())),
+            Some((current, previous, to))
+                if *current == presented || previous.as_ref() == Some(&presented) =>
+            {
+                Ok((e.owner.clone(), to.clone()))
+            }
             _ => Err(ResumeRefused::BadToken),
         }
     }

@@ -95,6 +95,9 @@ impl Server {
         if ended > 0 {
             info!("{ended} session(s) left open by the previous run recorded as ended");
         }
+        // Resumable ones go on, if their agent and client come back in time.
+        let resumable = store.interrupted_resumable().await?;
+        let taken_up: Vec<String> = resumable.iter().map(|(s, _)| s.id.clone()).collect();
         prune(&store, config.limits.session_retention).await;
         let policy_dir = config
             .policy_dir
@@ -124,7 +127,7 @@ impl Server {
             .map_err(|e| Error::Invalid(e.to_string()))?;
         audit::checkpoint(&store, &audit_key).await?;
         let recordings = Arc::new(Recordings::new(&config.data_dir, &config.limits.recordings));
-        recover_recordings(&recordings, &audit).await;
+        recover_recordings(&recordings, &audit, taken_up).await;
         let (cert, key, ca_path) = match &config.cert {
             Some((c, k)) => (c.clone(), k.clone(), None),
             None => {
@@ -136,23 +139,28 @@ impl Server {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| Error::io(config.listen.to_string(), e))?;
+        let state = AppState {
+            store,
+            hub: Arc::new(Hub::default()),
+            config: Arc::new(ApiConfig {
+                token_ttl: config.token_ttl,
+                limits: config.limits.clone(),
+            }),
+            policies: Arc::new(policies),
+            live: Arc::new(Live::default()),
+            audit,
+            audit_key,
+            recordings,
+        };
+        let revived = crate::stream::revive::revive_all(&state, resumable).await;
+        if revived > 0 {
+            info!("{revived} resumable session(s) taken up again");
+        }
         Ok(Server {
             listener,
             tls,
             admission: Arc::new(Admission::new(&config.limits.connections)),
-            state: AppState {
-                store,
-                hub: Arc::new(Hub::default()),
-                config: Arc::new(ApiConfig {
-                    token_ttl: config.token_ttl,
-                    limits: config.limits.clone(),
-                }),
-                policies: Arc::new(policies),
-                live: Arc::new(Live::default()),
-                audit,
-                audit_key,
-                recordings,
-            },
+            state,
             ca_path,
         })
     }
@@ -256,14 +264,14 @@ fn prune_recordings(recordings: &Recordings, live: &Live) {
 /// At start: make the recordings directory, prune it, and compress the recordings
 /// a stopped relay left uncompressed, each with a `recording.recovered` event
 /// holding its SHA-256 (their sessions' `session.end` never had it).
-async fn recover_recordings(recordings: &Arc<Recordings>, audit: &Audit) {
+async fn recover_recordings(recordings: &Arc<Recordings>, audit: &Audit, taken_up: Vec<String>) {
     if let Err(e) = recordings.prepare() {
         warn!("recordings: {e}; sessions are refused while it lasts (recordings mode strict)");
     }
     let r = recordings.clone();
     let recovered = tokio::task::spawn_blocking(move || {
         prune_recordings(&r, &Live::default());
-        r.recover()
+        r.recover_but(&taken_up)
     })
     .await
     .unwrap_or_default();

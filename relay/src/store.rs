@@ -78,6 +78,19 @@ pub struct SessionRow {
     pub spec: SessionSpec,
 }
 
+/// What a restarted relay needs to take up a resumable session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resumable {
+    /// Its resume token's hash.
+    pub hash: String,
+    /// How long a side may be away.
+    pub hold: Duration,
+    /// Its id on the agent's link.
+    pub agent_sid: u32,
+    /// Its id on the client's stream.
+    pub client_sid: u32,
+}
+
 /// What a session was authorised for besides its kind and account; its stream's
 /// `Open` must ask for exactly this.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -191,7 +204,11 @@ const SCHEMA: &[&str] = &[
         source_ip TEXT,
         decided_by TEXT,
         bytes_in INTEGER,
-        bytes_out INTEGER
+        bytes_out INTEGER,
+        resume_hash TEXT,
+        resume_hold INTEGER,
+        agent_sid INTEGER,
+        client_sid INTEGER
     )",
     "CREATE TABLE IF NOT EXISTS api_keys (
         id TEXT PRIMARY KEY,
@@ -513,13 +530,66 @@ impl Store {
         Ok(())
     }
 
+    /// A session that started is resumable (`docs/protocol.md`, section 8): what a
+    /// restarted relay needs to take it up again. `hash`: its resume token's.
+    pub async fn set_resumable(&self, id: &str, r: &Resumable) -> Result<(), Error> {
+        sqlx::query(
+            "UPDATE sessions SET resume_hash = ?, resume_hold = ?, agent_sid = ?, client_sid = ?
+             WHERE id = ?",
+        )
+        .bind(&r.hash)
+        .bind(i64::try_from(r.hold.as_secs()).unwrap_or(i64::MAX))
+        .bind(i64::from(r.agent_sid))
+        .bind(i64::from(r.client_sid))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A resumable session's token changed (every resume spends one).
+    pub async fn set_resume_hash(&self, id: &str, hash: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE sessions SET resume_hash = ? WHERE id = ?")
+            .bind(hash)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// At start-up, before serving: the resumable sessions the previous run left
+    /// running, to take up again (their agents and clients may come back).
+    pub async fn interrupted_resumable(&self) -> Result<Vec<(SessionRow, Resumable)>, Error> {
+        let rows = sqlx::query(
+            "SELECT * FROM sessions
+             WHERE ended_at IS NULL AND token_used_at IS NOT NULL AND resume_hash IS NOT NULL",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let n =
+                    |c: &str| u32::try_from(r.get::<Option<i64>, _>(c).unwrap_or(0)).unwrap_or(0);
+                let resumable = Resumable {
+                    hash: r.get("resume_hash"),
+                    hold: Duration::from_secs(u64::from(n("resume_hold"))),
+                    agent_sid: n("agent_sid"),
+                    client_sid: n("client_sid"),
+                };
+                (session_row(r), resumable)
+            })
+            .collect())
+    }
+
     /// At start-up, before serving: every session that started (its token was used)
-    /// and has not ended was cut off when the previous run stopped; record it ended
-    /// with [`RELAY_RESTARTED`]. Returns how many.
+    /// and has not ended was cut off when the previous run stopped, unless it is
+    /// resumable ([`Store::interrupted_resumable`]); record it ended with
+    /// [`RELAY_RESTARTED`]. Returns how many.
     pub async fn end_interrupted_sessions(&self) -> Result<u64, Error> {
         let r = sqlx::query(
             "UPDATE sessions SET ended_at = ?, exit = ?
-             WHERE ended_at IS NULL AND token_used_at IS NOT NULL",
+             WHERE ended_at IS NULL AND token_used_at IS NOT NULL AND resume_hash IS NULL",
         )
         .bind(unix_now())
         .bind(RELAY_RESTARTED)

@@ -16,11 +16,14 @@ use crate::agent_link::encode;
 use crate::api::AppState;
 use crate::audit::Event;
 use crate::hub::session::{self, human};
-use crate::hub::{AgentHandle, LinkChange, Route, Routed};
+use crate::hub::{AgentHandle, Route, Routed};
 use crate::live::Owner;
 use crate::policy::{self, Action, Circumstances, Resource};
 use crate::record::{self, KindMeta, Recorder};
 use crate::store::{SessionRow, SessionSpec};
+
+pub mod revive;
+mod run;
 
 /// The client must send `Open` within this.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -261,7 +264,7 @@ pub async fn serve(
     }
     // The recording, made before the agent hears of the session: one that cannot
     // be made refuses it (strict mode).
-    let mut recorder = match recording_meta(&msg, &session, &user.name, &target.name) {
+    let recorder = match recording_meta(&msg, &session, &user.name, &target.name) {
         // (Input is asked of the policies only for a session that is recorded.)
         Some(meta) => match state
             .recordings
@@ -306,7 +309,7 @@ pub async fn serve(
 
     // 2. Reserve a slot on the agent, within its capacity and the relay's limit.
     let limits = &state.config.limits;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Routed>();
+    let (tx, rx) = mpsc::unbounded_channel::<Routed>();
     let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Resumable when the client and the agent can, for a shell or an exec.
     let hold = limits.resume_window.filter(|_| {
@@ -314,7 +317,7 @@ pub async fn serve(
             && agent.features & wire::features::RESUME != 0
             && matches!(session.kind.as_str(), "shell" | "exec")
     });
-    let (link, mut link_changes) = mpsc::unbounded_channel();
+    let (link, link_changes) = mpsc::unbounded_channel();
     let route = Route {
         client_sid,
         session_id: session.id.clone(),
@@ -335,6 +338,19 @@ pub async fn serve(
     // From here on the session's decisions are the hub's (`hub::session`); this task
     // moves bytes, awaits the policies, the recording and the audit log, and bounds
     // every write.
+    // Its resume token, and what a restarted relay needs to take it up again.
+    let token = hold.map(|_| registration.resumable());
+    if let (Some(hold), Some(t)) = (hold, &token) {
+        let resumable = crate::store::Resumable {
+            hash: t.hash(),
+            hold,
+            agent_sid,
+            client_sid,
+        };
+        if let Err(e) = state.store.set_resumable(&session.id, &resumable).await {
+            warn!(session = %session.id, "the session cannot outlive a restart of the relay: {e}");
+        }
+    }
     let config = session::Config {
         client_sid,
         agent_sid,
@@ -343,13 +359,21 @@ pub async fn serve(
         idle: limits.idle_timeout,
         max: limits.max_duration,
         notices,
-        resume: hold.map(|h| (h, registration.resumable().expose().to_string())),
+        resume: hold.map(|h| {
+            (
+                h,
+                token
+                    .as_ref()
+                    .map(|t| t.expose().to_string())
+                    .unwrap_or_default(),
+            )
+        }),
     };
     let open = Frame::decode(&msg).expect("decoded above");
     let mut hub = match session::Session::new(config, &open, &session.run_as, now()) {
         Ok(hub) => hub,
         Err(reason) => {
-            state.hub.forget_route(&agent, agent_sid);
+            state.hub.forget_route(&agent.id, agent_sid);
             recorder.discard().await;
             let code = ErrorCode::PROTOCOL;
             refuse(&mut sink, &state, &session.id, client_sid, code, &reason).await;
@@ -362,7 +386,7 @@ pub async fn serve(
         if let Err(failed) =
             write_by(no_timers, &mut registration.ended, agent.tx.send(frame)).await
         {
-            state.hub.forget_route(&agent, agent_sid);
+            state.hub.forget_route(&agent.id, agent_sid);
             recorder.discard().await;
             let reason = match failed {
                 WriteFailed::Gone => "the agent disconnected".to_string(),
@@ -380,266 +404,24 @@ pub async fn serve(
     }
 
     // 3. Route until the session ends.
-    // Their `forward.close` rows being written, all in before `session.end`.
-    let mut closing: Vec<tokio::task::JoinHandle<()>> = Vec::new();
-    let closed_row = |closed: session::ChannelRecord| {
-        channel_closed(&state, &user.name, &session.id, peer, closed.detail())
+    let running = run::Running {
+        state,
+        session,
+        user,
+        target,
+        peer,
+        client_sid,
+        agent_sid,
+        agent: Some(agent),
+        client: Some((sink, stream)),
+        hub,
+        recorder,
+        registration,
+        rx,
+        queued,
+        link_changes,
     };
-    // A resumable session's sides come and go (`hub::session`).
-    let mut agent = agent;
-    let (mut client_up, mut agent_up) = (true, true);
-    let end = loop {
-        // What the hub has to write, each write bounded by `write_by`: a peer that
-        // does not read must not hold the session past its timers, nor for long.
-        let deadline = Instant::from_std(hub.timers_at());
-        while let Some(frame) = hub.poll_agent(now()) {
-            if let Some(why) = record_client_frame(&mut recorder, &frame).await {
-                hub.abort(why, true);
-                break;
-            }
-            if !agent_up {
-                continue;
-            }
-            match write_by(deadline, &mut registration.ended, agent.tx.send(frame)).await {
-                Ok(()) => {}
-                // The link is gone: a resumable session hears so from the hub.
-                Err(WriteFailed::Gone) if hub.is_resumable() => agent_up = false,
-                Err(e) => {
-                    hub.abort(e.agent(hub.timer_reason()), true);
-                    break;
-                }
-            }
-        }
-        while let Some(out) = hub.poll_client(now()) {
-            let bytes = match out {
-                session::ToClient::Agent(routed) => {
-                    // On record before the client has it.
-                    if let Err(why) = recorder.agent_frame(&routed.bytes).await {
-                        hub.abort(why, true);
-                        break;
-                    }
-                    routed.bytes
-                }
-                session::ToClient::Relay(bytes) => bytes,
-            };
-            if !client_up {
-                continue;
-            }
-            let send = sink.send(Message::Binary(bytes));
-            match write_by(deadline, &mut registration.ended, send).await {
-                Ok(()) => {}
-                Err(WriteFailed::Gone) if hub.is_resumable() => {
-                    client_up = false;
-                    hub.client_lost(now());
-                }
-                Err(e) => {
-                    hub.abort(e.client(hub.timer_reason()), false);
-                    break;
-                }
-            }
-        }
-        while let Some(event) = hub.poll_event() {
-            match event {
-                session::Event::Decide {
-                    ch,
-                    host,
-                    port,
-                    refused,
-                } if !hub.is_over() => {
-                    // Authorised before the agent hears of the channel, for its
-                    // destination in canonical form, which is what the agent gets.
-                    let decided = match refused {
-                        Some(why) => Err(why),
-                        None => {
-                            let channel = (host.as_str(), port, ch);
-                            authorise_channel(&state, &user, &target, &session, peer, channel).await
-                        }
-                    };
-                    if let Err(reason) = &decided {
-                        let denied = record::Event::ChannelDenied {
-                            ch,
-                            host,
-                            port,
-                            reason: reason.clone(),
-                        };
-                        if let Err(why) = recorder.record(denied).await {
-                            hub.abort(why, true);
-                        }
-                    }
-                    hub.decided(decided, now());
-                }
-                session::Event::Decide { .. } => {}
-                session::Event::ChannelClosed(closed) => {
-                    closing.retain(|c| !c.is_finished());
-                    closing.push(closed_row(closed));
-                }
-            }
-        }
-        if let Some(end) = hub.poll_end() {
-            break end;
-        }
-        tokio::select! {
-            _ = tokio::time::sleep_until(Instant::from_std(hub.poll_timeout())) => {
-                hub.handle_timeout(now());
-            }
-            why = recorder.failed() => {
-                // The recording broke (strict mode): the session cannot go on.
-                hub.abort(why, true);
-            }
-            Some(line) = registration.notices.recv() => hub.notice(&line),
-            _ = registration.ended.changed() => {
-                // The agent is told first (below), then the client: a client that
-                // does not read must not delay the end of the processes.
-                hub.abort(registration.ended.borrow().clone().unwrap_or_default(), false);
-            }
-            out = rx.recv(), if hub.wants_agent_input() => match out {
-                Some(routed) => {
-                    queued.fetch_sub(routed.cost(), std::sync::atomic::Ordering::AcqRel);
-                    hub.handle_agent(routed, now());
-                }
-                None => hub.abort("client too slow: relay buffer full".into(), true),
-            },
-            Some(change) = link_changes.recv() => match change {
-                LinkChange::Lost => {
-                    agent_up = false;
-                    hub.agent_lost(now());
-                }
-                LinkChange::Back(handle) => {
-                    agent = handle;
-                    agent_up = true;
-                    hub.agent_back();
-                }
-            },
-            Some(back) = registration.resumed.recv() => {
-                // The client is back on a new stream (a second one replaces the
-                // first: the latest tab wins). Its token is spent; the next goes out.
-                if client_up {
-                    hub.client_lost(now());
-                }
-                let (new_sink, new_stream) = back.socket.split();
-                (sink, stream) = (new_sink, new_stream);
-                client_up = true;
-                let token = registration.resumable();
-                hub.client_back(token.expose());
-                info!(session = %session.id, peer = %back.peer, "client resumed the session");
-            }
-            msg = stream.next(), if client_up && hub.wants_client_input() => match msg {
-                Some(Ok(Message::Binary(b))) => hub.handle_client(b, now()),
-                Some(Ok(Message::Close(_))) => hub.abort("client went away".into(), false),
-                None if hub.is_resumable() => {
-                    client_up = false;
-                    hub.client_lost(now());
-                }
-                None => hub.abort("client went away".into(), false),
-                Some(Err(_)) if hub.is_resumable() => {
-                    client_up = false;
-                    hub.client_lost(now());
-                }
-                Some(Err(e)) => {
-                    // Oversized messages land here: say so before hanging up.
-                    hub.protocol_error(format!("bad message on the session stream: {e}"));
-                }
-                Some(Ok(_)) => {}
-            },
-        }
-    };
-    let session::End {
-        outcome,
-        last_frame,
-        tell_client,
-        tell_agent,
-    } = end;
-    if let Some(last) = &last_frame {
-        // The agent's last word (its exit) in the recording, when it came.
-        let _ = recorder.agent_frame(last).await;
-    }
-    if let Some(close) = tell_client {
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(close))).await;
-    }
-    match &outcome {
-        Ok(()) => info!(session = %session.id, "session ended"),
-        Err(why) => warn!(session = %session.id, "session stream ended: {why}"),
-    }
-    if let (Some(close), Err(why)) = (tell_agent, &outcome) {
-        // Ask the agent to stop the session; its Close frees the route. Waited for
-        // (bounded) so that a busy link cannot drop it.
-        let sent = tokio::time::timeout(Duration::from_secs(10), agent.tx.send(close));
-        if !agent_up || !matches!(sent.await, Ok(Ok(()))) {
-            // The link takes nothing: forget the route here (it would hold its places
-            // until the link dies) and record the end ourselves.
-            state.hub.forget_route(&agent, agent_sid);
-            let _ = state.store.end_session(&session.id, why).await;
-        }
-    }
-    // Channels still open end with the session.
-    let why = outcome
-        .as_ref()
-        .err()
-        .map_or("the session ended", String::as_str);
-    hub.close_channels(why, now());
-    while let Some(event) = hub.poll_event() {
-        if let session::Event::ChannelClosed(closed) = event {
-            closing.push(closed_row(closed));
-        }
-    }
-    let _ = tokio::time::timeout(AUDIT_WAIT, futures_util::future::join_all(closing)).await;
-    // On record before the client hears of the end: the bytes, and the reason when
-    // someone ended it (a terminate, a revoked key, a lock). Then no longer live.
-    let ended_by = match &outcome {
-        Err(_) => registration.ended.borrow().clone(),
-        Ok(()) => None,
-    };
-    let traffic = hub.traffic();
-    let _ = state
-        .store
-        .session_finished(&session.id, ended_by.as_deref(), traffic)
-        .await;
-    let mut exit = state.store.session_exit(&session.id).await.ok().flatten();
-    if let (None, Err(why)) = (&exit, &outcome) {
-        // Ended here (the client left, a timer fired) before the agent's answer
-        // was on record: this is why it ended (the first end recorded stands).
-        let _ = state.store.end_session(&session.id, why).await;
-        exit = Some(why.clone());
-    }
-    // The recording's last lines, compressed, and its hash into the audit chain.
-    let recording = recorder
-        .finish(outcome.as_ref().err().map(String::as_str))
-        .await;
-    let mut detail = serde_json::json!({
-        "exit": exit,
-        "ended_by": ended_by,
-        "bytes_in": traffic.bytes_in,
-        "bytes_out": traffic.bytes_out,
-    });
-    if let Some(r) = recording {
-        detail["recording"] = r;
-    }
-    let end = Event::new(user.name.clone(), "session.end", session.id.clone())
-        .from(peer)
-        .detail(detail);
-    if let Err(e) = state.audit.record(end).await {
-        warn!(session = %session.id, "{e}");
-    }
-    drop(registration);
-    if let Some(last) = last_frame {
-        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Binary(last))).await;
-    }
-    if let (Err(why), Some(_)) = (&outcome, &ended_by) {
-        // Ended by someone: now tell the client who and why.
-        close_client(&mut sink, client_sid, ErrorCode::TERMINATED, why).await;
-    }
-    // Close the WebSocket properly and read until the client closes too (bounded):
-    // dropping the connection at once would reset it, and a client still reading the
-    // session's last output would lose what it had not read yet.
-    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(Ok(m)) = stream.next().await {
-            if matches!(m, Message::Close(_)) {
-                break;
-            }
-        }
-    })
-    .await;
+    run::route(running).await;
 }
 
 /// The relay's clock for the hub: tokio's, which tests may pause.

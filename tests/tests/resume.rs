@@ -241,3 +241,94 @@ fn without_a_resume_window_a_cut_ends_the_session_at_once_as_before() {
     assert!(stderr.contains("the agent disconnected"), "{stderr}");
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
+
+/// Kill the relay with SIGKILL and start it again on the same port and data.
+fn restart_relay(env: &mut Env) {
+    env.relay.proc.kill();
+    std::thread::sleep(Duration::from_millis(500));
+    let cfg = env.dir.0.join("unlimited.toml");
+    let relay = tests::start_relay(
+        &env.data(),
+        env.relay.port,
+        &["--config", cfg.to_str().unwrap()],
+    );
+    env.relay = relay;
+}
+
+#[test]
+fn an_exec_goes_on_after_the_relay_is_killed_and_restarted() {
+    let mut env = Env::start();
+    let expected = expected_slow_output();
+    let mut child = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", SLOW_OUTPUT])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (got, reader) = collect(child.stdout.take().unwrap());
+    wait_for("output before the kill", 30, || {
+        got.load(Ordering::Relaxed) >= 300_000
+    });
+    restart_relay(&mut env);
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "stderr: {err}\nrelay: {}",
+        env.relay.proc.log()
+    );
+    assert_eq!(out.len(), expected.len(), "stderr: {err}");
+    assert!(out == expected, "the output differs");
+    assert!(
+        env.relay
+            .proc
+            .log()
+            .contains("1 resumable session(s) taken up again"),
+        "{}",
+        env.relay.proc.log()
+    );
+    // Its end is on record, with its exit.
+    let sessions = env.run(&["sessions", "ls", "--json"], b"");
+    assert!(
+        String::from_utf8_lossy(&sessions.stdout).contains("exit 0"),
+        "{}",
+        text(&sessions).0
+    );
+}
+
+#[test]
+fn a_shell_goes_on_after_the_relay_is_killed_and_what_was_typed_meanwhile_runs_once() {
+    let mut env = Env::start();
+    let (master, slave) = tests::pty::pair(100, 30);
+    let mut child = env.shell_on(&slave);
+    let flags = rustix::fs::fcntl_getfl(&master).unwrap();
+    rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK).unwrap();
+    let mut m = std::fs::File::from(master);
+    let mut seen = Vec::new();
+    let limit = Duration::from_secs(30);
+    m.write_all(b"echo $((6*7))-before\r").unwrap();
+    tests::pty::read_until(&mut m, &mut seen, "42-before", limit);
+    env.relay.proc.kill();
+    // Typed while the relay is down: it runs once, after the resume.
+    m.write_all(b"echo $((6*8))-during\r").unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    restart_relay(&mut env);
+    tests::pty::read_until(&mut m, &mut seen, "48-during", limit);
+    m.write_all(b"echo $((6*9))-after; exit 3\r").unwrap();
+    tests::pty::read_until(&mut m, &mut seen, "54-after", limit);
+    let status = child.wait().unwrap();
+    let out = String::from_utf8_lossy(&seen).into_owned();
+    assert_eq!(status.code(), Some(3), "{out}");
+    assert_eq!(out.matches("48-during").count(), 1, "{out}");
+    assert_eq!(out.matches("42-before").count(), 1, "{out}");
+}

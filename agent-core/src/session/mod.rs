@@ -1273,6 +1273,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
     /// go again (output waiting in a channel goes out with the next transmit), end
     /// the suspended sessions whose hold is over ([`Event::Terminate`]).
     pub fn handle_timeout(&mut self, now: Instant) {
+        let ready = self.is_ready();
         for place in self.slots.iter_mut() {
             let Some(slot) = place.as_mut() else {
                 continue;
@@ -1285,9 +1286,15 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 slot.rate_blocked = false;
             }
             if slot.hold_until().is_some_and(|t| t <= now) {
-                slot.detach();
-                if slot.finished_detached() {
-                    *place = None;
+                if ready {
+                    // The relay is there (it was the client that stayed away): the
+                    // session ends, and says so.
+                    slot.expire();
+                } else {
+                    slot.detach();
+                    if slot.finished_detached() {
+                        *place = None;
+                    }
                 }
             }
         }

@@ -451,6 +451,16 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         }
     }
 
+    /// Its hold ran out while its link is up (the peer stayed away): it ends like a
+    /// session the peer ended ([`super::Event::Terminate`]), its `Close` sent.
+    pub fn expire(&mut self) {
+        self.end_suspension();
+        if matches!(self.state, SlotState::Requested | SlotState::Open) && self.exit.is_none() {
+            self.state = SlotState::Terminating;
+            self.tell_terminate = true;
+        }
+    }
+
     /// Whether its place can go now (detached, and its work is over).
     pub fn finished_detached(&self) -> bool {
         self.detached && (matches!(self.state, SlotState::Rejecting(..)) || self.exit.is_some())

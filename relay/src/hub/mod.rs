@@ -369,6 +369,9 @@ impl AgentHandle {
     /// and its place; its stream task hears that the agent is back on this one.
     fn adopt(self: &Arc<Self>, sid: u32, route: Route, slot: RelaySlot) {
         let link = route.link.clone();
+        if link.as_ref().is_some_and(|l| l.is_closed()) {
+            return; // its session task has ended
+        }
         self.routes.lock().unwrap().insert(sid, (route, slot));
         self.next_sid
             .fetch_max(sid.wrapping_add(1), Ordering::Relaxed);
@@ -397,6 +400,10 @@ struct Agents {
     /// connection to the next, so a new session never takes the id of one the
     /// agent still holds.
     next_sid: HashMap<String, u32>,
+    /// Resumable sessions that ended while their agent was away: the agent is told
+    /// when it comes back, so that their processes stop then rather than at the end
+    /// of its own hold.
+    ended_away: HashMap<String, Vec<u32>>,
 }
 
 impl Hub {
@@ -416,7 +423,13 @@ impl Hub {
     ) -> (Arc<AgentHandle>, watch::Receiver<Option<String>>) {
         let (kick, kicked) = watch::channel(None);
         let mut agents = self.agents.lock().unwrap();
-        let first_sid = agents.next_sid.get(id).copied().unwrap_or(1);
+        // After every id the agent's earlier connections gave out, the one it
+        // replaces included (it may not have gone yet).
+        let replaced = agents
+            .online
+            .get(id)
+            .map_or(1, |old| old.next_sid.load(Ordering::Relaxed));
+        let first_sid = agents.next_sid.get(id).copied().unwrap_or(1).max(replaced);
         let handle = Arc::new(AgentHandle {
             id: id.to_string(),
             name: name.to_string(),
@@ -435,9 +448,18 @@ impl Hub {
             old.kick
                 .send_replace(Some("replaced by a newer connection".into()));
         }
-        // Resumable sessions waiting for this agent go on on this connection.
+        // Resumable sessions waiting for this agent go on on this connection; those
+        // that ended meanwhile are ended on it.
         for (sid, route, slot) in agents.held.remove(id).unwrap_or_default() {
             handle.adopt(sid, route, slot);
+        }
+        for sid in agents.ended_away.remove(id).unwrap_or_default() {
+            let close = Frame::Close {
+                sid,
+                exit: agent_core::wire::Exit::Aborted(agent_core::wire::ErrorCode::TERMINATED),
+                reason: "the session ended while the agent was away",
+            };
+            let _ = handle.tx.try_send(encode(&close).into());
         }
         (handle, kicked)
     }
@@ -462,6 +484,10 @@ impl Hub {
                 ending.push(route);
                 continue;
             };
+            if link.is_closed() {
+                // Its session task has ended: nothing waits for it.
+                continue;
+            }
             let _ = link.send(LinkChange::Lost);
             match &newer {
                 Some(h) => h.adopt(sid, route, slot),
@@ -475,15 +501,56 @@ impl Hub {
         ending
     }
 
-    /// A resumable session is over: forget its route wherever it is (on `handle`,
-    /// or waiting for the agent).
-    pub fn forget_route(&self, handle: &AgentHandle, sid: u32) {
+    /// A resumable session is over: forget its route wherever it is (on its agent's
+    /// connection, or waiting for the agent; then the agent is told to end it when it
+    /// comes back).
+    pub fn forget_route(&self, agent_id: &str, sid: u32) {
         let mut agents = self.agents.lock().unwrap();
-        if let Some(held) = agents.held.get_mut(&handle.id) {
+        let mut was_held = false;
+        if let Some(held) = agents.held.get_mut(agent_id) {
+            let before = held.len();
             held.retain(|(s, _, _)| *s != sid);
+            was_held = held.len() != before;
         }
+        if was_held {
+            agents
+                .ended_away
+                .entry(agent_id.to_string())
+                .or_default()
+                .push(sid);
+        }
+        let online = agents.online.get(agent_id).cloned();
         drop(agents);
-        handle.remove_route(sid);
+        if let Some(h) = online {
+            h.remove_route(sid);
+        }
+    }
+
+    /// A resumable session the previous run of the relay left running: its route
+    /// waits for its agent's next connection with its id `sid` (at once on the
+    /// current one, if the agent is online), within the relay's limit of
+    /// `relay_max` sessions.
+    pub fn park(
+        &self,
+        agent_id: &str,
+        sid: u32,
+        route: Route,
+        relay_max: usize,
+    ) -> Result<(), LimitReached> {
+        let slot = RelaySlot::reserve(&self.total, relay_max)
+            .map_err(|in_use| LimitReached::relay(in_use, relay_max))?;
+        let mut agents = self.agents.lock().unwrap();
+        let next = agents.next_sid.entry(agent_id.to_string()).or_insert(1);
+        *next = (*next).max(sid.wrapping_add(1));
+        match agents.online.get(agent_id).cloned() {
+            Some(h) => h.adopt(sid, route, slot),
+            None => agents
+                .held
+                .entry(agent_id.to_string())
+                .or_default()
+                .push((sid, route, slot)),
+        }
+        Ok(())
     }
 
     /// Sessions routed through the whole relay now.
@@ -631,7 +698,7 @@ mod tests {
         // Ids go on: a new session never takes one the agent may still hold.
         let next = b.open_route(route().0, 10).unwrap();
         assert!(next > sid.max(plain), "{next}");
-        hub.forget_route(&b, sid);
+        hub.forget_route(&b.id, sid);
         assert!(b.route(sid).is_none());
         assert_eq!(hub.total_sessions(), 1);
 
@@ -642,7 +709,7 @@ mod tests {
         let sid = b.open_route(held, 10).unwrap();
         let _ = hub.unregister(&b);
         assert_eq!(hub.total_sessions(), 1);
-        hub.forget_route(&b, sid);
+        hub.forget_route(&b.id, sid);
         assert_eq!(hub.total_sessions(), 0);
     }
 }

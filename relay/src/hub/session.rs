@@ -184,6 +184,9 @@ pub struct Session {
 /// A resumable session's sides, and whether it waits for them (section 8).
 struct Resume {
     hold: Duration,
+    /// The agent's `Accept` went to the client: only from then on does a cut wait
+    /// for a resume (before, the session ends as any other).
+    accepted: bool,
     client: Side,
     agent: Side,
     /// Since when a side is away, or the two have not exchanged their `Resume`s.
@@ -279,6 +282,7 @@ impl Session {
             own_to_client.push_back(Routed::new(to_client_frame, cfg.client_sid).bytes);
             Resume {
                 hold: *hold,
+                accepted: false,
                 client: Side::connected(),
                 agent: Side::connected(),
                 suspended: None,
@@ -289,11 +293,47 @@ impl Session {
             let sid = cfg.agent_sid;
             to_agent.push_back(Routed::new(Frame::Limit { sid, rate }, sid));
         }
+        Ok(Session::build(
+            cfg,
+            gate,
+            now,
+            (to_agent, own_to_client),
+            resume,
+        ))
+    }
+
+    /// A resumable session the previous run of the relay left running, taken up
+    /// again: both sides are away, and it goes on once both come back
+    /// ([`Session::agent_back`], [`Session::client_back`]) within its hold.
+    pub fn revived(cfg: Config, now: Instant) -> Session {
+        let hold = cfg.resume.as_ref().map(|(h, _)| *h).unwrap_or_default();
+        let away = || Side {
+            away_since: Some(now),
+            ..Side::default()
+        };
+        let resume = Resume {
+            hold,
+            accepted: true,
+            client: away(),
+            agent: away(),
+            suspended: Some(now),
+        };
+        let queues = (VecDeque::new(), VecDeque::new());
+        Session::build(cfg, CreditGate::default(), now, queues, Some(resume))
+    }
+
+    fn build(
+        cfg: Config,
+        gate: CreditGate,
+        now: Instant,
+        (to_agent, own_to_client): (VecDeque<Routed>, VecDeque<Bytes>),
+        resume: Option<Resume>,
+    ) -> Session {
         let bucket = |rate: u32| {
             let burst = TokenBucket::burst_for(rate, DEFAULT_MAX_FRAME);
             TokenBucket::new(rate, burst, agent_core::Instant(0))
         };
-        Ok(Session {
+        Session {
             pace_in: cfg.rate.map(bucket),
             pace_out: cfg.rate.map(bucket),
             cfg,
@@ -311,12 +351,19 @@ impl Session {
             over: false,
             traffic: Traffic::default(),
             resume,
-        })
+        }
     }
 
-    /// Whether the session survives its sides going away for a while.
+    /// The agent's connection bounds its frames at `max_frame` (a new connection's
+    /// `Hello`).
+    pub fn set_agent_max_frame(&mut self, max_frame: u32) {
+        self.cfg.agent_max_frame = max_frame;
+    }
+
+    /// Whether the session survives its sides going away for a while (from its
+    /// agent's `Accept` on).
     pub fn is_resumable(&self) -> bool {
-        self.resume.is_some()
+        self.resume.as_ref().is_some_and(|r| r.accepted)
     }
 
     /// Whether it waits for a side to come back or to say where it stands.
@@ -330,7 +377,7 @@ impl Session {
         if self.over {
             return;
         }
-        let Some(r) = self.resume.as_mut() else {
+        let Some(r) = self.resume.as_mut().filter(|r| r.accepted) else {
             return self.abort("the agent disconnected".into(), true);
         };
         r.agent = Side::default();
@@ -348,7 +395,7 @@ impl Session {
         if self.over {
             return;
         }
-        let Some(r) = self.resume.as_mut() else {
+        let Some(r) = self.resume.as_mut().filter(|r| r.accepted) else {
             return self.abort("client went away".into(), false);
         };
         r.client = Side::default();
@@ -363,7 +410,10 @@ impl Session {
     /// where it stands.
     pub fn agent_back(&mut self) {
         if let Some(r) = self.resume.as_mut().filter(|r| !r.agent.connected) {
+            // Its hold counts on until the resume is done.
+            let away = r.agent.away_since;
             r.agent = Side::connected();
+            r.agent.away_since = away;
             Self::ask(&mut r.agent, &mut self.own_to_agent, self.cfg.agent_sid);
         }
     }
@@ -373,7 +423,9 @@ impl Session {
     pub fn client_back(&mut self, token: &str) {
         let sid = self.cfg.client_sid;
         if let Some(r) = self.resume.as_mut().filter(|r| !r.client.connected) {
+            let away = r.client.away_since;
             r.client = Side::connected();
+            r.client.away_since = away;
             let secs = u32::try_from(r.hold.as_secs()).unwrap_or(u32::MAX);
             let resumable = Frame::Resumable {
                 sid,
@@ -594,6 +646,11 @@ impl Session {
                 // Its end waits for nobody: on record now; the client hears it
                 // when it comes back.
                 return self.finish(Ok(()), None, Some(routed.bytes));
+            }
+        }
+        if routed.bytes.first() == Some(&5) {
+            if let Some(r) = self.resume.as_mut() {
+                r.accepted = true;
             }
         }
         self.traffic.bytes_out += routed.payload as u64;

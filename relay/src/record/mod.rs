@@ -143,6 +143,70 @@ impl Recordings {
             .map_err(|e| format!("cannot create {}: {e}", self.dir.display()))
     }
 
+    /// Go on recording session `id` (a shell or exec, by `kind`), which a previous
+    /// run of the relay left running: its file is appended to, its events timed
+    /// from the start its header gives. What a side sends again after the resume is
+    /// recorded from where that side resumes: bytes the previous run recorded that
+    /// never reached the other side may appear twice. An error is the session's end
+    /// (strict mode).
+    pub async fn resume(&self, id: &str, kind: &str) -> Result<Recorder, String> {
+        let strict = match self.settings.mode {
+            RecordingMode::Off => return Ok(Recorder::off()),
+            RecordingMode::Strict => true,
+            RecordingMode::BestEffort => false,
+        };
+        let (suffix, shell) = match kind {
+            "shell" => (CAST, true),
+            "exec" => (EXEC, false),
+            _ => return Ok(Recorder::off()),
+        };
+        let path = self.dir.join(format!("{id}.{suffix}"));
+        let at = path.clone();
+        let opened = tokio::task::spawn_blocking(move || -> Result<(File, u64), String> {
+            let text =
+                std::fs::read(&at).map_err(|e| format!("cannot read {}: {e}", at.display()))?;
+            let header = text.split(|b| *b == b'\n').next().unwrap_or_default();
+            let header: serde_json::Value = serde_json::from_slice(header)
+                .map_err(|e| format!("{}: bad header: {e}", at.display()))?;
+            let started = header["timestamp"].as_u64().unwrap_or(0);
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&at)
+                .map_err(|e| format!("cannot open {}: {e}", at.display()))?;
+            if !text.ends_with(b"\n") {
+                // A line cut by the crash ends here, so the next one stands alone.
+                f.write_all(b"\n")
+                    .map_err(|e| format!("cannot write {}: {e}", at.display()))?;
+            }
+            Ok((f, started))
+        })
+        .await
+        .unwrap_or_else(|e| Err(e.to_string()));
+        let (file, started) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                let why = format!("recording unavailable: {e}");
+                return if strict {
+                    Err(why)
+                } else {
+                    Ok(Recorder::unavailable(why))
+                };
+            }
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let elapsed = std::time::Duration::from_secs(now.saturating_sub(started));
+        let enc = if shell {
+            format::Encoder::Cast(format::Cast::default())
+        } else {
+            format::Encoder::Exec(format::ExecLog::default())
+        };
+        let flags = (self.settings.input, false, shell);
+        Ok(Recorder::start_at(file, path, enc, strict, flags, elapsed))
+    }
+
     /// Start recording a session: its file made and its header written before the
     /// agent hears of the session. An error is the session's refusal (strict mode).
     ///
@@ -290,6 +354,12 @@ impl Recordings {
     /// Compress the recordings a stopped relay left uncompressed (at start, before
     /// any session runs; blocking): each session id with its outcome.
     pub fn recover(&self) -> Vec<(String, Result<Finished, String>)> {
+        self.recover_but(&[])
+    }
+
+    /// [`Recordings::recover`], leaving alone the recordings of the sessions in
+    /// `taken_up` (resumable sessions a restarted relay goes on recording).
+    pub fn recover_but(&self, taken_up: &[String]) -> Vec<(String, Result<Finished, String>)> {
         if self.settings.mode == RecordingMode::Off {
             return Vec::new();
         }
@@ -302,7 +372,7 @@ impl Recordings {
             let Some((id, rest)) = name.split_once('.') else {
                 continue;
             };
-            if SUFFIXES.contains(&rest) && valid_id(id) {
+            if SUFFIXES.contains(&rest) && valid_id(id) && !taken_up.iter().any(|t| t == id) {
                 out.push((id.to_string(), writer::compress(&e.path())));
             }
         }

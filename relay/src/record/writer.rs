@@ -215,12 +215,27 @@ impl Recorder {
         path: PathBuf,
         enc: Encoder,
         strict: bool,
+        flags: (bool, bool, bool),
+    ) -> Recorder {
+        Recorder::start_at(file, path, enc, strict, flags, Duration::ZERO)
+    }
+
+    /// [`Recorder::start`] for a recording that began `elapsed` ago (a session a
+    /// restarted relay goes on recording): event times go on from there.
+    pub fn start_at(
+        file: File,
+        path: PathBuf,
+        enc: Encoder,
+        strict: bool,
         (input, forward, shell): (bool, bool, bool),
+        elapsed: Duration,
     ) -> Recorder {
         let (tx, rx) = mpsc::unbounded_channel();
         let room = Arc::new(Semaphore::new(QUEUE_BYTES));
         let (fail, failed) = watch::channel(None);
-        let origin = Instant::now();
+        let origin = Instant::now()
+            .checked_sub(elapsed)
+            .unwrap_or_else(Instant::now);
         let writer = Writer {
             origin,
             file: Some(file),

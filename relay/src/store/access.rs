@@ -219,6 +219,10 @@ impl Store {
             ("sessions", "decided_by", "TEXT"),
             ("sessions", "bytes_in", "INTEGER"),
             ("sessions", "bytes_out", "INTEGER"),
+            ("sessions", "resume_hash", "TEXT"),
+            ("sessions", "resume_hold", "INTEGER"),
+            ("sessions", "agent_sid", "INTEGER"),
+            ("sessions", "client_sid", "INTEGER"),
             ("agents", "revoked_at", "INTEGER"),
         ] {
             if !self.has_column(table, column).await? {

@@ -1,0 +1,114 @@
+//! At start, the resumable sessions the previous run of the relay left running are
+//! taken up again (`docs/protocol.md`, section 8): each gets its session task back,
+//! with neither side connected; its agent's next connection and its client's next
+//! stream (with its resume token, whose hash the store kept) resume it within its
+//! hold, or it ends.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use agent_core::wire;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::{now, run};
+use crate::api::AppState;
+use crate::audit::Event;
+use crate::hub::{session, Route};
+use crate::live::Owner;
+use crate::store::{Resumable, SessionRow};
+
+/// Take up every resumable session the store says was running; returns how many
+/// go on (the others are recorded ended, with why).
+pub async fn revive_all(state: &AppState, sessions: Vec<(SessionRow, Resumable)>) -> usize {
+    let mut n = 0;
+    for (session, resumable) in sessions {
+        let id = session.id.clone();
+        match revive(state, session, resumable).await {
+            Ok(()) => n += 1,
+            Err(why) => {
+                warn!(session = %id, "cannot take the session up again: {why}");
+                let why = format!("relay restarted: {why}");
+                let _ = state.store.end_session(&id, &why).await;
+            }
+        }
+    }
+    n
+}
+
+async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(), String> {
+    let (user, target) = match (
+        state.store.user(&session.user_id).await,
+        state.store.agent(&session.agent_id).await,
+    ) {
+        (Ok(Some(u)), Ok(Some(a))) => (u, crate::api::target(&a)),
+        _ => return Err("the session's user or target is gone".into()),
+    };
+    let registration = state.live.register(
+        &session.id,
+        Owner {
+            user_id: session.user_id.clone(),
+            key_id: session.key_id.clone(),
+            agent_id: session.agent_id.clone(),
+        },
+    );
+    registration.resumable_by(r.hash.clone());
+    let recorder = state.recordings.resume(&session.id, &session.kind).await?;
+    if let Some(watch) = recorder.watch() {
+        registration.joinable(watch);
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (link, link_changes) = mpsc::unbounded_channel();
+    let route = Route {
+        client_sid: r.client_sid,
+        session_id: session.id.clone(),
+        tx,
+        queued: queued.clone(),
+        link: Some(link),
+    };
+    let limits = &state.config.limits;
+    state
+        .hub
+        .park(&session.agent_id, r.agent_sid, route, limits.max_sessions)
+        .map_err(|e| e.to_string())?;
+    let config = session::Config {
+        client_sid: r.client_sid,
+        agent_sid: r.agent_sid,
+        // Until the agent's next connection says.
+        agent_max_frame: wire::MIN_MAX_FRAME,
+        rate: session.rate,
+        idle: limits.idle_timeout,
+        max: limits.max_duration,
+        // A client that resumes is one that reads notices (it asked for both).
+        notices: true,
+        resume: Some((r.hold, String::new())),
+    };
+    let hub = session::Session::revived(config, now());
+    let event = Event::new(user.name.clone(), "session.revive", session.id.clone())
+        .detail(serde_json::json!({ "agent": target.name, "hold_secs": r.hold.as_secs() }));
+    if let Err(e) = state.audit.record(event).await {
+        state.hub.forget_route(&session.agent_id, r.agent_sid);
+        return Err(e.to_string());
+    }
+    info!(session = %session.id, agent = %target.name, "session taken up again: waiting for its agent and client");
+    let running = run::Running {
+        state: state.clone(),
+        session,
+        user,
+        target,
+        peer: std::net::IpAddr::from([0, 0, 0, 0]),
+        client_sid: r.client_sid,
+        agent_sid: r.agent_sid,
+        agent: None,
+        client: None,
+        hub,
+        recorder,
+        registration,
+        rx,
+        queued,
+        link_changes,
+    };
+    tokio::spawn(run::route(running));
+    Ok(())
+}
