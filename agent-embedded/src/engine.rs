@@ -1,12 +1,17 @@
-//! The sessions of one relay connection, sans I/O: agent-core's engine, the
-//! terminals of shell and exec sessions ([`crate::terminals`]) and the pool of
-//! forwarded connections ([`crate::forward`]). The link ([`crate::link`]) feeds it
-//! WebSocket messages and timeouts and sends what it transmits; host tests drive it
-//! directly.
+//! The device's sessions, sans I/O: agent-core's engine, the terminals of shell and
+//! exec sessions ([`crate::terminals`]) and the pool of forwarded connections
+//! ([`crate::forward`]). Made once, it outlives every relay connection: the link
+//! ([`crate::link`]) says when one is up ([`Engine::connected`]) and when it is gone
+//! ([`Engine::disconnected`]), feeds it WebSocket messages and timeouts and sends
+//! what it transmits; host tests drive it directly.
 //!
-//! agent-core owns every byte a session sends and decides when a session ends. What
-//! stays here is routing: events to terminals and connections, their output to the
-//! channels.
+//! agent-core owns every byte a session sends and decides when a session ends,
+//! which includes what a lost link does to it (docs/protocol.md §8): a resumable
+//! session (the relay sends `Resumable` before its `Open`) is held, its console
+//! going on and its output kept in its channel's buffer ([`RING`]) until the peer
+//! acknowledges it, so that a resume sends again what did not arrive; any other
+//! session ends at the cut. What stays here is routing: events to terminals and
+//! connections, their output to the channels.
 
 use agent_core::provision::ForwardRules;
 use agent_core::session::{Agent, AgentConfig, Event, SessionHandle, UseError};
@@ -30,7 +35,14 @@ pub const MAX_FRAME: usize = 2048;
 pub const WINDOW: usize = 512;
 /// Longest console command line.
 pub const LINE: usize = 128;
-/// Each channel's output buffer in agent-core: output waiting for credit.
+/// Each channel's output buffer in agent-core: output waiting for credit and, in a
+/// resumable session, output sent and not yet acknowledged (its replay buffer). A
+/// console writes a step only while one fits, so a resumable session sends at most
+/// this much per round trip to the client and back. 1 KiB: console output is short,
+/// the `N` × [`CHANNELS`] buffers are static RAM, and flash is the tighter budget
+/// (with 2 KiB the firmware took 8 KiB more RAM and 3 KiB more flash: the compiler
+/// fills an empty session and channel of agent-core's table from constants in
+/// flash, buffers included).
 pub const RING: usize = 1024;
 /// Channels of a session in agent-core's table: a forward session's connections
 /// (shell and exec use one). The pool ([`crate::forward::PORTS`]) caps them across
@@ -44,7 +56,8 @@ pub const ACCOUNT: &str = "console";
 /// agent-core's engine as the device sizes it.
 pub(crate) type Core<const N: usize> = Agent<N, CHANNELS, [u8; RING]>;
 
-/// One relay connection's state. `N` is the session capacity announced in `Hello`.
+/// The device's sessions and its relay connection, if one is up. `N` is the session
+/// capacity announced in `Hello`.
 pub struct Engine<'k, const N: usize = DEFAULT_SESSIONS> {
     agent: Core<N>,
     terminals: Terminals<N>,
@@ -53,19 +66,22 @@ pub struct Engine<'k, const N: usize = DEFAULT_SESSIONS> {
     agent_id: String<64>,
     failure: Option<Failure>,
     reboot: bool,
+    /// A relay connection is up: frames go out.
+    online: bool,
     /// Relay state for the `net` command, kept by the link.
     pub net: String<96>,
 }
 
 impl<'k, const N: usize> Engine<'k, N> {
-    /// A connection that has just been made; `Hello` is the first frame out. With
-    /// `forward` rules (from the provisioning image) the device announces and serves
-    /// `forward` sessions.
+    /// The device's engine, made once; it has no relay connection until
+    /// [`Engine::connected`]. With `forward` rules (from the provisioning image) the
+    /// device announces and serves `forward` sessions; it always announces resumable
+    /// sessions (`features::RESUME`).
     // Not inlined: agent-core's `Agent` is built in this frame and returned in
     // place, never in a caller's larger frame (see `link::new_engine`).
     #[inline(never)]
     pub fn new(key: &'k SigningKey, forward: Option<ForwardRules<'k>>, now: Instant) -> Self {
-        let mut kinds = features::SHELL | features::EXEC;
+        let mut kinds = features::SHELL | features::EXEC | features::RESUME;
         if forward.is_some() {
             kinds |= features::FORWARD;
         }
@@ -83,8 +99,42 @@ impl<'k, const N: usize> Engine<'k, N> {
             agent_id: String::new(),
             failure: None,
             reboot: false,
+            online: false,
             net: String::new(),
         }
+    }
+
+    /// A relay connection is up (its WebSocket open): its handshake starts now, with
+    /// its own timer, and `Hello` is the first frame out. agent-core begins the
+    /// connection again even if [`Engine::disconnected`] began one when the last
+    /// link ended: that one's handshake timer may have gone off meanwhile. Held
+    /// sessions stay held (from when they were first cut) until the relay resumes
+    /// them.
+    pub fn connected(&mut self, now: Instant, board: &mut dyn Board) {
+        self.agent.reconnect(now);
+        self.online = true;
+        self.failure = None;
+        self.agent_id.clear();
+        self.net.clear();
+        self.drain_events(board);
+    }
+
+    /// The relay connection is gone: agent-core keeps the resumable sessions, held
+    /// for their hold, and ends every other one now, not when a connection comes
+    /// back ([`Event::Terminate`]: its terminal goes, and its end goes nowhere).
+    /// Forward sessions are never held, and their connections went with the link's
+    /// ports. Nothing is transmitted until [`Engine::connected`]; meanwhile
+    /// [`Engine::pump`] and [`Engine::on_timeout`] keep the held sessions going.
+    pub fn disconnected(&mut self, now: Instant, board: &mut dyn Board) {
+        self.online = false;
+        self.agent.reconnect(now);
+        self.drain_events(board);
+        self.ports.drop_all();
+    }
+
+    /// Whether a relay connection is up.
+    pub fn is_connected(&self) -> bool {
+        self.online
     }
 
     /// The relay's name for this agent, once authenticated.
@@ -140,24 +190,34 @@ impl<'k, const N: usize> Engine<'k, N> {
         self.agent.poll_timeout()
     }
 
-    /// The next message to send to the relay, written into `out` (which holds
-    /// [`MAX_FRAME`] bytes). The terminals first write what they can into their
-    /// sessions' buffers, so call this until it returns `None`.
-    pub fn poll_transmit(
-        &mut self,
-        now: Instant,
-        out: &mut [u8],
-        board: &mut dyn Board,
-    ) -> Option<usize> {
+    /// The terminals write what fits into their sessions' buffers: with or without
+    /// a relay connection (a held session's command goes on while its output fits).
+    pub fn pump(&mut self, board: &mut dyn Board) {
         let mut view = View {
-            board,
+            board: &mut *board,
             open: 0,
             capacity: N,
             net: &self.net,
             reboot: &mut self.reboot,
         };
         if let Err(e) = self.terminals.pump(&mut self.agent, &mut view) {
-            self.failure.get_or_insert(Failure::Internal(e));
+            self.fail(Failure::Internal(e), board);
+        }
+    }
+
+    /// The next message to send to the relay, written into `out` (which holds
+    /// [`MAX_FRAME`] bytes); never one without a connection. The terminals first
+    /// write what they can into their sessions' buffers ([`Engine::pump`]), so call
+    /// this until it returns `None`.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        board: &mut dyn Board,
+    ) -> Option<usize> {
+        self.pump(board);
+        if !self.online {
+            return None;
         }
         match self.agent.poll_transmit(now, out) {
             Ok(len) => len,
@@ -176,9 +236,18 @@ impl<'k, const N: usize> Engine<'k, N> {
 
     fn on_event(&mut self, ev: Event<'_>, board: &mut dyn Board) {
         if let Err(e) = self.handle(ev, board) {
-            // A misused core call is a bug of this driver: the connection ends and
-            // the link logs why (a clean reconnect beats a session in an unknown state).
-            self.failure.get_or_insert(Failure::Internal(e));
+            self.fail(Failure::Internal(e), board);
+        }
+    }
+
+    /// A misused core call is a bug of this driver: the connection ends and the link
+    /// logs why (a clean reconnect beats a connection in an unknown state). Without
+    /// a connection there is none to end: it is logged now.
+    fn fail(&mut self, failure: Failure, board: &mut dyn Board) {
+        if self.online {
+            self.failure.get_or_insert(failure);
+        } else {
+            board.log(format_args!("sessions: {failure}"));
         }
     }
 
@@ -251,8 +320,12 @@ impl<'k, const N: usize> Engine<'k, N> {
                 return self.agent.close_channel(channel, "");
             }
             Event::Resize { .. } => {}
+            // Without a connection, only the handshake timer of the one that ended
+            // goes off: there is nothing to lose.
             ev @ (Event::PeerError { .. } | Event::ConnectionLost) => {
-                self.failure = Failure::of(&ev)
+                if self.online {
+                    self.failure = Failure::of(&ev);
+                }
             }
         }
         Ok(())

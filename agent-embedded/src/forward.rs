@@ -147,6 +147,12 @@ impl<'r> Ports<'r> {
         }
     }
 
+    /// The relay connection is gone, and the link's ports with their sockets: every
+    /// port is free (forward sessions are never held, so theirs all ended).
+    pub fn drop_all(&mut self) {
+        self.ports = [const { None }; PORTS];
+    }
+
     /// The session ended: every connection of it is dropped.
     pub fn end_session(&mut self, session: SessionHandle) {
         for p in self.ports.iter_mut().flatten() {

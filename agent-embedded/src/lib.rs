@@ -19,6 +19,13 @@
 //!   with `max_frame` [`engine::MAX_FRAME`], which the relay keeps to. agent-core
 //!   holds each channel's output ([`engine::RING`] bytes) and decides when it ends;
 //!   a console writes into it a step at a time, so long output streams.
+//! - Sessions outlive a relay connection when the relay makes them resumable
+//!   (docs/protocol.md §8; `Hello` announces `features::RESUME`): the engine is made
+//!   once, and a held shell or exec goes on while the link is down (its output waits
+//!   in its channel's buffer until the client acknowledges it, and is sent again
+//!   from where the client stands once the relay resumes it on the next connection)
+//!   until its hold passes. Every other session, forward sessions included, ends when
+//!   the link drops.
 //! - `shell` runs [`console::Console`]: a line editor with built-in commands
 //!   (`help`, `uptime`, `mem`, `net`, `sessions`, `echo`, `reboot`) and the
 //!   board's own ([`console::Board`]); `exec` runs one line and returns its output
@@ -50,5 +57,7 @@ pub mod link;
 pub mod tcp;
 mod terminals;
 
+#[cfg(test)]
+mod resume_tests;
 #[cfg(test)]
 mod rig;

@@ -2,10 +2,20 @@
 //! (embedded-tls), the WebSocket to `/v1/agent` (embedded-websocket), the
 //! [`Engine`] behind them and the forwarded connections beside them
 //! ([`crate::tcp`]); reconnects with backoff for ever.
+//!
+//! The engine is made once and outlives every connection: when one ends it is told
+//! at once ([`Engine::disconnected`]: the sessions it cannot hold end then), and
+//! again when the next WebSocket is up ([`Engine::connected`]: its `Hello` goes
+//! first, with a fresh handshake timer). In between (the backoff, DNS, TCP, TLS
+//! and the upgrade) `offline` keeps the held sessions going: their consoles write
+//! into their buffers while they have room, and a hold that ends ends its session.
+//! Nothing is transmitted without a connection.
 
 use core::cell::RefCell;
 use core::fmt::{self, Write as _};
+use core::future::Future;
 use core::net::Ipv4Addr;
+use core::pin::{pin, Pin};
 
 use agent_core::backoff::Backoff;
 use agent_core::provision::Provision;
@@ -146,22 +156,18 @@ pub async fn run<B: Board, R: RngCore + CryptoRng>(
         )),
         None => board.log(format_args!("forward: off (no rules in the image)")),
     }
+    let engine = new_engine::<DEFAULT_SESSIONS>(&key, prov.forward);
     loop {
         if !stack.is_config_up() {
             board.log(format_args!("net: waiting for an address"));
-            stack.wait_config_up().await;
+            offline(&engine, board, pin!(stack.wait_config_up())).await;
         }
         let mut authenticated = false;
-        let end = connect_and_serve::<_, _, DEFAULT_SESSIONS>(
-            stack,
-            prov,
-            &key,
-            board,
-            rng,
-            bufs,
-            &mut authenticated,
-        )
-        .await;
+        let end =
+            connect_and_serve(stack, prov, &engine, board, rng, bufs, &mut authenticated).await;
+        // At once, not when the next connection comes: the sessions that cannot be
+        // held stop now (docs/protocol.md §8, "Holding").
+        engine.borrow_mut().disconnected(now_ms(), board);
         if matches!(end, LinkError::Reboot) {
             board.log(format_args!("relay: rebooting on request"));
             board.request_reboot();
@@ -170,11 +176,67 @@ pub async fn run<B: Board, R: RngCore + CryptoRng>(
             backoff.reset();
         }
         let wait = backoff.next(rng.next_u32());
+        let held = engine.borrow().open_sessions();
         board.log(format_args!(
-            "relay: {end}; retrying in {} ms",
-            wait.as_millis()
+            "relay: {end}; retrying in {} ms{}",
+            wait.as_millis(),
+            Held(held)
         ));
-        Timer::after(Duration::from_millis(wait.as_millis())).await;
+        let backoff_wait = Timer::after(Duration::from_millis(wait.as_millis()));
+        offline(&engine, board, pin!(backoff_wait)).await;
+    }
+}
+
+/// " (N sessions held)" after the reconnect line, when there are any.
+struct Held(usize);
+
+impl fmt::Display for Held {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => Ok(()),
+            1 => f.write_str(" (1 session held)"),
+            n => write!(f, " ({n} sessions held)"),
+        }
+    }
+}
+
+/// Run `until` while there is no relay connection, and keep the sessions going
+/// meanwhile: the consoles of held sessions write into their buffers while those
+/// have room, and the engine's timer runs (a hold that ends ends its session).
+/// Nothing is transmitted. `until` is pinned where it is made: a future passed by
+/// value would be kept twice in this one's state (the TLS handshake's is 6 KiB,
+/// static RAM).
+async fn offline<F: Future, const N: usize>(
+    engine: &RefCell<Engine<'_, N>>,
+    board: &mut dyn Board,
+    until: Pin<&mut F>,
+) -> F::Output {
+    match select(until, drive_offline(engine, board)).await {
+        Either::First(out) => out,
+        Either::Second(never) => match never {},
+    }
+}
+
+async fn drive_offline<const N: usize>(
+    engine: &RefCell<Engine<'_, N>>,
+    board: &mut dyn Board,
+) -> ! {
+    loop {
+        let deadline = {
+            let mut engine = engine.borrow_mut();
+            engine.pump(board);
+            engine.poll_timeout()
+        };
+        timer(deadline).await;
+        engine.borrow_mut().on_timeout(now_ms(), board);
+    }
+}
+
+/// A timer for the engine's next deadline (an hour without one).
+fn timer(deadline: Option<agent_core::Instant>) -> Timer {
+    match deadline {
+        Some(at) => Timer::at(Instant::from_millis(at.0)),
+        None => Timer::after(Duration::from_secs(3600)),
     }
 }
 
@@ -273,10 +335,12 @@ fn now_ms() -> agent_core::Instant {
     agent_core::Instant(Instant::now().as_millis())
 }
 
+/// One relay connection, from DNS to its end: the engine's sessions are served on
+/// it once its WebSocket is up, and kept going ([`offline`]) until then.
 async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
     stack: Stack<'_>,
     prov: &Provision<'_>,
-    key: &ed25519_dalek::SigningKey,
+    engine: &RefCell<Engine<'_, N>>,
     board: &mut B,
     rng: &mut R,
     bufs: &mut Buffers,
@@ -293,7 +357,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         ws_tx,
         ports,
     } = bufs;
-    let ip = match resolve(stack, prov.relay_host).await {
+    let ip = match offline(engine, board, pin!(resolve(stack, prov.relay_host))).await {
         Ok(ip) => ip,
         Err(e) => return e,
     };
@@ -303,11 +367,11 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
     // a session's `Close` waited behind its output for the relay's delayed ACK, and
     // `sesame exec dev-1 -- uptime` took 115 ms instead of a few.
     socket.set_nagle_enabled(false);
-    let connected = with_timeout(
+    let connect = with_timeout(
         Duration::from_secs(10),
         socket.connect((ip, prov.relay_port)),
-    )
-    .await;
+    );
+    let connected = offline(engine, board, pin!(connect)).await;
     if !matches!(connected, Ok(Ok(()))) {
         return LinkError::Connect;
     }
@@ -323,12 +387,11 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         rng: &mut *rng,
         verifier: CertVerifier::new(Certificate::X509(prov.ca_der.0)),
     };
-    match with_timeout(
+    let open = with_timeout(
         Duration::from_secs(20),
         tls.open(TlsContext::new(&config, provider)),
-    )
-    .await
-    {
+    );
+    match offline(engine, board, pin!(open)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return LinkError::Tls(e),
         Err(_) => return LinkError::Tls(TlsError::Io(embedded_io_async::ErrorKind::TimedOut)),
@@ -350,7 +413,8 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
     let Ok((len, ws_key)) = ws.client_connect(&options, &mut request) else {
         return LinkError::WebSocket("cannot build the upgrade request");
     };
-    if let Err(e) = write_flush(&mut writer, &request[..len]).await {
+    let upgrade = write_flush(&mut writer, &request[..len]);
+    if let Err(e) = offline(engine, board, pin!(upgrade)).await {
         return e;
     }
     let mut fill = 0;
@@ -358,7 +422,8 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         if fill == ws_rx.len() {
             return LinkError::WebSocket("upgrade response too long");
         }
-        match with_timeout(Duration::from_secs(20), reader.read(&mut ws_rx[fill..])).await {
+        let read = with_timeout(Duration::from_secs(20), reader.read(&mut ws_rx[fill..]));
+        match offline(engine, board, pin!(read)).await {
             Ok(Ok(0)) => return LinkError::Closed,
             Ok(Ok(n)) => fill += n,
             Ok(Err(e)) => return LinkError::Tls(e),
@@ -383,15 +448,17 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         pong: Option<heapless::Vec<u8, 125>>,
         closing: bool,
     }
-    let engine = new_engine::<N>(key, prov.forward);
-    if let Some(cfg) = stack.config_v4() {
-        let _ = write!(
-            engine.borrow_mut().net,
-            "ip {}, relay {}:{}",
-            cfg.address,
-            prov.relay_host,
-            prov.relay_port
-        );
+    // The WebSocket is up: the engine's connection starts on it, `Hello` first.
+    {
+        let mut engine = engine.borrow_mut();
+        engine.connected(now_ms(), board);
+        if let Some(cfg) = stack.config_v4() {
+            let _ = write!(
+                engine.net,
+                "ip {}, relay {}:{}",
+                cfg.address, prov.relay_host, prov.relay_port
+            );
+        }
     }
     let shared = RefCell::new(Shared {
         board,
@@ -539,11 +606,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
                 Timer::after(Duration::from_millis(200)).await;
                 return LinkError::Reboot;
             }
-            let timer = match deadline {
-                Some(at) => Timer::at(Instant::from_millis(at.0)),
-                None => Timer::after(Duration::from_secs(3600)),
-            };
-            if let Either::Second(()) = select(wake.wait(), timer).await {
+            if let Either::Second(()) = select(wake.wait(), timer(deadline)).await {
                 let mut st = shared.borrow_mut();
                 engine.borrow_mut().on_timeout(now_ms(), &mut *st.board);
                 wakers.news.wake();
@@ -554,7 +617,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
     let mut i = 0;
     let ports = join_array(ports.each_mut().map(|bufs| {
         i += 1;
-        crate::tcp::serve(i - 1, stack, bufs, &engine, &wakers)
+        crate::tcp::serve(i - 1, stack, bufs, engine, &wakers)
     }));
     match select3(receive, send, ports).await {
         Either3::First(e) | Either3::Second(e) => e,
@@ -563,10 +626,10 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
 }
 
 /// The engine in its cell, made by a function of its own so that it is built in its
-/// place in the connection's future. Built here (with `RefCell::new(Engine::new(..))`)
-/// it took its ~17 KiB twice in the future, which is static RAM, and once more in
-/// the future's stack frame, which every path through the connection (the TLS
-/// handshake's deepest) pays.
+/// place in [`run`]'s future, where it outlives every connection. Built inline
+/// (with `RefCell::new(Engine::new(..))`) it took its ~17 KiB twice in the future,
+/// which is static RAM, and once more in the future's stack frame, which every path
+/// through the connection (the TLS handshake's deepest) pays.
 #[inline(never)]
 fn new_engine<'k, const N: usize>(
     key: &'k ed25519_dalek::SigningKey,

@@ -21,6 +21,8 @@ use crate::engine::{Engine, ACCOUNT, MAX_FRAME};
 pub(crate) struct TestBoard {
     pub log: V<S>,
     pub reboots: usize,
+    /// Parts of `count` commands run, in all.
+    pub parts: usize,
 }
 
 impl Board for TestBoard {
@@ -45,6 +47,7 @@ impl Board for TestBoard {
     /// `count N`: N numbered lines, 40 to a part (440 bytes).
     fn command(&mut self, argv: &[&str], part: usize, out: &mut dyn Write) -> Option<Step> {
         (argv[0] == "count").then(|| {
+            self.parts += 1;
             let n: usize = argv.get(1).and_then(|a| a.parse().ok()).unwrap_or(0);
             for i in part * 40..((part + 1) * 40).min(n) {
                 let _ = writeln!(out, "line {i:04}");
@@ -91,37 +94,53 @@ impl Rig {
 
     /// Connected and authenticated, provisioned with forwarding `rules`.
     pub fn ready_with(rules: Option<ForwardRules<'static>>) -> Rig {
-        let key = Self::key();
         let now = Instant(1000);
         let mut rig = Rig {
-            engine: Engine::new(key, rules, now),
+            engine: Engine::new(Self::key(), rules, now),
             board: TestBoard::default(),
             now,
         };
-        let hello = rig.drain();
+        assert!(
+            rig.drain().is_empty(),
+            "nothing goes out before a connection"
+        );
+        rig.connect();
+        rig
+    }
+
+    /// The link drops: the engine hears of it at once.
+    pub fn cut(&mut self) {
+        self.engine.disconnected(self.now, &mut self.board);
+        assert!(!self.engine.is_connected());
+    }
+
+    /// A new link is up: the handshake runs on it, as on the first one.
+    pub fn connect(&mut self) {
+        let key = Self::key();
+        let forward = self.engine.forwarding().ports.enabled();
+        self.engine.connected(self.now, &mut self.board);
+        let hello = self.drain();
         match Frame::decode(&hello[0].1).unwrap() {
             Frame::Hello(h) => {
                 assert_eq!((h.max_sessions, h.max_frame), (4, MAX_FRAME as u32));
-                let forward = if rules.is_some() {
-                    features::FORWARD
-                } else {
-                    0
-                };
-                assert_eq!(h.features, features::SHELL | features::EXEC | forward);
+                let forward = if forward { features::FORWARD } else { 0 };
+                let want = features::SHELL | features::EXEC | features::RESUME | forward;
+                assert_eq!(h.features, want);
             }
             f => panic!("expected Hello, got {f:?}"),
         }
-        rig.feed(Frame::Hello(Hello {
+        assert_eq!(hello.len(), 1, "Hello alone before the relay's: {hello:?}");
+        self.feed(Frame::Hello(Hello {
             version: agent_core::PROTOCOL_VERSION,
             max_frame: 32 * 1024,
             max_sessions: 0,
             features: 0,
         }));
         let nonce = [9u8; 32];
-        rig.feed(Frame::Challenge {
+        self.feed(Frame::Challenge {
             nonce: Bytes(&nonce),
         });
-        let auth = rig.drain();
+        let auth = self.drain();
         match Frame::decode(&auth[0].1).unwrap() {
             Frame::Auth(a) => {
                 let mut buf = [0u8; 64];
@@ -135,9 +154,8 @@ impl Rig {
             }
             f => panic!("expected Auth, got {f:?}"),
         }
-        rig.feed(Frame::AuthOk { agent_id: "dev-1" });
-        assert_eq!(rig.engine.agent_id(), Some("dev-1"));
-        rig
+        self.feed(Frame::AuthOk { agent_id: "dev-1" });
+        assert_eq!(self.engine.agent_id(), Some("dev-1"));
     }
 
     pub fn feed(&mut self, f: Frame) {
