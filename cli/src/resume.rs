@@ -28,6 +28,13 @@ use crate::terminal;
 const MAX_WAIT: Duration = Duration::from_secs(5);
 /// The longest one attempt may take: connecting (15 s at most), TLS and the upgrade.
 const ATTEMPT: Duration = Duration::from_secs(20);
+/// A WebSocket ping goes after this long without hearing from the relay; the
+/// relay answers each one.
+const PING_AFTER: Duration = Duration::from_secs(15);
+/// A stream that brought nothing (not even a pong) for this long is dead: a
+/// silent cut (a laptop that slept, a network that changed) is found in this time,
+/// not in TCP's many minutes.
+const DEAD_AFTER: Duration = Duration::from_secs(45);
 
 /// A resume token: a secret, kept out of `Debug` output.
 struct Token(String);
@@ -71,6 +78,8 @@ pub struct Link<'r> {
     outage: Option<Outage<'r>>,
     backoff: Backoff,
     status: StatusLine,
+    /// When the relay was last heard from on the current stream.
+    heard: Instant,
 }
 
 impl<'r> Link<'r> {
@@ -88,6 +97,7 @@ impl<'r> Link<'r> {
             outage: None,
             backoff: Backoff::new(),
             status: StatusLine::new(Mode::Log),
+            heard: Instant::now(),
         }
     }
 
@@ -164,13 +174,39 @@ impl<'r> Link<'r> {
                     .reattach()
                     .map_err(|e| anyhow!("cannot resume the session on {}: {e}", self.target))?;
                 self.ws = Some(ws);
+                self.heard = Instant::now();
                 continue;
             };
-            let cut = match ws.next().await {
-                Some(Ok(Message::Binary(b))) => return Ok(b),
+            let quiet = self.heard.elapsed();
+            let next = if quiet < PING_AFTER {
+                self.heard + PING_AFTER
+            } else {
+                Instant::now() + Duration::from_secs(5).min(DEAD_AFTER.saturating_sub(quiet))
+            };
+            let msg = tokio::select! {
+                m = ws.next() => m,
+                _ = tokio::time::sleep_until(next) => {
+                    if self.heard.elapsed() >= DEAD_AFTER {
+                        let dead = std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer");
+                        self.cut(Some(&WsError::Io(dead)), session)?;
+                    } else {
+                        // A lost ping is found the same way: nothing comes back.
+                        let _ = futures_util::SinkExt::send(ws, Message::Ping(Bytes::new())).await;
+                    }
+                    continue;
+                }
+            };
+            let cut = match msg {
+                Some(Ok(Message::Binary(b))) => {
+                    self.heard = Instant::now();
+                    return Ok(b);
+                }
                 Some(Ok(Message::Close(_))) | None => None,
                 Some(Err(e)) => Some(e),
-                Some(Ok(_)) => continue,
+                Some(Ok(_)) => {
+                    self.heard = Instant::now();
+                    continue;
+                }
             };
             self.cut(cut.as_ref(), session)?;
         }
