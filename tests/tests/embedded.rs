@@ -310,3 +310,66 @@ fn wait_for_log(device: &Proc, needle: &str, secs: u64) -> String {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn device_session_survives_its_link_going_down_for_10_s() {
+    // The device reaches the relay through a proxy that resets its connection and
+    // refuses new ones for 10 s (`docs/protocol.md`, section 8).
+    let mut proxy = None;
+    let env = Env::start_launch(&[], "dev-1", |dir, port, code| {
+        let p = tests::proxy::CutProxy::start(port);
+        let device = boot_device(dir, p.port, code, &dir.join("relay/tls/ca.pem"));
+        proxy = Some(p);
+        device
+    });
+    let proxy = proxy.expect("the device was booted");
+    let mut shell = open_shell(&env);
+    let mut stdin = shell.stdin.take().unwrap();
+    let mut stdout = shell.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = String::new();
+    let mut wait_for = |needle: &str, secs: u64| {
+        let end = Instant::now() + Duration::from_secs(secs);
+        while !seen.contains(needle) {
+            let left = end.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "never saw {needle:?} in {seen:?}");
+            if let Ok(b) = rx.recv_timeout(left.min(Duration::from_millis(200))) {
+                seen.push_str(&String::from_utf8_lossy(&b));
+            }
+        }
+        seen.clone()
+    };
+    stdin.write_all(b"echo before  cut\r").unwrap();
+    wait_for("before cut\r\n", 30);
+    let accepted = proxy.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    proxy.cut(true);
+    // Typed while the device is unreachable: it runs once, after the resume.
+    stdin.write_all(b"echo during  cut\r").unwrap();
+    std::thread::sleep(Duration::from_secs(10));
+    proxy.restore();
+    wait_for("during cut\r\n", 90);
+    assert!(
+        proxy.accepted.load(std::sync::atomic::Ordering::Relaxed) > accepted,
+        "the device never reconnected"
+    );
+    stdin.write_all(b"echo after  cut\rexit\r").unwrap();
+    drop(stdin);
+    let out = wait_for("after cut\r\n", 30);
+    let status = shell.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+    assert_eq!(out.matches("before cut\r\n").count(), 1, "{out}");
+    assert_eq!(out.matches("during cut\r\n").count(), 1, "{out}");
+    assert!(
+        env.agent.log().contains("held"),
+        "the device did not say it held the session: {}",
+        env.agent.log()
+    );
+}

@@ -44,6 +44,7 @@ use axum::body::Bytes;
 
 use super::{CreditGate, Routed, MAX_WINDOW};
 use crate::store::Traffic;
+use resume::{Resume, Side};
 
 /// What the relay knows of a session when its stream starts.
 #[derive(Debug, Clone)]
@@ -181,57 +182,6 @@ pub struct Session {
     resume: Option<Resume>,
 }
 
-/// A resumable session's sides, and whether it waits for them (section 8).
-struct Resume {
-    hold: Duration,
-    /// The agent's `Accept` went to the client: only from then on does a cut wait
-    /// for a resume (before, the session ends as any other).
-    accepted: bool,
-    client: Side,
-    agent: Side,
-    /// Since when a side is away, or the two have not exchanged their `Resume`s.
-    suspended: Option<Instant>,
-}
-
-/// One side of a resume.
-#[derive(Default)]
-struct Side {
-    /// Its connection is up.
-    connected: bool,
-    /// `Suspend`s sent to it, not answered yet.
-    asked: u32,
-    /// Its `Resume`, answering the latest `Suspend`.
-    answer: Option<(u64, u64, bool)>,
-    /// Since when it is away.
-    away_since: Option<Instant>,
-}
-
-impl Side {
-    fn connected() -> Side {
-        Side {
-            connected: true,
-            ..Side::default()
-        }
-    }
-
-    /// What it says while asked where it stands: its `Resume` answers.
-    fn take_answer(&mut self, f: &Frame) {
-        if let Frame::Resume {
-            ch: 0,
-            offset,
-            limit,
-            eof,
-            ..
-        } = *f
-        {
-            self.asked -= 1;
-            if self.asked == 0 {
-                self.answer = Some((offset, limit, eof));
-            }
-        }
-    }
-}
-
 impl Session {
     /// A session whose client sent `open` (checked against what was authorised by
     /// the caller), to run as `account`: the agent's `Open`, with the window clamped
@@ -358,129 +308,6 @@ impl Session {
     /// `Hello`).
     pub fn set_agent_max_frame(&mut self, max_frame: u32) {
         self.cfg.agent_max_frame = max_frame;
-    }
-
-    /// Whether the session survives its sides going away for a while (from its
-    /// agent's `Accept` on).
-    pub fn is_resumable(&self) -> bool {
-        self.resume.as_ref().is_some_and(|r| r.accepted)
-    }
-
-    /// Whether it waits for a side to come back or to say where it stands.
-    pub fn is_suspended(&self) -> bool {
-        self.resume.as_ref().is_some_and(|r| r.suspended.is_some())
-    }
-
-    /// The agent's link dropped. A resumable session waits for it (its client is
-    /// asked where it stands); any other ends.
-    pub fn agent_lost(&mut self, now: Instant) {
-        if self.over {
-            return;
-        }
-        let Some(r) = self.resume.as_mut().filter(|r| r.accepted) else {
-            return self.abort("the agent disconnected".into(), true);
-        };
-        r.agent = Side::default();
-        r.agent.away_since = Some(now);
-        r.suspended.get_or_insert(now);
-        // What waited for the old link is sent again by the client after the resume.
-        self.to_agent.clear();
-        self.own_to_agent.clear();
-        Self::ask(&mut r.client, &mut self.own_to_client, self.cfg.client_sid);
-    }
-
-    /// The client's stream dropped: the agent is asked where it stands, and the
-    /// session waits for the client to come back with its token.
-    pub fn client_lost(&mut self, now: Instant) {
-        if self.over {
-            return;
-        }
-        let Some(r) = self.resume.as_mut().filter(|r| r.accepted) else {
-            return self.abort("client went away".into(), false);
-        };
-        r.client = Side::default();
-        r.client.away_since = Some(now);
-        r.suspended.get_or_insert(now);
-        self.to_client.clear();
-        self.own_to_client.clear();
-        Self::ask(&mut r.agent, &mut self.own_to_agent, self.cfg.agent_sid);
-    }
-
-    /// The agent is back on a new link (the route is on it again): it is asked
-    /// where it stands.
-    pub fn agent_back(&mut self) {
-        if let Some(r) = self.resume.as_mut().filter(|r| !r.agent.connected) {
-            // Its hold counts on until the resume is done.
-            let away = r.agent.away_since;
-            r.agent = Side::connected();
-            r.agent.away_since = away;
-            Self::ask(&mut r.agent, &mut self.own_to_agent, self.cfg.agent_sid);
-        }
-    }
-
-    /// The client is back on a new stream, with the session's token: it is asked
-    /// where it stands. `token` is the new one it is given (the old one is spent).
-    pub fn client_back(&mut self, token: &str) {
-        let sid = self.cfg.client_sid;
-        if let Some(r) = self.resume.as_mut().filter(|r| !r.client.connected) {
-            let away = r.client.away_since;
-            r.client = Side::connected();
-            r.client.away_since = away;
-            let secs = u32::try_from(r.hold.as_secs()).unwrap_or(u32::MAX);
-            let resumable = Frame::Resumable {
-                sid,
-                hold: secs,
-                token,
-            };
-            self.own_to_client
-                .push_back(Routed::new(resumable, sid).bytes);
-            Self::ask(&mut r.client, &mut self.own_to_client, sid);
-        }
-    }
-
-    /// A `Suspend` to a side that is connected.
-    fn ask(side: &mut Side, queue: &mut VecDeque<Bytes>, sid: u32) {
-        if side.connected {
-            side.asked += 1;
-            side.answer = None;
-            queue.push_back(Routed::new(Frame::Suspend { sid }, sid).bytes);
-        }
-    }
-
-    /// Both sides are there and said where they stand: each hears the other, the
-    /// agent within the bounds of the credit gate.
-    fn exchange(&mut self) {
-        let Some(r) = self.resume.as_mut().filter(|r| r.suspended.is_some()) else {
-            return;
-        };
-        if !(r.agent.connected && r.client.connected && r.agent.asked == 0 && r.client.asked == 0) {
-            return;
-        }
-        let (Some(a), Some(c)) = (r.agent.answer.take(), r.client.answer.take()) else {
-            return;
-        };
-        r.suspended = None;
-        r.agent.away_since = None;
-        r.client.away_since = None;
-        // Nothing of the agent's is in flight any more: the gate starts again from
-        // what the client can take.
-        let room = u32::try_from(c.1.saturating_sub(c.0)).unwrap_or(u32::MAX);
-        let passed = self.gate.open(0, room);
-        let (client_sid, agent_sid) = (self.cfg.client_sid, self.cfg.agent_sid);
-        let resume = |sid, (offset, limit, eof): (u64, u64, bool)| {
-            let f = Frame::Resume {
-                sid,
-                ch: 0,
-                offset,
-                limit,
-                eof,
-            };
-            Routed::new(f, sid).bytes
-        };
-        self.own_to_client.push_back(resume(client_sid, a));
-        let limit = c.0.saturating_add(u64::from(passed));
-        self.own_to_agent
-            .push_back(resume(agent_sid, (c.0, limit, c.2)));
     }
 
     /// A message from the client's stream.
@@ -874,16 +701,6 @@ impl Session {
         idle_at.min(max_at).min(self.hold_at().unwrap_or(never))
     }
 
-    /// When the side that is away has been away for the hold.
-    fn hold_at(&self) -> Option<Instant> {
-        let r = self.resume.as_ref()?;
-        [&r.agent, &r.client]
-            .iter()
-            .filter_map(|s| s.away_since)
-            .min()
-            .map(|t| t + r.hold)
-    }
-
     /// Why the session ends when the timers fire.
     pub fn timer_reason(&self) -> String {
         if let (Some(at), Some(r)) = (self.hold_at(), self.resume.as_ref()) {
@@ -974,5 +791,6 @@ pub fn human(d: Duration) -> String {
     }
 }
 
+mod resume;
 #[cfg(test)]
 mod tests;
