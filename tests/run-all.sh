@@ -37,7 +37,8 @@ done
 # qemu-user-static runs the aarch64 agent; qemu-system-arm boots the firmware and
 # socat carries its connection to the relay; OpenSSH is what the ssh tests log in to;
 # openssl's s_client makes the hostile tests' unfinished requests; asciinema plays
-# the relay's shell recordings (tests/recordings.rs).
+# the relay's shell recordings (tests/recordings.rs); iproute2 and iptables make the
+# network faults (tests/netfaults.rs).
 pkgs=()
 command -v qemu-aarch64-static >/dev/null 2>&1 || pkgs+=(qemu-user-static)
 command -v qemu-system-arm >/dev/null 2>&1 || pkgs+=(qemu-system-arm)
@@ -46,6 +47,9 @@ command -v openssl >/dev/null 2>&1 || pkgs+=(openssl)
 [ -x /usr/sbin/sshd ] || pkgs+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 && command -v scp >/dev/null 2>&1 || pkgs+=(openssh-client)
 command -v asciinema >/dev/null 2>&1 || pkgs+=(asciinema)
+# The network fault tests (tests/netfaults.rs) cut links in namespaces they make.
+command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
+command -v iptables >/dev/null 2>&1 || pkgs+=(iptables)
 if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo

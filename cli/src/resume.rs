@@ -408,6 +408,7 @@ mod tests {
             outage: None,
             backoff: Backoff::new(),
             status: StatusLine::new(Mode::Log),
+            heard: Instant::now(),
         }
     }
 

@@ -221,11 +221,28 @@ pub fn start_agent_with(
     port: u16,
     code: Option<&str>,
 ) -> Proc {
+    start_agent_at(
+        program,
+        dir,
+        state,
+        &format!("wss://127.0.0.1:{port}"),
+        code,
+    )
+}
+
+/// [`start_agent_with`] against the relay at `url` (`wss://HOST:PORT`).
+pub fn start_agent_at(
+    program: &[PathBuf],
+    dir: &Path,
+    state: &str,
+    url: &str,
+    code: Option<&str>,
+) -> Proc {
     let log = dir.join(format!("{state}.log"));
     let mut cmd = Command::new(&program[0]);
     cmd.args(&program[1..]);
     cmd.arg("--relay")
-        .arg(format!("wss://127.0.0.1:{port}"))
+        .arg(url)
         .arg("--ca")
         .arg(dir.join("relay/tls/ca.pem"))
         .arg("--state-dir")

@@ -22,9 +22,15 @@ pub struct CutProxy {
 }
 
 impl CutProxy {
-    /// A proxy to `127.0.0.1:target`.
+    /// A proxy on `127.0.0.1` to `127.0.0.1:target`.
     pub fn start(target: u16) -> CutProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        CutProxy::start_on("127.0.0.1", target)
+    }
+
+    /// A proxy on address `ip` (another interface of this machine) to
+    /// `127.0.0.1:target`.
+    pub fn start_on(ip: &str, target: u16) -> CutProxy {
+        let listener = TcpListener::bind((ip, 0)).expect("bind the proxy");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
         let live: Arc<Mutex<Vec<(TcpStream, TcpStream)>>> = Arc::default();

@@ -64,6 +64,25 @@ async fn next_message(client: &mut Option<Client>) -> Option<Result<Message, axu
     }
 }
 
+/// Whether a client whose stream failed under a write had said it was leaving: a
+/// session `Close` (frame type 11) or the WebSocket's close among what it sent
+/// last. Reads what is there (briefly); its other frames are dropped (a resumed
+/// client sends them again).
+async fn left_for_good(client: &mut Option<Client>) -> bool {
+    let Some((_, stream)) = client.as_mut() else {
+        return false;
+    };
+    let quick = Duration::from_millis(200);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout(quick, stream.next()).await {
+        match m {
+            Message::Binary(b) if b.first() == Some(&11) => return true,
+            Message::Close(_) => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Route until the session ends, then record its end.
 pub(super) async fn route(r: Running) {
     let Running {
@@ -141,6 +160,12 @@ pub(super) async fn route(r: Running) {
                 // Gone, or not reading for long (a half-open connection): a
                 // resumable session waits for the client to come back.
                 Err(WriteFailed::Gone | WriteFailed::Stalled) if hub.is_resumable() => {
+                    // What it sent before it went may say it left for good (its
+                    // `Close`, or the WebSocket's): then the session ends.
+                    if left_for_good(&mut client).await {
+                        hub.abort("client went away".into(), false);
+                        break;
+                    }
                     client_up = false;
                     hub.client_lost(now());
                 }
