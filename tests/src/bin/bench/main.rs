@@ -18,13 +18,18 @@
 //! - `embedded`: the QEMU mps2-an386 firmware: boot to online, `exec uptime` median
 //!   of 20, flash, static RAM and stack high-water (after TLS and sessions);
 //! - `authz`: Cedar decisions with 100 policies and 1000 agents (p50, p99, max, per
-//!   second; a whole listing), and session setup with and without them.
+//!   second; a whole listing), and session setup with and without them;
+//! - `resume`: resumable sessions (issue 14): restore-to-first-byte after 20 cuts of
+//!   1 s of the agent's link and of the CLI's stream (p50, p95), agent and relay RSS
+//!   per session of 20 blocked execs with the agent's link up and down, and exec
+//!   throughput with resume on vs `resume_window = "none"`.
 //!
 //! Prints a markdown table (or JSON with `--json`).
 
 mod authz;
 mod compare;
 mod load;
+mod resume;
 
 use std::time::Duration;
 
@@ -190,6 +195,7 @@ fn main() {
         "agent20",
         "embedded",
         "authz",
+        "resume",
     ];
     let mut wanted: Vec<&str> = args
         .iter()
@@ -244,6 +250,7 @@ fn main() {
             "agent20" => rows.extend(agent20()),
             "embedded" => rows.extend(embedded()),
             "authz" => rows.extend(authz::run()),
+            "resume" => rows.extend(resume::run()),
             _ => unreachable!("checked above"),
         }
     }
