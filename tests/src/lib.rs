@@ -207,6 +207,25 @@ pub fn boot_device_with(dir: &Path, port: u16, code: &str, ca: &Path, extra: &[S
     Proc { child, log }
 }
 
+/// End a `sesame` session client as a user does (SIGTERM: it closes its session);
+/// killed outright after 10 s. A client killed at once (SIGKILL) is a client whose
+/// network went away: its resumable session waits for it for the resume window.
+pub fn stop_client(child: &mut Child) {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// Start `sesame-agent` against the relay.
 pub fn start_agent(dir: &Path, state: &str, port: u16, code: Option<&str>) -> Proc {
     start_agent_with(&[bin("sesame-agent")], dir, state, port, code)

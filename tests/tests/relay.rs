@@ -100,11 +100,10 @@ fn twenty_first_session_is_refused_and_closing_kills_process_groups() {
         "error: agent 'gw-01' session limit reached (20 of 20 sessions in use)\n"
     );
 
-    // Killing the clients ends their sessions; the agent kills each process group,
+    // Stopping the clients ends their sessions; the agent kills each process group,
     // including the background `sleep` that the shell started.
     for c in clients.iter_mut() {
-        let _ = c.kill();
-        let _ = c.wait();
+        tests::stop_client(c);
     }
     env.wait_sessions(0, 30);
     wait_for("sleepers to die", Duration::from_secs(10), || {
@@ -270,7 +269,14 @@ fn used_and_unknown_activation_codes_and_unknown_keys_are_refused() {
 /// not a TLS library's, and the exit status says the session failed (255, as ssh).
 #[test]
 fn losing_the_relay_mid_session_is_said_plainly() {
-    let mut env = Env::start();
+    // Not resumable (the relay's window is "none"): the CLI says so at once.
+    let cfg = std::env::temp_dir().join(format!("sesame-lost-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        "[limits]\nrate = \"unlimited\"\nresume_window = \"none\"\n",
+    )
+    .unwrap();
+    let mut env = Env::start_with(&["--config", cfg.to_str().unwrap()]);
     let child = env
         .sesame()
         .args(["exec", "gw-01", "--", "sh", "-c", "echo started; sleep 60"])
@@ -289,4 +295,41 @@ fn losing_the_relay_mid_session_is_said_plainly() {
         "error: lost the relay (connection reset); the session on gw-01 ended\n"
     );
     assert_eq!(out.status.code(), Some(255));
+
+    // Resumable (a 2 s window): the CLI tries to come back for the window, saying
+    // so on one line, then gives up saying why.
+    std::fs::write(
+        &cfg,
+        "[limits]\nrate = \"unlimited\"\nresume_window = \"2s\"\n",
+    )
+    .unwrap();
+    let mut env = Env::start_with(&["--config", cfg.to_str().unwrap()]);
+    let child = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", "echo started; sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.wait_sessions(1, 20);
+    env.relay.proc.kill();
+    let gone = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = gone.elapsed();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "started\n");
+    assert!(
+        stderr.starts_with(
+            "sesame: connection to the relay lost; reconnecting (session kept for 2s)...\n"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("error: session on gw-01 ended: the relay was unreachable for 2s"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(255));
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let _ = std::fs::remove_file(&cfg);
 }

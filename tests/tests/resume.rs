@@ -332,3 +332,127 @@ fn a_shell_goes_on_after_the_relay_is_killed_and_what_was_typed_meanwhile_runs_o
     assert_eq!(out.matches("48-during").count(), 1, "{out}");
     assert_eq!(out.matches("42-before").count(), 1, "{out}");
 }
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// CPU time (user + system, in clock ticks) of every process whose command line
+/// contains `needle`.
+fn cpu_ticks(needle: &str) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmd).contains(needle) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // Fields 14 and 15 of stat (utime, stime), counted from after the name.
+        total += f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        total += f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    }
+    total
+}
+
+#[test]
+fn while_the_agent_is_away_a_flooding_program_waits_and_memory_stays_bounded() {
+    let (env, proxy) = env_with_agent_behind_proxy(&[]);
+    // A program that writes as fast as it can, for ever: `yes` with a marker.
+    let mut child = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", "yes sesame-flood-marker"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (got, reader) = collect(child.stdout.take().unwrap());
+    wait_for("the flood", 30, || got.load(Ordering::Relaxed) > 1_000_000);
+    proxy.cut(true);
+    std::thread::sleep(Duration::from_secs(2));
+    let agent = env.agent.child.id();
+    let (rss_start, cpu_start) = (rss_kib(agent), cpu_ticks("sesame-flood-marker"));
+    let mut rss_max = rss_start;
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_secs(1));
+        rss_max = rss_max.max(rss_kib(agent));
+    }
+    let cpu_end = cpu_ticks("sesame-flood-marker");
+    proxy.restore();
+    // It goes on after the resume.
+    let before = got.load(Ordering::Relaxed);
+    wait_for("the flood to go on", 60, || {
+        got.load(Ordering::Relaxed) > before + 1_000_000
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(reader);
+    assert!(
+        rss_max <= rss_start + 2048,
+        "the agent grew from {rss_start} to {rss_max} KiB while its link was down"
+    );
+    // Blocked on its output: about no CPU over 10 s (a program that ran would use
+    // hundreds of ticks).
+    assert!(
+        cpu_end.saturating_sub(cpu_start) < 50,
+        "the program kept running: {} ticks",
+        cpu_end - cpu_start
+    );
+}
+
+#[test]
+fn a_client_killed_outright_keeps_its_session_for_the_window_then_it_ends() {
+    let cfg = std::env::temp_dir().join(format!("sesame-resume-kill-{}.toml", std::process::id()));
+    std::fs::write(
+        &cfg,
+        "[limits]\nrate = \"unlimited\"\nresume_window = \"3s\"\n",
+    )
+    .unwrap();
+    let env = Env::start_with(&["--config", cfg.to_str().unwrap()]);
+    let tag = format!("{}.{}", 4000 + std::process::id() % 1000, 23);
+    let mut child = env
+        .sesame()
+        .args([
+            "exec",
+            "gw-01",
+            "--",
+            "sh",
+            "-c",
+            &format!("sleep {tag} & wait"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    env.wait_sessions(1, 30);
+    // SIGKILL: to the relay, a client whose network went away.
+    let _ = child.kill();
+    let _ = child.wait();
+    let killed = Instant::now();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(env.sessions(), 1, "the session waits for its client");
+    env.wait_sessions(0, 20);
+    assert!(
+        killed.elapsed() >= Duration::from_millis(2900),
+        "{:?}",
+        killed.elapsed()
+    );
+    let alive = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|e| {
+            let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&cmd).contains(&tag)
+        })
+    };
+    wait_for("the process group to be killed", 20, || !alive());
+    let _ = std::fs::remove_file(&cfg);
+}

@@ -31,8 +31,7 @@ fn refused_at_the_limit(env: &Env) {
 
 fn release(held: Vec<std::process::Child>) {
     for mut c in held {
-        let _ = c.kill();
-        let _ = c.wait();
+        tests::stop_client(&mut c);
     }
 }
 

@@ -361,8 +361,14 @@ fn download(env: &Env, bytes: usize) -> Duration {
 }
 
 fn throughput() -> Vec<Row> {
-    let on = Env::start_with_limits("[limits]\nrate = \"unlimited\"\n");
-    let off = Env::start_with_limits("[limits]\nrate = \"unlimited\"\nresume_window = \"none\"\n");
+    // Recordings off in both: 200 MB of output recorded as JSON would cost more than
+    // what is measured here.
+    let base = "[limits]\nrate = \"unlimited\"\n[recordings]\nmode = \"off\"\n";
+    let on = Env::start_with_limits(base);
+    let off = Env::start_with_limits(&base.replace(
+        "rate = \"unlimited\"\n",
+        "rate = \"unlimited\"\nresume_window = \"none\"\n",
+    ));
     // Warm up both (first sessions, allocator, TCP windows).
     download(&on, BYTES / 10);
     download(&off, BYTES / 10);
@@ -377,7 +383,8 @@ fn throughput() -> Vec<Row> {
         BYTES as f64 / 1e6 / t[t.len() / 2].as_secs_f64()
     };
     let (a, b) = (median_mb_s(&mut t_on), median_mb_s(&mut t_off));
-    let what = format!("`exec head -c {BYTES} /dev/zero` end to end, median of {RUNS}");
+    let what =
+        format!("`exec head -c {BYTES} /dev/zero` end to end, recordings off, median of {RUNS}");
     vec![
         Row::new(
             "resume",
