@@ -26,7 +26,8 @@
 //!   each phase before authentication has a deadline (`server`), so half-open or
 //!   half-sent connections cannot exhaust file descriptors or lock anyone out.
 //! - Sessions the relay was serving when it stopped are recorded ended ("relay
-//!   restarted") at the next start; ended sessions past the retention are deleted.
+//!   restarted") at the next start, but for resumable ones, which it takes up again
+//!   (`stream::revive`); ended sessions past the retention are deleted.
 //! - Authorisation (`policy`): nothing is allowed unless a Cedar policy permits it,
 //!   and a `forbid` wins. Every session (its kind, account, command or key push),
 //!   every forward channel (its destination, before the agent hears of it), every
