@@ -537,15 +537,8 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 return Ok(None);
             }
             self.answer_due -= 1;
-            let Some((offset, limit, eof)) = self.chan(0).map(|c| c.resume_point()) else {
+            let Some(f) = self.chan(0).map(|c| c.resume_frame(sid)) else {
                 return Ok(None);
-            };
-            let f = Frame::Resume {
-                sid,
-                ch: 0,
-                offset,
-                limit,
-                eof,
             };
             return Ok(f.encode(out).ok());
         }

@@ -165,11 +165,16 @@ impl<B: Buffer> Channel<B> {
         Ok(())
     }
 
-    /// This side's `Resume` values: bytes received, the offset the peer may send
-    /// up to, and whether its `Eof` came.
-    pub fn resume_point(&self) -> (u64, u64, bool) {
-        let limit = self.received + u64::from(self.recv.remaining());
-        (self.received, limit, self.peer_eof)
+    /// This side's `Resume` for session `sid`: bytes received, the offset the peer
+    /// may send up to, and whether its `Eof` came.
+    pub fn resume_frame(&self, sid: u32) -> Frame<'static> {
+        Frame::Resume {
+            sid,
+            ch: self.ch,
+            offset: self.received,
+            limit: self.received + u64::from(self.recv.remaining()),
+            eof: self.peer_eof,
+        }
     }
 
     /// Whether frames from the peer are still delivered to the driver.
@@ -544,15 +549,8 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             if self.answer_due == 0 {
                 return None;
             }
-            let (offset, limit, eof) = self.chan(0)?.resume_point();
+            let f = self.chan(0)?.resume_frame(sid);
             self.answer_due -= 1;
-            let f = Frame::Resume {
-                sid,
-                ch: 0,
-                offset,
-                limit,
-                eof,
-            };
             return f.encode(out).ok().map(|len| (len, false));
         }
         if self.accepted && !self.accept_sent {
