@@ -379,6 +379,19 @@ impl Env {
         c
     }
 
+    /// `sesame exec gw-01 -- argv...` running, stdin closed, stdout and stderr
+    /// piped.
+    pub fn spawn_exec(&self, argv: &[&str]) -> Child {
+        self.sesame()
+            .args(["exec", &self.target, "--"])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Run `sesame args...` with `stdin` and collect its output.
     pub fn run(&self, args: &[&str], stdin: &[u8]) -> Output {
         let mut sesame = self.sesame();

@@ -141,14 +141,7 @@ fn transfer_with(env: &Env, fault: impl FnOnce()) -> (Vec<u8>, String, String) {
         .output()
         .unwrap()
         .stdout;
-    let mut child = env
-        .sesame()
-        .args(["exec", "gw-01", "--", "sh", "-c", BIG])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_exec(&["sh", "-c", BIG]);
     let got = Arc::new(AtomicUsize::new(0));
     let g = got.clone();
     let mut stdout = child.stdout.take().unwrap();

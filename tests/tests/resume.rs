@@ -71,14 +71,7 @@ fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
 fn an_exec_goes_on_through_cuts_of_the_agents_link_with_nothing_lost_or_repeated() {
     let (env, proxy) = env_with_agent_behind_proxy(&[]);
     let expected = expected_slow_output();
-    let mut child = env
-        .sesame()
-        .args(["exec", "gw-01", "--", "sh", "-c", SLOW_OUTPUT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_exec(&["sh", "-c", SLOW_OUTPUT]);
     let (got, reader) = collect(child.stdout.take().unwrap());
     for (cut_at, down_for) in [(200_000, 1500), (1_200_000, 2500)] {
         wait_for("output before the cut", 30, || {
@@ -185,14 +178,7 @@ fn cut_for_good(window: &str) -> (std::process::Output, Duration) {
     let toml = format!("[limits]\nrate = \"unlimited\"\nresume_window = \"{window}\"\n");
     std::fs::write(&cfg, toml).unwrap();
     let (env, proxy) = env_with_agent_behind_proxy(&["--config", cfg.to_str().unwrap()]);
-    let mut child = env
-        .sesame()
-        .args(["exec", "gw-01", "--", "sh", "-c", "echo start; sleep 60"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_exec(&["sh", "-c", "echo start; sleep 60"]);
     let (got, reader) = collect(child.stdout.take().unwrap());
     wait_for("start", 30, || got.load(Ordering::Relaxed) >= 6);
     proxy.cut(true);
@@ -259,14 +245,7 @@ fn restart_relay(env: &mut Env) {
 fn an_exec_goes_on_after_the_relay_is_killed_and_restarted() {
     let mut env = Env::start();
     let expected = expected_slow_output();
-    let mut child = env
-        .sesame()
-        .args(["exec", "gw-01", "--", "sh", "-c", SLOW_OUTPUT])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = env.spawn_exec(&["sh", "-c", SLOW_OUTPUT]);
     let (got, reader) = collect(child.stdout.take().unwrap());
     wait_for("output before the kill", 30, || {
         got.load(Ordering::Relaxed) >= 300_000
