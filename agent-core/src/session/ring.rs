@@ -15,6 +15,16 @@ use crate::wire::Stream;
 pub trait Buffer: AsRef<[u8]> + AsMut<[u8]> {
     /// Fresh storage for a channel that opens.
     fn new() -> Self;
+    /// Fresh storage for a shell or exec session's channel (channel 0). It is also
+    /// the session's replay buffer when it is resumable: what may be in flight
+    /// unacknowledged, so one round trip moves at most this much. A driver that can
+    /// afford it gives more here than to a forward session's many channels.
+    fn for_session() -> Self
+    where
+        Self: Sized,
+    {
+        Self::new()
+    }
 }
 
 impl<const N: usize> Buffer for [u8; N] {
@@ -41,8 +51,13 @@ pub(crate) struct Ring<B> {
 
 impl<B: Buffer> Ring<B> {
     pub fn new() -> Self {
+        Ring::with(B::new())
+    }
+
+    /// A ring over `buf`.
+    pub fn with(buf: B) -> Self {
         Ring {
-            buf: B::new(),
+            buf,
             head: 0,
             len: 0,
             sent: 0,

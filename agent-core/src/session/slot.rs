@@ -93,7 +93,7 @@ impl<B: Buffer> Channel<B> {
             state,
             send: SendWindow::new(peer_window),
             recv: RecvWindow::growing(our_window.0, our_window.1),
-            out: Ring::new(),
+            out: Ring::with(if ch == 0 { B::for_session() } else { B::new() }),
             peer_eof: false,
             finished: false,
             eof_sent: false,
