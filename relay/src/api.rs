@@ -534,6 +534,12 @@ async fn create_session(
         ));
     }
     let rate = state.config.limits.rate_for(&agent.name, &user.name);
+    // A permit may ask for its sessions' resume window (`@resume_window`).
+    spec.resume_secs = state
+        .policies
+        .current()
+        .resume_window(&decision.policies)
+        .map(|w| w.map_or(0, |d| d.as_secs().max(1)));
     let decided_by = format!("v{}: {}", decision.version, decision.policies.join(", "));
     let (session_id, token, expires_at) = state
         .store

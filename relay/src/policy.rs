@@ -23,12 +23,13 @@
 //! entities a request names are built, so a decision costs the same with one agent
 //! or a thousand.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use cedar_policy::{
     ActionConstraint, AuthorizationError, Authorizer, Context, Decision as CedarDecision, Effect,
@@ -410,6 +411,22 @@ pub struct Loaded {
     pub files: BTreeMap<String, String>,
     /// Policy ids, in file order.
     pub ids: Vec<String>,
+    /// The resume window a permit asks for with `@resume_window("30m")` (`"none"`:
+    /// its sessions are not resumable), by policy id.
+    resume_windows: HashMap<String, Option<Duration>>,
+}
+
+impl Loaded {
+    /// The resume window of a session that `policies` (the permits that allowed
+    /// it) decided: the shortest any of them asks for with `@resume_window`, or
+    /// `None` when none says (the relay's own setting stands).
+    pub fn resume_window(&self, policies: &[String]) -> Option<Option<Duration>> {
+        policies
+            .iter()
+            .filter_map(|id| self.resume_windows.get(id))
+            .copied()
+            .min_by_key(|w| w.unwrap_or(Duration::ZERO))
+    }
 }
 
 /// The policies in force, and how to reload them.
@@ -602,6 +619,7 @@ fn compile(
     // Which file and text each policy came from, for the validator's messages.
     let mut origin: BTreeMap<String, (String, usize)> = BTreeMap::new();
     let mut seen = HashSet::new();
+    let mut resume_windows = HashMap::new();
     let builtin = Policy::parse(Some(PolicyId::new("builtin-admins")), BUILTIN)
         .expect("the built-in policy parses");
     let sources: Vec<(&str, &str)> = std::iter::once(("(built-in)", BUILTIN))
@@ -653,6 +671,16 @@ fn compile(
                 problems.push(format!("{file}:{line}: policy id '{id}' is used twice"));
                 continue;
             }
+            if let Some(w) = p.annotation("resume_window") {
+                match crate::config::parse_duration(w) {
+                    Ok(window) => {
+                        resume_windows.insert(id.clone(), window);
+                    }
+                    Err(e) => problems.push(format!(
+                        "{file}:{line}: policy '{id}': @resume_window(\"{w}\"): {e}"
+                    )),
+                }
+            }
             origin.insert(id.clone(), (file.to_string(), ids.len()));
             let _ = set.add(p.new_id(PolicyId::new(&id)));
             ids.push(id);
@@ -703,6 +731,7 @@ fn compile(
         loaded_at: unix_now(),
         files,
         ids,
+        resume_windows,
     })
 }
 

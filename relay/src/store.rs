@@ -101,6 +101,10 @@ pub struct SessionSpec {
     /// SSH key push: the account and the key's lifetime in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ssh: Option<(String, u32)>,
+    /// The resume window the policies that allowed it asked for, in seconds (0: not
+    /// resumable); `None`: the relay's `resume_window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_secs: Option<u64>,
 }
 
 /// A session to create.
@@ -687,6 +691,7 @@ mod tests {
         static SPEC: SessionSpec = SessionSpec {
             command: Vec::new(),
             ssh: None,
+            resume_secs: None,
         };
         NewSession {
             agent_id: agent,

@@ -312,7 +312,13 @@ pub async fn serve(
     let (tx, rx) = mpsc::unbounded_channel::<Routed>();
     let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Resumable when the client and the agent can, for a shell or an exec.
-    let hold = limits.resume_window.filter(|_| {
+    // The window the policies asked for, else the relay's.
+    let window = match session.spec.resume_secs {
+        Some(0) => None,
+        Some(secs) => Some(Duration::from_secs(secs)),
+        None => limits.resume_window,
+    };
+    let hold = window.filter(|_| {
         resume
             && agent.features & wire::features::RESUME != 0
             && matches!(session.kind.as_str(), "shell" | "exec")

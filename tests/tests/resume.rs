@@ -171,13 +171,24 @@ fn an_exec_goes_on_through_cuts_of_the_clients_stream_and_input_arrives_once() {
 /// exec that prints `start` and then waits; the agent's link cut and kept down.
 /// Returns what the client printed and how long after the cut it ended.
 fn cut_for_good(window: &str) -> (std::process::Output, Duration) {
+    cut_for_good_with(window, None)
+}
+
+/// [`cut_for_good`], the relay's policies (`policy`: a file's text) added.
+fn cut_for_good_with(window: &str, policy: Option<&str>) -> (std::process::Output, Duration) {
     let cfg = std::env::temp_dir().join(format!(
         "sesame-resume-{}-{window}.toml",
         std::process::id()
     ));
     let toml = format!("[limits]\nrate = \"unlimited\"\nresume_window = \"{window}\"\n");
     std::fs::write(&cfg, toml).unwrap();
-    let (env, proxy) = env_with_agent_behind_proxy(&["--config", cfg.to_str().unwrap()]);
+    let policies = tests::TempDir::new("resume-policies");
+    let mut flags = vec!["--config", cfg.to_str().unwrap()];
+    if let Some(text) = policy {
+        std::fs::write(policies.0.join("p.cedar"), text).unwrap();
+        flags.extend(["--policies", policies.0.to_str().unwrap()]);
+    }
+    let (env, proxy) = env_with_agent_behind_proxy(&flags);
     let mut child = env.spawn_exec(&["sh", "-c", "echo start; sleep 60"]);
     let (got, reader) = collect(child.stdout.take().unwrap());
     wait_for("start", 30, || got.load(Ordering::Relaxed) >= 6);
@@ -434,4 +445,19 @@ fn a_client_killed_outright_keeps_its_session_for_the_window_then_it_ends() {
     };
     wait_for("the process group to be killed", 20, || !alive());
     let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+fn a_policy_sets_its_sessions_resume_window() {
+    // The relay's window is 10 minutes; the policy that allows the session asks for 2 s.
+    let policy = "@id(\"admins-short-resume\")\n@resume_window(\"2s\")\n\
+                  permit (principal in Group::\"admins\", action, resource);\n";
+    let (out, took) = cut_for_good_with("10m", Some(policy));
+    let (stdout, stderr) = text(&out);
+    assert_eq!(stdout, "start\n");
+    assert!(
+        stderr.contains("error: session ended: the agent was unreachable for 2s"),
+        "{stderr}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
 }

@@ -50,6 +50,7 @@ pub(crate) struct Ring<B> {
 }
 
 impl<B: Buffer> Ring<B> {
+    #[cfg(test)]
     pub fn new() -> Self {
         Ring::with(B::new())
     }

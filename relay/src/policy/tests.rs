@@ -552,3 +552,45 @@ when { context has dest_port && context.dest_port * 9223372036854775807 > 0 };
         .allow
     );
 }
+
+#[test]
+fn a_permit_may_set_its_sessions_resume_window_and_the_shortest_wins() {
+    let text = r#"
+@id("long")
+@resume_window("30m")
+permit (principal in Group::"ops", action == Action::"shell", resource);
+
+@id("never")
+@resume_window("none")
+permit (principal == User::"carol", action == Action::"shell", resource);
+
+@id("plain")
+permit (principal, action == Action::"exec", resource);
+"#;
+    let d = dir("resume-window", &[("w.cedar", text)]);
+    let p = Policies::load(&d).unwrap();
+    let l = p.current();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        l.resume_window(&ids(&["long"])),
+        Some(Some(Duration::from_secs(1800)))
+    );
+    assert_eq!(l.resume_window(&ids(&["long", "never"])), Some(None));
+    assert_eq!(
+        l.resume_window(&ids(&["plain"])),
+        None,
+        "the relay's setting"
+    );
+    assert_eq!(l.resume_window(&[]), None);
+    // A window that does not parse refuses the set, naming the policy.
+    std::fs::write(
+        d.join("w.cedar"),
+        "@id(\"bad\")\n@resume_window(\"soon\")\npermit (principal, action, resource);\n",
+    )
+    .unwrap();
+    let e = p.reload().unwrap_err().to_string();
+    assert!(
+        e.starts_with("policy set refused: w.cedar:1: policy 'bad': @resume_window(\"soon\"): "),
+        "{e}"
+    );
+}
