@@ -264,7 +264,7 @@ pub async fn serve(
     }
     // The recording, made before the agent hears of the session: one that cannot
     // be made refuses it (strict mode).
-    let recorder = match recording_meta(&msg, &session, &user.name, &target.name) {
+    let mut recorder = match recording_meta(&msg, &session, &user.name, &target.name) {
         // (Input is asked of the policies only for a session that is recorded.)
         Some(meta) => match state
             .recordings
@@ -344,8 +344,12 @@ pub async fn serve(
     // From here on the session's decisions are the hub's (`hub::session`); this task
     // moves bytes, awaits the policies, the recording and the audit log, and bounds
     // every write.
-    // Its resume token, and what a restarted relay needs to take it up again.
+    // Its resume token, and what a restarted relay needs to take it up again (its
+    // recording's offsets too).
     let token = hold.map(|_| registration.resumable());
+    if hold.is_some() {
+        recorder.resumable((0, 0));
+    }
     if let (Some(hold), Some(t)) = (hold, &token) {
         let resumable = crate::store::Resumable {
             hash: t.hash(),

@@ -146,9 +146,10 @@ impl Recordings {
     /// Go on recording session `id` (a shell or exec, by `kind`), which a previous
     /// run of the relay left running: its file is appended to, its events timed
     /// from the start its header gives. What a side sends again after the resume is
-    /// recorded from where that side resumes: bytes the previous run recorded that
-    /// never reached the other side may appear twice. An error is the session's end
-    /// (strict mode).
+    /// recorded past what the previous run wrote (the offsets it kept beside the file
+    /// after each write), so never twice; what it had not written yet when it stopped
+    /// (at most its last 100 ms) and the other side had received is missing. An error
+    /// is the session's end (strict mode).
     pub async fn resume(&self, id: &str, kind: &str) -> Result<Recorder, String> {
         let strict = match self.settings.mode {
             RecordingMode::Off => return Ok(Recorder::off()),
@@ -204,7 +205,12 @@ impl Recordings {
             format::Encoder::Exec(format::ExecLog::default())
         };
         let flags = (self.settings.input, false, shell);
-        Ok(Recorder::start_at(file, path, enc, strict, flags, elapsed))
+        // What the previous run recorded, from the file kept beside it: what is
+        // sent again after the resume is recorded from there on, never twice.
+        let recorded = writer::read_offsets(&path).unwrap_or((0, 0));
+        let mut recorder = Recorder::start_at(file, path, enc, strict, flags, elapsed);
+        recorder.resumable(recorded);
+        Ok(recorder)
     }
 
     /// Start recording a session: its file made and its header written before the

@@ -2,7 +2,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use agent_core::wire::{Bytes, ErrorCode};
+use agent_core::wire::{Bytes, ErrorCode, Frame, Stream};
 
 use super::*;
 
@@ -395,4 +395,61 @@ async fn a_session_that_ends_soon_after_output_is_not_held_for_the_write_tick() 
         "finishing waited {took:?} for the writer's {:?} tick",
         writer::WRITE_EVERY
     );
+}
+
+#[tokio::test]
+async fn a_resumable_session_is_recorded_once_across_a_resume_and_a_restart() {
+    let data = Dir::new("resume");
+    let r = Recordings::new(&data.0, &settings(RecordingMode::Strict));
+    let mut rec = r.start(shell("s-res"), false).await.unwrap();
+    rec.resumable((0, 0));
+    let at = |offset: u64, data: &'static [u8]| {
+        crate::agent_link::encode(&Frame::DataAt {
+            sid: 1,
+            ch: 0,
+            stream: Stream::OUT,
+            offset,
+            data: Bytes(data),
+        })
+    };
+    rec.agent_frame(&at(0, b"abcdef")).await.unwrap();
+    // Sent again after a resume from offset 3: only "gh" is new.
+    rec.agent_frame(&at(3, b"defgh")).await.unwrap();
+    let plain = r.dir().join("s-res.cast");
+    let kept = writer::offsets_path(&plain);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while writer::read_offsets(&plain) != Some((8, 0)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offsets not kept beside the file"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The relay is killed (its files stay as they are; a writer that is merely
+    // dropped would finish the recording, so it is put back as a kill leaves it).
+    let (text_then, kept_then) = (
+        std::fs::read(&plain).unwrap(),
+        std::fs::read(&kept).unwrap(),
+    );
+    drop(rec);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = std::fs::remove_file(gz_path(&plain));
+    std::fs::write(&plain, text_then).unwrap();
+    std::fs::write(&kept, kept_then).unwrap();
+    // The next run takes the session up again; the agent sends from offset 5 (what
+    // its client had).
+    let mut again = r.resume("s-res", "shell").await.unwrap();
+    again.agent_frame(&at(5, b"fghij")).await.unwrap();
+    let v = again.finish(None).await.unwrap();
+    assert!(v.get("error").is_none(), "{v}");
+    assert!(!kept.exists(), "the offsets go with the finished recording");
+    let text = read_all(r.open("s-res").unwrap().unwrap());
+    let output: String = text
+        .lines()
+        .skip(1)
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e[1] == "o")
+        .map(|e| e[2].as_str().unwrap_or("").to_string())
+        .collect();
+    assert_eq!(output, "abcdefghij", "{text}");
 }

@@ -47,6 +47,10 @@ pub const MAX_OBSERVERS: usize = 8;
 
 enum Msg {
     Event(Duration, Event),
+    /// What is recorded of each direction of a resumable session's channel 0 once
+    /// the events before this are written (kept beside the recording, for a
+    /// restarted relay).
+    Offsets(u64, u64),
     /// Someone joins the session.
     Join(oneshot::Sender<Result<Joined, String>>),
     /// The session side stopped recording (best-effort mode) for this reason.
@@ -135,6 +139,24 @@ pub struct Recorder {
     /// Bytes of channel 0 recorded each way (output, input): a resumable
     /// session's `DataAt` sent again after a resume is recorded once.
     recorded: (u64, u64),
+    /// The session is resumable: `recorded` is kept beside the file
+    /// ([`offsets_path`]), so that a restarted relay records each byte once too.
+    resumable: bool,
+}
+
+/// Where what is recorded of a resumable session's channel 0 is kept, beside its
+/// recording: `OUTPUT INPUT\n`, in bytes.
+pub fn offsets_path(recording: &Path) -> PathBuf {
+    let mut name = recording.as_os_str().to_owned();
+    name.push(".at");
+    PathBuf::from(name)
+}
+
+/// What [`offsets_path`] says, if anything.
+pub fn read_offsets(recording: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(offsets_path(recording)).ok()?;
+    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 /// The part of a channel-0 `Data` or `DataAt` not recorded yet, as a `Data`
@@ -192,6 +214,7 @@ impl Recorder {
             forward: false,
             shell: false,
             recorded: (0, 0),
+            resumable: false,
         }
     }
 
@@ -204,6 +227,7 @@ impl Recorder {
             forward: false,
             shell: false,
             recorded: (0, 0),
+            resumable: false,
         }
     }
 
@@ -245,6 +269,7 @@ impl Recorder {
             fail,
             broken: None,
             observers: Vec::new(),
+            offsets: None,
         };
         tokio::spawn(writer.run(rx));
         Recorder {
@@ -259,6 +284,7 @@ impl Recorder {
             forward,
             shell,
             recorded: (0, 0),
+            resumable: false,
         }
     }
 
@@ -291,9 +317,28 @@ impl Recorder {
         let Some(f) = unrecorded(f, &mut self.recorded.0) else {
             return Ok(());
         };
-        match super::agent_event(&f, self.forward) {
+        let r = match super::agent_event(&f, self.forward) {
             Some(e) => self.record(e).await,
             None => Ok(()),
+        };
+        self.offsets(&f);
+        r
+    }
+
+    /// The session is resumable, and `recorded` says what was recorded of it (by
+    /// a previous run of the relay): what is recorded is kept beside the file.
+    pub fn resumable(&mut self, recorded: (u64, u64)) {
+        self.resumable = true;
+        self.recorded = recorded;
+    }
+
+    /// After a channel-0 `Data` was recorded: the writer keeps the offsets.
+    fn offsets(&self, f: &agent_core::wire::Frame) {
+        if !self.resumable || !matches!(f, agent_core::wire::Frame::Data { ch: 0, .. }) {
+            return;
+        }
+        if let State::Active(a) = &self.state {
+            let _ = a.tx.send(Msg::Offsets(self.recorded.0, self.recorded.1));
         }
     }
 
@@ -305,10 +350,12 @@ impl Recorder {
         let Some(f) = unrecorded(*f, &mut self.recorded.1) else {
             return Ok(());
         };
-        match super::client_event(&f, self.input, self.forward) {
+        let r = match super::client_event(&f, self.input, self.forward) {
             Some(e) => self.record(e).await,
             None => Ok(()),
-        }
+        };
+        self.offsets(&f);
+        r
     }
 
     /// The session never started: its recording goes.
@@ -433,6 +480,8 @@ struct Writer {
     broken: Option<String>,
     /// Those who joined the session, fed each output and resize.
     observers: Vec<mpsc::Sender<Seen>>,
+    /// Offsets to keep beside the file once what came before them is written.
+    offsets: Option<(u64, u64)>,
 }
 
 impl Writer {
@@ -483,9 +532,11 @@ impl Writer {
             let mut finish = None;
             for m in batch.drain(..) {
                 match m {
+                    Msg::Offsets(out, input) => self.offsets = Some((out, input)),
                     Msg::Discard(done) => {
                         drop(self.file.take());
                         let _ = std::fs::remove_file(&self.path);
+                        let _ = std::fs::remove_file(offsets_path(&self.path));
                         let _ = done.send(());
                         return;
                     }
@@ -544,8 +595,16 @@ impl Writer {
             return;
         };
         let data = std::mem::take(buf);
+        // Then what it records of a resumable session, never ahead of the data.
+        let offsets = self
+            .offsets
+            .take()
+            .map(|(o, i)| (offsets_path(&self.path), format!("{o} {i}\n")));
         let done = tokio::task::spawn_blocking(move || {
             let r = file.write_all(&data);
+            if let (Ok(()), Some((at, line))) = (&r, offsets) {
+                let _ = std::fs::write(at, line);
+            }
             (file, data, r)
         })
         .await;
@@ -653,6 +712,8 @@ impl<W: Write> Write for Hashing<W> {
 /// Gzip `path` into `path.gz` and remove `path`; the `.gz` file's name and the
 /// SHA-256 of its bytes. On failure `path` stays as it was.
 pub fn compress(path: &Path) -> Result<Finished, String> {
+    // The session is over: nothing will take it up again.
+    let _ = std::fs::remove_file(offsets_path(path));
     let gz = super::gz_path(path);
     let tmp = gz.with_extension("gz.tmp");
     let fail = |what: &str, e: std::io::Error| {
