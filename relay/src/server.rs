@@ -152,6 +152,10 @@ impl Server {
             audit_key,
             recordings,
         };
+        // New sessions are numbered past every id an agent may still hold.
+        for (agent_id, sid) in state.store.highest_agent_sids().await? {
+            state.hub.ids_after(&agent_id, sid);
+        }
         let revived = crate::stream::revive::revive_all(&state, resumable).await;
         if revived > 0 {
             info!("{revived} resumable session(s) taken up again");

@@ -89,6 +89,8 @@ pub struct Resumable {
     pub agent_sid: u32,
     /// Its id on the client's stream.
     pub client_sid: u32,
+    /// When it started (Unix seconds; its maximum duration counts from here).
+    pub started_at: i64,
 }
 
 /// What a session was authorised for besides its kind and account; its stream's
@@ -573,15 +575,35 @@ impl Store {
         Ok(rows
             .iter()
             .map(|r| {
-                let n =
-                    |c: &str| u32::try_from(r.get::<Option<i64>, _>(c).unwrap_or(0)).unwrap_or(0);
+                let n = |c: &str| r.get::<Option<i64>, _>(c).unwrap_or(0);
+                let id = |c: &str| u32::try_from(n(c)).unwrap_or(0);
                 let resumable = Resumable {
                     hash: r.get("resume_hash"),
-                    hold: Duration::from_secs(u64::from(n("resume_hold"))),
-                    agent_sid: n("agent_sid"),
-                    client_sid: n("client_sid"),
+                    hold: Duration::from_secs(u64::try_from(n("resume_hold")).unwrap_or(0)),
+                    agent_sid: id("agent_sid"),
+                    client_sid: id("client_sid"),
+                    started_at: n("token_used_at"),
                 };
                 (session_row(r), resumable)
+            })
+            .collect())
+    }
+
+    /// The highest session id each agent's links gave a resumable session, ended or
+    /// not: a restarted relay numbers new sessions past them, so that none takes an
+    /// id the agent may still hold.
+    pub async fn highest_agent_sids(&self) -> Result<Vec<(String, u32)>, Error> {
+        let rows = sqlx::query(
+            "SELECT agent_id, MAX(agent_sid) AS sid FROM sessions
+             WHERE agent_sid IS NOT NULL GROUP BY agent_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let sid = u32::try_from(r.get::<i64, _>("sid")).unwrap_or(u32::MAX);
+                (r.get("agent_id"), sid)
             })
             .collect())
     }

@@ -350,17 +350,17 @@ pub async fn serve(
     if hold.is_some() {
         recorder.resumable((0, 0));
     }
-    if let (Some(hold), Some(t)) = (hold, &token) {
-        let resumable = crate::store::Resumable {
+    // On record once the agent accepted it (only then is it resumable).
+    let persist = hold
+        .zip(token.as_ref())
+        .map(|(hold, t)| crate::store::Resumable {
             hash: t.hash(),
             hold,
             agent_sid,
             client_sid,
-        };
-        if let Err(e) = state.store.set_resumable(&session.id, &resumable).await {
-            warn!(session = %session.id, "the session cannot outlive a restart of the relay: {e}");
-        }
-    }
+            // (Read back from when its token was used.)
+            started_at: 0,
+        });
     let config = session::Config {
         client_sid,
         agent_sid,
@@ -430,6 +430,7 @@ pub async fn serve(
         rx,
         queued,
         link_changes,
+        persist,
     };
     run::route(running).await;
 }

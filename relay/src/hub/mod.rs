@@ -526,6 +526,25 @@ impl Hub {
         }
     }
 
+    /// New sessions on `agent_id`'s links get ids above `sid` (a restarted relay's
+    /// start: the agent may still hold sessions of the previous run up to it).
+    pub fn ids_after(&self, agent_id: &str, sid: u32) {
+        let mut agents = self.agents.lock().unwrap();
+        let next = agents.next_sid.entry(agent_id.to_string()).or_insert(1);
+        *next = (*next).max(sid.saturating_add(1));
+    }
+
+    /// The agent may still hold session `sid`, which is over: it is told to end it
+    /// when it connects next.
+    pub fn end_on_return(&self, agent_id: &str, sid: u32) {
+        let mut agents = self.agents.lock().unwrap();
+        agents
+            .ended_away
+            .entry(agent_id.to_string())
+            .or_default()
+            .push(sid);
+    }
+
     /// A resumable session the previous run of the relay left running: its route
     /// waits for its agent's next connection with its id `sid` (at once on the
     /// current one, if the agent is online), within the relay's limit of

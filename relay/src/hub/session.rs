@@ -254,8 +254,9 @@ impl Session {
 
     /// A resumable session the previous run of the relay left running, taken up
     /// again: both sides are away, and it goes on once both come back
-    /// ([`Session::agent_back`], [`Session::client_back`]) within its hold.
-    pub fn revived(cfg: Config, now: Instant) -> Session {
+    /// ([`Session::agent_back`], [`Session::client_back`]) within its hold. It
+    /// started `age` ago (its maximum duration counts from then).
+    pub fn revived(cfg: Config, now: Instant, age: Duration) -> Session {
         let hold = cfg.resume.as_ref().map(|(h, _)| *h).unwrap_or_default();
         let away = || Side {
             away_since: Some(now),
@@ -269,7 +270,10 @@ impl Session {
             suspended: Some(now),
         };
         let queues = (VecDeque::new(), VecDeque::new());
-        Session::build(cfg, CreditGate::default(), now, queues, Some(resume))
+        let mut s = Session::build(cfg, CreditGate::default(), now, queues, Some(resume));
+        // Its maximum duration counts from when it really started.
+        s.started = now.checked_sub(age).unwrap_or(now);
+        s
     }
 
     fn build(

@@ -150,7 +150,7 @@ impl Recordings {
     /// after each write), so never twice; what it had not written yet when it stopped
     /// (at most its last 100 ms) and the other side had received is missing. An error
     /// is the session's end (strict mode).
-    pub async fn resume(&self, id: &str, kind: &str) -> Result<Recorder, String> {
+    pub async fn resume(&self, id: &str, kind: &str, input: bool) -> Result<Recorder, String> {
         let strict = match self.settings.mode {
             RecordingMode::Off => return Ok(Recorder::off()),
             RecordingMode::Strict => true,
@@ -164,17 +164,24 @@ impl Recordings {
         let path = self.dir.join(format!("{id}.{suffix}"));
         let at = path.clone();
         let opened = tokio::task::spawn_blocking(move || -> Result<(File, u64), String> {
-            let text =
-                std::fs::read(&at).map_err(|e| format!("cannot read {}: {e}", at.display()))?;
-            let header = text.split(|b| *b == b'\n').next().unwrap_or_default();
-            let header: serde_json::Value = serde_json::from_slice(header)
-                .map_err(|e| format!("{}: bad header: {e}", at.display()))?;
-            let started = header["timestamp"].as_u64().unwrap_or(0);
+            let cannot = |e: std::io::Error| format!("cannot read {}: {e}", at.display());
+            // Its header line, and whether it ends with a whole line (the file may
+            // be large: only those are read).
             let mut f = std::fs::OpenOptions::new()
+                .read(true)
                 .append(true)
                 .open(&at)
-                .map_err(|e| format!("cannot open {}: {e}", at.display()))?;
-            if !text.ends_with(b"\n") {
+                .map_err(cannot)?;
+            let mut header = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(&f), &mut header)
+                .map_err(cannot)?;
+            let header: serde_json::Value = serde_json::from_str(&header)
+                .map_err(|e| format!("{}: bad header: {e}", at.display()))?;
+            let started = header["timestamp"].as_u64().unwrap_or(0);
+            let mut last = [0u8; 1];
+            f.seek(SeekFrom::End(-1)).map_err(cannot)?;
+            f.read_exact(&mut last).map_err(cannot)?;
+            if last[0] != b'\n' {
                 // A line cut by the crash ends here, so the next one stands alone.
                 f.write_all(b"\n")
                     .map_err(|e| format!("cannot write {}: {e}", at.display()))?;
@@ -204,7 +211,7 @@ impl Recordings {
         } else {
             format::Encoder::Exec(format::ExecLog::default())
         };
-        let flags = (self.settings.input, false, shell);
+        let flags = (input || self.settings.input, false, shell);
         // What the previous run recorded, from the file kept beside it: what is
         // sent again after the resume is recorded from there on, never twice.
         let recorded = writer::read_offsets(&path).unwrap_or((0, 0));

@@ -438,7 +438,7 @@ async fn a_resumable_session_is_recorded_once_across_a_resume_and_a_restart() {
     std::fs::write(&kept, kept_then).unwrap();
     // The next run takes the session up again; the agent sends from offset 5 (what
     // its client had).
-    let mut again = r.resume("s-res", "shell").await.unwrap();
+    let mut again = r.resume("s-res", "shell", false).await.unwrap();
     again.agent_frame(&at(5, b"fghij")).await.unwrap();
     let v = again.finish(None).await.unwrap();
     assert!(v.get("error").is_none(), "{v}");

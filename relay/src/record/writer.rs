@@ -603,7 +603,11 @@ impl Writer {
         let done = tokio::task::spawn_blocking(move || {
             let r = file.write_all(&data);
             if let (Ok(()), Some((at, line))) = (&r, offsets) {
-                let _ = std::fs::write(at, line);
+                // Whole or not at all: a crash mid-write must not leave it empty.
+                let tmp = at.with_extension("at.tmp");
+                if std::fs::write(&tmp, line).is_ok() {
+                    let _ = std::fs::rename(&tmp, at);
+                }
             }
             (file, data, r)
         })

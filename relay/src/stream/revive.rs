@@ -24,12 +24,15 @@ pub async fn revive_all(state: &AppState, sessions: Vec<(SessionRow, Resumable)>
     let mut n = 0;
     for (session, resumable) in sessions {
         let id = session.id.clone();
+        let (agent_id, agent_sid) = (session.agent_id.clone(), resumable.agent_sid);
         match revive(state, session, resumable).await {
             Ok(()) => n += 1,
             Err(why) => {
                 warn!(session = %id, "cannot take the session up again: {why}");
                 let why = format!("relay restarted: {why}");
                 let _ = state.store.end_session(&id, &why).await;
+                // Its agent may still hold it: it ends when the agent comes back.
+                state.hub.end_on_return(&agent_id, agent_sid);
             }
         }
     }
@@ -44,6 +47,22 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
         (Ok(Some(u)), Ok(Some(a))) => (u, crate::api::target(&a)),
         _ => return Err("the session's user or target is gone".into()),
     };
+    // Locked, revoked or expired while the relay was down: it ends.
+    if let Some(k) = &session.key_id {
+        match state.store.key_refusal(k).await {
+            Ok(None) => {}
+            Ok(Some(e)) => return Err(e.to_string()),
+            Err(e) => return Err(format!("cannot check the API key: {e}")),
+        }
+    }
+    match state
+        .locked(&session.user_id, Some(&session.agent_id))
+        .await
+    {
+        Ok(None) => {}
+        Ok(Some(why)) => return Err(why),
+        Err(_) => return Err("cannot check for locks (store error)".into()),
+    }
     let registration = state.live.register(
         &session.id,
         Owner {
@@ -53,7 +72,12 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
         },
     );
     registration.resumable_by(r.hash.clone());
-    let recorder = state.recordings.resume(&session.id, &session.kind).await?;
+    let unknown = std::net::IpAddr::from([0, 0, 0, 0]);
+    let input = super::input_recorded(state, &user, &target, &session, unknown);
+    let recorder = state
+        .recordings
+        .resume(&session.id, &session.kind, input)
+        .await?;
     if let Some(watch) = recorder.watch() {
         registration.joinable(watch);
     }
@@ -84,7 +108,11 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
         notices: true,
         resume: Some((r.hold, String::new())),
     };
-    let hub = session::Session::revived(config, now());
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let age = unix_now.saturating_sub(u64::try_from(r.started_at).unwrap_or(0));
+    let hub = session::Session::revived(config, now(), std::time::Duration::from_secs(age));
     let event = Event::new(user.name.clone(), "session.revive", session.id.clone())
         .detail(serde_json::json!({ "agent": target.name, "hold_secs": r.hold.as_secs() }));
     if let Err(e) = state.audit.record(event).await {
@@ -97,7 +125,7 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
         session,
         user,
         target,
-        peer: std::net::IpAddr::from([0, 0, 0, 0]),
+        peer: unknown,
         client_sid: r.client_sid,
         agent_sid: r.agent_sid,
         agent: None,
@@ -108,6 +136,7 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
         rx,
         queued,
         link_changes,
+        persist: None,
     };
     tokio::spawn(run::route(running));
     Ok(())

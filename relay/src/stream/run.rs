@@ -54,6 +54,9 @@ pub(super) struct Running {
     pub queued: Arc<AtomicUsize>,
     /// A resumable session's agent link going and coming back.
     pub link_changes: mpsc::UnboundedReceiver<LinkChange>,
+    /// What a restarted relay needs to take the session up again, to put on record
+    /// once it is resumable (its agent accepted it).
+    pub persist: Option<crate::store::Resumable>,
 }
 
 /// The client's next message; never, while it has no stream.
@@ -72,8 +75,8 @@ async fn left_for_good(client: &mut Option<Client>) -> bool {
     let Some((_, stream)) = client.as_mut() else {
         return false;
     };
-    let quick = Duration::from_millis(200);
-    while let Ok(Some(Ok(m))) = tokio::time::timeout(quick, stream.next()).await {
+    let by = Instant::now() + Duration::from_millis(200);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(by, stream.next()).await {
         match m {
             Message::Binary(b) if b.first() == Some(&11) => return true,
             Message::Close(_) => return true,
@@ -101,6 +104,7 @@ pub(super) async fn route(r: Running) {
         mut rx,
         queued,
         mut link_changes,
+        mut persist,
     } = r;
     // Their `forward.close` rows being written, all in before `session.end`.
     let mut closing: Vec<tokio::task::JoinHandle<()>> = Vec::new();
@@ -112,6 +116,13 @@ pub(super) async fn route(r: Running) {
     let mut agent_up = agent.is_some();
     let mut was_suspended = hub.is_suspended();
     let end = loop {
+        if hub.is_resumable() {
+            if let Some(r) = persist.take() {
+                if let Err(e) = state.store.set_resumable(&session.id, &r).await {
+                    warn!(session = %session.id, "the session cannot outlive a restart of the relay: {e}");
+                }
+            }
+        }
         let suspended = hub.is_suspended();
         if was_suspended && !suspended {
             // Resumed with the latest token: the one before it is spent.
