@@ -875,9 +875,13 @@ async fn resume_stream(
                 "not this session's resume token (it was used, or the session is not resumable)",
             )),
             Err(crate::live::ResumeRefused::NotLive) => {
-                // Its end is not told to whoever asks: `sesame sessions ls` says it
-                // to those who may see it.
-                return Err(ApiError::new(StatusCode::GONE, "the session is over"));
+                // How it ended is told to the holder of its latest token only (a
+                // client that was away when it ended).
+                let why = match state.store.session_end_for_token(id, &token.hash()).await {
+                    Ok(Some(exit)) => format!("the session ended: {exit}"),
+                    _ => "the session is over".to_string(),
+                };
+                return Err(ApiError::new(StatusCode::GONE, why));
             }
         };
     // Locked or revoked meanwhile: the session ends with that reason anyway.

@@ -523,6 +523,23 @@ impl Store {
             .flatten())
     }
 
+    /// How a resumable session ended, for the holder of its latest resume token
+    /// (`hash`): `None` if it has not ended, or the token is not its latest.
+    pub async fn session_end_for_token(
+        &self,
+        id: &str,
+        hash: &str,
+    ) -> Result<Option<String>, Error> {
+        Ok(sqlx::query_scalar(
+            "SELECT exit FROM sessions WHERE id = ? AND resume_hash = ? AND ended_at IS NOT NULL",
+        )
+        .bind(id)
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?
+        .flatten())
+    }
+
     /// Record how a session ended. The first end recorded stands: what follows
     /// from it (the agent's answer to being told to stop, its link dropping) does
     /// not replace it.

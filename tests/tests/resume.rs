@@ -488,3 +488,45 @@ fn a_policy_sets_its_sessions_resume_window() {
     );
     assert!(took < Duration::from_secs(20), "{took:?}");
 }
+
+#[test]
+fn a_client_away_when_its_session_was_terminated_hears_how_it_ended() {
+    let env = Env::start();
+    let proxy = CutProxy::start(env.relay.port);
+    let mut sesame = env.sesame();
+    sesame.env("SESAME_RELAY", format!("https://127.0.0.1:{}", proxy.port));
+    let mut child = sesame
+        .args(["exec", "gw-01", "--", "sh", "-c", "echo start; sleep 60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (got, reader) = collect(child.stdout.take().unwrap());
+    wait_for("start", 30, || got.load(Ordering::Relaxed) >= 6);
+    proxy.cut(true);
+    // Ended by an operator while its client is away.
+    let listed = env.run(&["sessions", "ls", "--json"], b"");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let id = listed[0]["id"].as_str().unwrap().to_string();
+    let out = env.run(
+        &["sessions", "terminate", &id, "--reason", "maintenance"],
+        b"",
+    );
+    assert!(out.status.success(), "{:?}", text(&out));
+    proxy.restore();
+    let status = child.wait().unwrap();
+    let _ = reader.join();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(255), "{err}");
+    assert!(
+        err.contains("error: cannot resume the session on gw-01: the session ended: terminated by admin: maintenance"),
+        "{err}"
+    );
+}
