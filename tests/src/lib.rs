@@ -207,6 +207,40 @@ pub fn boot_device_with(dir: &Path, port: u16, code: &str, ca: &Path, extra: &[S
     Proc { child, log }
 }
 
+/// Read a child's output on a thread: the count of bytes read so far, and all of
+/// them once it ends.
+pub fn read_counting<R: std::io::Read + Send + 'static>(
+    mut out: R,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let c = count.clone();
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            c.store(all.len(), std::sync::atomic::Ordering::Relaxed);
+        }
+        all
+    });
+    (count, reader)
+}
+
+/// Wait (polling, up to `secs` seconds) until `ok`; panics naming `what` otherwise.
+pub fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// End a `sesame` session client as a user does (SIGTERM: it closes its session);
 /// killed outright after 10 s. A client killed at once (SIGKILL) is a client whose
 /// network went away: its resumable session waits for it for the resume window.

@@ -8,9 +8,8 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use tests::proxy::CutProxy;
 use tests::{start_agent_at, Env};
@@ -142,26 +141,10 @@ fn transfer_with(env: &Env, fault: impl FnOnce()) -> (Vec<u8>, String, String) {
         .unwrap()
         .stdout;
     let mut child = env.spawn_exec(&["sh", "-c", BIG]);
-    let got = Arc::new(AtomicUsize::new(0));
-    let g = got.clone();
-    let mut stdout = child.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-            g.store(all.len(), Ordering::Relaxed);
-        }
-        all
+    let (got, reader) = tests::read_counting(child.stdout.take().unwrap());
+    tests::wait_until("the transfer to start", 60, || {
+        got.load(Ordering::Relaxed) >= expected.len() / 10
     });
-    let end = Instant::now() + Duration::from_secs(60);
-    while got.load(Ordering::Relaxed) < expected.len() / 10 {
-        assert!(Instant::now() < end, "the transfer did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
     assert!(
         got.load(Ordering::Relaxed) < expected.len() / 2,
         "the transfer went too fast to cut in its middle"

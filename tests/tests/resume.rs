@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tests::proxy::CutProxy;
-use tests::{start_agent, text, Env};
+use tests::{read_counting, start_agent, text, wait_until, Env};
 
 /// A relay, and an agent that reaches it through a proxy the test can cut.
 fn env_with_agent_behind_proxy(relay_flags: &[&str]) -> (Env, CutProxy) {
@@ -35,53 +35,21 @@ fn expected_slow_output() -> Vec<u8> {
         .stdout
 }
 
-/// Read a child's stdout on a thread, counting what came so far.
-fn collect(
-    mut out: std::process::ChildStdout,
-) -> (
-    std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    std::thread::JoinHandle<Vec<u8>>,
-) {
-    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let c = count.clone();
-    let reader = std::thread::spawn(move || {
-        let mut all = Vec::new();
-        let mut buf = [0u8; 8192];
-        while let Ok(n) = out.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-            c.store(all.len(), Ordering::Relaxed);
-        }
-        all
-    });
-    (count, reader)
-}
-
-fn wait_for(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn an_exec_goes_on_through_cuts_of_the_agents_link_with_nothing_lost_or_repeated() {
     let (env, proxy) = env_with_agent_behind_proxy(&[]);
     let expected = expected_slow_output();
     let mut child = env.spawn_exec(&["sh", "-c", SLOW_OUTPUT]);
-    let (got, reader) = collect(child.stdout.take().unwrap());
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
     for (cut_at, down_for) in [(200_000, 1500), (1_200_000, 2500)] {
-        wait_for("output before the cut", 30, || {
+        wait_until("output before the cut", 30, || {
             got.load(Ordering::Relaxed) >= cut_at
         });
         let before = proxy.accepted.load(Ordering::Relaxed);
         proxy.cut(true);
         std::thread::sleep(Duration::from_millis(down_for));
         proxy.restore();
-        wait_for("the agent to come back", 30, || {
+        wait_until("the agent to come back", 30, || {
             proxy.accepted.load(Ordering::Relaxed) > before
         });
     }
@@ -119,7 +87,7 @@ fn an_exec_goes_on_through_cuts_of_the_clients_stream_and_input_arrives_once() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    let (got, reader) = collect(child.stdout.take().unwrap());
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
     let mut sent = Vec::new();
     let mut line = |i: usize, stdin: &mut std::process::ChildStdin| {
         let l = format!("line {i} {}\n", "x".repeat(i % 97));
@@ -130,7 +98,7 @@ fn an_exec_goes_on_through_cuts_of_the_clients_stream_and_input_arrives_once() {
     for i in 0..100 {
         line(i, &mut stdin);
     }
-    wait_for("the first lines back", 30, || {
+    wait_until("the first lines back", 30, || {
         got.load(Ordering::Relaxed) > 0
     });
     for round in 0..2 {
@@ -142,7 +110,7 @@ fn an_exec_goes_on_through_cuts_of_the_clients_stream_and_input_arrives_once() {
         }
         std::thread::sleep(Duration::from_millis(1500));
         proxy.restore();
-        wait_for("the client to come back", 30, || {
+        wait_until("the client to come back", 30, || {
             proxy.accepted.load(Ordering::Relaxed) > before
         });
         for i in 0..100 {
@@ -190,8 +158,8 @@ fn cut_for_good_with(window: &str, policy: Option<&str>) -> (std::process::Outpu
     }
     let (env, proxy) = env_with_agent_behind_proxy(&flags);
     let mut child = env.spawn_exec(&["sh", "-c", "echo start; sleep 60"]);
-    let (got, reader) = collect(child.stdout.take().unwrap());
-    wait_for("start", 30, || got.load(Ordering::Relaxed) >= 6);
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("start", 30, || got.load(Ordering::Relaxed) >= 6);
     proxy.cut(true);
     let cut = Instant::now();
     let mut err = String::new();
@@ -257,8 +225,8 @@ fn an_exec_goes_on_after_the_relay_is_killed_and_restarted() {
     let mut env = Env::start();
     let expected = expected_slow_output();
     let mut child = env.spawn_exec(&["sh", "-c", SLOW_OUTPUT]);
-    let (got, reader) = collect(child.stdout.take().unwrap());
-    wait_for("output before the kill", 30, || {
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("output before the kill", 30, || {
         got.load(Ordering::Relaxed) >= 300_000
     });
     restart_relay(&mut env);
@@ -392,8 +360,8 @@ fn while_the_agent_is_away_a_flooding_program_waits_and_memory_stays_bounded() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (got, reader) = collect(child.stdout.take().unwrap());
-    wait_for("the flood", 30, || got.load(Ordering::Relaxed) > 1_000_000);
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("the flood", 30, || got.load(Ordering::Relaxed) > 1_000_000);
     proxy.cut(true);
     std::thread::sleep(Duration::from_secs(2));
     let agent = env.agent.child.id();
@@ -407,7 +375,7 @@ fn while_the_agent_is_away_a_flooding_program_waits_and_memory_stays_bounded() {
     proxy.restore();
     // It goes on after the resume.
     let before = got.load(Ordering::Relaxed);
-    wait_for("the flood to go on", 60, || {
+    wait_until("the flood to go on", 60, || {
         got.load(Ordering::Relaxed) > before + 1_000_000
     });
     let _ = child.kill();
@@ -470,7 +438,7 @@ fn a_client_killed_outright_keeps_its_session_for_the_window_then_it_ends() {
             String::from_utf8_lossy(&cmd).contains(&tag)
         })
     };
-    wait_for("the process group to be killed", 20, || !alive());
+    wait_until("the process group to be killed", 20, || !alive());
     let _ = std::fs::remove_file(&cfg);
 }
 
@@ -502,8 +470,8 @@ fn a_client_away_when_its_session_was_terminated_hears_how_it_ended() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let (got, reader) = collect(child.stdout.take().unwrap());
-    wait_for("start", 30, || got.load(Ordering::Relaxed) >= 6);
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("start", 30, || got.load(Ordering::Relaxed) >= 6);
     proxy.cut(true);
     // Ended by an operator while its client is away.
     let listed = env.run(&["sessions", "ls", "--json"], b"");
