@@ -232,6 +232,22 @@ pub fn read_counting<R: std::io::Read + Send + 'static>(
     (count, reader)
 }
 
+/// Wait for a child whose stdout `reader` ([`read_counting`]) reads: its status,
+/// its stdout and its stderr.
+pub fn finish_child(
+    child: &mut Child,
+    reader: std::thread::JoinHandle<Vec<u8>>,
+) -> (std::process::ExitStatus, Vec<u8>, String) {
+    use std::io::Read;
+    let status = child.wait().unwrap();
+    let out = reader.join().unwrap();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, out, err)
+}
+
 /// Wait (polling, up to `secs` seconds) until `ok`; panics naming `what` otherwise.
 pub fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);

@@ -6,7 +6,6 @@
 //!
 //! Needs root, `ip` and `iptables` (tests/run-all.sh installs them).
 
-use std::io::Read;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -150,15 +149,7 @@ fn transfer_with(env: &Env, fault: impl FnOnce()) -> (Vec<u8>, String, String) {
         "the transfer went too fast to cut in its middle"
     );
     fault();
-    let status = child.wait().unwrap();
-    let out = reader.join().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, out, err) = tests::finish_child(&mut child, reader);
     assert_eq!(status.code(), Some(0), "stderr: {err}");
     (out, sha256(&expected), err)
 }

@@ -53,15 +53,7 @@ fn an_exec_goes_on_through_cuts_of_the_agents_link_with_nothing_lost_or_repeated
             proxy.accepted.load(Ordering::Relaxed) > before
         });
     }
-    let status = child.wait().unwrap();
-    let out = reader.join().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, out, err) = tests::finish_child(&mut child, reader);
     assert_eq!(status.code(), Some(0), "stderr: {err}");
     assert_eq!(out.len(), expected.len(), "stderr: {err}");
     assert!(out == expected, "the output differs");
@@ -118,15 +110,7 @@ fn an_exec_goes_on_through_cuts_of_the_clients_stream_and_input_arrives_once() {
         }
     }
     drop(stdin);
-    let status = child.wait().unwrap();
-    let out = reader.join().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, out, err) = tests::finish_child(&mut child, reader);
     assert_eq!(status.code(), Some(0), "stderr: {err}");
     assert_eq!(
         String::from_utf8_lossy(&out),
@@ -230,15 +214,7 @@ fn an_exec_goes_on_after_the_relay_is_killed_and_restarted() {
         got.load(Ordering::Relaxed) >= 300_000
     });
     restart_relay(&mut env);
-    let status = child.wait().unwrap();
-    let out = reader.join().unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let (status, out, err) = tests::finish_child(&mut child, reader);
     assert_eq!(
         status.code(),
         Some(0),
