@@ -111,12 +111,14 @@ enum State {
     Over,
 }
 
-/// A `ChannelOpen` to send.
+/// A forward channel's destination, kept until the agent answers: its
+/// `ChannelOpen` goes again if a cut lost it.
 #[derive(Debug)]
 struct OpenReq {
-    ch: u16,
     host: String<255>,
     port: u16,
+    /// Its `ChannelOpen` went out (and was not lost, as far as we know).
+    sent: bool,
 }
 
 /// One session, as its client sees it: up to `C` channels, each one's input
@@ -131,8 +133,12 @@ pub struct Client<const C: usize, B: Buffer> {
     total_window: Option<u32>,
     state: State,
     channels: [Option<Channel<B>>; C],
-    /// Channels asked for, their `ChannelOpen` not sent yet (one per free place).
-    opens: Deque<OpenReq, C>,
+    /// The destination of the channel in the same place, until the agent answers.
+    opens: [Option<OpenReq>; C],
+    /// A forward session (channels come and go; channel 0 only ends an answer).
+    forward: bool,
+    /// Channels a resume found gone at the agent: [`Client::poll_event`] says so.
+    gone: Deque<u16, C>,
     /// The latest terminal size, not sent yet (sizes in between do not matter).
     resize: Option<(u16, u16)>,
     signals: Deque<u8, 4>,
@@ -146,6 +152,8 @@ pub struct Client<const C: usize, B: Buffer> {
     suspended: bool,
     /// Our `Resume`s to send, one per `Suspend`.
     answer_due: u32,
+    /// The place of the next forward channel to name in the answer being sent.
+    answer_at: usize,
 }
 
 impl<const C: usize, B: Buffer> Client<C, B> {
@@ -159,7 +167,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             total_window: None,
             state: State::Opening,
             channels: [const { None }; C],
-            opens: Deque::new(),
+            opens: [const { None }; C],
+            forward: false,
+            gone: Deque::new(),
             resize: None,
             signals: Deque::new(),
             close: None,
@@ -168,6 +178,7 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             hold: None,
             suspended: false,
             answer_due: 0,
+            answer_at: 0,
         }
     }
 
@@ -191,6 +202,7 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         }
         self.suspended = true;
         self.answer_due = 0;
+        self.answer_at = 0;
         Ok(())
     }
 
@@ -229,7 +241,8 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             .map_err(
                 |crate::EncodeError::BufferTooSmall { needed }| UseError::BufferTooSmall { needed },
             )?;
-        if !matches!(kind, Kind::Forward) {
+        self.forward = matches!(kind, Kind::Forward);
+        if !self.forward {
             // Its send window comes with the `Accept`.
             let ours = (self.window, self.max_window);
             self.channels[0] = Some(Channel::new(0, 0, ChanState::Requested, 0, ours));
@@ -247,11 +260,30 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     }
 
     fn free(&mut self, ch: u16) {
-        for c in self.channels.iter_mut() {
+        for (c, open) in self.channels.iter_mut().zip(self.opens.iter_mut()) {
             if c.as_ref().is_some_and(|c| c.ch == ch) {
                 *c = None;
+                *open = None;
             }
         }
+    }
+
+    /// The agent answered channel `ch`'s `ChannelOpen`: it needs no sending again.
+    fn answered(&mut self, ch: u16) {
+        for (c, open) in self.channels.iter().zip(self.opens.iter_mut()) {
+            if c.as_ref().is_some_and(|c| c.ch == ch) {
+                *open = None;
+            }
+        }
+    }
+
+    /// An event that no frame carried: a forward channel that a resume found gone
+    /// at the agent (it ended while the link was down, its `ChannelClose` lost; all
+    /// its output had arrived), as [`ClientEvent::ChannelClosed`] with no reason.
+    /// Call after each [`Client::handle_frame`] until `None`.
+    pub fn poll_event(&mut self) -> Option<ClientEvent<'static>> {
+        let ch = self.gone.pop_front()?;
+        Some(ClientEvent::ChannelClosed { ch, reason: "" })
     }
 
     /// Feed one message from the stream.
@@ -293,20 +325,23 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 data,
                 ..
             } => self.data(ch, stream, Some(offset), data.0)?,
-            // Shell and exec sessions (channel 0) only.
             Frame::Resumable { hold, token, .. } if self.state != State::Over => {
-                match self.chan(0) {
-                    Some(c) => {
-                        c.resumable = true;
-                        self.hold = Some(hold);
-                        Some(ClientEvent::Resumable { hold, token })
-                    }
-                    None => None,
+                if !self.forward && self.chan(0).is_none() {
+                    return Ok(None);
                 }
+                for c in self.channels.iter_mut().flatten() {
+                    c.resumable = true;
+                }
+                self.hold = Some(hold);
+                Some(ClientEvent::Resumable { hold, token })
             }
             Frame::Suspend { .. } if self.hold.is_some() && self.state == State::Open => {
                 self.suspended = true;
                 self.answer_due = self.answer_due.saturating_add(1);
+                // A list the agent had begun to give is stale: a whole one comes.
+                for c in self.channels.iter_mut().flatten() {
+                    c.listed = false;
+                }
                 Some(ClientEvent::Suspended)
             }
             Frame::Resume {
@@ -314,13 +349,21 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 offset,
                 limit,
                 eof,
+                open,
                 ..
             } if self.suspended && self.answer_due == 0 => {
+                if self.forward && ch != 0 {
+                    return self.resume_channel(ch, (offset, limit, eof), open);
+                }
                 self.suspended = false;
-                self.chan(ch)
-                    .ok_or(())
-                    .and_then(|c| c.resume_from(offset, limit, eof))
-                    .map_err(|()| ProtocolError::ResumeOffset { sid })?;
+                if self.forward {
+                    self.resume_end();
+                } else {
+                    self.chan(ch)
+                        .ok_or(())
+                        .and_then(|c| c.resume_from(offset, limit, eof))
+                        .map_err(|()| ProtocolError::ResumeOffset { sid })?;
+                }
                 Some(ClientEvent::Resumed)
             }
             Frame::Ack { ch, offset, .. } => {
@@ -351,6 +394,7 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 Some(c) if c.state == ChanState::Requested => {
                     c.state = ChanState::Open;
                     c.send = crate::flow::SendWindow::new(window);
+                    self.answered(ch);
                     Some(ClientEvent::ChannelAccepted { ch })
                 }
                 _ => None,
@@ -383,6 +427,69 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             }
             _ => None,
         })
+    }
+
+    /// The agent's `Resume` for forward channel `ch` (one of the list that ends with
+    /// channel 0's): it goes on from where the agent stands, connected if `open`
+    /// (its `ChannelAccept` may have been lost); an abort of ours the agent may not
+    /// have seen goes again.
+    fn resume_channel(
+        &mut self,
+        ch: u16,
+        (offset, limit, eof): (u64, u64, bool),
+        open: bool,
+    ) -> Result<Option<ClientEvent<'static>>, ProtocolError> {
+        let sid = self.sid;
+        let Some(c) = self.chan(ch) else {
+            return Ok(None);
+        };
+        c.listed = true;
+        let bad = ProtocolError::ResumeOffset { sid };
+        match c.state {
+            ChanState::Requested if open => {
+                c.state = ChanState::Open;
+                c.resume_from(offset, limit, eof).map_err(|()| bad)?;
+                self.answered(ch);
+                Ok(Some(ClientEvent::ChannelAccepted { ch }))
+            }
+            // Still connecting: its `ChannelAccept` (or refusal) comes.
+            ChanState::Requested => Ok(None),
+            ChanState::Open => {
+                c.resume_from(offset, limit, eof).map_err(|()| bad)?;
+                Ok(None)
+            }
+            // Our `ChannelClose` went and its answer has not come: it goes again.
+            ChanState::Terminating => {
+                c.state = ChanState::Closing(String::new());
+                Ok(None)
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The end of the agent's answer (forward sessions): a channel it did not name
+    /// is gone there. One connecting has its `ChannelOpen` sent again (the agent
+    /// never had it, or refused it and the refusal was lost); any other ended at
+    /// the agent, its `ChannelClose` lost, after all of its output had arrived (the
+    /// agent frees a channel only once its output is acknowledged).
+    fn resume_end(&mut self) {
+        for (place, open) in self.channels.iter_mut().zip(self.opens.iter_mut()) {
+            let Some(c) = place.as_mut() else {
+                continue;
+            };
+            if core::mem::take(&mut c.listed) {
+                continue;
+            }
+            if c.state == ChanState::Requested {
+                if let Some(o) = open.as_mut() {
+                    o.sent = false;
+                }
+                continue;
+            }
+            let _ = self.gone.push_back(c.ch);
+            *place = None;
+            *open = None;
+        }
     }
 
     /// Output of a channel, as `Data` (no offset) or `DataAt`: what was not received
@@ -428,16 +535,15 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             ch = ch.wrapping_add(1);
         }
         self.next_ch = ch.wrapping_add(1);
-        self.opens
-            .push_back(OpenReq {
-                ch,
-                host: name,
-                port,
-            })
-            .map_err(|_| UseError::NotNow)?;
+        self.opens[free] = Some(OpenReq {
+            host: name,
+            port,
+            sent: false,
+        });
         let ours = (self.window, self.max_window);
         let mut c = Channel::new(ch, 0, ChanState::Requested, 0, ours);
         c.ends_itself = false;
+        c.resumable = self.hold.is_some();
         self.channels[free] = Some(c);
         Ok(ch)
     }
@@ -536,9 +642,27 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             if self.answer_due == 0 {
                 return Ok(None);
             }
+            // One `Resume` per forward channel, then channel 0's, which ends it.
+            while let Some(place) = self.channels.get(self.answer_at) {
+                self.answer_at += 1;
+                if let Some(c) = place.as_ref().filter(|c| c.ch != 0) {
+                    return Ok(c.resume_frame(sid).encode(out).ok());
+                }
+            }
+            self.answer_at = 0;
             self.answer_due -= 1;
-            let Some(f) = self.chan(0).map(|c| c.resume_frame(sid)) else {
-                return Ok(None);
+            let forward = self.forward;
+            let f = match self.chan(0) {
+                Some(c) => c.resume_frame(sid),
+                None if forward => Frame::Resume {
+                    sid,
+                    ch: 0,
+                    offset: 0,
+                    limit: 0,
+                    eof: false,
+                    open: true,
+                },
+                None => return Ok(None),
             };
             return Ok(f.encode(out).ok());
         }
@@ -552,10 +676,17 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         if let Some(f) = f {
             return Ok(f.encode(out).ok());
         }
-        if let Some(o) = self.opens.pop_front() {
+        let due = self.opens.iter_mut().zip(self.channels.iter());
+        for (open, c) in due {
+            let (Some(o), Some(c)) = (open.as_mut().filter(|o| !o.sent), c.as_ref()) else {
+                continue;
+            };
+            // (One aborted before it went goes too: the agent answers its
+            // `ChannelClose`, which frees it.)
+            o.sent = true;
             let f = Frame::ChannelOpen {
                 sid,
-                ch: o.ch,
+                ch: c.ch,
                 window: self.window,
                 host: o.host.as_str(),
                 port: o.port,

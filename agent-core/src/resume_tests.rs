@@ -310,6 +310,8 @@ impl Sim {
     }
 }
 
+mod forward;
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -106,6 +106,7 @@ fn every_frame() -> Vec<Frame<'static>> {
             offset: 0,
             limit: 0,
             eof: false,
+            open: false,
         },
         Frame::Ack {
             sid: 1,

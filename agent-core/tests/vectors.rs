@@ -197,6 +197,7 @@ fn expected(name: &str) -> Frame<'static> {
             offset: 300,
             limit: 65836,
             eof: false,
+            open: true,
         },
         "ack" => Frame::Ack {
             sid: 3,

@@ -149,6 +149,7 @@ fn a_resumable_console_survives_a_link_drop_and_sends_again_what_was_not_acknowl
             offset,
             limit,
             eof: false,
+            open: true,
         } => {
             assert_eq!(offset, line.len() as u64, "what the device received");
             assert!(limit >= offset, "{limit}");
@@ -165,6 +166,7 @@ fn a_resumable_console_survives_a_link_drop_and_sends_again_what_was_not_acknowl
         offset: acked as u64,
         limit: acked as u64 + 64 * 1024,
         eof: false,
+        open: true,
     });
     let want = [
         &greeting[..],

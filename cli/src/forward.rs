@@ -14,15 +14,14 @@ use std::sync::Arc;
 use agent_core::client::{Client, ClientEvent};
 use agent_core::wire::{self, Exit, Kind};
 use anyhow::{bail, Context};
-use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::Relay;
-use crate::session::{self, lost_relay, transmit, InputBuf, Pooled, SID};
+use crate::resume::Link;
+use crate::session::{self, InputBuf, Pooled, SID};
 
 /// Bytes a channel can take from the agent before returning credit, at first (the
 /// relay clamps larger ones).
@@ -300,7 +299,13 @@ pub async fn run(
     let mut session = Session::new(SID, CH_WINDOW)
         .growing(CH_MAX_WINDOW)
         .sharing(SESSION_MAX_WINDOW);
-    let mut ws = session::open(relay, (target, run_as), Kind::Forward, &mut session).await?;
+    let mut out = vec![0u8; wire::DEFAULT_MAX_FRAME as usize];
+    let kind = (Kind::Forward, true);
+    let (ws, url) = session::start(relay, (target, run_as), kind, &mut session, &mut out).await?;
+    // The stream, replaced if it fails (the session is resumable when the relay and
+    // the agent can: its connections go on across a cut).
+    let mut link = Link::new(relay, target, url, ws);
+    accepted(&mut link, &mut session, target).await?;
     let mut chans: HashMap<u16, Chan> = HashMap::new();
     // The last connection's serial (see [`Conn`]).
     let mut serial: u64 = 0;
@@ -349,133 +354,205 @@ pub async fn run(
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
 
-    loop {
-        // Input goes in as room comes free, until nothing more moves (see `transmit`).
+    let result: anyhow::Result<i32> = async {
         loop {
-            for (&ch, c) in chans.iter_mut().filter(|(_, c)| !c.closing) {
-                c.feed(&mut session, ch);
+            // Input goes in as room comes free, until nothing more moves.
+            loop {
+                for (&ch, c) in chans.iter_mut().filter(|(_, c)| !c.closing) {
+                    c.feed(&mut session, ch);
+                }
+                let sent = link.transmit(&mut session).await?;
+                if !sent || chans.values().all(|c| c.closing || c.pending.is_empty()) {
+                    break;
+                }
             }
-            let sent = transmit(&mut session, &mut ws, target).await?;
-            if !sent || chans.values().all(|c| c.closing || c.pending.is_empty()) {
-                break;
+            tokio::select! {
+                msg = link.recv(&mut session) => {
+                    let bytes = msg?;
+                    let ev = session.handle_frame(&bytes).map_err(session::protocol_error)?;
+                    if let Some(ev) = ev {
+                        if let Some(code) = on_event(ev, &mut chans, &mut link, stdio, target).await? {
+                            return Ok(code);
+                        }
+                    }
+                    // Connections a resume found gone at the agent.
+                    while let Some(ev) = session.poll_event() {
+                        if let Some(code) = on_event(ev, &mut chans, &mut link, stdio, target).await? {
+                            return Ok(code);
+                        }
+                    }
+                }
+                ev = ev_rx.recv() => {
+                    let Some(ev) = ev else { continue };
+                    local_event(ev, &mut session, &mut chans, (&dests, &mut serial), (&ev_tx, target));
+                }
+                _ = sigint.recv() => break,
+                _ = sigterm.recv() => break,
             }
         }
-        tokio::select! {
-            msg = ws.next() => {
-                let bytes = match msg {
-                    Some(Ok(Message::Binary(b))) => b,
-                    Some(Ok(Message::Close(_))) | None => return Err(lost_relay(target, None)),
-                    Some(Err(e)) => return Err(lost_relay(target, Some(&e))),
-                    Some(Ok(_)) => continue,
-                };
-                match session.handle_frame(&bytes).map_err(session::protocol_error)? {
-                    Some(ClientEvent::Data { ch, data, .. }) => {
-                        if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
-                            // A copy: a slice of the message would keep the
-                            // WebSocket reader from reusing its buffer.
-                            let mut copy = Pooled::take();
-                            copy.0.clear();
-                            copy.0.extend_from_slice(data);
-                            let _ = w.send(WriteCmd::Data(copy));
-                        }
-                    }
-                    Some(ClientEvent::Eof { ch }) => {
-                        if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
-                            let _ = w.send(WriteCmd::Eof);
-                        }
-                    }
-                    Some(ClientEvent::ChannelRejected { ch, code, reason }) => {
-                        if let Some(mut c) = chans.remove(&ch) {
-                            c.abort();
-                            let why = if reason.is_empty() { session::describe(code) } else { reason.to_string() };
-                            if stdio {
-                                bail!("{}: {why}", c.label);
-                            }
-                            eprintln!("error: {} via {target}: {why}", c.label);
-                        }
-                    }
-                    Some(ClientEvent::ChannelClosed { ch, reason }) => {
-                        if let Some(mut c) = chans.remove(&ch) {
-                            c.reader_task.abort();
-                            // Let the writer deliver what it holds, then close the socket.
-                            c.writer = None;
-                            if !reason.is_empty() && !c.closing {
-                                eprintln!("error: {} via {target}: {reason}", c.label);
-                            }
-                            if stdio {
-                                let _ = c.writer_task.await;
-                                return Ok(if reason.is_empty() { 0 } else { 255 });
-                            }
-                        }
-                    }
-                    Some(ClientEvent::Closed { exit, reason }) => {
-                        let why = match exit {
-                            Exit::Aborted(code) if reason.is_empty() => session::describe(code),
-                            _ => reason.to_string(),
-                        };
-                        bail!("session ended: {why}");
-                    }
-                    Some(ClientEvent::Rejected { reason, .. }) => bail!("{target}: {reason}"),
-                    // The relay does not make forward sessions resumable (yet).
-                    Some(ClientEvent::Resumable { .. } | ClientEvent::Suspended | ClientEvent::Resumed) => {}
-                    Some(ClientEvent::Notice { message }) => {
-                        eprintln!("sesame: {}", crate::terminal::printable(message));
-                    }
-                    Some(ClientEvent::Accepted | ClientEvent::ChannelAccepted { .. }) | None => {}
-                }
+        if link.is_down() {
+            return Err(link.abandoned("stopped"));
+        }
+        session.close("client stopped forwarding");
+        let _ = link.transmit(&mut session).await;
+        link.close().await;
+        Ok(0)
+    }
+    .await;
+    if result.is_err() && !session.is_over() && !link.is_down() {
+        // Leaving for a reason of our own: the session ends now, rather than
+        // waiting for a resume that will not come.
+        session.close("client went away");
+        let _ = link.transmit(&mut session).await;
+        link.close().await;
+    }
+    result
+}
+
+/// Wait for the agent's `Accept` (the relay may make the session resumable first).
+async fn accepted(link: &mut Link<'_>, session: &mut Session, target: &str) -> anyhow::Result<()> {
+    loop {
+        let bytes = link.recv(session).await?;
+        match session
+            .handle_frame(&bytes)
+            .map_err(session::protocol_error)?
+        {
+            Some(ClientEvent::Accepted) => {
+                link.accepted(false);
+                return Ok(());
             }
-            ev = ev_rx.recv() => {
-                let Some(ev) = ev else { continue };
-                match ev {
-                    Ev::Accepted(idx, stream, peer) => {
-                        let dest = &dests[idx];
-                        let label = format!("{peer} -> {}:{}", dest.host, dest.port);
-                        match session.open_channel(&dest.host, dest.port) {
-                            Ok(ch) => {
-                                let (rd, wr) = stream.into_split();
-                                serial += 1;
-                                chans.insert(ch, start_chan((ch, serial), label, rd, wr, &ev_tx));
-                            }
-                            // Every place is taken: the connection is closed at once.
-                            Err(_) => eprintln!(
-                                "error: {label} via {target}: channel limit reached ({CHANNELS} connections in this session)"
-                            ),
-                        }
-                    }
-                    Ev::Read((ch, n), data) => {
-                        if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n && !c.closing) {
-                            c.pending.push_back((data, 0));
-                        }
-                    }
-                    Ev::ReadEnd((ch, n)) => {
-                        if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n) {
-                            c.local_eof = true;
-                        }
-                    }
-                    // Credit goes back (the window grows, within the session's total);
-                    // not for a connection whose channel closed (its id may be another's).
-                    Ev::Written((ch, n), bytes) => {
-                        if chans.get(&ch).is_some_and(|c| c.serial == n) {
-                            session.consumed(ch, bytes);
-                        }
-                    }
-                    Ev::Failed((ch, n), error) => {
-                        if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n && !c.closing) {
-                            c.closing = true;
-                            c.abort();
-                            let _ = session.close_channel(ch, &error);
-                        }
-                    }
-                }
+            Some(ClientEvent::Resumable { hold, token }) => link.resumable(hold, token),
+            Some(ClientEvent::Rejected { reason, .. } | ClientEvent::Closed { reason, .. }) => {
+                bail!("{target}: {reason}")
             }
-            _ = sigint.recv() => break,
-            _ = sigterm.recv() => break,
+            _ => {}
         }
     }
-    session.close("client stopped forwarding");
-    let _ = transmit(&mut session, &mut ws, target).await;
-    let _ = ws.close(None).await;
-    Ok(0)
+}
+
+/// What the agent (or the relay) said: `Some(code)` when the session is over for
+/// this process (stdio mode: its one connection ended).
+async fn on_event(
+    ev: ClientEvent<'_>,
+    chans: &mut HashMap<u16, Chan>,
+    link: &mut Link<'_>,
+    stdio: bool,
+    target: &str,
+) -> anyhow::Result<Option<i32>> {
+    match ev {
+        ClientEvent::Data { ch, data, .. } => {
+            if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
+                // A copy: a slice of the message would keep the WebSocket reader
+                // from reusing its buffer.
+                let mut copy = Pooled::take();
+                copy.0.clear();
+                copy.0.extend_from_slice(data);
+                let _ = w.send(WriteCmd::Data(copy));
+            }
+        }
+        ClientEvent::Eof { ch } => {
+            if let Some(w) = chans.get(&ch).and_then(|c| c.writer.as_ref()) {
+                let _ = w.send(WriteCmd::Eof);
+            }
+        }
+        ClientEvent::ChannelRejected { ch, code, reason } => {
+            if let Some(mut c) = chans.remove(&ch) {
+                c.abort();
+                let why = if reason.is_empty() {
+                    session::describe(code)
+                } else {
+                    reason.to_string()
+                };
+                if stdio {
+                    bail!("{}: {why}", c.label);
+                }
+                eprintln!("error: {} via {target}: {why}", c.label);
+            }
+        }
+        ClientEvent::ChannelClosed { ch, reason } => {
+            if let Some(mut c) = chans.remove(&ch) {
+                c.reader_task.abort();
+                // Let the writer deliver what it holds, then close the socket.
+                c.writer = None;
+                if !reason.is_empty() && !c.closing {
+                    eprintln!("error: {} via {target}: {reason}", c.label);
+                }
+                if stdio {
+                    let _ = c.writer_task.await;
+                    return Ok(Some(if reason.is_empty() { 0 } else { 255 }));
+                }
+            }
+        }
+        ClientEvent::Closed { exit, reason } => {
+            link.close().await;
+            let why = match exit {
+                Exit::Aborted(code) if reason.is_empty() => session::describe(code),
+                _ => reason.to_string(),
+            };
+            bail!("session ended: {why}");
+        }
+        ClientEvent::Rejected { reason, .. } => bail!("{target}: {reason}"),
+        ClientEvent::Resumable { hold, token } => link.resumable(hold, token),
+        ClientEvent::Suspended => link.suspended(),
+        ClientEvent::Resumed => link.resumed(),
+        ClientEvent::Notice { message } => {
+            link.output(b"\n");
+            eprintln!("sesame: {}", crate::terminal::printable(message));
+        }
+        ClientEvent::Accepted | ClientEvent::ChannelAccepted { .. } => {}
+    }
+    Ok(None)
+}
+
+/// A local connection came, sent, ended or failed.
+fn local_event(
+    ev: Ev,
+    session: &mut Session,
+    chans: &mut HashMap<u16, Chan>,
+    (dests, serial): (&[Spec], &mut u64),
+    (ev_tx, target): (&mpsc::UnboundedSender<Ev>, &str),
+) {
+    match ev {
+        Ev::Accepted(idx, stream, peer) => {
+            let dest = &dests[idx];
+            let label = format!("{peer} -> {}:{}", dest.host, dest.port);
+            match session.open_channel(&dest.host, dest.port) {
+                Ok(ch) => {
+                    let (rd, wr) = stream.into_split();
+                    *serial += 1;
+                    chans.insert(ch, start_chan((ch, *serial), label, rd, wr, ev_tx));
+                }
+                // Every place is taken: the connection is closed at once.
+                Err(_) => eprintln!(
+                    "error: {label} via {target}: channel limit reached ({CHANNELS} connections in this session)"
+                ),
+            }
+        }
+        Ev::Read((ch, n), data) => {
+            if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n && !c.closing) {
+                c.pending.push_back((data, 0));
+            }
+        }
+        Ev::ReadEnd((ch, n)) => {
+            if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n) {
+                c.local_eof = true;
+            }
+        }
+        // Credit goes back (the window grows, within the session's total); not for
+        // a connection whose channel closed (its id may be another's).
+        Ev::Written((ch, n), bytes) => {
+            if chans.get(&ch).is_some_and(|c| c.serial == n) {
+                session.consumed(ch, bytes);
+            }
+        }
+        Ev::Failed((ch, n), error) => {
+            if let Some(c) = chans.get_mut(&ch).filter(|c| c.serial == n && !c.closing) {
+                c.closing = true;
+                c.abort();
+                let _ = session.close_channel(ch, &error);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -136,7 +136,7 @@ async fn create(
 
 /// Create a session of `kind` (asking for it to be resumable if `resume`) and send
 /// its `Open` as `session`'s; returns the stream and its URL.
-async fn start<const C: usize, B: Buffer>(
+pub(crate) async fn start<const C: usize, B: Buffer>(
     relay: &Relay,
     (target, run_as): (&str, Option<&str>),
     (kind, resume): (Kind<'_>, bool),
@@ -268,21 +268,11 @@ impl Drop for Pooled {
 }
 
 /// Send what a session has to send, each frame written straight into a pooled
-/// buffer that the WebSocket message then owns; then flush. `true`: something went,
-/// so its buffers have room again (input waiting for room must be offered again
-/// before the caller sleeps: the agent returns credit only for a quarter of its
-/// window, or when the window is used up, so input left waiting can stall both).
-pub(crate) async fn transmit<const N: usize, B: Buffer>(
-    session: &mut Client<N, B>,
-    ws: &mut crate::client::Stream,
-    target: &str,
-) -> anyhow::Result<bool> {
-    send_pending(session, ws)
-        .await?
-        .map_err(|e| lost_relay(target, Some(&e)))
-}
-
-/// [`transmit`], with a failed stream told apart (`Ok(Err(..))`) from a misused
+/// buffer that the WebSocket message then owns; then flush. `Ok(Ok(true))`:
+/// something went, so its buffers have room again (input waiting for room must be
+/// offered again before the caller sleeps: the agent returns credit only for a
+/// quarter of its window, or when the window is used up, so input left waiting can
+/// stall both). A failed stream is told apart (`Ok(Err(..))`) from a misused
 /// session: a resumable session survives the first.
 pub(crate) async fn send_pending<const N: usize, B: Buffer>(
     session: &mut Client<N, B>,

@@ -311,7 +311,7 @@ pub async fn serve(
     let limits = &state.config.limits;
     let (tx, rx) = mpsc::unbounded_channel::<Routed>();
     let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    // Resumable when the client and the agent can, for a shell or an exec.
+    // Resumable when the client and the agent can (a shell, an exec or a forward).
     // The window the policies asked for, else the relay's.
     let window = match session.spec.resume_secs {
         Some(0) => None,
@@ -321,7 +321,7 @@ pub async fn serve(
     let hold = window.filter(|_| {
         resume
             && agent.features & wire::features::RESUME != 0
-            && matches!(session.kind.as_str(), "shell" | "exec")
+            && matches!(session.kind.as_str(), "shell" | "exec" | "forward")
     });
     let (link, link_changes) = mpsc::unbounded_channel();
     let route = Route {

@@ -11,6 +11,7 @@ pub mod http;
 pub mod proxy;
 pub mod pty;
 pub mod sshd;
+pub mod transfer;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -627,14 +628,45 @@ pub struct Forward {
 }
 
 impl Env {
+    /// A relay, and an agent that reaches it through a proxy the test can cut.
+    pub fn with_agent_behind_proxy(relay_flags: &[&str]) -> (Env, proxy::CutProxy) {
+        let mut cut = None;
+        let env = Env::start_launch(relay_flags, "gw-01", |dir, port, code| {
+            let p = proxy::CutProxy::start(port);
+            let agent = start_agent(dir, "agent", p.port, Some(code));
+            cut = Some(p);
+            agent
+        });
+        (env, cut.expect("the agent was started"))
+    }
+
+    /// Kill the relay with SIGKILL and start it again on the same port and data.
+    pub fn restart_relay(&mut self) {
+        self.relay.proc.kill();
+        std::thread::sleep(Duration::from_millis(500));
+        let cfg = self.dir.0.join("unlimited.toml");
+        let relay = start_relay(
+            &self.data(),
+            self.relay.port,
+            &["--config", cfg.to_str().unwrap()],
+        );
+        self.relay = relay;
+    }
+
     /// Start `sesame forward gw-01 SPEC...` and wait for its bound addresses.
     pub fn forward(&self, specs: &[&str]) -> Forward {
+        self.forward_via(self.relay.port, specs)
+    }
+
+    /// [`Env::forward`], the relay reached at `port` on this host (a proxy).
+    pub fn forward_via(&self, port: u16, specs: &[&str]) -> Forward {
         let log = self.dir.0.join(format!(
             "forward-{}.log",
             specs.join("_").replace(['/', ':'], "-")
         ));
         let mut child = self
             .sesame()
+            .env("SESAME_RELAY", format!("https://127.0.0.1:{port}"))
             .arg("forward")
             .arg(&self.target)
             .args(specs)
@@ -795,4 +827,22 @@ pub fn wait_for_process(cmdline: &[u8]) {
         assert!(Instant::now() < deadline, "{cmdline:?} never started");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// SHA-256 of `data`, in hex (by `sha256sum`, as a user would check it).
+pub fn sha256(data: &[u8]) -> String {
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    let mut stdin = child.stdin.take().expect("piped");
+    let data = data.to_vec();
+    let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &data));
+    let out = child.wait_with_output().expect("sha256sum ends");
+    writer
+        .join()
+        .expect("the writer ends")
+        .expect("sha256sum reads");
+    String::from_utf8_lossy(&out.stdout)[..64].to_string()
 }

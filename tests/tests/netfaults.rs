@@ -1,12 +1,13 @@
 //! Network faults made for real (`docs/protocol.md`, section 8), on this machine
 //! only: the agent runs in a network namespace of its own, joined to the host by a
 //! veth pair with addresses that exist only on it; its link is taken down, and its
-//! TCP connections are reset with iptables, in the middle of a transfer. The
-//! receiver's SHA-256 matches the sender's.
+//! TCP connections are reset with iptables, in the middle of a transfer (an exec's
+//! output, or a download and an upload through `sesame forward`). The receiver's
+//! SHA-256 matches the sender's.
 //!
 //! Needs root, `ip` and `iptables` (tests/run-all.sh installs them).
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -120,17 +121,6 @@ fn setup(ns: &Netns) -> (Env, CutProxy) {
 /// What the agent sends: 47 MB of numbered lines.
 const BIG: &str = "seq 1 6000000";
 
-fn sha256(data: &[u8]) -> String {
-    let mut child = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::io::Write::write_all(child.stdin.as_mut().unwrap(), data).unwrap();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
-}
-
 /// Run the big exec, calling `fault` once a tenth of it has arrived; returns what
 /// arrived, the expected bytes' hash, and the CLI's stderr.
 fn transfer_with(env: &Env, fault: impl FnOnce()) -> (Vec<u8>, String, String) {
@@ -151,19 +141,15 @@ fn transfer_with(env: &Env, fault: impl FnOnce()) -> (Vec<u8>, String, String) {
     fault();
     let (status, out, err) = tests::finish_child(&mut child, reader);
     assert_eq!(status.code(), Some(0), "stderr: {err}");
-    (out, sha256(&expected), err)
+    (out, tests::sha256(&expected), err)
 }
 
 #[test]
 fn an_exec_transfer_survives_the_agents_link_down_for_10_s() {
     let ns = Netns::new(1);
     let (env, _proxy) = setup(&ns);
-    let (out, expected, err) = transfer_with(&env, || {
-        sh(&["ip", "link", "set", &ns.host_if, "down"]);
-        std::thread::sleep(Duration::from_secs(10));
-        sh(&["ip", "link", "set", &ns.host_if, "up"]);
-    });
-    assert_eq!(sha256(&out), expected, "stderr: {err}");
+    let (out, expected, err) = transfer_with(&env, || link_down_10_s(&ns));
+    assert_eq!(tests::sha256(&out), expected, "stderr: {err}");
 }
 
 #[test]
@@ -171,32 +157,84 @@ fn an_exec_transfer_survives_the_agents_connections_reset() {
     let ns = Netns::new(2);
     let (env, proxy) = setup(&ns);
     let before = proxy.accepted.load(Ordering::Relaxed);
-    let (out, expected, err) = transfer_with(&env, || {
-        // Every packet the agent sends to the relay is answered with a reset, for
-        // 3 s: its connection dies, and so do its attempts to come back.
-        let rule = [
-            "OUTPUT",
-            "-p",
-            "tcp",
-            "-d",
-            &ns.host_ip,
-            "-j",
-            "REJECT",
-            "--reject-with",
-            "tcp-reset",
-        ];
-        let mut add = vec!["iptables", "-A"];
-        add.extend_from_slice(&rule);
-        ns.exec(&add);
-        std::thread::sleep(Duration::from_secs(3));
-        let mut del = vec!["iptables", "-D"];
-        del.extend_from_slice(&rule);
-        ns.exec(&del);
-    });
-    assert_eq!(sha256(&out), expected, "stderr: {err}");
+    let (out, expected, err) = transfer_with(&env, || resets_for_3_s(&ns, proxy.port));
+    assert_eq!(tests::sha256(&out), expected, "stderr: {err}");
     assert!(
         proxy.accepted.load(Ordering::Relaxed) > before,
         "the agent's connection was not cut"
     );
     assert!(err.contains("unreachable"), "no status line: {err}");
+}
+
+/// Take the agent's link down for 10 s.
+fn link_down_10_s(ns: &Netns) {
+    sh(&["ip", "link", "set", &ns.host_if, "down"]);
+    std::thread::sleep(Duration::from_secs(10));
+    sh(&["ip", "link", "set", &ns.host_if, "up"]);
+}
+
+/// Reset every TCP connection the agent makes to the relay (the forwarder at
+/// `port` on the host's end), for 3 s.
+fn resets_for_3_s(ns: &Netns, port: u16) {
+    // Every packet the agent sends to the relay is answered with a reset: its
+    // connection dies, and so do its attempts to come back.
+    let port = port.to_string();
+    let rule = [
+        "OUTPUT",
+        "-p",
+        "tcp",
+        "-d",
+        &ns.host_ip,
+        "--dport",
+        &port,
+        "-j",
+        "REJECT",
+        "--reject-with",
+        "tcp-reset",
+    ];
+    let mut add = vec!["iptables", "-A"];
+    add.extend_from_slice(&rule);
+    ns.exec(&add);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut del = vec!["iptables", "-D"];
+    del.extend_from_slice(&rule);
+    ns.exec(&del);
+}
+
+/// A 40 MB download (and a 4 MB upload) through `sesame forward` from a server on
+/// the host's end of the veth pair, reached by the agent in `ns`; `fault` once a
+/// tenth of it has come. The SHA-256 of what came matches what was sent.
+fn forwarded_with(ns: &Netns, env: &Env, fault: impl FnOnce()) {
+    const DOWN: usize = 40 << 20;
+    const UP: usize = 4 << 20;
+    let dest = tests::transfer::server(&ns.host_ip);
+    let fwd = env.forward(&[&format!("0:{}:{dest}", ns.host_ip)]);
+    let t = tests::transfer::Transfer::start(fwd.ports[0], DOWN, UP, 11);
+    t.wait_for(DOWN / 10);
+    assert!(
+        t.received() < DOWN / 2,
+        "the transfer went too fast to cut in its middle"
+    );
+    fault();
+    t.check(UP);
+    eprintln!("the client printed: {}", fwd.proc.log());
+}
+
+#[test]
+fn a_forwarded_download_survives_the_agents_link_down_for_10_s() {
+    let ns = Netns::new(3);
+    let (env, _proxy) = setup(&ns);
+    forwarded_with(&ns, &env, || link_down_10_s(&ns));
+}
+
+#[test]
+fn a_forwarded_download_survives_the_agents_connections_reset() {
+    let ns = Netns::new(4);
+    let (env, proxy) = setup(&ns);
+    let before = proxy.accepted.load(Ordering::Relaxed);
+    forwarded_with(&ns, &env, || resets_for_3_s(&ns, proxy.port));
+    assert!(
+        proxy.accepted.load(Ordering::Relaxed) > before,
+        "the agent's connection was not cut"
+    );
 }

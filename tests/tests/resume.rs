@@ -9,19 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tests::proxy::CutProxy;
-use tests::{read_counting, start_agent, text, wait_until, Env};
-
-/// A relay, and an agent that reaches it through a proxy the test can cut.
-fn env_with_agent_behind_proxy(relay_flags: &[&str]) -> (Env, CutProxy) {
-    let mut proxy = None;
-    let env = Env::start_launch(relay_flags, "gw-01", |dir, port, code| {
-        let p = CutProxy::start(port);
-        let agent = start_agent(dir, "agent", p.port, Some(code));
-        proxy = Some(p);
-        agent
-    });
-    (env, proxy.expect("the agent was started"))
-}
+use tests::{read_counting, text, wait_until, Env};
 
 /// Output that takes about 4 s to come, in 40 bursts: a cut lands in its middle.
 const SLOW_OUTPUT: &str =
@@ -37,7 +25,7 @@ fn expected_slow_output() -> Vec<u8> {
 
 #[test]
 fn an_exec_goes_on_through_cuts_of_the_agents_link_with_nothing_lost_or_repeated() {
-    let (env, proxy) = env_with_agent_behind_proxy(&[]);
+    let (env, proxy) = Env::with_agent_behind_proxy(&[]);
     let expected = expected_slow_output();
     let mut child = env.spawn_exec(&["sh", "-c", SLOW_OUTPUT]);
     let (got, reader) = read_counting(child.stdout.take().unwrap());
@@ -140,7 +128,7 @@ fn cut_for_good_with(window: &str, policy: Option<&str>) -> (std::process::Outpu
         std::fs::write(policies.0.join("p.cedar"), text).unwrap();
         flags.extend(["--policies", policies.0.to_str().unwrap()]);
     }
-    let (env, proxy) = env_with_agent_behind_proxy(&flags);
+    let (env, proxy) = Env::with_agent_behind_proxy(&flags);
     let mut child = env.spawn_exec(&["sh", "-c", "echo start; sleep 60"]);
     let (got, reader) = read_counting(child.stdout.take().unwrap());
     wait_until("start", 30, || got.load(Ordering::Relaxed) >= 6);
@@ -191,19 +179,6 @@ fn without_a_resume_window_a_cut_ends_the_session_at_once_as_before() {
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
-/// Kill the relay with SIGKILL and start it again on the same port and data.
-fn restart_relay(env: &mut Env) {
-    env.relay.proc.kill();
-    std::thread::sleep(Duration::from_millis(500));
-    let cfg = env.dir.0.join("unlimited.toml");
-    let relay = tests::start_relay(
-        &env.data(),
-        env.relay.port,
-        &["--config", cfg.to_str().unwrap()],
-    );
-    env.relay = relay;
-}
-
 #[test]
 fn an_exec_goes_on_after_the_relay_is_killed_and_restarted() {
     let mut env = Env::start();
@@ -213,7 +188,7 @@ fn an_exec_goes_on_after_the_relay_is_killed_and_restarted() {
     wait_until("output before the kill", 30, || {
         got.load(Ordering::Relaxed) >= 300_000
     });
-    restart_relay(&mut env);
+    env.restart_relay();
     let (status, out, err) = tests::finish_child(&mut child, reader);
     assert_eq!(
         status.code(),
@@ -283,7 +258,7 @@ fn a_shell_goes_on_after_the_relay_is_killed_and_what_was_typed_meanwhile_runs_o
     // Typed while the relay is down: it runs once, after the resume.
     m.write_all(b"echo $((6*8))-during\r").unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    restart_relay(&mut env);
+    env.restart_relay();
     tests::pty::read_until(&mut m, &mut seen, "48-during", limit);
     m.write_all(b"echo $((6*9))-after; exit 3\r").unwrap();
     tests::pty::read_until(&mut m, &mut seen, "54-after", limit);
@@ -326,7 +301,7 @@ fn cpu_ticks(needle: &str) -> u64 {
 
 #[test]
 fn while_the_agent_is_away_a_flooding_program_waits_and_memory_stays_bounded() {
-    let (env, proxy) = env_with_agent_behind_proxy(&[]);
+    let (env, proxy) = Env::with_agent_behind_proxy(&[]);
     // A program that writes as fast as it can, for ever: `yes` with a marker.
     let mut child = env
         .sesame()

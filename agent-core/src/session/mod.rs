@@ -637,14 +637,11 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             return Ok(slot.abort(ProtocolError::DuplicateChannel { sid, ch }));
         }
         let session = slot.handle();
+        let resumable = slot.hold.is_some();
         if let Some(free) = slot.channels.iter_mut().find(|c| c.is_none()) {
-            *free = Some(Channel::new(
-                ch,
-                gen,
-                ChanState::Requested,
-                window,
-                our_window,
-            ));
+            let mut c = Channel::new(ch, gen, ChanState::Requested, window, our_window);
+            c.resumable = resumable;
+            *free = Some(c);
             return Ok(Some(Event::ChannelOpen {
                 channel: ChannelHandle { session, ch, gen },
                 host,
@@ -773,6 +770,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 offset,
                 limit,
                 eof,
+                ..
             } => Ok(self
                 .slot_mut(sid)
                 .and_then(|slot| slot.resume(ch, offset, limit, eof))),
@@ -1344,6 +1342,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 slot.suspend(now);
                 // Its answer waits for the relay's own `Suspend` on the new link.
                 slot.answer_due = 0;
+                slot.answer_at = 0;
             } else {
                 slot.detach();
                 if slot.finished_detached() {
@@ -1359,11 +1358,26 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         if let Some(e) = self.events.pop_front() {
             return Some(e);
         }
-        let slot = self.slots.iter_mut().flatten().find(|s| s.tell_terminate)?;
-        slot.tell_terminate = false;
-        Some(Event::Terminate {
-            session: slot.handle(),
-        })
+        for slot in self.slots.iter_mut().flatten() {
+            if slot.tell_terminate {
+                slot.tell_terminate = false;
+                return Some(Event::Terminate {
+                    session: slot.handle(),
+                });
+            }
+            let session = slot.handle();
+            if let Some(c) = slot.channels.iter_mut().flatten().find(|c| c.tell_close) {
+                c.tell_close = false;
+                return Some(Event::ChannelClose {
+                    channel: ChannelHandle {
+                        session,
+                        ch: c.ch,
+                        gen: c.gen,
+                    },
+                });
+            }
+        }
+        None
     }
 }
 

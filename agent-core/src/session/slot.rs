@@ -76,6 +76,11 @@ pub(crate) struct Channel<B> {
     pub received: u64,
     /// The offset of the last `Ack` sent.
     ack_sent: u64,
+    /// The peer's answer to the latest `Suspend` named this forward channel.
+    pub listed: bool,
+    /// The driver has to hear [`super::Event::ChannelClose`] for it (the peer no
+    /// longer has it after a resume).
+    pub tell_close: bool,
 }
 
 impl<B: Buffer> Channel<B> {
@@ -103,6 +108,8 @@ impl<B: Buffer> Channel<B> {
             acked: 0,
             received: 0,
             ack_sent: 0,
+            listed: false,
+            tell_close: false,
         }
     }
 
@@ -166,7 +173,8 @@ impl<B: Buffer> Channel<B> {
     }
 
     /// This side's `Resume` for session `sid`: bytes received, the offset the peer
-    /// may send up to, and whether its `Eof` came.
+    /// may send up to, whether its `Eof` came, and whether the channel is open here
+    /// (connected, for a forward channel).
     pub fn resume_frame(&self, sid: u32) -> Frame<'static> {
         Frame::Resume {
             sid,
@@ -174,6 +182,7 @@ impl<B: Buffer> Channel<B> {
             offset: self.received,
             limit: self.received + u64::from(self.recv.remaining()),
             eof: self.peer_eof,
+            open: !matches!(self.state, ChanState::Requested | ChanState::Rejecting(..)),
         }
     }
 
@@ -345,6 +354,8 @@ pub(super) struct Slot<const C: usize, B> {
     pub suspended: bool,
     /// `Resume`s to send, one per `Suspend`.
     pub answer_due: u32,
+    /// The place of the next forward channel to name in the answer being sent.
+    pub answer_at: usize,
     /// Since when the link or the peer is away (the hold counts from here).
     pub away_since: Option<Instant>,
     /// Its connection is gone for good: it ends, and nobody hears of the end.
@@ -391,6 +402,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             hold: None,
             suspended: false,
             answer_due: 0,
+            answer_at: 0,
             away_since: None,
             detached: false,
             tell_terminate: false,
@@ -398,11 +410,11 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         }
     }
 
-    /// The relay made the session resumable, held for `hold` seconds when away.
-    /// Shell and exec sessions only: a forward session's channels come and go, and
-    /// are not resumed (yet).
+    /// The relay made the session resumable, held for `hold` seconds when away: its
+    /// channels (a forward session's, as they come) keep their output until it is
+    /// acknowledged.
     pub fn make_resumable(&mut self, hold: u32) {
-        if self.forward || self.detached {
+        if self.detached {
             return;
         }
         self.hold = Some(hold);
@@ -427,6 +439,10 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         self.suspended = true;
         self.answer_due = self.answer_due.saturating_add(1);
         self.away_since.get_or_insert(now);
+        // A list the peer had begun to give is stale: a whole one comes again.
+        for c in self.channels.iter_mut().flatten() {
+            c.listed = false;
+        }
         true
     }
 
@@ -471,14 +487,42 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         self.detached && (matches!(self.state, SlotState::Rejecting(..)) || self.exit.is_some())
     }
 
-    /// The peer's `Resume`: send again from where it stands, and go on.
+    /// The peer's `Resume` for channel `ch`: send again from where it stands. In a
+    /// forward session the peer names each of its channels, then channel 0, which
+    /// ends its answer: the session goes on, and a channel the peer did not name
+    /// (it never had it, or freed it) is dropped, the driver told.
     pub fn resume<'a>(&mut self, ch: u16, offset: u64, limit: u64, eof: bool) -> Option<Event<'a>> {
         if !self.suspended || self.answer_due > 0 {
             return None;
         }
+        let sid = self.sid;
+        if self.forward && ch != 0 {
+            // A channel the client still has and this side no longer has (or never
+            // had) goes on no further: the client learns from the end of our list.
+            let c = self.chan(ch)?;
+            c.listed = true;
+            let live = matches!(
+                c.state,
+                ChanState::Requested | ChanState::Open | ChanState::Closing(_)
+            );
+            if live && c.resume_from(offset, limit, eof).is_err() {
+                return self.abort(ProtocolError::ResumeOffset { sid });
+            }
+            return None;
+        }
         self.suspended = false;
         self.away_since = None;
-        let sid = self.sid;
+        if self.forward {
+            for c in self.channels.iter_mut().flatten() {
+                let listed = core::mem::take(&mut c.listed);
+                if !listed && matches!(c.state, ChanState::Requested | ChanState::Open) {
+                    c.state = ChanState::Terminating;
+                    c.out.clear();
+                    c.tell_close = true;
+                }
+            }
+            return None;
+        }
         match self.chan(ch).map(|c| c.resume_from(offset, limit, eof)) {
             Some(Ok(())) => None,
             // A channel it does not have cannot go on from anywhere.
@@ -549,7 +593,25 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             if self.answer_due == 0 {
                 return None;
             }
-            let f = self.chan(0)?.resume_frame(sid);
+            // One `Resume` per forward channel, then channel 0's, which ends it.
+            while let Some(place) = self.channels.get(self.answer_at) {
+                self.answer_at += 1;
+                if let Some(c) = place.as_ref().filter(|c| c.ch != 0) {
+                    return c.resume_frame(sid).encode(out).ok().map(|len| (len, false));
+                }
+            }
+            let f = match self.chan(0) {
+                Some(c) => c.resume_frame(sid),
+                None => Frame::Resume {
+                    sid,
+                    ch: 0,
+                    offset: 0,
+                    limit: 0,
+                    eof: false,
+                    open: true,
+                },
+            };
+            self.answer_at = 0;
             self.answer_due -= 1;
             return f.encode(out).ok().map(|len| (len, false));
         }

@@ -208,7 +208,8 @@ pub enum Frame<'a> {
     },
     /// 24: where this side stands on a channel, answering a `Suspend`; the relay
     /// passes it to the peer once both sides answered. The peer sends again from
-    /// `offset`, within `limit`.
+    /// `offset`, within `limit`. A side answers with one per forward channel it
+    /// has, then one for channel 0, which ends its answer.
     Resume {
         /// Session id.
         sid: u32,
@@ -220,6 +221,10 @@ pub enum Frame<'a> {
         limit: u64,
         /// The peer's `Eof` was received.
         eof: bool,
+        /// The channel is open at this side: for a forward channel, the agent
+        /// connected it (a client that missed its `ChannelAccept` takes this for
+        /// it); `false` while the agent still connects. Always `true` for channel 0.
+        open: bool,
     },
     /// 25: the sender has received `offset` bytes of the channel in all: the peer
     /// may forget them (it keeps what is not acknowledged, to send again after a

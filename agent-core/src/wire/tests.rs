@@ -268,6 +268,7 @@ fn frame_from(sel: u8, a: u32, b: u16, c: u64, bytes: &[u8], text: &str) -> Fram
             offset: c,
             limit: c.wrapping_add(u64::from(a)),
             eof: a.is_multiple_of(2),
+            open: a.is_multiple_of(3),
         },
         25 => Frame::Ack {
             sid: a,

@@ -83,6 +83,11 @@ impl CreditGate {
         }
     }
 
+    /// Every channel starts again (a resume: nothing is in flight any more).
+    pub fn close_all(&mut self) {
+        *self = CreditGate::default();
+    }
+
     /// Held credit that has room now, to send to the agent as `Credit`: channel and
     /// bytes. Call until `None` after [`CreditGate::delivered`].
     #[must_use]

@@ -95,6 +95,9 @@ pub struct Routed {
     pub ch: u16,
     /// It ends its channel (`ChannelClose` or `ChannelReject`).
     pub ends_channel: bool,
+    /// Where its payload starts in its channel's bytes (`DataAt`; bytes sent again
+    /// after a resume count once).
+    pub offset: Option<u64>,
 }
 
 impl Routed {
@@ -130,6 +133,10 @@ impl Routed {
                 frame,
                 Frame::ChannelClose { .. } | Frame::ChannelReject { .. }
             ),
+            offset: match *frame {
+                Frame::DataAt { offset, .. } => Some(offset),
+                _ => None,
+            },
         }
     }
 

@@ -180,6 +180,9 @@ pub struct Session {
     traffic: Traffic,
     /// Where a resumable session stands in a resume.
     resume: Option<Resume>,
+    /// Bytes counted of each channel's `DataAt`s, from the agent and from the
+    /// client: what a side sends again after a resume is not counted twice.
+    counted: (HashMap<u16, u64>, HashMap<u16, u64>),
 }
 
 impl Session {
@@ -305,6 +308,7 @@ impl Session {
             over: false,
             traffic: Traffic::default(),
             resume,
+            counted: Default::default(),
         }
     }
 
@@ -341,8 +345,10 @@ impl Session {
             }
             if r.client.asked > 0 {
                 // Sent before it knew of the `Suspend`: stale, but for its answer.
-                r.client.take_answer(&frame);
-                return self.exchange();
+                if let Err(e) = r.client.take_answer(&frame) {
+                    return self.protocol_error(e);
+                }
+                return self.exchange(now);
             } else if r.suspended.is_some() {
                 return;
             } else if matches!(frame, Frame::Resume { .. }) {
@@ -391,7 +397,9 @@ impl Session {
         let Some(d) = self.deciding.take() else {
             return;
         };
-        if self.over {
+        if self.over || self.is_suspended() {
+            // (A side went away meanwhile: the client sends its `ChannelOpen`
+            // again after the resume, as the agent does not name the channel.)
             return;
         }
         match decision {
@@ -407,6 +415,8 @@ impl Session {
                     },
                     self.cfg.agent_sid,
                 );
+                self.counted.0.remove(&d.ch);
+                self.counted.1.remove(&d.ch);
                 self.channels.insert(
                     d.ch,
                     Channel {
@@ -445,10 +455,11 @@ impl Session {
             );
             return self.protocol_error(e);
         }
-        self.traffic.bytes_in += out.payload as u64;
+        let fresh = fresh(&mut self.counted.1, &out);
+        self.traffic.bytes_in += fresh;
         if out.payload > 0 {
             if let Some(c) = self.channels.get_mut(&out.ch) {
-                c.to_dest += out.payload as u64;
+                c.to_dest += fresh;
             }
             self.last_activity = now;
         }
@@ -467,9 +478,11 @@ impl Session {
             if r.suspended.is_some() && !routed.last {
                 if r.agent.asked > 0 {
                     if let Ok(f) = Frame::decode(&routed.bytes) {
-                        r.agent.take_answer(&f);
+                        if let Err(e) = r.agent.take_answer(&f) {
+                            return self.abort(format!("the agent sent {e}"), true);
+                        }
                     }
-                    self.exchange();
+                    self.exchange(now);
                 }
                 return;
             }
@@ -484,10 +497,11 @@ impl Session {
                 r.accepted = true;
             }
         }
-        self.traffic.bytes_out += routed.payload as u64;
+        let fresh = fresh(&mut self.counted.0, &routed);
+        self.traffic.bytes_out += fresh;
         if routed.payload > 0 {
             if let Some(c) = self.channels.get_mut(&routed.ch) {
-                c.from_dest += routed.payload as u64;
+                c.from_dest += fresh;
             }
             self.last_activity = now;
         } else if routed.ends_channel {
@@ -507,6 +521,8 @@ impl Session {
 
     /// A forward channel is over: its account goes to the audit log.
     fn channel_over(&mut self, ch: u16, reason: String, now: Instant) {
+        self.counted.0.remove(&ch);
+        self.counted.1.remove(&ch);
         if let Some(c) = self.channels.remove(&ch) {
             self.events.push_back(Event::ChannelClosed(ChannelRecord {
                 ch,
@@ -743,6 +759,20 @@ impl Session {
             self.channel_over(ch, why.to_string(), now);
         }
     }
+}
+
+/// Payload bytes of `r` not counted before, `counted` moved past them: all of a
+/// `Data`, the part of a `DataAt` past what its channel's earlier ones carried.
+fn fresh(counted: &mut HashMap<u16, u64>, r: &Routed) -> u64 {
+    let n = r.payload as u64;
+    let Some(offset) = r.offset else {
+        return n;
+    };
+    let seen = counted.entry(r.ch).or_default();
+    let end = offset.saturating_add(n);
+    let new = end.saturating_sub(offset.max(*seen));
+    *seen = end.max(*seen);
+    new
 }
 
 /// Whether a frame of `payload` bytes may go through `bucket` at `now`; if so it is

@@ -15,6 +15,7 @@
 //! output and resize to the observer, so that the file up to there (the screen so
 //! far) and the feed after it (live) meet exactly, with nothing missed or twice.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -139,6 +140,10 @@ pub struct Recorder {
     /// Bytes of channel 0 recorded each way (output, input): a resumable
     /// session's `DataAt` sent again after a resume is recorded once.
     recorded: (u64, u64),
+    /// The same for each forward channel (from the agent, from the client): the
+    /// byte counts of its rows count each byte once across resumes (not across a
+    /// restart of the relay: these are not kept beside the file).
+    channels: (HashMap<u16, u64>, HashMap<u16, u64>),
     /// The session is resumable: `recorded` is kept beside the file
     /// ([`offsets_path`]), so that a restarted relay records each byte once too.
     resumable: bool,
@@ -159,29 +164,45 @@ pub fn read_offsets(recording: &Path) -> Option<(u64, u64)> {
     Some((it.next()??, it.next()??))
 }
 
-/// The part of a channel-0 `Data` or `DataAt` not recorded yet, as a `Data`
-/// frame, with `at` (what was recorded of that direction) moved past it.
-fn unrecorded<'a>(f: Frame<'a>, at: &mut u64) -> Option<Frame<'a>> {
+/// The part of a `Data` or `DataAt` not recorded yet, as a `Data` frame, with
+/// what was recorded of that direction of its channel moved past it: `at` for
+/// channel 0, `channels` for a forward channel (an entry goes when its channel
+/// ends; `Data` of a forward channel, never sent again, needs none).
+fn unrecorded<'a>(
+    f: Frame<'a>,
+    at: &mut u64,
+    channels: &mut HashMap<u16, u64>,
+) -> Option<Frame<'a>> {
     match f {
         Frame::DataAt {
             sid,
-            ch: 0,
+            ch,
             stream,
             offset,
             data,
         } => {
+            let at = match ch {
+                0 => at,
+                _ => channels.entry(ch).or_default(),
+            };
             let skip = usize::try_from(at.saturating_sub(offset)).unwrap_or(usize::MAX);
             let new = data.0.get(skip..).filter(|d| !d.is_empty())?;
             *at = offset.saturating_add(data.0.len() as u64).max(*at);
             Some(Frame::Data {
                 sid,
-                ch: 0,
+                ch,
                 stream,
                 data: agent_core::wire::Bytes(new),
             })
         }
         Frame::Data { ch: 0, data, .. } => {
             *at += data.0.len() as u64;
+            Some(f)
+        }
+        Frame::ChannelOpen { ch, .. }
+        | Frame::ChannelReject { ch, .. }
+        | Frame::ChannelClose { ch, .. } => {
+            channels.remove(&ch);
             Some(f)
         }
         other => Some(other),
@@ -214,6 +235,7 @@ impl Recorder {
             forward: false,
             shell: false,
             recorded: (0, 0),
+            channels: Default::default(),
             resumable: false,
         }
     }
@@ -227,6 +249,7 @@ impl Recorder {
             forward: false,
             shell: false,
             recorded: (0, 0),
+            channels: Default::default(),
             resumable: false,
         }
     }
@@ -284,6 +307,7 @@ impl Recorder {
             forward,
             shell,
             recorded: (0, 0),
+            channels: Default::default(),
             resumable: false,
         }
     }
@@ -314,7 +338,7 @@ impl Recorder {
         let Ok(f) = agent_core::wire::Frame::decode(bytes) else {
             return Ok(());
         };
-        let Some(f) = unrecorded(f, &mut self.recorded.0) else {
+        let Some(f) = unrecorded(f, &mut self.recorded.0, &mut self.channels.0) else {
             return Ok(());
         };
         let r = match super::agent_event(&f, self.forward) {
@@ -347,7 +371,11 @@ impl Recorder {
         if !self.active() {
             return Ok(());
         }
-        let Some(f) = unrecorded(*f, &mut self.recorded.1) else {
+        if let agent_core::wire::Frame::ChannelOpen { ch, .. } = f {
+            // A new channel: nothing of it recorded either way.
+            self.channels.0.remove(ch);
+        }
+        let Some(f) = unrecorded(*f, &mut self.recorded.1, &mut self.channels.1) else {
             return Ok(());
         };
         let r = match super::client_event(&f, self.input, self.forward) {

@@ -21,6 +21,35 @@ pub(super) struct Resume {
     pub(super) suspended: Option<Instant>,
 }
 
+/// Where a side stands on one channel: `offset`, `limit`, `eof`, `open` of its
+/// `Resume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Stand {
+    pub(super) ch: u16,
+    pub(super) offset: u64,
+    pub(super) limit: u64,
+    pub(super) eof: bool,
+    pub(super) open: bool,
+}
+
+impl Stand {
+    fn frame(&self, sid: u32) -> Bytes {
+        let f = Frame::Resume {
+            sid,
+            ch: self.ch,
+            offset: self.offset,
+            limit: self.limit,
+            eof: self.eof,
+            open: self.open,
+        };
+        Routed::new(f, sid).bytes
+    }
+}
+
+/// The most forward channels one answer may name (a client holds 64, the Linux
+/// agent 64): a side naming more breaks the protocol.
+const MAX_LISTED: usize = 1024;
+
 /// One side of a resume.
 #[derive(Default)]
 pub(super) struct Side {
@@ -28,8 +57,10 @@ pub(super) struct Side {
     pub(super) connected: bool,
     /// `Suspend`s sent to it, not answered yet.
     pub(super) asked: u32,
-    /// Its `Resume`, answering the latest `Suspend`.
-    pub(super) answer: Option<(u64, u64, bool)>,
+    /// The forward channels named so far in the answer it is giving.
+    pub(super) partial: Vec<Stand>,
+    /// Its answer to the latest `Suspend`: its forward channels, then channel 0.
+    pub(super) answer: Option<Vec<Stand>>,
     /// Since when it is away.
     pub(super) away_since: Option<Instant>,
 }
@@ -42,21 +73,42 @@ impl Side {
         }
     }
 
-    /// What it says while asked where it stands: its `Resume` answers.
-    pub(super) fn take_answer(&mut self, f: &Frame) {
-        if let Frame::Resume {
-            ch: 0,
+    /// What it says while asked where it stands: its `Resume`s answer, one per
+    /// forward channel, then channel 0's, which ends the answer. `Err` for a side
+    /// that names more channels than any peer holds.
+    pub(super) fn take_answer(&mut self, f: &Frame) -> Result<(), String> {
+        let Frame::Resume {
+            ch,
             offset,
             limit,
             eof,
+            open,
             ..
         } = *f
-        {
-            self.asked -= 1;
-            if self.asked == 0 {
-                self.answer = Some((offset, limit, eof));
+        else {
+            return Ok(());
+        };
+        let stand = Stand {
+            ch,
+            offset,
+            limit,
+            eof,
+            open,
+        };
+        if ch != 0 {
+            if self.partial.len() >= MAX_LISTED {
+                return Err(format!("a resume naming over {MAX_LISTED} channels"));
             }
+            self.partial.push(stand);
+            return Ok(());
         }
+        self.asked -= 1;
+        let mut list = std::mem::take(&mut self.partial);
+        if self.asked == 0 {
+            list.push(stand);
+            self.answer = Some(list);
+        }
+        Ok(())
     }
 }
 
@@ -149,8 +201,9 @@ impl Session {
     }
 
     /// Both sides are there and said where they stand: each hears the other, the
-    /// agent within the bounds of the credit gate.
-    pub(super) fn exchange(&mut self) {
+    /// agent within the bounds of the credit gate. A forward channel the agent did
+    /// not name is over (its row goes to the audit log).
+    pub(super) fn exchange(&mut self, now: Instant) {
         let Some(r) = self.resume.as_mut().filter(|r| r.suspended.is_some()) else {
             return;
         };
@@ -163,25 +216,27 @@ impl Session {
         r.suspended = None;
         r.agent.away_since = None;
         r.client.away_since = None;
-        // Nothing of the agent's is in flight any more: the gate starts again from
-        // what the client can take.
-        let room = u32::try_from(c.1.saturating_sub(c.0)).unwrap_or(u32::MAX);
-        let passed = self.gate.open(0, room);
         let (client_sid, agent_sid) = (self.cfg.client_sid, self.cfg.agent_sid);
-        let resume = |sid, (offset, limit, eof): (u64, u64, bool)| {
-            let f = Frame::Resume {
-                sid,
-                ch: 0,
-                offset,
-                limit,
-                eof,
-            };
-            Routed::new(f, sid).bytes
-        };
-        self.own_to_client.push_back(resume(client_sid, a));
-        let limit = c.0.saturating_add(u64::from(passed));
-        self.own_to_agent
-            .push_back(resume(agent_sid, (c.0, limit, c.2)));
+        // Nothing of the agent's is in flight any more: the gate starts again, on
+        // each channel, from what the client can take.
+        self.gate.close_all();
+        for stand in &c {
+            let room = u32::try_from(stand.limit.saturating_sub(stand.offset));
+            let passed = self.gate.open(stand.ch, room.unwrap_or(u32::MAX));
+            let limit = stand.offset.saturating_add(u64::from(passed));
+            let to_agent = Stand { limit, ..*stand };
+            self.own_to_agent.push_back(to_agent.frame(agent_sid));
+        }
+        for stand in &a {
+            self.own_to_client.push_back(stand.frame(client_sid));
+        }
+        let gone: Vec<u16> = (self.channels.keys())
+            .filter(|ch| !a.iter().any(|s| s.ch == **ch))
+            .copied()
+            .collect();
+        for ch in gone {
+            self.channel_over(ch, "ended while a side was away".into(), now);
+        }
     }
 
     /// When the side that is away has been away for the hold.
