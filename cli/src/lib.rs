@@ -18,7 +18,7 @@
 //! - `sesame policy check` exits with 0 when allowed, 1 when denied, 255 on errors.
 //! - Secrets shown once (API keys, activation codes) are printed alone on stdout.
 //! - The terminal is restored on every exit path.
-//! - A shell or exec session the relay made resumable survives a cut of its
+//! - A shell, exec or forward session the relay made resumable survives a cut of its
 //!   stream: the CLI opens a new one with the session's latest token for as long as
 //!   the relay holds the session, showing one status line meanwhile (`resume`).
 //! - Flow control: the CLI never sends more than the agent granted, and returns

@@ -1,4 +1,4 @@
-//! Keeping a shell or exec session through a cut of its stream (docs/protocol.md
+//! Keeping a shell, exec or forward session through a cut of its stream (docs/protocol.md
 //! §8). The relay made the session resumable and gave a token; when the stream
 //! fails, [`Link`] opens a new one with the latest token (with a backoff, for as long
 //! as the relay holds the session) and reattaches the session to it, while the user
@@ -58,7 +58,7 @@ struct Outage<'r> {
     last: Option<String>,
 }
 
-/// The stream of a shell or exec session, replaced when it fails if the session is
+/// The stream of a session, replaced when it fails if the session is
 /// resumable. Every method is cancel-safe (they run in the arms of a `select!`).
 pub struct Link<'r> {
     relay: &'r Relay,

@@ -7,7 +7,7 @@
 //! max_sessions = 1000           # the whole relay ("region")
 //! idle_timeout = "20m"          # no input or output for this long ends a session
 //! max_duration = "none"         # e.g. "8h"
-//! resume_window = "10m"         # a shell or exec session survives its client or
+//! resume_window = "10m"         # a shell, exec or forward session survives its client or
 //!                               # its agent being away this long; "none": not at all
 //!
 //! [agents.gw-01]                # per-agent override
