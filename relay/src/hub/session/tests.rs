@@ -275,6 +275,9 @@ impl World {
                     self.hub.abort("client went away".into(), false);
                 }
             }
+            while let Some(e) = self.client.poll_event() {
+                self.client_events.push(format!("{e:?}"));
+            }
         }
         // The client writes.
         while let Some(n) = self.client.poll_transmit(&mut buf).unwrap() {
@@ -989,4 +992,101 @@ fn a_side_away_longer_than_the_hold_ends_the_session_saying_who() {
         .last()
         .unwrap()
         .contains("the agent was unreachable for 1m"));
+}
+
+#[test]
+fn a_resumable_forward_session_keeps_its_channels_through_cuts_counting_each_byte_once() {
+    for seed in 1..12 {
+        let mut cfg = config(None);
+        cfg.resume = Some((Duration::from_secs(600), "token".into()));
+        let faults = Faults {
+            jitter_ms: 15,
+            ..Faults::default()
+        };
+        let mut w = World::new(Kind::Forward, cfg, faults, seed);
+        w.faults_until = w.now + Duration::from_secs(3600);
+        let t0 = w.now;
+        w.run_for(Duration::from_millis(100), t0);
+        let mut chans: Vec<(u16, Vec<u8>)> = Vec::new();
+        for round in 0..8u16 {
+            let cut = round % 4;
+            if round % 3 == 0 && chans.len() < 3 {
+                let ch = w.client.open_channel("db.internal", 5432 + round).unwrap();
+                chans.push((ch, Vec::new()));
+            }
+            for (ch, sent) in chans.iter_mut() {
+                let piece: Vec<u8> = (0..6_000u32)
+                    .map(|i| (i * 7 + u32::from(*ch) * 31 + u32::from(round)) as u8)
+                    .collect();
+                feed(&mut w, t0, *ch, &piece);
+                sent.extend_from_slice(&piece);
+            }
+            match cut {
+                0 => w.cut_agent(),
+                1 => w.cut_client(),
+                2 => {
+                    w.cut_agent();
+                    w.cut_client();
+                }
+                _ => {}
+            }
+            if cut < 3 && chans.len() < 3 {
+                // A connection made while a side is away.
+                let ch = w.client.open_channel("db.internal", 6000 + round).unwrap();
+                chans.push((ch, Vec::new()));
+            }
+            let wait = Duration::from_millis(w.rng.below(3000));
+            w.run_for(wait, t0);
+            if cut == 1 || cut == 2 {
+                w.client_back();
+            }
+            if cut == 0 || cut == 2 {
+                w.agent_back(t0);
+            }
+            w.run_for(Duration::from_millis(300), t0);
+        }
+        for (ch, _) in &chans {
+            w.client.finish(*ch).unwrap();
+        }
+        w.run_for(Duration::from_secs(20), t0);
+        assert!(w.broken.is_empty(), "seed {seed}: {:?}", w.broken);
+        let resumed = w.client_events.iter().filter(|e| *e == "Resumed").count();
+        assert!(resumed >= 5, "seed {seed}: {resumed} resumes");
+        let mut total = 0;
+        for (ch, sent) in &chans {
+            assert_eq!(&World::got(&w.agent_got, *ch), sent, "seed {seed}: to {ch}");
+            assert_eq!(
+                &World::got(&w.client_got, *ch),
+                sent,
+                "seed {seed}: from {ch}"
+            );
+            let closed = format!("ChannelClosed {{ ch: {ch}, reason: \"\" }}");
+            assert!(
+                w.client_events.contains(&closed),
+                "seed {seed}: {ch} not closed: {:?}",
+                w.client_events
+            );
+            total += sent.len() as u64;
+        }
+        // Each byte counted once, however often it was sent; every channel's row
+        // is on record (a channel the relay never saw open has none).
+        let rows: Vec<&ChannelRecord> = w
+            .hub_events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ChannelClosed(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        for r in &rows {
+            let (_, sent) = chans.iter().find(|(c, _)| *c == r.ch).unwrap();
+            assert!(r.bytes_to_dest <= sent.len() as u64, "seed {seed}: {r:?}");
+            assert!(r.bytes_from_dest <= sent.len() as u64, "seed {seed}: {r:?}");
+        }
+        let traffic = w.hub.traffic();
+        assert_eq!(traffic.bytes_in, total, "seed {seed}: bytes in");
+        assert_eq!(traffic.bytes_out, total, "seed {seed}: bytes out");
+        assert_eq!(w.agent.session_count(), 1, "seed {seed}");
+        assert!(w.end.is_none(), "seed {seed}: the session goes on");
+    }
 }
