@@ -78,6 +78,12 @@ pub struct Link<'r> {
     outage: Option<Outage<'r>>,
     backoff: Backoff,
     status: StatusLine,
+    /// The news on the status line, if it is up, before what is added to it.
+    news: Option<(Why, String)>,
+    /// Bytes typed since the status line went up (sent once the session goes on).
+    typed: usize,
+    /// The terminal is raw: `~.` leaves (see [`crate::terminal::Escape`]).
+    raw: bool,
     /// When the relay was last heard from on the current stream.
     heard: Instant,
 }
@@ -97,6 +103,9 @@ impl<'r> Link<'r> {
             outage: None,
             backoff: Backoff::new(),
             status: StatusLine::new(Mode::Log),
+            news: None,
+            typed: 0,
+            raw: false,
             heard: Instant::now(),
         }
     }
@@ -105,6 +114,7 @@ impl<'r> Link<'r> {
     /// status line is drawn for it).
     pub fn accepted(&mut self, raw: bool) {
         self.accepted = true;
+        self.raw = raw;
         self.status = StatusLine::new(Mode::detect(raw));
     }
 
@@ -121,7 +131,7 @@ impl<'r> Link<'r> {
         if !self.resuming {
             let target = terminal::printable(&self.target);
             let text = format!(
-                "{target} unreachable; waiting (session kept for {})...",
+                "{target} unreachable; waiting (session kept for {})",
                 human(self.hold)
             );
             self.show(Why::Agent, &text);
@@ -132,6 +142,8 @@ impl<'r> Link<'r> {
     pub fn resumed(&mut self) {
         self.resuming = false;
         self.backoff.reset();
+        self.news = None;
+        self.typed = 0;
         let line = self.status.clear(&terminal::printable(&self.target));
         draw(&line);
     }
@@ -256,7 +268,7 @@ impl<'r> Link<'r> {
         });
         self.resuming = true;
         let text = format!(
-            "connection to the relay lost; reconnecting (session kept for {})...",
+            "relay connection lost; reconnecting (session kept for {})",
             human(self.hold)
         );
         self.show(Why::Relay, &text);
@@ -308,10 +320,37 @@ impl<'r> Link<'r> {
         capped(&mut self.backoff, u32::from_le_bytes(r))
     }
 
-    fn show(&mut self, why: Why, text: &str) {
+    /// `n` bytes were typed: while the status line is up, it says how many wait
+    /// (they are sent once the session goes on).
+    pub fn typed(&mut self, n: usize) {
+        if let Some((why, news)) = self.news.clone() {
+            self.typed += n;
+            self.show(why, &news);
+        }
+    }
+
+    fn show(&mut self, why: Why, news: &str) {
+        self.news = Some((why, news.to_string()));
+        let mut text = news.to_string();
+        if self.typed > 0 {
+            let n = self.typed;
+            text.push_str(&format!("; {n} byte{} typed", plural(n)));
+        }
+        if self.raw {
+            text.push_str("; ~. leaves");
+        }
+        text.push_str("...");
         let cols = terminal::size().map_or(80, |(c, _)| c);
-        let line = self.status.show(why, text, cols);
+        let line = self.status.show(why, &text, cols);
         draw(&line);
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
@@ -408,6 +447,9 @@ mod tests {
             outage: None,
             backoff: Backoff::new(),
             status: StatusLine::new(Mode::Log),
+            news: None,
+            typed: 0,
+            raw: false,
             heard: Instant::now(),
         }
     }

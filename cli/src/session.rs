@@ -346,6 +346,8 @@ pub async fn run(
     let mut raw = None;
     let mut stdin = stdin_reader();
     let mut stdin_open = true;
+    // `~.` at the start of a line leaves (a terminal only).
+    let mut escape = terminal::Escape::default();
     // Input the session's buffer could not take yet.
     let mut pending: Option<(Vec<u8>, usize)> = None;
     let mut stdout = tokio::io::stdout();
@@ -430,7 +432,26 @@ pub async fn run(
             }
             chunk = stdin.recv(), if want_stdin => {
                 match chunk {
-                    Some(data) => pending = Some((data, 0)),
+                    Some(typed) => {
+                        let mut data = typed;
+                        if interactive {
+                            let mut sent = Vec::with_capacity(data.len());
+                            if escape.filter(&data, &mut sent) {
+                                // `~.`: the user leaves; the session ends.
+                                if link.is_down() {
+                                    return Err(link.abandoned("left with ~."));
+                                }
+                                session.close("the user left (~.)");
+                            }
+                            data = sent;
+                        }
+                        if !data.is_empty() {
+                            if link.is_down() || session.is_suspended() {
+                                link.typed(data.len());
+                            }
+                            pending = Some((data, 0));
+                        }
+                    }
                     None => {
                         stdin_open = false;
                         let _ = session.finish(0);

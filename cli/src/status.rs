@@ -55,6 +55,8 @@ impl Mode {
 pub(crate) struct StatusLine {
     mode: Mode,
     shown: Option<Why>,
+    /// The text shown, to redraw only what changed.
+    text: String,
     /// The last output did not end its line (a [`Mode::Line`] status starts a new one).
     line_open: bool,
 }
@@ -65,15 +67,20 @@ impl StatusLine {
         StatusLine {
             mode,
             shown: None,
+            text: String::new(),
             line_open: false,
         }
     }
 
     /// Show `text` for `why` on a terminal `cols` wide (replacing what is shown).
+    /// The same news again draws nothing; on a terminal, new words for the same
+    /// news (what was typed meanwhile) replace the line in place, and a log gets a
+    /// line only for news.
     pub(crate) fn show(&mut self, why: Why, text: &str, cols: u16) -> String {
-        if self.shown == Some(why) {
+        if self.shown == Some(why) && (self.text == text || self.mode == Mode::Log) {
             return String::new();
         }
+        self.text = text.to_string();
         let line = format!("sesame: {text}");
         let fitted = fit(&line, cols);
         let out = match (self.mode, self.shown) {
@@ -164,6 +171,20 @@ mod tests {
         assert_eq!(s.clear("gw-01"), "\r\x1b[K\x1b8");
         assert_eq!(s.clear("gw-01"), "", "one clear per line shown");
         done(s);
+    }
+
+    #[test]
+    fn new_words_for_the_same_news_replace_the_line_on_a_terminal_only() {
+        let mut s = StatusLine::new(Mode::Raw);
+        let _ = s.show(Why::Relay, "relay lost", 80);
+        assert_eq!(
+            s.show(Why::Relay, "relay lost; 3 bytes typed", 80),
+            "\rsesame: relay lost; 3 bytes typed\x1b[K"
+        );
+        done(s);
+        let mut s = StatusLine::new(Mode::Log);
+        let _ = s.show(Why::Relay, "relay lost", 80);
+        assert_eq!(s.show(Why::Relay, "relay lost; 3 bytes typed", 80), "");
     }
 
     #[test]

@@ -250,6 +250,20 @@ pub fn finish_child(
 }
 
 /// Wait (polling, up to `secs` seconds) until `ok`; panics naming `what` otherwise.
+/// Wait up to `limit` for `child` to exit; its status, or `None` if it still runs.
+pub fn wait_child(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn wait_until(what: &str, secs: u64, mut ok: impl FnMut() -> bool) {
     let end = Instant::now() + Duration::from_secs(secs);
     while !ok() {

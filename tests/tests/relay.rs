@@ -320,9 +320,8 @@ fn losing_the_relay_mid_session_is_said_plainly() {
     let (stdout, stderr) = text(&out);
     assert_eq!(stdout, "started\n");
     assert!(
-        stderr.starts_with(
-            "sesame: connection to the relay lost; reconnecting (session kept for 2s)...\n"
-        ),
+        stderr
+            .starts_with("sesame: relay connection lost; reconnecting (session kept for 2s)...\n"),
         "{stderr}"
     );
     assert!(

@@ -255,9 +255,11 @@ fn a_shell_goes_on_after_the_relay_is_killed_and_what_was_typed_meanwhile_runs_o
     m.write_all(b"echo $((6*7))-before\r").unwrap();
     tests::pty::read_until(&mut m, &mut seen, "42-before", limit);
     env.relay.proc.kill();
-    // Typed while the relay is down: it runs once, after the resume.
+    tests::pty::read_until(&mut m, &mut seen, "reconnecting", limit);
+    // Typed while the relay is down: the status line counts it, and it runs once,
+    // after the resume.
     m.write_all(b"echo $((6*8))-during\r").unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    tests::pty::read_until(&mut m, &mut seen, "21 bytes typed; ~. leaves...", limit);
     env.restart_relay();
     tests::pty::read_until(&mut m, &mut seen, "48-during", limit);
     m.write_all(b"echo $((6*9))-after; exit 3\r").unwrap();
@@ -267,6 +269,42 @@ fn a_shell_goes_on_after_the_relay_is_killed_and_what_was_typed_meanwhile_runs_o
     assert_eq!(status.code(), Some(3), "{out}");
     assert_eq!(out.matches("48-during").count(), 1, "{out}");
     assert_eq!(out.matches("42-before").count(), 1, "{out}");
+}
+
+#[test]
+fn tilde_dot_leaves_a_shell_and_ends_it_even_while_the_relay_is_away() {
+    let mut env = Env::start();
+    let limit = Duration::from_secs(30);
+    let open = |env: &Env| {
+        let (master, slave) = tests::pty::pair(100, 30);
+        let child = env.shell_on(&slave);
+        let flags = rustix::fs::fcntl_getfl(&master).unwrap();
+        rustix::fs::fcntl_setfl(&master, flags | rustix::fs::OFlags::NONBLOCK).unwrap();
+        (std::fs::File::from(master), child)
+    };
+    // The relay there: `~.` at the start of a line ends the session at once (a
+    // `~` elsewhere is typed as is).
+    let (mut m, mut child) = open(&env);
+    let mut seen = Vec::new();
+    m.write_all(b"echo a~.b\r").unwrap();
+    tests::pty::read_until(&mut m, &mut seen, "a~.b", limit);
+    m.write_all(b"~.").unwrap();
+    let status = tests::wait_child(&mut child, limit).expect("the CLI left");
+    assert!(!status.success(), "{}", String::from_utf8_lossy(&seen));
+    env.wait_sessions(0, 10);
+
+    // The relay away: the CLI leaves, saying what becomes of the session.
+    let (mut m, mut child) = open(&env);
+    let mut seen = Vec::new();
+    m.write_all(b"echo $((6*7))\r").unwrap();
+    tests::pty::read_until(&mut m, &mut seen, "42", limit);
+    env.relay.proc.kill();
+    tests::pty::read_until(&mut m, &mut seen, "reconnecting", limit);
+    m.write_all(b"\r~.").unwrap();
+    tests::pty::read_until(&mut m, &mut seen, "left with ~. while reconnecting", limit);
+    let status = tests::wait_child(&mut child, limit).expect("the CLI left");
+    assert!(!status.success());
+    env.restart_relay();
 }
 
 /// VmRSS of a process, in KiB.
