@@ -106,11 +106,6 @@ pub enum ProtocolError {
         /// The channel.
         ch: u16,
     },
-    /// The peer opened a session id that is already in use.
-    DuplicateSession {
-        /// The session.
-        sid: u32,
-    },
     /// The peer sent data after its end-of-file on the channel.
     DataAfterEof {
         /// The session.
@@ -183,9 +178,6 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::DuplicateChannel { sid, ch } => {
                 write!(f, "session {sid}: channel {ch} is already open")
-            }
-            ProtocolError::DuplicateSession { sid } => {
-                write!(f, "session {sid} is already open")
             }
             ProtocolError::DataAfterEof { sid } => {
                 write!(f, "session {sid}: data after end-of-file")

@@ -555,7 +555,13 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         account: &'a str,
     ) -> Result<Option<Event<'a>>, ProtocolError> {
         if self.slot_mut(sid).is_some() {
-            return Err(ProtocolError::DuplicateSession { sid });
+            // A relay that lost track of a session this agent still holds (it may
+            // be held for a resume): only the new one is refused, nothing else
+            // on the link is harmed.
+            let mut reason = String::new();
+            let _ = write!(reason, "session {sid} is already open on this agent");
+            self.push_ctrl(Ctrl::Reject(sid, ErrorCode::PROTOCOL, reason))?;
+            return Ok(None);
         }
         // The id is in use again: the old session's end is no longer asked for.
         let _ = take_matching(&mut self.ended, sid);

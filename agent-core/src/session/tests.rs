@@ -252,7 +252,7 @@ fn session_limit_rejects_with_reason_and_spawns_nothing() {
 }
 
 #[test]
-fn duplicate_open_is_connection_error() {
+fn a_duplicate_open_is_refused_alone() {
     let mut s = Sim::ready();
     s.open(1, 100);
     let msg = enc(Frame::Open {
@@ -263,16 +263,25 @@ fn duplicate_open_is_connection_error() {
         },
         account: "",
     });
-    assert_eq!(
-        s.agent.handle_frame(s.now, &msg),
-        Err(ProtocolError::DuplicateSession { sid: 1 })
-    );
-    assert!(s.agent.is_closed());
+    assert_eq!(s.agent.handle_frame(s.now, &msg), Ok(None));
+    assert!(!s.agent.is_closed(), "the link goes on");
     let out = s.drain();
-    assert!(matches!(
-        Frame::decode(&out[0]).unwrap(),
-        Frame::Error { sid: 0, .. }
-    ));
+    assert!(
+        matches!(
+            Frame::decode(&out[0]).unwrap(),
+            Frame::Reject {
+                sid: 1,
+                code: ErrorCode::PROTOCOL,
+                reason: "session 1 is already open on this agent",
+            }
+        ),
+        "{out:?}"
+    );
+    assert_eq!(
+        s.agent.session_count(),
+        1,
+        "the session that has the id goes on"
+    );
 }
 
 #[test]
