@@ -280,17 +280,27 @@ async fn recover_recordings(recordings: &Arc<Recordings>, audit: &Audit, taken_u
     .await
     .unwrap_or_default();
     for (id, outcome) in recovered {
-        let detail = match outcome {
-            Ok(f) => serde_json::json!({ "file": f.file, "sha256": f.sha256 }),
-            Err(e) => {
-                warn!(session = %id, "{e}");
-                serde_json::json!({ "error": e })
-            }
-        };
-        let event = Event::new("relay", "recording.recovered", id).detail(detail);
-        if let Err(e) = audit.record(event).await {
-            warn!("{e}");
+        recovered_event(audit, id, outcome).await;
+    }
+}
+
+/// A recording compressed after its relay stopped goes on record, with its SHA-256
+/// (its session's `session.end` never had it).
+pub(crate) async fn recovered_event(
+    audit: &Audit,
+    id: String,
+    outcome: Result<crate::record::Finished, String>,
+) {
+    let detail = match outcome {
+        Ok(f) => serde_json::json!({ "file": f.file, "sha256": f.sha256 }),
+        Err(e) => {
+            warn!(session = %id, "{e}");
+            serde_json::json!({ "error": e })
         }
+    };
+    let event = Event::new("relay", "recording.recovered", id).detail(detail);
+    if let Err(e) = audit.record(event).await {
+        warn!("{e}");
     }
 }
 

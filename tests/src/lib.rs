@@ -860,3 +860,20 @@ pub fn sha256(data: &[u8]) -> String {
         .expect("sha256sum reads");
     String::from_utf8_lossy(&out.stdout)[..64].to_string()
 }
+
+/// Run `queries` on the relay database in `data`, behind the relay's back (as
+/// someone with the database file would; the relay should be down).
+pub fn sql(data: &Path, queries: &[&str]) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(data.join("sesame.db"));
+        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+        for q in queries {
+            sqlx::query(q).execute(&pool).await.unwrap();
+        }
+        pool.close().await;
+    });
+}

@@ -35,22 +35,6 @@ fn verify(data: &Path, checkpoint: Option<&Path>) -> (bool, String) {
     )
 }
 
-/// Run SQL on a copy of the log, as someone with the database file would.
-fn tamper(data: &Path, sql: &[&str]) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let opts = sqlx::sqlite::SqliteConnectOptions::new().filename(data.join("sesame.db"));
-        let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-        for q in sql {
-            sqlx::query(q).execute(&pool).await.unwrap();
-        }
-        pool.close().await;
-    });
-}
-
 /// A copy of the relay's data directory (database and audit key).
 fn copy(from: &Path, to: &TempDir, name: &str) -> std::path::PathBuf {
     let d = to.0.join(name);
@@ -189,7 +173,7 @@ fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
 
     // Each kind of tampering, on its own copy, is named by its row.
     let edited = copy(&data, &scratch, "edited");
-    tamper(
+    tests::sql(
         &edited,
         &["UPDATE audit SET actor = 'mallory' WHERE seq = 4"],
     );
@@ -199,7 +183,7 @@ fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
     );
 
     let deleted = copy(&data, &scratch, "deleted");
-    tamper(&deleted, &["DELETE FROM audit WHERE seq = 3"]);
+    tests::sql(&deleted, &["DELETE FROM audit WHERE seq = 3"]);
     assert_eq!(
         verify(&deleted, None),
         (
@@ -209,7 +193,7 @@ fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
     );
 
     let swapped = copy(&data, &scratch, "swapped");
-    tamper(
+    tests::sql(
         &swapped,
         &[
             "UPDATE audit SET seq = -2 WHERE seq = 2",
@@ -222,7 +206,7 @@ fn a_scenario_is_in_the_log_with_its_principals_and_tampering_is_named() {
     assert!(said.starts_with("error: audit log: row 2 "), "{said}");
 
     let truncated = copy(&data, &scratch, "truncated");
-    tamper(
+    tests::sql(
         &truncated,
         &[
             &format!("DELETE FROM audit WHERE seq > {}", n - 2),

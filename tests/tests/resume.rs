@@ -272,6 +272,44 @@ fn a_shell_goes_on_after_the_relay_is_killed_and_what_was_typed_meanwhile_runs_o
 }
 
 #[test]
+fn a_session_the_restarted_relay_cannot_take_up_ends_and_its_recording_is_finished() {
+    let mut env = Env::start();
+    let mut child = env.spawn_exec(&["sh", "-c", SLOW_OUTPUT]);
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("output before the kill", 30, || {
+        got.load(Ordering::Relaxed) >= 100_000
+    });
+    env.relay.proc.kill();
+    // Locked while the relay was down (as an admin with the database would).
+    tests::sql(
+        &env.data(),
+        &["INSERT INTO locks (id, target_kind, target_id, target_name, reason, created_by, created_at)
+           SELECT 'lk-test', 'agent', id, name, 'maintenance', 'admin', strftime('%s', 'now')
+           FROM agents WHERE name = 'gw-01'"],
+    );
+    env.restart_relay();
+    let (status, _, err) = tests::finish_child(&mut child, reader);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("maintenance"), "{err}");
+    let dir = env.data().join("recordings");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().any(|n| n.ends_with(".exec.jsonl.gz"))
+            && !names
+                .iter()
+                .any(|n| n.ends_with(".at") || n.ends_with(".exec.jsonl")),
+        "{names:?}"
+    );
+    let audit = env.run(&["audit", "tail", "--json", "-n", "500"], b"");
+    let audit = String::from_utf8_lossy(&audit.stdout).into_owned();
+    assert!(audit.contains("recording.recovered"), "{audit}");
+}
+
+#[test]
 fn tilde_dot_leaves_a_shell_and_ends_it_even_while_the_relay_is_away() {
     let mut env = Env::start();
     let limit = Duration::from_secs(30);

@@ -392,6 +392,19 @@ impl Recordings {
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
     }
+
+    /// Compress session `id`'s recording, if it was left uncompressed (a session
+    /// a restarted relay could not take up again; blocking).
+    pub fn recover_one(&self, id: &str) -> Option<Result<Finished, String>> {
+        if self.settings.mode == RecordingMode::Off || !valid_id(id) {
+            return None;
+        }
+        SUFFIXES
+            .iter()
+            .map(|suffix| self.dir.join(format!("{id}.{suffix}")))
+            .find(|path| path.exists())
+            .map(|path| writer::compress(&path))
+    }
 }
 
 /// What a frame from the agent (on its way to the client) records, if anything:

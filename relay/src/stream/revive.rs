@@ -33,6 +33,13 @@ pub async fn revive_all(state: &AppState, sessions: Vec<(SessionRow, Resumable)>
                 let _ = state.store.end_session(&id, &why).await;
                 // Its agent may still hold it: it ends when the agent comes back.
                 state.hub.end_on_return(&agent_id, agent_sid);
+                // Its recording is finished as the previous run left it.
+                let r = state.recordings.clone();
+                let at = id.clone();
+                let done = tokio::task::spawn_blocking(move || r.recover_one(&at)).await;
+                if let Ok(Some(outcome)) = done {
+                    crate::server::recovered_event(&state.audit, id, outcome).await;
+                }
             }
         }
     }
