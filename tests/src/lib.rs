@@ -78,6 +78,12 @@ impl Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+
+    /// Stop a client as a user does (SIGTERM): it ends its session first (a
+    /// client killed outright looks like a cut, and its session is held).
+    pub fn stop(&mut self) {
+        stop_client(&mut self.child);
+    }
 }
 
 impl Drop for Proc {

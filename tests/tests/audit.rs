@@ -344,8 +344,7 @@ fn every_step_of_a_scenario_is_in_audit_tail_with_its_principal() {
     assert_eq!(&back, b"ping");
     drop(conn);
     std::thread::sleep(Duration::from_millis(300));
-    let _ = fwd.kill();
-    let _ = fwd.wait();
+    tests::stop_client(&mut fwd);
     let key = keys.0.join("id_ed25519");
     tests::sshd::keygen(&key);
     let me = ok({

@@ -297,7 +297,7 @@ fn a_forward_record_has_each_channels_destination_times_bytes_and_end() {
     let _ = r.read(&mut [0u8; 1]);
     // The echoed channel is over at the agent before the session ends.
     std::thread::sleep(Duration::from_millis(500));
-    fwd.proc.kill();
+    fwd.proc.stop();
     let s = ended(&env, "forward");
     let id = s["id"].as_str().unwrap();
     finished(&env, id, "forward.jsonl");
