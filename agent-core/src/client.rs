@@ -101,6 +101,12 @@ pub enum ClientEvent<'a> {
     },
 }
 
+/// Why a forward channel ended at the agent, when its end was lost in a cut and
+/// its reason with it: the agent says it again (it remembers the last few channels
+/// it freed), or the client finds it gone without its `Eof` (see
+/// [`Client::poll_event`]).
+pub const LOST_CHANNEL: &str = "the connection ended at the agent while the link was down";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// `Open` written, no answer yet.
@@ -137,8 +143,9 @@ pub struct Client<const C: usize, B: Buffer> {
     opens: [Option<OpenReq>; C],
     /// A forward session (channels come and go; channel 0 only ends an answer).
     forward: bool,
-    /// Channels a resume found gone at the agent: [`Client::poll_event`] says so.
-    gone: Deque<u16, C>,
+    /// Channels a resume found gone at the agent, and whether they had ended
+    /// cleanly as far as we know: [`Client::poll_event`] says so.
+    gone: Deque<(u16, bool), C>,
     /// The latest terminal size, not sent yet (sizes in between do not matter).
     resize: Option<(u16, u16)>,
     signals: Deque<u8, 4>,
@@ -278,12 +285,15 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     }
 
     /// An event that no frame carried: a forward channel that a resume found gone
-    /// at the agent (it ended while the link was down, its `ChannelClose` lost; all
-    /// its output had arrived), as [`ClientEvent::ChannelClosed`] with no reason.
-    /// Call after each [`Client::handle_frame`] until `None`.
+    /// at the agent (it ended while the link was down, its `ChannelClose` lost), as
+    /// [`ClientEvent::ChannelClosed`]: with no reason if the agent's `Eof` had come
+    /// (it ended cleanly, all of its output here), else with [`LOST_CHANNEL`] (the
+    /// agent may have aborted it, its output cut short). Call after each
+    /// [`Client::handle_frame`] until `None`.
     pub fn poll_event(&mut self) -> Option<ClientEvent<'static>> {
-        let ch = self.gone.pop_front()?;
-        Some(ClientEvent::ChannelClosed { ch, reason: "" })
+        let (ch, clean) = self.gone.pop_front()?;
+        let reason = if clean { "" } else { LOST_CHANNEL };
+        Some(ClientEvent::ChannelClosed { ch, reason })
     }
 
     /// Feed one message from the stream.
@@ -470,8 +480,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
     /// The end of the agent's answer (forward sessions): a channel it did not name
     /// is gone there. One connecting has its `ChannelOpen` sent again (the agent
     /// never had it, or refused it and the refusal was lost); any other ended at
-    /// the agent, its `ChannelClose` lost, after all of its output had arrived (the
-    /// agent frees a channel only once its output is acknowledged).
+    /// the agent, its `ChannelClose` lost: cleanly if its `Eof` came (the agent
+    /// frees a channel that ends by itself only once its output is acknowledged),
+    /// else perhaps aborted; or it answered our own abort.
     fn resume_end(&mut self) {
         for (place, open) in self.channels.iter_mut().zip(self.opens.iter_mut()) {
             let Some(c) = place.as_mut() else {
@@ -486,7 +497,8 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 }
                 continue;
             }
-            let _ = self.gone.push_back(c.ch);
+            let clean = c.peer_eof || c.state != ChanState::Open;
+            let _ = self.gone.push_back((c.ch, clean));
             *place = None;
             *open = None;
         }

@@ -122,14 +122,20 @@ impl<'k, const N: usize> Engine<'k, N> {
     /// The relay connection is gone: agent-core keeps the resumable sessions, held
     /// for their hold, and ends every other one now, not when a connection comes
     /// back ([`Event::Terminate`]: its terminal goes, and its end goes nowhere).
-    /// Forward sessions are never held, and their connections went with the link's
-    /// ports. Nothing is transmitted until [`Engine::connected`]; meanwhile
-    /// [`Engine::pump`] and [`Engine::on_timeout`] keep the held sessions going.
+    /// A held forward session keeps going, but its connections went with the
+    /// link's ports: each is closed, with the reason, which its client hears once
+    /// the session resumes. Nothing is transmitted until [`Engine::connected`];
+    /// meanwhile [`Engine::pump`] and [`Engine::on_timeout`] keep the held sessions
+    /// going.
     pub fn disconnected(&mut self, now: Instant, board: &mut dyn Board) {
         self.online = false;
         self.agent.reconnect(now);
         self.drain_events(board);
-        self.ports.drop_all();
+        for channel in self.ports.drop_all() {
+            let _ = self
+                .agent
+                .close_channel(channel, "the device's link to the relay dropped");
+        }
     }
 
     /// Whether a relay connection is up.

@@ -148,9 +148,11 @@ impl<'r> Ports<'r> {
     }
 
     /// The relay connection is gone, and the link's ports with their sockets: every
-    /// port is free (forward sessions are never held, so theirs all ended).
-    pub fn drop_all(&mut self) {
-        self.ports = [const { None }; PORTS];
+    /// port is free. Returns the channels they carried (a held forward session's
+    /// are closed, to say so to the client once the session resumes).
+    pub fn drop_all(&mut self) -> impl Iterator<Item = ChannelHandle> {
+        let ports = core::mem::replace(&mut self.ports, [const { None }; PORTS]);
+        ports.into_iter().flatten().map(|p| p.channel)
     }
 
     /// The session ended: every connection of it is dropped.

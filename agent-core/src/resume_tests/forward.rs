@@ -25,6 +25,12 @@ fn refused(k: usize) -> bool {
     k % 4 == 3
 }
 
+/// Connections whose port is `k` with `k % 5 == 4` (and not refused) are reset by
+/// the destination halfway through its output.
+fn reset(k: usize) -> bool {
+    k % 5 == 4 && !refused(k)
+}
+
 #[derive(Default)]
 struct Side {
     up: VecDeque<Vec<u8>>,
@@ -51,6 +57,8 @@ struct Conn {
     at_agent: Option<ChannelHandle>,
     /// Times the agent connected it.
     dialed: u32,
+    /// The destination reset it.
+    was_reset: bool,
     /// How it ended at the client: closed (reason) or refused.
     ended: Option<Result<std::string::String, ErrorCode>>,
 }
@@ -92,6 +100,7 @@ impl Sim {
                 ch: None,
                 at_agent: None,
                 dialed: 0,
+                was_reset: false,
                 ended: None,
             })
             .collect();
@@ -268,6 +277,14 @@ impl Sim {
             let Some(h) = c.at_agent.filter(|h| self.agent.is_channel_live(*h)) else {
                 continue;
             };
+            if reset(k) && !c.was_reset && c.written >= c.output.len() / 2 {
+                c.was_reset = true;
+                self.agent.close_channel(h, "reset by peer").unwrap();
+                continue;
+            }
+            if c.was_reset {
+                continue;
+            }
             if c.written < c.output.len() {
                 let n = self
                     .agent
@@ -423,6 +440,16 @@ proptest! {
                 continue;
             }
             prop_assert_eq!(c.dialed, 1);
+            if reset(k) {
+                // Cut short (a prefix, checked all along), and the client hears why
+                // (or, when the agent's word was lost in a cut, that it was lost).
+                let why = c.ended.clone().and_then(Result::ok).unwrap_or_default();
+                prop_assert!(
+                    why == "reset by peer" || why == crate::client::LOST_CHANNEL,
+                    "end of {}: {:?}", k, c.ended
+                );
+                continue;
+            }
             prop_assert_eq!(&c.got_output, &c.output, "output of {}", k);
             prop_assert_eq!(&c.got_input, &c.input, "input of {}", k);
             prop_assert_eq!(&c.ended, &Some(Ok(std::string::String::new())), "end of {}", k);

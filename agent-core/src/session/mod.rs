@@ -627,6 +627,12 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
             SlotState::Open if slot.exit.is_some() => Some("the session is ending"),
             _ => None,
         };
+        if slot.suspended {
+            // It came after this side said which channels it has (the relay had
+            // it queued): not opened, so the client, not finding it named, sends
+            // it again after the resume.
+            return Ok(None);
+        }
         let forward = slot.forward;
         if let Some(why) = refused.filter(|_| forward) {
             let code = ErrorCode::UNREACHABLE;
@@ -644,6 +650,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         }
         let session = slot.handle();
         let resumable = slot.hold.is_some();
+        slot.forget_tombstone(ch);
         if let Some(free) = slot.channels.iter_mut().find(|c| c.is_none()) {
             let mut c = Channel::new(ch, gen, ChanState::Requested, window, our_window);
             c.resumable = resumable;

@@ -8,7 +8,7 @@
 //! decides from the driver's `finish` and `exited` when a channel and a session are
 //! over.
 
-use heapless::String;
+use heapless::{String, Vec};
 
 use super::ring::{Buffer, Ring};
 use super::{Event, REASON_MAX};
@@ -76,6 +76,11 @@ pub(crate) struct Channel<B> {
     pub received: u64,
     /// The offset of the last `Ack` sent.
     ack_sent: u64,
+    /// The peer acknowledged our `Eof` (an `Ack` one past our last byte, or its
+    /// `Resume` saying it has it): a forward channel that ends by itself is freed
+    /// only then, so a peer that does not find it after a resume knows it ended
+    /// cleanly.
+    pub eof_acked: bool,
     /// The peer's answer to the latest `Suspend` named this forward channel.
     pub listed: bool,
     /// The driver has to hear [`super::Event::ChannelClose`] for it (the peer no
@@ -108,6 +113,7 @@ impl<B: Buffer> Channel<B> {
             acked: 0,
             received: 0,
             ack_sent: 0,
+            eof_acked: false,
             listed: false,
             tell_close: false,
         }
@@ -142,10 +148,15 @@ impl<B: Buffer> Channel<B> {
         Ok(Some(new))
     }
 
-    /// The peer received everything before `offset`: forget it. `Err` if that is
-    /// more than was sent.
+    /// The peer received everything before `offset`: forget it. One past the last
+    /// byte sent acknowledges our `Eof` too. `Err` if that is more than was sent.
     pub fn on_ack(&mut self, offset: u64) -> Result<(), ()> {
-        if offset > self.send_offset() {
+        let end = self.send_offset();
+        if offset == end + 1 && self.eof_sent && self.out.unsent() == 0 {
+            self.eof_acked = true;
+            return self.on_ack(end);
+        }
+        if offset > end {
             return Err(());
         }
         if let Some(n) = offset.checked_sub(self.acked) {
@@ -169,6 +180,7 @@ impl<B: Buffer> Channel<B> {
         if !eof {
             self.eof_sent = false;
         }
+        self.eof_acked = eof;
         Ok(())
     }
 
@@ -237,12 +249,14 @@ impl<B: Buffer> Channel<B> {
             let f = Frame::Credit { sid, ch, bytes };
             return f.encode(out).ok().map(|n| (n, false, 0));
         }
-        if self.resumable && self.received > self.ack_sent {
-            self.ack_sent = self.received;
+        // (The peer's `Eof` counts as one more: it is acknowledged as well.)
+        let received = self.received + u64::from(self.peer_eof);
+        if self.resumable && received > self.ack_sent {
+            self.ack_sent = received;
             let f = Frame::Ack {
                 sid,
                 ch,
-                offset: self.received,
+                offset: received,
             };
             return f.encode(out).ok().map(|n| (n, false, 0));
         }
@@ -302,7 +316,9 @@ impl<B: Buffer> Channel<B> {
             }
             // Both directions done: a forward channel is over (channel 0 ends with
             // its session).
-            if ch != 0 && self.ends_itself && drained && self.eof_sent && self.peer_eof {
+            let eof_known = self.eof_acked || !self.resumable;
+            if ch != 0 && self.ends_itself && drained && self.eof_sent && eof_known && self.peer_eof
+            {
                 self.state = ChanState::Closing(String::new());
             }
         }
@@ -317,6 +333,47 @@ impl<B: Buffer> Channel<B> {
             }
         }
         None
+    }
+}
+
+/// Forward channels a resumable session remembers after freeing them: their end
+/// may have been lost in a cut, and is said again if the client still has them.
+pub(super) const TOMBSTONES: usize = 4;
+
+/// A forward channel freed in a resumable session: how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Tombstone {
+    ch: u16,
+    /// Bytes the agent had received of it (where the client stands, at least).
+    received: u64,
+    /// Refused (`ChannelReject`) with this code, rather than closed.
+    rejected: Option<ErrorCode>,
+    /// Closed by itself (both directions done), not aborted.
+    clean: bool,
+    /// The client still has it (it named it after a cut): its end goes again.
+    named: bool,
+}
+
+impl Tombstone {
+    /// Its end, again, for session `sid`.
+    fn frame(&self, sid: u32) -> Frame<'static> {
+        match self.rejected {
+            Some(code) => Frame::ChannelReject {
+                sid,
+                ch: self.ch,
+                code,
+                reason: "refused (the reason was lost in a cut)",
+            },
+            None => Frame::ChannelClose {
+                sid,
+                ch: self.ch,
+                reason: if self.clean {
+                    ""
+                } else {
+                    crate::client::LOST_CHANNEL
+                },
+            },
+        }
     }
 }
 
@@ -364,6 +421,10 @@ pub(super) struct Slot<const C: usize, B> {
     pub tell_terminate: bool,
     /// The exit its `Close` carried, once sent.
     pub closed_with: Option<Exit>,
+    /// The forward channels it freed last (a resumable session's).
+    tombstones: Vec<Tombstone, TOMBSTONES>,
+    /// Places in `tombstones` already named in the answer being sent.
+    tombstones_at: usize,
 }
 
 impl<const C: usize, B: Buffer> Slot<C, B> {
@@ -407,6 +468,8 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             detached: false,
             tell_terminate: false,
             closed_with: None,
+            tombstones: Vec::new(),
+            tombstones_at: 0,
         }
     }
 
@@ -442,6 +505,9 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         // A list the peer had begun to give is stale: a whole one comes again.
         for c in self.channels.iter_mut().flatten() {
             c.listed = false;
+        }
+        for t in self.tombstones.iter_mut() {
+            t.named = false;
         }
         true
     }
@@ -499,12 +565,17 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         if self.forward && ch != 0 {
             // A channel the client still has and this side no longer has (or never
             // had) goes on no further: the client learns from the end of our list.
+            if let Some(t) = self.tombstones.iter_mut().find(|t| t.ch == ch) {
+                if self.channels.iter().flatten().all(|c| c.ch != ch) {
+                    t.named = true;
+                    return None;
+                }
+            }
             let c = self.chan(ch)?;
             c.listed = true;
-            let live = matches!(
-                c.state,
-                ChanState::Requested | ChanState::Open | ChanState::Closing(_)
-            );
+            // One ending here owes only its `ChannelClose` (an aborted one dropped
+            // its output, so the client may have more of it than we still hold).
+            let live = matches!(c.state, ChanState::Requested | ChanState::Open);
             if live && c.resume_from(offset, limit, eof).is_err() {
                 return self.abort(ProtocolError::ResumeOffset { sid });
             }
@@ -513,6 +584,14 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         self.suspended = false;
         self.away_since = None;
         if self.forward {
+            // Freed channels the client no longer has are over for both.
+            let named: Vec<Tombstone, TOMBSTONES> = self
+                .tombstones
+                .iter()
+                .filter(|t| t.named)
+                .copied()
+                .collect();
+            self.tombstones = named;
             for c in self.channels.iter_mut().flatten() {
                 let listed = core::mem::take(&mut c.listed);
                 if !listed && matches!(c.state, ChanState::Requested | ChanState::Open) {
@@ -533,6 +612,39 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
     /// Whether frames from the peer are still delivered to the driver.
     pub fn accepts_input(&self) -> bool {
         self.state == SlotState::Open
+    }
+
+    /// Channel `ch` is opened again: an earlier one of that id is forgotten.
+    pub fn forget_tombstone(&mut self, ch: u16) {
+        let kept: Vec<Tombstone, TOMBSTONES> = self
+            .tombstones
+            .iter()
+            .filter(|t| t.ch != ch)
+            .copied()
+            .collect();
+        self.tombstones = kept;
+    }
+
+    /// A freed forward channel is remembered (the oldest forgotten).
+    fn bury(&mut self, c: &Channel<B>) {
+        if self.hold.is_none() || !self.forward {
+            return;
+        }
+        let (rejected, clean) = match &c.state {
+            ChanState::Rejecting(code, _) => (Some(*code), false),
+            ChanState::Closing(reason) => (None, reason.is_empty()),
+            _ => (None, false),
+        };
+        if self.tombstones.is_full() {
+            self.tombstones.remove(0);
+        }
+        let _ = self.tombstones.push(Tombstone {
+            ch: c.ch,
+            received: c.received,
+            rejected,
+            clean,
+            named: false,
+        });
     }
 
     pub fn chan(&mut self, ch: u16) -> Option<&mut Channel<B>> {
@@ -593,13 +705,27 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             if self.answer_due == 0 {
                 return None;
             }
-            // One `Resume` per forward channel, then channel 0's, which ends it.
+            // One `Resume` per forward channel (those it freed last too: the client
+            // may not know yet), then channel 0's, which ends it.
             while let Some(place) = self.channels.get(self.answer_at) {
                 self.answer_at += 1;
                 if let Some(c) = place.as_ref().filter(|c| c.ch != 0) {
                     return c.resume_frame(sid).encode(out).ok().map(|len| (len, false));
                 }
             }
+            if let Some(t) = self.tombstones.get(self.tombstones_at) {
+                self.tombstones_at += 1;
+                let f = Frame::Resume {
+                    sid,
+                    ch: t.ch,
+                    offset: t.received,
+                    limit: t.received,
+                    eof: true,
+                    open: t.rejected.is_none(),
+                };
+                return f.encode(out).ok().map(|len| (len, false));
+            }
+            self.tombstones_at = 0;
             let f = match self.chan(0) {
                 Some(c) => c.resume_frame(sid),
                 None => Frame::Resume {
@@ -638,6 +764,11 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             }
             _ => {}
         }
+        // The end of a channel freed before a cut that the client still has.
+        if let Some(t) = self.tombstones.iter_mut().find(|t| t.named) {
+            t.named = false;
+            return t.frame(sid).encode(out).ok().map(|len| (len, false));
+        }
         self.prepare_end();
         let data = if self.accept_sent && !self.rate_blocked {
             self.allowance(now, max_payload)
@@ -651,7 +782,9 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             };
             if let Some((len, free, sent)) = chan.next_frame(sid, out, data) {
                 if free {
-                    self.channels[idx] = None;
+                    if let Some(c) = self.channels[idx].take() {
+                        self.bury(&c);
+                    }
                 }
                 if sent > 0 {
                     if let Some(b) = self.bucket.as_mut() {

@@ -138,7 +138,8 @@ pub enum ToClient {
     Relay(Bytes),
 }
 
-/// One open forward channel.
+/// One open forward channel (its host empty and port 0 when it was opened before
+/// the relay restarted).
 struct Channel {
     host: String,
     port: u16,
@@ -183,6 +184,8 @@ pub struct Session {
     /// Bytes counted of each channel's `DataAt`s, from the agent and from the
     /// client: what a side sends again after a resume is not counted twice.
     counted: (HashMap<u16, u64>, HashMap<u16, u64>),
+    /// Taken up again by a restarted relay (its channels are not known).
+    revived: bool,
 }
 
 impl Session {
@@ -276,6 +279,7 @@ impl Session {
         let mut s = Session::build(cfg, CreditGate::default(), now, queues, Some(resume));
         // Its maximum duration counts from when it really started.
         s.started = now.checked_sub(age).unwrap_or(now);
+        s.revived = true;
         s
     }
 
@@ -309,6 +313,7 @@ impl Session {
             traffic: Traffic::default(),
             resume,
             counted: Default::default(),
+            revived: false,
         }
     }
 
@@ -397,9 +402,24 @@ impl Session {
         let Some(d) = self.deciding.take() else {
             return;
         };
-        if self.over || self.is_suspended() {
-            // (A side went away meanwhile: the client sends its `ChannelOpen`
-            // again after the resume, as the agent does not name the channel.)
+        if self.over {
+            return;
+        }
+        if self.is_suspended() {
+            // A side went away meanwhile: the client sends its `ChannelOpen` again
+            // after the resume (the agent does not name the channel), and it is
+            // decided again. This decision's row is closed.
+            if let Ok(host) = decision {
+                self.events.push_back(Event::ChannelClosed(ChannelRecord {
+                    ch: d.ch,
+                    host,
+                    port: d.port,
+                    bytes_to_dest: 0,
+                    bytes_from_dest: 0,
+                    duration: Duration::ZERO,
+                    reason: "not opened: a side went away".into(),
+                }));
+            }
             return;
         }
         match decision {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use agent_core::wire::Frame;
 use axum::body::Bytes;
 
-use super::{Routed, Session};
+use super::{Channel, Routed, Session};
 
 /// A resumable session's sides, and whether it waits for them (section 8).
 pub(super) struct Resume {
@@ -201,8 +201,11 @@ impl Session {
     }
 
     /// Both sides are there and said where they stand: each hears the other, the
-    /// agent within the bounds of the credit gate. A forward channel the agent did
-    /// not name is over (its row goes to the audit log).
+    /// agent within the bounds of the credit gate, which starts again on each
+    /// channel both name (one only the client names is gone at the agent, and
+    /// nothing of it comes any more). A forward channel the agent did not name is
+    /// over (its row goes to the audit log); after a restart of the relay, one it
+    /// names is counted from now on (its destination is not known).
     pub(super) fn exchange(&mut self, now: Instant) {
         let Some(r) = self.resume.as_mut().filter(|r| r.suspended.is_some()) else {
             return;
@@ -221,9 +224,13 @@ impl Session {
         // each channel, from what the client can take.
         self.gate.close_all();
         for stand in &c {
-            let room = u32::try_from(stand.limit.saturating_sub(stand.offset));
-            let passed = self.gate.open(stand.ch, room.unwrap_or(u32::MAX));
-            let limit = stand.offset.saturating_add(u64::from(passed));
+            let limit = if a.iter().any(|s| s.ch == stand.ch) {
+                let room = u32::try_from(stand.limit.saturating_sub(stand.offset));
+                let passed = self.gate.open(stand.ch, room.unwrap_or(u32::MAX));
+                stand.offset.saturating_add(u64::from(passed))
+            } else {
+                stand.limit
+            };
             let to_agent = Stand { limit, ..*stand };
             self.own_to_agent.push_back(to_agent.frame(agent_sid));
         }
@@ -236,6 +243,17 @@ impl Session {
             .collect();
         for ch in gone {
             self.channel_over(ch, "ended while a side was away".into(), now);
+        }
+        // (Only after a restart: otherwise one the relay does not know is one the
+        // agent freed, its row on record already.)
+        for stand in a.iter().filter(|s| s.ch != 0 && self.revived) {
+            self.channels.entry(stand.ch).or_insert_with(|| Channel {
+                host: String::new(),
+                port: 0,
+                opened: now,
+                to_dest: 0,
+                from_dest: 0,
+            });
         }
     }
 
