@@ -21,6 +21,11 @@ use tokio_tungstenite::WebSocketStream;
 
 use crate::config::Config;
 
+/// The `resume` this client asks for on a session stream: the version of
+/// `docs/protocol.md` section 8 it speaks (a relay makes the session resumable only
+/// for the one it speaks too).
+pub const RESUME_VERSION: &str = "2";
+
 /// A session stream.
 pub type Stream = WebSocketStream<TlsStream<BufReader<TcpStream>>>;
 
@@ -275,7 +280,7 @@ impl Relay {
 
     async fn first_stream(&self, url: &str, token: &str, resume: bool) -> anyhow::Result<Stream> {
         // This client shows `Notice` frames (someone joined the session).
-        let resume = resume.then_some("true");
+        let resume = resume.then_some(RESUME_VERSION);
         let q = query(&[
             ("token", Some(token)),
             ("notices", Some("true")),
@@ -291,7 +296,7 @@ impl Relay {
         let q = query(&[
             ("resume_token", Some(token)),
             ("notices", Some("true")),
-            ("resume", Some("true")),
+            ("resume", Some(RESUME_VERSION)),
         ]);
         self.stream_at(url, &q).await
     }

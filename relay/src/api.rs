@@ -786,6 +786,9 @@ fn judged(
     }
 }
 
+/// The `resume` a client that can resume its session asks for on its stream.
+pub const RESUME_VERSION: &str = "2";
+
 /// Query of the stream endpoint.
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
@@ -793,9 +796,9 @@ pub struct StreamQuery {
     /// The client knows `Notice` frames (someone joined or left its session).
     #[serde(default)]
     notices: bool,
-    /// The client can resume its session (`docs/protocol.md`, section 8).
-    #[serde(default)]
-    resume: bool,
+    /// The client can resume its session (`docs/protocol.md`, section 8): `2`
+    /// (a client of the draft said `true`, and gets no resumable session).
+    resume: Option<String>,
     /// It comes back to a resumable session with its latest resume token.
     resume_token: Option<String>,
 }
@@ -852,7 +855,8 @@ async fn open_stream(
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
         .on_upgrade(move |socket| {
-            let client = (peer.ip(), q.notices, q.resume);
+            let resumable = q.resume.as_deref() == Some(RESUME_VERSION);
+            let client = (peer.ip(), q.notices, resumable);
             crate::stream::serve(socket, state, session, agent, client)
         }))
 }

@@ -650,9 +650,17 @@ pub struct Forward {
 impl Env {
     /// A relay, and an agent that reaches it through a proxy the test can cut.
     pub fn with_agent_behind_proxy(relay_flags: &[&str]) -> (Env, proxy::CutProxy) {
+        Env::with_agent_behind(relay_flags, proxy::CutProxy::start)
+    }
+
+    /// A relay, and an agent that reaches it through the proxy `proxy(relay port)`.
+    pub fn with_agent_behind(
+        relay_flags: &[&str],
+        proxy: impl FnOnce(u16) -> proxy::CutProxy,
+    ) -> (Env, proxy::CutProxy) {
         let mut cut = None;
         let env = Env::start_launch(relay_flags, "gw-01", |dir, port, code| {
-            let p = proxy::CutProxy::start(port);
+            let p = proxy(port);
             let agent = start_agent(dir, "agent", p.port, Some(code));
             cut = Some(p);
             agent

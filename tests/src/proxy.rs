@@ -1,12 +1,25 @@
 //! A TCP proxy on loopback whose connections a test can cut: what a network does to
 //! a link when a NAT forgets it or a router resets it. The client (an agent, the CLI)
 //! connects to the proxy's port instead of the relay's; TLS goes through untouched.
+//! It can also be a bad network all along ([`Mangle`]): the bytes split at random
+//! places into small writes, some of them late (delay and jitter), as a seed says.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// How a proxy mangles what it carries (both ways), from a seed.
+#[derive(Debug, Clone, Copy)]
+pub struct Mangle {
+    /// The seed of the splits and delays.
+    pub seed: u64,
+    /// Writes are 1 to this many bytes.
+    pub max_write: usize,
+    /// One write in eight waits up to this long first.
+    pub max_delay: Duration,
+}
 
 /// See the module docs. Stops accepting when dropped.
 pub struct CutProxy {
@@ -30,6 +43,15 @@ impl CutProxy {
     /// A proxy on address `ip` (another interface of this machine) to
     /// `127.0.0.1:target`.
     pub fn start_on(ip: &str, target: u16) -> CutProxy {
+        CutProxy::start_with(ip, target, None)
+    }
+
+    /// A proxy on `127.0.0.1` to `127.0.0.1:target` that mangles what it carries.
+    pub fn mangling(target: u16, mangle: Mangle) -> CutProxy {
+        CutProxy::start_with("127.0.0.1", target, Some(mangle))
+    }
+
+    fn start_with(ip: &str, target: u16, mangle: Option<Mangle>) -> CutProxy {
         let listener = TcpListener::bind((ip, 0)).expect("bind the proxy");
         listener.set_nonblocking(true).unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -55,11 +77,26 @@ impl CutProxy {
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
                     continue;
                 };
-                a.fetch_add(1, Ordering::Relaxed);
+                let n = a.fetch_add(1, Ordering::Relaxed) as u64;
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server.try_clone().unwrap(), client.try_clone().unwrap());
+                // Each direction of each connection its own seed.
+                let m = |k: u64| {
+                    mangle.map(|m| Mangle {
+                        seed: m.seed ^ (n * 2 + k + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                        ..m
+                    })
+                };
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    m(0),
+                );
+                pipe(
+                    server.try_clone().unwrap(),
+                    client.try_clone().unwrap(),
+                    m(1),
+                );
                 l.lock().unwrap().push((client, server));
             }
         });
@@ -95,18 +132,41 @@ impl Drop for CutProxy {
     }
 }
 
-/// Copy `from` to `to` on a thread until either side closes.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copy `from` to `to` on a thread until either side closes (mangled if asked).
+fn pipe(mut from: TcpStream, mut to: TcpStream, mangle: Option<Mangle>) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
+        let mut rng = mangle.map_or(1, |m| m.seed | 1);
+        let mut next = move || {
+            // xorshift64
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
         loop {
-            match from.read(&mut buf) {
+            let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if to.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
+                Ok(n) => n,
+            };
+            let Some(m) = mangle else {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
                 }
+                continue;
+            };
+            let mut at = 0;
+            while at < n {
+                let len = (1 + next() as usize % m.max_write.max(1)).min(n - at);
+                if next() % 8 == 0 {
+                    let ms = next() % (m.max_delay.as_millis() as u64 + 1);
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                if to.write_all(&buf[at..at + len]).is_err() {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                }
+                at += len;
             }
         }
         let _ = to.shutdown(Shutdown::Write);

@@ -1,6 +1,7 @@
 //! Network faults made for real (`docs/protocol.md`, section 8), on this machine
 //! only: the agent runs in a network namespace of its own, joined to the host by a
-//! veth pair with addresses that exist only on it; its link is taken down, and its
+//! veth pair with addresses that exist only on it (and shaped with `tbf` where a
+//! test says); its link is taken down, and its
 //! TCP connections are reset with iptables, in the middle of a transfer (an exec's
 //! output, or a download and an upload through `sesame forward`). The receiver's
 //! SHA-256 matches the sender's.
@@ -20,6 +21,8 @@ struct Netns {
     /// The host's end of the pair, and the addresses on each end.
     host_if: String,
     host_ip: String,
+    /// The namespace's end of the pair.
+    ns_if: String,
 }
 
 fn sh(args: &[&str]) {
@@ -65,7 +68,28 @@ impl Netns {
             name,
             host_if,
             host_ip,
+            ns_if,
         }
+    }
+
+    /// Shape the link both ways with a token bucket (`tc` `tbf`): `rate` (as `tc`
+    /// says it, `30mbit`), with a queue of 100 ms at most.
+    fn shape(&self, rate: &str) {
+        let tbf = |dev: &str| {
+            vec![
+                "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "64kb",
+                "latency", "100ms",
+            ]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<String>>()
+        };
+        let host: Vec<String> = tbf(&self.host_if);
+        sh(&host.iter().map(String::as_str).collect::<Vec<_>>());
+        let ns = tbf(&self.ns_if);
+        let mut args = vec!["ip", "netns", "exec", self.name.as_str()];
+        args.extend(ns.iter().map(String::as_str));
+        sh(&args);
     }
 
     /// Run `args` in the namespace.
@@ -223,6 +247,8 @@ fn forwarded_with(ns: &Netns, env: &Env, fault: impl FnOnce()) {
 #[test]
 fn a_forwarded_download_survives_the_agents_link_down_for_10_s() {
     let ns = Netns::new(3);
+    // A 30 Mbit/s link (the relay paces at 40), not a loopback's speed.
+    ns.shape("30mbit");
     let (env, _proxy) = setup(&ns);
     forwarded_with(&ns, &env, || link_down_10_s(&ns));
 }

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tests::proxy::CutProxy;
+use tests::proxy::{CutProxy, Mangle};
 use tests::{read_counting, text, wait_until, Env};
 
 /// Output that takes about 4 s to come, in 40 bursts: a cut lands in its middle.
@@ -51,6 +51,48 @@ fn an_exec_goes_on_through_cuts_of_the_agents_link_with_nothing_lost_or_repeated
         "the link was not cut twice: {relay_log}"
     );
     eprintln!("the client printed: {err}");
+}
+
+#[test]
+fn an_exec_goes_on_over_bad_networks_through_cuts_of_both_links() {
+    // Both links split at random places into small writes, some late (seeded).
+    let bad = |seed| Mangle {
+        seed,
+        max_write: 1400,
+        max_delay: Duration::from_millis(15),
+    };
+    let (env, agent_link) = Env::with_agent_behind(&[], |port| CutProxy::mangling(port, bad(7)));
+    let client_link = CutProxy::mangling(env.relay.port, bad(11));
+    let expected = expected_slow_output();
+    let mut child = env
+        .sesame()
+        .env(
+            "SESAME_RELAY",
+            format!("https://127.0.0.1:{}", client_link.port),
+        )
+        .args(["exec", "gw-01", "--", "sh", "-c", SLOW_OUTPUT])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    for (i, cut_at) in [200_000, 1_000_000].into_iter().enumerate() {
+        wait_until("output before the cut", 60, || {
+            got.load(Ordering::Relaxed) >= cut_at
+        });
+        let link = if i == 0 { &agent_link } else { &client_link };
+        let before = link.accepted.load(Ordering::Relaxed);
+        link.cut(true);
+        std::thread::sleep(Duration::from_millis(1500));
+        link.restore();
+        wait_until("the link to come back", 30, || {
+            link.accepted.load(Ordering::Relaxed) > before
+        });
+    }
+    let (status, out, err) = tests::finish_child(&mut child, reader);
+    assert_eq!(status.code(), Some(0), "stderr: {err}");
+    assert_eq!(out.len(), expected.len(), "stderr: {err}");
+    assert!(out == expected, "the output differs");
 }
 
 #[test]

@@ -447,3 +447,44 @@ fn a_channel_is_aborted_once_and_an_aborted_channel_cannot_finish() {
     }
     assert_eq!(closes, 1);
 }
+
+#[test]
+fn an_ack_on_its_way_when_a_channel_is_aborted_is_no_violation() {
+    let mut client: Cli = Client::new(7, 200);
+    let mut buf = std::vec![0u8; 4096];
+    client.open(Kind::Forward, "", &mut buf).unwrap();
+    let feed = |client: &mut Cli, f: Frame| client.handle_frame(&frame(f)).map(|e| e.is_some());
+    feed(
+        &mut client,
+        Frame::Resumable {
+            sid: 7,
+            hold: 60,
+            token: "t",
+        },
+    )
+    .unwrap();
+    feed(&mut client, Frame::Accept { sid: 7, window: 0 }).unwrap();
+    let ch = client.open_channel("db", 5432).unwrap();
+    while client.poll_transmit(&mut buf).unwrap().is_some() {}
+    feed(
+        &mut client,
+        Frame::ChannelAccept {
+            sid: 7,
+            ch,
+            window: 1000,
+        },
+    )
+    .unwrap();
+    assert_eq!(client.send_slice(ch, &[b'x'; 100]).unwrap(), 100);
+    while client.poll_transmit(&mut buf).unwrap().is_some() {}
+    // The local side fails: what was sent is dropped; then the agent's Ack for
+    // it, sent before it knew, arrives.
+    client.close_channel(ch, "local write failed").unwrap();
+    let ack = Frame::Ack {
+        sid: 7,
+        ch,
+        offset: 100,
+    };
+    assert_eq!(feed(&mut client, ack), Ok(false));
+    assert!(!client.is_over());
+}

@@ -843,7 +843,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                             if matches!(chan.state, ChanState::Open | ChanState::Requested) =>
                         {
                             chan.state = ChanState::Terminating;
-                            chan.out.clear();
+                            chan.drop_output();
                             let gen = chan.gen;
                             Ok(Some(Event::ChannelClose {
                                 channel: ChannelHandle { session, ch, gen },
@@ -1356,6 +1356,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                 // Its answer waits for the relay's own `Suspend` on the new link.
                 slot.answer_due = 0;
                 slot.answer_at = 0;
+                slot.tombstones_at = 0;
             } else {
                 slot.detach();
                 if slot.finished_detached() {

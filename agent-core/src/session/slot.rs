@@ -210,8 +210,15 @@ impl<B: Buffer> Channel<B> {
 
     /// The channel ends now, for `reason`, dropping what waits to be sent.
     pub fn abort(&mut self, reason: String<REASON_MAX>) {
-        self.out.clear();
+        self.drop_output();
         self.state = ChanState::Closing(reason);
+    }
+
+    /// What waits to be sent, or to be acknowledged, is dropped: it counts as
+    /// acknowledged, so that an `Ack` for it still on its way is no violation.
+    pub fn drop_output(&mut self) {
+        self.acked = self.send_offset();
+        self.out.clear();
     }
 
     /// The next frame of this channel, and whether the channel is free after it.
@@ -424,7 +431,7 @@ pub(super) struct Slot<const C: usize, B> {
     /// The forward channels it freed last (a resumable session's).
     tombstones: Vec<Tombstone, TOMBSTONES>,
     /// Places in `tombstones` already named in the answer being sent.
-    tombstones_at: usize,
+    pub tombstones_at: usize,
 }
 
 impl<const C: usize, B: Buffer> Slot<C, B> {
@@ -596,7 +603,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
                 let listed = core::mem::take(&mut c.listed);
                 if !listed && matches!(c.state, ChanState::Requested | ChanState::Open) {
                     c.state = ChanState::Terminating;
-                    c.out.clear();
+                    c.drop_output();
                     c.tell_close = true;
                 }
             }

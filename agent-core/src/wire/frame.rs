@@ -281,8 +281,11 @@ pub mod features {
     /// without it has no accounts of its own to choose from.
     pub const RUN_AS: u32 = 1 << 4;
     /// Resumable sessions (frames 22-26): the agent keeps a session whose link
-    /// drops, and resends what was not acknowledged when it comes back.
-    pub const RESUME: u32 = 1 << 5;
+    /// drops, and resends what was not acknowledged when it comes back. (Bit 5,
+    /// 32, announced a draft of them that no longer works with this one: `Resume`
+    /// without `open`, no `Ack` of an `Eof`; a relay makes no session of such an
+    /// agent resumable.)
+    pub const RESUME: u32 = 1 << 6;
 }
 
 /// Agent authentication: Ed25519 over `AUTH_CONTEXT || nonce`.

@@ -156,6 +156,10 @@ impl Session {
         r.suspended.get_or_insert(now);
         self.to_client.clear();
         self.own_to_client.clear();
+        // What it sent that waits for the agent is sent again after the resume (so
+        // a channel's `ChannelOpen` cannot reach the agent after its list); its
+        // `Close` (it left on purpose, then the stream went) still goes.
+        self.to_agent.retain(|r| r.last);
         Self::ask(&mut r.agent, &mut self.own_to_agent, self.cfg.agent_sid);
     }
 
@@ -244,9 +248,12 @@ impl Session {
         for ch in gone {
             self.channel_over(ch, "ended while a side was away".into(), now);
         }
-        // (Only after a restart: otherwise one the relay does not know is one the
-        // agent freed, its row on record already.)
-        for stand in a.iter().filter(|s| s.ch != 0 && self.revived) {
+        // (Only at the first resume after a restart, and only those both name:
+        // otherwise one the relay does not know is one the agent freed, its row
+        // on record already.)
+        let revived = std::mem::take(&mut self.revived);
+        let both = |ch: u16| c.iter().any(|s| s.ch == ch);
+        for stand in a.iter().filter(|s| s.ch != 0 && revived && both(s.ch)) {
             self.channels.entry(stand.ch).or_insert_with(|| Channel {
                 host: String::new(),
                 port: 0,
