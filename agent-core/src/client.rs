@@ -395,10 +395,11 @@ impl<const C: usize, B: Buffer> Client<C, B> {
                 let c = self
                     .chan(ch)
                     .filter(|c| c.state == ChanState::Open && !c.peer_eof);
-                c.map(|c| {
-                    c.peer_eof = true;
-                    ClientEvent::Eof { ch }
-                })
+                match c.map(Channel::peer_ended) {
+                    Some(Ok(())) => Some(ClientEvent::Eof { ch }),
+                    Some(Err(())) => return Err(ProtocolError::ResumeOffset { sid }),
+                    None => None,
+                }
             }
             Frame::ChannelAccept { ch, window, .. } => match self.chan(ch) {
                 Some(c) if c.state == ChanState::Requested => {
@@ -553,9 +554,10 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             sent: false,
         });
         let ours = (self.window, self.max_window);
-        let mut c = Channel::new(ch, 0, ChanState::Requested, 0, ours);
+        let resumable = self.hold.is_some();
+        let mut c = Channel::with_buffer(ch, 0, ChanState::Requested, (0, ours), resumable);
         c.ends_itself = false;
-        c.resumable = self.hold.is_some();
+        c.resumable = resumable;
         self.channels[free] = Some(c);
         Ok(ch)
     }

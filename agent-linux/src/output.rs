@@ -22,9 +22,10 @@ pub struct HeapBuf(Box<[u8]>);
 /// Output a channel's buffer in the engine holds (more waits here, bounded by the
 /// reader's queue space).
 pub const CHANNEL_BUFFER: usize = 64 * 1024;
-/// The same for a shell or exec session's channel: also its replay buffer when it
-/// is resumable (what may be unacknowledged: one round trip moves at most this
-/// much). Its pages are taken as it fills (a zeroed allocation).
+/// The same for a shell or exec session's channel, and a resumable forward
+/// session's channels: also their replay buffer (what may be unacknowledged: one
+/// round trip moves at most this much). Its pages are taken as it fills (a zeroed
+/// allocation).
 pub const SESSION_BUFFER: usize = 1024 * 1024;
 
 impl Buffer for HeapBuf {

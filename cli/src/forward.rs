@@ -46,10 +46,12 @@ const SESSION_MAX_WINDOW: u32 = 64 * CH_WINDOW;
 const CHANNELS: usize = 64;
 /// Largest read from a local connection: a full `Data` frame.
 const CHUNK: usize = wire::max_data_len(wire::DEFAULT_MAX_FRAME);
-/// Bytes of a local connection's input the session holds for the agent's credit:
-/// eight whole reads (about 256 KiB), so that the reads of a bulk transfer wrap with
-/// the buffer, not inside it, and each goes out as one full frame.
-const INPUT: usize = 8 * CHUNK;
+/// Bytes of a local connection's input the session holds for the agent's credit,
+/// and, the session being resumable, until the agent acknowledges them: 32 whole
+/// reads (about 1 MiB, a round trip's worth at full speed; its pages taken as it
+/// fills), so that the reads of a bulk transfer wrap with the buffer, not inside
+/// it, and each goes out as one full frame.
+const INPUT: usize = 32 * CHUNK;
 /// Bytes read from a local connection ahead of what the session holds.
 const READ_AHEAD: usize = 2 * CHUNK;
 /// The forward session: up to [`CHANNELS`] connections, each one's input waiting in

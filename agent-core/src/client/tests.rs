@@ -488,3 +488,50 @@ fn an_ack_on_its_way_when_a_channel_is_aborted_is_no_violation() {
     assert_eq!(feed(&mut client, ack), Ok(false));
     assert!(!client.is_over());
 }
+
+#[test]
+fn an_end_after_bytes_lost_without_a_resume_is_an_error_not_a_short_stream() {
+    let mut client: Cli = Client::new(7, 200);
+    let mut buf = std::vec![0u8; 4096];
+    client
+        .open(
+            Kind::Exec {
+                argv: crate::wire::Bytes(b"x\0"),
+            },
+            "",
+            &mut buf,
+        )
+        .unwrap();
+    let feed = |client: &mut Cli, f: Frame| client.handle_frame(&frame(f)).map(|e| e.is_some());
+    feed(
+        &mut client,
+        Frame::Resumable {
+            sid: 7,
+            hold: 60,
+            token: "t",
+        },
+    )
+    .unwrap();
+    feed(
+        &mut client,
+        Frame::Accept {
+            sid: 7,
+            window: 100,
+        },
+    )
+    .unwrap();
+    let at = |offset: u64| Frame::DataAt {
+        sid: 7,
+        ch: 0,
+        stream: Stream::OUT,
+        offset,
+        data: crate::wire::Bytes(b"0123456789"),
+    };
+    assert_eq!(feed(&mut client, at(0)), Ok(true));
+    // The frame at 10 is lost; the one at 20 cannot be delivered.
+    assert_eq!(feed(&mut client, at(20)), Ok(false));
+    assert_eq!(
+        feed(&mut client, Frame::Eof { sid: 7, ch: 0 }),
+        Err(ProtocolError::ResumeOffset { sid: 7 })
+    );
+}

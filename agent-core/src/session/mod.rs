@@ -652,7 +652,8 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         let resumable = slot.hold.is_some();
         slot.forget_tombstone(ch);
         if let Some(free) = slot.channels.iter_mut().find(|c| c.is_none()) {
-            let mut c = Channel::new(ch, gen, ChanState::Requested, window, our_window);
+            let windows = (window, our_window);
+            let mut c = Channel::with_buffer(ch, gen, ChanState::Requested, windows, resumable);
             c.resumable = resumable;
             *free = Some(c);
             return Ok(Some(Event::ChannelOpen {
@@ -820,7 +821,9 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
                     let session = slot.handle();
                     match slot.chan(ch) {
                         Some(chan) if chan.accepts_input() && !chan.peer_eof => {
-                            chan.peer_eof = true;
+                            if chan.peer_ended().is_err() {
+                                return Ok(slot.abort(ProtocolError::ResumeOffset { sid }));
+                            }
                             let gen = chan.gen;
                             Ok(Some(Event::Eof {
                                 channel: ChannelHandle { session, ch, gen },

@@ -15,10 +15,11 @@ use crate::wire::Stream;
 pub trait Buffer: AsRef<[u8]> + AsMut<[u8]> {
     /// Fresh storage for a channel that opens.
     fn new() -> Self;
-    /// Fresh storage for a shell or exec session's channel (channel 0). It is also
-    /// the session's replay buffer when it is resumable: what may be in flight
-    /// unacknowledged, so one round trip moves at most this much. A driver that can
-    /// afford it gives more here than to a forward session's many channels.
+    /// Fresh storage for a shell or exec session's channel (channel 0), or a
+    /// resumable forward session's channel. It is also the channel's replay buffer
+    /// when the session is resumable: what may be in flight unacknowledged, so one
+    /// round trip moves at most this much. A driver that can afford it gives more
+    /// here than to a (not resumable) forward session's many channels.
     fn for_session() -> Self
     where
         Self: Sized,

@@ -83,6 +83,9 @@ pub(crate) struct Channel<B> {
     pub eof_acked: bool,
     /// The peer's answer to the latest `Suspend` named this forward channel.
     pub listed: bool,
+    /// Bytes past a gap were dropped (a frame was lost): until a resume sends
+    /// them again, the peer's `Eof` cannot be the end (see [`Channel::peer_ended`]).
+    gap: bool,
     /// The driver has to hear [`super::Event::ChannelClose`] for it (the peer no
     /// longer has it after a resume).
     pub tell_close: bool,
@@ -97,13 +100,26 @@ impl<B: Buffer> Channel<B> {
         peer_window: u32,
         our_window: (u32, u32),
     ) -> Self {
+        Channel::with_buffer(ch, gen, state, (peer_window, our_window), ch == 0)
+    }
+
+    /// [`Channel::new`], with a session's buffer ([`Buffer::for_session`]) if
+    /// `large`: a resumable channel's output buffer is its replay buffer too (what
+    /// is not acknowledged yet: one round trip moves at most that much).
+    pub fn with_buffer(
+        ch: u16,
+        gen: u32,
+        state: ChanState,
+        (peer_window, our_window): (u32, (u32, u32)),
+        large: bool,
+    ) -> Self {
         Channel {
             ch,
             gen,
             state,
             send: SendWindow::new(peer_window),
             recv: RecvWindow::growing(our_window.0, our_window.1),
-            out: Ring::with(if ch == 0 { B::for_session() } else { B::new() }),
+            out: Ring::with(if large { B::for_session() } else { B::new() }),
             peer_eof: false,
             finished: false,
             eof_sent: false,
@@ -115,6 +131,7 @@ impl<B: Buffer> Channel<B> {
             ack_sent: 0,
             eof_acked: false,
             listed: false,
+            gap: false,
             tell_close: false,
         }
     }
@@ -135,6 +152,7 @@ impl<B: Buffer> Channel<B> {
     ) -> Result<Option<&'d [u8]>, crate::flow::FlowViolation> {
         let at = offset.unwrap_or(self.received);
         let Some(skip) = self.received.checked_sub(at) else {
+            self.gap = true;
             return Ok(None);
         };
         let Some(new) = usize::try_from(skip).ok().and_then(|s| data.get(s..)) else {
@@ -176,11 +194,23 @@ impl<B: Buffer> Channel<B> {
         self.out.release((offset - self.acked) as usize);
         self.acked = offset;
         self.out.rewind();
+        self.gap = false;
         self.send = SendWindow::new(u32::try_from(limit - offset).unwrap_or(u32::MAX));
         if !eof {
             self.eof_sent = false;
         }
         self.eof_acked = eof;
+        Ok(())
+    }
+
+    /// The peer's `Eof` came: `Err` if bytes before it were lost (a frame past a
+    /// gap was dropped and no resume sent them again), which only a broken relay
+    /// or peer causes; the end would otherwise cut the stream short unnoticed.
+    pub fn peer_ended(&mut self) -> Result<(), ()> {
+        if self.gap {
+            return Err(());
+        }
+        self.peer_eof = true;
         Ok(())
     }
 

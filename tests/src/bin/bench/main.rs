@@ -196,6 +196,7 @@ fn main() {
         "embedded",
         "authz",
         "resume",
+        "resume-throughput",
     ];
     let mut wanted: Vec<&str> = args
         .iter()
@@ -251,6 +252,7 @@ fn main() {
             "embedded" => rows.extend(embedded()),
             "authz" => rows.extend(authz::run()),
             "resume" => rows.extend(resume::run()),
+            "resume-throughput" => rows.extend(resume::throughput()),
             _ => unreachable!("checked above"),
         }
     }

@@ -360,7 +360,53 @@ fn download(env: &Env, bytes: usize) -> Duration {
     took
 }
 
-fn throughput() -> Vec<Row> {
+/// A destination that sends each connection `bytes` zero bytes, as fast as it can.
+fn zeros_server(bytes: usize) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut conn in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let chunk = vec![0u8; 256 * 1024];
+                let mut left = bytes;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    if std::io::Write::write_all(&mut conn, &chunk[..n]).is_err() {
+                        return;
+                    }
+                    left -= n;
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One download of `bytes` through the forward listening at `port`, from connect
+/// to the last byte.
+fn forward_download(fwd: &tests::Forward, bytes: usize) -> Duration {
+    let port = fwd.ports[0];
+    let t = Instant::now();
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (mut total, mut buf) = (0usize, vec![0u8; 256 * 1024]);
+    loop {
+        let n = c.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    assert_eq!(
+        total,
+        bytes,
+        "forwarded download cut short: {}",
+        fwd.proc.log()
+    );
+    t.elapsed()
+}
+
+/// Throughput resumable against not resumable (also `bench resume-throughput`).
+pub fn throughput() -> Vec<Row> {
     // Recordings off in both: 200 MB of output recorded as JSON would cost more than
     // what is measured here.
     let base = "[limits]\nrate = \"unlimited\"\n[recordings]\nmode = \"off\"\n";
@@ -383,9 +429,35 @@ fn throughput() -> Vec<Row> {
         BYTES as f64 / 1e6 / t[t.len() / 2].as_secs_f64()
     };
     let (a, b) = (median_mb_s(&mut t_on), median_mb_s(&mut t_off));
+    // The same through `sesame forward` (one session each, a new connection per run).
+    let dest = zeros_server(BYTES);
+    let spec = format!("0:127.0.0.1:{dest}");
+    let (fwd_on, fwd_off) = (on.forward(&[&spec]), off.forward(&[&spec]));
+    forward_download(&fwd_on, BYTES);
+    forward_download(&fwd_off, BYTES);
+    let (mut f_on, mut f_off) = (Vec::new(), Vec::new());
+    for _ in 0..RUNS {
+        f_on.push(forward_download(&fwd_on, BYTES));
+        f_off.push(forward_download(&fwd_off, BYTES));
+    }
+    let (fa, fb) = (median_mb_s(&mut f_on), median_mb_s(&mut f_off));
+    let fwhat = format!(
+        "a {BYTES}-byte download through `sesame forward`, recordings off, median of {RUNS}"
+    );
     let what =
         format!("`exec head -c {BYTES} /dev/zero` end to end, recordings off, median of {RUNS}");
     vec![
+        Row::new("resume", &format!("{fwhat}, resumable (MB/s)"), fa),
+        Row::new(
+            "resume",
+            &format!("{fwhat}, resume_window \"none\" (MB/s)"),
+            fb,
+        ),
+        Row::new(
+            "resume",
+            "forward: resumable / not resumable throughput (goal >= 0.95)",
+            fa / fb,
+        ),
         Row::new(
             "resume",
             &format!("{what}, resumable (default window) (MB/s)"),
