@@ -10,8 +10,13 @@
 //! - Memory: 20 execs whose output is blocked (their clients do not read their
 //!   stdout, so credit runs out and the agent's buffers fill), RSS of the agent and
 //!   the relay above idle, per session, with the agent's link up and then down.
-//! - Throughput: one exec's 200 MB of output through a relay that makes sessions
-//!   resumable (the default window) and one with `resume_window = "none"`.
+//! - Throughput: one exec's 200 MB of output, and a 200 MB download through
+//!   `sesame forward`, through a relay that makes sessions resumable (the default
+//!   window) and one with `resume_window = "none"` (also `bench resume-throughput`).
+//! - `bench resume-hold` (not in `resume`: it takes ten minutes): 10 execs of
+//!   `yes`, their clients reading, the agent's link down for 10 minutes
+//!   (`SESAME_BENCH_HOLD_SECS`), RSS of the agent, the relay and the clients sampled
+//!   every 30 s, and whether every session goes on after.
 
 use std::io::Read;
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -20,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tests::proxy::CutProxy;
-use tests::{start_agent, Env};
+use tests::Env;
 
 use crate::{compare, rss_kib, Row};
 
@@ -44,18 +49,6 @@ pub fn run() -> Vec<Row> {
     rows.extend(memory());
     rows.extend(throughput());
     rows
-}
-
-/// A relay, and an agent that reaches it through a proxy the bench can cut.
-fn env_behind_proxy() -> (Env, CutProxy) {
-    let mut proxy = None;
-    let env = Env::start_launch(&[], "gw-01", |dir, port, code| {
-        let p = CutProxy::start(port);
-        let agent = start_agent(dir, "agent", p.port, Some(code));
-        proxy = Some(p);
-        agent
-    });
-    (env, proxy.expect("the agent was started"))
 }
 
 /// Read `out` on a thread; when each read brought bytes, in order.
@@ -186,7 +179,7 @@ fn time_cuts(env: &Env, proxy: &CutProxy, mut sesame: Command, label: &str) -> V
 }
 
 fn cuts() -> Vec<Row> {
-    let (env, agent_proxy) = env_behind_proxy();
+    let (env, agent_proxy) = Env::with_agent_behind_proxy(&[]);
     let mut direct = env.sesame();
     direct.args(["exec", "gw-01", "--", "sh", "-c", TRICKLE]);
     let agent = time_cuts(&env, &agent_proxy, direct, "agent-link");
@@ -231,7 +224,7 @@ fn settled(agent: u32, relay: u32) -> (u64, u64) {
 }
 
 fn memory() -> Vec<Row> {
-    let (env, proxy) = env_behind_proxy();
+    let (env, proxy) = Env::with_agent_behind_proxy(&[]);
     let (agent, relay) = (env.agent.child.id(), env.relay.proc.child.id());
     // One session first, so that what any first session sets up counts as idle.
     let warm = env.run(&["exec", "gw-01", "--", "true"], b"");
@@ -472,6 +465,114 @@ pub fn throughput() -> Vec<Row> {
             "resume",
             "resumable / not resumable throughput (goal >= 0.95)",
             a / b,
+        ),
+    ]
+}
+
+/// Sessions flooding while their agent is away, in `hold`.
+const FLOODS: usize = 10;
+
+/// See the module docs: memory over a long outage with output flowing.
+pub fn hold() -> Vec<Row> {
+    let secs: u64 = std::env::var("SESAME_BENCH_HOLD_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(600);
+    let cfg = std::env::temp_dir().join(format!("sesame-bench-hold-{}.toml", std::process::id()));
+    let window = format!("[limits]\nresume_window = \"{}s\"\n", secs + 120);
+    std::fs::write(&cfg, window).unwrap();
+    let (env, proxy) = Env::with_agent_behind_proxy(&["--config", cfg.to_str().unwrap()]);
+    let (agent, relay) = (env.agent.child.id(), env.relay.proc.child.id());
+    let clients: Vec<(Child, Arc<Mutex<Vec<Instant>>>)> = (0..FLOODS)
+        .map(|_| {
+            let mut c = env
+                .sesame()
+                .args(["exec", "gw-01", "--", "yes", "a line of output"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let times = arrivals(c.stdout.take().unwrap());
+            (c, times)
+        })
+        .collect();
+    env.wait_sessions(FLOODS as u64, 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let clients_rss = |cs: &[(Child, Arc<Mutex<Vec<Instant>>>)]| -> u64 {
+        cs.iter().map(|(c, _)| rss_kib(c.id()).0).sum()
+    };
+    let sample = || (rss_kib(agent).0, rss_kib(relay).0, clients_rss(&clients));
+    let before = sample();
+    proxy.cut(true);
+    let start = Instant::now();
+    let mut samples = vec![sample()];
+    while start.elapsed() < Duration::from_secs(secs) {
+        std::thread::sleep(Duration::from_secs(30).min(Duration::from_secs(secs)));
+        samples.push(sample());
+        eprintln!(
+            "  {:>4} s down: agent, relay, clients RSS {:?} KiB",
+            start.elapsed().as_secs(),
+            samples.last().unwrap()
+        );
+    }
+    let restored = Instant::now();
+    proxy.restore();
+    // Every session goes on: output comes again on each.
+    let goes_on = clients
+        .iter()
+        .filter(|(_, t)| first_after(t, restored, Duration::from_secs(60)).is_some())
+        .count();
+    let sessions = env.sessions();
+    for (mut c, _) in clients {
+        tests::stop_client(&mut c);
+    }
+    let _ = std::fs::remove_file(&cfg);
+    let max = |i: usize| {
+        samples
+            .iter()
+            .map(|s| [s.0, s.1, s.2][i])
+            .max()
+            .unwrap_or(0)
+    };
+    let first = |i: usize| [samples[0].0, samples[0].1, samples[0].2][i];
+    let mib = |k: u64| k as f64 / 1024.0;
+    let what = format!("{FLOODS} execs of `yes`, the agent's link down for {secs} s");
+    vec![
+        Row::new(
+            "resume",
+            &format!("{what}: agent RSS before the cut (MiB)"),
+            mib(before.0),
+        ),
+        Row::new(
+            "resume",
+            &format!("{what}: agent RSS, highest while down (MiB)"),
+            mib(max(0)),
+        ),
+        Row::new(
+            "resume",
+            &format!("{what}: agent RSS growth after the first 30 s down (MiB)"),
+            mib(max(0).saturating_sub(samples.get(1).map_or(first(0), |s| s.0))),
+        ),
+        Row::new(
+            "resume",
+            &format!("{what}: relay RSS before / highest while down (MiB)"),
+            mib(max(1)) - mib(before.1),
+        ),
+        Row::new(
+            "resume",
+            &format!("{what}: clients' RSS (all {FLOODS}), highest while down (MiB)"),
+            mib(max(2)),
+        ),
+        Row::new(
+            "resume",
+            &format!("{what}: sessions whose output came again after the link was back"),
+            goes_on as f64,
+        ),
+        Row::new(
+            "resume",
+            &format!("{what}: sessions the relay counts after"),
+            sessions as f64,
         ),
     ]
 }
