@@ -67,7 +67,8 @@ impl<B: Buffer> Ring<B> {
         }
     }
 
-    fn capacity(&self) -> usize {
+    /// Bytes it holds at most.
+    pub fn capacity(&self) -> usize {
         self.buf.as_ref().len()
     }
 
