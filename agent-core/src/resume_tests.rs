@@ -7,7 +7,6 @@
 
 extern crate std;
 
-use std::collections::VecDeque;
 use std::vec::Vec;
 
 use proptest::prelude::*;
@@ -23,26 +22,11 @@ type Cli = Client<1, [u8; 4096]>;
 
 const HOLD: u32 = 600;
 
-/// One side of the relay: its link, and where it stands in a resume.
-#[derive(Default)]
-struct Side {
-    /// Frames towards the relay, and from it.
-    up: VecDeque<Vec<u8>>,
-    down: VecDeque<Vec<u8>>,
-    connected: bool,
-    /// `Suspend`s sent on this link not answered yet.
-    asked: u32,
-    /// Its latest `Resume`, answering the latest `Suspend`.
-    answer: Option<Vec<u8>>,
-}
-
 struct Sim {
     agent: Engine,
     client: Cli,
-    a: Side,
-    c: Side,
-    /// Waiting for both sides' `Resume`.
-    suspended: bool,
+    /// The relay and the two links.
+    net: Relay,
     channel: Option<ChannelHandle>,
     /// What the agent's process writes, and how much of it it wrote.
     output: Vec<u8>,
@@ -77,15 +61,7 @@ impl Sim {
         let mut sim = Sim {
             agent: authenticated(config, now),
             client: Client::new(1, 8192),
-            a: Side {
-                connected: true,
-                ..Side::default()
-            },
-            c: Side {
-                connected: true,
-                ..Side::default()
-            },
-            suspended: false,
+            net: Relay::new(),
             channel: None,
             output,
             written: 0,
@@ -110,116 +86,40 @@ impl Sim {
             hold: HOLD,
             token,
         };
-        sim.a.down.push_back(encode(resumable("")));
-        sim.a.down.push_back(sim.buf[..n].to_vec());
-        sim.c.down.push_back(encode(resumable("token")));
+        sim.net.a.down.push_back(encode(resumable("")));
+        sim.net.a.down.push_back(sim.buf[..n].to_vec());
+        sim.net.c.down.push_back(encode(resumable("token")));
         // Faults start once the session runs: before its `Accept` it is not
         // resumable (a cut then ends it).
         while !sim.accepted {
             sim.agent_step();
-            sim.relay(true);
-            sim.relay(false);
+            sim.net.step(true);
+            sim.net.step(false);
             sim.client_step();
         }
         sim
     }
 
-    /// The relay takes one frame from a side.
-    fn relay(&mut self, from_agent: bool) {
-        let (from, to) = if from_agent {
-            (&mut self.a, &mut self.c)
-        } else {
-            (&mut self.c, &mut self.a)
-        };
-        let Some(msg) = from.up.pop_front() else {
-            return;
-        };
-        if from.asked > 0 {
-            // Until it answers the latest `Suspend`, what it sent is stale. An
-            // agent that ended the session meanwhile answers with its `Close`.
-            match Frame::decode(&msg) {
-                Ok(Frame::Resume { .. }) => {
-                    from.asked -= 1;
-                    if from.asked == 0 {
-                        from.answer = Some(msg);
-                    }
-                }
-                Ok(Frame::Close { .. }) if from_agent => {
-                    from.asked -= 1;
-                    if from.asked == 0 {
-                        from.answer = Some(msg);
-                    }
-                }
-                _ => {}
-            }
-        } else if !self.suspended && to.connected {
-            to.down.push_back(msg);
-        }
-        self.exchange();
-    }
-
-    /// Both sides answered: each gets the other's `Resume`.
-    fn exchange(&mut self) {
-        if !(self.suspended && self.a.connected && self.c.connected) {
-            return;
-        }
-        if self.a.answer.is_some() && self.c.answer.is_some() {
-            let (a, c) = (self.a.answer.take(), self.c.answer.take());
-            self.c.down.push_back(a.unwrap());
-            self.a.down.push_back(c.unwrap());
-            self.suspended = false;
-        }
-    }
-
-    fn suspend(side: &mut Side) {
-        if side.connected {
-            side.down.push_back(encode(Frame::Suspend { sid: 1 }));
-            side.asked += 1;
-            side.answer = None;
-        }
-    }
-
-    /// A link is cut: what was in flight on it is lost; the other side is told.
-    fn cut(&mut self, agent: bool) {
-        let (gone, other) = if agent {
-            (&mut self.a, &mut self.c)
-        } else {
-            (&mut self.c, &mut self.a)
-        };
-        if !gone.connected {
-            return;
-        }
-        gone.connected = false;
-        gone.up.clear();
-        gone.down.clear();
-        gone.asked = 0;
-        gone.answer = None;
-        self.suspended = true;
-        Self::suspend(other);
-    }
-
     /// The side comes back on a new link, and is asked where it stands.
     fn reconnect(&mut self, agent: bool) {
         if agent {
-            if self.a.connected {
+            if self.net.a.connected {
                 return;
             }
             self.agent.reconnect(self.now);
             handshake(&mut self.agent, self.now);
-            self.a.connected = true;
-            Self::suspend(&mut self.a);
+            self.net.back(true);
         } else {
-            if self.c.connected || self.client.reattach().is_err() {
+            if self.net.c.connected || self.client.reattach().is_err() {
                 return;
             }
-            self.c.connected = true;
-            Self::suspend(&mut self.c);
+            self.net.back(false);
         }
     }
 
     /// The agent's side: its driver and engine take one frame, then send.
     fn agent_step(&mut self) {
-        if let Some(msg) = self.a.down.pop_front() {
+        if let Some(msg) = self.net.a.down.pop_front() {
             match self.agent.handle_frame(self.now, &msg).unwrap() {
                 Some(Event::Open { session, .. }) => {
                     self.agent.accept(session).unwrap();
@@ -256,15 +156,15 @@ impl Sim {
             }
         }
         while let Some(n) = self.agent.poll_transmit(self.now, &mut self.buf).unwrap() {
-            if self.a.connected {
-                self.a.up.push_back(self.buf[..n].to_vec());
+            if self.net.a.connected {
+                self.net.a.up.push_back(self.buf[..n].to_vec());
             }
         }
     }
 
     /// The client's side: one frame in, its input typed, what it has sent.
     fn client_step(&mut self) {
-        if let Some(msg) = self.c.down.pop_front() {
+        if let Some(msg) = self.net.c.down.pop_front() {
             match self.client.handle_frame(&msg).unwrap() {
                 Some(ClientEvent::Data { data, .. }) => {
                     self.got_output.extend_from_slice(data);
@@ -292,8 +192,8 @@ impl Sim {
             }
         }
         while let Some(n) = self.client.poll_transmit(&mut self.buf).unwrap() {
-            if self.c.connected {
-                self.c.up.push_back(self.buf[..n].to_vec());
+            if self.net.c.connected {
+                self.net.c.up.push_back(self.buf[..n].to_vec());
             }
         }
     }
@@ -311,6 +211,9 @@ impl Sim {
 }
 
 mod forward;
+mod relay;
+
+use relay::Relay;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
@@ -330,10 +233,10 @@ proptest! {
             match s {
                 0..=59 => sim.agent_step(),
                 60..=119 => sim.client_step(),
-                120..=179 => sim.relay(true),
-                180..=239 => sim.relay(false),
-                240..=243 => sim.cut(true),
-                244..=247 => sim.cut(false),
+                120..=179 => sim.net.step(true),
+                180..=239 => sim.net.step(false),
+                240..=243 => { sim.net.cut(true); },
+                244..=247 => { sim.net.cut(false); },
                 248..=251 => sim.reconnect(true),
                 _ => sim.reconnect(false),
             }
@@ -348,11 +251,11 @@ proptest! {
                 break;
             }
             sim.agent_step();
-            sim.relay(true);
-            sim.relay(true);
+            sim.net.step(true);
+            sim.net.step(true);
             sim.client_step();
-            sim.relay(false);
-            sim.relay(false);
+            sim.net.step(false);
+            sim.net.step(false);
             sim.invariant();
         }
         prop_assert_eq!(sim.closed, Some(Exit::Code(0)));

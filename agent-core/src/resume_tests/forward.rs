@@ -10,7 +10,7 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use super::encode;
+use super::{encode, Relay};
 use crate::client::{Client, ClientEvent};
 use crate::session::{Agent, AgentConfig, ChannelHandle, Event};
 use crate::testing::{authenticated, handshake};
@@ -29,17 +29,6 @@ fn refused(k: usize) -> bool {
 /// the destination halfway through its output.
 fn reset(k: usize) -> bool {
     k % 5 == 4 && !refused(k)
-}
-
-#[derive(Default)]
-struct Side {
-    up: VecDeque<Vec<u8>>,
-    down: VecDeque<Vec<u8>>,
-    connected: bool,
-    asked: u32,
-    /// The answer being given (channels' `Resume`s), and the complete latest one.
-    partial: Vec<Vec<u8>>,
-    answer: Option<Vec<Vec<u8>>>,
 }
 
 /// One connection: what the destination sends and what the local program sends.
@@ -66,9 +55,7 @@ struct Conn {
 struct Sim {
     agent: Engine,
     client: Cli,
-    a: Side,
-    c: Side,
-    suspended: bool,
+    net: Relay,
     conns: Vec<Conn>,
     /// Connections asked for, in order; the next one the client opens.
     next: usize,
@@ -107,15 +94,7 @@ impl Sim {
         let mut sim = Sim {
             agent: authenticated(config, now),
             client: Client::new(1, 4096),
-            a: Side {
-                connected: true,
-                ..Side::default()
-            },
-            c: Side {
-                connected: true,
-                ..Side::default()
-            },
-            suspended: false,
+            net: Relay::new(),
             conns,
             next: 0,
             dialing: VecDeque::new(),
@@ -129,101 +108,32 @@ impl Sim {
             hold: 600,
             token,
         };
-        sim.a.down.push_back(encode(resumable("")));
-        sim.a.down.push_back(sim.buf[..n].to_vec());
-        sim.c.down.push_back(encode(resumable("token")));
+        sim.net.a.down.push_back(encode(resumable("")));
+        sim.net.a.down.push_back(sim.buf[..n].to_vec());
+        sim.net.c.down.push_back(encode(resumable("token")));
         // Faults start once the session runs (before its `Accept` a cut ends it).
         while !sim.accepted {
             sim.agent_step();
-            sim.relay(true);
-            sim.relay(false);
+            sim.net.step(true);
+            sim.net.step(false);
             sim.client_step(false);
         }
         sim
     }
 
-    fn relay(&mut self, from_agent: bool) {
-        let (from, to) = if from_agent {
-            (&mut self.a, &mut self.c)
-        } else {
-            (&mut self.c, &mut self.a)
-        };
-        let Some(msg) = from.up.pop_front() else {
-            return;
-        };
-        if from.asked > 0 {
-            match Frame::decode(&msg) {
-                Ok(Frame::Resume { ch, .. }) if ch != 0 => from.partial.push(msg),
-                Ok(Frame::Resume { .. }) => {
-                    from.asked -= 1;
-                    let mut list = core::mem::take(&mut from.partial);
-                    if from.asked == 0 {
-                        list.push(msg);
-                        from.answer = Some(list);
-                    }
-                }
-                _ => {}
-            }
-        } else if !self.suspended && to.connected {
-            to.down.push_back(msg);
-        }
-        self.exchange();
-    }
-
-    fn exchange(&mut self) {
-        if !(self.suspended && self.a.connected && self.c.connected) {
-            return;
-        }
-        if self.a.answer.is_some() && self.c.answer.is_some() {
-            let (a, c) = (self.a.answer.take(), self.c.answer.take());
-            self.c.down.extend(a.unwrap());
-            self.a.down.extend(c.unwrap());
-            self.suspended = false;
-        }
-    }
-
-    fn suspend(side: &mut Side) {
-        if side.connected {
-            side.down.push_back(encode(Frame::Suspend { sid: 1 }));
-            side.asked += 1;
-            side.answer = None;
-        }
-    }
-
-    fn cut(&mut self, agent: bool) {
-        let (gone, other) = if agent {
-            (&mut self.a, &mut self.c)
-        } else {
-            (&mut self.c, &mut self.a)
-        };
-        if !gone.connected {
-            return;
-        }
-        gone.connected = false;
-        gone.up.clear();
-        gone.down.clear();
-        gone.asked = 0;
-        gone.partial.clear();
-        gone.answer = None;
-        self.suspended = true;
-        Self::suspend(other);
-    }
-
     fn reconnect(&mut self, agent: bool) {
         if agent {
-            if self.a.connected {
+            if self.net.a.connected {
                 return;
             }
             self.agent.reconnect(self.now);
             handshake(&mut self.agent, self.now);
-            self.a.connected = true;
-            Self::suspend(&mut self.a);
+            self.net.back(true);
         } else {
-            if self.c.connected || self.client.reattach().is_err() {
+            if self.net.c.connected || self.client.reattach().is_err() {
                 return;
             }
-            self.c.connected = true;
-            Self::suspend(&mut self.c);
+            self.net.back(false);
         }
     }
 
@@ -237,7 +147,7 @@ impl Sim {
     /// The agent's driver: one frame in, one connection made or refused, output
     /// written, what the engine sends.
     fn agent_step(&mut self) {
-        if let Some(msg) = self.a.down.pop_front() {
+        if let Some(msg) = self.net.a.down.pop_front() {
             match self.agent.handle_frame(self.now, &msg).unwrap() {
                 Some(Event::Open { session, .. }) => self.agent.accept(session).unwrap(),
                 Some(Event::ChannelOpen { channel, port, .. }) => {
@@ -300,8 +210,8 @@ impl Sim {
             }
         }
         while let Some(n) = self.agent.poll_transmit(self.now, &mut self.buf).unwrap() {
-            if self.a.connected {
-                self.a.up.push_back(self.buf[..n].to_vec());
+            if self.net.a.connected {
+                self.net.a.up.push_back(self.buf[..n].to_vec());
             }
         }
     }
@@ -341,7 +251,7 @@ impl Sim {
     /// The client's driver: one frame in, a connection opened if `open`, input
     /// typed, what it sends.
     fn client_step(&mut self, open: bool) {
-        if let Some(msg) = self.c.down.pop_front() {
+        if let Some(msg) = self.net.c.down.pop_front() {
             if let Some(ev) = self.client.handle_frame(&msg).unwrap() {
                 self.client_event(ev);
             }
@@ -371,8 +281,8 @@ impl Sim {
             }
         }
         while let Some(n) = self.client.poll_transmit(&mut self.buf).unwrap() {
-            if self.c.connected {
-                self.c.up.push_back(self.buf[..n].to_vec());
+            if self.net.c.connected {
+                self.net.c.up.push_back(self.buf[..n].to_vec());
             }
         }
     }
@@ -409,10 +319,10 @@ proptest! {
                 0..=59 => sim.agent_step(),
                 60..=109 => sim.client_step(false),
                 110..=119 => sim.client_step(true),
-                120..=179 => sim.relay(true),
-                180..=239 => sim.relay(false),
-                240..=243 => sim.cut(true),
-                244..=247 => sim.cut(false),
+                120..=179 => sim.net.step(true),
+                180..=239 => sim.net.step(false),
+                240..=243 => { sim.net.cut(true); },
+                244..=247 => { sim.net.cut(false); },
                 248..=251 => sim.reconnect(true),
                 _ => sim.reconnect(false),
             }
@@ -426,11 +336,11 @@ proptest! {
                 break;
             }
             sim.agent_step();
-            sim.relay(true);
-            sim.relay(true);
+            sim.net.step(true);
+            sim.net.step(true);
             sim.client_step(true);
-            sim.relay(false);
-            sim.relay(false);
+            sim.net.step(false);
+            sim.net.step(false);
             sim.invariant();
         }
         prop_assert!(sim.done(), "not every connection ended");
@@ -457,9 +367,9 @@ proptest! {
         // Nothing left at the agent: every channel freed, the session still open.
         for _ in 0..100 {
             sim.agent_step();
-            sim.relay(true);
+            sim.net.step(true);
             sim.client_step(false);
-            sim.relay(false);
+            sim.net.step(false);
         }
         prop_assert_eq!(sim.agent.session_count(), 1);
         prop_assert!(sim.dialing.is_empty());
