@@ -668,14 +668,7 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             let forward = self.forward;
             let f = match self.chan(0) {
                 Some(c) => c.resume_frame(sid),
-                None if forward => Frame::Resume {
-                    sid,
-                    ch: 0,
-                    offset: 0,
-                    limit: 0,
-                    eof: false,
-                    open: true,
-                },
+                None if forward => Frame::end_of_resume(sid),
                 None => return Ok(None),
             };
             return Ok(f.encode(out).ok());

@@ -450,20 +450,8 @@ fn a_channel_is_aborted_once_and_an_aborted_channel_cannot_finish() {
 
 #[test]
 fn an_ack_on_its_way_when_a_channel_is_aborted_is_no_violation() {
-    let mut client: Cli = Client::new(7, 200);
     let mut buf = std::vec![0u8; 4096];
-    client.open(Kind::Forward, "", &mut buf).unwrap();
-    let feed = |client: &mut Cli, f: Frame| client.handle_frame(&frame(f)).map(|e| e.is_some());
-    feed(
-        &mut client,
-        Frame::Resumable {
-            sid: 7,
-            hold: 60,
-            token: "t",
-        },
-    )
-    .unwrap();
-    feed(&mut client, Frame::Accept { sid: 7, window: 0 }).unwrap();
+    let mut client = resumable(Kind::Forward, 0);
     let ch = client.open_channel("db", 5432).unwrap();
     while client.poll_transmit(&mut buf).unwrap().is_some() {}
     feed(
@@ -491,35 +479,10 @@ fn an_ack_on_its_way_when_a_channel_is_aborted_is_no_violation() {
 
 #[test]
 fn an_end_after_bytes_lost_without_a_resume_is_an_error_not_a_short_stream() {
-    let mut client: Cli = Client::new(7, 200);
-    let mut buf = std::vec![0u8; 4096];
-    client
-        .open(
-            Kind::Exec {
-                argv: crate::wire::Bytes(b"x\0"),
-            },
-            "",
-            &mut buf,
-        )
-        .unwrap();
-    let feed = |client: &mut Cli, f: Frame| client.handle_frame(&frame(f)).map(|e| e.is_some());
-    feed(
-        &mut client,
-        Frame::Resumable {
-            sid: 7,
-            hold: 60,
-            token: "t",
-        },
-    )
-    .unwrap();
-    feed(
-        &mut client,
-        Frame::Accept {
-            sid: 7,
-            window: 100,
-        },
-    )
-    .unwrap();
+    let exec = Kind::Exec {
+        argv: crate::wire::Bytes(b"x\0"),
+    };
+    let mut client = resumable(exec, 100);
     let at = |offset: u64| Frame::DataAt {
         sid: 7,
         ch: 0,
@@ -534,4 +497,26 @@ fn an_end_after_bytes_lost_without_a_resume_is_an_error_not_a_short_stream() {
         feed(&mut client, Frame::Eof { sid: 7, ch: 0 }),
         Err(ProtocolError::ResumeOffset { sid: 7 })
     );
+}
+
+/// A client whose session of `kind` the relay made resumable and the agent
+/// accepted (announcing `window`).
+fn resumable(kind: Kind, window: u32) -> Cli {
+    let mut client: Cli = Client::new(7, 200);
+    let mut buf = std::vec![0u8; 4096];
+    client.open(kind, "", &mut buf).unwrap();
+    let resumable = Frame::Resumable {
+        sid: 7,
+        hold: 60,
+        token: "t",
+    };
+    client.handle_frame(&frame(resumable)).unwrap();
+    client
+        .handle_frame(&frame(Frame::Accept { sid: 7, window }))
+        .unwrap();
+    client
+}
+
+fn feed(client: &mut Cli, f: Frame) -> Result<bool, ProtocolError> {
+    client.handle_frame(&frame(f)).map(|e| e.is_some())
 }

@@ -813,14 +813,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
             self.tombstones_at = 0;
             let f = match self.chan(0) {
                 Some(c) => c.resume_frame(sid),
-                None => Frame::Resume {
-                    sid,
-                    ch: 0,
-                    offset: 0,
-                    limit: 0,
-                    eof: false,
-                    open: true,
-                },
+                None => Frame::end_of_resume(sid),
             };
             self.answer_at = 0;
             self.answer_due -= 1;

@@ -70,6 +70,19 @@ pub const FRAME_NAMES: [&str; 27] = [
 ];
 
 impl<'a> Frame<'a> {
+    /// The `Resume` for channel 0 of a session without one (a forward session's):
+    /// it ends a side's answer to a `Suspend` (`docs/protocol.md`, section 8).
+    pub fn end_of_resume(sid: u32) -> Frame<'static> {
+        Frame::Resume {
+            sid,
+            ch: 0,
+            offset: 0,
+            limit: 0,
+            eof: false,
+            open: true,
+        }
+    }
+
     /// Decode one frame occupying all of `buf`.
     pub fn decode(buf: &'a [u8]) -> Result<Frame<'a>, DecodeError> {
         if buf.is_empty() {
