@@ -266,21 +266,24 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         self.channels.iter_mut().flatten().find(|c| c.ch == ch)
     }
 
+    /// The place of channel `ch`, if we have it.
+    fn place(&self, ch: u16) -> Option<usize> {
+        self.channels
+            .iter()
+            .position(|c| c.as_ref().is_some_and(|c| c.ch == ch))
+    }
+
     fn free(&mut self, ch: u16) {
-        for (c, open) in self.channels.iter_mut().zip(self.opens.iter_mut()) {
-            if c.as_ref().is_some_and(|c| c.ch == ch) {
-                *c = None;
-                *open = None;
-            }
+        if let Some(i) = self.place(ch) {
+            self.channels[i] = None;
+            self.opens[i] = None;
         }
     }
 
     /// The agent answered channel `ch`'s `ChannelOpen`: it needs no sending again.
     fn answered(&mut self, ch: u16) {
-        for (c, open) in self.channels.iter().zip(self.opens.iter_mut()) {
-            if c.as_ref().is_some_and(|c| c.ch == ch) {
-                *open = None;
-            }
+        if let Some(i) = self.place(ch) {
+            self.opens[i] = None;
         }
     }
 

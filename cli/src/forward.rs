@@ -395,18 +395,14 @@ pub async fn run(
         if link.is_down() {
             return Err(link.abandoned("stopped"));
         }
-        session.close("client stopped forwarding");
-        let _ = link.transmit(&mut session).await;
-        link.close().await;
+        link.end(&mut session, "client stopped forwarding").await;
         Ok(0)
     }
     .await;
     if result.is_err() && !session.is_over() && !link.is_down() {
         // Leaving for a reason of our own: the session ends now, rather than
         // waiting for a resume that will not come.
-        session.close("client went away");
-        let _ = link.transmit(&mut session).await;
-        link.close().await;
+        link.end(&mut session, "client went away").await;
     }
     result
 }

@@ -246,6 +246,14 @@ impl<'r> Link<'r> {
         }
     }
 
+    /// The client leaves for `why`: the session's `Close` goes (best effort), then
+    /// the stream closes, so the session ends now rather than being held.
+    pub async fn end<const C: usize, B: Buffer>(&mut self, session: &mut Client<C, B>, why: &str) {
+        session.close(why);
+        let _ = self.transmit(session).await;
+        self.close().await;
+    }
+
     /// The stream failed (`e` says how, if the relay did not close it): start
     /// opening a new one if the session can be resumed, else it ended.
     fn cut<const C: usize, B: Buffer>(

@@ -488,9 +488,7 @@ pub async fn run(
     if result.is_err() && !session.is_over() && !link.is_down() {
         // Leaving for a reason of our own (stdout closed, a bad frame): the session
         // ends now, rather than waiting for a resume that will not come.
-        session.close("client went away");
-        let _ = link.transmit(&mut session).await;
-        link.close().await;
+        link.end(&mut session, "client went away").await;
     }
     result
 }

@@ -891,3 +891,12 @@ pub fn sql(data: &Path, queries: &[&str]) {
         pool.close().await;
     });
 }
+
+/// All that `child` wrote on its stderr (piped), once it closes it.
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut err);
+    }
+    err
+}

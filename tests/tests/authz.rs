@@ -499,13 +499,7 @@ fn ends_within_a_second(mut sesame: Command, end: impl FnOnce()) -> String {
     let asked = Instant::now();
     let status = wait_exit(&mut shell, Duration::from_secs(10));
     let ended_in = asked.elapsed();
-    let mut err = String::new();
-    shell
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = tests::stderr_of(&mut shell);
     assert!(!status.success(), "{err}");
     assert!(
         ended_in < Duration::from_secs(1),

@@ -496,13 +496,7 @@ fn a_running_session_whose_recording_fails_ends_with_the_reason() {
         std::thread::sleep(Duration::from_millis(20));
     };
     reader.join().unwrap();
-    let mut err = String::new();
-    shell
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = tests::stderr_of(&mut shell);
     assert_eq!(status.code(), Some(255), "{err}");
     assert_eq!(
         err,

@@ -3,7 +3,7 @@
 //! connections and refuses new ones for a while), the same session going on with
 //! nothing lost or repeated either way.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -176,13 +176,7 @@ fn cut_for_good_with(window: &str, policy: Option<&str>) -> (std::process::Outpu
     wait_until("start", 30, || got.load(Ordering::Relaxed) >= 6);
     proxy.cut(true);
     let cut = Instant::now();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = tests::stderr_of(&mut child);
     let status = child.wait().unwrap();
     let took = cut.elapsed();
     let stdout = reader.join().unwrap();
@@ -554,13 +548,7 @@ fn a_client_away_when_its_session_was_terminated_hears_how_it_ended() {
     proxy.restore();
     let status = child.wait().unwrap();
     let _ = reader.join();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+    let err = tests::stderr_of(&mut child);
     assert_eq!(status.code(), Some(255), "{err}");
     assert!(
         err.contains("error: cannot resume the session on gw-01: the session ended: terminated by admin: maintenance"),

@@ -5,7 +5,6 @@
 //! terminates at once the second reads that the first ended it.
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -162,17 +161,6 @@ fn exits(child: &mut Child) -> (std::process::ExitStatus, Duration) {
     }
 }
 
-fn stderr_of(child: &mut Child) -> String {
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    err
-}
-
 #[test]
 fn users_list_their_own_sessions_and_auditors_everyones_with_bytes_and_exits() {
     let t = Team::start();
@@ -308,7 +296,7 @@ fn terminate_ends_a_live_shell_within_a_second_and_its_user_reads_who_and_why() 
         format!("session {id} ended: terminated by dave: incident 7\n")
     );
     let (status, took) = exits(&mut shell);
-    let err = stderr_of(&mut shell);
+    let err = tests::stderr_of(&mut shell);
     assert!(took < Duration::from_secs(1), "ended after {took:?}: {err}");
     assert_eq!(status.code(), Some(255), "{err}");
     assert_eq!(
@@ -371,7 +359,7 @@ fn terminate_ends_a_live_shell_within_a_second_and_its_user_reads_who_and_why() 
         format!("error: session {id} already ended ({exit})\n")
     );
     let (_, took) = exits(&mut shell);
-    let err = stderr_of(&mut shell);
+    let err = tests::stderr_of(&mut shell);
     assert!(took < Duration::from_secs(1), "ended after {took:?}: {err}");
     assert_eq!(err, format!("error: session ended: {exit}\n"));
     assert_eq!(row(&t.sessions("alice", &[]), &id)["exit"], exit);

@@ -670,13 +670,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         self.away_since = None;
         if self.forward {
             // Freed channels the client no longer has are over for both.
-            let named: Vec<Tombstone, TOMBSTONES> = self
-                .tombstones
-                .iter()
-                .filter(|t| t.named)
-                .copied()
-                .collect();
-            self.tombstones = named;
+            self.tombstones.retain(|t| t.named);
             for c in self.channels.iter_mut().flatten() {
                 let listed = core::mem::take(&mut c.listed);
                 if !listed && matches!(c.state, ChanState::Requested | ChanState::Open) {
@@ -701,13 +695,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
 
     /// Channel `ch` is opened again: an earlier one of that id is forgotten.
     pub fn forget_tombstone(&mut self, ch: u16) {
-        let kept: Vec<Tombstone, TOMBSTONES> = self
-            .tombstones
-            .iter()
-            .filter(|t| t.ch != ch)
-            .copied()
-            .collect();
-        self.tombstones = kept;
+        self.tombstones.retain(|t| t.ch != ch);
     }
 
     /// A freed forward channel is remembered (the oldest forgotten).
