@@ -10,10 +10,18 @@ if ! command -v cargo >/dev/null 2>&1; then
     echo "error: cargo not found; install Rust with rustup (https://rustup.rs) and run this again" >&2
     exit 1
 fi
-if ! command -v cc >/dev/null 2>&1; then
+# A C compiler, and npm: the relay embeds its browser console (relay/web).
+pkgs=()
+command -v cc >/dev/null 2>&1 || pkgs+=(gcc libc6-dev)
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+if [ ${#pkgs[@]} -gt 0 ]; then
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends gcc libc6-dev
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}"
+fi
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    rustup target add wasm32-unknown-unknown
 fi
 
 echo "==> building (release)"
@@ -51,6 +59,8 @@ done
 
 echo "==> relay on 127.0.0.1:$PORT, agent 'demo-host' online:"
 "$BIN/sesame" ls
+echo "==> the console: open the link below in a browser (trust $SESAME_CA, or accept its warning)"
+"$BIN/sesame" web
 echo "==> sesame shell demo-host   (exit the shell to stop the demo)"
 set +e
 "$BIN/sesame" shell demo-host

@@ -28,6 +28,12 @@ if ! rustup target list --installed 2>/dev/null | grep -qx thumbv7em-none-eabihf
     log "adding the thumbv7em-none-eabihf target"
     rustup target add thumbv7em-none-eabihf
 fi
+# The relay embeds its browser console, whose protocol client is agent-core built
+# for WebAssembly (relay/build.rs).
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown; then
+    log "adding the wasm32-unknown-unknown target"
+    rustup target add wasm32-unknown-unknown
+fi
 for c in rustfmt clippy; do
     if ! rustup component list --installed 2>/dev/null | grep -q "^$c"; then
         rustup component add "$c"
@@ -50,6 +56,11 @@ command -v asciinema >/dev/null 2>&1 || pkgs+=(asciinema)
 # The network fault tests (tests/netfaults.rs) cut links in namespaces they make.
 command -v ip >/dev/null 2>&1 || pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || pkgs+=(iptables)
+# The relay's build fetches the console's npm packages (relay/web); the browser
+# tests (tests/tests/web.rs) drive Debian's Chromium with playwright-core.
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+[ -x /usr/bin/chromium ] || pkgs+=(chromium)
 if [ ${#pkgs[@]} -gt 0 ]; then
     log "installing Debian packages: ${pkgs[*]}"
     SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
@@ -58,6 +69,9 @@ if [ ${#pkgs[@]} -gt 0 ]; then
         DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$p"
     done
 fi
+
+log "playwright-core for the browser tests (tests/web, pinned by its lock file)"
+(cd tests/web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

@@ -117,6 +117,21 @@ enum State {
     Over,
 }
 
+/// Where a resumable shell or exec session stands on this side, for another
+/// client to take it up ([`Client::take_up`]): a page reloaded in a browser keeps
+/// its shell this way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Place {
+    /// Seconds the relay holds the session while a side is away.
+    pub hold: u32,
+    /// Output bytes received: where the output goes on from.
+    pub received: u64,
+    /// The output ended.
+    pub eof: bool,
+    /// Offset of the oldest input byte the agent has not acknowledged.
+    pub acked: u64,
+}
+
 /// A forward channel's destination, kept until the agent answers: its
 /// `ChannelOpen` goes again if a cut lost it.
 #[derive(Debug)]
@@ -187,6 +202,51 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             answer_due: 0,
             answer_at: 0,
         }
+    }
+
+    /// Where a resumable shell or exec session that runs stands, and its input
+    /// not acknowledged yet (from [`Place::acked`], in two parts): what
+    /// [`Client::take_up`] needs. `None` for a forward session, or one not
+    /// resumable, not accepted or over.
+    pub fn place_now(&self) -> Option<(Place, &[u8], &[u8])> {
+        if self.forward || self.state != State::Open {
+            return None;
+        }
+        let hold = self.hold?;
+        let c = self.channels.iter().flatten().find(|c| c.ch == 0)?;
+        let (a, b) = c.out.held();
+        let place = Place {
+            hold,
+            received: c.received,
+            eof: c.peer_eof,
+            acked: c.acked,
+        };
+        Some((place, a, b))
+    }
+
+    /// A session another client ran, taken up where it stood ([`Client::place_now`]):
+    /// resumable, and waiting, as after [`Client::reattach`], for the relay's
+    /// `Suspend` on a new stream; `input` (what the agent had not acknowledged,
+    /// from `place.acked`) goes again from where the agent's `Resume` says.
+    /// `window` and `max_window` as [`Client::new`] and [`Client::growing`].
+    pub fn take_up(
+        sid: u32,
+        (window, max_window): (u32, u32),
+        place: Place,
+        input: &[u8],
+    ) -> Result<Self, UseError> {
+        let mut client = Client::new(sid, window).growing(max_window);
+        let mut c = Channel::new(0, 0, ChanState::Open, 0, (window, max_window));
+        if !c.taken_up(place.received, place.eof, place.acked, input) {
+            return Err(UseError::BufferTooSmall {
+                needed: input.len(),
+            });
+        }
+        client.channels[0] = Some(c);
+        client.state = State::Open;
+        client.hold = Some(place.hold);
+        client.suspended = true;
+        Ok(client)
     }
 
     /// Whether the relay made the session resumable.

@@ -251,6 +251,15 @@ impl Relay {
         serde_json::from_slice(&bytes).context("unexpected answer from the relay")
     }
 
+    /// The relay's origin as a browser names it (`https://host:port`).
+    pub fn origin(&self) -> String {
+        if self.host.contains(':') {
+            format!("https://[{}]:{}", self.host, self.port)
+        } else {
+            format!("https://{}:{}", self.host, self.port)
+        }
+    }
+
     /// `GET path`: the answer's body as it is (a recording), or its error.
     pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Bytes> {
         self.request("GET", path, Body::Empty).await

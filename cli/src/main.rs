@@ -36,6 +36,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Print a one-time link that logs this browser in to the relay's console
+    /// (valid 5 minutes, once; the browser session acts with this API key).
+    Web,
     /// List targets with their online state.
     Ls {
         /// Print JSON.
@@ -216,6 +219,13 @@ async fn run(cli: Cli) -> anyhow::Result<i32> {
     })?;
     let relay = Relay::new(&config)?;
     match cli.cmd {
+        Cmd::Web => {
+            let link: serde_json::Value = relay.call("POST", "/v1/web/links", None).await?;
+            let code = link["code"].as_str().unwrap_or_default();
+            println!("{}/login#{code}", relay.origin());
+            eprintln!("(open it within 5 minutes; it works once)");
+            Ok(0)
+        }
         Cmd::Ls { json } => {
             cli::ls::run(&relay, json).await?;
             Ok(0)

@@ -514,15 +514,8 @@ pub fn lost_relay(
 
 /// Words for an error code.
 pub fn describe(code: ErrorCode) -> String {
-    match code {
-        ErrorCode::AGENT_GONE => "the agent disconnected".into(),
-        ErrorCode::TERMINATED => "terminated".into(),
-        ErrorCode::FLOW_CONTROL => "flow control violated".into(),
-        ErrorCode::REFUSED => "connection refused".into(),
-        ErrorCode::UNREACHABLE => "destination unreachable".into(),
-        ErrorCode::DENIED => "denied".into(),
-        c => format!("error code {}", c.0),
-    }
+    code.words()
+        .map_or_else(|| format!("error code {}", code.0), Into::into)
 }
 
 /// `sesame ssh-key push`: make `key` valid for `user` on `target` for `ttl` seconds;

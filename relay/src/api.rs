@@ -207,8 +207,10 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::sessions::router())
         .merge(crate::audit::http::router())
         .merge(crate::record::http::router())
+        .merge(crate::web::router())
         .route("/healthz", get(|| async { "ok" }))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .layer(axum::middleware::from_fn(crate::web::guard))
         .with_state(state)
 }
 
@@ -225,12 +227,22 @@ pub async fn authenticate(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let outcome = match value {
-        Some(v) => {
+    let outcome = match (value, crate::web::cookie(headers)) {
+        (Some(v), _) => {
             let key = Secret::from_string(v.trim().to_string());
             state.store.authenticate(&key).await?
         }
-        None => Err(crate::store::KeyRefused::Unknown),
+        // A browser session acts with the key it was opened with.
+        (None, Some(secret)) => match state.store.web_session(&secret).await? {
+            Some(s) => state.store.authenticate_id(&s.key_id).await?,
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "this browser session has ended or expired: log in again",
+                ))
+            }
+        },
+        (None, None) => Err(crate::store::KeyRefused::Unknown),
     };
     let caller = match outcome {
         Ok(c) => c,

@@ -67,6 +67,7 @@ pub mod sessions;
 pub mod store;
 pub mod stream;
 pub mod tls;
+pub mod web;
 
 pub use error::Error;
 pub use server::{Server, ServerConfig};

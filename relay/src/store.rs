@@ -17,8 +17,10 @@ use crate::Error;
 mod access;
 mod audit;
 mod sessions;
+mod web;
 pub use access::{Caller, KeyRefused, KeyRow, LockRow, LockTarget, UserRow};
 pub use sessions::{Cursor, SessionListed, Traffic};
+pub use web::{LoginRefused, WebSession};
 
 /// Activation codes expire after this long.
 pub const ACTIVATION_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -260,6 +262,21 @@ const SCHEMA: &[&str] = &[
         at INTEGER NOT NULL,
         key TEXT NOT NULL,
         signature TEXT NOT NULL
+    )",
+    "CREATE TABLE IF NOT EXISTS web_links (
+        hash TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES api_keys(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER
+    )",
+    "CREATE TABLE IF NOT EXISTS web_sessions (
+        hash TEXT PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        key_id TEXT NOT NULL REFERENCES api_keys(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        ended_at INTEGER
     )",
     "CREATE TABLE IF NOT EXISTS policy_sets (
         version INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -520,3 +520,100 @@ fn resumable(kind: Kind, window: u32) -> Cli {
 fn feed(client: &mut Cli, f: Frame) -> Result<bool, ProtocolError> {
     client.handle_frame(&frame(f)).map(|e| e.is_some())
 }
+
+/// Every frame the client has to send now.
+fn transmitted(client: &mut Cli) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = std::vec![0u8; 4096];
+    while let Some(n) = client.poll_transmit(&mut buf).unwrap() {
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+#[test]
+fn a_session_taken_up_by_another_client_goes_on_from_where_it_stood() {
+    let shell = Kind::Shell {
+        term: "xterm",
+        cols: 80,
+        rows: 24,
+    };
+    let mut first = resumable(shell, 1000);
+    let out = |offset, data| Frame::DataAt {
+        sid: 7,
+        ch: 0,
+        stream: Stream::OUT,
+        offset,
+        data: wire::Bytes(data),
+    };
+    assert_eq!(feed(&mut first, out(0, b"hello")), Ok(true));
+    first.consumed(0, 5);
+    assert_eq!(first.send_slice(0, b"abcdef"), Ok(6));
+    transmitted(&mut first);
+    let ack = Frame::Ack {
+        sid: 7,
+        ch: 0,
+        offset: 2,
+    };
+    assert_eq!(feed(&mut first, ack), Ok(false));
+    let (place, a, b) = first.place_now().unwrap();
+    let expected = Place {
+        hold: 60,
+        received: 5,
+        eof: false,
+        acked: 2,
+    };
+    assert_eq!(place, expected);
+    let input = [a, b].concat();
+    assert_eq!(input, b"cdef");
+
+    // A new client (a reloaded page) takes it up and answers the relay's Suspend.
+    let mut second: Cli = Client::take_up(7, (200, 200), place, &input).unwrap();
+    assert!(second.is_suspended() && second.is_resumable());
+    assert!(
+        transmitted(&mut second).is_empty(),
+        "nothing before the Suspend"
+    );
+    assert_eq!(feed(&mut second, Frame::Suspend { sid: 7 }), Ok(true));
+    let answer = transmitted(&mut second);
+    assert_eq!(answer.len(), 1);
+    assert!(
+        matches!(
+            Frame::decode(&answer[0]).unwrap(),
+            Frame::Resume {
+                ch: 0,
+                offset: 5,
+                limit: 205,
+                eof: false,
+                ..
+            }
+        ),
+        "{:?}",
+        Frame::decode(&answer[0])
+    );
+    // The agent had "abcd": "ef" goes again, at 4.
+    let resume = Frame::Resume {
+        sid: 7,
+        ch: 0,
+        offset: 4,
+        limit: 104,
+        eof: false,
+        open: true,
+    };
+    assert_eq!(feed(&mut second, resume), Ok(true));
+    let again: Vec<_> = transmitted(&mut second);
+    assert!(
+        again.iter().any(|f| matches!(
+            Frame::decode(f).unwrap(),
+            Frame::DataAt { offset: 4, data, .. } if data.0 == b"ef"
+        )),
+        "{again:?}"
+    );
+    // What the first client had is not delivered twice; what follows is.
+    assert_eq!(feed(&mut second, out(0, b"hello")), Ok(false));
+    assert_eq!(feed(&mut second, out(5, b"world")), Ok(true));
+
+    // Input that does not fit is refused, not cut.
+    let big = [0u8; 300];
+    assert!(Cli::take_up(7, (200, 200), place, &big).is_err());
+}

@@ -135,6 +135,15 @@ impl<B: Buffer> Ring<B> {
         Some((stream, &self.buf.as_ref()[start..start + n]))
     }
 
+    /// Everything it holds, sent or not, oldest first (in two parts: the ring may
+    /// wrap).
+    pub fn held(&self) -> (&[u8], &[u8]) {
+        let cap = self.capacity();
+        let buf = self.buf.as_ref();
+        let first = self.len.min(cap - self.head);
+        (&buf[self.head..self.head + first], &buf[..self.len - first])
+    }
+
     /// `n` bytes from [`Ring::front`] went out; they stay until released.
     pub fn mark_sent(&mut self, n: usize) {
         self.sent = (self.sent + n).min(self.len);

@@ -150,6 +150,21 @@ impl<B: Buffer> Channel<B> {
         }
     }
 
+    /// A resumable channel taken up where another side's copy of it stood:
+    /// `received` bytes came, the first `held` of them acknowledged by the peer
+    /// at `acked` (`output`, from `acked`, counts as sent: the peer's `Resume` says
+    /// which of it goes again). `false` if `output` does not fit.
+    pub fn taken_up(&mut self, received: u64, eof: bool, acked: u64, output: &[u8]) -> bool {
+        self.resumable = true;
+        self.received = received;
+        self.ack_sent = received;
+        self.peer_eof = eof;
+        self.acked = acked;
+        let n = self.out.write(crate::wire::Stream::OUT, output);
+        self.out.mark_sent(n);
+        n == output.len()
+    }
+
     /// Offset of the next output byte to send.
     pub fn send_offset(&self) -> u64 {
         self.acked + self.out.sent() as u64

@@ -406,4 +406,18 @@ impl ErrorCode {
     pub const CHANNEL_LIMIT: ErrorCode = ErrorCode(13);
     /// The user does not exist on the target.
     pub const NO_SUCH_USER: ErrorCode = ErrorCode(14);
+
+    /// Words for a person, for the codes a client shows when a session or a
+    /// connection ends without a reason of its own (`None`: say the number).
+    pub const fn words(self) -> Option<&'static str> {
+        Some(match self {
+            ErrorCode::AGENT_GONE => "the agent disconnected",
+            ErrorCode::TERMINATED => "terminated",
+            ErrorCode::FLOW_CONTROL => "flow control violated",
+            ErrorCode::REFUSED => "connection refused",
+            ErrorCode::UNREACHABLE => "destination unreachable",
+            ErrorCode::DENIED => "denied",
+            _ => return None,
+        })
+    }
 }

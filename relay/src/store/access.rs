@@ -427,12 +427,25 @@ impl Store {
     /// The user and key of an API key, or why the key is refused. Notes the key's
     /// use (to the minute).
     pub async fn authenticate(&self, key: &Secret) -> Result<Result<Caller, KeyRefused>, Error> {
-        let row = sqlx::query(
+        self.caller("k.hash", &key.hash()).await
+    }
+
+    /// The same for the key with id `key_id` (a browser session made with it).
+    pub async fn authenticate_id(&self, key_id: &str) -> Result<Result<Caller, KeyRefused>, Error> {
+        self.caller("k.id", key_id).await
+    }
+
+    async fn caller(
+        &self,
+        column: &'static str,
+        value: &str,
+    ) -> Result<Result<Caller, KeyRefused>, Error> {
+        let row = sqlx::query(&format!(
             "SELECT k.id, k.name, k.expires_at, k.revoked_at, k.last_used, u.name AS user_name,
                     u.id AS user_id
-             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.hash = ?",
-        )
-        .bind(key.hash())
+             FROM api_keys k JOIN users u ON u.id = k.user_id WHERE {column} = ?"
+        ))
+        .bind(value)
         .fetch_optional(&self.pool)
         .await?;
         let Some(r) = row else {

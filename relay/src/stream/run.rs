@@ -276,6 +276,15 @@ pub(super) async fn route(r: Running) {
             }
             msg = next_message(&mut client), if client_up && hub.wants_client_input() => match msg {
                 Some(Ok(Message::Binary(b))) => hub.handle_client(b, now()),
+                // A page being reloaded or left says "going away" (1001): for a
+                // resumable session that is a cut, as a dropped connection is (the
+                // reloaded page takes the session up again).
+                Some(Ok(Message::Close(Some(f))))
+                    if f.code == axum::extract::ws::close_code::AWAY && hub.is_resumable() =>
+                {
+                    client_up = false;
+                    hub.client_lost(now());
+                }
                 Some(Ok(Message::Close(_))) => hub.abort("client went away".into(), false),
                 None if hub.is_resumable() => {
                     client_up = false;

@@ -1,0 +1,311 @@
+//! The browser console: the page (built from `relay/web` and embedded, see
+//! `build.rs`), its logins, and the rules every response and browser request
+//! follows.
+//!
+//! | method | path | auth | what |
+//! |---|---|---|---|
+//! | GET | `/`, `/login`, `/sessions`, `/recordings`, `/t/{target}`, `/watch/{id}`, `/play/{id}` | none (the page asks) | the page |
+//! | GET | `/assets/{file}` | none | its scripts, styles, the WebAssembly client |
+//! | POST | `/v1/web/links` | bearer API key | `{code, expires_at}`: a one-time login link's secret (`sesame web`) |
+//! | POST | `/v1/web/login` | `{link}` or `{key}` | a browser session: the cookie |
+//! | GET | `/v1/web/me` | cookie or key | `{user, expires_at}` |
+//! | POST | `/v1/web/logout` | cookie | ends the browser session |
+//!
+//! - A browser session is a cookie (`__Host-sesame`: `HttpOnly`, `Secure`,
+//!   `SameSite=Strict`, expiring with the session) whose secret is stored hashed;
+//!   it acts with the API key it was opened with, under the same policies, so
+//!   revoking the key or locking the user ends it (`store::web`).
+//! - Every request that carries an `Origin` must come from this relay's own origin;
+//!   a request authenticated by the cookie that changes anything, or upgrades to a
+//!   WebSocket, must carry one ([`guard`]).
+//! - Every response has a strict `Content-Security-Policy` (scripts and styles from
+//!   the relay only, no `eval`; WebAssembly compiled), `nosniff`, no referrer, and no
+//!   framing.
+//! - Logins, refused logins, login links and logouts are in the audit log.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use crate::api::{authenticate, ApiError, AppState};
+use crate::audit::Event;
+use crate::secret::Secret;
+
+/// The browser session's cookie. `__Host-`: the browser keeps it only if it is
+/// `Secure`, for `/`, and for this host alone.
+pub const COOKIE: &str = "__Host-sesame";
+/// How long a browser session lasts (it ends sooner with its key).
+pub const SESSION_SECS: i64 = 12 * 3600;
+/// How long a login link printed by `sesame web` can be used (once).
+pub const LINK_SECS: i64 = 300;
+
+/// What every response says about itself.
+const CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; \
+    style-src 'self'; img-src 'self' data:; font-src 'self'; connect-src 'self'; \
+    worker-src 'self'; manifest-src 'self'; base-uri 'none'; form-action 'self'; \
+    frame-ancestors 'none'";
+
+/// A file of the page.
+pub struct Asset {
+    /// Its name under `/assets/`.
+    pub name: &'static str,
+    /// Its `Content-Type`.
+    pub kind: &'static str,
+    /// Its ETag (a hash of its bytes, made at build time).
+    pub etag: &'static str,
+    /// Its bytes.
+    pub body: &'static [u8],
+}
+
+/// Every file of the page (`build.rs`).
+pub static ASSETS: &[Asset] = include!(concat!(env!("OUT_DIR"), "/assets.rs"));
+
+/// The page's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(page))
+        .route("/login", get(page))
+        .route("/sessions", get(page))
+        .route("/recordings", get(page))
+        .route("/t/{target}", get(page))
+        .route("/watch/{id}", get(page))
+        .route("/play/{id}", get(page))
+        .route("/assets/{file}", get(asset))
+        .route("/v1/web/links", post(add_link))
+        .route("/v1/web/login", post(login))
+        .route("/v1/web/logout", post(logout))
+        .route("/v1/web/me", get(me))
+}
+
+async fn page(headers: HeaderMap) -> Response {
+    serve("index.html", &headers)
+}
+
+async fn asset(Path(file): Path<String>, headers: HeaderMap) -> Response {
+    serve(&file, &headers)
+}
+
+fn serve(name: &str, headers: &HeaderMap) -> Response {
+    let Some(a) = ASSETS.iter().find(|a| a.name == name) else {
+        return ApiError::new(StatusCode::NOT_FOUND, format!("no such file: {name}"))
+            .into_response();
+    };
+    let cached = headers
+        .get(header::IF_NONE_MATCH)
+        .is_some_and(|v| v.as_bytes() == a.etag.as_bytes());
+    let status = if cached {
+        StatusCode::NOT_MODIFIED
+    } else {
+        StatusCode::OK
+    };
+    let body = if cached { &[][..] } else { a.body };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, a.kind),
+            (header::ETAG, a.etag),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The secret of the browser session cookie in `headers`, if there is one.
+pub fn cookie(headers: &HeaderMap) -> Option<Secret> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| Secret::from_string(v.to_string()))
+}
+
+/// Whether `origin` is this relay's own (the `Host` it was reached by, over TLS).
+fn same_origin(origin: &HeaderValue, headers: &HeaderMap) -> bool {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.to_str().ok(), host) {
+        (Some(o), Some(h)) => o.strip_prefix("https://") == Some(h),
+        _ => false,
+    }
+}
+
+/// Refuses what a foreign page could make a browser send, and gives every
+/// response its security headers.
+pub async fn guard(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let upgrade = h.contains_key(header::UPGRADE);
+    let refused = match h.get(header::ORIGIN) {
+        Some(o) if !same_origin(o, h) => Some(format!(
+            "refused: a request from {} to this relay (cross-origin)",
+            String::from_utf8_lossy(o.as_bytes())
+        )),
+        Some(_) => None,
+        None => {
+            let changes = !matches!(*req.method(), Method::GET | Method::HEAD) || upgrade;
+            let by_cookie = cookie(h).is_some() && !h.contains_key(header::AUTHORIZATION);
+            (changes && by_cookie)
+                .then(|| "refused: a browser request without its Origin".to_string())
+        }
+    };
+    let mut resp = match refused {
+        Some(why) => ApiError::new(StatusCode::FORBIDDEN, why).into_response(),
+        None => next.run(req).await,
+    };
+    let h = resp.headers_mut();
+    for (k, v) in [
+        ("content-security-policy", CSP),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", "no-referrer"),
+        ("x-frame-options", "DENY"),
+        ("cross-origin-opener-policy", "same-origin"),
+    ] {
+        h.insert(k, HeaderValue::from_static(v));
+    }
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// `POST /v1/web/links`: a one-time login link's secret, for the caller's key.
+async fn add_link(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authenticate(&state, &headers, peer).await?;
+    let (code, expires_at) = state
+        .store
+        .add_login_link(&caller.key_id, LINK_SECS)
+        .await?;
+    let event = Event::new(caller.user.name.clone(), "web.link", caller.key_id.clone())
+        .from(peer.ip())
+        .detail(serde_json::json!({ "expires_at": expires_at }));
+    state.record(event).await?;
+    Ok(Json(
+        serde_json::json!({ "code": code.expose(), "expires_at": expires_at }),
+    ))
+}
+
+/// Body of `POST /v1/web/login`: a login link's secret, or an API key.
+#[derive(Debug, Deserialize)]
+struct Login {
+    #[serde(default)]
+    link: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+}
+
+async fn login(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let (how, key_id) = match (req.link, req.key) {
+        (Some(link), None) => {
+            let code = Secret::from_string(link.trim().to_string());
+            match state.store.redeem_login_link(&code).await? {
+                Ok(key_id) => ("link", Ok(key_id)),
+                Err(e) => ("link", Err(e.to_string())),
+            }
+        }
+        (None, Some(key)) => {
+            let key = Secret::from_string(key.trim().to_string());
+            match state.store.authenticate(&key).await? {
+                Ok(c) => ("key", Ok(c.key_id)),
+                Err(e) => ("key", Err(e.to_string())),
+            }
+        }
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "give either a login link ('link') or an API key ('key')",
+            ))
+        }
+    };
+    let refuse = |state: AppState, why: String| async move {
+        let now = crate::store::unix_now_ms();
+        if let Some(unrecorded) = state.audit.refusals.take(peer.ip(), now) {
+            let event = Event::new("-", "web.login.refused", "-")
+                .from(peer.ip())
+                .detail(
+                    serde_json::json!({ "how": how, "why": why, "more_unrecorded": unrecorded }),
+                );
+            state.record(event).await?;
+        }
+        Err::<Response, _>(ApiError::new(StatusCode::UNAUTHORIZED, why))
+    };
+    let key_id = match key_id {
+        Ok(k) => k,
+        Err(why) => return refuse(state, why).await,
+    };
+    // The key's checks (revoked, expired, its user locked) as for any request.
+    let caller = match state.store.authenticate_id(&key_id).await? {
+        Ok(c) => c,
+        Err(e) => return refuse(state, e.to_string()).await,
+    };
+    if let Some(why) = state.locked(&caller.user.id, None).await? {
+        return refuse(state, why).await;
+    }
+    let (secret, session) = state.store.add_web_session(&key_id, SESSION_SECS).await?;
+    let event = Event::new(caller.user.name.clone(), "web.login", session.id.clone())
+        .from(peer.ip())
+        .detail(serde_json::json!({ "how": how, "key": key_id, "expires_at": session.expires_at }));
+    state.record(event).await?;
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age={SESSION_SECS}",
+        secret.expose()
+    );
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(serde_json::json!({ "user": caller.user.name, "expires_at": session.expires_at })),
+    )
+        .into_response())
+}
+
+async fn logout(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let gone = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Some(secret) = cookie(&headers) {
+        if let Some(s) = state.store.web_session(&secret).await? {
+            let user = match state.store.authenticate_id(&s.key_id).await? {
+                Ok(c) => c.user.name,
+                Err(_) => "-".into(),
+            };
+            state.store.end_web_session(&s.id).await?;
+            let event = Event::new(user, "web.logout", s.id).from(peer.ip());
+            state.record(event).await?;
+        }
+    }
+    Ok(([(header::SET_COOKIE, gone)], Json(serde_json::json!({}))).into_response())
+}
+
+async fn me(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let caller = authenticate(&state, &headers, peer).await?;
+    let expires_at = match cookie(&headers) {
+        Some(s) => state.store.web_session(&s).await?.map(|s| s.expires_at),
+        None => None,
+    };
+    Ok(Json(serde_json::json!({
+        "user": caller.user.name,
+        "groups": caller.user.groups,
+        "expires_at": expires_at,
+    })))
+}

@@ -1,0 +1,173 @@
+// The console in a real browser (Debian's Chromium, headless, driven by
+// playwright-core): run by tests/tests/web.rs against a real relay and agent.
+// Env: SESAME_LOGIN (a `sesame web` link), SESAME_TARGET, SESAME_HIDDEN (a
+// target this user may not see), SESAME_ARTIFACTS (where screenshots go).
+// Each step prints what it checked; the first failure exits non-zero.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+
+const login = process.env.SESAME_LOGIN;
+const target = process.env.SESAME_TARGET;
+const hidden = process.env.SESAME_HIDDEN || '';
+const artifacts = process.env.SESAME_ARTIFACTS;
+const origin = new URL(login).origin;
+mkdirSync(artifacts, { recursive: true });
+
+function check(ok, what) {
+  if (!ok) throw new Error(`FAILED: ${what}`);
+  console.log(`ok: ${what}`);
+}
+
+async function until(what, fn, ms = 15000) {
+  const end = Date.now() + ms;
+  let last;
+  while (Date.now() < end) {
+    try { last = await fn(); if (last) return last; } catch (e) { last = e.message; }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`FAILED: timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+}
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+  args: ['--no-sandbox', '--disable-dev-shm-usage'],
+});
+const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1200, height: 760 } });
+await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin });
+// Every Content-Security-Policy violation, on every page.
+await context.addInitScript(() => {
+  window.__csp = [];
+  document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+});
+const page = await context.newPage();
+const problems = [];
+page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+page.on('console', (m) => { if (m.type() === 'error') console.log(`  (console) ${m.text()}`); });
+
+/** The terminal's lines, trimmed. */
+const lines = () => page.evaluate(() => {
+  const b = window.sesameShell.term.buffer.active;
+  const out = [];
+  for (let i = 0; i < b.length; i++) out.push(b.getLine(i).translateToString(true));
+  return out;
+});
+const live = () => page.waitForSelector('.term[data-state="live"]', { timeout: 20000 });
+const type = async (text) => { await page.keyboard.type(text, { delay: 5 }); };
+const cspViolations = () => page.evaluate(() => window.__csp);
+
+try {
+  // Log in with the one-time link: the targets page, only what the policy allows.
+  await page.goto(login);
+  await page.waitForSelector(`tr[data-target="${target}"]`);
+  const shown = await page.$$eval('tr[data-target]', (rows) => rows.map((r) => r.dataset.target));
+  check(shown.includes(target), `the targets page lists ${target}`);
+  if (hidden) check(!shown.includes(hidden), `it does not list ${hidden}, which the policy hides (${shown.join(', ')})`);
+  check(await page.$eval(`tr[data-target="${target}"] .state`, (e) => e.textContent) === 'online', `${target} shows online`);
+  await page.fill('input.search', 'no-such-thing');
+  check(await page.$$eval('tr[data-target]', (r) => r.length) === 0, 'search hides what does not match');
+  await page.fill('input.search', '');
+  await page.screenshot({ path: `${artifacts}/targets.png` });
+  const cookies = await context.cookies();
+  const cookie = cookies.find((c) => c.name === '__Host-sesame');
+  check(cookie && cookie.httpOnly && cookie.secure && cookie.sameSite === 'Strict' && cookie.expires > Date.now() / 1000,
+    'the session cookie is HttpOnly, Secure, SameSite=Strict and expires');
+  const reused = await page.evaluate(async () => (await fetch('/v1/web/me')).status);
+  check(reused === 200, 'the cookie authenticates the API');
+
+  // A shell: 6*7.
+  await page.click(`tr[data-target="${target}"] button`);
+  await live();
+  await type('echo $((6*7))\n');
+  await until('42 in the terminal', async () => (await lines()).includes('42'));
+  check(true, 'a shell in the page answers echo $((6*7)) with 42');
+
+  // Resize follows the window.
+  const termSize = () => page.evaluate(() => [window.sesameShell.term.rows, window.sesameShell.term.cols]);
+  const before = await termSize();
+  await page.setViewportSize({ width: 800, height: 500 });
+  const size = await until('the terminal to fit the new window', async () => {
+    const s = await termSize();
+    return s[0] < before[0] && s[1] < before[1] ? s : null;
+  });
+  await type('stty size\n');
+  await until(`stty size to say ${size.join(' ')}`, async () => (await lines()).includes(size.join(' ')));
+  check(true, `stty size on the target follows the window (${size.join(' ')})`);
+
+  // Ctrl-C reaches the program.
+  await type('sleep 100\n');
+  await page.waitForTimeout(500);
+  await page.keyboard.press('Control+c');
+  await type('echo after$((1+1))\n');
+  await until('the prompt back after Ctrl-C', async () => (await lines()).includes('after2'), 5000);
+  check(true, 'Ctrl-C interrupts sleep 100');
+
+  // Wide characters take two cells each: the bar is in column 6.
+  await type("printf '\\346\\274\\242\\345\\255\\227\\360\\237\\231\\202|\\n'\n");
+  const col = await until('the wide characters', () => page.evaluate(() => {
+    const b = window.sesameShell.term.buffer.active;
+    for (let i = 0; i < b.length; i++) {
+      const l = b.getLine(i);
+      if (l.translateToString(true).startsWith('漢字')) {
+        for (let x = 0; x < l.length; x++) if (l.getCell(x).getChars() === '|') return { x, text: l.translateToString(true) };
+      }
+    }
+    return null;
+  }));
+  check(col.x === 6, `'漢字🙂|': the bar is in column 6 (${col.x}: ${col.text})`);
+
+  // A multi-line paste is confirmed first, then arrives intact.
+  await page.evaluate(() => navigator.clipboard.writeText('echo one$((0+1))\necho two$((1+1))\n'));
+  await page.keyboard.press('Control+Shift+V');
+  await page.waitForSelector('[role="dialog"]');
+  check((await page.textContent('[role="dialog"] h2')).includes('2 lines'), 'a multi-line paste asks first');
+  await page.click('[role="dialog"] button:has-text("Paste")');
+  // bash takes a bracketed paste into its line whole, to run on Enter.
+  await page.waitForTimeout(300);
+  await page.keyboard.press('Enter');
+  await until('both pasted lines to run', async () => { const l = await lines(); return l.includes('one1') && l.includes('two2'); });
+  check(true, 'the paste arrives intact after confirmation');
+  await page.screenshot({ path: `${artifacts}/shell.png` });
+
+  // Reload mid-session: the same shell, its output intact, nothing twice.
+  await type('export MARK=same$((2+3))\n');
+  await type('for i in 1 2 3; do echo line$i; sleep 0.3; done\n');
+  await page.waitForTimeout(400);
+  const pid = await page.evaluate(() => window.sesameShell.link.id);
+  await page.reload();
+  await live();
+  check(await page.evaluate(() => window.sesameShell.link.id) === pid, 'after a reload the page has the same session');
+  await until('the loop to finish', async () => (await lines()).includes('line3'));
+  await type('echo $MARK\n');
+  await until('the shell to know MARK', async () => (await lines()).includes('same5'));
+  const after = await lines();
+  const count = (s) => after.filter((l) => l === s).length;
+  check(count('42') === 1 && count('line1') === 1 && count('line2') === 1 && count('line3') === 1,
+    `the output before and across the reload is there once (42: ${count('42')}, line1-3: ${count('line1')} ${count('line2')} ${count('line3')})`);
+  check(true, 'the same shell goes on after a reload (it knows MARK)');
+
+  const violations = await cspViolations();
+  check(violations.length === 0, `no Content-Security-Policy violation (${violations.join('; ')})`);
+  check(problems.length === 0, `no page error (${problems.join('; ')})`);
+
+  // A request with a foreign Origin is refused, cookie or not.
+  const foreign = await context.request.post(`${origin}/v1/sessions`, {
+    headers: { origin: 'https://evil.example' },
+    data: { target, kind: 'shell' },
+  });
+  check(foreign.status() === 403, `a request from a foreign Origin is refused (${foreign.status()})`);
+
+  // Log out: the cookie opens nothing any more.
+  const old = (await context.cookies()).find((c) => c.name === '__Host-sesame').value;
+  await page.click('#logout');
+  await page.waitForURL('**/login');
+  const stale = await context.request.get(`${origin}/v1/web/me`, { headers: { cookie: `__Host-sesame=${old}` } });
+  check(stale.status() === 401, `after logout the old cookie is refused (${stale.status()})`);
+  console.log('all browser checks passed');
+} catch (e) {
+  console.log(e.message);
+  await page.screenshot({ path: `${artifacts}/failure.png` }).catch(() => {});
+  await browser.close();
+  process.exit(1);
+}
+await browser.close();
