@@ -47,8 +47,14 @@
 //!   the file's SHA-256 in the audit log; read with `replay` on the session, each
 //!   read audited.
 //!
+//! - The browser console (`web`, built from `relay/web` by `build.rs` and embedded):
+//!   a one-time login link (`sesame web`) or an API key opens a browser session, a
+//!   hashed cookie acting with that key under the same policies; every browser
+//!   request from another origin is refused, and every response carries a strict
+//!   Content-Security-Policy.
+//!
 //! ## Non-goals (for now)
-//! Watching live sessions (`observe`: in the schema, not served yet).
+//! Several relays sharing one store (there is no epoch fencing between relays).
 
 pub mod admin;
 pub mod agent_link;

@@ -143,7 +143,9 @@ fn same_origin(origin: &HeaderValue, headers: &HeaderMap) -> bool {
 pub async fn guard(req: Request, next: Next) -> Response {
     let h = req.headers();
     let upgrade = h.contains_key(header::UPGRADE);
-    let refused = match h.get(header::ORIGIN) {
+    // An empty `Origin` is no origin: browsers send `null` for an opaque one, and
+    // devices' WebSocket clients send an empty header (agent-embedded does).
+    let refused = match h.get(header::ORIGIN).filter(|o| !o.is_empty()) {
         Some(o) if !same_origin(o, h) => Some(format!(
             "refused: a request from {} to this relay (cross-origin)",
             String::from_utf8_lossy(o.as_bytes())
@@ -182,6 +184,14 @@ async fn add_link(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // Made with an API key only: a browser session cannot prolong itself by
+    // minting links.
+    if !headers.contains_key(header::AUTHORIZATION) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "login links are made with an API key (`sesame web`)",
+        ));
+    }
     let caller = authenticate(&state, &headers, peer).await?;
     let (code, expires_at) = state
         .store
@@ -308,4 +318,108 @@ async fn me(
         "groups": caller.user.groups,
         "expires_at": expires_at,
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower_service::Service;
+
+    /// What `guard` answers a request to an endpoint that says "ok".
+    async fn answer(method: &str, headers: &[(&str, &str)]) -> Response {
+        let mut app: Router = Router::new()
+            .route("/x", get(|| async { "ok" }).post(|| async { "ok" }))
+            .layer(axum::middleware::from_fn(guard));
+        let mut req = Request::builder().method(method).uri("/x");
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        app.call(req.body(Body::empty()).unwrap()).await.unwrap()
+    }
+
+    async fn status(method: &str, headers: &[(&str, &str)]) -> StatusCode {
+        answer(method, headers).await.status()
+    }
+
+    const HOST: (&str, &str) = ("host", "relay.test:8443");
+    const COOKIE_SET: (&str, &str) = ("cookie", "a=b; __Host-sesame=wc_x");
+
+    #[tokio::test]
+    async fn every_answer_has_the_security_headers() {
+        let r = answer("GET", &[HOST]).await;
+        assert_eq!(r.status(), StatusCode::OK);
+        let csp = r.headers()["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("script-src 'self' 'wasm-unsafe-eval'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe-inline") && !csp.contains("'unsafe-eval'"));
+        assert!(csp.contains("frame-ancestors 'none'"));
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(r.headers()["referrer-policy"], "no-referrer");
+    }
+
+    #[tokio::test]
+    async fn foreign_origins_are_refused_and_the_relays_own_is_not() {
+        let own = ("origin", "https://relay.test:8443");
+        assert_eq!(
+            status("POST", &[HOST, own, COOKIE_SET]).await,
+            StatusCode::OK
+        );
+        for foreign in [
+            "https://evil.test",
+            "null",
+            "http://relay.test:8443",
+            "https://relay.test",
+        ] {
+            let o = ("origin", foreign);
+            assert_eq!(
+                status("POST", &[HOST, o]).await,
+                StatusCode::FORBIDDEN,
+                "{foreign}"
+            );
+            assert_eq!(
+                status("GET", &[HOST, o, COOKIE_SET]).await,
+                StatusCode::FORBIDDEN
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cookie_needs_an_origin_to_change_anything_or_open_a_websocket() {
+        assert_eq!(
+            status("POST", &[HOST, COOKIE_SET]).await,
+            StatusCode::FORBIDDEN
+        );
+        let upgrade = ("upgrade", "websocket");
+        assert_eq!(
+            status("GET", &[HOST, COOKIE_SET, upgrade]).await,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(status("GET", &[HOST, COOKIE_SET]).await, StatusCode::OK);
+        // API keys and devices are no browsers: no Origin, or an empty one, is fine.
+        let bearer = ("authorization", "Bearer sk_x");
+        assert_eq!(
+            status("POST", &[HOST, COOKIE_SET, bearer]).await,
+            StatusCode::OK
+        );
+        assert_eq!(status("POST", &[HOST]).await, StatusCode::OK);
+        assert_eq!(
+            status("GET", &[HOST, ("origin", ""), upgrade]).await,
+            StatusCode::OK
+        );
+    }
+
+    #[test]
+    fn the_cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("x=1; __Host-sesame=wc_abc; y=2"),
+        );
+        assert_eq!(cookie(&h).unwrap().expose(), "wc_abc");
+        h.insert(header::COOKIE, HeaderValue::from_static("__Host-sesamex=1"));
+        assert!(cookie(&h).is_none());
+    }
 }

@@ -6,13 +6,37 @@
 
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
+import net from 'node:net';
 
-const login = process.env.SESAME_LOGIN;
+const relay = new URL(process.env.SESAME_LOGIN);
 const target = process.env.SESAME_TARGET;
 const hidden = process.env.SESAME_HIDDEN || '';
 const artifacts = process.env.SESAME_ARTIFACTS;
-const origin = new URL(login).origin;
 mkdirSync(artifacts, { recursive: true });
+
+// The browser reaches the relay through this TCP proxy, so that the test can cut
+// its network: every connection reset, new ones refused, for a while.
+const sockets = new Set();
+let down = false;
+const proxy = net.createServer((c) => {
+  if (down) { c.destroy(); return; }
+  const u = net.connect(Number(relay.port), relay.hostname);
+  for (const s of [c, u]) {
+    sockets.add(s);
+    s.on('error', () => {});
+    s.on('close', () => { c.destroy(); u.destroy(); sockets.delete(s); });
+  }
+  c.pipe(u);
+  u.pipe(c);
+});
+await new Promise((r) => proxy.listen(0, '127.0.0.1', r));
+const origin = `https://127.0.0.1:${proxy.address().port}`;
+const login = `${origin}${relay.pathname}${relay.hash}`;
+function cut(ms) {
+  down = true;
+  for (const s of sockets) s.destroy();
+  setTimeout(() => { down = false; }, ms);
+}
 
 function check(ok, what) {
   if (!ok) throw new Error(`FAILED: ${what}`);
@@ -28,6 +52,9 @@ async function until(what, fn, ms = 15000) {
   }
   throw new Error(`FAILED: timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
 }
+
+// Nothing here may hang the test run.
+setTimeout(() => { console.log('FAILED: the browser checks took over 240 s'); process.exit(1); }, 240000).unref();
 
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
@@ -146,6 +173,52 @@ try {
     `the output before and across the reload is there once (42: ${count('42')}, line1-3: ${count('line1')} ${count('line2')} ${count('line3')})`);
   check(true, 'the same shell goes on after a reload (it knows MARK)');
 
+  // The network goes for 3 s mid-output, and something is typed meanwhile.
+  await type('for i in 1 2 3 4 5; do echo net$i; sleep 0.4; done\n');
+  await until('the loop to start', async () => (await lines()).includes('net1'));
+  cut(3000);
+  await page.waitForSelector('.term[data-state="wait"]', { timeout: 10000 });
+  check((await page.textContent('.status')).includes('reconnecting'), 'the page says it is reconnecting');
+  await type('echo typed$((4+4))\n');
+  await live();
+  await until('the loop and the typed line', async () => { const l = await lines(); return l.includes('net5') && l.includes('typed8'); }, 20000);
+  const net = await lines();
+  const once = (x) => net.filter((l) => l === x).length === 1;
+  check(['net1', 'net2', 'net3', 'net4', 'net5', 'typed8'].every(once),
+    'after a network cut the shell goes on: its output once each, what was typed meanwhile run once');
+
+  // Someone watches read-only, in another tab; then the session is ended from the page.
+  const id = await page.evaluate(() => window.sesameShell.link.id);
+  const watcher = await context.newPage();
+  watcher.on('pageerror', (e) => problems.push(`watch page error: ${e.message}`));
+  await watcher.goto(`${origin}/watch/${id}`);
+  await watcher.waitForFunction(() => window.sesameShell?.term);
+  await type('echo watched$((3*3))\n');
+  await until('the watcher to see it', () => watcher.evaluate(() => {
+    const b = window.sesameShell.term.buffer.active;
+    for (let i = 0; i < b.length; i++) if (b.getLine(i).translateToString(true) === 'watched9') return true;
+    return false;
+  }));
+  check(true, 'a read-only watch in another tab sees the shell live');
+  await watcher.screenshot({ path: `${artifacts}/watch.png` });
+
+  await page.goto(`${origin}/sessions`);
+  await page.waitForSelector(`tr[data-session="${id}"] button.danger`);
+  await page.click(`tr[data-session="${id}"] button.danger`);
+  await until('the session to be over', async () => (await page.textContent(`tr[data-session="${id}"]`)).includes('terminated'));
+  check(true, 'Terminate on the sessions page ends the session');
+  await until('the watcher to hear the end', () => watcher.evaluate(() => document.querySelector('.term').dataset.state === 'over'));
+  check(true, 'the watch ends with the session');
+  await watcher.close();
+
+  // Its recording plays in the page, with seek.
+  await page.goto(`${origin}/play/${id}`);
+  await page.waitForSelector('.ap-player', { timeout: 15000 });
+  await page.evaluate(() => window.sesamePlayer.seek(1e6));
+  const screen = await until('the player to show the shell', () => page.evaluate(() => document.querySelector('.ap-player').textContent.includes('watched9')));
+  check(screen, 'the recording plays in the page (seeked to its end, it shows watched9)');
+  await page.screenshot({ path: `${artifacts}/player.png` });
+
   const violations = await cspViolations();
   check(violations.length === 0, `no Content-Security-Policy violation (${violations.join('; ')})`);
   check(problems.length === 0, `no page error (${problems.join('; ')})`);
@@ -171,3 +244,5 @@ try {
   process.exit(1);
 }
 await browser.close();
+// The proxy's server would keep node running.
+process.exit(0);

@@ -79,12 +79,24 @@ async fn left_for_good(client: &mut Option<Client>) -> bool {
     while let Ok(Some(Ok(m))) = tokio::time::timeout_at(by, stream.next()).await {
         match m {
             Message::Binary(b) if b.first() == Some(&11) => return true,
-            Message::Close(_) => return true,
+            Message::Close(f) => return !page_left(f.as_ref()),
             _ => {}
         }
     }
     false
 }
+
+/// Whether a client's WebSocket close says "going away" (1001): a browser page
+/// being reloaded or left, which takes its resumable session up again (a cut, not
+/// the user leaving).
+fn page_left(frame: Option<&axum::extract::ws::CloseFrame>) -> bool {
+    frame.is_some_and(|f| f.code == axum::extract::ws::close_code::AWAY)
+}
+
+/// The browser console's keepalive: a text `ping` on the stream is answered with
+/// `pong` (a page cannot send WebSocket pings, nor see their pongs). Outside the
+/// frame protocol, which has no text messages.
+const KEEPALIVE: &str = "ping";
 
 /// Route until the session ends, then record its end.
 pub(super) async fn route(r: Running) {
@@ -279,9 +291,7 @@ pub(super) async fn route(r: Running) {
                 // A page being reloaded or left says "going away" (1001): for a
                 // resumable session that is a cut, as a dropped connection is (the
                 // reloaded page takes the session up again).
-                Some(Ok(Message::Close(Some(f))))
-                    if f.code == axum::extract::ws::close_code::AWAY && hub.is_resumable() =>
-                {
+                Some(Ok(Message::Close(f))) if page_left(f.as_ref()) && hub.is_resumable() => {
                     client_up = false;
                     hub.client_lost(now());
                 }
@@ -298,6 +308,14 @@ pub(super) async fn route(r: Running) {
                 Some(Err(e)) => {
                     // Oversized messages land here: say so before hanging up.
                     hub.protocol_error(format!("bad message on the session stream: {e}"));
+                }
+                Some(Ok(Message::Text(t))) if t.as_str() == KEEPALIVE => {
+                    if let Some((sink, _)) = client.as_mut() {
+                        let pong = sink.send(Message::Text("pong".into()));
+                        // A client that does not read finds out by its own
+                        // keepalive; the next frame's write finds it gone.
+                        let _ = tokio::time::timeout(Duration::from_secs(5), pong).await;
+                    }
                 }
                 Some(Ok(_)) => {}
             },

@@ -76,6 +76,10 @@ export async function api(method, path, body) {
 }
 
 const RETRY = [500, 1000, 2000, 4000, 5000];
+/** Silence before the page asks the relay for a sign of life (a text `ping`),
+ *  and before it takes the stream for dead and comes back on a new one. */
+const PING_AFTER = 15000;
+const DEAD_AFTER = 45000;
 
 /**
  * A shell session on `target`, drawn by `ui`:
@@ -102,6 +106,16 @@ export class ShellLink {
   /** Take the session up from `saved`, or open a new one. */
   async start(saved) {
     this.codec = await codec();
+    if (saved) {
+      // Ended meanwhile (terminated, exited while this page was away): a new one.
+      const rows = await api('GET', '/v1/sessions?limit=200').catch(() => null);
+      const was = rows?.find((r) => r.id === saved.id);
+      if (was && !was.live) {
+        sessionStorage.removeItem(this.key);
+        this.ui.notice(`the previous session ended: ${was.exit || 'ended'}; this is a new one`);
+        saved = null;
+      }
+    }
     if (saved) {
       sessionStorage.removeItem(this.key);
       const state = b64.from(saved.state);
@@ -139,8 +153,29 @@ export class ShellLink {
       }
       this.flush();
     };
-    ws.onmessage = (m) => { if (!this.detached) this.receive(new Uint8Array(m.data)); };
+    this.heard = Date.now();
+    ws.onmessage = (m) => {
+      if (ws !== this.ws || this.detached) return;
+      this.heard = Date.now();
+      if (typeof m.data !== 'string') this.receive(new Uint8Array(m.data));
+    };
     ws.onclose = () => { if (ws === this.ws && !this.detached) this.lost(); };
+    this.keepalive ??= setInterval(() => this.beat(), 5000);
+  }
+
+  /** A stream silent for long is asked for a sign of life, then given up: its
+   *  socket is dropped without a close (a close would end the session). */
+  beat() {
+    const ws = this.ws;
+    if (this.over || this.detached || !ws || ws.readyState !== WebSocket.OPEN) return;
+    const quiet = Date.now() - this.heard;
+    if (quiet > DEAD_AFTER) {
+      ws.onmessage = null;
+      ws.onclose = null;
+      this.lost();
+    } else if (quiet > PING_AFTER) {
+      ws.send('ping');
+    }
   }
 
   receive(msg) {
@@ -181,6 +216,7 @@ export class ShellLink {
       case KIND.RESUMED: {
         this.live = true;
         this.resuming = false;
+        this.lostAt = undefined;
         this.ui.status('', 'live');
         const { cols, rows } = this.ui.size();
         this.codec.x.resize(cols, rows);
@@ -248,12 +284,20 @@ export class ShellLink {
     }
     this.resuming = true;
     this.ui.status(`relay connection lost; reconnecting (session kept for ${span(this.hold)})`, 'wait');
+    if (this.tries >= 2) {
+      // A browser is not told why an upgrade was refused: the session may be
+      // over (ended, terminated). The API says so.
+      api('GET', '/v1/sessions?limit=200').then((rows) => {
+        const s = rows.find((r) => r.id === this.id);
+        if (s && !s.live) this.end(`session on ${this.target} ended: ${s.exit || 'ended'}`);
+      }).catch(() => {});
+    }
     const wait = RETRY[Math.min(this.tries++, RETRY.length - 1)];
+    this.ws.onopen = null;
     setTimeout(() => {
       if (this.over || this.detached) return;
       this.connect(`resume_token=${encodeURIComponent(this.token)}`, true);
     }, wait);
-    this.ws.onopen = null;
   }
 
   /** The page goes away (reload, navigation): save where the session stands so
@@ -286,6 +330,7 @@ export class ShellLink {
     if (this.over) return;
     this.over = true;
     this.live = false;
+    clearInterval(this.keepalive);
     sessionStorage.removeItem(this.key);
     try { this.ws?.close(1000); } catch { /* already closed */ }
     this.ui.ended(text);
