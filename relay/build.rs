@@ -56,8 +56,15 @@ fn main() {
     ] {
         println!("cargo:rerun-if-changed={p}");
     }
-    println!("cargo:rerun-if-changed=../agent-core/src");
-    println!("cargo:rerun-if-changed=../agent-core/Cargo.toml");
+    // The WebAssembly client's sources, dependencies and profile.
+    for p in [
+        "../agent-core/src",
+        "../agent-core/Cargo.toml",
+        "../Cargo.toml",
+        "../Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={p}");
+    }
 
     let modules = npm(&web, &out.join("npm"));
     let wasm = wasm(&manifest, &out.join("wasm"));
@@ -112,16 +119,16 @@ fn npm(web: &Path, dir: &Path) -> PathBuf {
     }
     std::fs::copy(web.join("package.json"), dir.join("package.json")).unwrap();
     std::fs::write(dir.join("package-lock.json"), &lock).unwrap();
-    let status = Command::new("npm")
-        .args([
-            "ci",
-            "--ignore-scripts",
-            "--no-audit",
-            "--no-fund",
-            "--loglevel=error",
-        ])
-        .current_dir(dir)
-        .status();
+    let mut npm = Command::new("npm");
+    npm.args([
+        "ci",
+        "--ignore-scripts",
+        "--no-audit",
+        "--no-fund",
+        "--loglevel=error",
+    ])
+    .current_dir(dir);
+    let status = quiet(&mut npm).status();
     match status {
         Ok(s) if s.success() => {}
         Ok(s) => panic!(
@@ -164,12 +171,12 @@ fn wasm(manifest: &Path, dir: &Path) -> PathBuf {
         "CARGO_ENCODED_RUSTFLAGS",
         "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET",
-        "CARGO_MAKEFLAGS",
         "CARGO_PRIMARY_PACKAGE",
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("cargo runs");
+    // (CARGO_MAKEFLAGS stays: the nested build shares the outer one's job slots.)
+    let status = quiet(&mut cmd).status().expect("cargo runs");
     if !status.success() {
         panic!(
             "error: building the console's WebAssembly client failed; if the target is \
@@ -177,6 +184,17 @@ fn wasm(manifest: &Path, dir: &Path) -> PathBuf {
         );
     }
     dir.join("wasm32-unknown-unknown/release/web_client.wasm")
+}
+
+/// A child's standard output goes to standard error: on a build script's own
+/// output a line it printed could read as a directive to cargo.
+fn quiet(cmd: &mut Command) -> &mut Command {
+    use std::os::fd::AsFd;
+    let err = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .expect("stderr");
+    cmd.stdout(std::process::Stdio::from(err))
 }
 
 /// FNV-1a, 64 bits: an ETag that changes with the file.

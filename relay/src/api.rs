@@ -214,6 +214,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The API key a request carries (`Authorization: Bearer KEY`), if it does: such a
+/// request is not authenticated by a browser session's cookie.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 /// The caller of a request: the user and key of its bearer API key. A refused key
 /// is recorded in the audit log with the address it came from, and so is a key's
 /// use, once a minute per key (every request would bury the log, and the key's
@@ -223,18 +232,21 @@ pub async fn authenticate(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<Caller, ApiError> {
-    let value = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let outcome = match (value, crate::web::cookie(headers)) {
+    let outcome = match (bearer(headers), crate::web::cookie(headers)) {
         (Some(v), _) => {
             let key = Secret::from_string(v.trim().to_string());
             state.store.authenticate(&key).await?
         }
         // A browser session acts with the key it was opened with.
         (None, Some(secret)) => match state.store.web_session(&secret).await? {
-            Some(s) => state.store.authenticate_id(&s.key_id).await?,
+            Some(s) => state
+                .store
+                .authenticate_id(&s.key_id)
+                .await?
+                .map(|c| Caller {
+                    web: Some(s.id),
+                    ..c
+                }),
             None => {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -559,6 +571,7 @@ async fn create_session(
             agent_id: &agent.id,
             user_id: &user.id,
             key_id: &caller.key_id,
+            web_session: caller.web.as_deref(),
             kind: &req.kind,
             rate,
             ttl: state.config.token_ttl,

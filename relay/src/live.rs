@@ -18,6 +18,9 @@ pub struct Owner {
     pub user_id: String,
     /// The API key it was opened with.
     pub key_id: Option<String>,
+    /// The browser session it was opened through, if one (`ws-...`): it ends when
+    /// that logs out.
+    pub web: Option<String>,
     /// Agent id.
     pub agent_id: String,
 }
@@ -251,6 +254,7 @@ mod tests {
         Owner {
             user_id: user.into(),
             key_id: Some(key.into()),
+            web: None,
             agent_id: agent.into(),
         }
     }

@@ -74,6 +74,8 @@ pub struct SessionRow {
     pub rate: Option<u32>,
     /// The API key that asked for it.
     pub key_id: Option<String>,
+    /// The browser session that asked for it, if one did (`ws-...`).
+    pub web_session: Option<String>,
     /// The account it runs as on the target.
     pub run_as: String,
     /// What else it was authorised for.
@@ -120,6 +122,8 @@ pub struct NewSession<'a> {
     pub user_id: &'a str,
     /// With which API key.
     pub key_id: &'a str,
+    /// Through which browser session, if one.
+    pub web_session: Option<&'a str>,
     /// `shell`, `exec`, `forward` or `ssh-key`.
     pub kind: &'a str,
     /// Bytes per second in each direction; `None` is unlimited.
@@ -216,7 +220,8 @@ const SCHEMA: &[&str] = &[
         resume_hash TEXT,
         resume_hold INTEGER,
         agent_sid INTEGER,
-        client_sid INTEGER
+        client_sid INTEGER,
+        web_session TEXT
     )",
     "CREATE TABLE IF NOT EXISTS api_keys (
         id TEXT PRIMARY KEY,
@@ -455,8 +460,8 @@ impl Store {
         let expires = now + new.ttl.as_secs() as i64;
         sqlx::query(
             "INSERT INTO sessions (id, agent_id, user_id, kind, token_hash, token_expires, created_at,
-                                   rate, key_id, run_as, spec, source_ip, decided_by)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                   rate, key_id, run_as, spec, source_ip, decided_by, web_session)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&id)
         .bind(new.agent_id)
@@ -471,6 +476,7 @@ impl Store {
         .bind(serde_json::to_string(new.spec).unwrap_or_else(|_| "{}".into()))
         .bind(new.source_ip)
         .bind(new.decided_by)
+        .bind(new.web_session)
         .execute(&self.pool)
         .await?;
         Ok((id, token, expires))
@@ -489,7 +495,7 @@ impl Store {
             "UPDATE sessions SET token_used_at = ?
              WHERE id = ? AND token_hash = ? AND token_used_at IS NULL AND token_expires >= ?
                AND ended_at IS NULL
-             RETURNING id, agent_id, kind, user_id, rate, key_id, run_as, spec",
+             RETURNING id, agent_id, kind, user_id, rate, key_id, run_as, spec, web_session",
         )
         .bind(now)
         .bind(session_id)
@@ -523,7 +529,8 @@ impl Store {
     /// A session by id (any state), for decisions about it.
     pub async fn session_info(&self, id: &str) -> Result<Option<SessionRow>, Error> {
         let row = sqlx::query(
-            "SELECT id, agent_id, kind, user_id, rate, key_id, run_as, spec FROM sessions WHERE id = ?",
+            "SELECT id, agent_id, kind, user_id, rate, key_id, run_as, spec, web_session
+             FROM sessions WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.pool)
@@ -694,6 +701,7 @@ fn session_row(r: &sqlx::sqlite::SqliteRow) -> SessionRow {
             .get::<Option<i64>, _>("rate")
             .and_then(|r| u32::try_from(r).ok()),
         key_id: r.get("key_id"),
+        web_session: r.get("web_session"),
         run_as: r.get("run_as"),
         spec: serde_json::from_str(r.get("spec")).unwrap_or_default(),
     }
@@ -753,6 +761,7 @@ mod tests {
             agent_id: agent,
             user_id: user,
             key_id: "k-test",
+            web_session: None,
             kind,
             rate: None,
             ttl: Duration::from_secs(600),

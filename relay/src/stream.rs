@@ -206,6 +206,7 @@ pub async fn serve(
         Owner {
             user_id: session.user_id.clone(),
             key_id: session.key_id.clone(),
+            web: session.web_session.clone(),
             agent_id: session.agent_id.clone(),
         },
     );

@@ -153,7 +153,7 @@ pub async fn guard(req: Request, next: Next) -> Response {
         Some(_) => None,
         None => {
             let changes = !matches!(*req.method(), Method::GET | Method::HEAD) || upgrade;
-            let by_cookie = cookie(h).is_some() && !h.contains_key(header::AUTHORIZATION);
+            let by_cookie = cookie(h).is_some() && crate::api::bearer(h).is_none();
             (changes && by_cookie)
                 .then(|| "refused: a browser request without its Origin".to_string())
         }
@@ -186,7 +186,7 @@ async fn add_link(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // Made with an API key only: a browser session cannot prolong itself by
     // minting links.
-    if !headers.contains_key(header::AUTHORIZATION) {
+    if crate::api::bearer(&headers).is_none() {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "login links are made with an API key (`sesame web`)",
@@ -296,7 +296,15 @@ async fn logout(
                 Err(_) => "-".into(),
             };
             state.store.end_web_session(&s.id).await?;
-            let event = Event::new(user, "web.logout", s.id).from(peer.ip());
+            // What it opened (shells, watches) ends with it, held ones too: no
+            // other tab, and no restored one, takes them up.
+            let ended = state.live.end_where(
+                |o| o.web.as_deref() == Some(s.id.as_str()),
+                "the browser session logged out",
+            );
+            let event = Event::new(user, "web.logout", s.id)
+                .from(peer.ip())
+                .detail(serde_json::json!({ "sessions_ended": ended }));
             state.record(event).await?;
         }
     }

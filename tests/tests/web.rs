@@ -49,6 +49,7 @@ fn the_console_in_chromium() {
         .env("SESAME_LOGIN", &link)
         .env("SESAME_TARGET", &env.target)
         .env("SESAME_HIDDEN", "db-01")
+        .env("SESAME_KEY", &key)
         .env("SESAME_ARTIFACTS", &artifacts)
         .output()
         .expect("node runs (tests/run-all.sh installs it)");

@@ -62,10 +62,11 @@ const browser = await chromium.launch({
 });
 const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1200, height: 760 } });
 await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin });
-// Every Content-Security-Policy violation, on every page.
+// Every Content-Security-Policy violation, on every page of every tab.
+const violations = [];
+await context.exposeBinding('__cspReport', (_, v) => { violations.push(v); });
 await context.addInitScript(() => {
-  window.__csp = [];
-  document.addEventListener('securitypolicyviolation', (e) => window.__csp.push(`${e.violatedDirective} ${e.blockedURI}`));
+  document.addEventListener('securitypolicyviolation', (e) => window.__cspReport(`${location.pathname}: ${e.violatedDirective} ${e.blockedURI}`));
 });
 const page = await context.newPage();
 const problems = [];
@@ -81,11 +82,11 @@ const lines = () => page.evaluate(() => {
 });
 const live = () => page.waitForSelector('.term[data-state="live"]', { timeout: 20000 });
 const type = async (text) => { await page.keyboard.type(text, { delay: 5 }); };
-const cspViolations = () => page.evaluate(() => window.__csp);
 
 try {
   // Log in with the one-time link: the targets page, only what the policy allows.
   await page.goto(login);
+  await page.click('button:has-text("Log in with this link")');
   await page.waitForSelector(`tr[data-target="${target}"]`);
   const shown = await page.$$eval('tr[data-target]', (rows) => rows.map((r) => r.dataset.target));
   check(shown.includes(target), `the targets page lists ${target}`);
@@ -155,6 +156,14 @@ try {
   await until('both pasted lines to run', async () => { const l = await lines(); return l.includes('one1') && l.includes('two2'); });
   check(true, 'the paste arrives intact after confirmation');
   await page.screenshot({ path: `${artifacts}/shell.png` });
+  console.log(`  (the terminal draws with ${await page.getAttribute('.term', 'data-renderer')})`);
+
+  // Search the scrollback.
+  await page.keyboard.press('Control+Shift+F');
+  await page.fill('input.find', 'after2');
+  await page.press('input.find', 'Enter');
+  check(await page.evaluate(() => window.sesameShell.term.getSelection()) === 'after2', 'Ctrl+Shift+F finds text in the scrollback');
+  await page.press('input.find', 'Escape');
 
   // Reload mid-session: the same shell, its output intact, nothing twice.
   await type('export MARK=same$((2+3))\n');
@@ -217,10 +226,12 @@ try {
   await page.evaluate(() => window.sesamePlayer.seek(1e6));
   const screen = await until('the player to show the shell', () => page.evaluate(() => document.querySelector('.ap-player').textContent.includes('watched9')));
   check(screen, 'the recording plays in the page (seeked to its end, it shows watched9)');
+  await page.click('button[data-speed="2"]');
+  await until('the player at twice the speed', () => page.evaluate(() => document.querySelector('button[data-speed="2"]').classList.contains('on') && !!document.querySelector('.ap-player')));
+  check(true, 'its speed can be changed (2×)');
   await page.screenshot({ path: `${artifacts}/player.png` });
 
-  const violations = await cspViolations();
-  check(violations.length === 0, `no Content-Security-Policy violation (${violations.join('; ')})`);
+  check(violations.length === 0, `no Content-Security-Policy violation on any page so far (${violations.join('; ')})`);
   check(problems.length === 0, `no page error (${problems.join('; ')})`);
 
   // A request with a foreign Origin is refused, cookie or not.
@@ -230,12 +241,29 @@ try {
   });
   check(foreign.status() === 403, `a request from a foreign Origin is refused (${foreign.status()})`);
 
-  // Log out: the cookie opens nothing any more.
+  // A shell left open in a tab, then log out: the cookie opens nothing any more,
+  // and the shell it opened ends.
+  const shellTab = await context.newPage();
+  await shellTab.goto(`${origin}/`);
+  await shellTab.click(`tr[data-target="${target}"] button`);
+  await shellTab.waitForSelector('.term[data-state="live"]', { timeout: 20000 });
+  const left = await shellTab.evaluate(() => window.sesameShell.link.id);
   const old = (await context.cookies()).find((c) => c.name === '__Host-sesame').value;
   await page.click('#logout');
   await page.waitForURL('**/login');
   const stale = await context.request.get(`${origin}/v1/web/me`, { headers: { cookie: `__Host-sesame=${old}` } });
   check(stale.status() === 401, `after logout the old cookie is refused (${stale.status()})`);
+  await shellTab.waitForSelector('.term[data-state="over"]', { timeout: 10000 });
+  check((await shellTab.textContent('.status')).includes('logged out'), `the shell open in another tab ended with the logout (${await shellTab.textContent('.status')})`);
+
+  // Logging in with an API key pasted works too.
+  await page.fill('input[name="key"]', process.env.SESAME_KEY);
+  await page.click('button[type="submit"]');
+  await page.waitForSelector(`tr[data-target="${target}"]`);
+  await page.goto(`${origin}/sessions`);
+  await page.waitForSelector(`tr[data-session="${left}"]`);
+  check((await page.textContent(`tr[data-session="${left}"]`)).includes('logged out'), 'a pasted API key logs in; the sessions page shows that shell ended by the logout');
+  check(violations.length === 0, `no Content-Security-Policy violation on any page (${violations.join('; ')})`);
   console.log('all browser checks passed');
 } catch (e) {
   console.log(e.message);

@@ -128,6 +128,7 @@ pub async fn join(
                 Owner {
                     user_id: caller.user.id.clone(),
                     key_id: Some(caller.key_id.clone()),
+                    web: caller.web.clone(),
                     agent_id: s.agent_id.clone(),
                 },
             );

@@ -50,6 +50,9 @@ pub struct Caller {
     pub key_id: String,
     /// This use of the key was noted (its `last_used` moved: the first in a minute).
     pub noted: bool,
+    /// The browser session (`ws-...`) whose cookie authenticated the request, if
+    /// one did: what it opens ends when it logs out.
+    pub web: Option<String>,
 }
 
 /// An API key, without its secret.
@@ -223,6 +226,7 @@ impl Store {
             ("sessions", "resume_hold", "INTEGER"),
             ("sessions", "agent_sid", "INTEGER"),
             ("sessions", "client_sid", "INTEGER"),
+            ("sessions", "web_session", "TEXT"),
             ("agents", "revoked_at", "INTEGER"),
         ] {
             if !self.has_column(table, column).await? {
@@ -481,6 +485,7 @@ impl Store {
             user,
             key_id,
             noted,
+            web: None,
         }))
     }
 

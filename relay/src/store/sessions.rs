@@ -180,6 +180,7 @@ mod tests {
                 agent_id: agent,
                 user_id: user,
                 key_id: "k-test",
+                web_session: None,
                 kind: "shell",
                 rate: None,
                 ttl: Duration::from_secs(600),

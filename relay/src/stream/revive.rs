@@ -75,6 +75,7 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
         Owner {
             user_id: session.user_id.clone(),
             key_id: session.key_id.clone(),
+            web: session.web_session.clone(),
             agent_id: session.agent_id.clone(),
         },
     );

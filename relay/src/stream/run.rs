@@ -312,9 +312,10 @@ pub(super) async fn route(r: Running) {
                 Some(Ok(Message::Text(t))) if t.as_str() == KEEPALIVE => {
                     if let Some((sink, _)) = client.as_mut() {
                         let pong = sink.send(Message::Text("pong".into()));
-                        // A client that does not read finds out by its own
-                        // keepalive; the next frame's write finds it gone.
-                        let _ = tokio::time::timeout(Duration::from_secs(5), pong).await;
+                        // Briefly: a client that does not read must not hold up
+                        // the session (it finds out by its own keepalive; the
+                        // next frame's write finds it gone).
+                        let _ = tokio::time::timeout(Duration::from_millis(200), pong).await;
                     }
                 }
                 Some(Ok(_)) => {}

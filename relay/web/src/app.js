@@ -29,7 +29,7 @@ function el(spec, attrs = {}, ...kids) {
   return e;
 }
 
-function go(path) { history.pushState(null, '', path); route(); }
+function go(path) { landed = false; history.pushState(null, '', path); route(); }
 
 document.addEventListener('click', (e) => {
   const a = e.target.closest('a[href^="/"]');
@@ -39,6 +39,8 @@ window.addEventListener('popstate', () => route());
 
 let me = null;
 let leave = null;
+/** The page was loaded at this address (not reached by a click in it). */
+let landed = true;
 
 async function route() {
   if (leave) { leave(); leave = null; }
@@ -80,19 +82,28 @@ document.getElementById('logout').addEventListener('click', async () => {
 async function loginPage() {
   bar.hidden = true;
   const link = location.hash.slice(1);
-  if (link) {
-    // The link's secret is in the fragment: it never reaches a server log.
-    history.replaceState(null, '', '/login');
-    try {
-      me = await api('POST', '/v1/web/login', { link });
-      go('/');
-      return;
-    } catch (e) {
-      showLogin(e.message);
-      return;
-    }
-  }
-  showLogin('');
+  if (!link) return showLogin('');
+  // The link's secret is in the fragment: it never reaches a server log. It is
+  // used only on a click: a link someone else made would log this browser in as
+  // them (and its shells would run, and be recorded, as them).
+  history.replaceState(null, '', '/login');
+  const now = await api('GET', '/v1/web/me').catch(() => null);
+  const msg = el('p.error', { role: 'alert' });
+  const use = el('button', {
+    type: 'button',
+    onclick: async () => {
+      try {
+        me = await api('POST', '/v1/web/login', { link });
+        go('/');
+      } catch (e) { msg.textContent = e.message; }
+    },
+  }, 'Log in with this link');
+  main.replaceChildren(el('section.center', {}, el('div.login', {},
+    el('h1', {}, 'sesame'),
+    el('p.hint', {}, 'A one-time login link: it logs this browser in as the user who ran ', el('code', {}, 'sesame web'), '. Use it only if that was you.'),
+    now ? el('p.hint', {}, `This browser is logged in as ${now.user}; the link replaces that.`) : null,
+    use, msg)));
+  use.focus();
 }
 
 function showLogin(error) {
@@ -164,7 +175,15 @@ function terminal(host, opts = {}) {
   term.loadAddon(serialize);
   term.loadAddon(new UnicodeGraphemesAddon());
   term.unicode.activeVersion = '15-graphemes';
-  term.loadAddon(new ClipboardAddon());
+  // OSC 52 from the program: it may put text on the clipboard (vim, tmux), but
+  // never read it (a hostile line of output would type the clipboard into the
+  // shell). Synchronous, so the terminal's parser never waits on it.
+  term.loadAddon(new ClipboardAddon(undefined, {
+    readText: () => '',
+    writeText: (where, text) => {
+      if (where === 'c' || where === '') navigator.clipboard.writeText(text).catch(() => {});
+    },
+  }));
   term.open(host);
   // WebGL draws faster; without it (no GPU, a lost context) the DOM renderer does.
   import('/assets/addon-webgl.mjs').then(({ WebglAddon }) => {
@@ -256,6 +275,15 @@ async function shellPage(target) {
     main.classList.remove('full');
   };
   const saved = link.saved();
+  if (!saved && landed) {
+    // Opened from a link (or typed): a shell starts only on a click here, so that
+    // a link elsewhere cannot open one.
+    const open = el('button', { type: 'button' }, `Open a shell on ${target}${account ? ` as ${account}` : ''}`);
+    ui.status('', 'wait');
+    host.append(el('div.confirm', {}, open));
+    await new Promise((resolve) => open.addEventListener('click', resolve, { once: true }));
+    host.querySelector('.confirm').remove();
+  }
   if (saved) {
     // The same shell as before the reload: its screen, then what came since.
     if (saved.screen) term.write(saved.screen);
@@ -342,13 +370,29 @@ function loadPlayer() {
 
 async function playPage(id) {
   const host = el('div.player');
-  main.replaceChildren(el('section', {}, el('div.toolbar', {}, el('h1', {}, `Recording of ${id}`)), host));
+  const speeds = el('span.speeds', { role: 'group', 'aria-label': 'speed' });
+  main.replaceChildren(el('section', {}, el('div.toolbar', {}, el('h1', {}, `Recording of ${id}`), el('span.spacer'), speeds), host));
   try {
     await loadPlayer();
     const r = await fetch(`/v1/sessions/${encodeURIComponent(id)}/recording`, { credentials: 'same-origin' });
     if (!r.ok) throw new Error((await r.json().catch(() => ({}))).error || `recording: ${r.status}`);
     const cast = await r.text();
-    window.sesamePlayer = window.AsciinemaPlayer.create({ data: cast }, host, { controls: true, speed: 1, idleTimeLimit: 2, fit: 'width' });
+    // The player's speed is set when it is made: a new one, at the same place.
+    const play = async (speed, at = 0) => {
+      window.sesamePlayer?.dispose();
+      host.replaceChildren();
+      const p = window.AsciinemaPlayer.create({ data: cast }, host, { controls: true, speed, idleTimeLimit: 2, fit: 'width', startAt: at });
+      window.sesamePlayer = p;
+      for (const b of speeds.children) b.classList.toggle('on', Number(b.dataset.speed) === speed);
+      if (at) await p.play();
+    };
+    for (const speed of [0.5, 1, 2, 4]) {
+      speeds.append(el('button.quiet', {
+        type: 'button', 'data-speed': speed,
+        onclick: async () => play(speed, await window.sesamePlayer.getCurrentTime()),
+      }, `${speed}×`));
+    }
+    await play(1);
   } catch (e) { fatal(e.message); }
 }
 

@@ -140,8 +140,10 @@ export class ShellLink {
     const ws = new WebSocket(`${this.url}?${auth}&notices=true&resume=2`);
     ws.binaryType = 'arraybuffer';
     this.ws = ws;
+    // A connection that does not open (a network that drops packets) is given up.
+    const opening = setTimeout(() => { if (ws.readyState === WebSocket.CONNECTING) ws.close(); }, 10000);
     ws.onopen = () => {
-      this.tries = 0;
+      clearTimeout(opening);
       if (resuming) {
         if (this.codec.x.reattach() === ERROR) {
           // A page that took the session up is reattached already.
@@ -193,6 +195,7 @@ export class ShellLink {
         this.token = this.codec.text();
         break;
       case KIND.ACCEPTED:
+        this.tries = 0;
         this.accepted = true;
         this.live = true;
         this.ui.status('', 'live');
@@ -217,6 +220,7 @@ export class ShellLink {
         this.live = true;
         this.resuming = false;
         this.lostAt = undefined;
+        this.tries = 0;
         this.ui.status('', 'live');
         const { cols, rows } = this.ui.size();
         this.codec.x.resize(cols, rows);
@@ -304,17 +308,24 @@ export class ShellLink {
    *  that the page that follows takes it up; the browser's leaving cuts the
    *  stream ("going away"), which the relay holds like any cut. */
   detach(screen) {
-    if (this.over || !this.accepted || this.detached) return false;
+    if (this.over || !this.accepted || this.detached || !this.token) return false;
     const n = this.codec.x.save();
     if (n === ERROR) return false;
-    this.detached = true;
     const state = this.codec.mem.slice(this.codec.x.saved(), this.codec.x.saved() + n);
     // Output handed to the terminal but not drawn yet goes with the screen.
     const tail = this.unwritten.reduce((a, b) => { const c = new Uint8Array(a.length + b.length); c.set(a); c.set(b, a.length); return c; }, new Uint8Array(0));
-    sessionStorage.setItem(this.key, JSON.stringify({
-      url: this.url, token: this.token, hold: this.hold, id: this.id,
-      state: b64.to(state), pending: b64.to(this.pending), screen, tail: b64.to(tail),
-    }));
+    try {
+      sessionStorage.setItem(this.key, JSON.stringify({
+        url: this.url, token: this.token, hold: this.hold, id: this.id,
+        state: b64.to(state), pending: b64.to(this.pending), screen, tail: b64.to(tail),
+      }));
+    } catch {
+      // Too much to keep (the tab's storage is full): no page could take the
+      // session up, so it ends now rather than wait out its hold.
+      this.close();
+      return false;
+    }
+    this.detached = true;
     return true;
   }
 
@@ -322,7 +333,12 @@ export class ShellLink {
   close() {
     if (this.over) return;
     this.codec.x.close();
-    this.flush();
+    if (this.ws?.readyState === WebSocket.OPEN && this.live) {
+      this.flush();
+    } else if (this.id) {
+      // No stream to say it on (a reconnection under way): the API ends it.
+      api('POST', `/v1/sessions/${encodeURIComponent(this.id)}/terminate`, {}).catch(() => {});
+    }
     this.end(`session on ${this.target} ended`);
   }
 

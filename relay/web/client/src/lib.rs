@@ -14,6 +14,8 @@
 //! - Calls return a non-negative count or event kind, or [`ERROR`] with the
 //!   message at `event[2..4]` (pointer, length). A protocol error ends the
 //!   session (as in the CLI); nothing here panics on bad input.
+//! - The exports are unmangled in WebAssembly only: on the host (tests) names such
+//!   as `close` and `send` would shadow the C library's.
 //! - No allocation, no clock: timers (keepalive, reconnect backoff) are the
 //!   page's, as they are the CLI's.
 
@@ -104,25 +106,25 @@ fn state() -> &'static mut State {
 }
 
 /// Where the page writes a message received, or bytes typed.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn input() -> *mut u8 {
     state().input.as_mut_ptr()
 }
 
 /// How much [`input`] holds.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn input_capacity() -> usize {
     MESSAGE
 }
 
 /// Where a frame to send is.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn output() -> *const u8 {
     state().output.as_ptr()
 }
 
 /// The last event's eight words.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn event() -> *const usize {
     state().event.as_ptr()
 }
@@ -159,7 +161,7 @@ fn fail(st: &mut State, args: core::fmt::Arguments<'_>) -> i32 {
 
 /// Start a shell session of `cols` x `rows`: its `Open` frame is at [`output`]
 /// (returns its length).
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn open_shell(cols: u16, rows: u16) -> i32 {
     let st = state();
     let session = st
@@ -178,7 +180,7 @@ pub extern "C" fn open_shell(cols: u16, rows: u16) -> i32 {
 
 /// Hand over the message of `len` bytes at [`input`]: returns what it means for
 /// the page (a [`kind`]), or [`ERROR`].
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn handle(len: usize) -> i32 {
     let st = state();
     let Some(session) = st.session.as_mut() else {
@@ -251,7 +253,7 @@ fn exit_words(ev: &mut [usize; 8], exit: Exit, reason: &str) {
 }
 
 /// The next frame to send, at [`output`]: its length, 0 when there is none.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn transmit() -> i32 {
     let st = state();
     let Some(session) = st.session.as_mut() else {
@@ -266,7 +268,7 @@ pub extern "C" fn transmit() -> i32 {
 
 /// Typed bytes, `len` of them at [`input`]: returns how many were taken (the
 /// rest waits for room: call again after [`transmit`]).
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn send(len: usize) -> i32 {
     let st = state();
     let Some(session) = st.session.as_mut() else {
@@ -279,7 +281,7 @@ pub extern "C" fn send(len: usize) -> i32 {
 }
 
 /// `n` bytes of output were written to the screen (credit goes back).
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn consumed(n: usize) {
     if let Some(s) = state().session.as_mut() {
         s.consumed(0, n);
@@ -287,7 +289,7 @@ pub extern "C" fn consumed(n: usize) {
 }
 
 /// The terminal's new size.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn resize(cols: u16, rows: u16) {
     if let Some(s) = state().session.as_mut() {
         s.resize(cols, rows);
@@ -295,7 +297,7 @@ pub extern "C" fn resize(cols: u16, rows: u16) {
 }
 
 /// End the session (the user closed it); its `Close` goes with [`transmit`].
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn close() {
     if let Some(s) = state().session.as_mut() {
         s.close("ended from the browser console");
@@ -304,7 +306,7 @@ pub extern "C" fn close() {
 
 /// A new stream replaces a lost one: returns 0, or [`ERROR`] if the session
 /// cannot resume (not resumable, not accepted yet, over).
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn reattach() -> i32 {
     let st = state();
     let Some(session) = st.session.as_mut() else {
@@ -317,13 +319,13 @@ pub extern "C" fn reattach() -> i32 {
 }
 
 /// Whether the session is over (1) or not (0).
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn over() -> i32 {
     state().session.as_ref().is_none_or(|s| s.is_over()) as i32
 }
 
 /// Where saved state is: what [`save`] writes, what [`take_up`] reads.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn saved() -> *mut u8 {
     state().saved.as_mut_ptr()
 }
@@ -331,7 +333,7 @@ pub extern "C" fn saved() -> *mut u8 {
 /// Save where the session stands at [`saved`] (returns its length) for a page
 /// that replaces this one (a reload) to [`take_up`]; [`ERROR`] if it cannot be
 /// taken up (not resumable, not running).
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn save() -> i32 {
     let st = state();
     let Some((place, a, b)) = st.session.as_ref().and_then(|s| s.place_now()) else {
@@ -349,7 +351,7 @@ pub extern "C" fn save() -> i32 {
 
 /// Take up a session saved by another page ([`save`], `len` bytes at [`saved`]):
 /// it waits for a new stream's `Suspend`, as after [`reattach`].
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn take_up(len: usize) -> i32 {
     let st = state();
     if !(PLACE..=SAVED).contains(&len) {
@@ -381,7 +383,7 @@ pub extern "C" fn take_up(len: usize) -> i32 {
 
 /// Decode a message of a read-only watch (`/v1/sessions/{id}/join`): the
 /// terminal's size, output, or the end; [`kind::NONE`] for anything else.
-#[no_mangle]
+#[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn decode(len: usize) -> i32 {
     let st = state();
     let frame = match Frame::decode(&st.input[..len.min(MESSAGE)]) {
