@@ -381,7 +381,7 @@ pub const CONSOLE: &str = "console";
 /// default, as the agent announced it (its `--default-account`, or the agent's own
 /// user when it does not run as root, or a device's `console`). An agent that does
 /// not announce run-as has no other account.
-fn account(
+pub(crate) fn account(
     asked: Option<&str>,
     live: Option<&AgentHandle>,
     agent: &str,

@@ -9,6 +9,7 @@
 //! | POST | `/v1/web/links` | bearer API key | `{code, expires_at}`: a one-time login link's secret (`sesame web`) |
 //! | POST | `/v1/web/login` | `{link}` or `{key}` | a browser session: the cookie |
 //! | GET | `/v1/web/me` | cookie or key | `{user, expires_at}` |
+//! | GET | `/v1/agents/{target}/accounts` | cookie or key | `{default, accounts}`: the accounts this user may open a shell as there, of those known |
 //! | POST | `/v1/web/logout` | cookie | ends the browser session |
 //!
 //! - A browser session is a cookie (`__Host-sesame`: `HttpOnly`, `Secure`,
@@ -81,6 +82,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/web/login", post(login))
         .route("/v1/web/logout", post(logout))
         .route("/v1/web/me", get(me))
+        .route("/v1/agents/{target}/accounts", get(accounts))
 }
 
 async fn page(headers: HeaderMap) -> Response {
@@ -309,6 +311,57 @@ async fn logout(
         }
     }
     Ok(([(header::SET_COOKIE, gone)], Json(serde_json::json!({}))).into_response())
+}
+
+/// Accounts on a target the caller may open a shell as, each decided by the
+/// policies (`shell` with that `run_as`), of those known: the agent's default and
+/// the accounts sessions there ran as. The console offers them (any other can be
+/// typed, and is decided when asked for).
+async fn accounts(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(target): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    use crate::policy::{Action, Circumstances, Resource};
+    let caller = authenticate(&state, &headers, peer).await?;
+    let agent = state.store.agent(&target).await?.ok_or_else(|| {
+        ApiError::new(StatusCode::NOT_FOUND, format!("unknown target '{target}'"))
+    })?;
+    let t = crate::api::target(&agent);
+    let c = Circumstances::new(peer.ip());
+    if !state
+        .decide(&caller.user, Action::List, &Resource::Agent(&t), &c)
+        .allow
+    {
+        // As if it did not exist: a listing would not show it either.
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("unknown target '{target}'"),
+        ));
+    }
+    let live = state.hub.get(&agent.id);
+    let default = crate::api::account(None, live.as_deref(), &agent.name)?;
+    let mut known = vec![default.clone()];
+    for a in state.store.accounts_used(&agent.id).await? {
+        if !known.contains(&a) {
+            known.push(a);
+        }
+    }
+    let allowed: Vec<String> = known
+        .into_iter()
+        .filter(|a| crate::api::account(Some(a), live.as_deref(), &agent.name).is_ok())
+        .filter(|a| {
+            let mut c = c.clone();
+            c.run_as = a.clone();
+            state
+                .decide(&caller.user, Action::Shell, &Resource::Agent(&t), &c)
+                .allow
+        })
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "default": default, "accounts": allowed }),
+    ))
 }
 
 async fn me(

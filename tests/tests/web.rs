@@ -13,6 +13,11 @@ const POLICY: &str = r#"
 permit (principal in Group::"ops", action in [Action::"shell", Action::"list"], resource)
 when { resource.hasTag("site") && resource.getTag("site") == "lab" };
 
+// Any account on the lab but daemon.
+@id("not-daemon")
+forbid (principal in Group::"ops", action == Action::"shell", resource)
+when { context.run_as == "daemon" };
+
 @id("own-sessions")
 permit (principal, action in [Action::"sessions_list", Action::"terminate", Action::"observe", Action::"replay"], resource)
 when { resource.owner == principal };
@@ -28,6 +33,16 @@ fn the_console_in_chromium() {
         &["agent", "add", "db-01", "--tag", "site=prod"],
     );
     let key = admin(&env.data(), &["user", "add", "erin", "--group", "ops"]);
+    // Sessions as root and as daemon have run on gw-01 (the admin's): the console
+    // offers erin root, which she may use, and not daemon, which she may not.
+    for account in ["root", "daemon"] {
+        let out = env.run(&["exec", &env.target, "--as", account, "--", "true"], b"");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     let out = env
         .sesame()
         .env("SESAME_API_KEY", &key)
@@ -61,4 +76,31 @@ fn the_console_in_chromium() {
         artifacts.display(),
         env.relay.proc.log()
     );
+    // The link, both logins (the link, then the pasted key), a refused nothing,
+    // and the logout are on record, by erin.
+    let out = env.run(&["audit", "tail", "--json", "-n", "400"], b"");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["event"].as_str().is_some_and(|e| e.starts_with("web.")))
+        .collect();
+    let seen: Vec<(String, String)> = rows
+        .iter()
+        .map(|r| {
+            let how = r["detail"]["how"].as_str().unwrap_or("").to_string();
+            (r["event"].as_str().unwrap().to_string(), how)
+        })
+        .collect();
+    for (event, how) in [
+        ("web.link", ""),
+        ("web.login", "link"),
+        ("web.logout", ""),
+        ("web.login", "key"),
+    ] {
+        assert!(
+            seen.contains(&(event.to_string(), how.to_string())),
+            "{event} {how} is not on record: {seen:?}"
+        );
+    }
+    assert!(rows.iter().all(|r| r["actor"] == "erin"), "{rows:?}");
 }

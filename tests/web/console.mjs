@@ -103,8 +103,13 @@ try {
   const reused = await page.evaluate(async () => (await fetch('/v1/web/me')).status);
   check(reused === 200, 'the cookie authenticates the API');
 
-  // A shell: 6*7.
+  // A shell: the accounts the policy allows here are offered; 6*7.
   await page.click(`tr[data-target="${target}"] button`);
+  await page.waitForSelector('[role="dialog"] .choices');
+  const offered = await page.$$eval('[role="dialog"] .choices button', (b) => b.map((x) => x.dataset.account));
+  check(offered.includes('sesame-user') && offered.includes('root') && !offered.includes('daemon'),
+    `the accounts offered are those the policy allows (${offered.join(', ')}; not daemon)`);
+  await page.click('[role="dialog"] button[data-account="sesame-user"]');
   await live();
   await type('echo $((6*7))\n');
   await until('42 in the terminal', async () => (await lines()).includes('42'));
@@ -246,7 +251,15 @@ try {
   const shellTab = await context.newPage();
   await shellTab.goto(`${origin}/`);
   await shellTab.click(`tr[data-target="${target}"] button`);
+  await shellTab.click('[role="dialog"] button[data-account="root"]');
   await shellTab.waitForSelector('.term[data-state="live"]', { timeout: 20000 });
+  await shellTab.keyboard.type('id -un\n');
+  await until('id -un in the other tab', () => shellTab.evaluate(() => {
+    const b = window.sesameShell.term.buffer.active;
+    for (let i = 0; i < b.length; i++) if (b.getLine(i).translateToString(true) === 'root') return true;
+    return false;
+  }));
+  check(true, 'a shell opened as the account chosen (root) runs as root');
   const left = await shellTab.evaluate(() => window.sesameShell.link.id);
   const old = (await context.cookies()).find((c) => c.name === '__Host-sesame').value;
   await page.click('#logout');

@@ -96,6 +96,18 @@ impl Store {
         Ok((secret, s))
     }
 
+    /// The accounts sessions on the agent `agent_id` ran as, latest first (50 at most).
+    pub async fn accounts_used(&self, agent_id: &str) -> Result<Vec<String>, Error> {
+        let rows = sqlx::query(
+            "SELECT run_as, MAX(created_at) AS latest FROM sessions
+             WHERE agent_id = ? AND run_as != '' GROUP BY run_as ORDER BY latest DESC LIMIT 50",
+        )
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get("run_as")).collect())
+    }
+
     /// The live browser session of a cookie's secret, if it is one.
     pub async fn web_session(&self, secret: &Secret) -> Result<Option<WebSession>, Error> {
         let row = sqlx::query(

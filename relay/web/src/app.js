@@ -130,10 +130,9 @@ function showLogin(error) {
 
 async function targetsPage() {
   const search = el('input.search', { type: 'search', placeholder: 'Search by name or tag (site=lab)', 'aria-label': 'search' });
-  const account = el('input.account', { type: 'text', placeholder: 'account (default)', 'aria-label': 'account', autocomplete: 'off' });
   const body = el('tbody');
   const table = el('table.targets', {}, el('thead', {}, el('tr', {}, el('th', {}, 'Target'), el('th', {}, 'State'), el('th', {}, 'Tags'), el('th', {}, 'Sessions'), el('th'))), body);
-  main.replaceChildren(el('section', {}, el('div.toolbar', {}, search, account), table));
+  main.replaceChildren(el('section', {}, el('div.toolbar', {}, search), table));
   let agents;
   try { agents = await api('GET', '/v1/agents'); } catch (e) { return fatal(e.message); }
   const draw = () => {
@@ -147,12 +146,33 @@ async function targetsPage() {
       el('td.num', {}, String(a.sessions)),
       el('td.go', {}, el('button', {
         type: 'button', disabled: !a.online,
-        onclick: () => go(`/t/${encodeURIComponent(a.name)}${account.value ? `?as=${encodeURIComponent(account.value)}` : ''}`),
+        onclick: () => chooseAccount(a.name),
       }, 'Shell')))));
     if (!shown.length) body.append(el('tr', {}, el('td.empty', { colspan: 5 }, agents.length ? 'No target matches.' : 'No target you may use.')));
   };
   search.addEventListener('input', draw);
   draw();
+}
+
+/** A shell on `target`: at once as the only account the policies allow there,
+ *  or as the one chosen among several (or typed). */
+async function chooseAccount(target) {
+  const open = (as) => go(`/t/${encodeURIComponent(target)}${as ? `?as=${encodeURIComponent(as)}` : ''}`);
+  let known;
+  try { known = await api('GET', `/v1/agents/${encodeURIComponent(target)}/accounts`); } catch { known = { accounts: [] }; }
+  if (known.accounts.length <= 1) return open('');
+  const done = () => { modal.hidden = true; modal.replaceChildren(); };
+  const other = el('input', { type: 'text', placeholder: 'another account', 'aria-label': 'another account', autocomplete: 'off' });
+  modal.replaceChildren(el('div.dialog', { role: 'dialog', 'aria-label': 'choose an account' },
+    el('h2', {}, `Shell on ${target} as`),
+    el('div.choices', {}, known.accounts.map((a) => el('button', {
+      type: 'button', 'data-account': a, onclick: () => { done(); open(a === known.default ? '' : a); },
+    }, a === known.default ? `${a} (default)` : a))),
+    el('form.actions', { onsubmit: (e) => { e.preventDefault(); if (other.value.trim()) { done(); open(other.value.trim()); } } },
+      other, el('button.quiet', { type: 'submit' }, 'Open'), el('button.quiet', { type: 'button', onclick: done }, 'Cancel'))));
+  modal.hidden = false;
+  modal.onkeydown = (e) => { if (e.key === 'Escape') done(); };
+  modal.querySelector('.choices button').focus();
 }
 
 // --- a shell -----------------------------------------------------------------

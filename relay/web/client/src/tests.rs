@@ -37,6 +37,15 @@ fn sent() -> Vec<Frame<'static>> {
     }
 }
 
+/// While suspended, nothing goes but our `Resume` from `offset`.
+fn only_our_place(offset: u64) {
+    let frames = sent();
+    assert!(
+        matches!(frames.as_slice(), [Frame::Resume { ch: 0, offset: o, .. }] if *o == offset),
+        "only our place goes while suspended: {frames:?}"
+    );
+}
+
 fn typed(bytes: &[u8]) -> i32 {
     state().input[..bytes.len()].copy_from_slice(bytes);
     send(bytes.len())
@@ -124,18 +133,7 @@ fn a_shell_runs_resumes_and_ends() {
     );
     assert_eq!(deliver(Frame::Suspend { sid: SID }), kind::SUSPENDED);
     assert_eq!(typed(b"ls\r"), 3, "typing goes on while suspended");
-    let frames = sent();
-    assert!(
-        matches!(
-            frames.as_slice(),
-            [Frame::Resume {
-                ch: 0,
-                offset: 4,
-                ..
-            }]
-        ),
-        "only our place goes while suspended: {frames:?}"
-    );
+    only_our_place(4);
     // The agent had only the first 5 typed bytes: the rest goes again.
     let resume = Frame::Resume {
         sid: SID,
@@ -159,18 +157,7 @@ fn a_shell_runs_resumes_and_ends() {
     assert!(n > 0, "{}", text());
     assert_eq!(take_up(n as usize), 0);
     assert_eq!(deliver(Frame::Suspend { sid: SID }), kind::SUSPENDED);
-    let frames = sent();
-    assert!(
-        matches!(
-            frames.as_slice(),
-            [Frame::Resume {
-                ch: 0,
-                offset: 4,
-                ..
-            }]
-        ),
-        "{frames:?}"
-    );
+    only_our_place(4);
     let resume = Frame::Resume {
         sid: SID,
         ch: 0,
