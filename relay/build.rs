@@ -83,10 +83,14 @@ fn main() {
     }
     files.sort();
 
+    let gz = out.join("gz");
+    std::fs::create_dir_all(&gz).unwrap();
     let mut table = String::from("&[\n");
     for (name, path) in &files {
         let bytes = std::fs::read(path)
             .unwrap_or_else(|e| panic!("the console's file {} is missing: {e}", path.display()));
+        let zipped = gz.join(format!("{name}.gz"));
+        std::fs::write(&zipped, gzip(&bytes)).unwrap();
         let kind = match path.extension().and_then(|e| e.to_str()) {
             Some("html") => "text/html; charset=utf-8",
             Some("js" | "mjs") => "text/javascript; charset=utf-8",
@@ -96,11 +100,12 @@ fn main() {
             Some("png") => "image/png",
             _ => "application/octet-stream",
         };
+        let h = fnv(&bytes);
         writeln!(
             table,
-            "    Asset {{ name: {name:?}, kind: {kind:?}, etag: \"\\\"{:016x}\\\"\", body: include_bytes!({:?}) }},",
-            fnv(&bytes),
-            path.display().to_string()
+            "    Asset {{ name: {name:?}, kind: {kind:?}, etag: \"\\\"{h:016x}\\\"\", etag_gzip: \"\\\"{h:016x}-gz\\\"\", body: include_bytes!({:?}), gzip: include_bytes!({:?}) }},",
+            path.display().to_string(),
+            zipped.display().to_string()
         )
         .unwrap();
     }
@@ -195,6 +200,14 @@ fn quiet(cmd: &mut Command) -> &mut Command {
         .try_clone_to_owned()
         .expect("stderr");
     cmd.stdout(std::process::Stdio::from(err))
+}
+
+/// `bytes` gzipped, at the best compression (done once, at build time).
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut z = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    z.write_all(bytes).unwrap();
+    z.finish().unwrap()
 }
 
 /// FNV-1a, 64 bits: an ETag that changes with the file.

@@ -226,7 +226,17 @@ pub async fn serve(
         Ok(l) => l,
         Err(_) => Some("cannot check for locks (store error)".to_string()),
     };
-    if let Some(why) = key_refused.or(locked) {
+    // Asked for through a browser session that has logged out since (its logout
+    // ended what was live then; this one was not yet).
+    let logged_out = match &session.web_session {
+        Some(w) => match state.store.web_session_live(w).await {
+            Ok(true) => None,
+            Ok(false) => Some("the browser session logged out".to_string()),
+            Err(_) => Some("cannot check the browser session (store error)".to_string()),
+        },
+        None => None,
+    };
+    if let Some(why) = key_refused.or(locked).or(logged_out) {
         refuse(
             &mut sink,
             &state,

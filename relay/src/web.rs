@@ -62,6 +62,10 @@ pub struct Asset {
     pub etag: &'static str,
     /// Its bytes.
     pub body: &'static [u8],
+    /// The same, gzipped.
+    pub gzip: &'static [u8],
+    /// Its ETag, gzipped.
+    pub etag_gzip: &'static str,
 }
 
 /// Every file of the page (`build.rs`).
@@ -98,25 +102,38 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
         return ApiError::new(StatusCode::NOT_FOUND, format!("no such file: {name}"))
             .into_response();
     };
+    // Gzipped to a browser that takes it (all do): a quarter of the bytes. Each
+    // form has its own ETag.
+    let zipped = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|e| e.trim().split(';').next() == Some("gzip"))
+        });
+    let (body, etag) = if zipped {
+        (a.gzip, a.etag_gzip)
+    } else {
+        (a.body, a.etag)
+    };
     let cached = headers
         .get(header::IF_NONE_MATCH)
-        .is_some_and(|v| v.as_bytes() == a.etag.as_bytes());
-    let status = if cached {
-        StatusCode::NOT_MODIFIED
+        .is_some_and(|v| v.as_bytes() == etag.as_bytes());
+    let mut r = Response::builder()
+        .header(header::CONTENT_TYPE, a.kind)
+        .header(header::ETAG, etag)
+        .header(header::CACHE_CONTROL, "no-cache")
+        .header(header::VARY, "accept-encoding");
+    if zipped {
+        r = r.header(header::CONTENT_ENCODING, "gzip");
+    }
+    let r = if cached {
+        r.status(StatusCode::NOT_MODIFIED)
+            .body(axum::body::Body::empty())
     } else {
-        StatusCode::OK
+        r.body(axum::body::Body::from(body))
     };
-    let body = if cached { &[][..] } else { a.body };
-    (
-        status,
-        [
-            (header::CONTENT_TYPE, a.kind),
-            (header::ETAG, a.etag),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response()
+    r.unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 /// The secret of the browser session cookie in `headers`, if there is one.
@@ -220,6 +237,7 @@ struct Login {
 async fn login(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
@@ -269,6 +287,17 @@ async fn login(
     if let Some(why) = state.locked(&caller.user.id, None).await? {
         return refuse(state, why).await;
     }
+    // A browser logged in already is logged out of that first (what it opened
+    // would otherwise outlive every later logout).
+    if let Some(old) = cookie(&headers) {
+        if let Some(s) = state.store.web_session(&old).await? {
+            let event = Event::new(caller.user.name.clone(), "web.logout", s.id.clone())
+                .from(peer.ip())
+                .detail(serde_json::json!({ "why": "logged in again" }));
+            state.record(event).await?;
+            end_browser_session(&state, &s.id).await?;
+        }
+    }
     let (secret, session) = state.store.add_web_session(&key_id, SESSION_SECS).await?;
     let event = Event::new(caller.user.name.clone(), "web.login", session.id.clone())
         .from(peer.ip())
@@ -297,17 +326,10 @@ async fn logout(
                 Ok(c) => c.user.name,
                 Err(_) => "-".into(),
             };
-            state.store.end_web_session(&s.id).await?;
-            // What it opened (shells, watches) ends with it, held ones too: no
-            // other tab, and no restored one, takes them up.
-            let ended = state.live.end_where(
-                |o| o.web.as_deref() == Some(s.id.as_str()),
-                "the browser session logged out",
-            );
-            let event = Event::new(user, "web.logout", s.id)
-                .from(peer.ip())
-                .detail(serde_json::json!({ "sessions_ended": ended }));
+            // On record first (an action whose event cannot be written is not done).
+            let event = Event::new(user, "web.logout", s.id.clone()).from(peer.ip());
             state.record(event).await?;
+            end_browser_session(&state, &s.id).await?;
         }
     }
     Ok(([(header::SET_COOKIE, gone)], Json(serde_json::json!({}))).into_response())
@@ -330,10 +352,16 @@ async fn accounts(
     })?;
     let t = crate::api::target(&agent);
     let c = Circumstances::new(peer.ip());
-    if !state
-        .decide(&caller.user, Action::List, &Resource::Agent(&t), &c)
-        .allow
-    {
+    // Decided as a listing is, and each account as the shell would be, without
+    // the log line of a real request (these are questions, not requests).
+    let principal = caller.user.principal();
+    let decide = |action, c: &Circumstances| {
+        state
+            .policies
+            .authorize(&principal, action, &Resource::Agent(&t), c)
+            .allow
+    };
+    if !decide(Action::List, &c) {
         // As if it did not exist: a listing would not show it either.
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -354,14 +382,24 @@ async fn accounts(
         .filter(|a| {
             let mut c = c.clone();
             c.run_as = a.clone();
-            state
-                .decide(&caller.user, Action::Shell, &Resource::Agent(&t), &c)
-                .allow
+            decide(Action::Shell, &c)
         })
         .collect();
     Ok(Json(
         serde_json::json!({ "default": default, "accounts": allowed }),
     ))
+}
+
+/// End the browser session `id`, and what it opened (shells, watches), held ones
+/// too: no other tab, and no restored one, takes them up. What it asked for and
+/// had not opened yet is refused when it opens (`stream`).
+async fn end_browser_session(state: &AppState, id: &str) -> Result<(), ApiError> {
+    state.store.end_web_session(id).await?;
+    state.live.end_where(
+        |o| o.web.as_deref() == Some(id),
+        "the browser session logged out",
+    );
+    Ok(())
 }
 
 async fn me(
@@ -470,6 +508,32 @@ mod tests {
             status("GET", &[HOST, ("origin", ""), upgrade]).await,
             StatusCode::OK
         );
+    }
+
+    #[test]
+    fn files_go_gzipped_to_who_takes_it_each_form_with_its_etag() {
+        use std::io::Read;
+        let a = ASSETS.iter().find(|a| a.name == "xterm.mjs").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static("br, gzip;q=1"),
+        );
+        let r = serve("xterm.mjs", &h);
+        assert_eq!(r.headers()[header::CONTENT_ENCODING], "gzip");
+        assert_eq!(r.headers()[header::ETAG], a.etag_gzip);
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(a.gzip)
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        assert_eq!(unzipped, a.body, "the gzipped form is the file");
+        assert!(a.gzip.len() * 3 < a.body.len());
+        let plain = serve("xterm.mjs", &HeaderMap::new());
+        assert!(!plain.headers().contains_key(header::CONTENT_ENCODING));
+        assert_eq!(plain.headers()[header::ETAG], a.etag);
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static(a.etag_gzip));
+        assert_eq!(serve("xterm.mjs", &h).status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(serve("nothing.js", &h).status(), StatusCode::NOT_FOUND);
     }
 
     #[test]

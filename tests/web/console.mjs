@@ -104,7 +104,7 @@ try {
   check(reused === 200, 'the cookie authenticates the API');
 
   // A shell: the accounts the policy allows here are offered; 6*7.
-  await page.click(`tr[data-target="${target}"] button`);
+  await page.click(`tr[data-target="${target}"] button:text-is("Shell")`);
   await page.waitForSelector('[role="dialog"] .choices');
   const offered = await page.$$eval('[role="dialog"] .choices button', (b) => b.map((x) => x.dataset.account));
   check(offered.includes('sesame-user') && offered.includes('root') && !offered.includes('daemon'),
@@ -160,6 +160,16 @@ try {
   await page.keyboard.press('Enter');
   await until('both pasted lines to run', async () => { const l = await lines(); return l.includes('one1') && l.includes('two2'); });
   check(true, 'the paste arrives intact after confirmation');
+  // OSC 52: the program may write the clipboard, never read it.
+  await type("printf '\\033]52;c;%s\\a' $(printf from-remote | base64)\n");
+  await until('the clipboard written by the program', () => page.evaluate(() => navigator.clipboard.readText().then((t) => t === 'from-remote')));
+  check(true, 'a program can put text on the clipboard (OSC 52)');
+  await page.evaluate(() => navigator.clipboard.writeText('SECRET-IN-CLIPBOARD'));
+  await type("printf '\\033]52;c;?\\a'; echo osc$((1+1))\n");
+  await until('the line after the read', async () => (await lines()).includes('osc2'));
+  await page.waitForTimeout(500);
+  const typedBack = (await lines()).filter((l) => l.includes('52;') && !l.includes('printf') || l.includes('U0VDUkVU'));
+  check(typedBack.length === 0, `a program cannot read the clipboard: nothing is typed back (${typedBack.join(' | ')})`);
   await page.screenshot({ path: `${artifacts}/shell.png` });
   console.log(`  (the terminal draws with ${await page.getAttribute('.term', 'data-renderer')})`);
 
@@ -250,7 +260,7 @@ try {
   // and the shell it opened ends.
   const shellTab = await context.newPage();
   await shellTab.goto(`${origin}/`);
-  await shellTab.click(`tr[data-target="${target}"] button`);
+  await shellTab.click(`tr[data-target="${target}"] button:text-is("Shell")`);
   await shellTab.click('[role="dialog"] button[data-account="root"]');
   await shellTab.waitForSelector('.term[data-state="live"]', { timeout: 20000 });
   await shellTab.keyboard.type('id -un\n');

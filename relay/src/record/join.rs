@@ -132,6 +132,14 @@ pub async fn join(
                     agent_id: s.agent_id.clone(),
                 },
             );
+            // A logout between the request's check and the registration above.
+            if let Some(w) = &caller.web {
+                if !state.store.web_session_live(w).await.unwrap_or(false) {
+                    let why = "the browser session logged out";
+                    close(&mut sink, Exit::Aborted(ErrorCode::DENIED), why).await;
+                    return;
+                }
+            }
             info!(session = %s.id, observer = %who, "joined (read-only)");
             state
                 .live

@@ -236,8 +236,10 @@ impl Store {
             }
         }
         // Listings go newest first, all or one user's: without these each page
-        // would scan and sort the whole table.
+        // would scan and sort the whole table. The console's accounts of a target
+        // read one agent's sessions.
         for stmt in [
+            "CREATE INDEX IF NOT EXISTS sessions_agent_account ON sessions (agent_id, run_as, created_at)",
             "CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at)",
             "CREATE INDEX IF NOT EXISTS sessions_user_created ON sessions (user_id, created_at)",
         ] {

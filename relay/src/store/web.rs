@@ -96,11 +96,14 @@ impl Store {
         Ok((secret, s))
     }
 
-    /// The accounts sessions on the agent `agent_id` ran as, latest first (50 at most).
+    /// The accounts shell and exec sessions on the agent `agent_id` ran as, latest
+    /// first (50 at most).
     pub async fn accounts_used(&self, agent_id: &str) -> Result<Vec<String>, Error> {
         let rows = sqlx::query(
             "SELECT run_as, MAX(created_at) AS latest FROM sessions
-             WHERE agent_id = ? AND run_as != '' GROUP BY run_as ORDER BY latest DESC LIMIT 50",
+             WHERE agent_id = ? AND kind IN ('shell', 'exec') AND token_used_at IS NOT NULL
+               AND run_as != ''
+             GROUP BY run_as ORDER BY latest DESC LIMIT 50",
         )
         .bind(agent_id)
         .fetch_all(&self.pool)
@@ -123,6 +126,18 @@ impl Store {
             key_id: r.get("key_id"),
             expires_at: r.get("expires_at"),
         }))
+    }
+
+    /// Whether the browser session `id` is live (not logged out, not expired).
+    pub async fn web_session_live(&self, id: &str) -> Result<bool, Error> {
+        let row = sqlx::query(
+            "SELECT 1 FROM web_sessions WHERE id = ? AND ended_at IS NULL AND expires_at > ?",
+        )
+        .bind(id)
+        .bind(unix_now())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.is_some())
     }
 
     /// End a browser session (logout): its cookie opens nothing from now on.

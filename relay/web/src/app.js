@@ -35,7 +35,7 @@ document.addEventListener('click', (e) => {
   const a = e.target.closest('a[href^="/"]');
   if (a && !e.ctrlKey && !e.metaKey && !a.hasAttribute('download')) { e.preventDefault(); go(a.getAttribute('href')); }
 });
-window.addEventListener('popstate', () => route());
+window.addEventListener('popstate', () => { modal.hidden = true; modal.replaceChildren(); route(); });
 
 let me = null;
 let leave = null;
@@ -144,7 +144,10 @@ async function targetsPage() {
       el('td', {}, el(`span.state.${a.online ? 'online' : 'offline'}`, {}, a.online ? 'online' : 'offline')),
       el('td', {}, Object.entries(a.tags).map(([k, v]) => el('span.tag', {}, `${k}=${v}`))),
       el('td.num', {}, String(a.sessions)),
-      el('td.go', {}, el('button', {
+      el('td.go', {}, el('button.quiet', {
+        type: 'button', disabled: !a.online, title: 'a shell as another account',
+        onclick: () => chooseAccount(a.name, true),
+      }, 'as…'), ' ', el('button', {
         type: 'button', disabled: !a.online,
         onclick: () => chooseAccount(a.name),
       }, 'Shell')))));
@@ -156,11 +159,14 @@ async function targetsPage() {
 
 /** A shell on `target`: at once as the only account the policies allow there,
  *  or as the one chosen among several (or typed). */
-async function chooseAccount(target) {
+async function chooseAccount(target, always = false) {
   const open = (as) => go(`/t/${encodeURIComponent(target)}${as ? `?as=${encodeURIComponent(as)}` : ''}`);
+  const here = location.pathname;
   let known;
   try { known = await api('GET', `/v1/agents/${encodeURIComponent(target)}/accounts`); } catch { known = { accounts: [] }; }
-  if (known.accounts.length <= 1) return open('');
+  if (location.pathname !== here) return;
+  if (!always && known.accounts.length === 1) return open(known.accounts[0] === known.default ? '' : known.accounts[0]);
+  if (!always && known.accounts.length === 0) return open('');
   const done = () => { modal.hidden = true; modal.replaceChildren(); };
   const other = el('input', { type: 'text', placeholder: 'another account', 'aria-label': 'another account', autocomplete: 'off' });
   modal.replaceChildren(el('div.dialog', { role: 'dialog', 'aria-label': 'choose an account' },
@@ -204,6 +210,10 @@ function terminal(host, opts = {}) {
       if (where === 'c' || where === '') navigator.clipboard.writeText(text).catch(() => {});
     },
   }));
+  // A read (`OSC 52 ; c ; ?`) gets no answer at all: the addon would answer with
+  // an escape sequence typed into the shell. This handler, registered after the
+  // addon's, runs first and swallows reads; writes go on to the addon.
+  term.parser.registerOscHandler(52, (data) => data.split(';')[1] === '?');
   term.open(host);
   // WebGL draws faster; without it (no GPU, a lost context) the DOM renderer does.
   import('/assets/addon-webgl.mjs').then(({ WebglAddon }) => {
@@ -222,13 +232,15 @@ function confirmPaste(text) {
   return new Promise((resolve) => {
     const done = (ok) => { modal.hidden = true; modal.replaceChildren(); resolve(ok); };
     const ok = el('button', { type: 'button', onclick: () => done(true) }, 'Paste');
+    const cancel = el('button.quiet', { type: 'button', onclick: () => done(false) }, 'Cancel');
     modal.replaceChildren(el('div.dialog', { role: 'dialog', 'aria-label': 'confirm paste' },
       el('h2', {}, `Paste ${lines.length} lines?`),
       el('pre.preview', {}, lines.slice(0, 8).join('\n') + (lines.length > 8 ? '\n…' : '')),
-      el('div.actions', {}, el('button.quiet', { type: 'button', onclick: () => done(false) }, 'Cancel'), ok)));
+      el('div.actions', {}, cancel, ok)));
     modal.hidden = false;
     modal.onkeydown = (e) => { if (e.key === 'Escape') done(false); };
-    ok.focus();
+    // An Enter typed on after the paste keys must not confirm it.
+    cancel.focus();
   });
 }
 

@@ -106,9 +106,11 @@ export class ShellLink {
   /** Take the session up from `saved`, or open a new one. */
   async start(saved) {
     this.codec = await codec();
+    if (this.over) return;
     if (saved) {
       // Ended meanwhile (terminated, exited while this page was away): a new one.
       const rows = await api('GET', '/v1/sessions?limit=200').catch(() => null);
+      if (this.over) return;
       const was = rows?.find((r) => r.id === saved.id);
       if (was && !was.live) {
         sessionStorage.removeItem(this.key);
@@ -132,6 +134,10 @@ export class ShellLink {
     if (this.account) body.run_as = this.account;
     const r = await api('POST', '/v1/sessions', body);
     Object.assign(this, { url: r.stream_url, id: r.session_id });
+    if (this.over) {
+      // Left before it opened: its token goes unused, and the session with it.
+      return;
+    }
     this.ui.status('opening…', 'wait');
     this.connect(`token=${encodeURIComponent(r.token)}`, false);
   }
@@ -294,7 +300,10 @@ export class ShellLink {
       api('GET', '/v1/sessions?limit=200').then((rows) => {
         const s = rows.find((r) => r.id === this.id);
         if (s && !s.live) this.end(`session on ${this.target} ended: ${s.exit || 'ended'}`);
-      }).catch(() => {});
+      }).catch((e) => {
+        // Logged out (in another tab): the relay ended the session.
+        if (e.status === 401) this.end(`session on ${this.target} ended: ${e.message}`);
+      });
     }
     const wait = RETRY[Math.min(this.tries++, RETRY.length - 1)];
     this.ws.onopen = null;
@@ -332,12 +341,21 @@ export class ShellLink {
   /** End the session (the user asked). */
   close() {
     if (this.over) return;
+    if (!this.codec) { this.end(''); return; }
     this.codec.x.close();
     if (this.ws?.readyState === WebSocket.OPEN && this.live) {
       this.flush();
-    } else if (this.id) {
-      // No stream to say it on (a reconnection under way): the API ends it.
-      api('POST', `/v1/sessions/${encodeURIComponent(this.id)}/terminate`, {}).catch(() => {});
+    } else if (this.id && this.accepted) {
+      // No stream to say it on (a reconnection under way): the API ends it, if
+      // the policies let this user end it; else the page says so.
+      fetch(`/v1/sessions/${encodeURIComponent(this.id)}/terminate`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}', keepalive: true,
+      }).then(async (r) => {
+        if (!r.ok) {
+          const why = (await r.json().catch(() => ({}))).error || r.status;
+          this.ui.ended(`could not end the session (${why}); it ends once its hold of ${span(this.hold)} has passed`);
+        }
+      }).catch(() => {});
     }
     this.end(`session on ${this.target} ended`);
   }
