@@ -287,6 +287,33 @@ try {
   await page.waitForSelector(`tr[data-session="${left}"]`);
   check((await page.textContent(`tr[data-session="${left}"]`)).includes('logged out'), 'a pasted API key logs in; the sessions page shows that shell ended by the logout');
   check(violations.length === 0, `no Content-Security-Policy violation on any page (${violations.join('; ')})`);
+
+  // Without WebGL the DOM renderer draws: the one that makes <style> elements,
+  // so the strict policy matters most here.
+  const plain = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-webgl', '--disable-3d-apis'],
+  });
+  const ctx2 = await plain.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 600 } });
+  const seen2 = [];
+  await ctx2.exposeBinding('__cspReport', (_, v) => { seen2.push(v); });
+  await ctx2.addInitScript(() => {
+    document.addEventListener('securitypolicyviolation', (e) => window.__cspReport(`${location.pathname}: ${e.violatedDirective} ${e.blockedURI}`));
+  });
+  const p2 = await ctx2.newPage();
+  await p2.goto(`${origin}/login`);
+  await p2.fill('input[name="key"]', process.env.SESAME_KEY);
+  await p2.click('button[type="submit"]');
+  await p2.click(`tr[data-target="${target}"] button:text-is("Shell")`);
+  await p2.click('[role="dialog"] button[data-account="sesame-user"]');
+  await p2.waitForSelector('.term[data-state="live"]', { timeout: 20000 });
+  await p2.keyboard.type('echo dom$((20+1))\n', { delay: 5 });
+  await until('output drawn by the DOM renderer', () => p2.evaluate(() => document.querySelector('.xterm-rows')?.textContent.includes('dom21')));
+  const renderer = await p2.getAttribute('.term', 'data-renderer');
+  check(renderer === 'dom', `without WebGL the terminal draws with the DOM renderer (${renderer}), and its text shows`);
+  await p2.screenshot({ path: `${artifacts}/shell-dom.png` });
+  check(seen2.length === 0, `no Content-Security-Policy violation with the DOM renderer (${seen2.slice(0, 3).join('; ')})`);
+  await plain.close();
   console.log('all browser checks passed');
 } catch (e) {
   console.log(e.message);
