@@ -67,7 +67,9 @@ fn not_found(m: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, m)
 }
 
-fn body<T>(b: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn body<T>(
+    b: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
     b.map(|Json(t)| t).map_err(|e| bad(e.body_text()))
 }
 

@@ -240,7 +240,7 @@ async fn login(
     headers: HeaderMap,
     body: Result<Json<Login>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
-    let Json(req) = body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let req = crate::admin::body(body)?;
     let (how, key_id) = match (req.link, req.key) {
         (Some(link), None) => {
             let code = Secret::from_string(link.trim().to_string());
