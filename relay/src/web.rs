@@ -291,11 +291,7 @@ async fn login(
     // would otherwise outlive every later logout).
     if let Some(old) = cookie(&headers) {
         if let Some(s) = state.store.web_session(&old).await? {
-            let event = Event::new(caller.user.name.clone(), "web.logout", s.id.clone())
-                .from(peer.ip())
-                .detail(serde_json::json!({ "why": "logged in again" }));
-            state.record(event).await?;
-            end_browser_session(&state, &s.id).await?;
+            log_out(&state, &s, peer, "logged in again").await?;
         }
     }
     let (secret, session) = state.store.add_web_session(&key_id, SESSION_SECS).await?;
@@ -322,14 +318,7 @@ async fn logout(
     let gone = format!("{COOKIE}=; Path=/; Secure; HttpOnly; SameSite=Strict; Max-Age=0");
     if let Some(secret) = cookie(&headers) {
         if let Some(s) = state.store.web_session(&secret).await? {
-            let user = match state.store.authenticate_id(&s.key_id).await? {
-                Ok(c) => c.user.name,
-                Err(_) => "-".into(),
-            };
-            // On record first (an action whose event cannot be written is not done).
-            let event = Event::new(user, "web.logout", s.id.clone()).from(peer.ip());
-            state.record(event).await?;
-            end_browser_session(&state, &s.id).await?;
+            log_out(&state, &s, peer, "logged out").await?;
         }
     }
     Ok(([(header::SET_COOKIE, gone)], Json(serde_json::json!({}))).into_response())
@@ -390,13 +379,28 @@ async fn accounts(
     ))
 }
 
-/// End the browser session `id`, and what it opened (shells, watches), held ones
-/// too: no other tab, and no restored one, takes them up. What it asked for and
-/// had not opened yet is refused when it opens (`stream`).
-async fn end_browser_session(state: &AppState, id: &str) -> Result<(), ApiError> {
-    state.store.end_web_session(id).await?;
+/// Log the browser session `s` out, on record first (an action whose event
+/// cannot be written is not done): it ends, and what it opened (shells, watches)
+/// with it, held ones too, so that no other tab and no restored one takes them
+/// up. What it asked for and had not opened yet is refused when it opens
+/// (`stream`).
+async fn log_out(
+    state: &AppState,
+    s: &crate::store::WebSession,
+    peer: SocketAddr,
+    why: &str,
+) -> Result<(), ApiError> {
+    let user = match state.store.authenticate_id(&s.key_id).await? {
+        Ok(c) => c.user.name,
+        Err(_) => "-".into(),
+    };
+    let event = Event::new(user, "web.logout", s.id.clone())
+        .from(peer.ip())
+        .detail(serde_json::json!({ "why": why }));
+    state.record(event).await?;
+    state.store.end_web_session(&s.id).await?;
     state.live.end_where(
-        |o| o.web.as_deref() == Some(id),
+        |o| o.web.as_deref() == Some(s.id.as_str()),
         "the browser session logged out",
     );
     Ok(())
