@@ -107,7 +107,7 @@ impl<'r> Ports<'r> {
     pub fn new(rules: Option<ForwardRules<'r>>) -> Self {
         Ports {
             rules,
-            ports: [const { None }; PORTS],
+            ports: core::array::from_fn(|_| None),
         }
     }
 
@@ -151,7 +151,7 @@ impl<'r> Ports<'r> {
     /// port is free. Returns the channels they carried (a held forward session's
     /// are closed, to say so to the client once the session resumes).
     pub fn drop_all(&mut self) -> impl Iterator<Item = ChannelHandle> {
-        let ports = core::mem::replace(&mut self.ports, [const { None }; PORTS]);
+        let ports = core::mem::replace(&mut self.ports, core::array::from_fn(|_| None));
         ports.into_iter().flatten().map(|p| p.channel)
     }
 

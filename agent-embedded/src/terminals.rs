@@ -72,7 +72,7 @@ pub(crate) struct Terminals<const N: usize> {
 impl<const N: usize> Terminals<N> {
     pub fn new() -> Self {
         Terminals {
-            sessions: [const { None }; N],
+            sessions: core::array::from_fn(|_| None),
         }
     }
 
