@@ -371,7 +371,7 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         Agent {
             config,
             conn: Conn::AwaitHello,
-            slots: core::array::from_fn(|_| None),
+            slots: [const { None }; N],
             next_gen: 0,
             ctrl,
             events: Deque::new(),

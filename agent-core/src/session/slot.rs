@@ -534,7 +534,7 @@ impl<const C: usize, B: Buffer> Slot<C, B> {
         peer_window: u32,
         our_window: (u32, u32),
     ) -> Self {
-        let mut channels: [Option<Channel<B>>; C] = core::array::from_fn(|_| None);
+        let mut channels = [const { None }; C];
         if !forward {
             if let Some(first) = channels.first_mut() {
                 *first = Some(Channel::new(
