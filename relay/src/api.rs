@@ -243,10 +243,7 @@ pub async fn authenticate(
                 .store
                 .authenticate_id(&s.key_id)
                 .await?
-                .map(|c| Caller {
-                    web: Some(s.id),
-                    ..c
-                }),
+                .map(|c| Caller { web: Some(s), ..c }),
             None => {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
@@ -571,7 +568,7 @@ async fn create_session(
             agent_id: &agent.id,
             user_id: &user.id,
             key_id: &caller.key_id,
-            web_session: caller.web.as_deref(),
+            web_session: caller.web.as_ref().map(|w| w.id.as_str()),
             kind: &req.kind,
             rate,
             ttl: state.config.token_ttl,

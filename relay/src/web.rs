@@ -412,14 +412,10 @@ async fn me(
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = authenticate(&state, &headers, peer).await?;
-    let expires_at = match cookie(&headers) {
-        Some(s) => state.store.web_session(&s).await?.map(|s| s.expires_at),
-        None => None,
-    };
     Ok(Json(serde_json::json!({
         "user": caller.user.name,
         "groups": caller.user.groups,
-        "expires_at": expires_at,
+        "expires_at": caller.web.map(|w| w.expires_at),
     })))
 }
 

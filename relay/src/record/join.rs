@@ -128,13 +128,13 @@ pub async fn join(
                 Owner {
                     user_id: caller.user.id.clone(),
                     key_id: Some(caller.key_id.clone()),
-                    web: caller.web.clone(),
+                    web: caller.web.as_ref().map(|w| w.id.clone()),
                     agent_id: s.agent_id.clone(),
                 },
             );
             // A logout between the request's check and the registration above.
             if let Some(w) = &caller.web {
-                if !state.store.web_session_live(w).await.unwrap_or(false) {
+                if !state.store.web_session_live(&w.id).await.unwrap_or(false) {
                     let why = "the browser session logged out";
                     close(&mut sink, Exit::Aborted(ErrorCode::DENIED), why).await;
                     return;

@@ -50,9 +50,9 @@ pub struct Caller {
     pub key_id: String,
     /// This use of the key was noted (its `last_used` moved: the first in a minute).
     pub noted: bool,
-    /// The browser session (`ws-...`) whose cookie authenticated the request, if
-    /// one did: what it opens ends when it logs out.
-    pub web: Option<String>,
+    /// The browser session whose cookie authenticated the request, if one did:
+    /// what it opens ends when it logs out.
+    pub web: Option<super::WebSession>,
 }
 
 /// An API key, without its secret.
