@@ -617,3 +617,205 @@ fn a_session_taken_up_by_another_client_goes_on_from_where_it_stood() {
     let big = [0u8; 300];
     assert!(Cli::take_up(7, (200, 200), place, &big).is_err());
 }
+
+/// What the frames in `sent` are: (`Ack`s, empty `DataAt`s: asks for an `Ack`).
+fn acks_and_asks(sent: &[Vec<u8>]) -> (usize, usize) {
+    let decoded = sent.iter().map(|f| Frame::decode(f).unwrap());
+    decoded.fold((0, 0), |(acks, asks), f| match f {
+        Frame::Ack { .. } => (acks + 1, asks),
+        Frame::DataAt { data, .. } if data.0.is_empty() => (acks, asks + 1),
+        _ => (acks, asks),
+    })
+}
+
+#[test]
+fn a_receiver_acknowledges_every_256_kib_when_asked_and_at_the_end_not_per_frame() {
+    let mut client = {
+        // A window that never runs out here: this is about acknowledgements.
+        let mut c: Cli = Client::new(7, 1 << 24);
+        let mut buf = std::vec![0u8; 4096];
+        c.open(
+            Kind::Exec {
+                argv: wire::Bytes(b"x\0"),
+            },
+            "",
+            &mut buf,
+        )
+        .unwrap();
+        let resumable = Frame::Resumable {
+            sid: 7,
+            hold: 60,
+            token: "t",
+        };
+        c.handle_frame(&frame(resumable)).unwrap();
+        c.handle_frame(&frame(Frame::Accept {
+            sid: 7,
+            window: 1000,
+        }))
+        .unwrap();
+        transmitted(&mut c);
+        c
+    };
+    // 4 MiB of output in frames of every size (a socket's reads), small ones too:
+    // a small frame is no reason to acknowledge (a sender that waits asks).
+    let sizes = [1usize, 100, 5000, 32 * 1024, 7, 20_000];
+    let (mut offset, mut acks) = (0u64, 0);
+    let chunk = [0u8; 32 * 1024];
+    let mut i = 0;
+    while offset < 4 << 20 {
+        let n = sizes[i % sizes.len()];
+        i += 1;
+        let f = Frame::DataAt {
+            sid: 7,
+            ch: 0,
+            stream: Stream::OUT,
+            offset,
+            data: wire::Bytes(&chunk[..n]),
+        };
+        assert_eq!(feed(&mut client, f), Ok(true));
+        client.consumed(0, n);
+        offset += n as u64;
+        acks += acks_and_asks(&transmitted(&mut client)).0;
+    }
+    // One each time 256 KiB are due (a frame may carry it up to 32 KiB past).
+    let (most, least) = (16, (4 << 20) / (288 * 1024));
+    assert!(
+        (least..=most).contains(&acks),
+        "{acks} acks for 4 MiB in {i} frames, not {least}..={most}"
+    );
+    // An ask is answered at once, with everything received.
+    let ask = Frame::DataAt {
+        sid: 7,
+        ch: 0,
+        stream: Stream::OUT,
+        offset,
+        data: wire::Bytes(&[]),
+    };
+    assert_eq!(feed(&mut client, ask), Ok(false));
+    let sent = transmitted(&mut client);
+    assert!(
+        sent.iter().any(|f| matches!(
+            Frame::decode(f).unwrap(),
+            Frame::Ack { offset: o, .. } if o == offset
+        )),
+        "{sent:?}"
+    );
+    // So is the end: one past the last byte acknowledges the `Eof` too.
+    feed(&mut client, Frame::Eof { sid: 7, ch: 0 }).unwrap();
+    let sent = transmitted(&mut client);
+    assert!(
+        sent.iter().any(|f| matches!(
+            Frame::decode(f).unwrap(),
+            Frame::Ack { offset: o, .. } if o == offset + 1
+        )),
+        "{sent:?}"
+    );
+}
+
+/// A 1 MiB replay buffer, as the Linux agent's and the CLI's.
+struct Big(std::boxed::Box<[u8]>);
+
+impl Buffer for Big {
+    fn new() -> Self {
+        Big(std::vec![0u8; 1 << 20].into_boxed_slice())
+    }
+}
+
+impl AsRef<[u8]> for Big {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl AsMut<[u8]> for Big {
+    fn as_mut(&mut self) -> &mut [u8] {
+        &mut self.0
+    }
+}
+
+/// A resumable exec session's client that sends through a replay buffer `B`,
+/// with all the credit it can use.
+fn sender<B: Buffer>() -> Client<1, B> {
+    let mut c: Client<1, B> = Client::new(7, 1000);
+    let mut buf = std::vec![0u8; 4096];
+    c.open(
+        Kind::Exec {
+            argv: wire::Bytes(b"x\0"),
+        },
+        "",
+        &mut buf,
+    )
+    .unwrap();
+    let resumable = Frame::Resumable {
+        sid: 7,
+        hold: 60,
+        token: "t",
+    };
+    c.handle_frame(&frame(resumable)).unwrap();
+    let accept = Frame::Accept {
+        sid: 7,
+        window: u32::MAX,
+    };
+    c.handle_frame(&frame(accept)).unwrap();
+    while c.poll_transmit(&mut buf).unwrap().is_some() {}
+    c
+}
+
+/// Frames `c` sends now, and the offset after its last `DataAt`.
+fn drain<const C: usize, B: Buffer>(c: &mut Client<C, B>, sent: &mut u64) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut buf = std::vec![0u8; 40 * 1024];
+    while let Some(n) = c.poll_transmit(&mut buf).unwrap() {
+        if let Ok(Frame::DataAt { offset, data, .. }) = Frame::decode(&buf[..n]) {
+            *sent = offset + data.0.len() as u64;
+        }
+        out.push(buf[..n].to_vec());
+    }
+    out
+}
+
+#[test]
+fn a_sender_with_a_large_replay_buffer_never_asks_and_a_small_one_asks_once_per_answer() {
+    // Large: a full buffer is acknowledged by the receiver's own rule (every
+    // 256 KiB), so the sender never asks, however the `Ack`s come: here a
+    // receiver that acknowledges each 32 KiB, one round trip late (1 MiB in
+    // flight), which each time left half the buffer waiting.
+    let mut big: Client<1, Big> = sender();
+    let (mut sent, mut acked, mut asks) = (0u64, 0u64, 0);
+    let data = std::vec![1u8; 64 * 1024];
+    while acked < 16 << 20 {
+        while big.send_slice(0, &data).unwrap() > 0 {}
+        asks += acks_and_asks(&drain(&mut big, &mut sent)).1;
+        let late = sent.saturating_sub(1 << 20).max(acked);
+        acked = (late + 32 * 1024).min(sent);
+        let ack = Frame::Ack {
+            sid: 7,
+            ch: 0,
+            offset: acked,
+        };
+        big.handle_frame(&frame(ack)).unwrap();
+    }
+    assert_eq!(asks, 0, "a 1 MiB replay buffer asked for Acks");
+
+    // Small (256 bytes; the device's is 1 KiB): it asks once half waits, and
+    // again only once that ask was answered, not at every `Ack` before.
+    let mut small: Client<1, [u8; 256]> = sender();
+    let mut sent = 0;
+    assert_eq!(small.send_slice(0, &[2u8; 200]), Ok(200));
+    let first = drain(&mut small, &mut sent);
+    assert_eq!(acks_and_asks(&first), (0, 1), "{first:?}");
+    let ack = |offset| Frame::Ack {
+        sid: 7,
+        ch: 0,
+        offset,
+    };
+    // An Ack from before the ask (the receiver's own): still asked.
+    small.handle_frame(&frame(ack(50))).unwrap();
+    assert_eq!(small.send_slice(0, &[2u8; 100]), Ok(100));
+    assert_eq!(acks_and_asks(&drain(&mut small, &mut sent)), (0, 0));
+    // Its answer: the next ask may go, as half waits again.
+    small.handle_frame(&frame(ack(200))).unwrap();
+    assert_eq!(small.send_slice(0, &[2u8; 100]), Ok(100));
+    assert_eq!(acks_and_asks(&drain(&mut small, &mut sent)), (0, 1));
+    assert_eq!(sent, 400);
+}

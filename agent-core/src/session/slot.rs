@@ -19,11 +19,11 @@ use crate::time::Instant;
 use crate::wire::{Bytes, ErrorCode, Exit, Frame};
 
 /// A receiver acknowledges at once when this much is not acknowledged yet (else
-/// with the next frame that does not fill its frame, the peer's `Eof`, or when the
-/// peer asks): one `Ack` per 32-KiB frame cost a tenth of forwarding's throughput.
+/// with the peer's `Eof`, or when the peer asks): one `Ack` per 32-KiB frame cost
+/// a tenth of forwarding's throughput. A sender asks only when this rule would
+/// not answer in time: when half of its replay buffer waits for an `Ack` and that
+/// is less than this (a small buffer, as the device's).
 pub(crate) const ACK_EVERY: u64 = 256 * 1024;
-/// A `DataAt` smaller than this is acknowledged at once (see [`ACK_EVERY`]).
-const SMALL_FRAME: usize = 8 * 1024;
 
 /// Life of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,8 +93,12 @@ pub(crate) struct Channel<B> {
     /// The peer asked for an `Ack` (an empty `DataAt`: its replay buffer is half
     /// full of what we have not acknowledged).
     ack_asked: bool,
-    /// We asked the peer for an `Ack`, and none has come since.
-    asked_peer: bool,
+    /// We asked the peer for an `Ack` when we had sent up to this offset, and its
+    /// answer (an `Ack` at least this far) has not come yet. Only then do we ask
+    /// again: an ask renewed by every `Ack` (the peer also acknowledges by
+    /// itself) would start one more chain of ask and answer with each of those,
+    /// until an `Ack` went for nearly every frame.
+    asked_peer: Option<u64>,
     /// Bytes past a gap were dropped (a frame was lost): until a resume sends
     /// them again, the peer's `Eof` cannot be the end (see [`Channel::peer_ended`]).
     gap: bool,
@@ -144,7 +148,7 @@ impl<B: Buffer> Channel<B> {
             eof_acked: false,
             listed: false,
             ack_asked: false,
-            asked_peer: false,
+            asked_peer: None,
             gap: false,
             tell_close: false,
         }
@@ -185,11 +189,6 @@ impl<B: Buffer> Channel<B> {
             self.ack_asked = true;
             return Ok(None);
         }
-        if offset.is_some() && data.len() < SMALL_FRAME {
-            // The sender had no more to send, or no room for more: it may wait
-            // for this `Ack`.
-            self.ack_asked = true;
-        }
         let Some(skip) = self.received.checked_sub(at) else {
             self.gap = true;
             return Ok(None);
@@ -219,8 +218,8 @@ impl<B: Buffer> Channel<B> {
         if let Some(n) = offset.checked_sub(self.acked) {
             self.out.release(n as usize);
             self.acked = offset;
-            if n > 0 {
-                self.asked_peer = false;
+            if self.asked_peer.is_some_and(|at| offset >= at) {
+                self.asked_peer = None;
             }
         }
         Ok(())
@@ -237,7 +236,7 @@ impl<B: Buffer> Channel<B> {
         self.acked = offset;
         self.out.rewind();
         self.gap = false;
-        self.asked_peer = false;
+        self.asked_peer = None;
         self.send = SendWindow::new(u32::try_from(limit - offset).unwrap_or(u32::MAX));
         if !eof {
             self.eof_sent = false;
@@ -343,14 +342,17 @@ impl<B: Buffer> Channel<B> {
             };
             return f.encode(out).ok().map(|n| (n, false, 0));
         }
-        // Half of the replay buffer waits for the peer's `Ack`: ask for it (an
-        // empty `DataAt`), once until one comes.
+        // Half of the replay buffer waits for the peer's `Ack`, less than it
+        // acknowledges by itself ([`ACK_EVERY`]): ask for it (an empty `DataAt`),
+        // once until its answer comes.
+        let waiting = self.out.sent();
         if self.resumable
-            && !self.asked_peer
-            && self.out.sent() * 2 >= self.out.capacity()
+            && self.asked_peer.is_none()
+            && waiting * 2 >= self.out.capacity()
+            && (waiting as u64) < ACK_EVERY
             && self.state != ChanState::Requested
         {
-            self.asked_peer = true;
+            self.asked_peer = Some(self.send_offset());
             let f = Frame::DataAt {
                 sid,
                 ch,

@@ -187,7 +187,7 @@ fn run_case(port: u16, case: &Case) -> Duration {
 }
 
 /// CPU time (user + system) in clock ticks of `pids` and all their descendants.
-fn cpu_ticks(roots: &[u32]) -> u64 {
+pub(crate) fn cpu_ticks(roots: &[u32]) -> u64 {
     // (pid, ppid, ticks) of every process.
     let procs: Vec<(u32, u32, u64)> = std::fs::read_dir("/proc")
         .into_iter()

@@ -197,6 +197,7 @@ fn main() {
         "authz",
         "resume",
         "resume-throughput",
+        "resume-forward",
         "resume-hold",
     ];
     let mut wanted: Vec<&str> = args
@@ -259,6 +260,7 @@ fn main() {
             "authz" => rows.extend(authz::run()),
             "resume" => rows.extend(resume::run()),
             "resume-throughput" => rows.extend(resume::throughput()),
+            "resume-forward" => rows.extend(resume::forward()),
             "resume-hold" => rows.extend(resume::hold()),
             _ => unreachable!("checked above"),
         }

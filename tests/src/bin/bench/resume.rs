@@ -422,35 +422,10 @@ pub fn throughput() -> Vec<Row> {
         BYTES as f64 / 1e6 / t[t.len() / 2].as_secs_f64()
     };
     let (a, b) = (median_mb_s(&mut t_on), median_mb_s(&mut t_off));
-    // The same through `sesame forward` (one session each, a new connection per run).
-    let dest = zeros_server(BYTES);
-    let spec = format!("0:127.0.0.1:{dest}");
-    let (fwd_on, fwd_off) = (on.forward(&[&spec]), off.forward(&[&spec]));
-    forward_download(&fwd_on, BYTES);
-    forward_download(&fwd_off, BYTES);
-    let (mut f_on, mut f_off) = (Vec::new(), Vec::new());
-    for _ in 0..RUNS {
-        f_on.push(forward_download(&fwd_on, BYTES));
-        f_off.push(forward_download(&fwd_off, BYTES));
-    }
-    let (fa, fb) = (median_mb_s(&mut f_on), median_mb_s(&mut f_off));
-    let fwhat = format!(
-        "a {BYTES}-byte download through `sesame forward`, recordings off, median of {RUNS}"
-    );
     let what =
         format!("`exec head -c {BYTES} /dev/zero` end to end, recordings off, median of {RUNS}");
-    vec![
-        Row::new("resume", &format!("{fwhat}, resumable (MB/s)"), fa),
-        Row::new(
-            "resume",
-            &format!("{fwhat}, resume_window \"none\" (MB/s)"),
-            fb,
-        ),
-        Row::new(
-            "resume",
-            "forward: resumable / not resumable throughput (goal >= 0.95)",
-            fa / fb,
-        ),
+    let mut rows = forward_throughput(&on, &off, RUNS);
+    rows.extend([
         Row::new(
             "resume",
             &format!("{what}, resumable (default window) (MB/s)"),
@@ -466,7 +441,97 @@ pub fn throughput() -> Vec<Row> {
             "resumable / not resumable throughput (goal >= 0.95)",
             a / b,
         ),
-    ]
+    ]);
+    rows
+}
+
+/// `bench resume-forward`: only the forwarded download of [`throughput`], more
+/// runs, with the CPU each process spent on it.
+pub fn forward() -> Vec<Row> {
+    let base = "[limits]\nrate = \"unlimited\"\n[recordings]\nmode = \"off\"\n";
+    let on = Env::start_with_limits(base);
+    let off = Env::start_with_limits(&base.replace(
+        "rate = \"unlimited\"\n",
+        "rate = \"unlimited\"\nresume_window = \"none\"\n",
+    ));
+    forward_throughput(&on, &off, 7)
+}
+
+/// A download through `sesame forward` (one session each, a new connection per
+/// run), through a relay that makes it resumable and one that does not,
+/// interleaved: MB/s (median), their ratio, and each process's CPU per GB.
+fn forward_throughput(on: &Env, off: &Env, runs: usize) -> Vec<Row> {
+    let dest = zeros_server(BYTES);
+    let spec = format!("0:127.0.0.1:{dest}");
+    let (fwd_on, fwd_off) = (on.forward(&[&spec]), off.forward(&[&spec]));
+    forward_download(&fwd_on, BYTES);
+    forward_download(&fwd_off, BYTES);
+    // CPU seconds of the agent, the relay and the CLI over the timed runs.
+    let procs = |env: &Env, fwd: &tests::Forward| {
+        [
+            env.agent.child.id(),
+            env.relay.proc.child.id(),
+            fwd.proc.child.id(),
+        ]
+    };
+    let cpu = |pids: [u32; 3]| pids.map(|p| compare::cpu_ticks(&[p]));
+    let (mut f_on, mut f_off) = (Vec::new(), Vec::new());
+    let (mut c_on, mut c_off) = ([0u64; 3], [0u64; 3]);
+    let add = |acc: &mut [u64; 3], before: [u64; 3], after: [u64; 3]| {
+        for i in 0..3 {
+            acc[i] += after[i].saturating_sub(before[i]);
+        }
+    };
+    for _ in 0..runs {
+        let before = cpu(procs(on, &fwd_on));
+        f_on.push(forward_download(&fwd_on, BYTES));
+        add(&mut c_on, before, cpu(procs(on, &fwd_on)));
+        let before = cpu(procs(off, &fwd_off));
+        f_off.push(forward_download(&fwd_off, BYTES));
+        add(&mut c_off, before, cpu(procs(off, &fwd_off)));
+    }
+    let median_mb_s = |t: &mut Vec<Duration>| {
+        t.sort();
+        BYTES as f64 / 1e6 / t[t.len() / 2].as_secs_f64()
+    };
+    let (fa, fb) = (median_mb_s(&mut f_on), median_mb_s(&mut f_off));
+    let fwhat = format!(
+        "a {BYTES}-byte download through `sesame forward`, recordings off, median of {runs}"
+    );
+    // Clock ticks (100 a second) per GB moved.
+    let gb = (BYTES * runs) as f64 / 1e9;
+    let per_gb = |t: u64| t as f64 / 100.0 / gb;
+    let mut rows = vec![
+        Row::new("resume", &format!("{fwhat}, resumable (MB/s)"), fa),
+        Row::new(
+            "resume",
+            &format!("{fwhat}, resume_window \"none\" (MB/s)"),
+            fb,
+        ),
+        Row::new(
+            "resume",
+            "forward: resumable / not resumable throughput (goal >= 0.95)",
+            fa / fb,
+        ),
+    ];
+    for (i, who) in ["agent", "relay", "CLI"].iter().enumerate() {
+        rows.push(Row::new(
+            "resume",
+            &format!("forward: {who} CPU seconds per GB, resumable / not"),
+            per_gb(c_on[i]) / per_gb(c_off[i]).max(1e-9),
+        ));
+        rows.push(Row::new(
+            "resume",
+            &format!("forward: {who} CPU seconds per GB, resumable"),
+            per_gb(c_on[i]),
+        ));
+        rows.push(Row::new(
+            "resume",
+            &format!("forward: {who} CPU seconds per GB, not resumable"),
+            per_gb(c_off[i]),
+        ));
+    }
+    rows
 }
 
 /// Sessions flooding while their agent is away, in `hold`.
