@@ -95,22 +95,22 @@ impl Registration {
     }
 
     /// A resume with the latest token is done: the one before it is no longer good.
-    pub fn confirm_token(&self) {
-        if let Some((_, previous, _)) = self
-            .live
+    /// Whether there was one.
+    pub fn confirm_token(&self) -> bool {
+        self.live
             .lock()
             .get_mut(&self.id)
             .and_then(|e| e.resume.as_mut())
-        {
-            *previous = None;
-        }
+            .and_then(|(_, previous, _)| previous.take())
+            .is_some()
     }
 
-    /// The session can be resumed with the token whose hash is `hash` (a session a
-    /// restarted relay takes up).
-    pub fn resumable_by(&self, hash: String) {
+    /// The session can be resumed with the token whose hash is `hash`, or the one
+    /// before it (`previous`) until a resume uses the latest: a session a restarted
+    /// relay takes up, whose client may not have had the latest.
+    pub fn resumable_by(&self, hash: String, previous: Option<String>) {
         if let Some(e) = self.live.lock().get_mut(&self.id) {
-            e.resume = Some((hash, None, self.resumed_tx.clone()));
+            e.resume = Some((hash, previous, self.resumed_tx.clone()));
         }
     }
 

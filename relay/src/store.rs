@@ -87,6 +87,10 @@ pub struct SessionRow {
 pub struct Resumable {
     /// Its resume token's hash.
     pub hash: String,
+    /// The hash of the token before it, while no resume has used the latest: a
+    /// client that a restart cut off before the latest token reached it still has
+    /// that one.
+    pub prev_hash: Option<String>,
     /// How long a side may be away.
     pub hold: Duration,
     /// Its id on the agent's link.
@@ -218,6 +222,7 @@ const SCHEMA: &[&str] = &[
         bytes_in INTEGER,
         bytes_out INTEGER,
         resume_hash TEXT,
+        resume_prev_hash TEXT,
         resume_hold INTEGER,
         agent_sid INTEGER,
         client_sid INTEGER,
@@ -547,15 +552,17 @@ impl Store {
             .flatten())
     }
 
-    /// How a resumable session ended, for the holder of its latest resume token
-    /// (`hash`): `None` if it has not ended, or the token is not its latest.
+    /// How a resumable session ended, for the holder of its latest resume token, or
+    /// of the one before while the latest is unused (`hash`): `None` if it has not
+    /// ended, or the token is neither.
     pub async fn session_end_for_token(
         &self,
         id: &str,
         hash: &str,
     ) -> Result<Option<String>, Error> {
         Ok(sqlx::query_scalar(
-            "SELECT exit FROM sessions WHERE id = ? AND resume_hash = ? AND ended_at IS NOT NULL",
+            "SELECT exit FROM sessions
+             WHERE id = ?1 AND (resume_hash = ?2 OR resume_prev_hash = ?2) AND ended_at IS NOT NULL",
         )
         .bind(id)
         .bind(hash)
@@ -581,7 +588,8 @@ impl Store {
     /// restarted relay needs to take it up again. `hash`: its resume token's.
     pub async fn set_resumable(&self, id: &str, r: &Resumable) -> Result<(), Error> {
         sqlx::query(
-            "UPDATE sessions SET resume_hash = ?, resume_hold = ?, agent_sid = ?, client_sid = ?
+            "UPDATE sessions SET resume_hash = ?, resume_prev_hash = NULL, resume_hold = ?,
+                agent_sid = ?, client_sid = ?
              WHERE id = ?",
         )
         .bind(&r.hash)
@@ -594,10 +602,23 @@ impl Store {
         Ok(())
     }
 
-    /// A resumable session's token changed (every resume spends one).
+    /// A resumable session's token changed (every resume spends one): `hash` is
+    /// the latest, and the one it replaces stays good until a resume uses the
+    /// latest ([`Store::confirm_resume_hash`]), as it does in the running relay.
     pub async fn set_resume_hash(&self, id: &str, hash: &str) -> Result<(), Error> {
-        sqlx::query("UPDATE sessions SET resume_hash = ? WHERE id = ?")
-            .bind(hash)
+        sqlx::query(
+            "UPDATE sessions SET resume_prev_hash = resume_hash, resume_hash = ? WHERE id = ?",
+        )
+        .bind(hash)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// A resume used a session's latest token: the one before it is no longer good.
+    pub async fn confirm_resume_hash(&self, id: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE sessions SET resume_prev_hash = NULL WHERE id = ?")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -620,6 +641,7 @@ impl Store {
                 let id = |c: &str| u32::try_from(n(c)).unwrap_or(0);
                 let resumable = Resumable {
                     hash: r.get("resume_hash"),
+                    prev_hash: r.get("resume_prev_hash"),
                     hold: Duration::from_secs(u64::try_from(n("resume_hold")).unwrap_or(0)),
                     agent_sid: id("agent_sid"),
                     client_sid: id("client_sid"),

@@ -366,6 +366,7 @@ pub async fn serve(
         .zip(token.as_ref())
         .map(|(hold, t)| crate::store::Resumable {
             hash: t.hash(),
+            prev_hash: None,
             hold,
             agent_sid,
             client_sid,

@@ -223,6 +223,7 @@ impl Store {
             ("sessions", "bytes_in", "INTEGER"),
             ("sessions", "bytes_out", "INTEGER"),
             ("sessions", "resume_hash", "TEXT"),
+            ("sessions", "resume_prev_hash", "TEXT"),
             ("sessions", "resume_hold", "INTEGER"),
             ("sessions", "agent_sid", "INTEGER"),
             ("sessions", "client_sid", "INTEGER"),

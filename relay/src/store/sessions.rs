@@ -320,4 +320,42 @@ mod tests {
         assert!(!store.end_unstarted("s-nope", "terminated").await.unwrap());
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[tokio::test]
+    async fn a_restarted_relay_knows_the_token_before_the_latest_until_a_resume_uses_it() {
+        let (store, dir) = store("resume-hash").await;
+        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
+        let (alice, _) = store.add_user("alice", &[]).await.unwrap();
+        let id = session(&store, &agent, &alice.id).await;
+        let first = crate::store::Resumable {
+            hash: "h1".into(),
+            prev_hash: None,
+            hold: Duration::from_secs(600),
+            agent_sid: 3,
+            client_sid: 1,
+            started_at: 0,
+        };
+        store.set_resumable(&id, &first).await.unwrap();
+        let hashes = || async {
+            let all = store.interrupted_resumable().await.unwrap();
+            let (_, r) = all.into_iter().find(|(s, _)| s.id == id).unwrap();
+            (r.hash, r.prev_hash)
+        };
+        assert_eq!(hashes().await, ("h1".into(), None));
+        // A resume spent h1 and sent h2, which the client may not have had when
+        // the relay died: both stay good for the next run.
+        store.set_resume_hash(&id, "h2").await.unwrap();
+        assert_eq!(hashes().await, ("h2".into(), Some("h1".into())));
+        // The resume went through with h2: h1 is no longer good.
+        store.confirm_resume_hash(&id).await.unwrap();
+        assert_eq!(hashes().await, ("h2".into(), None));
+        // How it ended, told to the holder of either token while both are good.
+        store.set_resume_hash(&id, "h3").await.unwrap();
+        store.end_session(&id, "exit 0").await.unwrap();
+        for (hash, told) in [("h3", true), ("h2", true), ("h1", false)] {
+            let end = store.session_end_for_token(&id, hash).await.unwrap();
+            assert_eq!(end.is_some(), told, "{hash}: {end:?}");
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -79,7 +79,7 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
             agent_id: session.agent_id.clone(),
         },
     );
-    registration.resumable_by(r.hash.clone());
+    registration.resumable_by(r.hash.clone(), r.prev_hash.clone());
     let unknown = std::net::IpAddr::from([0, 0, 0, 0]);
     let input = super::input_recorded(state, &user, &target, &session, unknown);
     let recorder = state

@@ -137,8 +137,11 @@ pub(super) async fn route(r: Running) {
         }
         let suspended = hub.is_suspended();
         if was_suspended && !suspended {
-            // Resumed with the latest token: the one before it is spent.
-            registration.confirm_token();
+            // Resumed with the latest token: the one before it is spent (here, and
+            // in the store, for a restarted relay).
+            if registration.confirm_token() {
+                let _ = state.store.confirm_resume_hash(&session.id).await;
+            }
         }
         was_suspended = suspended;
         // What the hub has to write, each write bounded by `write_by`: a peer that
