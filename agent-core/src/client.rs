@@ -176,6 +176,9 @@ pub struct Client<const C: usize, B: Buffer> {
     answer_due: u32,
     /// The place of the next forward channel to name in the answer being sent.
     answer_at: usize,
+    /// Ask for the `Ack` of input as soon as it is all sent
+    /// ([`Client::with_prompt_acks`]).
+    prompt_acks: bool,
 }
 
 impl<const C: usize, B: Buffer> Client<C, B> {
@@ -197,6 +200,7 @@ impl<const C: usize, B: Buffer> Client<C, B> {
             close: None,
             next_ch: 1,
             cursor: 0,
+            prompt_acks: false,
             hold: None,
             suspended: false,
             answer_due: 0,
@@ -280,6 +284,22 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         self
     }
 
+    /// Have a resumable session's input acknowledged as soon as the agent has it:
+    /// each time all of it is sent, the client asks for an `Ack` (once until it
+    /// comes: two small frames per burst of typing). Otherwise the agent
+    /// acknowledges input only each 256 KiB, or when half of the input buffer
+    /// waits, and up to that much stays here unacknowledged. For a client that
+    /// keeps that input where it outlives the session's page: the browser console
+    /// saves it in the tab's storage at a reload ([`Client::place_now`]), and what
+    /// was typed (a password at a prompt) should not wait there.
+    pub fn with_prompt_acks(mut self) -> Self {
+        self.prompt_acks = true;
+        for c in self.channels.iter_mut().flatten() {
+            c.ask_when_idle = true;
+        }
+        self
+    }
+
     /// Let the receive windows of all channels grow to `total` bytes together at
     /// most: a channel's window grows only into what the others leave (it never
     /// shrinks; a window of `window` bytes is always granted, so a session with many
@@ -312,7 +332,9 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         if !self.forward {
             // Its send window comes with the `Accept`.
             let ours = (self.window, self.max_window);
-            self.channels[0] = Some(Channel::new(0, 0, ChanState::Requested, 0, ours));
+            let mut c = Channel::new(0, 0, ChanState::Requested, 0, ours);
+            c.ask_when_idle = self.prompt_acks;
+            self.channels[0] = Some(c);
         }
         Ok(n)
     }

@@ -148,3 +148,41 @@ fn a_reader_that_quits_early_frees_the_session() {
     }
     env.wait_sessions(0, 20);
 }
+
+#[test]
+fn output_that_alternates_between_stdout_and_stderr_never_stalls_a_resumable_exec() {
+    // Each switch of stream takes a run of the agent's replay buffer, which only an
+    // Ack frees (sessions are resumable by default): the agent asks for one when its
+    // runs are all taken, or the program would wait for ever.
+    let env = Env::start();
+    let script = "i=0; while [ $i -lt 300 ]; do echo o$i; echo e$i >&2; i=$((i+1)); done";
+    let mut child = env
+        .sesame()
+        .args(["exec", "gw-01", "--", "sh", "-c", script])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (_, out) = tests::read_counting(child.stdout.take().unwrap());
+    let (_, err) = tests::read_counting(child.stderr.take().unwrap());
+    let status = tests::wait_child(&mut child, std::time::Duration::from_secs(60));
+    if status.is_none() {
+        let _ = child.kill();
+    }
+    let (out, err) = (out.join().unwrap(), err.join().unwrap());
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the exec stalled or failed: {status:?}, {} bytes out, {} err",
+        out.len(),
+        err.len()
+    );
+    let lines = |b: &[u8], p: &str| -> Vec<String> {
+        let all = String::from_utf8_lossy(b);
+        assert!(all.lines().all(|l| l.starts_with(p)), "{all}");
+        all.lines().map(str::to_string).collect()
+    };
+    let expected = |p: &str| -> Vec<String> { (0..300).map(|i| format!("{p}{i}")).collect() };
+    assert_eq!(lines(&out, "o"), expected("o"));
+    assert_eq!(lines(&err, "e"), expected("e"));
+}

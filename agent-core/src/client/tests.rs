@@ -819,3 +819,52 @@ fn a_sender_with_a_large_replay_buffer_never_asks_and_a_small_one_asks_once_per_
     assert_eq!(acks_and_asks(&drain(&mut small, &mut sent)), (0, 1));
     assert_eq!(sent, 400);
 }
+
+#[test]
+fn with_prompt_acks_typed_input_is_asked_to_be_acknowledged_once_it_is_all_sent() {
+    let shell = Kind::Shell {
+        term: "xterm",
+        cols: 80,
+        rows: 24,
+    };
+    // Without: a typed line waits for the agent's own rule (each 256 KiB).
+    let mut plain = resumable(shell, 1000);
+    transmitted(&mut plain);
+    assert_eq!(plain.send_slice(0, b"ls\r"), Ok(3));
+    assert_eq!(acks_and_asks(&transmitted(&mut plain)), (0, 0));
+    // With: the line, then an ask, once until it is answered.
+    let mut prompt = resumable(shell, 1000).with_prompt_acks();
+    transmitted(&mut prompt);
+    assert_eq!(prompt.send_slice(0, b"ls\r"), Ok(3));
+    let sent = transmitted(&mut prompt);
+    assert_eq!(acks_and_asks(&sent), (0, 1), "{sent:?}");
+    assert!(matches!(
+        Frame::decode(sent.last().unwrap()).unwrap(),
+        Frame::DataAt { offset: 3, data, .. } if data.0.is_empty()
+    ));
+    assert_eq!(prompt.send_slice(0, b"pwd\r"), Ok(4));
+    assert_eq!(
+        acks_and_asks(&transmitted(&mut prompt)),
+        (0, 0),
+        "asked already"
+    );
+    let ack = |offset| Frame::Ack {
+        sid: 7,
+        ch: 0,
+        offset,
+    };
+    assert_eq!(feed(&mut prompt, ack(3)), Ok(false));
+    // Its answer came, and "pwd\r" still waits: asked again.
+    assert_eq!(acks_and_asks(&transmitted(&mut prompt)), (0, 1));
+    assert_eq!(feed(&mut prompt, ack(7)), Ok(false));
+    assert!(
+        transmitted(&mut prompt).is_empty(),
+        "nothing held, nothing asked"
+    );
+    let (place, a, b) = prompt.place_now().unwrap();
+    assert_eq!(
+        (place.acked, a.len() + b.len()),
+        (7, 0),
+        "nothing kept to save"
+    );
+}

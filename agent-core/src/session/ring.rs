@@ -87,6 +87,12 @@ impl<B: Buffer> Ring<B> {
         self.sent
     }
 
+    /// Every run is taken: output of the other stream waits, however much room
+    /// there is, until the oldest run is released.
+    pub fn runs_full(&self) -> bool {
+        self.runs.is_full()
+    }
+
     /// Room for more.
     pub fn free(&self) -> usize {
         self.capacity() - self.len

@@ -99,6 +99,10 @@ pub(crate) struct Channel<B> {
     /// itself) would start one more chain of ask and answer with each of those,
     /// until an `Ack` went for nearly every frame.
     asked_peer: Option<u64>,
+    /// Ask for an `Ack` whenever everything held is sent (once until answered):
+    /// what this side holds unacknowledged is let go within a round trip of going
+    /// quiet (see [`crate::client::Client::with_prompt_acks`]).
+    pub ask_when_idle: bool,
     /// Bytes past a gap were dropped (a frame was lost): until a resume sends
     /// them again, the peer's `Eof` cannot be the end (see [`Channel::peer_ended`]).
     gap: bool,
@@ -149,6 +153,7 @@ impl<B: Buffer> Channel<B> {
             listed: false,
             ack_asked: false,
             asked_peer: None,
+            ask_when_idle: false,
             gap: false,
             tell_close: false,
         }
@@ -343,13 +348,17 @@ impl<B: Buffer> Channel<B> {
             return f.encode(out).ok().map(|n| (n, false, 0));
         }
         // Half of the replay buffer waits for the peer's `Ack`, less than it
-        // acknowledges by itself ([`ACK_EVERY`]): ask for it (an empty `DataAt`),
-        // once until its answer comes.
+        // acknowledges by itself ([`ACK_EVERY`]), or every run of the buffer is
+        // taken (output that alternates between stdout and stderr; only an `Ack`
+        // frees a run): ask for it (an empty `DataAt`), once until its answer
+        // comes.
         let waiting = self.out.sent();
+        let half = waiting * 2 >= self.out.capacity() && (waiting as u64) < ACK_EVERY;
+        let runs = self.out.runs_full() && waiting > 0;
+        let idle = self.ask_when_idle && waiting > 0 && self.out.unsent() == 0;
         if self.resumable
             && self.asked_peer.is_none()
-            && waiting * 2 >= self.out.capacity()
-            && (waiting as u64) < ACK_EVERY
+            && (half || runs || idle)
             && self.state != ChanState::Requested
         {
             self.asked_peer = Some(self.send_offset());

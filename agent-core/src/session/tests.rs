@@ -1416,3 +1416,55 @@ fn a_peer_cannot_close_channel_0_alone_nor_leak_a_refused_slot_with_credit() {
     s.open(3, 100);
     assert_eq!(s.agent.finish(s.h(3).main()), Err(UseError::NotNow));
 }
+
+#[test]
+fn output_that_alternates_streams_asks_for_acks_when_its_runs_run_out_and_never_stalls() {
+    // A resumable exec whose program writes stdout and stderr in turn, two bytes
+    // at a time: each write takes a run of the buffer, and only an `Ack` frees
+    // one. The client acknowledges only when asked (or each 256 KiB).
+    let mut s = Sim::ready();
+    s.feed(Frame::Resumable {
+        sid: 1,
+        hold: 60,
+        token: "",
+    })
+    .unwrap();
+    s.open(1, 100_000);
+    let (h, out) = (s.h(1), s.h(1).main());
+    s.agent.accept(h).unwrap();
+    s.drain();
+    // The ask not answered yet, asks seen, and what the client received.
+    let (mut asked, mut asks, mut received) = (None, 0, 0u64);
+    let mut take = |s: &mut Sim, asked: &mut Option<u64>| {
+        for m in s.drain() {
+            if let Frame::DataAt { offset, data, .. } = Frame::decode(&m).unwrap() {
+                if data.0.is_empty() {
+                    *asked = Some(offset);
+                    asks += 1;
+                }
+                received = received.max(offset + data.0.len() as u64);
+            }
+        }
+        received
+    };
+    for i in 0..200 {
+        let stream = if i % 2 == 0 { Stream::OUT } else { Stream::ERR };
+        if s.agent.send_slice(out, stream, b"ab").unwrap() == 0 {
+            // No room for another run: the buffer has asked for an `Ack`.
+            let got = take(&mut s, &mut asked);
+            let at = asked
+                .take()
+                .unwrap_or_else(|| panic!("write {i} waits, and nothing asked"));
+            s.feed(Frame::Ack {
+                sid: 1,
+                ch: 0,
+                offset: at.max(got),
+            })
+            .unwrap();
+            let n = s.agent.send_slice(out, stream, b"ab").unwrap();
+            assert_eq!(n, 2, "write {i} got no room from the Ack");
+        }
+        take(&mut s, &mut asked);
+    }
+    assert!(asks > 0, "the runs never ran out");
+}

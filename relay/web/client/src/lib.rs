@@ -192,9 +192,11 @@ fn fail(st: &mut State, args: core::fmt::Arguments<'_>) -> i32 {
 #[cfg_attr(target_arch = "wasm32", no_mangle)]
 pub extern "C" fn open_shell(cols: u16, rows: u16) -> i32 {
     let st = state();
-    let session = st
-        .session
-        .insert(Session::new(SID, WINDOW).growing(MAX_WINDOW));
+    let session = st.session.insert(
+        Session::new(SID, WINDOW)
+            .growing(MAX_WINDOW)
+            .with_prompt_acks(),
+    );
     let kind = Kind::Shell {
         term: "xterm-256color",
         cols,
@@ -402,7 +404,7 @@ pub extern "C" fn take_up(len: usize) -> i32 {
     };
     match Session::take_up(SID, (WINDOW, MAX_WINDOW), place, &s[PLACE..len]) {
         Ok(session) => {
-            st.session.insert(session);
+            st.session.insert(session.with_prompt_acks());
             0
         }
         Err(e) => fail(st, format_args!("cannot take the session up: {e:?}")),
