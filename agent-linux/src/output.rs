@@ -3,6 +3,7 @@
 //! its buffer in the engine ([`HeapBuf`]) as that has room. The engine sends it.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use agent_core::session::{Agent, Buffer, ChannelHandle};
@@ -17,7 +18,11 @@ pub type Engine = Agent<MAX_SESSIONS, MAX_CHANNELS, HeapBuf>;
 
 /// A channel's output buffer in the engine: on the heap, made when the channel
 /// opens and freed when it closes.
-pub struct HeapBuf(Box<[u8]>);
+pub struct HeapBuf {
+    bytes: Box<[u8]>,
+    /// A session's buffer, counted in [`LARGE_HELD`].
+    large: bool,
+}
 
 /// Output a channel's buffer in the engine holds (more waits here, bounded by the
 /// reader's queue space).
@@ -27,25 +32,58 @@ pub const CHANNEL_BUFFER: usize = 64 * 1024;
 /// round trip moves at most this much). Its pages are taken as it fills (a zeroed
 /// allocation).
 pub const SESSION_BUFFER: usize = 1024 * 1024;
+/// What all session buffers together may hold at most. A stalled or held channel
+/// fills its buffer, and 20 sessions of 64 resumable forward connections would
+/// otherwise hold 1.25 GiB; past this a channel gets a [`CHANNEL_BUFFER`] (a
+/// resumable one then moves less per round trip, and runs slower).
+pub const SESSION_BUFFERS_TOTAL: usize = 64 * SESSION_BUFFER;
+
+/// Bytes of session buffers held now.
+static LARGE_HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// Take `size` bytes of `total` in `held`, if they are free.
+fn take_large(held: &AtomicUsize, size: usize, total: usize) -> bool {
+    held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+        (n + size <= total).then_some(n + size)
+    })
+    .is_ok()
+}
 
 impl Buffer for HeapBuf {
     fn new() -> Self {
-        HeapBuf(vec![0u8; CHANNEL_BUFFER].into_boxed_slice())
+        HeapBuf {
+            bytes: vec![0u8; CHANNEL_BUFFER].into_boxed_slice(),
+            large: false,
+        }
     }
     fn for_session() -> Self {
-        HeapBuf(vec![0u8; SESSION_BUFFER].into_boxed_slice())
+        if !take_large(&LARGE_HELD, SESSION_BUFFER, SESSION_BUFFERS_TOTAL) {
+            return Self::new();
+        }
+        HeapBuf {
+            bytes: vec![0u8; SESSION_BUFFER].into_boxed_slice(),
+            large: true,
+        }
+    }
+}
+
+impl Drop for HeapBuf {
+    fn drop(&mut self) {
+        if self.large {
+            LARGE_HELD.fetch_sub(SESSION_BUFFER, Ordering::AcqRel);
+        }
     }
 }
 
 impl AsRef<[u8]> for HeapBuf {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 }
 
 impl AsMut<[u8]> for HeapBuf {
     fn as_mut(&mut self) -> &mut [u8] {
-        &mut self.0
+        &mut self.bytes
     }
 }
 
@@ -119,5 +157,28 @@ impl Pending {
             self.ended = false;
             let _ = engine.finish(channel);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_buffers_stay_within_their_total_and_free_their_share() {
+        let held = AtomicUsize::new(0);
+        let (size, total) = (SESSION_BUFFER, 3 * SESSION_BUFFER);
+        assert!((0..3).all(|_| take_large(&held, size, total)));
+        assert!(!take_large(&held, size, total), "past the total");
+        held.fetch_sub(size, Ordering::AcqRel);
+        assert!(take_large(&held, size, total), "a freed one is taken again");
+        // A session's buffer is the large one while the total allows.
+        let b = HeapBuf::for_session();
+        let size = if b.large {
+            SESSION_BUFFER
+        } else {
+            CHANNEL_BUFFER
+        };
+        assert_eq!(b.bytes.len(), size);
     }
 }

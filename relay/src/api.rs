@@ -901,8 +901,9 @@ async fn resume_stream(
                 "not this session's resume token (it was used, or the session is not resumable)",
             )),
             Err(crate::live::ResumeRefused::NotLive) => {
-                // How it ended is told to the holder of its latest token only (a
-                // client that was away when it ended).
+                // How it ended is told to the holder of its latest token, or of
+                // the one before while that is still good, only (a client that
+                // was away when it ended).
                 let why = match state.store.session_end_for_token(id, &token.hash()).await {
                     Ok(Some(exit)) => format!("the session ended: {exit}"),
                     _ => "the session is over".to_string(),
@@ -925,7 +926,12 @@ async fn resume_stream(
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
         .on_upgrade(move |socket| async move {
-            let _ = to.send(crate::live::Resumed { socket, peer });
+            let presented = token.hash();
+            let _ = to.send(crate::live::Resumed {
+                socket,
+                peer,
+                presented,
+            });
         }))
 }
 

@@ -44,6 +44,8 @@ pub struct Resumed {
     pub socket: axum::extract::ws::WebSocket,
     /// Where it comes from.
     pub peer: std::net::IpAddr,
+    /// The hash of the token it presented (what its client holds for sure).
+    pub presented: String,
 }
 
 /// Why a resume token was refused.
@@ -86,23 +88,45 @@ pub struct Registration {
 impl Registration {
     /// The session can be resumed with `token` (its hash is kept); returns the token.
     pub fn resumable(&self) -> Secret {
+        self.token_after(None)
+    }
+
+    /// A client came back with the token whose hash is `presented`: the next token
+    /// goes out, and `presented` stays good until a resume uses the new one (which
+    /// a cut may keep from reaching the client). The token presented, not the one
+    /// that was latest: a client that a restart cut off before its latest token
+    /// came resumes with the one before, and holds only that one still.
+    pub fn rotated(&self, presented: String) -> Secret {
+        self.token_after(Some(presented))
+    }
+
+    fn token_after(&self, previous: Option<String>) -> Secret {
         let token = Secret::generate("rt_");
         if let Some(e) = self.live.lock().get_mut(&self.id) {
-            let previous = e.resume.take().map(|(current, _, _)| current);
             e.resume = Some((token.hash(), previous, self.resumed_tx.clone()));
         }
         token
     }
 
-    /// A resume with the latest token is done: the one before it is no longer good.
-    /// Whether there was one.
-    pub fn confirm_token(&self) -> bool {
+    /// A token before the latest is still good ([`Registration::rotated`]).
+    pub fn holds_previous(&self) -> bool {
         self.live
+            .lock()
+            .get(&self.id)
+            .and_then(|e| e.resume.as_ref())
+            .is_some_and(|(_, previous, _)| previous.is_some())
+    }
+
+    /// A resume with the latest token is done: the one before it is no longer good.
+    pub fn confirm_token(&self) {
+        if let Some((_, previous, _)) = self
+            .live
             .lock()
             .get_mut(&self.id)
             .and_then(|e| e.resume.as_mut())
-            .and_then(|(_, previous, _)| previous.take())
-            .is_some()
+        {
+            *previous = None;
+        }
     }
 
     /// The session can be resumed with the token whose hash is `hash`, or the one

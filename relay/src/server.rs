@@ -78,6 +78,8 @@ pub struct ServerConfig {
 
 /// A bound relay, ready to run.
 pub struct Server {
+    /// The data directory's lock, held while this relay runs ([`lock_data_dir`]).
+    _lock: std::fs::File,
     listener: TcpListener,
     tls: tls::Configs,
     state: AppState,
@@ -86,10 +88,53 @@ pub struct Server {
     pub ca_path: Option<PathBuf>,
 }
 
+/// Take the data directory for this relay alone: a second relay on the same store
+/// would end the first one's sessions as left open by a previous run, and take
+/// its resumable sessions up a second time (two relays each routing the same
+/// session). An exclusive lock on `relay.lock`, which the kernel releases when
+/// the relay exits, however it exits (`kill -9` included); the file says which
+/// process holds it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, Error> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let path = dir.join("relay.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|e| Error::io(&path, e))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let pid = holder.trim();
+            let who = if pid.is_empty() {
+                String::new()
+            } else {
+                format!(" (process {pid})")
+            };
+            return Err(Error::Invalid(format!(
+                "another relay is serving from {}{who}: stop it first",
+                dir.display()
+            )));
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+    }
+    use std::io::{Seek, Write};
+    let note = file
+        .set_len(0)
+        .and_then(|()| file.rewind())
+        .and_then(|()| writeln!(file, "{}", std::process::id()));
+    note.map_err(|e| Error::io(&path, e))?;
+    Ok(file)
+}
+
 impl Server {
     /// Open the store (ending sessions the previous run left open, pruning old
     /// ones), prepare TLS and bind the listener.
     pub async fn bind(config: ServerConfig) -> Result<Server, Error> {
+        let lock = lock_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir).await?;
         let ended = store.end_interrupted_sessions().await?;
         if ended > 0 {
@@ -161,6 +206,7 @@ impl Server {
             info!("{revived} resumable session(s) taken up again");
         }
         Ok(Server {
+            _lock: lock,
             listener,
             tls,
             admission: Arc::new(Admission::new(&config.limits.connections)),
@@ -594,6 +640,22 @@ pub async fn reload_policies(state: &AppState, by: &str) -> Result<Arc<Loaded>, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_relay_at_a_time_holds_a_data_directory() {
+        let dir = std::env::temp_dir().join(format!("sesame-lock-{}", std::process::id()));
+        let first = lock_data_dir(&dir).unwrap();
+        let again = lock_data_dir(&dir).unwrap_err().to_string();
+        let expected = format!(
+            "another relay is serving from {} (process {}): stop it first",
+            dir.display(),
+            std::process::id()
+        );
+        assert_eq!(again, expected);
+        drop(first);
+        let _next = lock_data_dir(&dir).expect("free once the first is gone");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     fn admission(total: usize, per_ip: usize) -> Arc<Admission> {
         Arc::new(Admission::new(&Connections {

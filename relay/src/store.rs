@@ -603,16 +603,16 @@ impl Store {
     }
 
     /// A resumable session's token changed (every resume spends one): `hash` is
-    /// the latest, and the one it replaces stays good until a resume uses the
-    /// latest ([`Store::confirm_resume_hash`]), as it does in the running relay.
-    pub async fn set_resume_hash(&self, id: &str, hash: &str) -> Result<(), Error> {
-        sqlx::query(
-            "UPDATE sessions SET resume_prev_hash = resume_hash, resume_hash = ? WHERE id = ?",
-        )
-        .bind(hash)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+    /// the latest, and `prev` (the one the client came back with) stays good until
+    /// a resume uses the latest ([`Store::confirm_resume_hash`]), as it does in the
+    /// running relay.
+    pub async fn set_resume_hash(&self, id: &str, hash: &str, prev: &str) -> Result<(), Error> {
+        sqlx::query("UPDATE sessions SET resume_hash = ?, resume_prev_hash = ? WHERE id = ?")
+            .bind(hash)
+            .bind(prev)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -203,6 +203,25 @@ async fn malformed_frame_closes_only_its_own_stream() {
 fn agent_reconnects_after_the_relay_restarts() {
     let mut env = Env::start();
     let port = env.relay.port;
+    // A second relay on the same data directory is refused while the first runs:
+    // it would take the first one's sessions over as a previous run's.
+    let second = std::process::Command::new(tests::bin("sesame-relay"))
+        .args(["serve", "--data-dir"])
+        .arg(env.data())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let (_, err) = text(&second);
+    let pid = env.relay.proc.child.id();
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert_eq!(
+        err.trim(),
+        format!(
+            "error: another relay is serving from {} (process {pid}): stop it first",
+            env.data().display()
+        )
+    );
+    // Killed outright, the first lets it go (the kernel drops the lock).
     env.relay.proc.kill();
     std::thread::sleep(Duration::from_millis(500));
     assert!(

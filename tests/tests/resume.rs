@@ -437,9 +437,12 @@ fn outage_with_floods(floods: usize, down: Duration, relay_flags: &[&str]) {
     let marker = format!("sesame-flood-{}-{floods}", std::process::id());
     let clients: Vec<_> = (0..floods)
         .map(|_| {
+            // As root: the ten-minute run goes on beside the other tests, one of
+            // which deletes the default account (`userdel` refuses while an
+            // account has processes).
             let mut child = env
                 .sesame()
-                .args(["exec", "gw-01", "--", "yes", &marker])
+                .args(["exec", "gw-01", "--as", "root", "--", "yes", &marker])
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())

@@ -344,15 +344,19 @@ mod tests {
         assert_eq!(hashes().await, ("h1".into(), None));
         // A resume spent h1 and sent h2, which the client may not have had when
         // the relay died: both stay good for the next run.
-        store.set_resume_hash(&id, "h2").await.unwrap();
+        store.set_resume_hash(&id, "h2", "h1").await.unwrap();
         assert_eq!(hashes().await, ("h2".into(), Some("h1".into())));
         // The resume went through with h2: h1 is no longer good.
         store.confirm_resume_hash(&id).await.unwrap();
         assert_eq!(hashes().await, ("h2".into(), None));
+        // A client came back with h2 and got h3, lost in a cut; it comes back
+        // with h2 again: h2 stays good beside h4 (not h3, which it never had).
+        store.set_resume_hash(&id, "h3", "h2").await.unwrap();
+        store.set_resume_hash(&id, "h4", "h2").await.unwrap();
+        assert_eq!(hashes().await, ("h4".into(), Some("h2".into())));
         // How it ended, told to the holder of either token while both are good.
-        store.set_resume_hash(&id, "h3").await.unwrap();
         store.end_session(&id, "exit 0").await.unwrap();
-        for (hash, told) in [("h3", true), ("h2", true), ("h1", false)] {
+        for (hash, told) in [("h4", true), ("h2", true), ("h3", false), ("h1", false)] {
             let end = store.session_end_for_token(&id, hash).await.unwrap();
             assert_eq!(end.is_some(), told, "{hash}: {end:?}");
         }

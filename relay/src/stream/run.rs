@@ -139,8 +139,13 @@ pub(super) async fn route(r: Running) {
         if was_suspended && !suspended {
             // Resumed with the latest token: the one before it is spent (here, and
             // in the store, for a restarted relay).
-            if registration.confirm_token() {
-                let _ = state.store.confirm_resume_hash(&session.id).await;
+            // The store first: a relay restarted after this must not take the
+            // spent token (if the write fails, both keep it, and agree).
+            if registration.holds_previous() {
+                match state.store.confirm_resume_hash(&session.id).await {
+                    Ok(()) => registration.confirm_token(),
+                    Err(e) => warn!(session = %session.id, "cannot record the resume: {e}"),
+                }
             }
         }
         was_suspended = suspended;
@@ -282,10 +287,16 @@ pub(super) async fn route(r: Running) {
                 }
                 client = Some(back.socket.split());
                 client_up = true;
-                let token = registration.resumable();
+                let token = registration.rotated(back.presented.clone());
                 // On record for a restart of the relay (which would take the session
                 // up again with it).
-                let _ = state.store.set_resume_hash(&session.id, &token.hash()).await;
+                let kept = state
+                    .store
+                    .set_resume_hash(&session.id, &token.hash(), &back.presented)
+                    .await;
+                if let Err(e) = kept {
+                    warn!(session = %session.id, "a restart of the relay would lose the session's new token: {e}");
+                }
                 hub.client_back(token.expose());
                 info!(session = %session.id, peer = %back.peer, "client resumed the session");
             }
