@@ -144,9 +144,11 @@ outage=ten_minutes_without_the_agents_link_with_output_flowing_memory_stays_flat
 resume_tests=$(cargo test -p tests --test resume --locked --no-run --message-format=json \
     | grep -o '"executable":"[^"]*/resume-[^"]*"' | tail -n 1 | cut -d'"' -f4)
 outage_log=$(mktemp)
-(cd tests && exec "$resume_tests" --ignored --exact "$outage") >"$outage_log" 2>&1 &
+# In a process group of its own: if this script stops early, the test and the
+# relay, agent and clients it started all stop with it.
+(cd tests && exec setsid "$resume_tests" --ignored --exact "$outage") >"$outage_log" 2>&1 &
 outage_pid=$!
-trap 'kill "$outage_pid" 2>/dev/null || true' EXIT
+trap 'kill -TERM -- "-$outage_pid" 2>/dev/null || true' EXIT
 cargo test --workspace --locked -- --include-ignored --skip "$outage"
 log "the ten-minute outage test (started with the others)"
 if ! wait "$outage_pid"; then

@@ -630,32 +630,8 @@ fn acks_and_asks(sent: &[Vec<u8>]) -> (usize, usize) {
 
 #[test]
 fn a_receiver_acknowledges_every_256_kib_when_asked_and_at_the_end_not_per_frame() {
-    let mut client = {
-        // A window that never runs out here: this is about acknowledgements.
-        let mut c: Cli = Client::new(7, 1 << 24);
-        let mut buf = std::vec![0u8; 4096];
-        c.open(
-            Kind::Exec {
-                argv: wire::Bytes(b"x\0"),
-            },
-            "",
-            &mut buf,
-        )
-        .unwrap();
-        let resumable = Frame::Resumable {
-            sid: 7,
-            hold: 60,
-            token: "t",
-        };
-        c.handle_frame(&frame(resumable)).unwrap();
-        c.handle_frame(&frame(Frame::Accept {
-            sid: 7,
-            window: 1000,
-        }))
-        .unwrap();
-        transmitted(&mut c);
-        c
-    };
+    // A window that never runs out here: this is about acknowledgements.
+    let mut client: Cli = resumable_exec(1 << 24, 1000);
     // 4 MiB of output in frames of every size (a socket's reads), small ones too:
     // a small frame is no reason to acknowledge (a sender that waits asks).
     let sizes = [1usize, 100, 5000, 32 * 1024, 7, 20_000];
@@ -733,19 +709,15 @@ impl AsMut<[u8]> for Big {
     }
 }
 
-/// A resumable exec session's client that sends through a replay buffer `B`,
-/// with all the credit it can use.
-fn sender<B: Buffer>() -> Client<1, B> {
-    let mut c: Client<1, B> = Client::new(7, 1000);
+/// A resumable exec session's client receiving up to `window`, the agent's
+/// `Accept` granting it `credit`.
+fn resumable_exec<const C: usize, B: Buffer>(window: u32, credit: u32) -> Client<C, B> {
+    let mut c: Client<C, B> = Client::new(7, window);
     let mut buf = std::vec![0u8; 4096];
-    c.open(
-        Kind::Exec {
-            argv: wire::Bytes(b"x\0"),
-        },
-        "",
-        &mut buf,
-    )
-    .unwrap();
+    let exec = Kind::Exec {
+        argv: wire::Bytes(b"x\0"),
+    };
+    c.open(exec, "", &mut buf).unwrap();
     let resumable = Frame::Resumable {
         sid: 7,
         hold: 60,
@@ -754,11 +726,17 @@ fn sender<B: Buffer>() -> Client<1, B> {
     c.handle_frame(&frame(resumable)).unwrap();
     let accept = Frame::Accept {
         sid: 7,
-        window: u32::MAX,
+        window: credit,
     };
     c.handle_frame(&frame(accept)).unwrap();
     while c.poll_transmit(&mut buf).unwrap().is_some() {}
     c
+}
+
+/// A resumable exec session's client that sends through a replay buffer `B`,
+/// with all the credit it can use.
+fn sender<B: Buffer>() -> Client<1, B> {
+    resumable_exec(1000, u32::MAX)
 }
 
 /// Frames `c` sends now, and the offset after its last `DataAt`.
