@@ -20,7 +20,7 @@ use core::fmt::Write as _;
 use heapless::{Deque, String};
 
 use crate::error::ProtocolError;
-use crate::session::ring::Buffer;
+use crate::session::ring::{Buffer, Storage};
 use crate::session::slot::{ChanState, Channel};
 use crate::session::{clip, UseError, REASON_MAX};
 use crate::wire::{self, ErrorCode, Exit, Frame, Kind, Stream};
@@ -640,7 +640,13 @@ impl<const C: usize, B: Buffer> Client<C, B> {
         });
         let ours = (self.window, self.max_window);
         let resumable = self.hold.is_some();
-        let mut c = Channel::with_buffer(ch, 0, ChanState::Requested, (0, ours), resumable);
+        let mut c = Channel::with_buffer(
+            ch,
+            0,
+            ChanState::Requested,
+            (0, ours),
+            Storage::forward(resumable),
+        );
         c.ends_itself = false;
         c.resumable = resumable;
         self.channels[free] = Some(c);

@@ -20,25 +20,30 @@ pub type Engine = Agent<MAX_SESSIONS, MAX_CHANNELS, HeapBuf>;
 /// opens and freed when it closes.
 pub struct HeapBuf {
     bytes: Box<[u8]>,
-    /// A session's buffer, counted in [`LARGE_HELD`].
-    large: bool,
+    /// Bytes of it counted in [`LARGE_HELD`] (a session's or a forward's buffer).
+    counted: usize,
 }
 
 /// Output a channel's buffer in the engine holds (more waits here, bounded by the
 /// reader's queue space).
 pub const CHANNEL_BUFFER: usize = 64 * 1024;
-/// The same for a shell or exec session's channel, and a resumable forward
-/// session's channels: also their replay buffer (what may be unacknowledged: one
-/// round trip moves at most this much). Its pages are taken as it fills (a zeroed
-/// allocation).
+/// The same for a shell or exec session's channel: also its replay buffer when
+/// the session is resumable (what may be unacknowledged: one round trip moves at
+/// most this much). Its pages are taken as it fills (a zeroed allocation).
 pub const SESSION_BUFFER: usize = 1024 * 1024;
-/// What all session buffers together may hold at most. A stalled or held channel
-/// fills its buffer, and 20 sessions of 64 resumable forward connections would
-/// otherwise hold 1.25 GiB; past this a channel gets a [`CHANNEL_BUFFER`] (a
-/// resumable one then moves less per round trip, and runs slower).
-pub const SESSION_BUFFERS_TOTAL: usize = 64 * SESSION_BUFFER;
+/// The same for a resumable forward session's connection: a download through a
+/// forward runs about twice as fast as an exec's output here, and with 1 MiB it
+/// reached 0.94 of its speed not resumable, 0.97-0.98 with 2 MiB
+/// (`docs/benchmarks.md`).
+pub const FORWARD_BUFFER: usize = 2 * 1024 * 1024;
+/// What the session and forward buffers together may hold at most. A stalled or
+/// held channel fills its buffer, and 20 sessions of 64 resumable forwarded
+/// connections would otherwise hold 2.5 GiB; past this a channel gets a
+/// [`CHANNEL_BUFFER`] (a resumable one then moves less per round trip, and runs
+/// slower).
+pub const LARGE_BUFFERS_TOTAL: usize = 64 * 1024 * 1024;
 
-/// Bytes of session buffers held now.
+/// Bytes of session and forward buffers held now.
 static LARGE_HELD: AtomicUsize = AtomicUsize::new(0);
 
 /// Take `size` bytes of `total` in `held`, if they are free.
@@ -49,29 +54,37 @@ fn take_large(held: &AtomicUsize, size: usize, total: usize) -> bool {
     .is_ok()
 }
 
+impl HeapBuf {
+    /// `size` bytes if the total allows, else a channel's.
+    fn large(size: usize) -> Self {
+        if !take_large(&LARGE_HELD, size, LARGE_BUFFERS_TOTAL) {
+            return Self::new();
+        }
+        HeapBuf {
+            bytes: vec![0u8; size].into_boxed_slice(),
+            counted: size,
+        }
+    }
+}
+
 impl Buffer for HeapBuf {
     fn new() -> Self {
         HeapBuf {
             bytes: vec![0u8; CHANNEL_BUFFER].into_boxed_slice(),
-            large: false,
+            counted: 0,
         }
     }
     fn for_session() -> Self {
-        if !take_large(&LARGE_HELD, SESSION_BUFFER, SESSION_BUFFERS_TOTAL) {
-            return Self::new();
-        }
-        HeapBuf {
-            bytes: vec![0u8; SESSION_BUFFER].into_boxed_slice(),
-            large: true,
-        }
+        Self::large(SESSION_BUFFER)
+    }
+    fn for_forward() -> Self {
+        Self::large(FORWARD_BUFFER)
     }
 }
 
 impl Drop for HeapBuf {
     fn drop(&mut self) {
-        if self.large {
-            LARGE_HELD.fetch_sub(SESSION_BUFFER, Ordering::AcqRel);
-        }
+        LARGE_HELD.fetch_sub(self.counted, Ordering::AcqRel);
     }
 }
 
@@ -172,13 +185,16 @@ mod tests {
         assert!(!take_large(&held, size, total), "past the total");
         held.fetch_sub(size, Ordering::AcqRel);
         assert!(take_large(&held, size, total), "a freed one is taken again");
-        // A session's buffer is the large one while the total allows.
-        let b = HeapBuf::for_session();
-        let size = if b.large {
-            SESSION_BUFFER
-        } else {
-            CHANNEL_BUFFER
-        };
-        assert_eq!(b.bytes.len(), size);
+        // A session's or a forward's buffer is the large one while the total allows.
+        for (b, size) in [
+            (HeapBuf::for_session(), SESSION_BUFFER),
+            (HeapBuf::for_forward(), FORWARD_BUFFER),
+        ] {
+            if b.counted > 0 {
+                assert_eq!((b.bytes.len(), b.counted), (size, size));
+            } else {
+                assert_eq!(b.bytes.len(), CHANNEL_BUFFER);
+            }
+        }
     }
 }

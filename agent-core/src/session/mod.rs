@@ -27,6 +27,7 @@ pub(crate) mod slot;
 
 pub use failure::{Failure, MESSAGE_MAX};
 pub use ring::Buffer;
+use ring::Storage;
 
 use core::fmt::Write as _;
 
@@ -653,7 +654,13 @@ impl<const N: usize, const C: usize, B: Buffer> Agent<N, C, B> {
         slot.forget_tombstone(ch);
         if let Some(free) = slot.channels.iter_mut().find(|c| c.is_none()) {
             let windows = (window, our_window);
-            let mut c = Channel::with_buffer(ch, gen, ChanState::Requested, windows, resumable);
+            let mut c = Channel::with_buffer(
+                ch,
+                gen,
+                ChanState::Requested,
+                windows,
+                Storage::forward(resumable),
+            );
             c.resumable = resumable;
             *free = Some(c);
             return Ok(Some(Event::ChannelOpen {

@@ -15,16 +15,55 @@ use crate::wire::Stream;
 pub trait Buffer: AsRef<[u8]> + AsMut<[u8]> {
     /// Fresh storage for a channel that opens.
     fn new() -> Self;
-    /// Fresh storage for a shell or exec session's channel (channel 0), or a
-    /// resumable forward session's channel. It is also the channel's replay buffer
-    /// when the session is resumable: what may be in flight unacknowledged, so one
-    /// round trip moves at most this much. A driver that can afford it gives more
-    /// here than to a (not resumable) forward session's many channels.
+    /// Fresh storage for a shell or exec session's channel (channel 0). It is also
+    /// the channel's replay buffer when the session is resumable: what may be in
+    /// flight unacknowledged, so one round trip moves at most this much. A driver
+    /// that can afford it gives more here than to a (not resumable) forward
+    /// session's many channels.
     fn for_session() -> Self
     where
         Self: Sized,
     {
         Self::new()
+    }
+    /// Fresh storage for a resumable forward session's channel: its replay buffer
+    /// too, as [`Buffer::for_session`]'s. A forwarded connection may move faster
+    /// than a program's output, and so want more in flight.
+    fn for_forward() -> Self
+    where
+        Self: Sized,
+    {
+        Self::for_session()
+    }
+}
+
+/// Which of a [`Buffer`]'s kinds a channel takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Storage {
+    /// [`Buffer::new`].
+    Channel,
+    /// [`Buffer::for_session`].
+    Session,
+    /// [`Buffer::for_forward`].
+    Forward,
+}
+
+impl Storage {
+    /// A forward channel's: the replay buffer's if `resumable`.
+    pub fn forward(resumable: bool) -> Storage {
+        if resumable {
+            Storage::Forward
+        } else {
+            Storage::Channel
+        }
+    }
+
+    pub fn make<B: Buffer>(self) -> B {
+        match self {
+            Storage::Channel => B::new(),
+            Storage::Session => B::for_session(),
+            Storage::Forward => B::for_forward(),
+        }
     }
 }
 

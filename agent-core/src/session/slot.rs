@@ -10,7 +10,7 @@
 
 use heapless::{String, Vec};
 
-use super::ring::{Buffer, Ring};
+use super::ring::{Buffer, Ring, Storage};
 use super::{Event, REASON_MAX};
 use crate::error::ProtocolError;
 use crate::flow::{RecvWindow, SendWindow};
@@ -120,18 +120,23 @@ impl<B: Buffer> Channel<B> {
         peer_window: u32,
         our_window: (u32, u32),
     ) -> Self {
-        Channel::with_buffer(ch, gen, state, (peer_window, our_window), ch == 0)
+        let storage = if ch == 0 {
+            Storage::Session
+        } else {
+            Storage::Channel
+        };
+        Channel::with_buffer(ch, gen, state, (peer_window, our_window), storage)
     }
 
-    /// [`Channel::new`], with a session's buffer ([`Buffer::for_session`]) if
-    /// `large`: a resumable channel's output buffer is its replay buffer too (what
-    /// is not acknowledged yet: one round trip moves at most that much).
+    /// [`Channel::new`], with the buffer `storage` says: a resumable channel's
+    /// output buffer is its replay buffer too (what is not acknowledged yet: one
+    /// round trip moves at most that much).
     pub fn with_buffer(
         ch: u16,
         gen: u32,
         state: ChanState,
         (peer_window, our_window): (u32, (u32, u32)),
-        large: bool,
+        storage: Storage,
     ) -> Self {
         Channel {
             ch,
@@ -139,7 +144,7 @@ impl<B: Buffer> Channel<B> {
             state,
             send: SendWindow::new(peer_window),
             recv: RecvWindow::growing(our_window.0, our_window.1),
-            out: Ring::with(if large { B::for_session() } else { B::new() }),
+            out: Ring::with(storage.make()),
             peer_eof: false,
             finished: false,
             eof_sent: false,
