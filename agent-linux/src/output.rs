@@ -33,7 +33,7 @@ pub const CHANNEL_BUFFER: usize = 64 * 1024;
 pub const SESSION_BUFFER: usize = 1024 * 1024;
 /// The same for a resumable forward session's connection: a download through a
 /// forward runs about twice as fast as an exec's output here, and with 1 MiB it
-/// reached 0.94 of its speed not resumable, 0.97-0.98 with 2 MiB
+/// reached a median 0.94 of its speed not resumable, 0.99 with 2 MiB
 /// (`docs/benchmarks.md`).
 pub const FORWARD_BUFFER: usize = 2 * 1024 * 1024;
 /// What the session and forward buffers together may hold at most. A stalled or

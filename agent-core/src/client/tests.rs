@@ -688,7 +688,8 @@ fn a_receiver_acknowledges_every_256_kib_when_asked_and_at_the_end_not_per_frame
     );
 }
 
-/// A 1 MiB replay buffer, as the Linux agent's and the CLI's.
+/// A 1 MiB replay buffer, as the Linux agent gives a shell or exec (and the CLI a
+/// forward session's input).
 struct Big(std::boxed::Box<[u8]>);
 
 impl Buffer for Big {
