@@ -88,7 +88,9 @@ pub struct Registration {
 impl Registration {
     /// The session can be resumed with `token` (its hash is kept); returns the token.
     pub fn resumable(&self) -> Secret {
-        self.token_after(None)
+        let token = Secret::generate("rt_");
+        self.resumable_by(token.hash(), None);
+        token
     }
 
     /// A client came back with the token whose hash is `presented`: the next token
@@ -97,14 +99,8 @@ impl Registration {
     /// that was latest: a client that a restart cut off before its latest token
     /// came resumes with the one before, and holds only that one still.
     pub fn rotated(&self, presented: String) -> Secret {
-        self.token_after(Some(presented))
-    }
-
-    fn token_after(&self, previous: Option<String>) -> Secret {
         let token = Secret::generate("rt_");
-        if let Some(e) = self.live.lock().get_mut(&self.id) {
-            e.resume = Some((token.hash(), previous, self.resumed_tx.clone()));
-        }
+        self.resumable_by(token.hash(), Some(presented));
         token
     }
 

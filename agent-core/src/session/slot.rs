@@ -112,6 +112,7 @@ pub(crate) struct Channel<B> {
 }
 
 impl<B: Buffer> Channel<B> {
+    /// A shell or exec session's channel (`ch` 0), with a session's buffer.
     /// `our_window`: the window announced, and the most it may grow to.
     pub fn new(
         ch: u16,
@@ -120,12 +121,8 @@ impl<B: Buffer> Channel<B> {
         peer_window: u32,
         our_window: (u32, u32),
     ) -> Self {
-        let storage = if ch == 0 {
-            Storage::Session
-        } else {
-            Storage::Channel
-        };
-        Channel::with_buffer(ch, gen, state, (peer_window, our_window), storage)
+        let windows = (peer_window, our_window);
+        Channel::with_buffer(ch, gen, state, windows, Storage::Session)
     }
 
     /// [`Channel::new`], with the buffer `storage` says: a resumable channel's

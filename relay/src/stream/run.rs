@@ -137,10 +137,9 @@ pub(super) async fn route(r: Running) {
         }
         let suspended = hub.is_suspended();
         if was_suspended && !suspended {
-            // Resumed with the latest token: the one before it is spent (here, and
-            // in the store, for a restarted relay).
-            // The store first: a relay restarted after this must not take the
-            // spent token (if the write fails, both keep it, and agree).
+            // Resumed with the latest token: the one before it is spent, in the
+            // store first (a relay restarted after this must not take it; if the
+            // write fails, both keep it, and agree).
             if registration.holds_previous() {
                 match state.store.confirm_resume_hash(&session.id).await {
                     Ok(()) => registration.confirm_token(),

@@ -403,14 +403,7 @@ fn forward_download(fwd: &tests::Forward, bytes: usize) -> Duration {
 
 /// Throughput resumable against not resumable (also `bench resume-throughput`).
 pub fn throughput() -> Vec<Row> {
-    // Recordings off in both: 200 MB of output recorded as JSON would cost more than
-    // what is measured here.
-    let base = "[limits]\nrate = \"unlimited\"\n[recordings]\nmode = \"off\"\n";
-    let on = Env::start_with_limits(base);
-    let off = Env::start_with_limits(&base.replace(
-        "rate = \"unlimited\"\n",
-        "rate = \"unlimited\"\nresume_window = \"none\"\n",
-    ));
+    let (on, off) = on_and_off();
     // Warm up both (first sessions, allocator, TCP windows).
     download(&on, BYTES / 10);
     download(&off, BYTES / 10);
@@ -420,10 +413,6 @@ pub fn throughput() -> Vec<Row> {
         t_on.push(download(&on, BYTES));
         t_off.push(download(&off, BYTES));
     }
-    let median_mb_s = |t: &mut Vec<Duration>| {
-        t.sort();
-        BYTES as f64 / 1e6 / t[t.len() / 2].as_secs_f64()
-    };
     let (a, b) = (median_mb_s(&mut t_on), median_mb_s(&mut t_off));
     let what =
         format!("`exec head -c {BYTES} /dev/zero` end to end, recordings off, median of {RUNS}");
@@ -451,13 +440,48 @@ pub fn throughput() -> Vec<Row> {
 /// `bench resume-forward`: only the forwarded download of [`throughput`], more
 /// runs, with the CPU each process spent on it.
 pub fn forward() -> Vec<Row> {
+    let (on, off) = on_and_off();
+    forward_throughput(&on, &off, FORWARD_RUNS)
+}
+
+/// A relay that makes sessions resumable (the default window) and one with
+/// `resume_window = "none"`, each with its agent. Recordings off in both: 200 MB of
+/// output recorded as JSON would cost more than what is measured here.
+fn on_and_off() -> (Env, Env) {
     let base = "[limits]\nrate = \"unlimited\"\n[recordings]\nmode = \"off\"\n";
     let on = Env::start_with_limits(base);
     let off = Env::start_with_limits(&base.replace(
         "rate = \"unlimited\"\n",
         "rate = \"unlimited\"\nresume_window = \"none\"\n",
     ));
-    forward_throughput(&on, &off, FORWARD_RUNS)
+    (on, off)
+}
+
+/// MB/s of the median of `times`, each moving [`BYTES`].
+fn median_mb_s(times: &mut [Duration]) -> f64 {
+    times.sort();
+    BYTES as f64 / 1e6 / times[times.len() / 2].as_secs_f64()
+}
+
+/// CPU clock ticks so far of `env`'s agent and relay and of the CLI of `fwd`.
+fn ticks(env: &Env, fwd: &tests::Forward) -> [u64; 3] {
+    let pids = [
+        env.agent.child.id(),
+        env.relay.proc.child.id(),
+        fwd.proc.child.id(),
+    ];
+    pids.map(|p| compare::cpu_ticks(&[p]))
+}
+
+/// One download through `fwd`, timed; the ticks each process spent on it are
+/// added to `spent`.
+fn timed_download(env: &Env, fwd: &tests::Forward, spent: &mut [u64; 3]) -> Duration {
+    let before = ticks(env, fwd);
+    let took = forward_download(fwd, BYTES);
+    for ((s, after), before) in spent.iter_mut().zip(ticks(env, fwd)).zip(before) {
+        *s += after.saturating_sub(before);
+    }
+    took
 }
 
 /// A download through `sesame forward` (one session each, a new connection per
@@ -469,34 +493,13 @@ fn forward_throughput(on: &Env, off: &Env, runs: usize) -> Vec<Row> {
     let (fwd_on, fwd_off) = (on.forward(&[&spec]), off.forward(&[&spec]));
     forward_download(&fwd_on, BYTES);
     forward_download(&fwd_off, BYTES);
-    // CPU seconds of the agent, the relay and the CLI over the timed runs.
-    let procs = |env: &Env, fwd: &tests::Forward| {
-        [
-            env.agent.child.id(),
-            env.relay.proc.child.id(),
-            fwd.proc.child.id(),
-        ]
-    };
-    let cpu = |pids: [u32; 3]| pids.map(|p| compare::cpu_ticks(&[p]));
+    // Interleaved; the CPU of the agent, the relay and the CLI over the timed runs.
     let (mut f_on, mut f_off) = (Vec::new(), Vec::new());
     let (mut c_on, mut c_off) = ([0u64; 3], [0u64; 3]);
-    let add = |acc: &mut [u64; 3], before: [u64; 3], after: [u64; 3]| {
-        for i in 0..3 {
-            acc[i] += after[i].saturating_sub(before[i]);
-        }
-    };
     for _ in 0..runs {
-        let before = cpu(procs(on, &fwd_on));
-        f_on.push(forward_download(&fwd_on, BYTES));
-        add(&mut c_on, before, cpu(procs(on, &fwd_on)));
-        let before = cpu(procs(off, &fwd_off));
-        f_off.push(forward_download(&fwd_off, BYTES));
-        add(&mut c_off, before, cpu(procs(off, &fwd_off)));
+        f_on.push(timed_download(on, &fwd_on, &mut c_on));
+        f_off.push(timed_download(off, &fwd_off, &mut c_off));
     }
-    let median_mb_s = |t: &mut Vec<Duration>| {
-        t.sort();
-        BYTES as f64 / 1e6 / t[t.len() / 2].as_secs_f64()
-    };
     let (fa, fb) = (median_mb_s(&mut f_on), median_mb_s(&mut f_off));
     let fwhat = format!(
         "a {BYTES}-byte download through `sesame forward`, recordings off, median of {runs}"
