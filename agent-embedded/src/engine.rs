@@ -121,21 +121,17 @@ impl<'k, const N: usize> Engine<'k, N> {
 
     /// The relay connection is gone: agent-core keeps the resumable sessions, held
     /// for their hold, and ends every other one now, not when a connection comes
-    /// back ([`Event::Terminate`]: its terminal goes, and its end goes nowhere).
-    /// A held forward session keeps going, but its connections went with the
-    /// link's ports: each is closed, with the reason, which its client hears once
-    /// the session resumes. Nothing is transmitted until [`Engine::connected`];
-    /// meanwhile [`Engine::pump`] and [`Engine::on_timeout`] keep the held sessions
-    /// going.
+    /// back ([`Event::Terminate`]: its terminal goes, its forwarded connections are
+    /// dropped when the link next polls their ports, and its end goes nowhere). A
+    /// held session keeps going, a forward session's connections included: what
+    /// they read waits in their channels' buffers, and what the client sent waits
+    /// for the socket. Nothing is transmitted until [`Engine::connected`];
+    /// meanwhile [`Engine::pump`], [`Engine::on_timeout`] and the link's ports keep
+    /// the held sessions going.
     pub fn disconnected(&mut self, now: Instant, board: &mut dyn Board) {
         self.online = false;
         self.agent.reconnect(now);
         self.drain_events(board);
-        for channel in self.ports.drop_all() {
-            let _ = self
-                .agent
-                .close_channel(channel, "the device's link to the relay dropped");
-        }
     }
 
     /// Whether a relay connection is up.

@@ -147,14 +147,6 @@ impl<'r> Ports<'r> {
         }
     }
 
-    /// The relay connection is gone, and the link's ports with their sockets: every
-    /// port is free. Returns the channels they carried (a held forward session's
-    /// are closed, to say so to the client once the session resumes).
-    pub fn drop_all(&mut self) -> impl Iterator<Item = ChannelHandle> {
-        let ports = core::mem::replace(&mut self.ports, core::array::from_fn(|_| None));
-        ports.into_iter().flatten().map(|p| p.channel)
-    }
-
     /// The session ended: every connection of it is dropped.
     pub fn end_session(&mut self, session: SessionHandle) {
         for p in self.ports.iter_mut().flatten() {
@@ -374,6 +366,7 @@ fn reset<const N: usize>(agent: &mut Core<N>, p: &Port) -> Pumped {
 mod tests {
     extern crate std;
     use super::*;
+    use crate::engine::RING;
     use crate::rig::*;
     use agent_core::wire::{Bytes, Frame, Kind};
 
@@ -701,5 +694,190 @@ mod tests {
         assert_eq!(fwd.ports.in_use(), 0);
         assert!(last(&rig.drain()).contains("Close"));
         assert_eq!(rig.engine.open_sessions(), 0);
+    }
+
+    /// The `DataAt`s of channel `ch` in `sent`, appended to `got` where they start
+    /// at its end: a repeat or a gap fails.
+    fn receive_at(sent: &Sent, ch: u16, got: &mut V<u8>) {
+        for f in frames(sent) {
+            match f {
+                Frame::DataAt {
+                    ch: c,
+                    offset,
+                    data,
+                    ..
+                } if c == ch && !data.0.is_empty() => {
+                    assert_eq!(offset, got.len() as u64, "a gap or a repeat");
+                    got.extend_from_slice(data.0);
+                }
+                Frame::Data { ch: c, .. } if c == ch => panic!("Data in a resumable session"),
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_forward_sessions_connection_goes_on_across_a_cut_each_byte_once() {
+        let mut rig = Rig::ready_with(Some(RULES));
+        rig.feed(Frame::Resumable {
+            sid: 1,
+            hold: 60,
+            token: "",
+        });
+        rig.open(1, Kind::Forward);
+        assert!(last(&rig.drain()).contains("Accept"));
+        let i = connect(&mut rig, 1, 1);
+        // The request waits for the destination, whose buffer is full.
+        let request = b"GET /big HTTP/1.0\r\n\r\n";
+        rig.feed(Frame::DataAt {
+            sid: 1,
+            ch: 1,
+            stream: Stream::OUT,
+            offset: 0,
+            data: Bytes(request),
+        });
+        let body: V<u8> = (0..5000u32).map(|n| (n * 13 % 251) as u8).collect();
+        let mut dest = Dest {
+            to_send: body[..1500].to_vec(),
+            ..Dest::default()
+        };
+        let mut got = V::new();
+        assert_eq!(rig.engine.forwarding().pump(i, &mut dest), Pumped::Moved);
+        receive_at(&rig.drain(), 1, &mut got);
+        assert!(!got.is_empty() && got.len() <= RING, "{}", got.len());
+        // The client acknowledges part of it, then the link drops.
+        let acked = got.len() / 2;
+        rig.feed(Frame::Ack {
+            sid: 1,
+            ch: 1,
+            offset: acked as u64,
+        });
+        rig.drain();
+        rig.cut();
+        assert_eq!(rig.engine.open_sessions(), 1, "held");
+        assert_eq!(rig.engine.forwarding().ports.in_use(), 1, "its port stays");
+
+        // While the link is down the connection goes on: the destination takes the
+        // request, and what it sends fills the room the Ack freed, no more.
+        dest.room = 4096;
+        dest.to_send.extend_from_slice(&body[1500..]);
+        let sent_before = body.len() - dest.to_send.len();
+        assert_eq!(rig.engine.forwarding().pump(i, &mut dest), Pumped::Moved);
+        assert_eq!(dest.got, request, "the request reached the destination");
+        let read_offline = body.len() - dest.to_send.len() - sent_before;
+        assert!(read_offline > 0, "nothing read while the link was down");
+        assert!(
+            body.len() - dest.to_send.len() <= acked + RING,
+            "more read than the buffer holds"
+        );
+        assert_eq!(rig.engine.forwarding().pump(i, &mut dest), Pumped::Idle);
+        assert!(rig.drain().is_empty(), "nothing sent without a link");
+
+        // A new link: the device names the connection, still open.
+        rig.connect();
+        rig.feed(Frame::Suspend { sid: 1 });
+        match frames(&rig.drain())[..] {
+            [Frame::Resume {
+                sid: 1,
+                ch: 1,
+                offset,
+                eof: false,
+                open: true,
+                ..
+            }, Frame::Resume { sid: 1, ch: 0, .. }] => {
+                assert_eq!(offset, request.len() as u64, "what the device received")
+            }
+            ref f => panic!("expected the list of channel 1 and 0, got {f:?}"),
+        }
+        // The client lost what it did not acknowledge: it resumes from there.
+        got.truncate(acked);
+        for ch in [1, 0] {
+            rig.feed(Frame::Resume {
+                sid: 1,
+                ch,
+                offset: if ch == 1 { acked as u64 } else { 0 },
+                limit: if ch == 1 { acked as u64 + 64 * 1024 } else { 0 },
+                eof: false,
+                open: true,
+            });
+        }
+        dest.fin = true;
+        for _ in 0..100 {
+            rig.engine.forwarding().pump(i, &mut dest);
+            let sent = rig.drain();
+            receive_at(&sent, 1, &mut got);
+            rig.feed(Frame::Ack {
+                sid: 1,
+                ch: 1,
+                offset: got.len() as u64,
+            });
+            if frames(&sent)
+                .iter()
+                .any(|f| matches!(f, Frame::Eof { ch: 1, .. }))
+            {
+                break;
+            }
+        }
+        assert!(
+            got == body,
+            "{} of {} bytes, or not the body",
+            got.len(),
+            body.len()
+        );
+        // The session goes on: the client is done too, and the connection closes.
+        rig.feed(Frame::Eof { sid: 1, ch: 1 });
+        assert_eq!(
+            rig.engine.forwarding().pump(i, &mut dest),
+            Pumped::Over { abort: false }
+        );
+        assert!(dest.finished);
+    }
+
+    #[test]
+    fn a_connection_dialed_across_a_cut_is_accepted_after_the_resume() {
+        let mut rig = Rig::ready_with(Some(RULES));
+        rig.feed(Frame::Resumable {
+            sid: 1,
+            hold: 60,
+            token: "",
+        });
+        rig.open(1, Kind::Forward);
+        rig.drain();
+        open(&mut rig, 1, 1, "10.0.2.101", 80);
+        assert!(rig.engine.forwarding().dial(0).is_some());
+        rig.cut();
+        // The connect completes while the link is down.
+        let mut fwd = rig.engine.forwarding();
+        let addr = "10.0.2.101".parse().unwrap();
+        assert_eq!(fwd.resolved(0, Some(addr)), Some((addr, 80)));
+        assert!(fwd.connected(0, Ok(())));
+        assert!(rig.drain().is_empty());
+        rig.connect();
+        rig.feed(Frame::Suspend { sid: 1 });
+        match frames(&rig.drain())[..] {
+            [Frame::Resume {
+                ch: 1, open: true, ..
+            }, Frame::Resume { ch: 0, .. }] => {}
+            ref f => panic!("expected channel 1 named open, got {f:?}"),
+        }
+        // The client, which never saw the ChannelAccept, takes the Resume for it.
+        for ch in [1, 0] {
+            rig.feed(Frame::Resume {
+                sid: 1,
+                ch,
+                offset: 0,
+                limit: if ch == 1 { 64 * 1024 } else { 0 },
+                eof: false,
+                open: ch == 0,
+            });
+        }
+        let mut dest = Dest {
+            to_send: b"hello".to_vec(),
+            ..Dest::default()
+        };
+        rig.engine.forwarding().pump(0, &mut dest);
+        let mut got = V::new();
+        receive_at(&rig.drain(), 1, &mut got);
+        assert_eq!(got, b"hello");
     }
 }

@@ -20,12 +20,13 @@
 //!   holds each channel's output ([`engine::RING`] bytes) and decides when it ends;
 //!   a console writes into it a step at a time, so long output streams.
 //! - Sessions outlive a relay connection when the relay makes them resumable
-//!   (docs/protocol.md §8; `Hello` announces `features::RESUME`): the engine is made
-//!   once, and a held shell or exec goes on while the link is down (its output waits
-//!   in its channel's buffer until the client acknowledges it, and is sent again
-//!   from where the client stands once the relay resumes it on the next connection)
-//!   until its hold passes. Every other session, forward sessions included, ends when
-//!   the link drops.
+//!   (docs/protocol.md §8; `Hello` announces `features::RESUME`): the engine and the
+//!   forwarding pool's sockets are made once, and a held session goes on while the
+//!   link is down (a shell or exec runs, a forwarded connection stays connected and
+//!   carries what the client sent before the cut; output waits in its channel's
+//!   buffer until the client acknowledges it, and is sent again from where the
+//!   client stands once the relay resumes it on the next connection) until its hold
+//!   passes. Every other session ends when the link drops.
 //! - `shell` runs [`console::Console`]: a line editor with built-in commands
 //!   (`help`, `uptime`, `mem`, `net`, `sessions`, `echo`, `reboot`) and the
 //!   board's own ([`console::Board`]); `exec` runs one line and returns its output

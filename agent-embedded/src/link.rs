@@ -1,7 +1,10 @@
 //! The network side: embassy-net TCP, TLS 1.3 verified against the pinned CA
 //! (embedded-tls), the WebSocket to `/v1/agent` (embedded-websocket), the
 //! [`Engine`] behind them and the forwarded connections beside them
-//! ([`crate::tcp`]); reconnects with backoff for ever.
+//! ([`crate::tcp`]); reconnects with backoff for ever. The forwarded connections
+//! do not belong to a relay connection: their futures run beside the relay's for
+//! as long as the link runs, so that a held forward session keeps its connections
+//! across a cut.
 //!
 //! The engine is made once and outlives every connection: when one ends it is told
 //! at once ([`Engine::disconnected`]: the sessions it cannot hold end then), and
@@ -20,7 +23,7 @@ use core::pin::{pin, Pin};
 use agent_core::backoff::Backoff;
 use agent_core::provision::Provision;
 use embassy_futures::join::join_array;
-use embassy_futures::select::{select, select3, Either, Either3};
+use embassy_futures::select::{select, Either};
 use embassy_net::tcp::{TcpReader, TcpSocket, TcpWriter};
 use embassy_net::Stack;
 use embassy_time::{with_timeout, Duration, Instant, Timer};
@@ -54,8 +57,17 @@ const WS_HEADER: usize = 14;
 /// connection and the forwarding pool's [`PORTS`].
 pub const SOCKETS: usize = 3 + PORTS;
 
-/// Everything one connection needs, allocated once by the board (in a `static`).
+/// Everything the link needs, allocated once by the board (in a `static`): one
+/// relay connection's buffers, reused by each, and the forwarded connections'
+/// sockets, which outlive relay connections.
 pub struct Buffers {
+    relay: RelayBuffers,
+    /// The forwarded connections' sockets.
+    ports: [PortBuffers; PORTS],
+}
+
+/// One relay connection's buffers.
+struct RelayBuffers {
     tcp_rx: [u8; 4096],
     tcp_tx: [u8; 2048],
     tls_rx: [u8; TLS_READ],
@@ -67,22 +79,22 @@ pub struct Buffers {
     /// One frame from the engine, then its WebSocket encoding.
     frame: [u8; MAX_FRAME],
     ws_tx: [u8; MAX_FRAME + WS_HEADER],
-    /// The forwarded connections' sockets.
-    ports: [PortBuffers; PORTS],
 }
 
 impl Buffers {
     /// Zeroed buffers (for a `static` or `StaticCell`).
     pub const fn new() -> Self {
         Buffers {
-            tcp_rx: [0; 4096],
-            tcp_tx: [0; 2048],
-            tls_rx: [0; TLS_READ],
-            tls_tx: [0; TLS_WRITE],
-            ws_rx: [0; 1024],
-            msg: [0; MAX_FRAME],
-            frame: [0; MAX_FRAME],
-            ws_tx: [0; MAX_FRAME + WS_HEADER],
+            relay: RelayBuffers {
+                tcp_rx: [0; 4096],
+                tcp_tx: [0; 2048],
+                tls_rx: [0; TLS_READ],
+                tls_tx: [0; TLS_WRITE],
+                ws_rx: [0; 1024],
+                msg: [0; MAX_FRAME],
+                frame: [0; MAX_FRAME],
+                ws_tx: [0; MAX_FRAME + WS_HEADER],
+            },
             ports: [const { PortBuffers::new() }; PORTS],
         }
     }
@@ -139,7 +151,8 @@ impl From<TlsError> for LinkError {
 /// Run the agent for ever: connect, serve sessions, and reconnect after the waits of
 /// [`Backoff`] (0.5 s doubling to 30 s, jittered from `rng`; it starts over once the
 /// relay accepts the device). `rng` must be a cryptographic RNG (TLS key shares,
-/// WebSocket masks).
+/// WebSocket masks). The forwarded connections run beside the relay connections,
+/// not within one: a held forward session's connections go on across a cut.
 pub async fn run<B: Board, R: RngCore + CryptoRng>(
     stack: Stack<'_>,
     prov: &Provision<'_>,
@@ -148,7 +161,6 @@ pub async fn run<B: Board, R: RngCore + CryptoRng>(
     bufs: &mut Buffers,
 ) -> ! {
     let key = ed25519_dalek::SigningKey::from_bytes(&prov.seed());
-    let mut backoff = Backoff::new();
     match prov.forward {
         Some(rules) => board.log(format_args!(
             "forward: up to {PORTS} connections to [{}] except [{}]",
@@ -157,17 +169,47 @@ pub async fn run<B: Board, R: RngCore + CryptoRng>(
         None => board.log(format_args!("forward: off (no rules in the image)")),
     }
     let engine = new_engine::<DEFAULT_SESSIONS>(&key, prov.forward);
+    let wakers = Wakers::new();
+    let sessions = Sessions {
+        engine: &engine,
+        wakers: &wakers,
+    };
+    let Buffers { relay, ports } = bufs;
+    let mut i = 0;
+    let ports = pin!(join_array(ports.each_mut().map(|bufs| {
+        i += 1;
+        crate::tcp::serve(i - 1, stack, bufs, &engine, &wakers)
+    })));
+    let relay = pin!(relay_for_ever(stack, prov, sessions, board, rng, relay));
+    match select(relay, ports).await {
+        Either::First(never) => match never {},
+        Either::Second(never) => match never {},
+    }
+}
+
+/// One relay connection after another, for ever.
+async fn relay_for_ever<B: Board, R: RngCore + CryptoRng, const N: usize>(
+    stack: Stack<'_>,
+    prov: &Provision<'_>,
+    sessions: Sessions<'_, '_, N>,
+    board: &mut B,
+    rng: &mut R,
+    bufs: &mut RelayBuffers,
+) -> ! {
+    let mut backoff = Backoff::new();
+    let engine = sessions.engine;
     loop {
         if !stack.is_config_up() {
             board.log(format_args!("net: waiting for an address"));
-            offline(&engine, board, pin!(stack.wait_config_up())).await;
+            offline(sessions, board, pin!(stack.wait_config_up())).await;
         }
         let mut authenticated = false;
         let end =
-            connect_and_serve(stack, prov, &engine, board, rng, bufs, &mut authenticated).await;
+            connect_and_serve(stack, prov, sessions, board, rng, bufs, &mut authenticated).await;
         // At once, not when the next connection comes: the sessions that cannot be
-        // held stop now (docs/protocol.md §8, "Holding").
+        // held stop now (docs/protocol.md §8, "Holding"), their connections too.
         engine.borrow_mut().disconnected(now_ms(), board);
+        sessions.wakers.news.wake();
         if matches!(end, LinkError::Reboot) {
             board.log(format_args!("relay: rebooting on request"));
             board.request_reboot();
@@ -183,9 +225,24 @@ pub async fn run<B: Board, R: RngCore + CryptoRng>(
             Held(held)
         ));
         let backoff_wait = Timer::after(Duration::from_millis(wait.as_millis()));
-        offline(&engine, board, pin!(backoff_wait)).await;
+        offline(sessions, board, pin!(backoff_wait)).await;
     }
 }
+
+/// The engine and how the link's futures wake each other: what every relay
+/// connection and the forwarded connections share.
+struct Sessions<'a, 'k, const N: usize> {
+    engine: &'a RefCell<Engine<'k, N>>,
+    wakers: &'a Wakers,
+}
+
+impl<const N: usize> Clone for Sessions<'_, '_, N> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<const N: usize> Copy for Sessions<'_, '_, N> {}
 
 /// " (N sessions held)" after the reconnect line, when there are any.
 struct Held(usize);
@@ -207,28 +264,27 @@ impl fmt::Display for Held {
 /// value would be kept twice in this one's state (the TLS handshake's is 6 KiB,
 /// static RAM).
 async fn offline<F: Future, const N: usize>(
-    engine: &RefCell<Engine<'_, N>>,
+    sessions: Sessions<'_, '_, N>,
     board: &mut dyn Board,
     until: Pin<&mut F>,
 ) -> F::Output {
-    match select(until, drive_offline(engine, board)).await {
+    match select(until, drive_offline(sessions, board)).await {
         Either::First(out) => out,
         Either::Second(never) => match never {},
     }
 }
 
-async fn drive_offline<const N: usize>(
-    engine: &RefCell<Engine<'_, N>>,
-    board: &mut dyn Board,
-) -> ! {
+async fn drive_offline<const N: usize>(sessions: Sessions<'_, '_, N>, board: &mut dyn Board) -> ! {
     loop {
         let deadline = {
-            let mut engine = engine.borrow_mut();
+            let mut engine = sessions.engine.borrow_mut();
             engine.pump(board);
             engine.poll_timeout()
         };
         timer(deadline).await;
-        engine.borrow_mut().on_timeout(now_ms(), board);
+        sessions.engine.borrow_mut().on_timeout(now_ms(), board);
+        // A hold that ended ends its forwarded connections.
+        sessions.wakers.news.wake();
     }
 }
 
@@ -340,13 +396,14 @@ fn now_ms() -> agent_core::Instant {
 async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
     stack: Stack<'_>,
     prov: &Provision<'_>,
-    engine: &RefCell<Engine<'_, N>>,
+    sessions: Sessions<'_, '_, N>,
     board: &mut B,
     rng: &mut R,
-    bufs: &mut Buffers,
+    bufs: &mut RelayBuffers,
     authenticated: &mut bool,
 ) -> LinkError {
-    let Buffers {
+    let engine = sessions.engine;
+    let RelayBuffers {
         tcp_rx,
         tcp_tx,
         tls_rx,
@@ -355,9 +412,8 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         msg,
         frame,
         ws_tx,
-        ports,
     } = bufs;
-    let ip = match offline(engine, board, pin!(resolve(stack, prov.relay_host))).await {
+    let ip = match offline(sessions, board, pin!(resolve(stack, prov.relay_host))).await {
         Ok(ip) => ip,
         Err(e) => return e,
     };
@@ -371,7 +427,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         Duration::from_secs(10),
         socket.connect((ip, prov.relay_port)),
     );
-    let connected = offline(engine, board, pin!(connect)).await;
+    let connected = offline(sessions, board, pin!(connect)).await;
     if !matches!(connected, Ok(Ok(()))) {
         return LinkError::Connect;
     }
@@ -391,7 +447,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         Duration::from_secs(20),
         tls.open(TlsContext::new(&config, provider)),
     );
-    match offline(engine, board, pin!(open)).await {
+    match offline(sessions, board, pin!(open)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return LinkError::Tls(e),
         Err(_) => return LinkError::Tls(TlsError::Io(embedded_io_async::ErrorKind::TimedOut)),
@@ -414,7 +470,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         return LinkError::WebSocket("cannot build the upgrade request");
     };
     let upgrade = write_flush(&mut writer, &request[..len]);
-    if let Err(e) = offline(engine, board, pin!(upgrade)).await {
+    if let Err(e) = offline(sessions, board, pin!(upgrade)).await {
         return e;
     }
     let mut fill = 0;
@@ -423,7 +479,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
             return LinkError::WebSocket("upgrade response too long");
         }
         let read = with_timeout(Duration::from_secs(20), reader.read(&mut ws_rx[fill..]));
-        match offline(engine, board, pin!(read)).await {
+        match offline(sessions, board, pin!(read)).await {
             Ok(Ok(0)) => return LinkError::Closed,
             Ok(Ok(n)) => fill += n,
             Ok(Err(e)) => return LinkError::Tls(e),
@@ -466,7 +522,7 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         pong: None,
         closing: false,
     });
-    let wakers = Wakers::new();
+    let wakers = sessions.wakers;
     let wake = &wakers.transmit;
 
     let receive = async {
@@ -614,14 +670,8 @@ async fn connect_and_serve<B: Board, R: RngCore + CryptoRng, const N: usize>(
         }
     };
 
-    let mut i = 0;
-    let ports = join_array(ports.each_mut().map(|bufs| {
-        i += 1;
-        crate::tcp::serve(i - 1, stack, bufs, engine, &wakers)
-    }));
-    match select3(receive, send, ports).await {
-        Either3::First(e) | Either3::Second(e) => e,
-        Either3::Third(never) => match never {},
+    match select(receive, send).await {
+        Either::First(e) | Either::Second(e) => e,
     }
 }
 

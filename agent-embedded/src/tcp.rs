@@ -7,8 +7,11 @@
 //!
 //! The ports, the relay's reader and its writer are futures of one task: a port
 //! registers the task's waker with its socket and with the engine's news
-//! (`Wakers::news`), which the link wakes after every message from the relay and
-//! every frame sent.
+//! (`Wakers::news`), which the link wakes after every message from the relay, every
+//! frame sent and every change the engine makes without a connection (a cut, a
+//! hold that ends). The ports outlive relay connections: a held session's
+//! connection goes on while the link is down, and one whose session ended is
+//! dropped.
 
 use core::cell::RefCell;
 use core::fmt::Write as _;
@@ -65,7 +68,7 @@ impl Default for PortBuffers {
     }
 }
 
-/// How the futures of one relay connection wake each other.
+/// How the link's futures (the relay connection's and the ports') wake each other.
 pub(crate) struct Wakers {
     /// The engine has something to send: wakes the relay writer.
     pub transmit: Signal<NoopRawMutex, ()>,
@@ -82,7 +85,7 @@ impl Wakers {
     }
 }
 
-/// Serve port `i` of the pool for as long as the relay connection lasts.
+/// Serve port `i` of the pool, for ever (across relay connections).
 pub(crate) async fn serve<const N: usize>(
     i: usize,
     stack: Stack<'_>,

@@ -373,3 +373,52 @@ fn device_session_survives_its_link_going_down_for_10_s() {
         env.agent.log()
     );
 }
+
+#[test]
+fn device_forwarded_transfer_survives_its_link_going_down_for_10_s() {
+    // The device forwards to a destination on the host (10.0.2.101:80, a slirp
+    // guestfwd) and reaches the relay through a proxy that resets its connection and
+    // refuses new ones for 10 s, mid-transfer: the connection to the destination
+    // stays up, and both ways arrive whole, each byte once.
+    const DOWN: usize = 192 << 10;
+    const UP: usize = 24 << 10;
+    let dest = tests::transfer::server("127.0.0.1");
+    let mut proxy = None;
+    let env = Env::start_launch(&[], "dev-1", |dir, port, code| {
+        let p = tests::proxy::CutProxy::start(port);
+        let ca = dir.join("relay/tls/ca.pem");
+        let extra = [
+            "--guestfwd".to_string(),
+            format!("10.0.2.101:80=127.0.0.1:{dest}"),
+            "--allow-dest".into(),
+            "10.0.2.101:80".into(),
+        ];
+        let device = tests::boot_device_with(dir, p.port, code, &ca, &extra);
+        proxy = Some(p);
+        device
+    });
+    let proxy = proxy.expect("the device was booted");
+    let fwd = env.forward(&["0:10.0.2.101:80"]);
+    let started = Instant::now();
+    let t = tests::transfer::Transfer::start(fwd.ports[0], DOWN, UP, 11);
+    t.wait_for(DOWN / 4);
+    let before_cut = t.received();
+    let accepted = proxy.accepted.load(std::sync::atomic::Ordering::Relaxed);
+    proxy.cut(true);
+    std::thread::sleep(Duration::from_secs(10));
+    proxy.restore();
+    tests::wait_until("the device to come back", 60, || {
+        proxy.accepted.load(std::sync::atomic::Ordering::Relaxed) > accepted
+    });
+    t.check(UP);
+    eprintln!(
+        "{DOWN} bytes down, {UP} up in {:?} with a 10 s cut after {before_cut}",
+        started.elapsed()
+    );
+    let log = env.agent.log();
+    assert!(log.contains("(1 session held)"), "{log}");
+    assert_eq!(env.sessions(), 1, "still the one session");
+    // And it still forwards.
+    let again = tests::transfer::Transfer::start(fwd.ports[0], 4096, 512, 12);
+    again.check(512);
+}
