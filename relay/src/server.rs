@@ -42,12 +42,15 @@ use crate::hub::Hub;
 use crate::live::Live;
 use crate::policy::{self, Loaded, Policies};
 use crate::record::Recordings;
-use crate::store::Store;
+use crate::store::{unix_now, Store};
 use crate::tls;
 use crate::Error;
 
 /// How often ended sessions past their retention are deleted while serving.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// How often the relay records that it runs ([`Store::set_alive`]): a restarted
+/// relay's held sessions lose at most this much of their hold to it.
+const ALIVE_EVERY: Duration = Duration::from_secs(5);
 /// Bytes read from a connection's socket at once, under TLS: one largest TLS record
 /// (16 KiB of data, 256 bytes of AEAD expansion, a 5-byte header) and a little, so a
 /// record is read with one `recv`. Every connection holds one (a relay holds
@@ -136,6 +139,10 @@ impl Server {
     pub async fn bind(config: ServerConfig) -> Result<Server, Error> {
         let lock = lock_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir).await?;
+        // When the previous run stopped, about: its held sessions' holds count
+        // from there. From now on this run says it runs.
+        let stopped_at = store.last_alive().await?;
+        store.set_alive(unix_now()).await?;
         let ended = store.end_interrupted_sessions().await?;
         if ended > 0 {
             info!("{ended} session(s) left open by the previous run recorded as ended");
@@ -201,7 +208,7 @@ impl Server {
         for (agent_id, sid) in state.store.highest_agent_sids().await? {
             state.hub.ids_after(&agent_id, sid);
         }
-        let revived = crate::stream::revive::revive_all(&state, resumable).await;
+        let revived = crate::stream::revive::revive_all(&state, resumable, stopped_at).await;
         if revived > 0 {
             info!("{revived} resumable session(s) taken up again");
         }
@@ -229,6 +236,8 @@ impl Server {
             Instant::now() + audit::CHECKPOINT_EVERY,
             audit::CHECKPOINT_EVERY,
         );
+        let mut alive = tokio::time::interval_at(Instant::now() + ALIVE_EVERY, ALIVE_EVERY);
+        alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pruning = tokio::time::interval_at(Instant::now() + PRUNE_EVERY, PRUNE_EVERY);
         pruning.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut accept_failing = false;
@@ -240,6 +249,15 @@ impl Server {
                 _ = hangup.recv() => {
                     let state = self.state.clone();
                     tokio::spawn(async move { reload_policies(&state, "SIGHUP").await });
+                    continue;
+                }
+                _ = alive.tick() => {
+                    let store = self.state.store.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = store.set_alive(unix_now()).await {
+                            warn!("cannot record that the relay runs: {e}");
+                        }
+                    });
                     continue;
                 }
                 _ = pruning.tick() => {

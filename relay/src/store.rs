@@ -99,6 +99,9 @@ pub struct Resumable {
     pub client_sid: u32,
     /// When it started (Unix seconds; its maximum duration counts from here).
     pub started_at: i64,
+    /// Since when a side has been away (Unix seconds), while one is: its hold
+    /// counts from there, not from a restart of the relay.
+    pub away_since: Option<i64>,
 }
 
 /// What a session was authorised for besides its kind and account; its stream's
@@ -226,7 +229,8 @@ const SCHEMA: &[&str] = &[
         resume_hold INTEGER,
         agent_sid INTEGER,
         client_sid INTEGER,
-        web_session TEXT
+        web_session TEXT,
+        resume_away_since INTEGER
     )",
     "CREATE TABLE IF NOT EXISTS api_keys (
         id TEXT PRIMARY KEY,
@@ -287,6 +291,12 @@ const SCHEMA: &[&str] = &[
         created_at INTEGER NOT NULL,
         expires_at INTEGER NOT NULL,
         ended_at INTEGER
+    )",
+    // When the relay was last known to run (one row): a restarted relay's held
+    // sessions count their hold from there.
+    "CREATE TABLE IF NOT EXISTS relay_alive (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        at INTEGER NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS policy_sets (
         version INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -625,6 +635,36 @@ impl Store {
         Ok(())
     }
 
+    /// Since when a side of a resumable session has been away (Unix seconds), or
+    /// `None` once both are back.
+    pub async fn set_resume_away(&self, id: &str, since: Option<i64>) -> Result<(), Error> {
+        sqlx::query("UPDATE sessions SET resume_away_since = ? WHERE id = ?")
+            .bind(since)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The relay runs at `at` (Unix seconds), written every few seconds: a
+    /// restarted relay knows about when the previous run stopped.
+    pub async fn set_alive(&self, at: i64) -> Result<(), Error> {
+        sqlx::query("INSERT INTO relay_alive (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = ?1")
+            .bind(at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// When a relay last said it ran ([`Store::set_alive`]), if one ever did.
+    pub async fn last_alive(&self) -> Result<Option<i64>, Error> {
+        Ok(
+            sqlx::query_scalar("SELECT at FROM relay_alive WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     /// At start-up, before serving: the resumable sessions the previous run left
     /// running, to take up again (their agents and clients may come back).
     pub async fn interrupted_resumable(&self) -> Result<Vec<(SessionRow, Resumable)>, Error> {
@@ -646,6 +686,7 @@ impl Store {
                     agent_sid: id("agent_sid"),
                     client_sid: id("client_sid"),
                     started_at: n("token_used_at"),
+                    away_since: r.get("resume_away_since"),
                 };
                 (session_row(r), resumable)
             })

@@ -372,6 +372,7 @@ pub async fn serve(
             client_sid,
             // (Read back from when its token was used.)
             started_at: 0,
+            away_since: None,
         });
     let config = session::Config {
         client_sid,

@@ -670,15 +670,19 @@ impl Env {
 
     /// Kill the relay with SIGKILL and start it again on the same port and data.
     pub fn restart_relay(&mut self) {
-        self.relay.proc.kill();
-        std::thread::sleep(Duration::from_millis(500));
         let cfg = self.dir.0.join("unlimited.toml");
-        let relay = start_relay(
-            &self.data(),
-            self.relay.port,
+        self.restart_relay_with(
+            Duration::from_millis(500),
             &["--config", cfg.to_str().unwrap()],
         );
-        self.relay = relay;
+    }
+
+    /// Kill the relay with SIGKILL, wait `down`, and start it again on the same
+    /// port and data with `flags`.
+    pub fn restart_relay_with(&mut self, down: Duration, flags: &[&str]) {
+        self.relay.proc.kill();
+        std::thread::sleep(down);
+        self.relay = start_relay(&self.data(), self.relay.port, flags);
     }
 
     /// Start `sesame forward gw-01 SPEC...` and wait for its bound addresses.

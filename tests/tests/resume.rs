@@ -625,3 +625,45 @@ fn a_client_away_when_its_session_was_terminated_hears_how_it_ended() {
         "{err}"
     );
 }
+
+#[test]
+fn a_relay_restarted_after_a_while_counts_the_hold_from_when_it_stopped() {
+    // A 20 s resume window; the relay is down for 8 s while the agent is stopped
+    // (SIGSTOP: it cannot come back). The session ends 20 s after the relay
+    // stopped, saying why, not 20 s after it started again.
+    let cfg_dir = tests::TempDir::new("hold");
+    let cfg = cfg_dir.0.join("hold.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nrate = \"unlimited\"\nresume_window = \"20s\"\n",
+    )
+    .unwrap();
+    let flags = ["--config", cfg.to_str().unwrap()];
+    let mut env = Env::start_with(&flags);
+    let mut child = env.spawn_exec(&["sh", "-c", "echo started; exec sleep 600"]);
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("the exec to start", 30, || got.load(Ordering::Relaxed) > 0);
+    let agent = rustix::process::Pid::from_child(&env.agent.child);
+    rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();
+    env.restart_relay_with(Duration::from_secs(8), &flags);
+    let restarted = Instant::now();
+    let (status, out, err) = tests::finish_child(&mut child, reader);
+    let took = restarted.elapsed();
+    let _ = rustix::process::kill_process(agent, rustix::process::Signal::CONT);
+    let log = env.relay.proc.log();
+    assert_eq!(out, b"started\n");
+    assert_ne!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("the agent was unreachable for 20s"),
+        "stderr: {err}\nrelay: {log}"
+    );
+    // What the restarted relay left of the hold: at most 20 - 8 s.
+    let left: u64 = log
+        .split("s of its hold left")
+        .next()
+        .and_then(|s| s.rsplit('(').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no hold left in: {log}"));
+    assert!(left <= 12, "{left} s of the hold left after 8 s down");
+    eprintln!("{left} s of the hold left; the client ended {took:?} after the restart");
+}

@@ -260,12 +260,15 @@ impl Session {
 
     /// A resumable session the previous run of the relay left running, taken up
     /// again: both sides are away, and it goes on once both come back
-    /// ([`Session::agent_back`], [`Session::client_back`]) within its hold. It
-    /// started `age` ago (its maximum duration counts from then).
-    pub fn revived(cfg: Config, now: Instant, age: Duration) -> Session {
+    /// ([`Session::agent_back`], [`Session::client_back`]) within its hold, which
+    /// counts from `away` ago (when the previous run stopped, or a side went away
+    /// before that). It started `age` ago (its maximum duration counts from then).
+    pub fn revived(cfg: Config, now: Instant, age: Duration, away: Duration) -> Session {
         let hold = cfg.resume.as_ref().map(|(h, _)| *h).unwrap_or_default();
+        // (A clock that cannot go back that far, after a reboot: from now.)
+        let since = now.checked_sub(away).unwrap_or(now);
         let away = || Side {
-            away_since: Some(now),
+            away_since: Some(since),
             ..Side::default()
         };
         let resume = Resume {

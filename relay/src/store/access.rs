@@ -228,6 +228,7 @@ impl Store {
             ("sessions", "agent_sid", "INTEGER"),
             ("sessions", "client_sid", "INTEGER"),
             ("sessions", "web_session", "TEXT"),
+            ("sessions", "resume_away_since", "INTEGER"),
             ("agents", "revoked_at", "INTEGER"),
         ] {
             if !self.has_column(table, column).await? {

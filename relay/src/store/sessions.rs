@@ -334,6 +334,7 @@ mod tests {
             agent_sid: 3,
             client_sid: 1,
             started_at: 0,
+            away_since: None,
         };
         store.set_resumable(&id, &first).await.unwrap();
         let hashes = || async {
@@ -360,6 +361,42 @@ mod tests {
             let end = store.session_end_for_token(&id, hash).await.unwrap();
             assert_eq!(end.is_some(), told, "{hash}: {end:?}");
         }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_restarted_relay_knows_when_the_last_run_ran_and_since_when_a_side_is_away() {
+        let (store, dir) = store("resume-away").await;
+        assert_eq!(store.last_alive().await.unwrap(), None, "no run yet");
+        store.set_alive(1_000).await.unwrap();
+        store.set_alive(1_005).await.unwrap();
+        assert_eq!(store.last_alive().await.unwrap(), Some(1_005));
+        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
+        let (alice, _) = store.add_user("alice", &[]).await.unwrap();
+        let id = session(&store, &agent, &alice.id).await;
+        let r = crate::store::Resumable {
+            hash: "h1".into(),
+            prev_hash: None,
+            hold: Duration::from_secs(600),
+            agent_sid: 3,
+            client_sid: 1,
+            started_at: 0,
+            away_since: None,
+        };
+        store.set_resumable(&id, &r).await.unwrap();
+        let away = || async {
+            let all = store.interrupted_resumable().await.unwrap();
+            all.into_iter()
+                .find(|(s, _)| s.id == id)
+                .unwrap()
+                .1
+                .away_since
+        };
+        assert_eq!(away().await, None);
+        store.set_resume_away(&id, Some(990)).await.unwrap();
+        assert_eq!(away().await, Some(990));
+        store.set_resume_away(&id, None).await.unwrap();
+        assert_eq!(away().await, None, "both sides back");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

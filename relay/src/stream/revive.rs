@@ -19,13 +19,19 @@ use crate::live::Owner;
 use crate::store::{Resumable, SessionRow};
 
 /// Take up every resumable session the store says was running; returns how many
-/// go on (the others are recorded ended, with why).
-pub async fn revive_all(state: &AppState, sessions: Vec<(SessionRow, Resumable)>) -> usize {
+/// go on (the others are recorded ended, with why). `stopped_at`: when the
+/// previous run last said it ran (Unix seconds), from which the sessions' holds
+/// count.
+pub async fn revive_all(
+    state: &AppState,
+    sessions: Vec<(SessionRow, Resumable)>,
+    stopped_at: Option<i64>,
+) -> usize {
     let mut n = 0;
     for (session, resumable) in sessions {
         let id = session.id.clone();
         let (agent_id, agent_sid) = (session.agent_id.clone(), resumable.agent_sid);
-        match revive(state, session, resumable).await {
+        match revive(state, session, resumable, stopped_at).await {
             Ok(()) => n += 1,
             Err(why) => {
                 warn!(session = %id, "cannot take the session up again: {why}");
@@ -46,7 +52,23 @@ pub async fn revive_all(state: &AppState, sessions: Vec<(SessionRow, Resumable)>
     n
 }
 
-async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(), String> {
+async fn revive(
+    state: &AppState,
+    session: SessionRow,
+    r: Resumable,
+    stopped_at: Option<i64>,
+) -> Result<(), String> {
+    // Its hold counts from when its sides were cut off: the previous run's stop,
+    // or a side's going away before that.
+    let unix_now = crate::store::unix_now();
+    let cut = [r.away_since, stopped_at].into_iter().flatten().min();
+    let away = cut.map_or(0, |at| u64::try_from(unix_now - at).unwrap_or(0));
+    if away >= r.hold.as_secs() {
+        let hold = session::human(r.hold);
+        return Err(format!(
+            "its resume window of {hold} passed while the relay was down"
+        ));
+    }
     let (user, target) = match (
         state.store.user(&session.user_id).await,
         state.store.agent(&session.agent_id).await,
@@ -116,18 +138,17 @@ async fn revive(state: &AppState, session: SessionRow, r: Resumable) -> Result<(
         notices: true,
         resume: Some((r.hold, String::new())),
     };
-    let unix_now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let age = unix_now.saturating_sub(u64::try_from(r.started_at).unwrap_or(0));
-    let hub = session::Session::revived(config, now(), std::time::Duration::from_secs(age));
+    let age = u64::try_from(unix_now - r.started_at).unwrap_or(0);
+    let secs = std::time::Duration::from_secs;
+    let hub = session::Session::revived(config, now(), secs(age), secs(away));
     let event = Event::new(user.name.clone(), "session.revive", session.id.clone())
-        .detail(serde_json::json!({ "agent": target.name, "hold_secs": r.hold.as_secs() }));
+        .detail(serde_json::json!({ "agent": target.name, "hold_secs": r.hold.as_secs(), "away_secs": away }));
     if let Err(e) = state.audit.record(event).await {
         state.hub.forget_route(&session.agent_id, r.agent_sid);
         return Err(e.to_string());
     }
-    info!(session = %session.id, agent = %target.name, "session taken up again: waiting for its agent and client");
+    let left = r.hold.as_secs() - away;
+    info!(session = %session.id, agent = %target.name, "session taken up again: waiting for its agent and client ({left}s of its hold left)");
     let running = run::Running {
         state: state.clone(),
         session,

@@ -127,11 +127,27 @@ pub(super) async fn route(r: Running) {
     let mut client_up = client.is_some();
     let mut agent_up = agent.is_some();
     let mut was_suspended = hub.is_suspended();
+    // Since when a side has been away, as the store has it (a revived session's
+    // own count is written at once: a second restart counts from the first).
+    let mut away_recorded = None;
     let end = loop {
         if hub.is_resumable() {
             if let Some(r) = persist.take() {
                 if let Err(e) = state.store.set_resumable(&session.id, &r).await {
                     warn!(session = %session.id, "the session cannot outlive a restart of the relay: {e}");
+                }
+            }
+            // A relay restarted while a side is away counts its hold from when it
+            // went, not from the restart.
+            let away = hub.away_since();
+            if away != away_recorded {
+                let unix = away.map(|t| {
+                    let ago = now().saturating_duration_since(t).as_secs();
+                    crate::store::unix_now() - i64::try_from(ago).unwrap_or(0)
+                });
+                away_recorded = away;
+                if let Err(e) = state.store.set_resume_away(&session.id, unix).await {
+                    warn!(session = %session.id, "cannot record that a side is away: {e}");
                 }
             }
         }

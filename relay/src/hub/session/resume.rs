@@ -267,10 +267,16 @@ impl Session {
     /// When the side that is away has been away for the hold.
     pub(super) fn hold_at(&self) -> Option<Instant> {
         let r = self.resume.as_ref()?;
+        self.away_since().map(|t| t + r.hold)
+    }
+
+    /// Since when a side has been away (the earlier, when both are), until the
+    /// resume is done: its hold counts from there.
+    pub fn away_since(&self) -> Option<Instant> {
+        let r = self.resume.as_ref()?;
         [&r.agent, &r.client]
             .iter()
             .filter_map(|s| s.away_since)
             .min()
-            .map(|t| t + r.hold)
     }
 }

@@ -995,6 +995,27 @@ fn a_side_away_longer_than_the_hold_ends_the_session_saying_who() {
 }
 
 #[test]
+fn a_session_a_restarted_relay_takes_up_counts_its_hold_from_the_cut() {
+    let mut cfg = config(None);
+    cfg.resume = Some((Duration::from_secs(60), "token".into()));
+    cfg.idle = None;
+    cfg.max = None;
+    let now = Instant::now();
+    let hour = Duration::from_secs(3600);
+    // The previous run stopped 45 s ago: 15 s of the hold are left.
+    let s = Session::revived(cfg.clone(), now, hour, Duration::from_secs(45));
+    assert!(s.is_suspended());
+    assert_eq!(s.timers_at(), now + Duration::from_secs(15));
+    assert_eq!(s.timer_reason(), "the agent was unreachable for 1m");
+    assert_eq!(s.away_since(), Some(now - Duration::from_secs(45)));
+    // The maximum duration counts from when it started: an hour ago, so now.
+    let mut short = cfg;
+    short.max = Some(hour);
+    let s = Session::revived(short, now, hour, Duration::from_secs(45));
+    assert_eq!(s.timers_at(), now);
+}
+
+#[test]
 fn a_resumable_forward_session_keeps_its_channels_through_cuts_counting_each_byte_once() {
     for seed in 1..12 {
         let mut cfg = config(None);
