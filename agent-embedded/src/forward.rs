@@ -260,10 +260,10 @@ impl<const N: usize> Forwarding<'_, '_, N> {
     }
 
     /// The connection is up (`Ok`) or failed (`Err(code, reason)`): whether to pump
-    /// it. A failed or unwanted one leaves the port free.
+    /// it. A failed or unwanted one keeps its port until the link closed its socket
+    /// ([`Forwarding::free`]): a request that came meanwhile takes another.
     pub fn connected(&mut self, i: usize, result: Result<(), (ErrorCode, &str)>) -> bool {
-        let slot = &mut self.ports.ports[i];
-        let Some(p) = slot.as_mut() else {
+        let Some(p) = self.ports.ports[i].as_mut() else {
             return false;
         };
         let go = match result {
@@ -277,7 +277,7 @@ impl<const N: usize> Forwarding<'_, '_, N> {
         if go {
             p.stage = Stage::Open;
         } else {
-            *slot = None;
+            p.aborted = true;
         }
         go
     }
@@ -369,6 +369,7 @@ mod tests {
     use crate::engine::RING;
     use crate::rig::*;
     use agent_core::wire::{Bytes, Frame, Kind};
+    use agent_core::Instant;
 
     /// A destination: what it got, what it has to send, how it ends.
     #[derive(Default)]
@@ -620,7 +621,15 @@ mod tests {
         let why = "cannot connect to 10.0.2.101:80: connection refused";
         assert!(!fwd.connected(0, Err((ErrorCode::REFUSED, why))));
         assert_eq!(reject(&rig.drain()), (1, ErrorCode::REFUSED, why.into()));
-        assert_eq!(rig.engine.forwarding().ports.in_use(), 0);
+        // Its port is busy until its socket is closed: a request meanwhile takes
+        // the other one, and is not lost when this one is freed.
+        open(&mut rig, 1, 2, "10.0.2.101", 80);
+        assert!(rig.drain().is_empty());
+        let mut fwd = rig.engine.forwarding();
+        assert_eq!(fwd.dial(0), None);
+        fwd.free(0);
+        assert_eq!(fwd.dial(1), Some("10.0.2.101"));
+        assert_eq!(fwd.ports.in_use(), 1);
     }
 
     #[test]
@@ -879,5 +888,63 @@ mod tests {
         let mut got = V::new();
         receive_at(&rig.drain(), 1, &mut got);
         assert_eq!(got, b"hello");
+    }
+
+    /// A resumable forward session with channel 1 connected on its port.
+    fn held_forward(hold: u32) -> (Rig, usize) {
+        let mut rig = Rig::ready_with(Some(RULES));
+        rig.feed(Frame::Resumable {
+            sid: 1,
+            hold,
+            token: "",
+        });
+        rig.open(1, Kind::Forward);
+        rig.drain();
+        let i = connect(&mut rig, 1, 1);
+        (rig, i)
+    }
+
+    #[test]
+    fn a_hold_that_passes_while_the_link_is_down_drops_the_sessions_connections() {
+        let (mut rig, i) = held_forward(2);
+        rig.cut();
+        let mut dest = Dest::default();
+        assert_eq!(rig.engine.forwarding().pump(i, &mut dest), Pumped::Idle);
+        rig.now = Instant(rig.now.0 + 2_000);
+        rig.engine.on_timeout(rig.now, &mut rig.board);
+        assert_eq!(rig.engine.open_sessions(), 0, "its hold is over");
+        assert_eq!(
+            rig.engine.forwarding().pump(i, &mut dest),
+            Pumped::Over { abort: true }
+        );
+        rig.engine.forwarding().free(i);
+        assert_eq!(rig.engine.forwarding().ports.in_use(), 0);
+    }
+
+    #[test]
+    fn a_connection_the_client_no_longer_has_at_the_resume_is_dropped() {
+        let (mut rig, i) = held_forward(60);
+        rig.cut();
+        rig.connect();
+        rig.feed(Frame::Suspend { sid: 1 });
+        rig.drain();
+        // The client names channel 0 only: channel 1 is over at its side.
+        rig.feed(Frame::Resume {
+            sid: 1,
+            ch: 0,
+            offset: 0,
+            limit: 0,
+            eof: false,
+            open: true,
+        });
+        let mut dest = Dest::default();
+        assert_eq!(
+            rig.engine.forwarding().pump(i, &mut dest),
+            Pumped::Over { abort: true }
+        );
+        rig.engine.forwarding().free(i);
+        rig.drain();
+        assert_eq!(rig.engine.open_sessions(), 1, "the session goes on");
+        assert_eq!(connect(&mut rig, 1, 2), i, "and its port takes the next");
     }
 }

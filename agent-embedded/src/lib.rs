@@ -26,7 +26,8 @@
 //!   carries what the client sent before the cut; output waits in its channel's
 //!   buffer until the client acknowledges it, and is sent again from where the
 //!   client stands once the relay resumes it on the next connection) until its hold
-//!   passes. Every other session ends when the link drops.
+//!   passes (so its connections keep their ports of the pool for as long). Every
+//!   other session ends when the link drops.
 //! - `shell` runs [`console::Console`]: a line editor with built-in commands
 //!   (`help`, `uptime`, `mem`, `net`, `sessions`, `echo`, `reboot`) and the
 //!   board's own ([`console::Board`]); `exec` runs one line and returns its output
