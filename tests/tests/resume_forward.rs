@@ -85,6 +85,25 @@ fn a_forwarded_transfer_goes_on_after_the_relay_is_killed_and_restarted() {
         log.contains("1 resumable session(s) taken up again"),
         "{log}"
     );
+    // Its audit row counts each byte once, those before the restart included:
+    // what the agent and the client had received count from the first byte.
+    let to_dest = format!("{DOWN} {UP} 3\n").len() + UP;
+    let from_dest = DOWN + format!("upload ok {UP}\n").len();
+    let mut close = None;
+    wait_until("the connection's forward.close row", 10, || {
+        let out = env.run(&["audit", "export", "--since", "1h"], b"");
+        close = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|r| r["event"] == "forward.close");
+        close.is_some()
+    });
+    let detail = &close.expect("found")["detail"];
+    assert_eq!(
+        (&detail["bytes_to_dest"], &detail["bytes_from_dest"]),
+        (&to_dest.into(), &from_dest.into()),
+        "{detail}"
+    );
     // The session still forwards new connections after the restart.
     let again = Transfer::start(fwd.ports[0], 100_000, 1000, 4);
     again.check(1000);

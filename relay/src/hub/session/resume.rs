@@ -250,17 +250,31 @@ impl Session {
         }
         // (Only at the first resume after a restart, and only those both name:
         // otherwise one the relay does not know is one the agent freed, its row
-        // on record already.)
-        let revived = std::mem::take(&mut self.revived);
-        let both = |ch: u16| c.iter().any(|s| s.ch == ch);
-        for stand in a.iter().filter(|s| s.ch != 0 && revived && both(s.ch)) {
-            self.channels.entry(stand.ch).or_insert_with(|| Channel {
-                host: String::new(),
-                port: 0,
-                opened: now,
-                to_dest: 0,
-                from_dest: 0,
-            });
+        // on record already.) Offsets count from each channel's first byte: what
+        // the agent received is what went to the destination (or the program),
+        // what the client received what came from it, and what is sent again past
+        // those is counted once, as new.
+        if !std::mem::take(&mut self.revived) {
+            return;
+        }
+        for stand in &a {
+            let Some(theirs) = c.iter().find(|s| s.ch == stand.ch) else {
+                continue;
+            };
+            let (to_agent, to_client) = (stand.offset, theirs.offset);
+            self.traffic.bytes_in += to_agent;
+            self.traffic.bytes_out += to_client;
+            self.counted.1.insert(stand.ch, to_agent);
+            self.counted.0.insert(stand.ch, to_client);
+            if stand.ch != 0 {
+                self.channels.entry(stand.ch).or_insert_with(|| Channel {
+                    host: String::new(),
+                    port: 0,
+                    opened: now,
+                    to_dest: to_agent,
+                    from_dest: to_client,
+                });
+            }
         }
     }
 
