@@ -16,7 +16,8 @@
 //! - `idle`: relay and agent RSS, idle; `sizes`: binary sizes;
 //! - `agent20`: static x86_64 agent RSS idle and with 20 sessions;
 //! - `embedded`: the QEMU mps2-an386 firmware: boot to online, `exec uptime` median
-//!   of 20, flash, static RAM and stack high-water (after TLS and sessions);
+//!   of 20, flash, static RAM and stack high-water (after TLS and sessions), and a
+//!   forwarded download through it, resumable and not;
 //! - `authz`: Cedar decisions with 100 policies and 1000 agents (p50, p99, max, per
 //!   second; a whole listing), and session setup with and without them;
 //! - `resume`: resumable sessions (issue 14): restore-to-first-byte after 20 cuts of
@@ -177,7 +178,50 @@ fn embedded() -> Vec<Row> {
             "static RAM + stack high-water (KiB, budget 128)",
             (statics + stack) / 1024.0,
         ),
+        Row::new(
+            "embedded",
+            "forwarded download through the device, resumable (KB/s, median of 3 x 1 MiB)",
+            device_download(true),
+        ),
+        Row::new(
+            "embedded",
+            "forwarded download through the device, `resume_window = \"none\"` (KB/s)",
+            device_download(false),
+        ),
     ]
+}
+
+/// A download of 1 MiB from a server on this host through `sesame forward` and
+/// the device (a slirp guestfwd), resumable or not: KB/s, median of 3.
+fn device_download(resume: bool) -> f64 {
+    const LEN: usize = 1024 << 10;
+    let http = tests::http::server(|_| tests::http::body_of(1, LEN));
+    let dir = tests::TempDir::new("bench-device");
+    let cfg = dir.0.join("relay.toml");
+    let window = if resume { "10m" } else { "none" };
+    let toml = format!("[limits]\nrate = \"unlimited\"\nresume_window = \"{window}\"\n");
+    std::fs::write(&cfg, toml).unwrap();
+    let flags = ["--config", cfg.to_str().unwrap()];
+    let env = Env::start_launch(&flags, "dev-1", |dir, port, code| {
+        let extra = [
+            "--guestfwd".to_string(),
+            format!("10.0.2.101:80=127.0.0.1:{http}"),
+            "--allow-dest".into(),
+            "10.0.2.101:80".into(),
+        ];
+        tests::boot_device_with(dir, port, code, &dir.join("relay/tls/ca.pem"), &extra)
+    });
+    let fwd = env.forward(&["0:10.0.2.101:80"]);
+    let mut rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let got = tests::http::get(fwd.ports[0], "/1", Duration::from_secs(60)).unwrap();
+            assert_eq!(got.len(), LEN, "the download was cut short");
+            LEN as f64 / 1000.0 / t.elapsed().as_secs_f64()
+        })
+        .collect();
+    rates.sort_by(f64::total_cmp);
+    rates[1]
 }
 
 /// glibc (2.36 here) copies more than 8 KiB with `rep movsb`, which on this
