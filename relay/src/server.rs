@@ -140,9 +140,9 @@ impl Server {
         let lock = lock_data_dir(&config.data_dir)?;
         let store = Store::open(&config.data_dir).await?;
         // When the previous run stopped, about: its held sessions' holds count
-        // from there. From now on this run says it runs.
+        // from there. This run says it runs once it took them up (below): a start
+        // that fails must not move it.
         let stopped_at = store.last_alive().await?;
-        store.set_alive(unix_now()).await?;
         let ended = store.end_interrupted_sessions().await?;
         if ended > 0 {
             info!("{ended} session(s) left open by the previous run recorded as ended");
@@ -212,6 +212,7 @@ impl Server {
         if revived > 0 {
             info!("{revived} resumable session(s) taken up again");
         }
+        state.store.set_alive(unix_now()).await?;
         Ok(Server {
             _lock: lock,
             listener,

@@ -665,5 +665,35 @@ fn a_relay_restarted_after_a_while_counts_the_hold_from_when_it_stopped() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no hold left in: {log}"));
     assert!(left <= 12, "{left} s of the hold left after 8 s down");
+    // And the session ended then (about 12 s after the restart; 20 s before).
+    assert!(
+        took < Duration::from_secs(18),
+        "ended {took:?} after the restart"
+    );
     eprintln!("{left} s of the hold left; the client ended {took:?} after the restart");
+}
+
+#[test]
+fn a_session_whose_window_passed_while_the_relay_was_down_ends_with_the_reason() {
+    let cfg_dir = tests::TempDir::new("hold");
+    let cfg = cfg_dir.0.join("hold.toml");
+    std::fs::write(
+        &cfg,
+        "[limits]\nrate = \"unlimited\"\nresume_window = \"5s\"\n",
+    )
+    .unwrap();
+    let flags = ["--config", cfg.to_str().unwrap()];
+    let mut env = Env::start_with(&flags);
+    let mut child = env.spawn_exec(&["sh", "-c", "echo started; exec sleep 600"]);
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("the exec to start", 30, || got.load(Ordering::Relaxed) > 0);
+    // Down for longer than the window: the restarted relay does not take it up.
+    env.restart_relay_with(Duration::from_secs(7), &flags);
+    let (status, _, err) = tests::finish_child(&mut child, reader);
+    assert_ne!(status.code(), Some(0), "{err}");
+    let log = env.relay.proc.log();
+    assert!(!log.contains("taken up again"), "{log}");
+    let why = "relay restarted: its resume window of 5s passed while the relay was down";
+    let listed = text(&env.run(&["sessions", "ls", "--json"], b"")).0;
+    assert!(listed.contains(why), "{listed}\nrelay: {log}");
 }

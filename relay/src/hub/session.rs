@@ -265,7 +265,7 @@ impl Session {
     /// before that). It started `age` ago (its maximum duration counts from then).
     pub fn revived(cfg: Config, now: Instant, age: Duration, away: Duration) -> Session {
         let hold = cfg.resume.as_ref().map(|(h, _)| *h).unwrap_or_default();
-        // (A clock that cannot go back that far, after a reboot: from now.)
+        // (An `Instant` that cannot go back that far: from now.)
         let since = now.checked_sub(away).unwrap_or(now);
         let away = || Side {
             away_since: Some(since),

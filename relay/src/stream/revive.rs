@@ -59,15 +59,28 @@ async fn revive(
     stopped_at: Option<i64>,
 ) -> Result<(), String> {
     // Its hold counts from when its sides were cut off: the previous run's stop,
-    // or a side's going away before that.
+    // or a side's going away before that. (One whose hold had passed before the
+    // stop the previous run would have ended: that mark is stale, left by a write
+    // that failed or a clock that jumped.)
     let unix_now = crate::store::unix_now();
-    let cut = [r.away_since, stopped_at].into_iter().flatten().min();
+    let hold_secs = i64::try_from(r.hold.as_secs()).unwrap_or(i64::MAX);
+    let own = r
+        .away_since
+        .filter(|&at| stopped_at.is_none_or(|stop| at.saturating_add(hold_secs) > stop));
+    let cut = [own, stopped_at].into_iter().flatten().min();
     let away = cut.map_or(0, |at| u64::try_from(unix_now - at).unwrap_or(0));
     if away >= r.hold.as_secs() {
         let hold = session::human(r.hold);
         return Err(format!(
             "its resume window of {hold} passed while the relay was down"
         ));
+    }
+    // On record before this run says it runs: a restart before the session's
+    // task writes it still counts from the cut.
+    if let Some(at) = cut {
+        if let Err(e) = state.store.set_resume_away(&session.id, Some(at)).await {
+            warn!(session = %session.id, "cannot record since when its sides are away: {e}");
+        }
     }
     let (user, target) = match (
         state.store.user(&session.user_id).await,

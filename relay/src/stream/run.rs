@@ -128,8 +128,9 @@ pub(super) async fn route(r: Running) {
     let mut agent_up = agent.is_some();
     let mut was_suspended = hub.is_suspended();
     // Since when a side has been away, as the store has it (a revived session's
-    // own count is written at once: a second restart counts from the first).
-    let mut away_recorded = None;
+    // was written when it was taken up).
+    let mut away_recorded = hub.away_since();
+    let mut away_unrecorded = false;
     let end = loop {
         if hub.is_resumable() {
             if let Some(r) = persist.take() {
@@ -145,9 +146,14 @@ pub(super) async fn route(r: Running) {
                     let ago = now().saturating_duration_since(t).as_secs();
                     crate::store::unix_now() - i64::try_from(ago).unwrap_or(0)
                 });
-                away_recorded = away;
-                if let Err(e) = state.store.set_resume_away(&session.id, unix).await {
-                    warn!(session = %session.id, "cannot record that a side is away: {e}");
+                match state.store.set_resume_away(&session.id, unix).await {
+                    Ok(()) => away_recorded = away,
+                    // Tried again next time round; said once.
+                    Err(e) if !away_unrecorded => {
+                        away_unrecorded = true;
+                        warn!(session = %session.id, "cannot record since when a side is away: {e}");
+                    }
+                    Err(_) => {}
                 }
             }
         }

@@ -208,8 +208,9 @@ impl Session {
     /// agent within the bounds of the credit gate, which starts again on each
     /// channel both name (one only the client names is gone at the agent, and
     /// nothing of it comes any more). A forward channel the agent did not name is
-    /// over (its row goes to the audit log); after a restart of the relay, one it
-    /// names is counted from now on (its destination is not known).
+    /// over (its row goes to the audit log); after a restart of the relay, one
+    /// both name is counted from the offsets they give (its destination is not
+    /// known).
     pub(super) fn exchange(&mut self, now: Instant) {
         let Some(r) = self.resume.as_mut().filter(|r| r.suspended.is_some()) else {
             return;
@@ -261,9 +262,13 @@ impl Session {
             let Some(theirs) = c.iter().find(|s| s.ch == stand.ch) else {
                 continue;
             };
+            if self.counted.1.contains_key(&stand.ch) {
+                continue; // named twice: the first counts
+            }
             let (to_agent, to_client) = (stand.offset, theirs.offset);
-            self.traffic.bytes_in += to_agent;
-            self.traffic.bytes_out += to_client;
+            let t = &mut self.traffic;
+            t.bytes_in = t.bytes_in.saturating_add(to_agent);
+            t.bytes_out = t.bytes_out.saturating_add(to_client);
             self.counted.1.insert(stand.ch, to_agent);
             self.counted.0.insert(stand.ch, to_client);
             if stand.ch != 0 {
