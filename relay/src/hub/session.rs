@@ -748,9 +748,15 @@ impl Session {
     pub fn timer_reason(&self) -> String {
         if let (Some(at), Some(r)) = (self.hold_at(), self.resume.as_ref()) {
             if at <= self.timers_at() {
-                let who = match r.agent.away_since {
-                    Some(a) if r.client.away_since.is_none_or(|c| a <= c) => "the agent was",
-                    _ => "the client was",
+                // The side still away; else the one away first (a session a
+                // restarted relay took up has both away since its stop).
+                let who = match (r.agent.connected, r.client.connected) {
+                    (true, false) => "the client was",
+                    (false, true) => "the agent was",
+                    _ => match r.agent.away_since {
+                        Some(a) if r.client.away_since.is_none_or(|c| a <= c) => "the agent was",
+                        _ => "the client was",
+                    },
                 };
                 return format!("{who} unreachable for {}", human(r.hold));
             }

@@ -1008,6 +1008,11 @@ fn a_session_a_restarted_relay_takes_up_counts_its_hold_from_the_cut() {
     assert_eq!(s.timers_at(), now + Duration::from_secs(15));
     assert_eq!(s.timer_reason(), "the agent was unreachable for 1m");
     assert_eq!(s.away_since(), Some(now - Duration::from_secs(45)));
+    // The agent comes back and the client does not: it is the client that was
+    // away for the hold.
+    let mut back = Session::revived(cfg.clone(), now, hour, Duration::from_secs(45));
+    back.agent_back();
+    assert_eq!(back.timer_reason(), "the client was unreachable for 1m");
     // The maximum duration counts from when it started: an hour ago, so now.
     let mut short = cfg;
     short.max = Some(hour);
