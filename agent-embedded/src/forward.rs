@@ -727,15 +727,7 @@ mod tests {
 
     #[test]
     fn a_held_forward_sessions_connection_goes_on_across_a_cut_each_byte_once() {
-        let mut rig = Rig::ready_with(Some(RULES));
-        rig.feed(Frame::Resumable {
-            sid: 1,
-            hold: 60,
-            token: "",
-        });
-        rig.open(1, Kind::Forward);
-        assert!(last(&rig.drain()).contains("Accept"));
-        let i = connect(&mut rig, 1, 1);
+        let (mut rig, i) = held_forward(60);
         // The request waits for the destination, whose buffer is full.
         let request = b"GET /big HTTP/1.0\r\n\r\n";
         rig.feed(Frame::DataAt {
@@ -844,14 +836,7 @@ mod tests {
 
     #[test]
     fn a_connection_dialed_across_a_cut_is_accepted_after_the_resume() {
-        let mut rig = Rig::ready_with(Some(RULES));
-        rig.feed(Frame::Resumable {
-            sid: 1,
-            hold: 60,
-            token: "",
-        });
-        rig.open(1, Kind::Forward);
-        rig.drain();
+        let mut rig = resumable_forward(60);
         open(&mut rig, 1, 1, "10.0.2.101", 80);
         assert!(rig.engine.forwarding().dial(0).is_some());
         rig.cut();
@@ -890,8 +875,8 @@ mod tests {
         assert_eq!(got, b"hello");
     }
 
-    /// A resumable forward session with channel 1 connected on its port.
-    fn held_forward(hold: u32) -> (Rig, usize) {
+    /// Resumable forward session 1, held `hold` seconds.
+    fn resumable_forward(hold: u32) -> Rig {
         let mut rig = Rig::ready_with(Some(RULES));
         rig.feed(Frame::Resumable {
             sid: 1,
@@ -899,7 +884,13 @@ mod tests {
             token: "",
         });
         rig.open(1, Kind::Forward);
-        rig.drain();
+        assert!(last(&rig.drain()).contains("Accept"));
+        rig
+    }
+
+    /// [`resumable_forward`] with channel 1 connected on its port.
+    fn held_forward(hold: u32) -> (Rig, usize) {
+        let mut rig = resumable_forward(hold);
         let i = connect(&mut rig, 1, 1);
         (rig, i)
     }

@@ -626,23 +626,37 @@ fn a_client_away_when_its_session_was_terminated_hears_how_it_ended() {
     );
 }
 
+/// A relay whose resume window is `window` (its config in `.0`, kept while the
+/// test runs), and a running `sesame exec` of a program that prints `started` and
+/// sleeps (its stdout read into `.4`).
+fn exec_with_window(
+    window: &str,
+) -> (
+    tests::TempDir,
+    String,
+    Env,
+    std::process::Child,
+    std::thread::JoinHandle<Vec<u8>>,
+) {
+    let dir = tests::TempDir::new("hold");
+    let cfg = dir.0.join("hold.toml");
+    let toml = format!("[limits]\nrate = \"unlimited\"\nresume_window = \"{window}\"\n");
+    std::fs::write(&cfg, toml).unwrap();
+    let cfg = cfg.to_str().unwrap().to_string();
+    let env = Env::start_with(&["--config", &cfg]);
+    let mut child = env.spawn_exec(&["sh", "-c", "echo started; exec sleep 600"]);
+    let (got, reader) = read_counting(child.stdout.take().unwrap());
+    wait_until("the exec to start", 30, || got.load(Ordering::Relaxed) > 0);
+    (dir, cfg, env, child, reader)
+}
+
 #[test]
 fn a_relay_restarted_after_a_while_counts_the_hold_from_when_it_stopped() {
     // A 20 s resume window; the relay is down for 8 s while the agent is stopped
     // (SIGSTOP: it cannot come back). The session ends 20 s after the relay
     // stopped, saying why, not 20 s after it started again.
-    let cfg_dir = tests::TempDir::new("hold");
-    let cfg = cfg_dir.0.join("hold.toml");
-    std::fs::write(
-        &cfg,
-        "[limits]\nrate = \"unlimited\"\nresume_window = \"20s\"\n",
-    )
-    .unwrap();
-    let flags = ["--config", cfg.to_str().unwrap()];
-    let mut env = Env::start_with(&flags);
-    let mut child = env.spawn_exec(&["sh", "-c", "echo started; exec sleep 600"]);
-    let (got, reader) = read_counting(child.stdout.take().unwrap());
-    wait_until("the exec to start", 30, || got.load(Ordering::Relaxed) > 0);
+    let (_dir, cfg, mut env, mut child, reader) = exec_with_window("20s");
+    let flags = ["--config", cfg.as_str()];
     let agent = rustix::process::Pid::from_child(&env.agent.child);
     rustix::process::kill_process(agent, rustix::process::Signal::STOP).unwrap();
     env.restart_relay_with(Duration::from_secs(8), &flags);
@@ -675,18 +689,8 @@ fn a_relay_restarted_after_a_while_counts_the_hold_from_when_it_stopped() {
 
 #[test]
 fn a_session_whose_window_passed_while_the_relay_was_down_ends_with_the_reason() {
-    let cfg_dir = tests::TempDir::new("hold");
-    let cfg = cfg_dir.0.join("hold.toml");
-    std::fs::write(
-        &cfg,
-        "[limits]\nrate = \"unlimited\"\nresume_window = \"5s\"\n",
-    )
-    .unwrap();
-    let flags = ["--config", cfg.to_str().unwrap()];
-    let mut env = Env::start_with(&flags);
-    let mut child = env.spawn_exec(&["sh", "-c", "echo started; exec sleep 600"]);
-    let (got, reader) = read_counting(child.stdout.take().unwrap());
-    wait_until("the exec to start", 30, || got.load(Ordering::Relaxed) > 0);
+    let (_dir, cfg, mut env, mut child, reader) = exec_with_window("5s");
+    let flags = ["--config", cfg.as_str()];
     // Down for longer than the window: the restarted relay does not take it up.
     env.restart_relay_with(Duration::from_secs(7), &flags);
     let (status, _, err) = tests::finish_child(&mut child, reader);

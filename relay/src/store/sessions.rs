@@ -321,21 +321,26 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[tokio::test]
-    async fn a_restarted_relay_knows_the_token_before_the_latest_until_a_resume_uses_it() {
-        let (store, dir) = store("resume-hash").await;
-        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
-        let (alice, _) = store.add_user("alice", &[]).await.unwrap();
-        let id = session(&store, &agent, &alice.id).await;
-        let first = crate::store::Resumable {
-            hash: "h1".into(),
+    /// A session's resume record with the token hash `hash`.
+    fn resumable(hash: &str) -> crate::store::Resumable {
+        crate::store::Resumable {
+            hash: hash.into(),
             prev_hash: None,
             hold: Duration::from_secs(600),
             agent_sid: 3,
             client_sid: 1,
             started_at: 0,
             away_since: None,
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restarted_relay_knows_the_token_before_the_latest_until_a_resume_uses_it() {
+        let (store, dir) = store("resume-hash").await;
+        let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
+        let (alice, _) = store.add_user("alice", &[]).await.unwrap();
+        let id = session(&store, &agent, &alice.id).await;
+        let first = resumable("h1");
         store.set_resumable(&id, &first).await.unwrap();
         let hashes = || async {
             let all = store.interrupted_resumable().await.unwrap();
@@ -374,15 +379,7 @@ mod tests {
         let (agent, _) = store.add_agent("gw-01", &BTreeMap::new()).await.unwrap();
         let (alice, _) = store.add_user("alice", &[]).await.unwrap();
         let id = session(&store, &agent, &alice.id).await;
-        let r = crate::store::Resumable {
-            hash: "h1".into(),
-            prev_hash: None,
-            hold: Duration::from_secs(600),
-            agent_sid: 3,
-            client_sid: 1,
-            started_at: 0,
-            away_since: None,
-        };
+        let r = resumable("h1");
         store.set_resumable(&id, &r).await.unwrap();
         let away = || async {
             let all = store.interrupted_resumable().await.unwrap();
