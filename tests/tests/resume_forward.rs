@@ -76,8 +76,10 @@ fn a_forwarded_transfer_goes_on_after_the_relay_is_killed_and_restarted() {
     let mut env = Env::start();
     let dest = server("127.0.0.1");
     let fwd = env.forward(&[&format!("0:127.0.0.1:{dest}")]);
+    let started = std::time::Instant::now();
     let t = Transfer::start(fwd.ports[0], DOWN, UP, 3);
     t.wait_for(3 << 20);
+    let before_restart = started.elapsed().as_millis() as u64;
     env.restart_relay();
     t.check(UP);
     let log = env.relay.proc.log();
@@ -103,6 +105,16 @@ fn a_forwarded_transfer_goes_on_after_the_relay_is_killed_and_restarted() {
         (&detail["bytes_to_dest"], &detail["bytes_from_dest"]),
         (&to_dest.into(), &from_dest.into()),
         "{detail}"
+    );
+    // With its destination, from its `forward.open` row, and its whole life.
+    assert_eq!(
+        (&detail["host"], &detail["port"]),
+        (&"127.0.0.1".into(), &dest.into()),
+        "{detail}"
+    );
+    assert!(
+        detail["duration_ms"].as_u64() >= Some(before_restart),
+        "{detail}: it was open {before_restart} ms before the restart"
     );
     // The session still forwards new connections after the restart.
     let again = Transfer::start(fwd.ports[0], 100_000, 1000, 4);

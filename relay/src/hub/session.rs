@@ -184,8 +184,12 @@ pub struct Session {
     /// Bytes counted of each channel's `DataAt`s, from the agent and from the
     /// client: what a side sends again after a resume is not counted twice.
     counted: (HashMap<u16, u64>, HashMap<u16, u64>),
-    /// Taken up again by a restarted relay (its channels are not known).
+    /// Taken up again by a restarted relay, until its first resume.
     revived: bool,
+    /// A restarted relay knows which of its forward channels were open at the
+    /// stop (from the audit log): those, in `channels`; any other that both sides
+    /// name at the first resume was closed before, its row written.
+    channels_known: bool,
 }
 
 impl Session {
@@ -286,6 +290,25 @@ impl Session {
         s
     }
 
+    /// A session taken up again ([`Session::revived`]) had these forward
+    /// channels open when the previous run stopped (its audit log says so): each
+    /// is counted and gets its `forward.close` row as usual, `opened` when its
+    /// `forward.open` row was written. Once called, a channel not given here is
+    /// taken for closed before the stop.
+    pub fn open_channels(&mut self, open: impl IntoIterator<Item = (u16, String, u16, Instant)>) {
+        self.channels_known = true;
+        for (ch, host, port, opened) in open {
+            let c = Channel {
+                host,
+                port,
+                opened,
+                to_dest: 0,
+                from_dest: 0,
+            };
+            self.channels.insert(ch, c);
+        }
+    }
+
     fn build(
         cfg: Config,
         gate: CreditGate,
@@ -317,6 +340,7 @@ impl Session {
             resume,
             counted: Default::default(),
             revived: false,
+            channels_known: false,
         }
     }
 

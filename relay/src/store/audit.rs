@@ -22,7 +22,61 @@ fn audit_row(r: &sqlx::sqlite::SqliteRow) -> Row {
     }
 }
 
+/// A forward channel the audit log shows open: allowed (`forward.open`) and not
+/// closed (`forward.close`) since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenChannel {
+    pub ch: u16,
+    pub host: String,
+    pub port: u16,
+    /// When its `forward.open` row was written (Unix milliseconds).
+    pub opened_at: i64,
+}
+
 impl Store {
+    /// The forward channels of session `id` that its audit rows (from `since_ms`
+    /// on) show open: what a restarted relay takes up with the session.
+    pub async fn open_forward_channels(
+        &self,
+        id: &str,
+        since_ms: i64,
+    ) -> Result<Vec<OpenChannel>, Error> {
+        let rows = sqlx::query(
+            "SELECT event, detail, at FROM audit WHERE at >= ? AND target = ?
+             AND event IN ('forward.open', 'forward.close') ORDER BY seq",
+        )
+        .bind(since_ms)
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut open = std::collections::BTreeMap::new();
+        for r in &rows {
+            let detail: serde_json::Value =
+                serde_json::from_str(&r.get::<String, _>("detail")).unwrap_or_default();
+            let Some(ch) = detail["channel"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok())
+            else {
+                continue;
+            };
+            if r.get::<String, _>("event") == "forward.close" {
+                open.remove(&ch);
+            } else if detail["allow"] == true {
+                let c = OpenChannel {
+                    ch,
+                    host: detail["host"].as_str().unwrap_or_default().to_string(),
+                    port: detail["port"]
+                        .as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .unwrap_or(0),
+                    opened_at: r.get("at"),
+                };
+                open.insert(ch, c);
+            }
+        }
+        Ok(open.into_values().collect())
+    }
+
     /// Append `events` as rows, in order, in one transaction that holds the
     /// database's write lock from its start (so that another process appending,
     /// such as `sesame-relay user add`, cannot fork the chain). Returns the first

@@ -396,4 +396,33 @@ mod tests {
         assert_eq!(away().await, None, "both sides back");
         let _ = std::fs::remove_dir_all(dir);
     }
+
+    #[tokio::test]
+    async fn the_audit_log_says_which_forward_channels_were_open() {
+        let (store, dir) = store("open-channels").await;
+        let ev = |event: &str, target: &str, detail: serde_json::Value| {
+            crate::audit::Event::new("alice", event, target).detail(detail)
+        };
+        let open = |ch: u16, port: u16, allow: bool| serde_json::json!({"channel": ch, "host": "10.0.0.5", "port": port, "allow": allow});
+        let close = |ch: u16| serde_json::json!({"channel": ch, "bytes_to_dest": 1});
+        let events = [
+            ev("forward.open", "s-1", open(1, 80, true)),
+            ev("forward.open", "s-1", open(2, 443, true)),
+            ev("forward.open", "s-2", open(3, 22, true)), // another session's
+            ev("forward.close", "s-1", close(1)),
+            ev("forward.open", "s-1", open(4, 25, false)), // refused
+            ev("forward.open", "s-1", open(1, 8080, true)), // its number again
+        ];
+        let refs: Vec<&crate::audit::Event> = events.iter().collect();
+        store.append_audit(&refs).await.unwrap();
+        let got: Vec<(u16, u16)> = store
+            .open_forward_channels("s-1", 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| (c.ch, c.port))
+            .collect();
+        assert_eq!(got, [(1, 8080), (2, 443)]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -209,8 +209,7 @@ impl Session {
     /// channel both name (one only the client names is gone at the agent, and
     /// nothing of it comes any more). A forward channel the agent did not name is
     /// over (its row goes to the audit log); after a restart of the relay, one
-    /// both name is counted from the offsets they give (its destination is not
-    /// known).
+    /// both name is counted from the offsets they give.
     pub(super) fn exchange(&mut self, now: Instant) {
         let Some(r) = self.resume.as_mut().filter(|r| r.suspended.is_some()) else {
             return;
@@ -265,6 +264,14 @@ impl Session {
             if self.counted.1.contains_key(&stand.ch) {
                 continue; // named twice: the first counts
             }
+            let open =
+                stand.ch == 0 || !self.channels_known || self.channels.contains_key(&stand.ch);
+            if !open {
+                // Closed before the stop (the agent names the channels it freed
+                // last): its row is written, and the end it sends again is not
+                // a second one.
+                continue;
+            }
             let (to_agent, to_client) = (stand.offset, theirs.offset);
             let t = &mut self.traffic;
             t.bytes_in = t.bytes_in.saturating_add(to_agent);
@@ -272,13 +279,15 @@ impl Session {
             self.counted.1.insert(stand.ch, to_agent);
             self.counted.0.insert(stand.ch, to_client);
             if stand.ch != 0 {
-                self.channels.entry(stand.ch).or_insert_with(|| Channel {
+                let c = self.channels.entry(stand.ch).or_insert_with(|| Channel {
                     host: String::new(),
                     port: 0,
                     opened: now,
-                    to_dest: to_agent,
-                    from_dest: to_client,
+                    to_dest: 0,
+                    from_dest: 0,
                 });
+                c.to_dest = to_agent;
+                c.from_dest = to_client;
             }
         }
     }
