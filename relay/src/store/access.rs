@@ -244,6 +244,8 @@ impl Store {
             "CREATE INDEX IF NOT EXISTS sessions_agent_account ON sessions (agent_id, run_as, created_at)",
             "CREATE INDEX IF NOT EXISTS sessions_created ON sessions (created_at)",
             "CREATE INDEX IF NOT EXISTS sessions_user_created ON sessions (user_id, created_at)",
+            // A restarted relay reads each resumable session's forward rows.
+            "CREATE INDEX IF NOT EXISTS audit_target ON audit (target, at)",
         ] {
             sqlx::query(stmt).execute(&self.pool).await?;
         }
