@@ -644,7 +644,19 @@ fn exec_with_window(
     std::fs::write(&cfg, toml).unwrap();
     let cfg = cfg.to_str().unwrap().to_string();
     let env = Env::start_with(&["--config", &cfg]);
-    let mut child = env.spawn_exec(&["sh", "-c", "echo started; exec sleep 600"]);
+    // As root, and not for long: the agent may be killed with the program still
+    // running, and a test beside this one deletes the default account (`userdel`
+    // refuses while an account has processes).
+    let program = ["sh", "-c", "echo started; exec sleep 60"];
+    let mut child = env
+        .sesame()
+        .args(["exec", &env.target, "--as", "root", "--"])
+        .args(program)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let (got, reader) = read_counting(child.stdout.take().unwrap());
     wait_until("the exec to start", 30, || got.load(Ordering::Relaxed) > 0);
     (dir, cfg, env, child, reader)

@@ -186,10 +186,10 @@ pub struct Session {
     counted: (HashMap<u16, u64>, HashMap<u16, u64>),
     /// Taken up again by a restarted relay, until its first resume.
     revived: bool,
-    /// A restarted relay knows which of its forward channels were open at the
-    /// stop (from the audit log): those, in `channels`; any other that both sides
-    /// name at the first resume was closed before, its row written.
-    channels_known: bool,
+    /// Forward channels a restarted relay knows ended before the stop (from the
+    /// audit log), their rows written: one both sides name at the first resume
+    /// is not taken up (the end the agent sends again writes no second row).
+    closed_before: Vec<u16>,
 }
 
 impl Session {
@@ -290,13 +290,15 @@ impl Session {
         s
     }
 
-    /// A session taken up again ([`Session::revived`]) had these forward
-    /// channels open when the previous run stopped (its audit log says so): each
-    /// is counted and gets its `forward.close` row as usual, `opened` when its
-    /// `forward.open` row was written. Once called, a channel not given here is
-    /// taken for closed before the stop.
-    pub fn open_channels(&mut self, open: impl IntoIterator<Item = (u16, String, u16, Instant)>) {
-        self.channels_known = true;
+    /// A session taken up again ([`Session::revived`]) had the forward channels
+    /// `open` when the previous run stopped, and those `closed` had ended (its
+    /// audit log says so): each open one is counted and gets its `forward.close`
+    /// row as usual, `opened` when its `forward.open` row was written.
+    pub fn known_channels(
+        &mut self,
+        open: impl IntoIterator<Item = (u16, String, u16, Instant)>,
+        closed: Vec<u16>,
+    ) {
         for (ch, host, port, opened) in open {
             let c = Channel {
                 host,
@@ -307,6 +309,7 @@ impl Session {
             };
             self.channels.insert(ch, c);
         }
+        self.closed_before = closed;
     }
 
     fn build(
@@ -340,7 +343,7 @@ impl Session {
             resume,
             counted: Default::default(),
             revived: false,
-            channels_known: false,
+            closed_before: Vec::new(),
         }
     }
 

@@ -33,23 +33,29 @@ pub struct OpenChannel {
     pub opened_at: i64,
 }
 
+/// What a session's audit rows say of its forward channels.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ForwardRows {
+    /// Those open: allowed, and not closed since.
+    pub open: Vec<OpenChannel>,
+    /// Those whose last row ends them: a `forward.close`, or a `forward.open`
+    /// that refused (a decision that timed out is written allowed, then refused).
+    pub closed: Vec<u16>,
+}
+
 impl Store {
-    /// The forward channels of session `id` that its audit rows (from `since_ms`
-    /// on) show open: what a restarted relay takes up with the session.
-    pub async fn open_forward_channels(
-        &self,
-        id: &str,
-        since_ms: i64,
-    ) -> Result<Vec<OpenChannel>, Error> {
+    /// What the audit rows of session `id` say of its forward channels: what a
+    /// restarted relay takes up with the session.
+    pub async fn forward_rows(&self, id: &str) -> Result<ForwardRows, Error> {
         let rows = sqlx::query(
-            "SELECT event, detail, at FROM audit WHERE at >= ? AND target = ?
+            "SELECT event, detail, at FROM audit WHERE target = ?
              AND event IN ('forward.open', 'forward.close') ORDER BY seq",
         )
-        .bind(since_ms)
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let mut open = std::collections::BTreeMap::new();
+        // Each channel's last word: open (with its destination) or ended.
+        let mut last = std::collections::BTreeMap::new();
         for r in &rows {
             let detail: serde_json::Value =
                 serde_json::from_str(&r.get::<String, _>("detail")).unwrap_or_default();
@@ -59,22 +65,25 @@ impl Store {
             else {
                 continue;
             };
-            if r.get::<String, _>("event") == "forward.close" {
-                open.remove(&ch);
-            } else if detail["allow"] == true {
-                let c = OpenChannel {
-                    ch,
-                    host: detail["host"].as_str().unwrap_or_default().to_string(),
-                    port: detail["port"]
-                        .as_u64()
-                        .and_then(|p| u16::try_from(p).ok())
-                        .unwrap_or(0),
-                    opened_at: r.get("at"),
-                };
-                open.insert(ch, c);
+            let open = r.get::<String, _>("event") == "forward.open" && detail["allow"] == true;
+            let state = open.then(|| OpenChannel {
+                ch,
+                host: detail["host"].as_str().unwrap_or_default().to_string(),
+                port: (detail["port"].as_u64())
+                    .and_then(|p| u16::try_from(p).ok())
+                    .unwrap_or(0),
+                opened_at: r.get("at"),
+            });
+            last.insert(ch, state);
+        }
+        let mut found = ForwardRows::default();
+        for (ch, state) in last {
+            match state {
+                Some(open) => found.open.push(open),
+                None => found.closed.push(ch),
             }
         }
-        Ok(open.into_values().collect())
+        Ok(found)
     }
 
     /// Append `events` as rows, in order, in one transaction that holds the

@@ -412,17 +412,16 @@ mod tests {
             ev("forward.close", "s-1", close(1)),
             ev("forward.open", "s-1", open(4, 25, false)), // refused
             ev("forward.open", "s-1", open(1, 8080, true)), // its number again
+            // A decision that timed out: written allowed, then refused.
+            ev("forward.open", "s-1", open(5, 80, true)),
+            ev("forward.open", "s-1", open(5, 80, false)),
         ];
         let refs: Vec<&crate::audit::Event> = events.iter().collect();
         store.append_audit(&refs).await.unwrap();
-        let got: Vec<(u16, u16)> = store
-            .open_forward_channels("s-1", 0)
-            .await
-            .unwrap()
-            .iter()
-            .map(|c| (c.ch, c.port))
-            .collect();
-        assert_eq!(got, [(1, 8080), (2, 443)]);
+        let rows = store.forward_rows("s-1").await.unwrap();
+        let open: Vec<(u16, u16)> = rows.open.iter().map(|c| (c.ch, c.port)).collect();
+        assert_eq!(open, [(1, 8080), (2, 443)]);
+        assert_eq!(rows.closed, [4, 5], "refused");
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -154,21 +154,18 @@ async fn revive(
     let age = u64::try_from(unix_now - r.started_at).unwrap_or(0);
     let secs = std::time::Duration::from_secs;
     let mut hub = session::Session::revived(config, now(), secs(age), secs(away));
-    // Its forward channels open at the stop, with their destinations, from the
-    // audit log (without it they are counted as before, their destination unknown).
-    let since_ms = r.started_at.saturating_sub(1).saturating_mul(1000);
-    match state
-        .store
-        .open_forward_channels(&session.id, since_ms)
-        .await
-    {
-        Ok(open) => {
+    // Its forward channels open at the stop, with their destinations, and those
+    // ended before it, from the audit log (one it does not know of is counted
+    // from the resume on, its destination unknown).
+    match state.store.forward_rows(&session.id).await {
+        Ok(rows) => {
             let (now_ms, at) = (crate::store::unix_now_ms(), now());
-            hub.open_channels(open.into_iter().map(|c| {
+            let open = rows.open.into_iter().map(|c| {
                 let ago = u64::try_from(now_ms - c.opened_at).unwrap_or(0);
                 let opened = at.checked_sub(std::time::Duration::from_millis(ago));
                 (c.ch, c.host, c.port, opened.unwrap_or(at))
-            }));
+            });
+            hub.known_channels(open, rows.closed);
         }
         Err(e) => warn!(session = %session.id, "cannot read its forward channels: {e}"),
     }

@@ -127,9 +127,10 @@ pub(super) async fn route(r: Running) {
     let mut client_up = client.is_some();
     let mut agent_up = agent.is_some();
     let mut was_suspended = hub.is_suspended();
-    // Since when a side has been away, as the store has it (a revived session's
-    // was written when it was taken up).
-    let mut away_recorded = hub.away_since();
+    // Since when a side has been away, as the store has it. (A revived session's
+    // was written when it was taken up, and is written again here, in case that
+    // failed: within a second of it, never earlier.)
+    let mut away_recorded = None;
     let mut away_unrecorded = false;
     let end = loop {
         if hub.is_resumable() {

@@ -264,9 +264,8 @@ impl Session {
             if self.counted.1.contains_key(&stand.ch) {
                 continue; // named twice: the first counts
             }
-            let open =
-                stand.ch == 0 || !self.channels_known || self.channels.contains_key(&stand.ch);
-            if !open {
+            let known = self.channels.contains_key(&stand.ch);
+            if !known && self.closed_before.contains(&stand.ch) {
                 // Closed before the stop (the agent names the channels it freed
                 // last): its row is written, and the end it sends again is not
                 // a second one.
