@@ -1021,6 +1021,78 @@ fn a_session_a_restarted_relay_takes_up_counts_its_hold_from_the_cut() {
 }
 
 #[test]
+fn a_restarted_relay_writes_one_row_per_forward_channel_with_its_destination() {
+    let mut cfg = config(None);
+    cfg.resume = Some((Duration::from_secs(60), "token".into()));
+    cfg.idle = None;
+    cfg.max = None;
+    let now = Instant::now();
+    let before = now - Duration::from_secs(5);
+    let mut s = Session::revived(cfg, now, Duration::from_secs(10), Duration::from_secs(1));
+    // The audit log: 1 and 3 open at the stop, 2 closed before it.
+    let open = [
+        (1, "10.0.0.5".to_string(), 80, before),
+        (3, "10.0.0.6".to_string(), 22, before),
+    ];
+    s.known_channels(open, vec![2]);
+    s.agent_back();
+    s.client_back("token-2");
+    let stand = |ch: u16, offset: u64, eof: bool| Frame::Resume {
+        sid: CLIENT_SID,
+        ch,
+        offset,
+        limit: offset + 1000,
+        eof,
+        open: true,
+    };
+    let end = Frame::Resume {
+        sid: CLIENT_SID,
+        ch: 0,
+        offset: 0,
+        limit: 0,
+        eof: false,
+        open: true,
+    };
+    // The agent names 1, and 2 among those it freed (its end lost in the stop);
+    // 3 ended while the relay was down. The client names 1 and 2.
+    for f in [stand(1, 100, false), stand(2, 7, true), end] {
+        s.handle_agent(Routed::new(f, CLIENT_SID), now);
+    }
+    for f in [stand(1, 400, false), stand(2, 9, false), end] {
+        s.handle_client(encode(f).into(), now);
+    }
+    assert!(!s.is_suspended(), "resumed");
+    // The agent sends 2's end again, then 1 closes.
+    for ch in [2, 1] {
+        let close = Frame::ChannelClose {
+            sid: CLIENT_SID,
+            ch,
+            reason: "",
+        };
+        s.handle_agent(Routed::new(close, CLIENT_SID), now);
+    }
+    let mut rows = Vec::new();
+    while let Some(e) = s.poll_event() {
+        if let Event::ChannelClosed(r) = e {
+            rows.push(r);
+        }
+    }
+    let row = |ch: u16| rows.iter().find(|r| r.ch == ch);
+    assert_eq!(
+        rows.len(),
+        2,
+        "one row each for 1 and 3, none for 2: {rows:?}"
+    );
+    let three = row(3).expect("3's row");
+    assert_eq!((three.host.as_str(), three.port), ("10.0.0.6", 22));
+    assert_eq!(three.reason, "ended while a side was away");
+    let one = row(1).expect("1's row");
+    assert_eq!((one.host.as_str(), one.port), ("10.0.0.5", 80));
+    assert_eq!((one.bytes_to_dest, one.bytes_from_dest), (100, 400));
+    assert!(one.duration >= Duration::from_secs(5), "{:?}", one.duration);
+}
+
+#[test]
 fn a_resumable_forward_session_keeps_its_channels_through_cuts_counting_each_byte_once() {
     for seed in 1..12 {
         let mut cfg = config(None);
