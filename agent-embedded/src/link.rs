@@ -231,18 +231,11 @@ async fn relay_for_ever<B: Board, R: RngCore + CryptoRng, const N: usize>(
 
 /// The engine and how the link's futures wake each other: what every relay
 /// connection and the forwarded connections share.
+#[derive(Clone, Copy)]
 struct Sessions<'a, 'k, const N: usize> {
     engine: &'a RefCell<Engine<'k, N>>,
     wakers: &'a Wakers,
 }
-
-impl<const N: usize> Clone for Sessions<'_, '_, N> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-
-impl<const N: usize> Copy for Sessions<'_, '_, N> {}
 
 /// " (N sessions held)" after the reconnect line, when there are any.
 struct Held(usize);
